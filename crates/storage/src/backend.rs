@@ -1,0 +1,277 @@
+//! The MVCC backend: a redb database holding every stored revision and the apply metadata.
+//!
+//! Table `kv`: 16-byte big-endian `(main, sub)` revision -> `flags: u8 | encoded KeyValue`
+//! (flag bit 0 marks a tombstone). Table `meta`: name -> u64 (e.g. the consistent index).
+//!
+//! All mutation goes through [`Backend::update`]: the closure's writes commit together or not at
+//! all, so an error part-way through a request never leaves half of it applied.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TOMBSTONE: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("backend: {0}")]
+    Db(String),
+    #[error("backend value at revision {0:?} is malformed")]
+    Malformed(Rev),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for BackendError {
+            fn from(e: $t) -> Self { BackendError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// An MVCC revision: `main` is the store revision, `sub` orders changes within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Rev {
+    pub main: i64,
+    pub sub: i64,
+}
+
+impl Rev {
+    pub fn new(main: i64, sub: i64) -> Rev {
+        Rev { main, sub }
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.main.to_be_bytes());
+        b[8..].copy_from_slice(&self.sub.to_be_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<Rev> {
+        let main = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let sub = i64::from_be_bytes(b.get(8..16)?.try_into().ok()?);
+        Some(Rev { main, sub })
+    }
+}
+
+/// A stored revision: the encoded key-value and whether it is a deletion marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub tombstone: bool,
+    pub kv: Vec<u8>,
+}
+
+fn decode_stored(rev: Rev, v: &[u8]) -> Result<Stored, BackendError> {
+    let (&flags, kv) = v.split_first().ok_or(BackendError::Malformed(rev))?;
+    Ok(Stored {
+        tombstone: flags & TOMBSTONE != 0,
+        kv: kv.to_vec(),
+    })
+}
+
+/// Read access shared by read-only views and write transactions (reads see earlier writes).
+pub trait RevRead {
+    fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError>;
+    fn meta(&self, name: &str) -> Result<Option<u64>, BackendError>;
+}
+
+pub struct Backend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Backend {
+    pub fn open(path: &Path) -> Result<Backend, BackendError> {
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(path)
+            .map_err(|source| BackendError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let tx = db.begin_write()?;
+        tx.open_table(KV)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        Ok(Backend {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `f` in one write transaction. `durable` commits with an fsync; otherwise the commit
+    /// is persisted by the next durable one (the WAL covers the gap on a crash).
+    pub fn update<R, E: From<BackendError>>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut tx = self.db.begin_write().map_err(BackendError::from)?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        tx.set_durability(durability).map_err(BackendError::from)?;
+        let out = {
+            let kv = tx.open_table(KV).map_err(BackendError::from)?;
+            let meta = tx.open_table(META).map_err(BackendError::from)?;
+            let mut w = WriteTx { kv, meta };
+            f(&mut w)?
+        };
+        tx.commit().map_err(BackendError::from)?;
+        Ok(out)
+    }
+
+    /// Runs `f` over a consistent read-only snapshot.
+    pub fn view<R, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce(&ReadTx) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let tx = self.db.begin_read().map_err(BackendError::from)?;
+        let kv = tx.open_table(KV).map_err(BackendError::from)?;
+        let meta = tx.open_table(META).map_err(BackendError::from)?;
+        f(&ReadTx { kv, meta })
+    }
+
+    /// Bytes the database file occupies on disk.
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Bytes holding live data (the rest of [`Backend::size`] is free pages).
+    pub fn size_in_use(&self) -> u64 {
+        let stats = self.db.begin_write().and_then(|tx| {
+            let s = tx.stats().map_err(redb::TransactionError::from);
+            tx.abort().ok();
+            s
+        });
+        match stats {
+            Ok(s) => s.allocated_pages() * s.page_size() as u64,
+            Err(_) => self.size(),
+        }
+    }
+}
+
+pub struct WriteTx<'a> {
+    kv: redb::Table<'a, &'static [u8], &'static [u8]>,
+    meta: redb::Table<'a, &'static str, u64>,
+}
+
+impl WriteTx<'_> {
+    pub fn put_rev(&mut self, rev: Rev, tombstone: bool, kv: &[u8]) -> Result<(), BackendError> {
+        let mut v = Vec::with_capacity(kv.len() + 1);
+        v.push(if tombstone { TOMBSTONE } else { 0 });
+        v.extend_from_slice(kv);
+        self.kv.insert(rev.to_bytes().as_slice(), v.as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
+        self.kv.remove(rev.to_bytes().as_slice())?;
+        Ok(())
+    }
+
+    pub fn set_meta(&mut self, name: &str, v: u64) -> Result<(), BackendError> {
+        self.meta.insert(name, v)?;
+        Ok(())
+    }
+}
+
+impl RevRead for WriteTx<'_> {
+    fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
+        match self.kv.get(rev.to_bytes().as_slice())? {
+            Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self.meta.get(name)?.map(|g| g.value()))
+    }
+}
+
+pub struct ReadTx {
+    kv: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    meta: redb::ReadOnlyTable<&'static str, u64>,
+}
+
+impl ReadTx {
+    /// Visits every stored revision in revision order (used to rebuild the in-memory index).
+    pub fn for_each_rev(
+        &self,
+        mut f: impl FnMut(Rev, Stored) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        for item in self.kv.iter()? {
+            let (k, v) = item?;
+            let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+            f(rev, decode_stored(rev, v.value())?)?;
+        }
+        Ok(())
+    }
+}
+
+impl RevRead for ReadTx {
+    fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
+        match self.kv.get(rev.to_bytes().as_slice())? {
+            Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self.meta.get(name)?.map(|g| g.value()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_roundtrip_and_failed_update_is_rolled_back() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Backend::open(&d.path().join("db")).unwrap();
+        b.update(true, |w| {
+            w.put_rev(Rev::new(2, 0), false, b"v")?;
+            w.set_meta("ci", 7)?;
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        let r: Result<(), BackendError> = b.update(false, |w| {
+            w.put_rev(Rev::new(3, 0), false, b"x")?;
+            Err(BackendError::Malformed(Rev::new(3, 0)))
+        });
+        assert!(r.is_err());
+        b.view(|r| {
+            assert_eq!(r.get_rev(Rev::new(2, 0))?.unwrap().kv, b"v");
+            assert!(r.get_rev(Rev::new(3, 0))?.is_none());
+            assert_eq!(r.meta("ci")?, Some(7));
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn rev_ordering_matches_byte_ordering() {
+        let a = Rev::new(1, 5).to_bytes();
+        let b = Rev::new(2, 0).to_bytes();
+        assert!(a < b);
+        assert_eq!(Rev::from_bytes(&b), Some(Rev::new(2, 0)));
+    }
+}

@@ -1,0 +1,13 @@
+//! Ballast's durable storage layer.
+//!
+//! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
+//! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
+//!
+//! Architecture invariant: this crate knows nothing of gRPC, Raft or etcd semantics; it stores
+//! bytes under keys it is given and says exactly where the disk lied to it.
+
+pub mod backend;
+pub mod wal;
+
+pub use backend::{Backend, BackendError, Rev};
+pub use wal::{Record, Wal, WalError};

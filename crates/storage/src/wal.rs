@@ -1,0 +1,439 @@
+//! Write-ahead log: segment files of length-prefixed, CRC32C-checked records.
+//!
+//! Record layout (little endian): `len: u32 | crc32c(kind ++ data): u32 | kind: u8 | data`.
+//! `len` counts `kind ++ data`. Segments are named `{seq:016x}.wal`; each starts with a
+//! record of kind [`KIND_SEGMENT_HEADER`] so an empty segment is still self-describing.
+//!
+//! Crash handling follows etcd: a damaged *tail* of the last segment is a torn write and is
+//! truncated; damage anywhere else is corruption and is reported with file and offset.
+//! See `docs/wal.md`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Largest record accepted on write or read; anything bigger in a file is damage.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+/// A segment is closed and a new one started once it grows past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Reserved record kind written first in every segment.
+pub const KIND_SEGMENT_HEADER: u8 = 0;
+const HEADER_LEN: usize = 8;
+const SEGMENT_MAGIC: &[u8] = b"ballast-wal-v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("wal io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("wal corrupt: {path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: &'static str,
+    },
+    #[error("wal record of {0} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    RecordTooLarge(usize),
+    #[error("wal kind {0} is reserved")]
+    ReservedKind(u8),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One record read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub kind: u8,
+    pub data: Vec<u8>,
+}
+
+/// What [`Wal::open`] found besides the records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Set when a torn tail was cut off: (segment, offset it was truncated to).
+    pub truncated: Option<(PathBuf, u64)>,
+}
+
+pub struct Wal {
+    dir: PathBuf,
+    seq: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    size: u64,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn encode_into(buf: &mut Vec<u8>, kind: u8, data: &[u8]) {
+    let len = (data.len() + 1) as u32;
+    let mut crc = crc32c::crc32c(&[kind]);
+    crc = crc32c::crc32c_append(crc, data);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(data);
+}
+
+/// fsync a directory so a created or renamed file's entry survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+enum Decoded {
+    Record(Record, usize),
+    /// Damage; the bool says whether it looks like a torn write (nothing valid can follow).
+    Bad(&'static str, bool),
+}
+
+fn decode_at(buf: &[u8], off: usize) -> Decoded {
+    let rest = &buf[off..];
+    let all_zero = rest.iter().all(|b| *b == 0);
+    if rest.len() < HEADER_LEN {
+        return Decoded::Bad("short record header", true);
+    }
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    if len == 0 || len > MAX_RECORD_BYTES + 1 {
+        return Decoded::Bad("invalid record length", all_zero);
+    }
+    if rest.len() < HEADER_LEN + len {
+        // A record cut short by the end of the file can only be a torn append.
+        return Decoded::Bad("record extends past end of file", true);
+    }
+    let body = &rest[HEADER_LEN..HEADER_LEN + len];
+    if crc32c::crc32c(body) != crc {
+        let is_last = rest.len() == HEADER_LEN + len;
+        let zero_after = rest[HEADER_LEN + len..].iter().all(|b| *b == 0);
+        return Decoded::Bad("crc mismatch", all_zero || is_last || zero_after);
+    }
+    Decoded::Record(
+        Record {
+            kind: body[0],
+            data: body[1..].to_vec(),
+        },
+        HEADER_LEN + len,
+    )
+}
+
+impl Wal {
+    /// Whether `dir` already holds a log.
+    pub fn exists(dir: &Path) -> bool {
+        Self::segments(dir).map(|s| !s.is_empty()).unwrap_or(false)
+    }
+
+    fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err(dir))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name.strip_suffix(".wal") else {
+                continue;
+            };
+            if let Ok(seq) = u64::from_str_radix(stem, 16) {
+                out.push((seq, ent.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates a new, empty log in `dir` (which must not hold one).
+    pub fn create(dir: &Path) -> Result<Wal, WalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let wal = Self::start_segment(dir, 0)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_err(parent))?;
+        }
+        Ok(wal)
+    }
+
+    fn start_segment(dir: &Path, seq: u64) -> Result<Wal, WalError> {
+        let path = dir.join(segment_name(seq));
+        let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut buf = Vec::new();
+        encode_into(&mut buf, KIND_SEGMENT_HEADER, SEGMENT_MAGIC);
+        f.write_all(&buf).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        // Rename only once the header is durable, so a crash never leaves a headerless segment.
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(dir).map_err(io_err(dir))?;
+        let f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            seq,
+            path,
+            out: BufWriter::with_capacity(256 << 10, f),
+            size: buf.len() as u64,
+        })
+    }
+
+    /// Opens an existing log, returning every record in order. A torn tail of the last segment
+    /// is truncated (and reported); any other damage is [`WalError::Corrupt`].
+    pub fn open(dir: &Path) -> Result<(Wal, Vec<Record>, OpenReport), WalError> {
+        let segs = Self::segments(dir)?;
+        let Some(&(last_seq, _)) = segs.last() else {
+            return Err(WalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                reason: "no wal segments",
+            });
+        };
+        let mut records = Vec::new();
+        let mut report = OpenReport::default();
+        let mut last_size = 0u64;
+        for (i, (seq, path)) in segs.iter().enumerate() {
+            let is_last = i + 1 == segs.len();
+            let mut buf = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(io_err(path))?;
+            let mut off = 0usize;
+            let mut first = true;
+            while off < buf.len() {
+                match decode_at(&buf, off) {
+                    Decoded::Record(rec, n) => {
+                        if first {
+                            if rec.kind != KIND_SEGMENT_HEADER || rec.data != SEGMENT_MAGIC {
+                                return Err(WalError::Corrupt {
+                                    path: path.clone(),
+                                    offset: 0,
+                                    reason: "bad segment header",
+                                });
+                            }
+                        } else if rec.kind == KIND_SEGMENT_HEADER {
+                            return Err(WalError::Corrupt {
+                                path: path.clone(),
+                                offset: off as u64,
+                                reason: "segment header in mid-segment",
+                            });
+                        } else {
+                            records.push(rec);
+                        }
+                        first = false;
+                        off += n;
+                    }
+                    Decoded::Bad(reason, torn) => {
+                        if !(is_last && torn && !first) {
+                            return Err(WalError::Corrupt {
+                                path: path.clone(),
+                                offset: off as u64,
+                                reason,
+                            });
+                        }
+                        tracing::warn!(
+                            file = %path.display(),
+                            offset = off,
+                            reason,
+                            "truncating torn wal tail"
+                        );
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(io_err(path))?;
+                        f.set_len(off as u64).map_err(io_err(path))?;
+                        f.sync_all().map_err(io_err(path))?;
+                        report.truncated = Some((path.clone(), off as u64));
+                        buf.truncate(off);
+                        break;
+                    }
+                }
+            }
+            if first {
+                return Err(WalError::Corrupt {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: "empty segment",
+                });
+            }
+            if *seq == last_seq {
+                last_size = buf.len() as u64;
+            }
+        }
+        let path = dir.join(segment_name(last_seq));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            seq: last_seq,
+            path,
+            out: BufWriter::with_capacity(256 << 10, f),
+            size: last_size,
+        };
+        Ok((wal, records, report))
+    }
+
+    /// Buffers one record. Not durable until [`Wal::sync`] returns.
+    pub fn append(&mut self, kind: u8, data: &[u8]) -> Result<(), WalError> {
+        if kind == KIND_SEGMENT_HEADER {
+            return Err(WalError::ReservedKind(kind));
+        }
+        if data.len() > MAX_RECORD_BYTES {
+            return Err(WalError::RecordTooLarge(data.len()));
+        }
+        let mut buf = Vec::with_capacity(HEADER_LEN + 1 + data.len());
+        encode_into(&mut buf, kind, data);
+        self.out.write_all(&buf).map_err(io_err(&self.path))?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Makes every appended record durable (one fdatasync for all of them: group commit),
+    /// then rolls to a new segment if this one is full.
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.out.flush().map_err(io_err(&self.path))?;
+        self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
+        if self.size >= SEGMENT_BYTES {
+            let next = Self::start_segment(&self.dir, self.seq + 1)?;
+            *self = next;
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, recs: &[(u8, &[u8])]) {
+        let mut w = Wal::create(dir).unwrap();
+        for (k, d) in recs {
+            w.append(*k, d).unwrap();
+        }
+        w.sync().unwrap();
+    }
+
+    fn seg0(dir: &Path) -> PathBuf {
+        dir.join(segment_name(0))
+    }
+
+    #[test]
+    fn roundtrip_and_reopen_append() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[(1, b"a"), (2, b"bb")]);
+        let (mut w, recs, rep) = Wal::open(d.path()).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1], Record { kind: 2, data: b"bb".to_vec() });
+        assert!(rep.truncated.is_none());
+        w.append(3, b"ccc").unwrap();
+        w.sync().unwrap();
+        let (_, recs, _) = Wal::open(d.path()).unwrap();
+        assert_eq!(recs.len(), 3);
+    }
+
+    #[test]
+    fn torn_tail_is_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[(1, b"first"), (1, b"second")]);
+        let p = seg0(d.path());
+        let len = fs::metadata(&p).unwrap().len();
+        // Cut the last record in half, as a crash mid-append would.
+        OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
+        let (_, recs, rep) = Wal::open(d.path()).unwrap();
+        assert_eq!(recs, vec![Record { kind: 1, data: b"first".to_vec() }]);
+        let (_, at) = rep.truncated.unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().len(), at);
+    }
+
+    #[test]
+    fn garbage_tail_of_zeros_is_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[(1, b"x")]);
+        let p = seg0(d.path());
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        let (_, recs, rep) = Wal::open(d.path()).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert!(rep.truncated.is_some());
+    }
+
+    #[test]
+    fn corruption_in_the_middle_is_an_error_naming_file_and_offset() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[(1, b"first"), (1, b"second"), (1, b"third")]);
+        let p = seg0(d.path());
+        let mut bytes = fs::read(&p).unwrap();
+        let hdr = HEADER_LEN + 1 + SEGMENT_MAGIC.len();
+        let second = hdr + HEADER_LEN + 1 + 5;
+        bytes[second + HEADER_LEN + 2] ^= 0xff;
+        fs::write(&p, &bytes).unwrap();
+        match Wal::open(d.path()) {
+            Err(WalError::Corrupt { path, offset, .. }) => {
+                assert_eq!(path, p);
+                assert_eq!(offset, second as u64);
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|r| r.1)),
+        }
+    }
+
+    #[test]
+    fn damage_in_a_sealed_segment_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), &[(1, b"first")]);
+        // A later segment makes segment 0 sealed: its tail cannot be a torn write.
+        Wal::start_segment(d.path(), 1).unwrap();
+        let p = seg0(d.path());
+        let len = fs::metadata(&p).unwrap().len();
+        OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 1).unwrap();
+        assert!(matches!(Wal::open(d.path()), Err(WalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn reserved_kind_and_oversize_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::create(d.path()).unwrap();
+        assert!(matches!(w.append(0, b""), Err(WalError::ReservedKind(0))));
+        let big = vec![0u8; MAX_RECORD_BYTES + 1];
+        assert!(matches!(w.append(1, &big), Err(WalError::RecordTooLarge(_))));
+    }
+
+    proptest::proptest! {
+        // Arbitrary bytes appended to a valid log never panic the reader, and never lose the
+        // valid prefix: they are either truncated as a torn tail or reported as corruption.
+        #[test]
+        fn random_tail_never_panics(recs in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..64), 1..8),
+                                    junk in proptest::collection::vec(0u8..=255, 0..128)) {
+            let d = tempfile::tempdir().unwrap();
+            let mut w = Wal::create(d.path()).unwrap();
+            for r in &recs { w.append(1, r).unwrap(); }
+            w.sync().unwrap();
+            drop(w);
+            let p = seg0(d.path());
+            let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+            f.write_all(&junk).unwrap();
+            drop(f);
+            if let Ok((_, got, _)) = Wal::open(d.path()) {
+                proptest::prop_assert!(got.len() >= recs.len());
+                for (g, r) in got.iter().zip(recs.iter()) {
+                    proptest::prop_assert_eq!(&g.data, r);
+                }
+            }
+        }
+    }
+}
