@@ -1,0 +1,16 @@
+//! Ballast's state machine: etcd's MVCC key-value semantics.
+//!
+//! Architecture invariant: deterministic. Applying the same log to the same state gives the
+//! same result on every member; nothing here reads a clock, a random source or the network.
+//! Validation that etcd does before proposing lives in [`check`]; what it does while applying
+//! lives in [`mvcc`].
+
+pub mod check;
+pub mod error;
+pub mod mvcc;
+
+pub use error::KvError;
+pub use mvcc::{Applied, Mvcc};
+
+#[cfg(test)]
+mod model_tests;

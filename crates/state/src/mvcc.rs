@@ -1,0 +1,681 @@
+//! etcd's MVCC store: an in-memory key index over revisions kept in the redb backend.
+//!
+//! Invariants:
+//! * every write request that changes anything gets exactly one new main revision; its
+//!   changes are numbered by `sub` in the order they happen;
+//! * `index.rev` is the newest main revision; every entry in the key index is `<= rev`;
+//! * a request either applies all of its changes or none (checks run before the first write);
+//! * history below `compact_rev` is gone, except each key's newest live revision at it.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use ballast_api::ballast::internal::{raft_request, RaftRequest};
+use ballast_api::etcdserverpb::{
+    compare, range_request::SortOrder, range_request::SortTarget, request_op, response_op,
+    CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
+};
+use ballast_api::mvccpb::KeyValue;
+use ballast_storage::backend::{RevRead, WriteTx};
+use ballast_storage::{Backend, BackendError, Rev};
+use prost::Message;
+
+use crate::KvError;
+
+const META_APPLIED: &str = "consistent_index";
+const META_REV: &str = "current_rev";
+const META_COMPACT: &str = "compact_rev";
+
+/// The result of applying one log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// An entry with no client request (raft no-op, configuration change).
+    Nothing,
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compaction(CompactionResponse),
+}
+
+#[derive(Debug, Default, Clone)]
+struct KeyHistory {
+    /// Ascending revisions; `true` marks a tombstone.
+    revs: Vec<(Rev, bool)>,
+    /// Creation revision of the live generation (0 when deleted).
+    create_rev: i64,
+    /// Version of the live generation (0 when deleted).
+    version: i64,
+}
+
+impl KeyHistory {
+    /// The live revision of this key as of main revision `at`.
+    fn at(&self, at: i64) -> Option<Rev> {
+        let pos = self.revs.partition_point(|(r, _)| r.main <= at);
+        match pos.checked_sub(1).map(|i| self.revs[i]) {
+            Some((r, false)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Index {
+    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    rev: i64,
+    /// -1 until the first compaction, as in etcd.
+    compact_rev: i64,
+    applied: u64,
+}
+
+pub struct Mvcc {
+    backend: Backend,
+    index: RwLock<Index>,
+}
+
+fn decode_kv(bytes: &[u8]) -> Result<KeyValue, KvError> {
+    KeyValue::decode(bytes).map_err(|e| KvError::Corrupt(e.to_string()))
+}
+
+/// Key bounds of a request: `end` empty means the single key; `"\0"` means to the end.
+fn bounds<'a>(key: &'a [u8], end: &'a [u8]) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+    if end.is_empty() {
+        (Bound::Included(key), Bound::Included(key))
+    } else if end == [0] {
+        (Bound::Included(key), Bound::Unbounded)
+    } else {
+        (Bound::Included(key), Bound::Excluded(end))
+    }
+}
+
+impl Index {
+    /// Live keys in `[key, end)` as of `at`, in key order.
+    fn live_in<'s>(
+        &'s self,
+        key: &'s [u8],
+        end: &'s [u8],
+        at: i64,
+    ) -> impl Iterator<Item = (&'s Vec<u8>, Rev)> + 's {
+        let (lo, hi) = bounds(key, end);
+        let empty = matches!((lo, hi), (Bound::Included(a), Bound::Excluded(b)) if a >= b);
+        let range = if empty {
+            None
+        } else {
+            Some(
+                self.keys
+                    .range::<[u8], _>((lo, hi))
+                    .filter_map(move |(k, h)| h.at(at).map(|r| (k, r))),
+            )
+        };
+        range.into_iter().flatten()
+    }
+}
+
+fn load<R: RevRead>(r: &R, rev: Rev) -> Result<KeyValue, KvError> {
+    let stored = r
+        .get_rev(rev)?
+        .ok_or_else(|| KvError::Corrupt(format!("revision {rev:?} is indexed but not stored")))?;
+    decode_kv(&stored.kv)
+}
+
+/// etcd's range semantics over a view at store revision `cur`.
+fn range_view<R: RevRead>(
+    idx: &Index,
+    r: &R,
+    req: &RangeRequest,
+    cur: i64,
+) -> Result<RangeResponse, KvError> {
+    if req.revision > cur {
+        return Err(KvError::FutureRev);
+    }
+    let at = if req.revision <= 0 { cur } else { req.revision };
+    if at < idx.compact_rev {
+        return Err(KvError::Compacted);
+    }
+    let order = SortOrder::try_from(req.sort_order).map_err(|_| KvError::InvalidSortOption)?;
+    let target = SortTarget::try_from(req.sort_target).map_err(|_| KvError::InvalidSortOption)?;
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    // Sorting and filtering need every match; otherwise fetch one past the limit for `more`.
+    let fetch = if order != SortOrder::None || filtered || req.limit <= 0 {
+        usize::MAX
+    } else {
+        req.limit as usize + 1
+    };
+    let mut count = 0i64;
+    let mut revs = Vec::new();
+    for (_, rev) in idx.live_in(&req.key, &req.range_end, at) {
+        count += 1;
+        if !req.count_only && revs.len() < fetch {
+            revs.push(rev);
+        }
+    }
+    let mut kvs = Vec::with_capacity(revs.len());
+    for rev in revs {
+        kvs.push(load(r, rev)?);
+    }
+    if req.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+    }
+    if req.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+    }
+    if req.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+    }
+    if req.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+    }
+    // Results come in key order already; other targets sort ascending unless told otherwise.
+    let order = if target != SortTarget::Key && order == SortOrder::None {
+        SortOrder::Ascend
+    } else {
+        order
+    };
+    if order != SortOrder::None {
+        match target {
+            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
+            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if order == SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() > req.limit as usize {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResponse {
+        header: Some(ResponseHeader {
+            revision: cur,
+            ..Default::default()
+        }),
+        kvs,
+        more,
+        count,
+    })
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(v)
+        }
+        Ok(CompareTarget::Create) => match c.target_union {
+            Some(TargetUnion::CreateRevision(v)) => kv.create_revision.cmp(&v),
+            _ => kv.create_revision.cmp(&0),
+        },
+        Ok(CompareTarget::Mod) => match c.target_union {
+            Some(TargetUnion::ModRevision(v)) => kv.mod_revision.cmp(&v),
+            _ => kv.mod_revision.cmp(&0),
+        },
+        Ok(CompareTarget::Version) => match c.target_union {
+            Some(TargetUnion::Version(v)) => kv.version.cmp(&v),
+            _ => kv.version.cmp(&0),
+        },
+        Ok(CompareTarget::Lease) => match c.target_union {
+            Some(TargetUnion::Lease(v)) => kv.lease.cmp(&v),
+            _ => kv.lease.cmp(&0),
+        },
+        Err(_) => std::cmp::Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord.is_eq(),
+        Ok(CompareResult::NotEqual) => ord.is_ne(),
+        Ok(CompareResult::Greater) => ord.is_gt(),
+        Ok(CompareResult::Less) => ord.is_lt(),
+        Err(_) => true,
+    }
+}
+
+fn apply_compare<R: RevRead>(idx: &Index, r: &R, c: &Compare, cur: i64) -> Result<bool, KvError> {
+    let mut any = false;
+    for (_, rev) in idx.live_in(&c.key, &c.range_end, cur) {
+        any = true;
+        if !compare_kv(c, &load(r, rev)?) {
+            return Ok(false);
+        }
+    }
+    if !any {
+        // A missing key has no value to compare, but compares as zero revisions/version.
+        if c.target == compare::CompareTarget::Value as i32 {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, &KeyValue::default()));
+    }
+    Ok(true)
+}
+
+/// The branch taken by a txn and, in pre-order, by each nested txn on that branch.
+fn compare_path<R: RevRead>(
+    idx: &Index,
+    r: &R,
+    t: &TxnRequest,
+    cur: i64,
+    path: &mut Vec<bool>,
+) -> Result<(), KvError> {
+    let mut ok = true;
+    for c in &t.compare {
+        if !apply_compare(idx, r, c, cur)? {
+            ok = false;
+            break;
+        }
+    }
+    path.push(ok);
+    for op in if ok { &t.success } else { &t.failure } {
+        if let Some(request_op::Request::RequestTxn(n)) = &op.request {
+            compare_path(idx, r, n, cur, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// One write request in progress: all of its changes share main revision `begin + 1`.
+struct WriteCtx<'i, 't, 'w> {
+    idx: &'i mut Index,
+    w: &'t mut WriteTx<'w>,
+    begin: i64,
+    changes: i64,
+}
+
+impl WriteCtx<'_, '_, '_> {
+    fn view_rev(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    fn next_rev(&mut self) -> Rev {
+        let rev = Rev::new(self.begin + 1, self.changes);
+        self.changes += 1;
+        rev
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+        match self.idx.keys.get(key).and_then(|h| h.at(self.view_rev())) {
+            Some(rev) => Ok(Some(load(&*self.w, rev)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(), KvError> {
+        let rev = self.next_rev();
+        let hist = self.idx.keys.entry(key.to_vec()).or_default();
+        if hist.version == 0 {
+            hist.create_rev = rev.main;
+        }
+        hist.version += 1;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: hist.create_rev,
+            mod_revision: rev.main,
+            version: hist.version,
+            value,
+            lease,
+        };
+        hist.revs.push((rev, false));
+        self.w.put_rev(rev, false, &kv.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<(), KvError> {
+        if p.ignore_value || p.ignore_lease {
+            if self.current(&p.key)?.is_none() {
+                return Err(KvError::KeyNotFound);
+            }
+        }
+        if !p.ignore_lease && p.lease != 0 {
+            // Leases arrive with the Lease service; until then no lease exists.
+            return Err(KvError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse, KvError> {
+        let prev = if p.prev_kv || p.ignore_value || p.ignore_lease {
+            self.current(&p.key)?
+        } else {
+            None
+        };
+        self.check_put(p)?;
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => p.lease,
+        };
+        self.put_kv(&p.key, value, lease)?;
+        Ok(PutResponse {
+            header: Some(ResponseHeader {
+                revision: self.begin + 1,
+                ..Default::default()
+            }),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
+        let at = self.view_rev();
+        let live: Vec<(Vec<u8>, Rev)> = self
+            .idx
+            .live_in(&d.key, &d.range_end, at)
+            .map(|(k, r)| (k.clone(), r))
+            .collect();
+        let mut prev_kvs = Vec::new();
+        if d.prev_kv {
+            for (_, rev) in &live {
+                prev_kvs.push(load(&*self.w, *rev)?);
+            }
+        }
+        for (key, _) in &live {
+            let rev = self.next_rev();
+            let tomb = KeyValue {
+                key: key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.w.put_rev(rev, true, &tomb.encode_to_vec())?;
+            if let Some(h) = self.idx.keys.get_mut(key) {
+                h.revs.push((rev, true));
+                h.version = 0;
+                h.create_rev = 0;
+            }
+        }
+        Ok(DeleteRangeResponse {
+            header: Some(ResponseHeader {
+                revision: self.view_rev(),
+                ..Default::default()
+            }),
+            deleted: live.len() as i64,
+            prev_kvs,
+        })
+    }
+
+    fn range(&self, q: &RangeRequest) -> Result<RangeResponse, KvError> {
+        range_view(self.idx, &*self.w, q, self.view_rev())
+    }
+
+    /// etcd's pre-execution checks along the chosen path: puts (lease, key existence) and
+    /// ranges (revision bounds), so a failing txn changes nothing.
+    fn check_txn(
+        &self,
+        t: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<(), KvError> {
+        let ok = path.get(*pos).copied().unwrap_or(false);
+        *pos += 1;
+        for op in if ok { &t.success } else { &t.failure } {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
+                Some(request_op::Request::RequestRange(q)) => {
+                    if q.revision > self.begin {
+                        return Err(KvError::FutureRev);
+                    }
+                    if q.revision > 0 && q.revision < self.idx.compact_rev {
+                        return Err(KvError::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(n)) => self.check_txn(n, path, pos)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<TxnResponse, KvError> {
+        let ok = path.get(*pos).copied().unwrap_or(false);
+        *pos += 1;
+        let ops = if ok { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(request_op::Request::RequestRange(q)) => {
+                    response_op::Response::ResponseRange(self.range(q)?)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    response_op::Response::ResponsePut(self.put(p)?)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    response_op::Response::ResponseDeleteRange(self.delete(d)?)
+                }
+                Some(request_op::Request::RequestTxn(n)) => {
+                    response_op::Response::ResponseTxn(self.exec_txn(n, path, pos)?)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded: ok,
+            responses,
+        })
+    }
+
+    fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse, KvError> {
+        let mut path = Vec::new();
+        compare_path(self.idx, &*self.w, t, self.begin, &mut path)?;
+        self.check_txn(t, &path, &mut 0)?;
+        let mut resp = self.exec_txn(t, &path, &mut 0)?;
+        resp.header = Some(ResponseHeader {
+            revision: self.view_rev(),
+            ..Default::default()
+        });
+        Ok(resp)
+    }
+
+    fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, KvError> {
+        if c.revision <= self.idx.compact_rev {
+            return Err(KvError::Compacted);
+        }
+        if c.revision > self.idx.rev {
+            return Err(KvError::FutureRev);
+        }
+        let at = c.revision;
+        let mut emptied = Vec::new();
+        for (key, h) in self.idx.keys.iter_mut() {
+            let pos = h.revs.partition_point(|(r, _)| r.main <= at);
+            let keep_from = match pos.checked_sub(1).map(|i| h.revs[i]) {
+                Some((_, false)) => pos - 1,
+                _ => pos,
+            };
+            for (rev, _) in h.revs.drain(..keep_from) {
+                self.w.delete_rev(rev)?;
+            }
+            if h.revs.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for k in emptied {
+            self.idx.keys.remove(&k);
+        }
+        self.idx.compact_rev = at;
+        self.w.set_meta(META_COMPACT, at as u64)?;
+        Ok(CompactionResponse {
+            header: Some(ResponseHeader {
+                revision: self.idx.rev,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
+impl Mvcc {
+    /// Opens (or creates) the store at `path` and rebuilds the key index from it.
+    pub fn open(path: &Path) -> Result<Mvcc, KvError> {
+        let backend = Backend::open(path)?;
+        let mut idx = Index {
+            keys: BTreeMap::new(),
+            rev: 1,
+            compact_rev: -1,
+            applied: 0,
+        };
+        backend.view(|r| {
+            idx.applied = r.meta(META_APPLIED)?.unwrap_or(0);
+            if let Some(rev) = r.meta(META_REV)? {
+                idx.rev = rev as i64;
+            }
+            if let Some(c) = r.meta(META_COMPACT)? {
+                idx.compact_rev = c as i64;
+            }
+            let mut bad = None;
+            r.for_each_rev(|rev, stored| {
+                let kv = match decode_kv(&stored.kv) {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        bad = Some(e);
+                        return Err(BackendError::Malformed(rev));
+                    }
+                };
+                idx.rev = idx.rev.max(rev.main);
+                let h = idx.keys.entry(kv.key).or_default();
+                h.revs.push((rev, stored.tombstone));
+                if stored.tombstone {
+                    h.version = 0;
+                    h.create_rev = 0;
+                } else {
+                    h.version = kv.version;
+                    h.create_rev = kv.create_revision;
+                }
+                Ok(())
+            })?;
+            Ok::<_, KvError>(())
+        })?;
+        Ok(Mvcc {
+            backend,
+            index: RwLock::new(idx),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies log entries `(index, request)` in order, all in one backend transaction.
+    /// Entries at or below the applied index are skipped (replay after restart).
+    /// The outer error is fatal (storage failed); inner errors belong to each request.
+    pub fn apply_batch(
+        &self,
+        entries: &[(u64, Option<RaftRequest>)],
+        durable: bool,
+    ) -> Result<Vec<Result<Applied, KvError>>, KvError> {
+        let mut idx = self.write();
+        let idx = &mut *idx;
+        self.backend.update(durable, |w| {
+            let mut out = Vec::with_capacity(entries.len());
+            let mut last = idx.applied;
+            for (index, req) in entries {
+                if *index <= last {
+                    continue;
+                }
+                last = *index;
+                let res = match req.as_ref().and_then(|r| r.request.as_ref()) {
+                    None => Ok(Applied::Nothing),
+                    Some(r) => Self::apply_one(idx, w, r),
+                };
+                if let Err(KvError::Backend(e)) = res {
+                    return Err(KvError::Backend(e));
+                }
+                out.push(res);
+            }
+            if last > idx.applied {
+                idx.applied = last;
+                w.set_meta(META_APPLIED, last)?;
+                w.set_meta(META_REV, idx.rev as u64)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn apply_one(
+        idx: &mut Index,
+        w: &mut WriteTx<'_>,
+        r: &raft_request::Request,
+    ) -> Result<Applied, KvError> {
+        let begin = idx.rev;
+        let mut ctx = WriteCtx {
+            idx,
+            w,
+            begin,
+            changes: 0,
+        };
+        let out = match r {
+            raft_request::Request::Put(p) => Applied::Put(ctx.put(p)?),
+            raft_request::Request::DeleteRange(d) => Applied::DeleteRange(ctx.delete(d)?),
+            raft_request::Request::Txn(t) => Applied::Txn(ctx.txn(t)?),
+            raft_request::Request::Compaction(c) => Applied::Compaction(ctx.compact(c)?),
+        };
+        if ctx.changes > 0 {
+            ctx.idx.rev = begin + 1;
+        }
+        Ok(out)
+    }
+
+    /// A range over this member's applied state.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let idx = self.read();
+        self.backend.view(|r| range_view(&idx, r, req, idx.rev))
+    }
+
+    pub fn current_rev(&self) -> i64 {
+        self.read().rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.read().compact_rev
+    }
+
+    /// Index of the last applied log entry (etcd's consistent index).
+    pub fn applied_index(&self) -> u64 {
+        self.read().applied
+    }
+
+    pub fn db_size(&self) -> u64 {
+        self.backend.size()
+    }
+
+    pub fn db_size_in_use(&self) -> u64 {
+        self.backend.size_in_use()
+    }
+
+    /// Forces everything applied so far to disk.
+    pub fn sync(&self) -> Result<(), KvError> {
+        let _idx = self.read();
+        self.backend.update(true, |_| Ok::<_, KvError>(()))
+    }
+}
