@@ -1,0 +1,392 @@
+//! The raft driver: one OS thread, one loop, one order.
+//!
+//! Each turn: take every queued command (proposals, read-index requests) so a burst becomes one
+//! batch, tick if due, then handle `Ready` in raft-rs's documented order:
+//!
+//! 1. send leader messages (safe before our own fsync: the leader counts itself only once its
+//!    entries are persisted, so sending early never commits anything unsafely);
+//! 2. hand committed entries to the applier (they are durable on a quorum already);
+//! 3. append new entries and hard state to the WAL and fsync once for all of them (group
+//!    commit). No proposal is acknowledged before this: acks come from the applier, and an
+//!    entry only commits after this fsync;
+//! 4. send messages that must follow persistence (votes, follower acks);
+//! 5. `advance`, then hand off what the light ready newly committed.
+//!
+//! Nothing but this thread touches the `RawNode`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::prelude::{Config, RawNode};
+use raft::storage::MemStorage;
+use raft::StateRole;
+use tokio::sync::{oneshot, watch};
+
+use crate::log::{LogError, MemberRecord, RaftLog};
+
+/// Commands queued for the driver; bounded so a flood of clients gets an error, not OOM.
+const CMD_QUEUE: usize = 8192;
+/// Committed batches queued for the applier; when full, the driver waits (back-pressure).
+const APPLY_QUEUE: usize = 256;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RaftError {
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("raft storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl From<LogError> for RaftError {
+    fn from(e: LogError) -> Self {
+        RaftError::Storage(e.to_string())
+    }
+}
+
+pub struct NodeConfig {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// Voters of a brand-new cluster; ignored when the log already exists.
+    pub voters: Vec<u64>,
+    pub wal_dir: PathBuf,
+    /// One raft tick (etcd's `--heartbeat-interval`).
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns (`--election-timeout` / tick).
+    pub election_ticks: usize,
+    /// Last index the state machine has durably applied.
+    pub applied: u64,
+    pub max_msg_bytes: u64,
+}
+
+/// A committed log entry for the applier.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+    pub conf_change: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub is_leader: bool,
+    /// Set when the driver stopped on a storage failure; the member must exit.
+    pub fatal: Option<String>,
+}
+
+enum Cmd {
+    Propose(Vec<u8>, oneshot::Sender<RaftError>),
+    ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
+}
+
+pub struct Node {
+    tx: SyncSender<Cmd>,
+    status: watch::Receiver<RaftStatus>,
+    member_id: u64,
+    cluster_id: u64,
+    _thread: JoinHandle<()>,
+}
+
+impl Node {
+    /// Opens (or creates) the member's log and starts the driver thread. Returns the node and
+    /// the stream of committed entries, which the caller must apply in order.
+    pub fn start(cfg: NodeConfig) -> Result<(Node, Receiver<Vec<Committed>>), RaftError> {
+        let storage;
+        let log;
+        let member;
+        if RaftLog::exists(&cfg.wal_dir) {
+            let (l, rec) = RaftLog::open(&cfg.wal_dir)?;
+            storage = MemStorage::new_with_conf_state(rec.conf_state);
+            {
+                let mut w = storage.wl();
+                w.append(&rec.entries)
+                    .map_err(|e| RaftError::Storage(e.to_string()))?;
+                w.set_hardstate(rec.hard_state);
+            }
+            log = l;
+            member = rec.member;
+        } else {
+            let cs = ConfState::from((cfg.voters.clone(), vec![]));
+            member = MemberRecord {
+                member_id: cfg.member_id,
+                cluster_id: cfg.cluster_id,
+            };
+            log = RaftLog::create(&cfg.wal_dir, member, &cs)?;
+            storage = MemStorage::new_with_conf_state(cs);
+        }
+        let committed = storage.rl().hard_state().commit;
+        let raft_cfg = Config {
+            id: member.member_id,
+            election_tick: cfg.election_ticks.max(2),
+            heartbeat_tick: 1,
+            pre_vote: true,
+            check_quorum: true,
+            applied: cfg.applied.min(committed),
+            max_size_per_msg: cfg.max_msg_bytes,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_cfg
+            .validate()
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        let mut node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        let voters = node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+        if voters == [member.member_id] {
+            // A lone voter need not wait out an election timeout to lead.
+            node.campaign().map_err(|e| RaftError::Raft(e.to_string()))?;
+        }
+        let (tx, rx) = mpsc::sync_channel(CMD_QUEUE);
+        let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE);
+        let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+        let mut driver = Driver {
+            node,
+            log,
+            rx,
+            apply_tx,
+            status: status_tx,
+            tick: cfg.tick,
+            reads: HashMap::new(),
+            next_read: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("raft-driver".into())
+            .spawn(move || driver.run())
+            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        Ok((
+            Node {
+                tx,
+                status: status_rx,
+                member_id: member.member_id,
+                cluster_id: member.cluster_id,
+                _thread: thread,
+            },
+            apply_rx,
+        ))
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), RaftError> {
+        self.tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => RaftError::TooManyRequests,
+            TrySendError::Disconnected(_) => RaftError::Stopped,
+        })
+    }
+
+    /// Queues `data` for the log. The returned receiver fires only if the proposal is dropped;
+    /// success is observed when the entry is applied.
+    pub fn propose(&self, data: Vec<u8>) -> Result<oneshot::Receiver<RaftError>, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Propose(data, tx))?;
+        Ok(rx)
+    }
+
+    /// The commit index a linearizable read must wait to have applied (raft ReadIndex).
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::ReadIndex(tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn status_watch(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+}
+
+struct Driver {
+    node: RawNode<MemStorage>,
+    log: RaftLog,
+    rx: Receiver<Cmd>,
+    apply_tx: SyncSender<Vec<Committed>>,
+    status: watch::Sender<RaftStatus>,
+    tick: Duration,
+    reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, RaftError>>>>,
+    next_read: u64,
+}
+
+impl Driver {
+    fn run(&mut self) {
+        if let Err(e) = self.run_loop() {
+            tracing::error!(error = %e, "raft driver stopped");
+            self.status.send_modify(|s| s.fatal = Some(e.to_string()));
+        }
+        for (_, waiters) in self.reads.drain() {
+            for w in waiters {
+                let _ = w.send(Err(RaftError::Stopped));
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<(), RaftError> {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut reads = Vec::new();
+            match self.rx.recv_timeout(wait) {
+                Ok(cmd) => self.handle(cmd, &mut reads),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            // Drain the queue so concurrent requests share one fsync and one ReadIndex.
+            for _ in 0..CMD_QUEUE {
+                match self.rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd, &mut reads),
+                    Err(_) => break,
+                }
+            }
+            if !reads.is_empty() {
+                self.next_read += 1;
+                let ctx = self.next_read;
+                self.reads.insert(ctx, reads);
+                self.node.read_index(ctx.to_be_bytes().to_vec());
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                next_tick = Instant::now() + self.tick;
+            }
+            self.on_ready()?;
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd, reads: &mut Vec<oneshot::Sender<Result<u64, RaftError>>>) {
+        match cmd {
+            Cmd::Propose(data, on_drop) => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    let _ = on_drop.send(RaftError::NoLeader);
+                } else if let Err(e) = self.node.propose(vec![], data) {
+                    tracing::debug!(error = %e, "proposal dropped");
+                    let _ = on_drop.send(RaftError::NoLeader);
+                }
+            }
+            Cmd::ReadIndex(tx) => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    let _ = tx.send(Err(RaftError::NoLeader));
+                } else {
+                    reads.push(tx);
+                }
+            }
+        }
+    }
+
+    fn hand_off(&mut self, entries: Vec<Entry>) -> Result<(), RaftError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let last = entries.last().map(|e| e.index).unwrap_or(0);
+        let batch = entries
+            .into_iter()
+            .map(|mut e| Committed {
+                index: e.index,
+                term: e.term,
+                conf_change: e.get_entry_type() != EntryType::EntryNormal,
+                data: e.take_data().to_vec(),
+            })
+            .collect();
+        self.apply_tx.send(batch).map_err(|_| RaftError::Stopped)?;
+        self.node.advance_apply_to(last);
+        Ok(())
+    }
+
+    fn on_ready(&mut self) -> Result<(), RaftError> {
+        if !self.node.has_ready() {
+            self.publish_status();
+            return Ok(());
+        }
+        let mut rd = self.node.ready();
+        // Single-process for now: messages to peers are carried by the peer transport
+        // once membership exists; a lone member has no one to send to.
+        let _ = rd.take_messages();
+        for rs in rd.take_read_states() {
+            self.resolve_read(&rs.request_ctx, rs.index);
+        }
+        self.hand_off(rd.take_committed_entries())?;
+        if !rd.entries().is_empty() || rd.hs().is_some() {
+            self.log.save(rd.entries(), rd.hs())?;
+            self.log.sync()?;
+            let store = self.node.mut_store();
+            let mut w = store.wl();
+            w.append(rd.entries())
+                .map_err(|e| RaftError::Storage(e.to_string()))?;
+            if let Some(hs) = rd.hs() {
+                w.set_hardstate(hs.clone());
+            }
+        }
+        let _ = rd.take_persisted_messages();
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+        }
+        let _ = light.take_messages();
+        self.hand_off(light.take_committed_entries())?;
+        self.node.advance_apply();
+        self.publish_status();
+        Ok(())
+    }
+
+    fn resolve_read(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
+        let id = u64::from_be_bytes(bytes);
+        // A read state answers its own request and every earlier one still waiting.
+        let done: Vec<u64> = self.reads.keys().copied().filter(|k| *k <= id).collect();
+        for k in done {
+            for w in self.reads.remove(&k).unwrap_or_default() {
+                let _ = w.send(Ok(index));
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let r = &self.node.raft;
+        let next = RaftStatus {
+            leader: r.leader_id,
+            term: r.term,
+            commit: r.raft_log.committed,
+            is_leader: r.state == StateRole::Leader,
+            fatal: None,
+        };
+        let term_changed = self.status.borrow().term != next.term;
+        if term_changed && !self.reads.is_empty() {
+            for (_, waiters) in self.reads.drain() {
+                for w in waiters {
+                    let _ = w.send(Err(RaftError::LeaderChanged));
+                }
+            }
+        }
+        self.status.send_if_modified(|s| {
+            if *s != next {
+                *s = next;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

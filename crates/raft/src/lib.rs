@@ -1,0 +1,10 @@
+//! Ballast's consensus layer: one driver thread owns a raft-rs `RawNode` and its WAL.
+//!
+//! Architecture invariant: entries are opaque bytes. This crate never decodes a client
+//! request; it orders them, makes them durable and hands committed ones to the applier.
+
+mod driver;
+mod log;
+mod logger;
+
+pub use driver::{Committed, Node, NodeConfig, RaftError, RaftStatus};

@@ -1,0 +1,139 @@
+//! The raft log on disk: raft entries, hard state and configuration as WAL records.
+
+use std::path::Path;
+
+use ballast_storage::{Record, Wal, WalError};
+use raft::eraftpb::{ConfState, Entry, HardState};
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_CONF_STATE: u8 = 3;
+const KIND_MEMBER: u8 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("wal record of kind {kind} does not decode: {reason}")]
+    Decode { kind: u8, reason: String },
+    #[error("wal has no member record; the data dir is not a Ballast member")]
+    NoMember,
+}
+
+/// Identity written once when a member's log is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+/// Everything recovered from the log on restart.
+pub struct Recovered {
+    pub member: MemberRecord,
+    pub conf_state: ConfState,
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+}
+
+pub struct RaftLog {
+    wal: Wal,
+}
+
+fn decode<M: protobuf::Message>(rec: &Record) -> Result<M, LogError> {
+    M::parse_from_bytes(&rec.data).map_err(|e| LogError::Decode {
+        kind: rec.kind,
+        reason: e.to_string(),
+    })
+}
+
+fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
+    // Writing a well-formed in-memory message into a Vec cannot fail.
+    m.write_to_bytes().unwrap_or_default()
+}
+
+impl RaftLog {
+    pub fn exists(dir: &Path) -> bool {
+        Wal::exists(dir)
+    }
+
+    pub fn create(dir: &Path, member: MemberRecord, cs: &ConfState) -> Result<RaftLog, LogError> {
+        let mut wal = Wal::create(dir)?;
+        let mut m = Vec::with_capacity(16);
+        m.extend_from_slice(&member.member_id.to_le_bytes());
+        m.extend_from_slice(&member.cluster_id.to_le_bytes());
+        wal.append(KIND_MEMBER, &m)?;
+        wal.append(KIND_CONF_STATE, &encode(cs))?;
+        wal.sync()?;
+        Ok(RaftLog { wal })
+    }
+
+    pub fn open(dir: &Path) -> Result<(RaftLog, Recovered), LogError> {
+        let (wal, records, _) = Wal::open(dir)?;
+        let mut member = None;
+        let mut conf_state = ConfState::default();
+        let mut hard_state = HardState::default();
+        let mut entries: Vec<Entry> = Vec::new();
+        for rec in &records {
+            match rec.kind {
+                KIND_MEMBER => {
+                    let b = &rec.data;
+                    if b.len() != 16 {
+                        return Err(LogError::Decode {
+                            kind: rec.kind,
+                            reason: "member record is not 16 bytes".into(),
+                        });
+                    }
+                    let mut id = [0u8; 8];
+                    let mut cid = [0u8; 8];
+                    id.copy_from_slice(&b[..8]);
+                    cid.copy_from_slice(&b[8..]);
+                    member = Some(MemberRecord {
+                        member_id: u64::from_le_bytes(id),
+                        cluster_id: u64::from_le_bytes(cid),
+                    });
+                }
+                KIND_CONF_STATE => conf_state = decode(rec)?,
+                KIND_HARD_STATE => hard_state = decode(rec)?,
+                KIND_ENTRY => {
+                    let e: Entry = decode(rec)?;
+                    // A later append at an index overwrites that index and everything after it.
+                    let keep = entries.partition_point(|x| x.index < e.index);
+                    entries.truncate(keep);
+                    entries.push(e);
+                }
+                other => {
+                    return Err(LogError::Decode {
+                        kind: other,
+                        reason: "unknown record kind".into(),
+                    })
+                }
+            }
+        }
+        let member = member.ok_or(LogError::NoMember)?;
+        Ok((
+            RaftLog { wal },
+            Recovered {
+                member,
+                conf_state,
+                hard_state,
+                entries,
+            },
+        ))
+    }
+
+    /// Appends entries and hard state; durable only after [`RaftLog::sync`].
+    pub fn save(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), LogError> {
+        for e in entries {
+            self.wal.append(KIND_ENTRY, &encode(e))?;
+        }
+        if let Some(hs) = hs {
+            self.wal.append(KIND_HARD_STATE, &encode(hs))?;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.wal.sync()?;
+        Ok(())
+    }
+}

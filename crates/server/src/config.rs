@@ -1,0 +1,440 @@
+//! Configuration in two layers: etcd's flags, `ETCD_*` variables and YAML config file are parsed
+//! into [`Flags`], then resolved and validated into one [`Config`] the server runs on. Nothing
+//! touches the disk until resolution succeeded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
+/// etcd's default backend quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Flags(String),
+    #[error("invalid value {value:?} for {flag}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// etcd's server flags, with `ETCD_*` environment fallbacks.
+#[derive(Debug, Parser)]
+#[command(name = "ballast", version, about = "Ballast: an etcd-compatible key-value store")]
+pub struct Flags {
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    #[arg(long = "data-dir", env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<String>,
+    #[arg(long = "wal-dir", env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<String>,
+    #[arg(long = "listen-client-urls", env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    #[arg(long = "advertise-client-urls", env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    #[arg(long = "listen-peer-urls", env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    #[arg(long = "initial-advertise-peer-urls", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    #[arg(long = "initial-cluster-state", env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    #[arg(long = "initial-cluster-token", env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    #[arg(long = "max-request-bytes", env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: u64,
+    #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u32,
+    #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+    #[arg(long = "heartbeat-interval", env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    #[arg(long = "election-timeout", env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    #[arg(long = "config-file", env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<String>,
+}
+
+/// etcd's YAML config file keys (a subset grows with the features).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<String>,
+    wal_dir: Option<String>,
+    listen_client_urls: Option<String>,
+    advertise_client_urls: Option<String>,
+    listen_peer_urls: Option<String>,
+    initial_advertise_peer_urls: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_state: Option<String>,
+    initial_cluster_token: Option<String>,
+    max_request_bytes: Option<u64>,
+    max_txn_ops: Option<u32>,
+    quota_backend_bytes: Option<i64>,
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
+    log_level: Option<String>,
+    logger: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// The resolved configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub wal_dir: PathBuf,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub advertise_peer_urls: Vec<String>,
+    /// (name, peer URLs) of every initial member, in flag order.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_token: String,
+    pub new_cluster: bool,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: usize,
+    pub quota_backend_bytes: u64,
+    pub heartbeat: Duration,
+    pub election_ticks: usize,
+    pub log_level: tracing::Level,
+    pub log_format: LogFormat,
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn split_urls(flag: &'static str, s: &str) -> Result<Vec<String>, ConfigError> {
+    let urls: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        return Err(invalid(flag, s, "no URL given"));
+    }
+    for u in &urls {
+        parse_url(flag, u)?;
+    }
+    Ok(urls)
+}
+
+/// Splits `scheme://host:port[/]` into its parts; etcd accepts only http and https here.
+fn parse_url(flag: &'static str, u: &str) -> Result<(String, u16), ConfigError> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or_else(|| invalid(flag, u, "URL scheme must be http or https"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(flag, u, "URL must include a port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(flag, u, "port is not a number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid(flag, u, "URL has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn listen_addr(flag: &'static str, u: &str) -> Result<SocketAddr, ConfigError> {
+    let (host, port) = parse_url(flag, u)?;
+    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let ip: std::net::IpAddr = host
+        .parse()
+        .map_err(|_| invalid(flag, u, "listen URL host must be an IP address or localhost"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn parse_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("--initial-cluster", s, format!("{part:?} is not name=url")))?;
+        parse_url("--initial-cluster", url)?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => out.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("--initial-cluster", s, "no members given"));
+    }
+    Ok(out)
+}
+
+fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    let c: FileConfig = serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    // As in etcd, a config file replaces flags and environment entirely.
+    let d = Flags::parse_from(["ballast"]);
+    *f = Flags {
+        name: c.name.unwrap_or(d.name),
+        data_dir: c.data_dir,
+        wal_dir: c.wal_dir,
+        listen_client_urls: c.listen_client_urls.unwrap_or(d.listen_client_urls),
+        advertise_client_urls: c.advertise_client_urls.unwrap_or(d.advertise_client_urls),
+        listen_peer_urls: c.listen_peer_urls.unwrap_or(d.listen_peer_urls),
+        initial_advertise_peer_urls: c
+            .initial_advertise_peer_urls
+            .unwrap_or(d.initial_advertise_peer_urls),
+        initial_cluster: c.initial_cluster,
+        initial_cluster_state: c.initial_cluster_state.unwrap_or(d.initial_cluster_state),
+        initial_cluster_token: c.initial_cluster_token.unwrap_or(d.initial_cluster_token),
+        max_request_bytes: c.max_request_bytes.unwrap_or(d.max_request_bytes),
+        max_txn_ops: c.max_txn_ops.unwrap_or(d.max_txn_ops),
+        quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
+        heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
+        election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
+        log_level: c.log_level.unwrap_or(d.log_level),
+        logger: c.logger.unwrap_or(d.logger),
+        config_file: Some(path.to_string()),
+    };
+    Ok(())
+}
+
+/// Go's flag package accepts `-name`; clap wants `--name`. Rewrite single-dash long flags.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if i > 0 && a.starts_with('-') && !a.starts_with("--") && a.len() > 2 {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+impl Config {
+    pub fn from_args(args: Vec<String>) -> Result<Config, ConfigError> {
+        let mut f = Flags::try_parse_from(normalize_args(args)).map_err(|e| {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                e.exit()
+            }
+            ConfigError::Flags(e.to_string().trim_end().to_string())
+        })?;
+        if let Some(path) = f.config_file.clone() {
+            apply_file(&mut f, &path)?;
+        }
+        Self::resolve(f)
+    }
+
+    fn resolve(f: Flags) -> Result<Config, ConfigError> {
+        if f.name.is_empty() {
+            return Err(invalid("--name", &f.name, "name must not be empty"));
+        }
+        let data_dir = PathBuf::from(
+            f.data_dir
+                .clone()
+                .unwrap_or_else(|| format!("{}.ballast", f.name)),
+        );
+        let wal_dir = f
+            .wal_dir
+            .clone()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("member").join("wal"));
+        let listen_client = split_urls("--listen-client-urls", &f.listen_client_urls)?
+            .iter()
+            .map(|u| listen_addr("--listen-client-urls", u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let advertise_client_urls = split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
+        split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
+        let advertise_peer_urls =
+            split_urls("--initial-advertise-peer-urls", &f.initial_advertise_peer_urls)?;
+        let initial_cluster = match &f.initial_cluster {
+            Some(s) => parse_cluster(s)?,
+            None => vec![(f.name.clone(), advertise_peer_urls.clone())],
+        };
+        match initial_cluster.iter().find(|(n, _)| *n == f.name) {
+            None => {
+                return Err(invalid(
+                    "--initial-cluster",
+                    f.initial_cluster.as_deref().unwrap_or(""),
+                    format!("it has no member named {:?} (--name)", f.name),
+                ))
+            }
+            Some((_, urls)) => {
+                let mut a = urls.clone();
+                let mut b = advertise_peer_urls.clone();
+                a.sort();
+                b.sort();
+                if a != b {
+                    return Err(invalid(
+                        "--initial-advertise-peer-urls",
+                        &f.initial_advertise_peer_urls,
+                        format!("it does not match the URLs of {:?} in --initial-cluster", f.name),
+                    ));
+                }
+            }
+        }
+        let new_cluster = match f.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => {
+                return Err(invalid(
+                    "--initial-cluster-state",
+                    other,
+                    "must be \"new\" or \"existing\"",
+                ))
+            }
+        };
+        if f.max_request_bytes == 0 {
+            return Err(invalid("--max-request-bytes", "0", "must be positive"));
+        }
+        if f.max_txn_ops == 0 {
+            return Err(invalid("--max-txn-ops", "0", "must be positive"));
+        }
+        if f.quota_backend_bytes < 0 {
+            return Err(invalid(
+                "--quota-backend-bytes",
+                &f.quota_backend_bytes.to_string(),
+                "must not be negative",
+            ));
+        }
+        if f.heartbeat_interval == 0 {
+            return Err(invalid("--heartbeat-interval", "0", "must be positive"));
+        }
+        if f.election_timeout < 5 * f.heartbeat_interval {
+            return Err(invalid(
+                "--election-timeout",
+                &f.election_timeout.to_string(),
+                "must be at least 5 times --heartbeat-interval",
+            ));
+        }
+        let log_level = match f.log_level.as_str() {
+            "debug" => tracing::Level::DEBUG,
+            "info" => tracing::Level::INFO,
+            "warn" => tracing::Level::WARN,
+            "error" | "panic" | "fatal" => tracing::Level::ERROR,
+            other => {
+                return Err(invalid(
+                    "--log-level",
+                    other,
+                    "must be debug, info, warn, error, panic or fatal",
+                ))
+            }
+        };
+        let log_format = match f.logger.as_str() {
+            "zap" => LogFormat::Json,
+            "capnslog" | "text" => LogFormat::Text,
+            other => return Err(invalid("--logger", other, "must be zap or capnslog")),
+        };
+        Ok(Config {
+            name: f.name,
+            data_dir,
+            wal_dir,
+            listen_client,
+            advertise_client_urls,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_token: f.initial_cluster_token,
+            new_cluster,
+            max_request_bytes: f.max_request_bytes,
+            max_txn_ops: f.max_txn_ops as usize,
+            quota_backend_bytes: if f.quota_backend_bytes == 0 {
+                DEFAULT_QUOTA_BYTES
+            } else {
+                f.quota_backend_bytes as u64
+            },
+            heartbeat: Duration::from_millis(f.heartbeat_interval),
+            election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
+            log_level,
+            log_format,
+        })
+    }
+
+    /// etcd's default request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + self.heartbeat * (2 * self.election_ticks as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["ballast".to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        Config::from_args(v)
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.ballast"));
+        assert_eq!(c.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
+        assert_eq!(c.initial_cluster, vec![("default".into(), vec!["http://localhost:2380".into()])]);
+        assert_eq!(c.max_request_bytes, 1536 * 1024);
+        assert_eq!(c.max_txn_ops, 128);
+    }
+
+    #[test]
+    fn go_style_single_dash_flags() {
+        let c = parse(&["-name", "n1", "-initial-advertise-peer-urls", "http://127.0.0.1:2380", "-initial-cluster", "n1=http://127.0.0.1:2380"]).unwrap();
+        assert_eq!(c.name, "n1");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = parse(&["--max-txn-ops", "abc"]).unwrap_err().to_string();
+        assert!(e.contains("--max-txn-ops"), "{e}");
+        let e = parse(&["--bogus"]).unwrap_err().to_string();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = parse(&["--initial-cluster-state", "old"]).unwrap_err().to_string();
+        assert!(e.contains("--initial-cluster-state"), "{e}");
+        let e = parse(&["--listen-client-urls", "tcp://1.2.3.4:1"]).unwrap_err().to_string();
+        assert!(e.contains("--listen-client-urls"), "{e}");
+    }
+
+    #[test]
+    fn config_file_uses_etcd_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(&p, "name: m1\ndata-dir: /tmp/x\nmax-txn-ops: 7\ninitial-cluster: m1=http://localhost:2380\n").unwrap();
+        let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
+        assert_eq!((c.name.as_str(), c.max_txn_ops), ("m1", 7));
+        std::fs::write(&p, "nme: typo\n").unwrap();
+        assert!(parse(&["--config-file", p.to_str().unwrap()]).is_err());
+    }
+}

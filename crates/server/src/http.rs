@@ -1,0 +1,41 @@
+//! Plain HTTP endpoints served on the client port beside gRPC, as etcd does.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+
+use crate::server::EtcdServer;
+use crate::version::{BALLAST_VERSION, ETCD_API_VERSION};
+
+pub fn router(server: Arc<EtcdServer>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .with_state(server)
+}
+
+async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    let (code, healthy, reason) = if s.raft_status().leader == 0 {
+        (StatusCode::SERVICE_UNAVAILABLE, "false", "RAFT NO LEADER")
+    } else {
+        match s.linearizable_barrier().await {
+            Ok(()) => (StatusCode::OK, "true", ""),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "false", "QGET ERROR"),
+        }
+    };
+    (code, axum::Json(json!({"health": healthy, "reason": reason})))
+}
+
+async fn version() -> impl IntoResponse {
+    axum::Json(json!({
+        "etcdserver": ETCD_API_VERSION,
+        "etcdcluster": ETCD_API_VERSION,
+        "storage": ETCD_API_VERSION,
+        "ballast": BALLAST_VERSION,
+    }))
+}

@@ -1,0 +1,54 @@
+//! The `ballast` server: configuration, the member, and its client-facing services.
+
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod rpc;
+pub mod server;
+pub mod version;
+
+use std::sync::Arc;
+
+use ballast_api::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use ballast_api::grpc::health::v1::health_server::HealthServer;
+use ballast_api::{v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer};
+
+use crate::server::EtcdServer;
+
+/// gRPC's framing overhead allowed on top of `--max-request-bytes`, as etcd allows.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Every client-port route: the etcd gRPC services and the HTTP endpoints.
+pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
+    let max = server.cfg.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
+    let kv = KvServer::new(rpc::kv::KvService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(usize::MAX);
+    let maintenance = MaintenanceServer::new(rpc::maintenance::MaintenanceService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max);
+    let cluster = ClusterServer::new(rpc::cluster::ClusterService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max);
+    let health = HealthServer::new(rpc::maintenance::HealthService {
+        server: server.clone(),
+    });
+    let not_yet = || rpc::unimplemented::NotYet;
+    let grpc = tonic::service::Routes::new(kv)
+        .add_service(maintenance)
+        .add_service(cluster)
+        .add_service(health)
+        .add_service(WatchServer::new(not_yet()))
+        .add_service(LeaseServer::new(not_yet()))
+        .add_service(AuthServer::new(not_yet()))
+        .add_service(LockServer::new(not_yet()))
+        .add_service(ElectionServer::new(not_yet()));
+    grpc.into_axum_router().merge(http::router(server))
+}

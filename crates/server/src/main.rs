@@ -1,0 +1,93 @@
+//! `ballast`: start one member from etcd's flags, environment and config file.
+
+use std::process::ExitCode;
+
+use ballast_server::config::{Config, LogFormat};
+use ballast_server::server::EtcdServer;
+use ballast_server::version::{BALLAST_VERSION, ETCD_API_VERSION};
+
+fn init_logging(cfg: &Config) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(cfg.log_level)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cfg = match Config::from_args(std::env::args().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ballast: error verifying flags, {e}. See 'ballast --help'.");
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ballast: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "ballast stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        etcd_api_version = ETCD_API_VERSION,
+        ballast_version = BALLAST_VERSION,
+        "starting ballast"
+    );
+    let listen = cfg.listen_client.clone();
+    let server = EtcdServer::start(cfg).map_err(|e| e.to_string())?;
+    let app = ballast_server::client_router(server.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(address = %addr, "serving client traffic insecurely");
+        let app = app.clone();
+        tasks.spawn(async move { axum::serve(listener, app).await });
+    }
+    let mut status = server.raft_status_watch();
+    let fatal = status
+        .wait_for(|s| s.leader != 0 || s.fatal.is_some())
+        .await
+        .ok()
+        .and_then(|s| s.fatal.clone());
+    if let Some(f) = fatal {
+        return Err(f);
+    }
+    tracing::info!(
+        member_id = %format!("{:x}", server.member_id()),
+        cluster_id = %format!("{:x}", server.cluster_id()),
+        "ready to serve client requests"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        Some(r) = tasks.join_next() => {
+            return Err(format!("client listener stopped: {r:?}"));
+        }
+        _ = status.wait_for(|s| s.fatal.is_some()) => {
+            return Err("raft driver stopped on a storage failure".into());
+        }
+    }
+    tracing::info!("received signal; shutting down");
+    server.mvcc().sync().map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The KV service.
+
+use std::sync::Arc;
+
+use ballast_api::ballast::internal::raft_request::Request;
+use ballast_api::etcdserverpb::kv_server::Kv;
+use ballast_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use ballast_state::{check, Applied};
+use tonic::{Request as Req, Response, Status};
+
+use super::{kv_status, status};
+use crate::server::EtcdServer;
+
+pub struct KvService {
+    pub server: Arc<EtcdServer>,
+}
+
+impl KvService {
+    fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
+        *h = Some(self.server.header(rev));
+    }
+
+    async fn write(&self, r: Request) -> Result<Applied, Status> {
+        self.server.propose(r).await.map_err(status)
+    }
+}
+
+fn unexpected(a: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {a:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Req<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let r = req.into_inner();
+        check::range(&r).map_err(kv_status)?;
+        let resp = self.server.range(&r).await.map_err(status)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Req<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = req.into_inner();
+        check::put(&r).map_err(kv_status)?;
+        match self.write(Request::Put(r)).await? {
+            Applied::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Req<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        check::delete(&r).map_err(kv_status)?;
+        match self.write(Request::DeleteRange(r)).await? {
+            Applied::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Req<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let r = req.into_inner();
+        check::txn(&r, self.server.cfg.max_txn_ops).map_err(kv_status)?;
+        match self.write(Request::Txn(r)).await? {
+            Applied::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Req<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = req.into_inner();
+        match self.write(Request::Compaction(r)).await? {
+            Applied::Compaction(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! gRPC services. Handlers only validate, translate and call the member; every error becomes
+//! etcd's status through [`status`].
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+pub mod unimplemented;
+
+use ballast_raft::RaftError;
+use ballast_state::KvError;
+use tonic::{Code, Status};
+
+use crate::server::ServerError;
+
+/// The one table from internal errors to etcd's gRPC codes and messages.
+pub fn status(e: ServerError) -> Status {
+    let code = match &e {
+        ServerError::Kv(k) => match k {
+            KvError::EmptyKey
+            | KvError::KeyNotFound
+            | KvError::ValueProvided
+            | KvError::LeaseProvided
+            | KvError::TooManyOps
+            | KvError::DuplicateKey
+            | KvError::InvalidSortOption => Code::InvalidArgument,
+            KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
+            KvError::LeaseNotFound => Code::NotFound,
+            KvError::Backend(_) | KvError::Corrupt(_) => Code::Internal,
+        },
+        ServerError::Raft(r) => match r {
+            RaftError::TooManyRequests => Code::ResourceExhausted,
+            RaftError::Stopped | RaftError::NoLeader | RaftError::LeaderChanged => {
+                Code::Unavailable
+            }
+            RaftError::Storage(_) | RaftError::Raft(_) => Code::Internal,
+        },
+        ServerError::Timeout | ServerError::Stopped => Code::Unavailable,
+        ServerError::RequestTooLarge => Code::InvalidArgument,
+        ServerError::Startup(_) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+pub fn kv_status(e: KvError) -> Status {
+    status(ServerError::Kv(e))
+}

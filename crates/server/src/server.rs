@@ -1,0 +1,276 @@
+//! The member: ties the raft node, the applier and the MVCC store together.
+//!
+//! Write path: validate → encode `RaftRequest` with a fresh id → propose → (driver: WAL fsync,
+//! commit) → applier thread applies the batch to MVCC → completes the waiter with that id → reply.
+//! Read path: linearizable reads get a ReadIndex from raft and wait until that index is applied;
+//! serializable reads are served from this member's applied state at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballast_api::ballast::internal::{raft_request, RaftRequest};
+use ballast_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use ballast_raft::{Committed, Node, NodeConfig, RaftError, RaftStatus};
+use ballast_state::{Applied, KvError, Mvcc};
+use prost::Message;
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::ids;
+
+/// How often applied state is forced to disk; the WAL covers anything newer after a crash.
+const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("{0}")]
+    Startup(String),
+}
+
+type Waiter = oneshot::Sender<Result<Applied, KvError>>;
+
+pub struct EtcdServer {
+    pub cfg: Config,
+    node: Node,
+    mvcc: Arc<Mvcc>,
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    next_id: AtomicU64,
+    applied: watch::Receiver<u64>,
+}
+
+impl EtcdServer {
+    pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, ServerError> {
+        let member_dir = cfg.data_dir.join("member");
+        let snap_dir = member_dir.join("snap");
+        std::fs::create_dir_all(&snap_dir)
+            .map_err(|e| ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display())))?;
+        let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
+        let members: Vec<u64> = cfg
+            .initial_cluster
+            .iter()
+            .map(|(_, urls)| ids::member_id(urls, &cfg.initial_cluster_token))
+            .collect();
+        let member_id = ids::member_id(&cfg.advertise_peer_urls, &cfg.initial_cluster_token);
+        let (node, committed) = Node::start(NodeConfig {
+            member_id,
+            cluster_id: ids::cluster_id(&members),
+            voters: members,
+            wal_dir: cfg.wal_dir.clone(),
+            tick: cfg.heartbeat,
+            election_ticks: cfg.election_ticks,
+            applied: mvcc.applied_index(),
+            max_msg_bytes: cfg.max_request_bytes + (1 << 20),
+        })?;
+        let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
+        let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
+        let applier = Applier {
+            mvcc: mvcc.clone(),
+            waiters: waiters.clone(),
+            applied: applied_tx,
+            last_sync: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("applier".into())
+            .spawn(move || applier.run(committed))
+            .map_err(|e| ServerError::Startup(e.to_string()))?;
+        // Ids only need to be unique among this member's in-flight proposals; seeding from the
+        // clock keeps a restarted member from matching an old entry to a new waiter.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Ok(Arc::new(EtcdServer {
+            cfg,
+            node,
+            mvcc,
+            waiters,
+            next_id: AtomicU64::new(seed),
+            applied: applied_rx,
+        }))
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.node.member_id()
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.node.cluster_id()
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.node.status()
+    }
+
+    pub fn raft_status_watch(&self) -> watch::Receiver<RaftStatus> {
+        self.node.status_watch()
+    }
+
+    pub fn mvcc(&self) -> &Mvcc {
+        &self.mvcc
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// A header as etcd fills it: who answered, at which revision, in which term.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id(),
+            member_id: self.member_id(),
+            revision,
+            raft_term: self.raft_status().term,
+        }
+    }
+
+    /// Proposes a write and waits until it is applied here.
+    pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, ServerError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let data = RaftRequest {
+            id,
+            request: Some(req),
+        }
+        .encode_to_vec();
+        if data.len() as u64 > self.cfg.max_request_bytes {
+            return Err(ServerError::RequestTooLarge);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(id, tx);
+        let dropped = match self.node.propose(data) {
+            Ok(d) => d,
+            Err(e) => {
+                self.lock_waiters().remove(&id);
+                return Err(e.into());
+            }
+        };
+        let outcome = tokio::time::timeout(self.cfg.request_timeout(), async {
+            tokio::select! {
+                r = rx => r.map_err(|_| ServerError::Stopped)?.map_err(ServerError::from),
+                Ok(e) = dropped => Err(ServerError::from(e)),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(r) => {
+                self.lock_waiters().remove(&id);
+                r
+            }
+            Err(_) => {
+                self.lock_waiters().remove(&id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a ReadIndex round confirms this member may serve an up-to-date read.
+    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        let deadline = self.cfg.request_timeout();
+        tokio::time::timeout(deadline, async {
+            let index = self.node.read_index().await?;
+            let mut applied = self.applied.clone();
+            applied
+                .wait_for(|a| *a >= index)
+                .await
+                .map_err(|_| ServerError::Stopped)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| ServerError::Timeout)?
+    }
+
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ServerError> {
+        if !req.serializable {
+            self.linearizable_barrier().await?;
+        }
+        let mut resp = self.mvcc.range(req)?;
+        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        resp.header = Some(self.header(rev));
+        Ok(resp)
+    }
+}
+
+/// Applies committed entries in log order on its own thread, so applying never blocks the
+/// driver's next fsync.
+struct Applier {
+    mvcc: Arc<Mvcc>,
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    applied: watch::Sender<u64>,
+    last_sync: Instant,
+}
+
+impl Applier {
+    fn run(mut self, committed: std::sync::mpsc::Receiver<Vec<Committed>>) {
+        while let Ok(batch) = committed.recv() {
+            if let Err(e) = self.apply(batch) {
+                // The disk failed: stop acknowledging anything, and stop the member.
+                tracing::error!(error = %e, "apply failed; stopping");
+                std::process::exit(1);
+            }
+        }
+        if let Err(e) = self.mvcc.sync() {
+            tracing::error!(error = %e, "final backend sync failed");
+        }
+    }
+
+    fn apply(&mut self, batch: Vec<Committed>) -> Result<(), KvError> {
+        let Some(last) = batch.last().map(|c| c.index) else {
+            return Ok(());
+        };
+        let mut ids = Vec::with_capacity(batch.len());
+        let entries: Vec<(u64, Option<RaftRequest>)> = batch
+            .into_iter()
+            .map(|c| {
+                let req = if c.conf_change || c.data.is_empty() {
+                    None
+                } else {
+                    match RaftRequest::decode(c.data.as_slice()) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            // Every member decodes the same bytes the same way, so skipping
+                            // keeps members identical.
+                            tracing::error!(index = c.index, error = %e, "undecodable entry skipped");
+                            None
+                        }
+                    }
+                };
+                (c.index, req)
+            })
+            .collect();
+        for (index, req) in &entries {
+            if *index > self.mvcc.applied_index() {
+                ids.push(req.as_ref().map(|r| r.id));
+            }
+        }
+        let durable = self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
+        let results = self.mvcc.apply_batch(&entries, durable)?;
+        if durable {
+            self.last_sync = Instant::now();
+        }
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, res) in ids.into_iter().zip(results) {
+                if let Some(w) = id.and_then(|id| waiters.remove(&id)) {
+                    let _ = w.send(res);
+                }
+            }
+        }
+        self.applied.send_replace(last);
+        Ok(())
+    }
+}
