@@ -146,10 +146,18 @@ impl Node {
             .map_err(|e| RaftError::Raft(e.to_string()))?;
         let mut node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())
             .map_err(|e| RaftError::Raft(e.to_string()))?;
-        let voters = node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+        let voters = node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .collect::<Vec<_>>();
         if voters == [member.member_id] {
             // A lone voter need not wait out an election timeout to lead.
-            node.campaign().map_err(|e| RaftError::Raft(e.to_string()))?;
+            node.campaign()
+                .map_err(|e| RaftError::Raft(e.to_string()))?;
         }
         let (tx, rx) = mpsc::sync_channel(CMD_QUEUE);
         let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE);
@@ -340,7 +348,11 @@ impl Driver {
         let _ = rd.take_persisted_messages();
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.node.mut_store().wl().mut_hard_state().set_commit(commit);
+            self.node
+                .mut_store()
+                .wl()
+                .mut_hard_state()
+                .set_commit(commit);
         }
         let _ = light.take_messages();
         self.hand_off(light.take_committed_entries())?;

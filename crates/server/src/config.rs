@@ -29,7 +29,11 @@ pub enum ConfigError {
 
 /// etcd's server flags, with `ETCD_*` environment fallbacks.
 #[derive(Debug, Parser)]
-#[command(name = "ballast", version, about = "Ballast: an etcd-compatible key-value store")]
+#[command(
+    name = "ballast",
+    version,
+    about = "Ballast: an etcd-compatible key-value store"
+)]
 pub struct Flags {
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
@@ -37,29 +41,65 @@ pub struct Flags {
     pub data_dir: Option<String>,
     #[arg(long = "wal-dir", env = "ETCD_WAL_DIR")]
     pub wal_dir: Option<String>,
-    #[arg(long = "listen-client-urls", env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long = "listen-client-urls",
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
-    #[arg(long = "advertise-client-urls", env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long = "advertise-client-urls",
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
-    #[arg(long = "listen-peer-urls", env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long = "listen-peer-urls",
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub listen_peer_urls: String,
-    #[arg(long = "initial-advertise-peer-urls", env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     #[arg(long = "initial-cluster", env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    #[arg(long = "initial-cluster-state", env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    #[arg(
+        long = "initial-cluster-state",
+        env = "ETCD_INITIAL_CLUSTER_STATE",
+        default_value = "new"
+    )]
     pub initial_cluster_state: String,
-    #[arg(long = "initial-cluster-token", env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long = "initial-cluster-token",
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     #[arg(long = "max-request-bytes", env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
-    #[arg(long = "quota-backend-bytes", env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    #[arg(
+        long = "quota-backend-bytes",
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0
+    )]
     pub quota_backend_bytes: i64,
-    #[arg(long = "heartbeat-interval", env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    #[arg(
+        long = "heartbeat-interval",
+        env = "ETCD_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
     pub heartbeat_interval: u64,
-    #[arg(long = "election-timeout", env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    #[arg(
+        long = "election-timeout",
+        env = "ETCD_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
     pub election_timeout: u64,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -166,10 +206,18 @@ fn parse_url(flag: &'static str, u: &str) -> Result<(String, u16), ConfigError> 
 
 fn listen_addr(flag: &'static str, u: &str) -> Result<SocketAddr, ConfigError> {
     let (host, port) = parse_url(flag, u)?;
-    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
-    let ip: std::net::IpAddr = host
-        .parse()
-        .map_err(|_| invalid(flag, u, "listen URL host must be an IP address or localhost"))?;
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        invalid(
+            flag,
+            u,
+            "listen URL host must be an IP address or localhost",
+        )
+    })?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -276,10 +324,13 @@ impl Config {
             .iter()
             .map(|u| listen_addr("--listen-client-urls", u))
             .collect::<Result<Vec<_>, _>>()?;
-        let advertise_client_urls = split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
+        let advertise_client_urls =
+            split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
         split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
-        let advertise_peer_urls =
-            split_urls("--initial-advertise-peer-urls", &f.initial_advertise_peer_urls)?;
+        let advertise_peer_urls = split_urls(
+            "--initial-advertise-peer-urls",
+            &f.initial_advertise_peer_urls,
+        )?;
         let initial_cluster = match &f.initial_cluster {
             Some(s) => parse_cluster(s)?,
             None => vec![(f.name.clone(), advertise_peer_urls.clone())],
@@ -301,7 +352,10 @@ impl Config {
                     return Err(invalid(
                         "--initial-advertise-peer-urls",
                         &f.initial_advertise_peer_urls,
-                        format!("it does not match the URLs of {:?} in --initial-cluster", f.name),
+                        format!(
+                            "it does not match the URLs of {:?} in --initial-cluster",
+                            f.name
+                        ),
                     ));
                 }
             }
@@ -404,14 +458,25 @@ mod tests {
         assert_eq!(c.name, "default");
         assert_eq!(c.data_dir, PathBuf::from("default.ballast"));
         assert_eq!(c.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
-        assert_eq!(c.initial_cluster, vec![("default".into(), vec!["http://localhost:2380".into()])]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("default".into(), vec!["http://localhost:2380".into()])]
+        );
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
     }
 
     #[test]
     fn go_style_single_dash_flags() {
-        let c = parse(&["-name", "n1", "-initial-advertise-peer-urls", "http://127.0.0.1:2380", "-initial-cluster", "n1=http://127.0.0.1:2380"]).unwrap();
+        let c = parse(&[
+            "-name",
+            "n1",
+            "-initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "-initial-cluster",
+            "n1=http://127.0.0.1:2380",
+        ])
+        .unwrap();
         assert_eq!(c.name, "n1");
     }
 
@@ -421,9 +486,13 @@ mod tests {
         assert!(e.contains("--max-txn-ops"), "{e}");
         let e = parse(&["--bogus"]).unwrap_err().to_string();
         assert!(e.contains("--bogus"), "{e}");
-        let e = parse(&["--initial-cluster-state", "old"]).unwrap_err().to_string();
+        let e = parse(&["--initial-cluster-state", "old"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--initial-cluster-state"), "{e}");
-        let e = parse(&["--listen-client-urls", "tcp://1.2.3.4:1"]).unwrap_err().to_string();
+        let e = parse(&["--listen-client-urls", "tcp://1.2.3.4:1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--listen-client-urls"), "{e}");
     }
 

@@ -28,7 +28,10 @@ async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
             Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "false", "QGET ERROR"),
         }
     };
-    (code, axum::Json(json!({"health": healthy, "reason": reason})))
+    (
+        code,
+        axum::Json(json!({"health": healthy, "reason": reason})),
+    )
 }
 
 async fn version() -> impl IntoResponse {

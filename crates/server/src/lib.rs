@@ -14,7 +14,9 @@ use ballast_api::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use ballast_api::grpc::health::v1::health_server::HealthServer;
-use ballast_api::{v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer};
+use ballast_api::{
+    v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
+};
 
 use crate::server::EtcdServer;
 

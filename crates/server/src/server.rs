@@ -54,8 +54,9 @@ impl EtcdServer {
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, ServerError> {
         let member_dir = cfg.data_dir.join("member");
         let snap_dir = member_dir.join("snap");
-        std::fs::create_dir_all(&snap_dir)
-            .map_err(|e| ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display())))?;
+        std::fs::create_dir_all(&snap_dir).map_err(|e| {
+            ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display()))
+        })?;
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
         let members: Vec<u64> = cfg
             .initial_cluster

@@ -175,7 +175,10 @@ mod tests {
         assert!(txn(&txn_of(vec![put_op("a")], vec![put_op("a")]), 128).is_ok());
         // Nested then/else may both put a key, but not alongside an outer put of it.
         let nested = RequestOp {
-            request: Some(Request::RequestTxn(txn_of(vec![put_op("a")], vec![put_op("a")]))),
+            request: Some(Request::RequestTxn(txn_of(
+                vec![put_op("a")],
+                vec![put_op("a")],
+            ))),
         };
         assert!(txn(&txn_of(vec![nested.clone()], vec![]), 128).is_ok());
         assert!(matches!(
@@ -187,10 +190,19 @@ mod tests {
     #[test]
     fn op_limits_and_empty_ops() {
         let many: Vec<RequestOp> = (0..3).map(|i| put_op(&format!("k{i}"))).collect();
-        assert!(matches!(txn(&txn_of(many.clone(), vec![]), 2), Err(KvError::TooManyOps)));
+        assert!(matches!(
+            txn(&txn_of(many.clone(), vec![]), 2),
+            Err(KvError::TooManyOps)
+        ));
         assert!(txn(&txn_of(many, vec![]), 3).is_ok());
         let empty = RequestOp { request: None };
-        assert!(matches!(txn(&txn_of(vec![empty], vec![]), 3), Err(KvError::KeyNotFound)));
-        assert!(matches!(txn(&txn_of(vec![put_op("")], vec![]), 3), Err(KvError::EmptyKey)));
+        assert!(matches!(
+            txn(&txn_of(vec![empty], vec![]), 3),
+            Err(KvError::KeyNotFound)
+        ));
+        assert!(matches!(
+            txn(&txn_of(vec![put_op("")], vec![]), 3),
+            Err(KvError::EmptyKey)
+        ));
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use ballast_api::ballast::internal::{raft_request::Request, RaftRequest};
 use ballast_api::etcdserverpb::{
-    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 use proptest::prelude::*;
 
@@ -60,13 +60,27 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn put_req(k: u8, v: u8) -> PutRequest {
-    PutRequest { key: key(k), value: vec![v], ..Default::default() }
+    PutRequest {
+        key: key(k),
+        value: vec![v],
+        ..Default::default()
+    }
 }
 
 fn model_put(s: &mut Snapshot, k: &[u8], v: Vec<u8>, rev: i64) {
     let e = match s.get(k) {
-        Some(e) => Entry { value: v, create: e.create, modr: rev, version: e.version + 1 },
-        None => Entry { value: v, create: rev, modr: rev, version: 1 },
+        Some(e) => Entry {
+            value: v,
+            create: e.create,
+            modr: rev,
+            version: e.version + 1,
+        },
+        None => Entry {
+            value: v,
+            create: rev,
+            modr: rev,
+            version: 1,
+        },
     };
     s.insert(k.to_vec(), e);
 }
@@ -81,10 +95,18 @@ fn in_range(k: &[u8], start: &[u8], end: Option<&[u8]>) -> bool {
 fn check_reads(store: &Mvcc, m: &Model) {
     assert_eq!(store.current_rev(), m.rev());
     for at in 1..=m.rev() {
-        let req = RangeRequest { key: vec![0], range_end: vec![0], revision: at, ..Default::default() };
+        let req = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: at,
+            ..Default::default()
+        };
         let got = store.range(&req);
         if at < m.compacted {
-            assert!(matches!(got, Err(KvError::Compacted)), "rev {at} should be compacted");
+            assert!(
+                matches!(got, Err(KvError::Compacted)),
+                "rev {at} should be compacted"
+            );
             continue;
         }
         let got = got.unwrap();
@@ -93,12 +115,26 @@ fn check_reads(store: &Mvcc, m: &Model) {
         let got: Vec<_> = got
             .kvs
             .iter()
-            .map(|kv| (kv.key.clone(), Entry { value: kv.value.clone(), create: kv.create_revision, modr: kv.mod_revision, version: kv.version }))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    Entry {
+                        value: kv.value.clone(),
+                        create: kv.create_revision,
+                        modr: kv.mod_revision,
+                        version: kv.version,
+                    },
+                )
+            })
             .collect();
         let want: Vec<_> = want.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         assert_eq!(got, want, "state at revision {at}");
     }
-    let fut = RangeRequest { key: key(0), revision: m.rev() + 1, ..Default::default() };
+    let fut = RangeRequest {
+        key: key(0),
+        revision: m.rev() + 1,
+        ..Default::default()
+    };
     assert!(matches!(store.range(&fut), Err(KvError::FutureRev)));
 }
 
@@ -106,7 +142,10 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let mut store = Mvcc::open(&path).unwrap();
-    let mut m = Model { history: vec![Snapshot::new(), Snapshot::new()], compacted: -1 };
+    let mut m = Model {
+        history: vec![Snapshot::new(), Snapshot::new()],
+        compacted: -1,
+    };
     for (i, op) in ops.into_iter().enumerate() {
         let index = i as u64 + 1;
         let (req, next): (Request, Option<Snapshot>) = match op {
@@ -120,11 +159,19 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
                 let mut s = m.cur().clone();
                 s.retain(|kk, _| !in_range(kk, &key(k), end.as_deref()));
                 let changed = s.len() != m.cur().len();
-                let req = DeleteRangeRequest { key: key(k), range_end: end.unwrap_or_default(), ..Default::default() };
+                let req = DeleteRangeRequest {
+                    key: key(k),
+                    range_end: end.unwrap_or_default(),
+                    ..Default::default()
+                };
                 (Request::DeleteRange(req), changed.then_some(s))
             }
             Op::Cas(a, b, c, d) => {
-                let hit = m.cur().get(&key(a)).map(|e| e.value == vec![b]).unwrap_or(false);
+                let hit = m
+                    .cur()
+                    .get(&key(a))
+                    .map(|e| e.value == vec![b])
+                    .unwrap_or(false);
                 let mut s = m.cur().clone();
                 let changed = if hit {
                     model_put(&mut s, &key(c), vec![d], m.rev() + 1);
@@ -141,19 +188,45 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
                 };
                 let t = TxnRequest {
                     compare: vec![cmp],
-                    success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put_req(c, d))) }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(put_req(c, d))),
+                    }],
                     failure: vec![RequestOp {
-                        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: key(c), ..Default::default() })),
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: key(c),
+                                ..Default::default()
+                            },
+                        )),
                     }],
                 };
                 (Request::Txn(t), changed.then_some(s))
             }
-            Op::Compact(r) => (Request::Compaction(CompactionRequest { revision: r as i64, physical: false }), None),
+            Op::Compact(r) => (
+                Request::Compaction(CompactionRequest {
+                    revision: r as i64,
+                    physical: false,
+                }),
+                None,
+            ),
         };
         let is_compact = matches!(req, Request::Compaction(_));
-        let compact_to = if let Request::Compaction(c) = &req { c.revision } else { 0 };
+        let compact_to = if let Request::Compaction(c) = &req {
+            c.revision
+        } else {
+            0
+        };
         let res = store
-            .apply_batch(&[(index, Some(RaftRequest { id: index, request: Some(req) }))], i % 3 == 0)
+            .apply_batch(
+                &[(
+                    index,
+                    Some(RaftRequest {
+                        id: index,
+                        request: Some(req),
+                    }),
+                )],
+                i % 3 == 0,
+            )
             .unwrap()
             .pop()
             .unwrap();
@@ -194,8 +267,20 @@ proptest! {
 fn replayed_entries_are_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let store = Mvcc::open(&dir.path().join("db")).unwrap();
-    let e = (1, Some(RaftRequest { id: 1, request: Some(Request::Put(put_req(0, 1))) }));
-    assert_eq!(store.apply_batch(std::slice::from_ref(&e), true).unwrap().len(), 1);
+    let e = (
+        1,
+        Some(RaftRequest {
+            id: 1,
+            request: Some(Request::Put(put_req(0, 1))),
+        }),
+    );
+    assert_eq!(
+        store
+            .apply_batch(std::slice::from_ref(&e), true)
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.apply_batch(&[e], true).unwrap().len(), 0);
     assert_eq!(store.current_rev(), 2);
 }

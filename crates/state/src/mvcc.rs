@@ -16,8 +16,8 @@ use ballast_api::ballast::internal::{raft_request, RaftRequest};
 use ballast_api::etcdserverpb::{
     compare, range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use ballast_api::mvccpb::KeyValue;
 use ballast_storage::backend::{RevRead, WriteTx};
@@ -340,10 +340,8 @@ impl WriteCtx<'_, '_, '_> {
     }
 
     fn check_put(&self, p: &PutRequest) -> Result<(), KvError> {
-        if p.ignore_value || p.ignore_lease {
-            if self.current(&p.key)?.is_none() {
-                return Err(KvError::KeyNotFound);
-            }
+        if (p.ignore_value || p.ignore_lease) && self.current(&p.key)?.is_none() {
+            return Err(KvError::KeyNotFound);
         }
         if !p.ignore_lease && p.lease != 0 {
             // Leases arrive with the Lease service; until then no lease exists.
@@ -420,12 +418,7 @@ impl WriteCtx<'_, '_, '_> {
 
     /// etcd's pre-execution checks along the chosen path: puts (lease, key existence) and
     /// ranges (revision bounds), so a failing txn changes nothing.
-    fn check_txn(
-        &self,
-        t: &TxnRequest,
-        path: &[bool],
-        pos: &mut usize,
-    ) -> Result<(), KvError> {
+    fn check_txn(&self, t: &TxnRequest, path: &[bool], pos: &mut usize) -> Result<(), KvError> {
         let ok = path.get(*pos).copied().unwrap_or(false);
         *pos += 1;
         for op in if ok { &t.success } else { &t.failure } {

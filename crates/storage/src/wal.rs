@@ -339,7 +339,13 @@ mod tests {
         write(d.path(), &[(1, b"a"), (2, b"bb")]);
         let (mut w, recs, rep) = Wal::open(d.path()).unwrap();
         assert_eq!(recs.len(), 2);
-        assert_eq!(recs[1], Record { kind: 2, data: b"bb".to_vec() });
+        assert_eq!(
+            recs[1],
+            Record {
+                kind: 2,
+                data: b"bb".to_vec()
+            }
+        );
         assert!(rep.truncated.is_none());
         w.append(3, b"ccc").unwrap();
         w.sync().unwrap();
@@ -354,9 +360,20 @@ mod tests {
         let p = seg0(d.path());
         let len = fs::metadata(&p).unwrap().len();
         // Cut the last record in half, as a crash mid-append would.
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
         let (_, recs, rep) = Wal::open(d.path()).unwrap();
-        assert_eq!(recs, vec![Record { kind: 1, data: b"first".to_vec() }]);
+        assert_eq!(
+            recs,
+            vec![Record {
+                kind: 1,
+                data: b"first".to_vec()
+            }]
+        );
         let (_, at) = rep.truncated.unwrap();
         assert_eq!(fs::metadata(&p).unwrap().len(), at);
     }
@@ -400,7 +417,12 @@ mod tests {
         Wal::start_segment(d.path(), 1).unwrap();
         let p = seg0(d.path());
         let len = fs::metadata(&p).unwrap().len();
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 1).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
         assert!(matches!(Wal::open(d.path()), Err(WalError::Corrupt { .. })));
     }
 
@@ -410,7 +432,10 @@ mod tests {
         let mut w = Wal::create(d.path()).unwrap();
         assert!(matches!(w.append(0, b""), Err(WalError::ReservedKind(0))));
         let big = vec![0u8; MAX_RECORD_BYTES + 1];
-        assert!(matches!(w.append(1, &big), Err(WalError::RecordTooLarge(_))));
+        assert!(matches!(
+            w.append(1, &big),
+            Err(WalError::RecordTooLarge(_))
+        ));
     }
 
     proptest::proptest! {

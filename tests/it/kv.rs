@@ -1,0 +1,304 @@
+//! KV behaviour through the `etcd-client` crate: results and etcd's exact error statuses.
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp,
+};
+
+use crate::cluster::{Kind, Server};
+
+async fn client(s: &Server) -> Client {
+    Client::connect([s.endpoint()], None).await.unwrap()
+}
+
+fn status_of(e: etcd_client::Error) -> (tonic_code::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            (tonic_code::from(s.code() as i32), s.message().to_string())
+        }
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// gRPC codes by number, so this test does not depend on tonic's version.
+mod tonic_code {
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Code {
+        InvalidArgument,
+        NotFound,
+        OutOfRange,
+        Other(i32),
+    }
+    pub fn from(c: i32) -> Code {
+        match c {
+            3 => Code::InvalidArgument,
+            5 => Code::NotFound,
+            11 => Code::OutOfRange,
+            n => Code::Other(n),
+        }
+    }
+}
+use tonic_code::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_semantics_and_errors() {
+    let s = Server::start(
+        Kind::Ballast,
+        &["--max-txn-ops", "4", "--max-request-bytes", "4096"],
+    );
+    let mut c = client(&s).await;
+
+    let r = c.put("a", "1", None).await.unwrap();
+    assert_eq!(r.header().unwrap().revision(), 2);
+    c.put("b", "2", None).await.unwrap();
+    c.put("c", "3", None).await.unwrap();
+    let r = c
+        .put("a", "10", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
+    assert_eq!(r.prev_key().unwrap().value(), b"1");
+    assert_eq!(r.header().unwrap().revision(), 5);
+
+    // Prefix, limit + more, count, sort, keys-only, historic read.
+    let g = c
+        .get("", Some(GetOptions::new().with_all_keys().with_limit(2)))
+        .await
+        .unwrap();
+    assert_eq!(g.kvs().len(), 2);
+    assert!(g.more());
+    assert_eq!(g.count(), 3);
+    let g = c
+        .get(
+            "",
+            Some(
+                GetOptions::new()
+                    .with_all_keys()
+                    .with_sort(SortTarget::Mod, SortOrder::Descend),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = g
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["a", "c", "b"]);
+    let g = c
+        .get("a", Some(GetOptions::new().with_keys_only()))
+        .await
+        .unwrap();
+    assert!(g.kvs()[0].value().is_empty());
+    let g = c
+        .get("a", Some(GetOptions::new().with_revision(2)))
+        .await
+        .unwrap();
+    assert_eq!(g.kvs()[0].value(), b"1");
+    assert_eq!(g.kvs()[0].version(), 1);
+    let g = c
+        .get("a", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!((g.kvs()[0].version(), g.kvs()[0].create_revision()), (2, 2));
+    let g = c
+        .get(
+            "",
+            Some(GetOptions::new().with_from_key().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((g.count(), g.kvs().len()), (3, 0));
+    let g = c
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_min_mod_revision(4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.kvs().len(), 2);
+
+    // Txn: compare and branch, nested txn.
+    let t = Txn::new()
+        .when([Compare::value("a", CompareOp::Equal, "10")])
+        .and_then([TxnOp::put("b", "20", None), TxnOp::get("b", None)])
+        .or_else([TxnOp::delete("b", None)]);
+    let r = c.txn(t).await.unwrap();
+    assert!(r.succeeded());
+    assert_eq!(r.header().unwrap().revision(), 6);
+    let t = Txn::new()
+        .when([Compare::version("zzz", CompareOp::Greater, 0)])
+        .or_else([TxnOp::get("a", None)]);
+    assert!(!c.txn(t).await.unwrap().succeeded());
+    let t = Txn::new().when([Compare::value("zzz", CompareOp::Equal, "")]);
+    assert!(
+        !c.txn(t).await.unwrap().succeeded(),
+        "value compare on a missing key fails"
+    );
+
+    // Delete with prev_kv and ranges.
+    let d = c
+        .delete(
+            "a",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((d.deleted(), d.prev_kvs().len()), (1, 1));
+    let d = c.delete("nothing", None).await.unwrap();
+    assert_eq!(d.deleted(), 0);
+    assert_eq!(
+        d.header().unwrap().revision(),
+        7,
+        "a no-op delete does not bump the revision"
+    );
+
+    // etcd's errors, code and message.
+    let e = c.put("", "x", None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
+    );
+    let e = c
+        .put("a", "x", Some(PutOptions::new().with_lease(42)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
+    );
+    let e = c
+        .put("nokey", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (Code::InvalidArgument, "etcdserver: key not found".into())
+    );
+    let e = c
+        .put("b", "x", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: value is provided".into()
+        )
+    );
+    let many: Vec<TxnOp> = (0..5)
+        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
+    let e = c.txn(Txn::new().and_then(many)).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request".into()
+        )
+    );
+    let e = c
+        .txn(Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request".into()
+        )
+    );
+    let e = c.put("big", vec![b'x'; 5000], None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: request is too large".into()
+        )
+    );
+    let e = c
+        .get("a", Some(GetOptions::new().with_revision(1000)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
+    );
+
+    // A failed txn changed nothing.
+    assert_eq!(c.get("d", None).await.unwrap().kvs().len(), 0);
+
+    // Compaction.
+    c.compact(5, None).await.unwrap();
+    let e = c
+        .get("b", Some(GetOptions::new().with_revision(4)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
+    );
+    let e = c.compact(5, None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
+    );
+    let e = c.compact(100, None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
+    );
+    let g = c
+        .get("b", Some(GetOptions::new().with_revision(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        g.kvs()[0].value(),
+        b"2",
+        "the newest revision at the compaction point survives"
+    );
+
+    // Status reports the etcd API version and the raft state.
+    let st = c.status().await.unwrap();
+    assert_eq!(st.version(), "3.6.0");
+    assert_eq!(st.leader(), st.header().unwrap().member_id());
+    assert!(st.raft_index() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_and_unimplemented_services() {
+    let s = Server::start(Kind::Ballast, &[]);
+    let (code, body) = crate::cluster::http_get(s.port, "/health").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    let (_, body) = crate::cluster::http_get(s.port, "/version").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["etcdserver"], "3.6.0");
+    assert!(v["ballast"].is_string());
+    let mut c = client(&s).await;
+    match c.lease_grant(10, None).await {
+        Err(etcd_client::Error::GRpcStatus(st)) => {
+            assert_eq!(st.code() as i32, 12, "Unimplemented")
+        }
+        other => panic!("lease service should be unimplemented for now: {other:?}"),
+    }
+}

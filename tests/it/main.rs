@@ -1,0 +1,9 @@
+//! Process-level tests: real `ballast` processes on 127.0.0.1 ports, driven by real clients
+//! (the `etcd-client` crate and Debian's `etcdctl`), and the real `etcd` as the reference.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cluster;
+mod config;
+mod differential;
+mod durability;
+mod kv;
