@@ -1,0 +1,744 @@
+//! `ballastctl`: etcdctl's commands, flags, `ETCDCTL_*` variables, output and exit codes.
+//! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
+
+mod output;
+mod txn;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ballast_api::etcdserverpb::{
+    kv_client::KvClient, maintenance_client::MaintenanceClient, range_request::SortOrder,
+    range_request::SortTarget, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
+    StatusRequest,
+};
+use clap::{Parser, Subcommand};
+use output::{Format, Printer};
+use tonic::transport::Channel;
+
+/// etcdctl's exit codes.
+const EXIT_ERROR: u8 = 1;
+const EXIT_BAD_ARGS: u8 = 128;
+const EXIT_BAD_FEATURE: u8 = 4;
+
+#[derive(Parser, Debug)]
+#[command(name = "ballastctl", disable_version_flag = true)]
+struct Cli {
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDCTL_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    #[arg(
+        long = "dial-timeout",
+        global = true,
+        env = "ETCDCTL_DIAL_TIMEOUT",
+        default_value = "2s"
+    )]
+    dial_timeout: String,
+    #[arg(
+        long = "command-timeout",
+        global = true,
+        env = "ETCDCTL_COMMAND_TIMEOUT",
+        default_value = "5s"
+    )]
+    command_timeout: String,
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        env = "ETCDCTL_WRITE_OUT",
+        default_value = "simple"
+    )]
+    write_out: String,
+    #[arg(long, global = true, env = "ETCDCTL_HEX")]
+    hex: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Gets the key or a range of keys
+    Get(GetArgs),
+    /// Puts the given key into the store
+    Put(PutArgs),
+    /// Removes the specified key or range of keys [key, range_end)
+    Del(DelArgs),
+    /// Txn processes all the requests in one transaction
+    Txn {
+        #[arg(short = 'i', long)]
+        interactive: bool,
+    },
+    /// Compacts the event history in etcd
+    Compaction {
+        #[arg(long)]
+        physical: bool,
+        args: Vec<String>,
+    },
+    /// Endpoint related commands
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
+    /// Prints the version of ballastctl
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    Health,
+    Status,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GetArgs {
+    #[arg(long, default_value = "l")]
+    consistency: String,
+    #[arg(long = "from-key")]
+    from_key: bool,
+    #[arg(long = "keys-only")]
+    keys_only: bool,
+    #[arg(long = "count-only")]
+    count_only: bool,
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+    #[arg(long, default_value = "")]
+    order: String,
+    #[arg(long)]
+    prefix: bool,
+    #[arg(long = "print-value-only")]
+    print_value_only: bool,
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
+    #[arg(long = "sort-by", default_value = "")]
+    sort_by: String,
+    args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PutArgs {
+    #[arg(long, default_value = "0")]
+    lease: String,
+    #[arg(long = "prev-kv")]
+    prev_kv: bool,
+    #[arg(long = "ignore-value")]
+    ignore_value: bool,
+    #[arg(long = "ignore-lease")]
+    ignore_lease: bool,
+    args: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DelArgs {
+    #[arg(long)]
+    prefix: bool,
+    #[arg(long = "prev-kv")]
+    prev_kv: bool,
+    #[arg(long = "from-key")]
+    from_key: bool,
+    args: Vec<String>,
+}
+
+/// A command failure, printed as etcdctl prints it.
+pub enum Failure {
+    BadArgs(String),
+    Grpc(tonic::Status),
+    Other(String),
+}
+
+/// Parses Go durations such as `2s`, `500ms`, `1m30s`.
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_digit() || n == '.' {
+                break;
+            }
+            unit.push(n);
+            chars.next();
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Go's `time.Duration.String()` for the durations etcdctl prints.
+fn go_duration_string(d: Duration) -> String {
+    let ns = d.as_nanos();
+    let trim = |v: f64, unit: &str| {
+        let s = format!("{v:.9}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        format!("{s}{unit}")
+    };
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        trim(ns as f64 / 1e3, "µs")
+    } else if ns < 1_000_000_000 {
+        trim(ns as f64 / 1e6, "ms")
+    } else {
+        trim(ns as f64 / 1e9, "s")
+    }
+}
+
+/// go-humanize's SI byte sizes, as etcdctl prints DB sizes.
+fn human_bytes(n: u64) -> String {
+    if n < 10 {
+        return format!("{n} B");
+    }
+    let units = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let e = ((n as f64).ln() / 1000f64.ln()).floor() as usize;
+    let v = n as f64 / 1000f64.powi(e as i32);
+    let v = (v * 10.0 + 0.5).floor() / 10.0;
+    if v < 10.0 {
+        format!("{v:.1} {}", units[e])
+    } else {
+        format!("{v:.0} {}", units[e])
+    }
+}
+
+fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
+    if a.args.is_empty() || a.args.len() > 2 {
+        return Err(Failure::BadArgs(
+            "get command needs one argument as key and an optional argument as range_end".into(),
+        ));
+    }
+    if a.prefix && a.from_key {
+        return Err(Failure::BadArgs(
+            "`--prefix` and `--from-key` cannot be set at the same time, choose one".into(),
+        ));
+    }
+    let key = a.args[0].as_bytes().to_vec();
+    let mut r = RangeRequest {
+        key: key.clone(),
+        limit: a.limit,
+        revision: a.rev,
+        keys_only: a.keys_only,
+        count_only: a.count_only,
+        ..Default::default()
+    };
+    if a.args.len() == 2 {
+        if a.prefix || a.from_key {
+            return Err(Failure::BadArgs(format!(
+                "too many arguments, only accept one argument when `--{}` is set",
+                if a.prefix { "prefix" } else { "from-key" }
+            )));
+        }
+        r.range_end = a.args[1].as_bytes().to_vec();
+    }
+    if a.prefix {
+        r.range_end = if key.is_empty() {
+            r.key = vec![0];
+            vec![0]
+        } else {
+            prefix_end(&key)
+        };
+    }
+    if a.from_key {
+        if key.is_empty() {
+            r.key = vec![0];
+        }
+        r.range_end = vec![0];
+    }
+    r.serializable = match a.consistency.as_str() {
+        "l" => false,
+        "s" => true,
+        other => {
+            return Err(Failure::BadArgs(format!(
+                "unknown consistency flag {other:?}"
+            )))
+        }
+    };
+    r.sort_order = match a.order.to_uppercase().as_str() {
+        "" => SortOrder::None,
+        "ASCEND" => SortOrder::Ascend,
+        "DESCEND" => SortOrder::Descend,
+        other => return Err(Failure::BadArgs(format!("bad sort order {other:?}"))),
+    } as i32;
+    r.sort_target = match a.sort_by.to_uppercase().as_str() {
+        "" | "KEY" => SortTarget::Key,
+        "CREATE" => SortTarget::Create,
+        "MODIFY" => SortTarget::Mod,
+        "VALUE" => SortTarget::Value,
+        "VERSION" => SortTarget::Version,
+        other => return Err(Failure::BadArgs(format!("bad sort target {other:?}"))),
+    } as i32;
+    if r.sort_target != SortTarget::Key as i32 && r.sort_order == SortOrder::None as i32 {
+        r.sort_order = SortOrder::Ascend as i32;
+    }
+    Ok(r)
+}
+
+pub fn put_request(
+    a: &PutArgs,
+    stdin_value: impl FnOnce() -> Option<String>,
+) -> Result<PutRequest, Failure> {
+    let usage = || {
+        Failure::BadArgs("put command needs 1 argument and input from stdin or 2 arguments".into())
+    };
+    let key = a.args.first().ok_or_else(usage)?.clone();
+    let value = match a.args.get(1) {
+        Some(v) => v.clone(),
+        None if a.ignore_value => String::new(),
+        None => stdin_value().ok_or_else(usage)?,
+    };
+    if a.args.len() > 2 {
+        return Err(usage());
+    }
+    let lease = i64::from_str_radix(&a.lease, 16)
+        .map_err(|e| Failure::BadArgs(format!("bad lease ID ({e}), expecting ID in Hex")))?;
+    Ok(PutRequest {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        lease,
+        prev_kv: a.prev_kv,
+        ignore_value: a.ignore_value,
+        ignore_lease: a.ignore_lease,
+    })
+}
+
+pub fn delete_request(a: &DelArgs) -> Result<DeleteRangeRequest, Failure> {
+    if a.args.is_empty() || a.args.len() > 2 {
+        return Err(Failure::BadArgs(
+            "del command needs one argument as key and an optional argument as range_end".into(),
+        ));
+    }
+    let key = a.args[0].as_bytes().to_vec();
+    let mut r = DeleteRangeRequest {
+        key: key.clone(),
+        prev_kv: a.prev_kv,
+        ..Default::default()
+    };
+    if a.args.len() == 2 {
+        r.range_end = a.args[1].as_bytes().to_vec();
+    }
+    if a.prefix {
+        r.range_end = if key.is_empty() {
+            r.key = vec![0];
+            vec![0]
+        } else {
+            prefix_end(&key)
+        };
+    }
+    if a.from_key {
+        if key.is_empty() {
+            r.key = vec![0];
+        }
+        r.range_end = vec![0];
+    }
+    Ok(r)
+}
+
+async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
+    let dial = go_duration(&cli.dial_timeout).unwrap_or(Duration::from_secs(2));
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let ep = Channel::from_shared(url)
+        .map_err(|e| Failure::Other(e.to_string()))?
+        .connect_timeout(dial);
+    ep.connect()
+        .await
+        .map_err(|_| Failure::Other("context deadline exceeded".into()))
+}
+
+fn read_stdin() -> Option<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).ok()?;
+    Some(s)
+}
+
+async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
+    let ep = cli.endpoints.first().cloned().unwrap_or_default();
+    let timeout = go_duration(&cli.command_timeout).unwrap_or(Duration::from_secs(5));
+    match &cli.cmd {
+        Cmd::Version => {
+            println!("ballastctl version: {}", env!("CARGO_PKG_VERSION"));
+            println!("API version: 3.6");
+            Ok(())
+        }
+        Cmd::Get(a) => {
+            let r = range_request(a)?;
+            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let resp = tokio::time::timeout(timeout, kv.range(r))
+                .await
+                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+                .map_err(Failure::Grpc)?;
+            p.range(resp.get_ref(), a.print_value_only);
+            Ok(())
+        }
+        Cmd::Put(a) => {
+            let r = put_request(a, read_stdin)?;
+            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let resp = tokio::time::timeout(timeout, kv.put(r))
+                .await
+                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+                .map_err(Failure::Grpc)?;
+            p.put(resp.get_ref());
+            Ok(())
+        }
+        Cmd::Del(a) => {
+            let r = delete_request(a)?;
+            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let resp = tokio::time::timeout(timeout, kv.delete_range(r))
+                .await
+                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+                .map_err(Failure::Grpc)?;
+            p.delete(resp.get_ref());
+            Ok(())
+        }
+        Cmd::Txn { interactive } => {
+            let r = txn::read_txn(*interactive)?;
+            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let resp = tokio::time::timeout(timeout, kv.txn(r))
+                .await
+                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+                .map_err(Failure::Grpc)?;
+            p.txn(resp.get_ref());
+            Ok(())
+        }
+        Cmd::Compaction { physical, args } => {
+            if args.len() != 1 {
+                return Err(Failure::BadArgs(
+                    "compaction command needs 1 argument".into(),
+                ));
+            }
+            let rev: i64 = args[0].parse().map_err(|_| {
+                Failure::Other(format!(
+                    "strconv.ParseInt: parsing {:?}: invalid syntax",
+                    args[0]
+                ))
+            })?;
+            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            tokio::time::timeout(
+                timeout,
+                kv.compact(CompactionRequest {
+                    revision: rev,
+                    physical: *physical,
+                }),
+            )
+            .await
+            .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+            .map_err(Failure::Grpc)?;
+            println!("compacted revision {rev}");
+            Ok(())
+        }
+        Cmd::Endpoint {
+            cmd: EndpointCmd::Health,
+        } => endpoint_health(cli, p, timeout).await,
+        Cmd::Endpoint {
+            cmd: EndpointCmd::Status,
+        } => endpoint_status(cli, p, timeout).await,
+    }
+}
+
+async fn endpoint_health(cli: &Cli, p: &Printer, timeout: Duration) -> Result<(), Failure> {
+    let mut results = Vec::new();
+    let mut all_ok = true;
+    for ep in &cli.endpoints {
+        let start = Instant::now();
+        let res = match connect(cli, ep).await {
+            Ok(ch) => {
+                let mut kv = KvClient::new(ch);
+                let req = RangeRequest {
+                    key: b"health".to_vec(),
+                    ..Default::default()
+                };
+                match tokio::time::timeout(timeout, kv.range(req)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(s)) if s.message() == "etcdserver: permission denied" => Ok(()),
+                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Err(_) => Err("context deadline exceeded".into()),
+                }
+            }
+            Err(_) => Err("context deadline exceeded".into()),
+        };
+        let took = go_duration_string(start.elapsed());
+        all_ok &= res.is_ok();
+        results.push((ep.clone(), res, took));
+    }
+    if p.format == Format::Json {
+        let v: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(ep, r, took)| {
+                let mut m = serde_json::json!({"endpoint": ep, "health": r.is_ok(), "took": took});
+                if let Err(e) = r {
+                    m["error"] = e.clone().into();
+                }
+                m
+            })
+            .collect();
+        println!("{}", serde_json::Value::from(v));
+    } else {
+        for (ep, r, took) in &results {
+            // etcdctl 3.4 reports health on stderr.
+            match r {
+                Ok(()) => {
+                    eprintln!("{ep} is healthy: successfully committed proposal: took = {took}")
+                }
+                Err(e) => eprintln!("{ep} is unhealthy: failed to commit proposal: {e}"),
+            }
+        }
+    }
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Failure::Other("unhealthy cluster".into()))
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
+    println!("{line}");
+    let hdr: String = header
+        .iter()
+        .zip(&widths)
+        .map(|(h, w)| {
+            let pad = w - h.len();
+            format!(
+                "| {}{}{} ",
+                " ".repeat(pad / 2),
+                h,
+                " ".repeat(pad - pad / 2)
+            )
+        })
+        .collect::<String>()
+        + "|";
+    println!("{hdr}");
+    println!("{line}");
+    for r in rows {
+        let s: String = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("| {c:>w$} "))
+            .collect::<String>()
+            + "|";
+        println!("{s}");
+    }
+    println!("{line}");
+}
+
+async fn endpoint_status(cli: &Cli, p: &Printer, timeout: Duration) -> Result<(), Failure> {
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    for ep in &cli.endpoints {
+        let mut m = MaintenanceClient::new(connect(cli, ep).await?);
+        let st = tokio::time::timeout(timeout, m.status(StatusRequest {}))
+            .await
+            .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+            .map_err(Failure::Grpc)?
+            .into_inner();
+        let id = st.header.as_ref().map(|h| h.member_id).unwrap_or(0);
+        rows.push(vec![
+            ep.clone(),
+            format!("{id:x}"),
+            st.version.clone(),
+            human_bytes(st.db_size as u64),
+            (st.leader == id).to_string(),
+            st.is_learner.to_string(),
+            st.raft_term.to_string(),
+            st.raft_index.to_string(),
+            st.raft_applied_index.to_string(),
+            st.errors.join(", "),
+        ]);
+        let mut s = serde_json::Map::new();
+        if let Some(h) = output::header_json(&st.header) {
+            s.insert("header".into(), h);
+        }
+        s.insert("version".into(), st.version.clone().into());
+        for (k, v) in [
+            ("dbSize", st.db_size),
+            ("leader", st.leader as i64),
+            ("raftIndex", st.raft_index as i64),
+            ("raftTerm", st.raft_term as i64),
+            ("raftAppliedIndex", st.raft_applied_index as i64),
+            ("dbSizeInUse", st.db_size_in_use),
+        ] {
+            if v != 0 {
+                s.insert(
+                    k.into(),
+                    if k == "leader" {
+                        serde_json::Value::from(st.leader)
+                    } else {
+                        v.into()
+                    },
+                );
+            }
+        }
+        json.push(serde_json::json!({"Endpoint": ep, "Status": s}));
+    }
+    match p.format {
+        Format::Json => println!("{}", serde_json::Value::from(json)),
+        Format::Table => table(
+            &[
+                "ENDPOINT",
+                "ID",
+                "VERSION",
+                "DB SIZE",
+                "IS LEADER",
+                "IS LEARNER",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "RAFT APPLIED INDEX",
+                "ERRORS",
+            ],
+            &rows,
+        ),
+        _ => {
+            for r in rows {
+                println!("{}", r.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match c {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp) {
+                e.exit()
+            }
+            eprintln!(
+                "Error: {}",
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+            );
+            return ExitCode::from(EXIT_BAD_ARGS);
+        }
+    };
+    let format = match cli.write_out.as_str() {
+        "simple" => Format::Simple,
+        "json" => Format::Json,
+        "fields" => Format::Fields,
+        "table" => Format::Table,
+        other => {
+            eprintln!("Error: unknown output format {other:?}");
+            return ExitCode::from(EXIT_BAD_ARGS);
+        }
+    };
+    if format == Format::Table && !matches!(cli.cmd, Cmd::Endpoint { .. }) {
+        eprintln!("Error: table not supported as output format");
+        return ExitCode::from(EXIT_BAD_FEATURE);
+    }
+    let printer = Printer {
+        format,
+        hex: cli.hex,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match rt.block_on(run(&cli, &printer)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadArgs(m)) => {
+            eprintln!("Error: {m}");
+            ExitCode::from(EXIT_BAD_ARGS)
+        }
+        Err(Failure::Other(m)) => {
+            eprintln!("Error: {m}");
+            ExitCode::from(EXIT_ERROR)
+        }
+        Err(Failure::Grpc(s)) => {
+            // etcdctl 3.4's client logs each failed unary call before the error itself.
+            let ep = cli.endpoints.first().cloned().unwrap_or_default();
+            let line = serde_json::json!({
+                "level": "warn",
+                "ts": "N",
+                "caller": "clientv3/retry_interceptor.go:62",
+                "msg": "retrying of unary invoker failed",
+                "target": format!("endpoint://client/{ep}"),
+                "attempt": 0,
+                "error": format!("rpc error: code = {} desc = {}", code_name(s.code()), s.message()),
+            });
+            eprintln!("{line}");
+            eprintln!("Error: {}", s.message());
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
