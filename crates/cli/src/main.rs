@@ -232,6 +232,18 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// `--prefix` and `--from-key` as etcdctl applies them; an empty key means every key.
+fn widen(key: &mut Vec<u8>, end: &mut Vec<u8>, prefix: bool, from_key: bool) {
+    if (prefix || from_key) && key.is_empty() {
+        *key = vec![0];
+        *end = vec![0];
+    } else if prefix {
+        *end = prefix_end(key);
+    } else if from_key {
+        *end = vec![0];
+    }
+}
+
 pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
     if a.args.is_empty() || a.args.len() > 2 {
         return Err(Failure::BadArgs(
@@ -261,20 +273,7 @@ pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
         }
         r.range_end = a.args[1].as_bytes().to_vec();
     }
-    if a.prefix {
-        r.range_end = if key.is_empty() {
-            r.key = vec![0];
-            vec![0]
-        } else {
-            prefix_end(&key)
-        };
-    }
-    if a.from_key {
-        if key.is_empty() {
-            r.key = vec![0];
-        }
-        r.range_end = vec![0];
-    }
+    widen(&mut r.key, &mut r.range_end, a.prefix, a.from_key);
     r.serializable = match a.consistency.as_str() {
         "l" => false,
         "s" => true,
@@ -347,20 +346,7 @@ pub fn delete_request(a: &DelArgs) -> Result<DeleteRangeRequest, Failure> {
     if a.args.len() == 2 {
         r.range_end = a.args[1].as_bytes().to_vec();
     }
-    if a.prefix {
-        r.range_end = if key.is_empty() {
-            r.key = vec![0];
-            vec![0]
-        } else {
-            prefix_end(&key)
-        };
-    }
-    if a.from_key {
-        if key.is_empty() {
-            r.key = vec![0];
-        }
-        r.range_end = vec![0];
-    }
+    widen(&mut r.key, &mut r.range_end, a.prefix, a.from_key);
     Ok(r)
 }
 
