@@ -350,6 +350,17 @@ pub fn delete_request(a: &DelArgs) -> Result<DeleteRangeRequest, Failure> {
     Ok(r)
 }
 
+/// One unary call under `--command-timeout`, with etcdctl's error for a missed deadline.
+async fn call<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, Failure> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Failure::Other("context deadline exceeded".into()))?
+        .map_err(Failure::Grpc)
+}
+
 async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
     let dial = go_duration(&cli.dial_timeout).unwrap_or(Duration::from_secs(2));
     let url = if endpoint.contains("://") {
@@ -383,40 +394,28 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Get(a) => {
             let r = range_request(a)?;
             let mut kv = KvClient::new(connect(cli, &ep).await?);
-            let resp = tokio::time::timeout(timeout, kv.range(r))
-                .await
-                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
-                .map_err(Failure::Grpc)?;
+            let resp = call(timeout, kv.range(r)).await?;
             p.range(resp.get_ref(), a.print_value_only);
             Ok(())
         }
         Cmd::Put(a) => {
             let r = put_request(a, read_stdin)?;
             let mut kv = KvClient::new(connect(cli, &ep).await?);
-            let resp = tokio::time::timeout(timeout, kv.put(r))
-                .await
-                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
-                .map_err(Failure::Grpc)?;
+            let resp = call(timeout, kv.put(r)).await?;
             p.put(resp.get_ref());
             Ok(())
         }
         Cmd::Del(a) => {
             let r = delete_request(a)?;
             let mut kv = KvClient::new(connect(cli, &ep).await?);
-            let resp = tokio::time::timeout(timeout, kv.delete_range(r))
-                .await
-                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
-                .map_err(Failure::Grpc)?;
+            let resp = call(timeout, kv.delete_range(r)).await?;
             p.delete(resp.get_ref());
             Ok(())
         }
         Cmd::Txn { interactive } => {
             let r = txn::read_txn(*interactive)?;
             let mut kv = KvClient::new(connect(cli, &ep).await?);
-            let resp = tokio::time::timeout(timeout, kv.txn(r))
-                .await
-                .map_err(|_| Failure::Other("context deadline exceeded".into()))?
-                .map_err(Failure::Grpc)?;
+            let resp = call(timeout, kv.txn(r)).await?;
             p.txn(resp.get_ref());
             Ok(())
         }
@@ -562,9 +561,7 @@ async fn endpoint_status(cli: &Cli, p: &Printer, timeout: Duration) -> Result<()
     for ep in &cli.endpoints {
         let mut m = MaintenanceClient::new(connect(cli, ep).await?);
         let st = tokio::time::timeout(timeout, m.status(StatusRequest {}))
-            .await
-            .map_err(|_| Failure::Other("context deadline exceeded".into()))?
-            .map_err(Failure::Grpc)?
+            .await?
             .into_inner();
         let id = st.header.as_ref().map(|h| h.member_id).unwrap_or(0);
         rows.push(vec![
