@@ -560,7 +560,7 @@ async fn endpoint_status(cli: &Cli, p: &Printer, timeout: Duration) -> Result<()
     let mut json = Vec::new();
     for ep in &cli.endpoints {
         let mut m = MaintenanceClient::new(connect(cli, ep).await?);
-        let st = tokio::time::timeout(timeout, m.status(StatusRequest {}))
+        let st = call(timeout, m.status(StatusRequest {}))
             .await?
             .into_inner();
         let id = st.header.as_ref().map(|h| h.member_id).unwrap_or(0);
