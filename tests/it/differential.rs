@@ -171,3 +171,62 @@ fn ballastctl_kv_session_matches_etcdctl() {
         .collect();
     run_session(etcdctl, ballastctl, &steps);
 }
+
+/// The flags `OPTIONS:` lists in a usage screen, in order.
+fn option_names(usage: &str) -> Vec<String> {
+    usage
+        .split("\nOPTIONS:\n")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split("--").nth(1))
+        .map(|f| f.split(['=', '[']).next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Bad command lines: the same stderr (program name aside) and exit code as etcdctl, a usage
+/// screen on stdout, and each command's usage lists etcdctl's flags.
+#[test]
+fn ballastctl_flag_errors_match_etcdctl() {
+    let cases: &[&[&str]] = &[
+        &["get", "--bogus"],
+        &["get", "-x", "k"],
+        &["get", "--limit=abc", "k"],
+        &["get", "k", "--limit"],
+        &["bogus"],
+        &["get", "--dial-timeout=zz", "k"],
+        &["get", "--hex=maybe", "k"],
+        &["del", "--prefix=nope", "k"],
+        &["put", "--bogus", "k", "v"],
+    ];
+    // Nothing listens here: a parse error must come before any dial.
+    let endpoint = "127.0.0.1:1";
+    for args in cases {
+        let want = etcdctl(endpoint, args, None);
+        let got = ballastctl(endpoint, args, None);
+        assert_eq!(
+            got.1.replace("ballastctl", "etcdctl"),
+            want.1,
+            "stderr for {args:?}"
+        );
+        assert_eq!(got.2, want.2, "exit code for {args:?}");
+        assert_eq!(
+            got.0.starts_with("NAME:\n"),
+            want.0.starts_with("NAME:\n"),
+            "usage on stdout for {args:?}: {}",
+            got.0
+        );
+    }
+    for cmd in ["get", "put", "del", "txn", "compaction", "endpoint"] {
+        let want = etcdctl(endpoint, &[cmd, "--help"], None);
+        let got = ballastctl(endpoint, &[cmd, "--help"], None);
+        assert_eq!(got.2, 0);
+        let mut want = option_names(&want.0);
+        // etcdctl 3.4 predates get --count-only; endpoint --cluster comes with members.
+        want.retain(|f| f != "cluster");
+        let mut got = option_names(&got.0);
+        got.retain(|f| f != "count-only");
+        assert_eq!(got, want, "{cmd} --help flags");
+    }
+}

@@ -7,3 +7,4 @@ mod config;
 mod differential;
 mod durability;
 mod kv;
+mod malformed;

@@ -3,6 +3,7 @@
 
 mod output;
 mod txn;
+mod usage;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use ballast_api::etcdserverpb::{
     range_request::SortTarget, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
     StatusRequest,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{Format, Printer};
 use tonic::transport::Channel;
 
@@ -22,8 +23,13 @@ const EXIT_BAD_ARGS: u8 = 128;
 const EXIT_BAD_FEATURE: u8 = 4;
 
 #[derive(Parser, Debug)]
-#[command(name = "ballastctl", disable_version_flag = true)]
+#[command(
+    name = "ballastctl",
+    about = "A simple command line client for etcd3 and Ballast.",
+    disable_version_flag = true
+)]
 struct Cli {
+    /// gRPC endpoints
     #[arg(
         long,
         global = true,
@@ -32,20 +38,25 @@ struct Cli {
         value_delimiter = ','
     )]
     endpoints: Vec<String>,
+    /// dial timeout for client connections
     #[arg(
         long = "dial-timeout",
         global = true,
         env = "ETCDCTL_DIAL_TIMEOUT",
-        default_value = "2s"
+        default_value = "2s",
+        value_parser = parse_duration
     )]
-    dial_timeout: String,
+    dial_timeout: Duration,
+    /// timeout for short running command (excluding dial timeout)
     #[arg(
         long = "command-timeout",
         global = true,
         env = "ETCDCTL_COMMAND_TIMEOUT",
-        default_value = "5s"
+        default_value = "5s",
+        value_parser = parse_duration
     )]
-    command_timeout: String,
+    command_timeout: Duration,
+    /// set the output format (fields, json, simple, table)
     #[arg(
         short = 'w',
         long = "write-out",
@@ -54,6 +65,7 @@ struct Cli {
         default_value = "simple"
     )]
     write_out: String,
+    /// print byte strings as hex encoded strings
     #[arg(long, global = true, env = "ETCDCTL_HEX")]
     hex: bool,
     #[command(subcommand)]
@@ -70,11 +82,13 @@ enum Cmd {
     Del(DelArgs),
     /// Txn processes all the requests in one transaction
     Txn {
+        /// Input transaction in interactive mode
         #[arg(short = 'i', long)]
         interactive: bool,
     },
     /// Compacts the event history in etcd
     Compaction {
+        /// 'true' to wait for compaction to physically remove all old revisions
         #[arg(long)]
         physical: bool,
         args: Vec<String>,
@@ -90,30 +104,42 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum EndpointCmd {
+    /// Checks the healthiness of endpoints specified in `--endpoints` flag
     Health,
+    /// Prints out the status of endpoints specified in `--endpoints` flag
     Status,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct GetArgs {
+    /// Linearizable(l) or Serializable(s)
     #[arg(long, default_value = "l")]
     consistency: String,
+    /// Get keys that are greater than or equal to the given key using byte compare
     #[arg(long = "from-key")]
     from_key: bool,
+    /// Get only the keys
     #[arg(long = "keys-only")]
     keys_only: bool,
+    /// Get only the count
     #[arg(long = "count-only")]
     count_only: bool,
-    #[arg(long, default_value_t = 0)]
+    /// Maximum number of results
+    #[arg(long, default_value = "0", value_parser = usage::go_i64)]
     limit: i64,
+    /// Order of results; ASCEND or DESCEND (ASCEND by default)
     #[arg(long, default_value = "")]
     order: String,
+    /// Get keys with matching prefix
     #[arg(long)]
     prefix: bool,
+    /// Only write values when using the "simple" output format
     #[arg(long = "print-value-only")]
     print_value_only: bool,
-    #[arg(long, default_value_t = 0)]
+    /// Specify the kv revision
+    #[arg(long, default_value = "0", value_parser = usage::go_i64)]
     rev: i64,
+    /// Sort target; CREATE, KEY, MODIFY, VALUE, or VERSION
     #[arg(long = "sort-by", default_value = "")]
     sort_by: String,
     args: Vec<String>,
@@ -121,12 +147,16 @@ pub struct GetArgs {
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PutArgs {
+    /// lease ID (in hexadecimal) to attach to the key
     #[arg(long, default_value = "0")]
     lease: String,
+    /// return the previous key-value pair before modification
     #[arg(long = "prev-kv")]
     prev_kv: bool,
+    /// updates the key using its current value
     #[arg(long = "ignore-value")]
     ignore_value: bool,
+    /// updates the key using its current lease
     #[arg(long = "ignore-lease")]
     ignore_lease: bool,
     args: Vec<String>,
@@ -134,10 +164,13 @@ pub struct PutArgs {
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DelArgs {
+    /// delete keys with matching prefix
     #[arg(long)]
     prefix: bool,
+    /// return deleted key-value pairs
     #[arg(long = "prev-kv")]
     prev_kv: bool,
+    /// delete keys that are greater than or equal to the given key using byte compare
     #[arg(long = "from-key")]
     from_key: bool,
     args: Vec<String>,
@@ -184,6 +217,11 @@ fn go_duration(s: &str) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_secs_f64(total))
+}
+
+/// A duration flag value, rejected with Go's message.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    go_duration(s).ok_or_else(|| format!("time: invalid duration {s:?}"))
 }
 
 /// Go's `time.Duration.String()` for the durations etcdctl prints.
@@ -361,8 +399,20 @@ async fn call<T>(
         .map_err(Failure::Grpc)
 }
 
+/// The first of `--endpoints` that accepts a connection, as etcdctl's balancer picks one.
+async fn connect_any(cli: &Cli) -> Result<Channel, Failure> {
+    let mut last = Failure::Other("context deadline exceeded".into());
+    for ep in &cli.endpoints {
+        match connect(cli, ep).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
-    let dial = go_duration(&cli.dial_timeout).unwrap_or(Duration::from_secs(2));
+    let dial = cli.dial_timeout;
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {
@@ -383,8 +433,7 @@ fn read_stdin() -> Option<String> {
 }
 
 async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
-    let ep = cli.endpoints.first().cloned().unwrap_or_default();
-    let timeout = go_duration(&cli.command_timeout).unwrap_or(Duration::from_secs(5));
+    let timeout = cli.command_timeout;
     match &cli.cmd {
         Cmd::Version => {
             println!("ballastctl version: {}", env!("CARGO_PKG_VERSION"));
@@ -393,28 +442,28 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         }
         Cmd::Get(a) => {
             let r = range_request(a)?;
-            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let mut kv = KvClient::new(connect_any(cli).await?);
             let resp = call(timeout, kv.range(r)).await?;
             p.range(resp.get_ref(), a.print_value_only);
             Ok(())
         }
         Cmd::Put(a) => {
             let r = put_request(a, read_stdin)?;
-            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let mut kv = KvClient::new(connect_any(cli).await?);
             let resp = call(timeout, kv.put(r)).await?;
             p.put(resp.get_ref());
             Ok(())
         }
         Cmd::Del(a) => {
             let r = delete_request(a)?;
-            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let mut kv = KvClient::new(connect_any(cli).await?);
             let resp = call(timeout, kv.delete_range(r)).await?;
             p.delete(resp.get_ref());
             Ok(())
         }
         Cmd::Txn { interactive } => {
             let r = txn::read_txn(*interactive)?;
-            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let mut kv = KvClient::new(connect_any(cli).await?);
             let resp = call(timeout, kv.txn(r)).await?;
             p.txn(resp.get_ref());
             Ok(())
@@ -431,7 +480,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
                     args[0]
                 ))
             })?;
-            let mut kv = KvClient::new(connect(cli, &ep).await?);
+            let mut kv = KvClient::new(connect_any(cli).await?);
             tokio::time::timeout(
                 timeout,
                 kv.compact(CompactionRequest {
@@ -628,6 +677,51 @@ async fn endpoint_status(cli: &Cli, p: &Printer, timeout: Duration) -> Result<()
     Ok(())
 }
 
+/// zap's ISO-8601 UTC timestamp with milliseconds, as etcdctl's client log prints it.
+fn zap_timestamp(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// A version-4-shaped UUID naming this client, as etcdctl's balancer target carries one.
+fn client_uuid() -> String {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+        ^ (u128::from(std::process::id()) << 64);
+    // splitmix-style mixing; uniqueness per process is all that matters here.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    x ^= x >> 67;
+    let h = format!("{x:032x}");
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match c {
@@ -652,21 +746,34 @@ fn code_name(c: tonic::Code) -> &'static str {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv: Vec<String> = std::env::args().collect();
+    let root = usage::go_flags(Cli::command());
+    let parsed = root
+        .clone()
+        .try_get_matches_from(&argv)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
-            if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp) {
-                e.exit()
-            }
-            eprintln!(
-                "Error: {}",
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches("error: ")
-            );
-            return ExitCode::from(EXIT_BAD_ARGS);
+            let name = root.get_name().to_string();
+            return match usage::outcome(&root, &argv, &e) {
+                usage::Outcome::Help(u) => {
+                    print!("{u}");
+                    ExitCode::SUCCESS
+                }
+                usage::Outcome::FlagError { usage, msg } => {
+                    eprintln!("Error: {msg}");
+                    print!("{usage}");
+                    eprintln!("\nError: {msg}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+                usage::Outcome::UnknownCommand(c) => {
+                    eprintln!("Error: unknown command {c:?} for {name:?}");
+                    eprintln!("Run '{name} --help' for usage.");
+                    eprintln!("Error: unknown command {c:?} for {name:?}");
+                    ExitCode::from(EXIT_ERROR)
+                }
+            };
         }
     };
     let format = match cli.write_out.as_str() {
@@ -712,10 +819,10 @@ fn main() -> ExitCode {
             let ep = cli.endpoints.first().cloned().unwrap_or_default();
             let line = serde_json::json!({
                 "level": "warn",
-                "ts": "N",
+                "ts": zap_timestamp(std::time::SystemTime::now()),
                 "caller": "clientv3/retry_interceptor.go:62",
                 "msg": "retrying of unary invoker failed",
-                "target": format!("endpoint://client/{ep}"),
+                "target": format!("endpoint://client-{}/{ep}", client_uuid()),
                 "attempt": 0,
                 "error": format!("rpc error: code = {} desc = {}", code_name(s.code()), s.message()),
             });
@@ -723,5 +830,18 @@ fn main() -> ExitCode {
             eprintln!("Error: {}", s.message());
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zap_timestamps_are_utc_iso8601_with_millis() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(zap_timestamp(t), "2023-11-14T22:13:20.123Z");
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(zap_timestamp(leap), "2000-02-29T00:00:00.000Z");
     }
 }

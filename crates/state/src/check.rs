@@ -4,14 +4,20 @@
 use std::collections::HashSet;
 
 use ballast_api::etcdserverpb::{
-    request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
 use crate::KvError;
 
+/// Unknown sort enums are rejected up front, as etcd 3.5+ does (3.4 panics applying them).
 pub fn range(r: &RangeRequest) -> Result<(), KvError> {
     if r.key.is_empty() {
         return Err(KvError::EmptyKey);
+    }
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(KvError::InvalidSortOption);
     }
     Ok(())
 }
