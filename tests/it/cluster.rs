@@ -49,6 +49,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Ballast,
     Etcd,
@@ -61,7 +62,18 @@ pub struct Server {
     pub port: u16,
     pub data_dir: PathBuf,
     pub args: Vec<String>,
+    /// Set for members of a multi-member cluster.
+    pub member: Option<Member>,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// A cluster member's identity flags.
+#[derive(Clone)]
+pub struct Member {
+    pub name: String,
+    pub peer_port: u16,
+    pub initial_cluster: String,
+    pub state: &'static str,
 }
 
 impl Server {
@@ -80,22 +92,65 @@ impl Server {
             port: free_port(),
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            member: None,
             _tmp: Some(tmp),
         };
         s.spawn();
         s
     }
 
+    /// A cluster member, not yet started (members must start together to elect a leader).
+    pub fn new_member(kind: Kind, member: Member, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        Server {
+            kind,
+            child: None,
+            port: free_port(),
+            data_dir: tmp.path().join("data"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            member: Some(member),
+            _tmp: Some(tmp),
+        }
+    }
+
     pub fn spawn(&mut self) {
+        self.launch();
+        self.wait_healthy(Duration::from_secs(20));
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn launch(&mut self) {
         let url = format!("http://127.0.0.1:{}", self.port);
-        let peer = free_port();
+        let (name, listen_peer, peer, cluster, state) = match &self.member {
+            Some(m) => {
+                let p = format!("http://127.0.0.1:{}", m.peer_port);
+                (
+                    m.name.clone(),
+                    p.clone(),
+                    p,
+                    m.initial_cluster.clone(),
+                    m.state,
+                )
+            }
+            None => (
+                "default".into(),
+                format!("http://127.0.0.1:{}", free_port()),
+                "http://127.0.0.1:2380".into(),
+                "default=http://127.0.0.1:2380".into(),
+                "new",
+            ),
+        };
         let bin: PathBuf = match self.kind {
             Kind::Ballast => ballast_bin(),
             Kind::Etcd => "etcd".into(),
         };
-        let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(bin)
-            .args(["--name", "default", "--data-dir"])
+            .args(["--name", &name, "--data-dir"])
             .arg(&self.data_dir)
             .args([
                 "--listen-client-urls",
@@ -103,9 +158,10 @@ impl Server {
                 "--advertise-client-urls",
                 &url,
             ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "default=http://127.0.0.1:2380"])
+            .args(["--listen-peer-urls", &listen_peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-state", state])
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,7 +169,6 @@ impl Server {
             .spawn()
             .expect("spawn server");
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20));
     }
 
     pub fn log(&self) -> String {
@@ -187,4 +242,43 @@ pub fn run_ctl(
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.code().unwrap_or(-1),
     )
+}
+
+/// An n-member cluster on loopback ports, every member started and serving.
+pub struct Cluster {
+    pub members: Vec<Server>,
+}
+
+impl Cluster {
+    pub fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
+        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members: Vec<Server> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let m = Member {
+                    name: format!("m{i}"),
+                    peer_port: *p,
+                    initial_cluster: initial.clone(),
+                    state: "new",
+                };
+                Server::new_member(kind, m, extra)
+            })
+            .collect();
+        members.iter_mut().for_each(Server::launch);
+        for m in &mut members {
+            m.wait_healthy(Duration::from_secs(20));
+        }
+        Cluster { members }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Server::endpoint).collect()
+    }
 }

@@ -8,3 +8,4 @@ mod differential;
 mod durability;
 mod kv;
 mod malformed;
+mod raft_cluster;

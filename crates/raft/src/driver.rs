@@ -16,20 +16,26 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self as std_mpsc, Receiver, SyncSender};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use raft::eraftpb::{ConfState, Entry, EntryType};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
 use raft::prelude::{Config, RawNode};
 use raft::storage::MemStorage;
 use raft::StateRole;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use crate::log::{LogError, MemberRecord, RaftLog};
+use crate::transport::{Inbound, Transport};
 
 /// Commands queued for the driver; bounded so a flood of clients gets an error, not OOM.
 const CMD_QUEUE: usize = 8192;
+/// Messages from peers waiting for the driver; kept apart from client commands so a client
+/// flood cannot starve heartbeats.
+const INBOUND_QUEUE: usize = 4096;
 /// Committed batches queued for the applier; when full, the driver waits (back-pressure).
 const APPLY_QUEUE: usize = 256;
 
@@ -60,6 +66,10 @@ pub struct NodeConfig {
     pub cluster_id: u64,
     /// Voters of a brand-new cluster; ignored when the log already exists.
     pub voters: Vec<u64>,
+    /// Peer URLs of the other members, for the transport.
+    pub peers: Vec<(u64, Vec<String>)>,
+    /// Runs the transport's network tasks.
+    pub runtime: tokio::runtime::Handle,
     pub wal_dir: PathBuf,
     /// One raft tick (etcd's `--heartbeat-interval`).
     pub tick: Duration,
@@ -95,7 +105,8 @@ enum Cmd {
 }
 
 pub struct Node {
-    tx: SyncSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
+    transport: Transport,
     status: watch::Receiver<RaftStatus>,
     member_id: u64,
     cluster_id: u64,
@@ -159,13 +170,29 @@ impl Node {
             node.campaign()
                 .map_err(|e| RaftError::Raft(e.to_string()))?;
         }
-        let (tx, rx) = mpsc::sync_channel(CMD_QUEUE);
-        let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE);
+        let (tx, rx) = mpsc::channel(CMD_QUEUE);
+        let (apply_tx, apply_rx) = std_mpsc::sync_channel(APPLY_QUEUE);
         let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+        // Frames carry one append's worth of entries (capped by max_size_per_msg, but at least
+        // one entry of up to that size) plus headers.
+        let max_frame = (cfg.max_msg_bytes as usize).saturating_mul(2) + (1 << 20);
+        let transport = Transport::new(
+            member.member_id,
+            member.cluster_id,
+            max_frame,
+            inbound_tx,
+            cfg.runtime.clone(),
+        );
+        for (id, urls) in &cfg.peers {
+            transport.set_peer(*id, urls.clone());
+        }
         let mut driver = Driver {
             node,
             log,
             rx,
+            inbound,
+            transport: transport.clone(),
             apply_tx,
             status: status_tx,
             tick: cfg.tick,
@@ -179,6 +206,7 @@ impl Node {
         Ok((
             Node {
                 tx,
+                transport,
                 status: status_rx,
                 member_id: member.member_id,
                 cluster_id: member.cluster_id,
@@ -191,8 +219,13 @@ impl Node {
     fn send(&self, cmd: Cmd) -> Result<(), RaftError> {
         self.tx.try_send(cmd).map_err(|e| match e {
             TrySendError::Full(_) => RaftError::TooManyRequests,
-            TrySendError::Disconnected(_) => RaftError::Stopped,
+            TrySendError::Closed(_) => RaftError::Stopped,
         })
+    }
+
+    /// The peer transport, to serve the peer listener with.
+    pub fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     /// Queues `data` for the log. The returned receiver fires only if the proposal is dropped;
@@ -230,7 +263,9 @@ impl Node {
 struct Driver {
     node: RawNode<MemStorage>,
     log: RaftLog,
-    rx: Receiver<Cmd>,
+    rx: mpsc::Receiver<Cmd>,
+    inbound: mpsc::Receiver<Inbound>,
+    transport: Transport,
     apply_tx: SyncSender<Vec<Committed>>,
     status: watch::Sender<RaftStatus>,
     tick: Duration,
@@ -240,7 +275,19 @@ struct Driver {
 
 impl Driver {
     fn run(&mut self) {
-        if let Err(e) = self.run_loop() {
+        // A runtime of its own: the loop waits on channels and timers, never on other tasks,
+        // and its blocking fsyncs cannot stall the network runtime.
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.status.send_modify(|s| s.fatal = Some(e.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = rt.block_on(self.run_loop()) {
             tracing::error!(error = %e, "raft driver stopped");
             self.status.send_modify(|s| s.fatal = Some(e.to_string()));
         }
@@ -251,17 +298,26 @@ impl Driver {
         }
     }
 
-    fn run_loop(&mut self) -> Result<(), RaftError> {
+    async fn run_loop(&mut self) -> Result<(), RaftError> {
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
             let mut reads = Vec::new();
-            match self.rx.recv_timeout(wait) {
-                Ok(cmd) => self.handle(cmd, &mut reads),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            tokio::select! {
+                biased;
+                Some(m) = self.inbound.recv() => self.step(m),
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd, &mut reads),
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(next_tick) => {}
             }
-            // Drain the queue so concurrent requests share one fsync and one ReadIndex.
+            // Drain both queues so a burst shares one fsync, one append and one ReadIndex.
+            for _ in 0..INBOUND_QUEUE {
+                match self.inbound.try_recv() {
+                    Ok(m) => self.step(m),
+                    Err(_) => break,
+                }
+            }
             for _ in 0..CMD_QUEUE {
                 match self.rx.try_recv() {
                     Ok(cmd) => self.handle(cmd, &mut reads),
@@ -279,6 +335,27 @@ impl Driver {
                 next_tick = Instant::now() + self.tick;
             }
             self.on_ready()?;
+        }
+    }
+
+    fn step(&mut self, m: Inbound) {
+        match m {
+            Inbound::Message(m) => {
+                // Errors here are stale or foreign messages raft refuses; nothing to undo.
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!(error = %e, "peer message not stepped");
+                }
+            }
+            Inbound::Unreachable(id) => self.node.report_unreachable(id),
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        for id in self.transport.send(msgs) {
+            self.node.report_unreachable(id);
         }
     }
 
@@ -327,9 +404,7 @@ impl Driver {
             return Ok(());
         }
         let mut rd = self.node.ready();
-        // Single-process for now: messages to peers are carried by the peer transport
-        // once membership exists; a lone member has no one to send to.
-        let _ = rd.take_messages();
+        self.send(rd.take_messages());
         for rs in rd.take_read_states() {
             self.resolve_read(&rs.request_ctx, rs.index);
         }
@@ -345,7 +420,7 @@ impl Driver {
                 w.set_hardstate(hs.clone());
             }
         }
-        let _ = rd.take_persisted_messages();
+        self.send(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.node
@@ -354,7 +429,7 @@ impl Driver {
                 .mut_hard_state()
                 .set_commit(commit);
         }
-        let _ = light.take_messages();
+        self.send(light.take_messages());
         self.hand_off(light.take_committed_entries())?;
         self.node.advance_apply();
         self.publish_status();

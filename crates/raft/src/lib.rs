@@ -6,5 +6,7 @@
 mod driver;
 mod log;
 mod logger;
+mod transport;
 
 pub use driver::{Committed, Node, NodeConfig, RaftError, RaftStatus};
+pub use transport::Transport;

@@ -145,6 +145,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub wal_dir: PathBuf,
     pub listen_client: Vec<SocketAddr>,
+    pub listen_peer: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
     /// (name, peer URLs) of every initial member, in flag order.
@@ -326,7 +327,10 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls =
             split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
-        split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
+        let listen_peer = split_urls("--listen-peer-urls", &f.listen_peer_urls)?
+            .iter()
+            .map(|u| listen_addr("--listen-peer-urls", u))
+            .collect::<Result<Vec<_>, _>>()?;
         let advertise_peer_urls = split_urls(
             "--initial-advertise-peer-urls",
             &f.initial_advertise_peer_urls,
@@ -417,6 +421,7 @@ impl Config {
             data_dir,
             wal_dir,
             listen_client,
+            listen_peer,
             advertise_client_urls,
             advertise_peer_urls,
             initial_cluster,

@@ -53,7 +53,15 @@ async fn run(cfg: Config) -> Result<(), String> {
         "starting ballast"
     );
     let listen = cfg.listen_client.clone();
+    let listen_peer = cfg.listen_peer.clone();
     let server = EtcdServer::start(cfg).map_err(|e| e.to_string())?;
+    for addr in listen_peer {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(address = %addr, "serving peer traffic insecurely");
+        tokio::spawn(server.transport().serve(listener));
+    }
     let app = ballast_server::client_router(server.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for addr in listen {

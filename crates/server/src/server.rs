@@ -64,10 +64,24 @@ impl EtcdServer {
             .map(|(_, urls)| ids::member_id(urls, &cfg.initial_cluster_token))
             .collect();
         let member_id = ids::member_id(&cfg.advertise_peer_urls, &cfg.initial_cluster_token);
+        let peers = cfg
+            .initial_cluster
+            .iter()
+            .map(|(_, urls)| {
+                (
+                    ids::member_id(urls, &cfg.initial_cluster_token),
+                    urls.clone(),
+                )
+            })
+            .collect();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| ServerError::Startup(format!("no runtime for the peer transport: {e}")))?;
         let (node, committed) = Node::start(NodeConfig {
             member_id,
             cluster_id: ids::cluster_id(&members),
             voters: members,
+            peers,
+            runtime,
             wal_dir: cfg.wal_dir.clone(),
             tick: cfg.heartbeat,
             election_ticks: cfg.election_ticks,
@@ -108,6 +122,11 @@ impl EtcdServer {
 
     pub fn cluster_id(&self) -> u64 {
         self.node.cluster_id()
+    }
+
+    /// The peer transport, for the peer listeners to feed.
+    pub fn transport(&self) -> ballast_raft::Transport {
+        self.node.transport()
     }
 
     pub fn raft_status(&self) -> RaftStatus {
