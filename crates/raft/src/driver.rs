@@ -20,7 +20,8 @@ use std::sync::mpsc::{self as std_mpsc, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
 use raft::prelude::{Config, RawNode};
 use raft::storage::MemStorage;
 use raft::StateRole;
@@ -49,6 +50,8 @@ pub enum RaftError {
     NoLeader,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
     #[error("raft storage: {0}")]
     Storage(String),
     #[error("raft: {0}")]
@@ -64,8 +67,10 @@ impl From<LogError> for RaftError {
 pub struct NodeConfig {
     pub member_id: u64,
     pub cluster_id: u64,
-    /// Voters of a brand-new cluster; ignored when the log already exists.
-    pub voters: Vec<u64>,
+    /// A brand-new cluster's voters with the context of the configuration entry that adds
+    /// each (written as the log's first entries, as etcd does). Empty when joining an existing
+    /// cluster; ignored when the log already exists.
+    pub bootstrap: Vec<(u64, Vec<u8>)>,
     /// Peer URLs of the other members, for the transport.
     pub peers: Vec<(u64, Vec<String>)>,
     /// Runs the transport's network tasks.
@@ -86,7 +91,19 @@ pub struct Committed {
     pub index: u64,
     pub term: u64,
     pub data: Vec<u8>,
+    /// A configuration change; `data` is its context.
     pub conf_change: bool,
+    /// Raft refused the configuration change (e.g. it would remove the last voter); every
+    /// member refuses it alike, so the applier must skip it.
+    pub rejected: bool,
+}
+
+/// Membership changes raft itself knows about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfKind {
+    AddVoter,
+    AddLearner,
+    Remove,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,7 +118,10 @@ pub struct RaftStatus {
 
 enum Cmd {
     Propose(Vec<u8>, oneshot::Sender<RaftError>),
+    ProposeConf(ConfChange, oneshot::Sender<RaftError>),
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
+    LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
+    TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
 }
 
 pub struct Node {
@@ -114,6 +134,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether `wal_dir` already holds a member's log (a restart rather than a first start).
+    pub fn log_exists(wal_dir: &std::path::Path) -> bool {
+        RaftLog::exists(wal_dir)
+    }
+
     /// Opens (or creates) the member's log and starts the driver thread. Returns the node and
     /// the stream of committed entries, which the caller must apply in order.
     pub fn start(cfg: NodeConfig) -> Result<(Node, Receiver<Vec<Committed>>), RaftError> {
@@ -132,13 +157,24 @@ impl Node {
             log = l;
             member = rec.member;
         } else {
-            let cs = ConfState::from((cfg.voters.clone(), vec![]));
+            let voters: Vec<u64> = cfg.bootstrap.iter().map(|(id, _)| *id).collect();
+            let cs = ConfState::from((voters, vec![]));
             member = MemberRecord {
                 member_id: cfg.member_id,
                 cluster_id: cfg.cluster_id,
             };
-            log = RaftLog::create(&cfg.wal_dir, member, &cs)?;
+            let mut l = RaftLog::create(&cfg.wal_dir, member, &cs)?;
             storage = MemStorage::new_with_conf_state(cs);
+            let (entries, hs) = bootstrap_entries(&cfg.bootstrap)?;
+            if !entries.is_empty() {
+                l.save(&entries, Some(&hs))?;
+                l.sync()?;
+                let mut w = storage.wl();
+                w.append(&entries)
+                    .map_err(|e| RaftError::Storage(e.to_string()))?;
+                w.set_hardstate(hs);
+            }
+            log = l;
         }
         let committed = storage.rl().hard_state().commit;
         let raft_cfg = Config {
@@ -234,6 +270,41 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Propose(data, tx))?;
         Ok(rx)
+    }
+
+    /// Queues a membership change; like [`Node::propose`], success is seen when it applies.
+    pub fn propose_conf_change(
+        &self,
+        kind: ConfKind,
+        node_id: u64,
+        context: Vec<u8>,
+    ) -> Result<oneshot::Receiver<RaftError>, RaftError> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(match kind {
+            ConfKind::AddVoter => ConfChangeType::AddNode,
+            ConfKind::AddLearner => ConfChangeType::AddLearnerNode,
+            ConfKind::Remove => ConfChangeType::RemoveNode,
+        });
+        cc.node_id = node_id;
+        cc.context = context.into();
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::ProposeConf(cc, tx))?;
+        Ok(rx)
+    }
+
+    /// On the leader: whether learner `id` has caught up enough to be promoted (its match
+    /// index is at least 90% of the leader's, etcd's rule). `NotLeader` elsewhere.
+    pub async fn learner_ready(&self, id: u64) -> Result<bool, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::LearnerReady(id, tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// On the leader: starts handing leadership to `id`.
+    pub async fn transfer_leader(&self, id: u64) -> Result<(), RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::TransferLeader(id, tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
     }
 
     /// The commit index a linearizable read must wait to have applied (raft ReadIndex).
@@ -369,6 +440,35 @@ impl Driver {
                     let _ = on_drop.send(RaftError::NoLeader);
                 }
             }
+            Cmd::ProposeConf(cc, on_drop) => {
+                if self.node.raft.leader_id == raft::INVALID_ID {
+                    let _ = on_drop.send(RaftError::NoLeader);
+                } else if let Err(e) = self.node.propose_conf_change(vec![], cc) {
+                    tracing::debug!(error = %e, "configuration change dropped");
+                    let _ = on_drop.send(RaftError::NoLeader);
+                }
+            }
+            Cmd::LearnerReady(id, tx) => {
+                let r = &self.node.raft;
+                let res = if r.state != StateRole::Leader {
+                    Err(RaftError::NotLeader)
+                } else {
+                    let leader_match = r.prs().get(r.id).map(|p| p.matched).unwrap_or(0);
+                    Ok(r.prs()
+                        .get(id)
+                        .is_none_or(|p| p.matched as f64 >= leader_match as f64 * 0.9))
+                };
+                let _ = tx.send(res);
+            }
+            Cmd::TransferLeader(id, tx) => {
+                let res = if self.node.raft.state != StateRole::Leader {
+                    Err(RaftError::NotLeader)
+                } else {
+                    self.node.transfer_leader(id);
+                    Ok(())
+                };
+                let _ = tx.send(res);
+            }
             Cmd::ReadIndex(tx) => {
                 if self.node.raft.leader_id == raft::INVALID_ID {
                     let _ = tx.send(Err(RaftError::NoLeader));
@@ -384,15 +484,20 @@ impl Driver {
             return Ok(());
         }
         let last = entries.last().map(|e| e.index).unwrap_or(0);
-        let batch = entries
-            .into_iter()
-            .map(|mut e| Committed {
+        let mut batch = Vec::with_capacity(entries.len());
+        for mut e in entries {
+            let mut c = Committed {
                 index: e.index,
                 term: e.term,
-                conf_change: e.get_entry_type() != EntryType::EntryNormal,
+                conf_change: e.get_entry_type() == EntryType::EntryConfChange,
+                rejected: false,
                 data: e.take_data().to_vec(),
-            })
-            .collect();
+            };
+            if c.conf_change {
+                c.rejected = !self.apply_conf_change(c.index, &mut c.data)?;
+            }
+            batch.push(c);
+        }
         self.apply_tx.send(batch).map_err(|_| RaftError::Stopped)?;
         self.node.advance_apply_to(last);
         Ok(())
@@ -436,6 +541,33 @@ impl Driver {
         Ok(())
     }
 
+    /// Applies a committed configuration change to raft and makes the new configuration
+    /// durable before anything else happens (a restart must not forget it). Leaves the change's
+    /// context in `data`. Returns whether raft accepted it.
+    fn apply_conf_change(&mut self, index: u64, data: &mut Vec<u8>) -> Result<bool, RaftError> {
+        let mut cc = match ConfChange::parse_from_bytes(data) {
+            Ok(cc) => cc,
+            Err(e) => {
+                tracing::error!(index, error = %e, "undecodable configuration change skipped");
+                data.clear();
+                return Ok(false);
+            }
+        };
+        *data = cc.take_context().to_vec();
+        match self.node.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.log.save_conf_state(&cs)?;
+                self.log.sync()?;
+                self.node.mut_store().wl().set_conf_state(cs);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(index, error = %e, "configuration change refused");
+                Ok(false)
+            }
+        }
+    }
+
     fn resolve_read(&mut self, ctx: &[u8], index: u64) {
         let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
             return;
@@ -476,4 +608,31 @@ impl Driver {
             }
         });
     }
+}
+
+/// The first entries of a new cluster's log: one committed configuration change per initial
+/// member, at term 1, identical on every member (etcd bootstraps the same way).
+fn bootstrap_entries(members: &[(u64, Vec<u8>)]) -> Result<(Vec<Entry>, HardState), RaftError> {
+    let mut entries = Vec::with_capacity(members.len());
+    for (i, (id, context)) in members.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = *id;
+        cc.context = context.clone().into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = cc
+            .write_to_bytes()
+            .map_err(|e| RaftError::Raft(e.to_string()))?
+            .into();
+        entries.push(e);
+    }
+    let mut hs = HardState::default();
+    if !entries.is_empty() {
+        hs.term = 1;
+        hs.commit = entries.len() as u64;
+    }
+    Ok((entries, hs))
 }

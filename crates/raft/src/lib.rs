@@ -8,5 +8,5 @@ mod log;
 mod logger;
 mod transport;
 
-pub use driver::{Committed, Node, NodeConfig, RaftError, RaftStatus};
-pub use transport::Transport;
+pub use driver::{Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
+pub use transport::{fetch_membership, Transport};

@@ -132,6 +132,12 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Records a configuration raft has applied; durable only after [`RaftLog::sync`].
+    pub fn save_conf_state(&mut self, cs: &ConfState) -> Result<(), LogError> {
+        self.wal.append(KIND_CONF_STATE, &encode(cs))?;
+        Ok(())
+    }
+
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.wal.sync()?;
         Ok(())

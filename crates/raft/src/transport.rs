@@ -23,6 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const MAGIC: &[u8; 8] = b"BALLAST1";
+/// A one-shot membership query a joining member sends before it has an identity: the answer
+/// is one frame holding whatever [`Transport::set_membership`] provides.
+const MAGIC_MEMBERS: &[u8; 8] = b"BALLASTM";
 const HANDSHAKE_LEN: usize = 8 + 8 * 3;
 /// Messages waiting for one peer; beyond this they are dropped (raft tolerates loss).
 const PEER_QUEUE: usize = 4096;
@@ -50,7 +53,10 @@ struct Inner {
     inbound: mpsc::Sender<Inbound>,
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
+    membership: Mutex<Option<MembershipFn>>,
 }
+
+type MembershipFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 struct Peer {
     urls: Vec<String>,
@@ -74,8 +80,18 @@ impl Transport {
                 inbound,
                 runtime,
                 peers: Mutex::new(HashMap::new()),
+                membership: Mutex::new(None),
             }),
         }
+    }
+
+    /// What this member answers to a joining member's membership query.
+    pub fn set_membership(&self, f: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
+        *self
+            .inner
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
@@ -106,9 +122,9 @@ impl Transport {
             .spawn(async move { writer(inner, id, urls, rx).await });
     }
 
-    /// Forgets a peer (it was removed from the cluster); its writer task ends.
-    pub fn remove_peer(&self, id: u64) {
-        self.peers().remove(&id);
+    /// Forgets peers no longer in the cluster; their writer tasks end.
+    pub fn retain_peers(&self, keep: impl Fn(u64) -> bool) {
+        self.peers().retain(|id, _| keep(*id));
     }
 
     /// Queues messages for their peers without blocking. Returns the peers whose queue was
@@ -254,6 +270,20 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
         b.copy_from_slice(&hs[8 + i * 8..16 + i * 8]);
         u64::from_le_bytes(b)
     };
+    if &hs[..8] == MAGIC_MEMBERS {
+        let f = inner
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let body = f.map(|f| f()).unwrap_or_default();
+        let mut head = Vec::with_capacity(8 + body.len());
+        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        head.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        head.extend_from_slice(&body);
+        stream.write_all(&head).await?;
+        return Ok(());
+    }
     if &hs[..8] != MAGIC {
         return Err(StreamError::Handshake("not a ballast peer".into()));
     }
@@ -296,6 +326,41 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
             .await
             .map_err(|_| StreamError::Closed)?;
     }
+}
+
+/// Asks the members at `urls` (in turn) for their membership answer; blocking, for startup.
+pub fn fetch_membership(urls: &[String], timeout: Duration, max: usize) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    for url in urls {
+        let Some(addr) = host_port(url) else {
+            continue;
+        };
+        let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(addr) else {
+            continue;
+        };
+        for sa in addrs {
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(timeout));
+            let mut hs = MAGIC_MEMBERS.to_vec();
+            hs.resize(HANDSHAKE_LEN, 0);
+            let mut head = [0u8; 8];
+            if s.write_all(&hs).is_err() || s.read_exact(&mut head).is_err() {
+                continue;
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            if len > max || len == 0 {
+                continue;
+            }
+            let mut body = vec![0u8; len];
+            if s.read_exact(&mut body).is_ok() && crc32c::crc32c(&body) == crc {
+                return Some(body);
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

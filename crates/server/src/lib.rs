@@ -3,6 +3,7 @@
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod membership;
 pub mod rpc;
 pub mod server;
 pub mod version;

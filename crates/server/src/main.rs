@@ -86,6 +86,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         cluster_id = %format!("{:x}", server.cluster_id()),
         "ready to serve client requests"
     );
+    let publisher = server.clone();
+    tokio::spawn(async move { publisher.publish_attributes().await });
+    let mut removed = server.removed_watch();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     tokio::select! {
@@ -96,6 +99,13 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
         _ = status.wait_for(|s| s.fatal.is_some()) => {
             return Err("raft driver stopped on a storage failure".into());
+        }
+        _ = removed.wait_for(|r| *r) => {
+            // Let the reply to the MemberRemove that removed us leave before stopping.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            server.mvcc().sync().map_err(|e| e.to_string())?;
+            tracing::warn!("stopping: this member was removed; its data dir must be removed before it rejoins");
+            return Ok(());
         }
     }
     tracing::info!("received signal; shutting down");

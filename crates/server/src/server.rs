@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use ballast_api::ballast::internal::{raft_request, RaftRequest};
 use ballast_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
-use ballast_raft::{Committed, Node, NodeConfig, RaftError, RaftStatus};
+use ballast_raft::{Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport};
 use ballast_state::{Applied, KvError, Mvcc};
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
-use crate::ids;
+use crate::membership;
 
 /// How often applied state is forced to disk; the WAL covers anything newer after a crash.
 const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,6 +37,28 @@ pub enum ServerError {
     Stopped,
     #[error("{0}")]
     Startup(String),
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 type Waiter = oneshot::Sender<Result<Applied, KvError>>;
@@ -48,6 +70,7 @@ pub struct EtcdServer {
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
+    removed: watch::Receiver<bool>,
 }
 
 impl EtcdServer {
@@ -58,29 +81,29 @@ impl EtcdServer {
             ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display()))
         })?;
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
-        let members: Vec<u64> = cfg
-            .initial_cluster
-            .iter()
-            .map(|(_, urls)| ids::member_id(urls, &cfg.initial_cluster_token))
-            .collect();
-        let member_id = ids::member_id(&cfg.advertise_peer_urls, &cfg.initial_cluster_token);
-        let peers = cfg
-            .initial_cluster
-            .iter()
-            .map(|(_, urls)| {
-                (
-                    ids::member_id(urls, &cfg.initial_cluster_token),
-                    urls.clone(),
-                )
-            })
-            .collect();
+        let start = if Node::log_exists(&cfg.wal_dir) {
+            // A restart: identity comes from the log and peers from the applied members; the
+            // --initial-cluster flags only ever describe a first start, as in etcd.
+            membership::Startup {
+                member_id: 0,
+                cluster_id: 0,
+                bootstrap: vec![],
+                peers: mvcc
+                    .members()
+                    .into_iter()
+                    .map(|m| (m.id, m.peer_ur_ls))
+                    .collect(),
+            }
+        } else {
+            membership::startup(&cfg)?
+        };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| ServerError::Startup(format!("no runtime for the peer transport: {e}")))?;
         let (node, committed) = Node::start(NodeConfig {
-            member_id,
-            cluster_id: ids::cluster_id(&members),
-            voters: members,
-            peers,
+            member_id: start.member_id,
+            cluster_id: start.cluster_id,
+            bootstrap: start.bootstrap,
+            peers: start.peers,
             runtime,
             wal_dir: cfg.wal_dir.clone(),
             tick: cfg.heartbeat,
@@ -90,11 +113,17 @@ impl EtcdServer {
         })?;
         let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
         let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
+        let (removed_tx, removed_rx) = watch::channel(false);
+        let member_id = node.member_id();
         let applier = Applier {
             mvcc: mvcc.clone(),
             waiters: waiters.clone(),
             applied: applied_tx,
             last_sync: Instant::now(),
+            transport: node.transport(),
+            member_id,
+            was_member: mvcc.members().iter().any(|m| m.id == member_id),
+            removed: removed_tx,
         };
         std::thread::Builder::new()
             .name("applier".into())
@@ -106,14 +135,55 @@ impl EtcdServer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        Ok(Arc::new(EtcdServer {
+        let server = Arc::new(EtcdServer {
             cfg,
             node,
             mvcc,
             waiters,
             next_id: AtomicU64::new(seed),
             applied: applied_rx,
-        }))
+            removed: removed_rx,
+        });
+        let weak = Arc::downgrade(&server);
+        server.transport().set_membership(move || {
+            weak.upgrade()
+                .map(|s| s.membership_answer())
+                .unwrap_or_default()
+        });
+        Ok(server)
+    }
+
+    /// Fires once this member has applied its own removal from the cluster.
+    pub fn removed_watch(&self) -> watch::Receiver<bool> {
+        self.removed.clone()
+    }
+
+    pub fn is_removed(&self) -> bool {
+        *self.removed.borrow()
+    }
+
+    /// Whether this member is a learner (it serves only serializable reads).
+    pub fn is_learner(&self) -> bool {
+        self.mvcc
+            .members()
+            .iter()
+            .any(|m| m.id == self.member_id() && m.is_learner)
+    }
+
+    /// Learners may not take writes or linearizable reads (etcd's rule).
+    pub fn refuse_learner(&self) -> Result<(), ServerError> {
+        if self.is_learner() {
+            return Err(ServerError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    pub async fn learner_ready(&self, id: u64) -> Result<bool, ServerError> {
+        Ok(self.node.learner_ready(id).await?)
+    }
+
+    pub async fn transfer_leader(&self, id: u64) -> Result<(), ServerError> {
+        Ok(self.node.transfer_leader(id).await?)
     }
 
     pub fn member_id(&self) -> u64 {
@@ -125,7 +195,7 @@ impl EtcdServer {
     }
 
     /// The peer transport, for the peer listeners to feed.
-    pub fn transport(&self) -> ballast_raft::Transport {
+    pub fn transport(&self) -> Transport {
         self.node.transport()
     }
 
@@ -157,6 +227,24 @@ impl EtcdServer {
 
     /// Proposes a write and waits until it is applied here.
     pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, ServerError> {
+        self.propose_via(req, None).await
+    }
+
+    /// Proposes a membership change as a raft configuration change.
+    pub async fn propose_conf(
+        &self,
+        req: raft_request::Request,
+        kind: ConfKind,
+        node_id: u64,
+    ) -> Result<Applied, ServerError> {
+        self.propose_via(req, Some((kind, node_id))).await
+    }
+
+    async fn propose_via(
+        &self,
+        req: raft_request::Request,
+        conf: Option<(ConfKind, u64)>,
+    ) -> Result<Applied, ServerError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = RaftRequest {
             id,
@@ -168,7 +256,11 @@ impl EtcdServer {
         }
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(id, tx);
-        let dropped = match self.node.propose(data) {
+        let proposed = match conf {
+            None => self.node.propose(data),
+            Some((kind, node)) => self.node.propose_conf_change(kind, node, data),
+        };
+        let dropped = match proposed {
             Ok(d) => d,
             Err(e) => {
                 self.lock_waiters().remove(&id);
@@ -232,6 +324,11 @@ struct Applier {
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     applied: watch::Sender<u64>,
     last_sync: Instant,
+    transport: Transport,
+    member_id: u64,
+    /// Whether this member's own record has been applied (a joiner's comes later).
+    was_member: bool,
+    removed: watch::Sender<bool>,
 }
 
 impl Applier {
@@ -256,7 +353,7 @@ impl Applier {
         let entries: Vec<(u64, Option<RaftRequest>)> = batch
             .into_iter()
             .map(|c| {
-                let req = if c.conf_change || c.data.is_empty() {
+                let req = if c.rejected || c.data.is_empty() {
                     None
                 } else {
                     match RaftRequest::decode(c.data.as_slice()) {
@@ -277,7 +374,14 @@ impl Applier {
                 ids.push(req.as_ref().map(|r| r.id));
             }
         }
-        let durable = self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
+        let membership = entries.iter().any(|(_, r)| {
+            matches!(
+                r.as_ref().and_then(|r| r.request.as_ref()),
+                Some(raft_request::Request::MemberChange(_))
+            )
+        });
+        // Membership must survive a crash with the raft configuration it matches.
+        let durable = membership || self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
         let results = self.mvcc.apply_batch(&entries, durable)?;
         if durable {
             self.last_sync = Instant::now();
@@ -291,6 +395,29 @@ impl Applier {
             }
         }
         self.applied.send_replace(last);
+        if membership {
+            self.sync_membership();
+        }
         Ok(())
+    }
+
+    /// Points the transport at the applied members and notices this member's own removal.
+    fn sync_membership(&mut self) {
+        let members = self.mvcc.members();
+        let mut present = false;
+        for m in &members {
+            if m.id == self.member_id {
+                present = true;
+            } else {
+                self.transport.set_peer(m.id, m.peer_ur_ls.clone());
+            }
+        }
+        self.transport
+            .retain_peers(|id| members.iter().any(|m| m.id == id));
+        if self.was_member && !present {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            self.removed.send_replace(true);
+        }
+        self.was_member |= present;
     }
 }

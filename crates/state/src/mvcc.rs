@@ -12,12 +12,12 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use ballast_api::ballast::internal::{raft_request, RaftRequest};
+use ballast_api::ballast::internal::{member_change, raft_request, MemberChange, RaftRequest};
 use ballast_api::etcdserverpb::{
     compare, range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use ballast_api::mvccpb::KeyValue;
 use ballast_storage::backend::{RevRead, WriteTx};
@@ -39,6 +39,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    /// A membership change; the member records after it.
+    Members(Vec<Member>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -69,6 +71,9 @@ struct Index {
     /// -1 until the first compaction, as in etcd.
     compact_rev: i64,
     applied: u64,
+    /// The cluster's member records, kept in the backend beside the keys so they are applied
+    /// at the same consistent index.
+    members: BTreeMap<u64, Member>,
 }
 
 pub struct Mvcc {
@@ -533,7 +538,13 @@ impl Mvcc {
             rev: 1,
             compact_rev: -1,
             applied: 0,
+            members: BTreeMap::new(),
         };
+        for (id, bytes) in backend.members()? {
+            let m = Member::decode(bytes.as_slice())
+                .map_err(|e| KvError::Corrupt(format!("member {id:x}: {e}")))?;
+            idx.members.insert(id, m);
+        }
         backend.view(|r| {
             idx.applied = r.meta(META_APPLIED)?.unwrap_or(0);
             if let Some(rev) = r.meta(META_REV)? {
@@ -632,11 +643,19 @@ impl Mvcc {
             raft_request::Request::DeleteRange(d) => Applied::DeleteRange(ctx.delete(d)?),
             raft_request::Request::Txn(t) => Applied::Txn(ctx.txn(t)?),
             raft_request::Request::Compaction(c) => Applied::Compaction(ctx.compact(c)?),
+            raft_request::Request::MemberChange(c) => {
+                Applied::Members(apply_member(ctx.idx, ctx.w, c)?)
+            }
         };
         if ctx.changes > 0 {
             ctx.idx.rev = begin + 1;
         }
         Ok(out)
+    }
+
+    /// The member records as of the applied index, in id order.
+    pub fn members(&self) -> Vec<Member> {
+        self.read().members.values().cloned().collect()
     }
 
     /// A range over this member's applied state.
@@ -671,4 +690,45 @@ impl Mvcc {
         let _idx = self.read();
         self.backend.update(true, |_| Ok::<_, KvError>(()))
     }
+}
+
+/// Applies a membership change. Idempotent: re-applying a change, or a change to a member that
+/// is already gone, leaves the records as they were.
+fn apply_member(
+    idx: &mut Index,
+    w: &mut WriteTx<'_>,
+    c: &MemberChange,
+) -> Result<Vec<Member>, KvError> {
+    use member_change::Kind;
+    let Some(m) = c.member.as_ref() else {
+        return Ok(idx.members.values().cloned().collect());
+    };
+    let kind = Kind::try_from(c.kind).unwrap_or(Kind::Attr);
+    let updated = match (kind, idx.members.get(&m.id)) {
+        (Kind::Add, _) => Some(m.clone()),
+        (Kind::Remove, Some(_)) => {
+            idx.members.remove(&m.id);
+            w.delete_member(m.id)?;
+            None
+        }
+        (Kind::Promote, Some(old)) => Some(Member {
+            is_learner: false,
+            ..old.clone()
+        }),
+        (Kind::Update, Some(old)) => Some(Member {
+            peer_ur_ls: m.peer_ur_ls.clone(),
+            ..old.clone()
+        }),
+        (Kind::Attr, Some(old)) => Some(Member {
+            name: m.name.clone(),
+            client_ur_ls: m.client_ur_ls.clone(),
+            ..old.clone()
+        }),
+        (_, None) => None,
+    };
+    if let Some(u) = updated {
+        w.put_member(u.id, &u.encode_to_vec())?;
+        idx.members.insert(u.id, u);
+    }
+    Ok(idx.members.values().cloned().collect())
 }

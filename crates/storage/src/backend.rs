@@ -12,6 +12,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 const TOMBSTONE: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +108,7 @@ impl Backend {
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(META)?;
+        tx.open_table(MEMBERS)?;
         tx.commit()?;
         Ok(Backend {
             db,
@@ -131,7 +133,8 @@ impl Backend {
         let out = {
             let kv = tx.open_table(KV).map_err(BackendError::from)?;
             let meta = tx.open_table(META).map_err(BackendError::from)?;
-            let mut w = WriteTx { kv, meta };
+            let members = tx.open_table(MEMBERS).map_err(BackendError::from)?;
+            let mut w = WriteTx { kv, meta, members };
             f(&mut w)?
         };
         tx.commit().map_err(BackendError::from)?;
@@ -147,6 +150,18 @@ impl Backend {
         let kv = tx.open_table(KV).map_err(BackendError::from)?;
         let meta = tx.open_table(META).map_err(BackendError::from)?;
         f(&ReadTx { kv, meta })
+    }
+
+    /// Every member record (id, encoded member), in id order.
+    pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>, BackendError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(MEMBERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Bytes the database file occupies on disk.
@@ -171,9 +186,20 @@ impl Backend {
 pub struct WriteTx<'a> {
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
+    members: redb::Table<'a, u64, &'static [u8]>,
 }
 
 impl WriteTx<'_> {
+    pub fn put_member(&mut self, id: u64, member: &[u8]) -> Result<(), BackendError> {
+        self.members.insert(id, member)?;
+        Ok(())
+    }
+
+    pub fn delete_member(&mut self, id: u64) -> Result<(), BackendError> {
+        self.members.remove(id)?;
+        Ok(())
+    }
+
     pub fn put_rev(&mut self, rev: Rev, tombstone: bool, kv: &[u8]) -> Result<(), BackendError> {
         let mut v = Vec::with_capacity(kv.len() + 1);
         v.push(if tombstone { TOMBSTONE } else { 0 });

@@ -1,48 +1,138 @@
-//! The Cluster service: membership as this member knows it.
+//! The Cluster service: the applied member records and changes to them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use ballast_api::etcdserverpb::cluster_client::ClusterClient;
 use ballast_api::etcdserverpb::cluster_server::Cluster;
-use ballast_api::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
+use ballast_api::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
+};
 use tonic::{Request, Response, Status};
 
-use crate::ids;
-use crate::server::EtcdServer;
+use super::status;
+use crate::server::{EtcdServer, ServerError};
 
 pub struct ClusterService {
     pub server: Arc<EtcdServer>,
 }
 
+impl ClusterService {
+    /// Promotion needs the leader's view of the learner's progress; a follower hands the
+    /// request to the leader over its client URL, as etcd forwards it to the leader.
+    async fn promote_on_leader(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+        let s = &self.server;
+        let leader = s.raft_status().leader;
+        let urls = s
+            .mvcc()
+            .members()
+            .into_iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.client_ur_ls)
+            .unwrap_or_default();
+        let mut last = status(ServerError::Raft(ballast_raft::RaftError::NoLeader));
+        for url in urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
+                continue;
+            };
+            let ep = ep
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(s.cfg.request_timeout());
+            match ep.connect().await {
+                Ok(ch) => {
+                    return ClusterClient::new(ch)
+                        .member_promote(MemberPromoteRequest { id })
+                        .await
+                        .map(|r| r.into_inner())
+                }
+                Err(e) => last = Status::unavailable(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_list(
+    async fn member_add(
         &self,
-        _: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        let s = &self.server;
-        let cfg = &s.cfg;
-        let members = cfg
-            .initial_cluster
-            .iter()
-            .map(|(name, urls)| {
-                let id = ids::member_id(urls, &cfg.initial_cluster_token);
-                let me = id == s.member_id();
-                Member {
-                    id,
-                    name: if me { name.clone() } else { String::new() },
-                    peer_ur_ls: urls.clone(),
-                    client_ur_ls: if me {
-                        cfg.advertise_client_urls.clone()
-                    } else {
-                        vec![]
-                    },
-                    is_learner: false,
-                }
-            })
-            .collect();
-        Ok(Response::new(MemberListResponse {
-            header: Some(s.header(0)),
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let r = req.into_inner();
+        let (member, members) = self
+            .server
+            .member_add(r.peer_ur_ls, r.is_learner)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.server.header(0)),
+            member: Some(member),
             members,
         }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let members = self
+            .server
+            .member_remove(req.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.server.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let members = self
+            .server
+            .member_update(r.id, r.peer_ur_ls)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.server.header(0)),
+            members,
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let s = &self.server;
+        if req.into_inner().linearizable {
+            s.refuse_learner().map_err(status)?;
+            s.linearizable_barrier().await.map_err(status)?;
+        }
+        Ok(Response::new(MemberListResponse {
+            header: Some(s.header(0)),
+            members: s.mvcc().members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        match self.server.member_promote(id).await {
+            Ok(members) => Ok(Response::new(MemberPromoteResponse {
+                header: Some(self.server.header(0)),
+                members,
+            })),
+            Err(ServerError::Raft(ballast_raft::RaftError::NotLeader)) => {
+                self.promote_on_leader(id).await.map(Response::new)
+            }
+            Err(e) => Err(status(e)),
+        }
     }
 }

@@ -25,6 +25,7 @@ impl KvService {
     }
 
     async fn write(&self, r: Request) -> Result<Applied, Status> {
+        self.server.refuse_learner().map_err(status)?;
         self.server.propose(r).await.map_err(status)
     }
 }
@@ -38,6 +39,9 @@ impl Kv for KvService {
     async fn range(&self, req: Req<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.into_inner();
         check::range(&r).map_err(kv_status)?;
+        if !r.serializable {
+            self.server.refuse_learner().map_err(status)?;
+        }
         let resp = self.server.range(&r).await.map_err(status)?;
         Ok(Response::new(resp))
     }

@@ -3,13 +3,16 @@
 use std::sync::Arc;
 
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
-use ballast_api::etcdserverpb::{StatusRequest, StatusResponse};
+use ballast_api::etcdserverpb::{
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+};
 use ballast_api::grpc::health::v1::health_check_response::ServingStatus;
 use ballast_api::grpc::health::v1::health_server::Health;
 use ballast_api::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use tonic::{Request, Response, Status};
 
-use crate::server::EtcdServer;
+use super::status;
+use crate::server::{EtcdServer, ServerError};
 use crate::version::ETCD_API_VERSION;
 
 pub struct MaintenanceService {
@@ -32,11 +35,41 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: s.applied_index(),
             errors: vec![],
             db_size_in_use: mvcc.db_size_in_use() as i64,
-            is_learner: false,
+            is_learner: s.is_learner(),
             storage_version: ETCD_API_VERSION.to_string(),
             db_size_quota: s.cfg.quota_backend_bytes as i64,
             downgrade_info: None,
         }))
+    }
+
+    /// Hands leadership to `targetID` and waits until it leads, as etcd does.
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let s = &self.server;
+        let target = req.into_inner().target_id;
+        if !s
+            .mvcc()
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
+            return Err(status(ServerError::BadLeaderTransferee));
+        }
+        s.transfer_leader(target).await.map_err(status)?;
+        let mut watch = s.raft_status_watch();
+        let moved = tokio::time::timeout(s.cfg.request_timeout(), async {
+            watch.wait_for(|st| st.leader == target).await.is_ok()
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(Response::new(MoveLeaderResponse {
+                header: Some(s.header(0)),
+            })),
+            Ok(false) => Err(status(ServerError::Stopped)),
+            Err(_) => Err(status(ServerError::LeaderTransferTimeout)),
+        }
     }
 }
 

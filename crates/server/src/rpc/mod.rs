@@ -32,11 +32,24 @@ pub fn status(e: ServerError) -> Status {
             RaftError::Stopped | RaftError::NoLeader | RaftError::LeaderChanged => {
                 Code::Unavailable
             }
+            RaftError::NotLeader => Code::FailedPrecondition,
             RaftError::Storage(_) | RaftError::Raft(_) => Code::Internal,
         },
         ServerError::Timeout | ServerError::Stopped => Code::Unavailable,
         ServerError::RequestTooLarge => Code::InvalidArgument,
         ServerError::Startup(_) => Code::Internal,
+        ServerError::MemberNotFound => Code::NotFound,
+        ServerError::MemberExists
+        | ServerError::PeerUrlExists
+        | ServerError::MemberNotLearner
+        | ServerError::LearnerNotReady
+        | ServerError::TooManyLearners
+        | ServerError::NotEnoughStarted => Code::FailedPrecondition,
+        ServerError::BadUrls => Code::InvalidArgument,
+        ServerError::LeaderTransferTimeout => Code::Unavailable,
+        ServerError::NotSupportedForLearner | ServerError::BadLeaderTransferee => {
+            Code::FailedPrecondition
+        }
     };
     Status::new(code, e.to_string())
 }

@@ -1,0 +1,334 @@
+//! Cluster membership: who the members are at startup, and the Cluster API's changes.
+//!
+//! Member records live in the state machine (applied from the log, so every member agrees);
+//! raft's own configuration follows from the same log entries. A change is validated here
+//! against the applied records, then proposed; ADD, REMOVE and PROMOTE as raft configuration
+//! changes, UPDATE as a normal entry.
+
+use std::time::Duration;
+
+use ballast_api::ballast::internal::{
+    member_change::Kind, raft_request, MemberChange, RaftRequest,
+};
+use ballast_api::etcdserverpb::{Member, MemberListResponse, ResponseHeader};
+use ballast_raft::ConfKind;
+use ballast_state::Applied;
+use prost::Message;
+use sha1::{Digest, Sha1};
+
+use crate::config::Config;
+use crate::ids;
+use crate::server::{EtcdServer, ServerError};
+
+/// How this member learns its identity and the first configuration.
+pub struct Startup {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// Initial members' configuration entries (new cluster only).
+    pub bootstrap: Vec<(u64, Vec<u8>)>,
+    /// Other members to connect to at once.
+    pub peers: Vec<(u64, Vec<String>)>,
+}
+
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut v = urls.to_vec();
+    v.sort();
+    v
+}
+
+/// The change that adds `m`, as the context of its configuration entry.
+fn add_context(m: Member) -> Vec<u8> {
+    RaftRequest {
+        id: 0,
+        request: Some(raft_request::Request::MemberChange(MemberChange {
+            kind: Kind::Add as i32,
+            member: Some(m),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// Resolves identity for a first start. (Restarts read it back from the log instead.)
+pub fn startup(cfg: &Config) -> Result<Startup, ServerError> {
+    let token = &cfg.initial_cluster_token;
+    let member_id = ids::member_id(&cfg.advertise_peer_urls, token);
+    let initial: Vec<(u64, &String, &Vec<String>)> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| (ids::member_id(urls, token), name, urls))
+        .collect();
+    let peers: Vec<(u64, Vec<String>)> = initial
+        .iter()
+        .map(|(id, _, urls)| (*id, (*urls).clone()))
+        .collect();
+    if cfg.new_cluster {
+        let ids: Vec<u64> = initial.iter().map(|(id, _, _)| *id).collect();
+        let bootstrap = initial
+            .iter()
+            .map(|(id, name, urls)| {
+                let m = Member {
+                    id: *id,
+                    name: (*name).clone(),
+                    peer_ur_ls: (*urls).clone(),
+                    client_ur_ls: vec![],
+                    is_learner: false,
+                };
+                (*id, add_context(m))
+            })
+            .collect();
+        return Ok(Startup {
+            member_id,
+            cluster_id: ids::cluster_id(&ids),
+            bootstrap,
+            peers,
+        });
+    }
+    // Joining: the running members know our id (chosen by MemberAdd) and the cluster's.
+    let others: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| *name != cfg.name)
+        .flat_map(|(_, urls)| urls.clone())
+        .collect();
+    let body = ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20)
+        .ok_or_else(|| {
+            ServerError::Startup(format!(
+                "cannot fetch cluster info from peer urls {others:?}; \
+                 is --initial-cluster-state existing right?"
+            ))
+        })?;
+    let list = MemberListResponse::decode(body.as_slice())
+        .map_err(|e| ServerError::Startup(format!("bad cluster info from peers: {e}")))?;
+    let cluster_id = list.header.map(|h| h.cluster_id).unwrap_or(0);
+    let me = sorted(&cfg.advertise_peer_urls);
+    let found = list
+        .members
+        .iter()
+        .find(|m| sorted(&m.peer_ur_ls) == me)
+        .ok_or_else(|| {
+            ServerError::Startup(format!(
+                "no member in the running cluster has peer URLs {me:?}; add it first with \
+                 `member add`"
+            ))
+        })?;
+    Ok(Startup {
+        member_id: found.id,
+        cluster_id,
+        bootstrap: vec![],
+        peers: list
+            .members
+            .iter()
+            .map(|m| (m.id, m.peer_ur_ls.clone()))
+            .collect(),
+    })
+}
+
+/// A new member's id, as etcd makes one: a hash of its peer URLs, the cluster token and the
+/// time, so re-adding the same URLs later gets a fresh id.
+fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut b = sorted(peer_urls).concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    b.extend_from_slice(now.to_string().as_bytes());
+    let h = Sha1::digest(&b);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(id)
+}
+
+fn valid_urls(urls: &[String]) -> bool {
+    !urls.is_empty()
+        && urls.iter().all(|u| {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            rest.is_some_and(|r| {
+                r.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            })
+        })
+}
+
+fn members_of(a: Applied) -> Result<Vec<Member>, ServerError> {
+    match a {
+        Applied::Members(m) => Ok(m),
+        _ => Err(ServerError::Stopped),
+    }
+}
+
+fn change(kind: Kind, member: Member) -> raft_request::Request {
+    raft_request::Request::MemberChange(MemberChange {
+        kind: kind as i32,
+        member: Some(member),
+    })
+}
+
+impl EtcdServer {
+    fn find_member(&self, id: u64) -> Result<Member, ServerError> {
+        self.mvcc()
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or(ServerError::MemberNotFound)
+    }
+
+    fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), ServerError> {
+        if !valid_urls(urls) {
+            return Err(ServerError::BadUrls);
+        }
+        let taken = self
+            .mvcc()
+            .members()
+            .iter()
+            .filter(|m| m.id != except)
+            .any(|m| m.peer_ur_ls.iter().any(|u| urls.contains(u)));
+        if taken {
+            return Err(ServerError::PeerUrlExists);
+        }
+        Ok(())
+    }
+
+    /// Adds a voter or a learner; returns it and the members after the change.
+    pub async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<(Member, Vec<Member>), ServerError> {
+        self.check_urls_free(&peer_urls, 0)?;
+        let members = self.mvcc().members();
+        if learner && members.iter().filter(|m| m.is_learner).count() >= 1 {
+            return Err(ServerError::TooManyLearners);
+        }
+        let id = new_member_id(&peer_urls, &self.cfg.initial_cluster_token);
+        if members.iter().any(|m| m.id == id) {
+            return Err(ServerError::MemberExists);
+        }
+        let m = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: peer_urls,
+            client_ur_ls: vec![],
+            is_learner: learner,
+        };
+        let kind = if learner {
+            ConfKind::AddLearner
+        } else {
+            ConfKind::AddVoter
+        };
+        let applied = self
+            .propose_conf(change(Kind::Add, m.clone()), kind, id)
+            .await?;
+        Ok((m, members_of(applied)?))
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let m = self.find_member(id)?;
+        let voters = self
+            .mvcc()
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner)
+            .count();
+        if !m.is_learner && voters <= 1 {
+            return Err(ServerError::NotEnoughStarted);
+        }
+        members_of(
+            self.propose_conf(change(Kind::Remove, m), ConfKind::Remove, id)
+                .await?,
+        )
+    }
+
+    pub async fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<Vec<Member>, ServerError> {
+        let mut m = self.find_member(id)?;
+        self.check_urls_free(&peer_urls, id)?;
+        m.peer_ur_ls = peer_urls;
+        members_of(self.propose(change(Kind::Update, m)).await?)
+    }
+
+    /// Promotes a learner. Must run on the leader, which alone knows how far the learner is.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let m = self.find_member(id)?;
+        if !m.is_learner {
+            return Err(ServerError::MemberNotLearner);
+        }
+        if !self.learner_ready(id).await? {
+            return Err(ServerError::LearnerNotReady);
+        }
+        members_of(
+            self.propose_conf(change(Kind::Promote, m), ConfKind::AddVoter, id)
+                .await?,
+        )
+    }
+
+    /// Publishes this member's name and client URLs through raft until they are applied.
+    pub async fn publish_attributes(&self) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let Ok(me) = self.find_member(self.member_id()) else {
+                // Not applied yet (a joiner catching up) or removed.
+                tokio::time::sleep(delay).await;
+                continue;
+            };
+            if me.name == self.cfg.name && me.client_ur_ls == self.cfg.advertise_client_urls {
+                tracing::info!(
+                    name = %self.cfg.name,
+                    client_urls = ?self.cfg.advertise_client_urls,
+                    "published local member to cluster through raft"
+                );
+                return;
+            }
+            let attr = Member {
+                id: me.id,
+                name: self.cfg.name.clone(),
+                client_ur_ls: self.cfg.advertise_client_urls.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self.propose(change(Kind::Attr, attr)).await {
+                tracing::debug!(error = %e, "publishing member attributes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// The answer to a joining member's membership query.
+    pub fn membership_answer(&self) -> Vec<u8> {
+        MemberListResponse {
+            header: Some(ResponseHeader {
+                cluster_id: self.cluster_id(),
+                member_id: self.member_id(),
+                ..Default::default()
+            }),
+            members: self.mvcc().members(),
+        }
+        .encode_to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_validation_follows_etcd() {
+        assert!(valid_urls(&["http://127.0.0.1:2380".into()]));
+        assert!(valid_urls(&["https://a.example:12".into()]));
+        assert!(!valid_urls(&[]));
+        assert!(!valid_urls(&["127.0.0.1:2380".into()]));
+        assert!(!valid_urls(&["http://host".into()]));
+    }
+
+    #[test]
+    fn added_ids_depend_on_urls() {
+        let a = new_member_id(&["http://a:1".into()], "t");
+        let b = new_member_id(&["http://b:1".into()], "t");
+        assert_ne!(a, b);
+    }
+}
