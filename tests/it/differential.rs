@@ -218,15 +218,143 @@ fn ballastctl_flag_errors_match_etcdctl() {
             got.0
         );
     }
-    for cmd in ["get", "put", "del", "txn", "compaction", "endpoint"] {
-        let want = etcdctl(endpoint, &[cmd, "--help"], None);
-        let got = ballastctl(endpoint, &[cmd, "--help"], None);
+    for cmd in [
+        "get",
+        "put",
+        "del",
+        "txn",
+        "compaction",
+        "endpoint",
+        "member add",
+        "member update",
+        "move-leader",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').chain(["--help"]).collect();
+        let want = etcdctl(endpoint, &args, None);
+        let got = ballastctl(endpoint, &args, None);
+        let usage_line = |s: &str| {
+            s.lines()
+                .nth(4)
+                .unwrap_or("")
+                .replace("ballastctl", "etcdctl")
+        };
+        assert_eq!(usage_line(&got.0), usage_line(&want.0), "{cmd} usage line");
         assert_eq!(got.2, 0);
-        let mut want = option_names(&want.0);
-        // etcdctl 3.4 predates get --count-only; endpoint --cluster comes with members.
-        want.retain(|f| f != "cluster");
+        let want = option_names(&want.0);
+        // etcdctl 3.4 predates get --count-only.
         let mut got = option_names(&got.0);
         got.retain(|f| f != "count-only");
         assert_eq!(got, want, "{cmd} --help flags");
     }
+}
+
+/// Membership on a single member: list in every format and etcd's errors, with etcdctl and
+/// with ballastctl, against etcd. IDs match because the flags match; the one added learner
+/// gets a time-derived ID on each server, so that ID is normalised.
+#[test]
+fn member_session_matches_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    let list = etcdctl(&etcd.endpoint(), &["member", "list"], None).0;
+    let id = list.split(',').next().unwrap().trim().to_string();
+    let learner_url = format!("http://127.0.0.1:{}", crate::cluster::free_port());
+    let steps: Vec<Vec<String>> = [
+        "member list",
+        "member list -w json",
+        "member list -w table",
+        "member list -w fields",
+        "member remove ID",
+        "member promote ID",
+        "member add x --peer-urls=http://127.0.0.1:2380",
+        "member add x --learner --peer-urls=LEARNER",
+        "member add y --learner --peer-urls=http://127.0.0.1:1",
+        "member list -w json",
+        "member list",
+        "member promote NEW",
+        "member update ID --peer-urls=http://127.0.0.1:2380",
+        "member update 1234 --peer-urls=http://127.0.0.1:9",
+        "member update ID --peer-urls=nope",
+        "member remove zz",
+        "member remove",
+        "member add",
+        "member add z",
+        "member remove NEW",
+        "member list -w json",
+        "move-leader zz",
+    ]
+    .iter()
+    .map(|s| s.split(' ').map(String::from).collect())
+    .collect();
+    for ctl in [etcdctl as Ctl, ballastctl as Ctl] {
+        let mut new_ids: [Option<String>; 2] = [None, None];
+        let mut diffs = Vec::new();
+        for step in &steps {
+            let mut outs = Vec::new();
+            for (i, (server, c)) in [(&etcd, etcdctl as Ctl), (&ballast, ctl)]
+                .iter()
+                .enumerate()
+            {
+                let args: Vec<String> = step
+                    .iter()
+                    .map(|a| {
+                        a.replace("LEARNER", &learner_url)
+                            .replace("NEW", new_ids[i].as_deref().unwrap_or("0"))
+                            .replace("ID", &id)
+                    })
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let (out, err, code) = c(&server.endpoint(), &args, None);
+                if let Some(rest) = out.strip_prefix("Member ") {
+                    if out.contains(" added ") {
+                        new_ids[i] = rest.split_whitespace().next().map(String::from);
+                    }
+                }
+                let mut norm = |s: &str| {
+                    let mut s = normalize(s, &server.endpoint()).replace("ballastctl", "etcdctl");
+                    if let Some(n) = &new_ids[i] {
+                        let dec = u64::from_str_radix(n, 16).unwrap().to_string();
+                        s = s.replace(n.as_str(), "NEWID").replace(&dec, "\"NEWID\"");
+                    }
+                    order_members(&s)
+                };
+                outs.push((norm(&out), norm(&err), code));
+            }
+            if outs[0] != outs[1] {
+                diffs.push(format!(
+                    "{step:?}\n--- etcd:\n{:?}\n--- ballast:\n{:?}",
+                    outs[0], outs[1]
+                ));
+            }
+        }
+        assert!(diffs.is_empty(), "differences:\n{}", diffs.join("\n\n"));
+    }
+}
+
+/// Members are listed in ID order, and a newly added member's ID differs between servers, so
+/// member order is normalised: list lines, JSON member arrays and `ETCD_INITIAL_CLUSTER`.
+fn order_members(s: &str) -> String {
+    let mut lines: Vec<String> = s
+        .lines()
+        .map(|l| {
+            if let Some(v) = l.strip_prefix("ETCD_INITIAL_CLUSTER=") {
+                let mut items: Vec<&str> = v.trim_matches('"').split(',').collect();
+                items.sort();
+                return format!("ETCD_INITIAL_CLUSTER=\"{}\"", items.join(","));
+            }
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(l) {
+                if let Some(serde_json::Value::Array(a)) = v.get_mut("members") {
+                    a.sort_by_key(|m| m.to_string());
+                }
+                return v.to_string();
+            }
+            l.to_string()
+        })
+        .collect();
+    if lines
+        .iter()
+        .all(|l| l.contains(", started, ") || l.contains(", unstarted, "))
+    {
+        lines.sort();
+    }
+    lines.join("\n")
 }

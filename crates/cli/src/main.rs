@@ -1,6 +1,7 @@
 //! `ballastctl`: etcdctl's commands, flags, `ETCDCTL_*` variables, output and exit codes.
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
+mod member;
 mod output;
 mod txn;
 mod usage;
@@ -14,7 +15,7 @@ use ballast_api::etcdserverpb::{
     StatusRequest,
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use output::{Format, Printer};
+use output::{table, Format, Printer};
 use tonic::transport::Channel;
 
 /// etcdctl's exit codes.
@@ -95,9 +96,19 @@ enum Cmd {
     },
     /// Endpoint related commands
     Endpoint {
+        /// use all endpoints from the cluster member list
+        #[arg(long, global = true)]
+        cluster: bool,
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Membership related commands
+    Member {
+        #[command(subcommand)]
+        cmd: member::MemberCmd,
+    },
+    /// Transfers leadership to another etcd cluster member.
+    MoveLeader { args: Vec<String> },
     /// Prints the version of ballastctl
     Version,
 }
@@ -179,6 +190,8 @@ pub struct DelArgs {
 /// A command failure, printed as etcdctl prints it.
 pub enum Failure {
     BadArgs(String),
+    /// An output format the command cannot print (etcdctl exits 4).
+    BadFeature(String),
     Grpc(tonic::Status),
     Other(String),
 }
@@ -494,19 +507,31 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
             println!("compacted revision {rev}");
             Ok(())
         }
-        Cmd::Endpoint {
-            cmd: EndpointCmd::Health,
-        } => endpoint_health(cli, p, timeout).await,
-        Cmd::Endpoint {
-            cmd: EndpointCmd::Status,
-        } => endpoint_status(cli, p, timeout).await,
+        Cmd::Endpoint { cluster, cmd } => {
+            let eps = if *cluster {
+                member::cluster_endpoints(cli, timeout).await?
+            } else {
+                cli.endpoints.clone()
+            };
+            match cmd {
+                EndpointCmd::Health => endpoint_health(cli, &eps, p, timeout).await,
+                EndpointCmd::Status => endpoint_status(cli, &eps, p, timeout).await,
+            }
+        }
+        Cmd::Member { cmd } => member::run(cli, p, timeout, cmd).await,
+        Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
     }
 }
 
-async fn endpoint_health(cli: &Cli, p: &Printer, timeout: Duration) -> Result<(), Failure> {
+async fn endpoint_health(
+    cli: &Cli,
+    eps: &[String],
+    p: &Printer,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let mut results = Vec::new();
     let mut all_ok = true;
-    for ep in &cli.endpoints {
+    for ep in eps {
         let start = Instant::now();
         let res = match connect(cli, ep).await {
             Ok(ch) => {
@@ -558,56 +583,15 @@ async fn endpoint_health(cli: &Cli, p: &Printer, timeout: Duration) -> Result<()
     }
 }
 
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = header
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(w + 2)))
-        .collect::<String>()
-        + "+";
-    println!("{line}");
-    let hdr: String = header
-        .iter()
-        .zip(&widths)
-        .map(|(h, w)| {
-            let pad = w - h.len();
-            format!(
-                "| {}{}{} ",
-                " ".repeat(pad / 2),
-                h,
-                " ".repeat(pad - pad / 2)
-            )
-        })
-        .collect::<String>()
-        + "|";
-    println!("{hdr}");
-    println!("{line}");
-    for r in rows {
-        let s: String = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("| {c:>w$} "))
-            .collect::<String>()
-            + "|";
-        println!("{s}");
-    }
-    println!("{line}");
-}
-
-async fn endpoint_status(cli: &Cli, p: &Printer, timeout: Duration) -> Result<(), Failure> {
+async fn endpoint_status(
+    cli: &Cli,
+    eps: &[String],
+    p: &Printer,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let mut rows = Vec::new();
     let mut json = Vec::new();
-    for ep in &cli.endpoints {
+    for ep in eps {
         let mut m = MaintenanceClient::new(connect(cli, ep).await?);
         let st = call(timeout, m.status(StatusRequest {}))
             .await?
@@ -786,7 +770,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_ARGS);
         }
     };
-    if format == Format::Table && !matches!(cli.cmd, Cmd::Endpoint { .. }) {
+    let kv_cmd = matches!(
+        cli.cmd,
+        Cmd::Get(_) | Cmd::Put(_) | Cmd::Del(_) | Cmd::Txn { .. } | Cmd::Compaction { .. }
+    );
+    if format == Format::Table && kv_cmd {
         eprintln!("Error: table not supported as output format");
         return ExitCode::from(EXIT_BAD_FEATURE);
     }
@@ -809,6 +797,10 @@ fn main() -> ExitCode {
         Err(Failure::BadArgs(m)) => {
             eprintln!("Error: {m}");
             ExitCode::from(EXIT_BAD_ARGS)
+        }
+        Err(Failure::BadFeature(m)) => {
+            eprintln!("Error: {m}");
+            ExitCode::from(EXIT_BAD_FEATURE)
         }
         Err(Failure::Other(m)) => {
             eprintln!("Error: {m}");

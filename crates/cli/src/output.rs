@@ -149,7 +149,7 @@ impl Printer {
         println!("{}", self.bytes(&kv.value));
     }
 
-    fn header_fields(&self, h: &Option<ResponseHeader>) {
+    pub fn header_fields(&self, h: &Option<ResponseHeader>) {
         let h = (*h).unwrap_or_default();
         println!("\"ClusterID\" : {}", h.cluster_id);
         println!("\"MemberID\" : {}", h.member_id);
@@ -240,4 +240,51 @@ impl Printer {
             }
         }
     }
+}
+
+/// etcdctl's tables (tablewriter): centred headers, right-aligned cells.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+";
+    println!("{line}");
+    let hdr: String = header
+        .iter()
+        .zip(&widths)
+        .map(|(h, w)| {
+            let pad = w - h.len();
+            format!(
+                "| {}{}{} ",
+                " ".repeat(pad / 2),
+                h,
+                " ".repeat(pad - pad / 2)
+            )
+        })
+        .collect::<String>()
+        + "|";
+    println!("{hdr}");
+    println!("{line}");
+    for r in rows {
+        let s: String = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("| {c:>w$} "))
+            .collect::<String>()
+            + "|";
+        println!("{s}");
+    }
+    println!("{line}");
 }

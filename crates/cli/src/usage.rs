@@ -143,8 +143,8 @@ pub fn render(root: &Command, path: &[&Command]) -> String {
     if cmd.has_subcommands() && path.len() > 1 {
         out.push_str(" <subcommand>");
     }
-    let args = positional_usage(cmd.get_name());
-    if !args.is_empty() && path.len() == 2 {
+    let args = positional_usage(&names.join(" "));
+    if !args.is_empty() {
         out.push(' ');
         out.push_str(args);
     }
@@ -173,7 +173,7 @@ pub fn render(root: &Command, path: &[&Command]) -> String {
     // Flags declared on this command (root's are its globals), then the inherited ones.
     let own: Vec<&Arg> = cmd
         .get_arguments()
-        .filter(|a| a.get_long().is_some() && (path.len() == 1 || !a.is_global_set()))
+        .filter(|a| a.get_long().is_some())
         .collect();
     out.push_str("OPTIONS:\n");
     out.push_str(&flag_lines(own, cmd.get_name()));
@@ -204,13 +204,17 @@ fn collect_leaves(cmd: &Command, prefix: &str, deep: bool, out: &mut Vec<(String
     out.sort();
 }
 
-/// The arguments part of a top-level command's USAGE line.
-fn positional_usage(cmd: &str) -> &'static str {
-    match cmd {
+/// The arguments part of a command's USAGE line.
+fn positional_usage(path: &str) -> &'static str {
+    match path {
         "get" | "del" => "[options] <key> [range_end]",
         "put" => "[options] <key> <value> (<value> can also be given from stdin)",
         "txn" => "[options]",
         "compaction" => "[options] <revision>",
+        "member add" => "<memberName> [options]",
+        "member update" => "<memberID> [options]",
+        "member remove" | "member promote" => "<memberID>",
+        "move-leader" => "<transferee-member-id>",
         _ => "",
     }
 }

@@ -43,8 +43,9 @@ pub fn status(e: ServerError) -> Status {
         | ServerError::PeerUrlExists
         | ServerError::MemberNotLearner
         | ServerError::LearnerNotReady
-        | ServerError::TooManyLearners
-        | ServerError::NotEnoughStarted => Code::FailedPrecondition,
+        | ServerError::TooManyLearners => Code::FailedPrecondition,
+        // etcd maps this one to a client-side error value, which gRPC sends as Unknown.
+        ServerError::NotEnoughStarted => Code::Unknown,
         ServerError::BadUrls => Code::InvalidArgument,
         ServerError::LeaderTransferTimeout => Code::Unavailable,
         ServerError::NotSupportedForLearner | ServerError::BadLeaderTransferee => {
