@@ -251,7 +251,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(kind: Kind, n: usize, extra: &[&str]) -> Cluster {
-        let peers: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        Cluster::start_on(kind, &ports, extra)
+    }
+
+    /// A cluster on given (client, peer) ports: the same ports give the same member IDs to
+    /// etcd and Ballast, so their outputs compare byte for byte.
+    pub fn start_on(kind: Kind, ports: &[(u16, u16)], extra: &[&str]) -> Cluster {
+        let peers: Vec<u16> = ports.iter().map(|p| p.1).collect();
         let initial: Vec<String> = peers
             .iter()
             .enumerate()
@@ -268,7 +275,9 @@ impl Cluster {
                     initial_cluster: initial.clone(),
                     state: "new",
                 };
-                Server::new_member(kind, m, extra)
+                let mut s = Server::new_member(kind, m, extra);
+                s.port = ports[i].0;
+                s
             })
             .collect();
         members.iter_mut().for_each(Server::launch);

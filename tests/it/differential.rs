@@ -309,7 +309,7 @@ fn member_session_matches_etcd() {
                         new_ids[i] = rest.split_whitespace().next().map(String::from);
                     }
                 }
-                let mut norm = |s: &str| {
+                let norm = |s: &str| {
                     let mut s = normalize(s, &server.endpoint()).replace("ballastctl", "etcdctl");
                     if let Some(n) = &new_ids[i] {
                         let dec = u64::from_str_radix(n, 16).unwrap().to_string();

@@ -8,4 +8,5 @@ mod differential;
 mod durability;
 mod kv;
 mod malformed;
+mod membership;
 mod raft_cluster;

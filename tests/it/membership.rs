@@ -1,0 +1,217 @@
+//! Membership changes on running clusters, driven by the real etcdctl and by ballastctl, and
+//! the member list compared with a real 3-member etcd cluster started with the same flags.
+
+use std::time::{Duration, Instant};
+
+use crate::cluster::{bin_dir, etcdctl, free_port, run_ctl, Cluster, Kind, Member, Server};
+
+type Ctl = fn(&str, &[&str]) -> (String, String, i32);
+
+fn etcdctl2(ep: &str, args: &[&str]) -> (String, String, i32) {
+    etcdctl(ep, args, None)
+}
+
+fn ballastctl2(ep: &str, args: &[&str]) -> (String, String, i32) {
+    run_ctl(bin_dir().join("ballastctl"), ep, args, None)
+}
+
+/// Runs `ctl` until it exits 0 or `limit` passes; returns the last result.
+fn retry(ctl: Ctl, ep: &str, args: &[&str], limit: Duration) -> (String, String, i32) {
+    retry_until(ctl, ep, args, limit, |r| r.2 == 0)
+}
+
+fn retry_until(
+    ctl: Ctl,
+    ep: &str,
+    args: &[&str],
+    limit: Duration,
+    done: impl Fn(&(String, String, i32)) -> bool,
+) -> (String, String, i32) {
+    let start = Instant::now();
+    loop {
+        let r = ctl(ep, args);
+        if done(&r) || start.elapsed() > limit {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `member list` once every member has published its name and client URLs.
+fn settled_list(ctl: Ctl, ep: &str, format: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let simple = ctl(ep, &["member", "list"]).0;
+        if !simple.is_empty() && !simple.contains("unstarted") {
+            return ctl(ep, &["member", "list", "-w", format]).0;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "members never all started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scrub_term(s: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(s).unwrap();
+    v["header"]["raft_term"] = 0.into();
+    v.to_string()
+}
+
+#[test]
+fn member_list_matches_a_real_three_member_etcd_cluster() {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut want = Vec::new();
+    {
+        let etcd = Cluster::start_on(Kind::Etcd, &ports, &[]);
+        let ep = etcd.members[0].endpoint();
+        for f in ["json", "table", "simple", "fields"] {
+            want.push(settled_list(etcdctl2, &ep, f));
+        }
+    }
+    let ballast = Cluster::start_on(Kind::Ballast, &ports, &[]);
+    let ep = ballast.members[0].endpoint();
+    for (i, f) in ["json", "table", "simple", "fields"].iter().enumerate() {
+        for ctl in [etcdctl2 as Ctl, ballastctl2 as Ctl] {
+            let got = settled_list(ctl, &ep, f);
+            if *f == "json" {
+                assert_eq!(scrub_term(&got), scrub_term(&want[i]));
+            } else {
+                let strip = |s: &str| {
+                    s.lines()
+                        .filter(|l| !l.starts_with("\"RaftTerm\""))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                assert_eq!(strip(&got), strip(&want[i]), "member list -w {f}");
+            }
+        }
+    }
+}
+
+/// The operators' flow: add a learner, start it with `--initial-cluster-state existing`, let
+/// it catch up, promote it, then remove another member, which stops itself.
+fn learner_flow(ctl: Ctl) {
+    let mut c = Cluster::start(Kind::Ballast, 3, &[]);
+    let eps = c.endpoints();
+    assert_eq!(ctl(&eps[0], &["put", "before", "join"]).2, 0);
+    let (client, peer) = (free_port(), free_port());
+    let (out, err, code) = ctl(
+        &eps[0],
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{peer}"),
+        ],
+    );
+    assert_eq!(code, 0, "member add: {out}{err}");
+    let id = out
+        .strip_prefix("Member ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    assert!(out.contains("ETCD_NAME=\"m3\""), "{out}");
+
+    // Promotion before the learner has caught up is refused.
+    let early = ctl(&eps[1], &["member", "promote", &id]);
+    assert_eq!(early.2, 1);
+    assert!(early.1.contains("in sync with leader"), "{}", early.1);
+
+    let mut joiner = Server::new_member(
+        Kind::Ballast,
+        Member {
+            name: "m3".into(),
+            peer_port: peer,
+            initial_cluster: initial,
+            state: "existing",
+        },
+        &[],
+    );
+    joiner.port = client;
+    joiner.launch();
+    let jep = joiner.endpoint();
+    let got = retry_until(
+        ctl,
+        &jep,
+        &["get", "before", "--consistency=s"],
+        Duration::from_secs(15),
+        |r| !r.0.is_empty(),
+    );
+    assert_eq!(got.0, "before\njoin\n", "learner did not catch up: {got:?}");
+    // A learner refuses writes.
+    let refused = ctl(&jep, &["put", "x", "y"]);
+    assert!(
+        refused.1.contains("rpc not supported for learner"),
+        "{refused:?}"
+    );
+
+    let promoted = retry(
+        ctl,
+        &eps[1],
+        &["member", "promote", &id],
+        Duration::from_secs(15),
+    );
+    assert_eq!(promoted.2, 0, "{promoted:?}");
+    assert!(
+        promoted.0.starts_with(&format!("Member {id:>16} promoted")),
+        "{promoted:?}"
+    );
+    let list = ctl(&eps[2], &["member", "list"]).0;
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(!list.contains("true"), "still a learner: {list}");
+
+    // Remove the first member; it must stop itself.
+    let first = ctl(&eps[0], &["member", "list", "-w", "json"]).0;
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let first_id = format!("{:x}", v["header"]["member_id"].as_u64().unwrap());
+    let removed = ctl(&eps[1], &["member", "remove", &first_id]);
+    assert_eq!(removed.2, 0, "{removed:?}");
+    let start = Instant::now();
+    loop {
+        let exited = c.members[0]
+            .child
+            .as_mut()
+            .map(|ch| ch.try_wait().unwrap().is_some())
+            .unwrap_or(true);
+        if exited {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "removed member kept running"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let put = retry(
+        ctl,
+        &jep,
+        &["put", "after", "remove"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(put.2, 0, "{put:?}");
+    assert_eq!(ctl(&eps[2], &["get", "after"]).0, "after\nremove\n");
+    assert_eq!(ctl(&eps[2], &["member", "list"]).0.lines().count(), 3);
+}
+
+#[test]
+fn learner_flow_with_etcdctl() {
+    learner_flow(etcdctl2);
+}
+
+#[test]
+fn learner_flow_with_ballastctl() {
+    learner_flow(ballastctl2);
+}
