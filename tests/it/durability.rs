@@ -11,7 +11,18 @@ use crate::cluster::{Kind, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_loses_no_acknowledged_write() {
-    let mut s = Server::start(Kind::Ballast, &[]);
+    kill9_under_load(&[]).await;
+}
+
+/// The same with the raft log compacted (and its WAL rewritten) every 100 entries, so kills
+/// land before, during and after compactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_log_compaction_loses_no_acknowledged_write() {
+    kill9_under_load(&["--snapshot-count=100"]).await;
+}
+
+async fn kill9_under_load(extra: &[&str]) {
+    let mut s = Server::start(Kind::Ballast, extra);
     let acked: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..8 {

@@ -205,3 +205,51 @@ fn quorum_loss_fails_writes_within_the_deadline_and_recovers() {
         );
     });
 }
+
+#[test]
+fn lagging_follower_catches_up_by_snapshot() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = Cluster::start(Kind::Ballast, 3, &["--snapshot-count=50"]);
+    let eps = c.endpoints();
+    let (leader_idx, lagging) = rt.block_on(async {
+        let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;
+        let mut idx = 0;
+        for (i, ep) in eps.iter().enumerate() {
+            if status(ep).await.unwrap().0 == leader {
+                idx = i;
+            }
+        }
+        (idx, (idx + 1) % 3)
+    });
+    c.members[lagging].kill9();
+    rt.block_on(async {
+        let mut cl = client(&eps[leader_idx]).await.unwrap();
+        for i in 0..300 {
+            cl.put(format!("s/{i:03}"), "v", None).await.unwrap();
+        }
+    });
+    assert!(
+        c.members[leader_idx].log().contains("compacted raft log"),
+        "leader never compacted its log"
+    );
+    c.members[lagging].spawn();
+    let ep = eps[lagging].clone();
+    rt.block_on(async {
+        eventually(Duration::from_secs(15), || async {
+            keys(&ep, "s/", true).await.filter(|k| k.len() == 300)
+        })
+        .await;
+    });
+    assert!(
+        c.members[lagging].log().contains("installed snapshot"),
+        "caught up without a snapshot: {}",
+        c.members[lagging].log()
+    );
+    // The installed snapshot is durable: a kill -9 right after keeps it.
+    c.members[lagging].kill9();
+    c.members[lagging].spawn();
+    rt.block_on(async {
+        assert_eq!(keys(&ep, "s/", true).await.unwrap().len(), 300);
+        put(&ep, "after", "snapshot").await.unwrap();
+    });
+}

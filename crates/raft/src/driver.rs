@@ -21,15 +21,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, SnapshotMetadata,
+};
 use raft::prelude::{Config, RawNode};
-use raft::storage::MemStorage;
-use raft::StateRole;
+use raft::{SnapshotStatus, StateRole};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::log::{LogError, MemberRecord, RaftLog};
+use crate::store::LogStore;
 use crate::transport::{Inbound, Transport};
 
 /// Commands queued for the driver; bounded so a flood of clients gets an error, not OOM.
@@ -76,6 +78,8 @@ pub struct NodeConfig {
     /// Runs the transport's network tasks.
     pub runtime: tokio::runtime::Handle,
     pub wal_dir: PathBuf,
+    /// Where received snapshots are staged before the state machine takes them.
+    pub snap_dir: PathBuf,
     /// One raft tick (etcd's `--heartbeat-interval`).
     pub tick: Duration,
     /// Ticks without a leader before a follower campaigns (`--election-timeout` / tick).
@@ -96,6 +100,18 @@ pub struct Committed {
     /// Raft refused the configuration change (e.g. it would remove the last voter); every
     /// member refuses it alike, so the applier must skip it.
     pub rejected: bool,
+}
+
+/// Work for the applier, in log order.
+pub enum Apply {
+    Entries(Vec<Committed>),
+    /// Replace the state machine with a received snapshot (a file of backend export records)
+    /// covering at least `index`; answer once the new state is durable.
+    Snapshot {
+        index: u64,
+        path: PathBuf,
+        done: SyncSender<Result<(), String>>,
+    },
 }
 
 /// Membership changes raft itself knows about.
@@ -122,6 +138,8 @@ enum Cmd {
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
+    /// The state machine holds everything up to this index durably: compact the log to it.
+    Compact(u64),
 }
 
 pub struct Node {
@@ -141,19 +159,23 @@ impl Node {
 
     /// Opens (or creates) the member's log and starts the driver thread. Returns the node and
     /// the stream of committed entries, which the caller must apply in order.
-    pub fn start(cfg: NodeConfig) -> Result<(Node, Receiver<Vec<Committed>>), RaftError> {
-        let storage;
+    pub fn start(cfg: NodeConfig) -> Result<(Node, Receiver<Apply>), RaftError> {
+        let mut storage;
         let log;
         let member;
         if RaftLog::exists(&cfg.wal_dir) {
             let (l, rec) = RaftLog::open(&cfg.wal_dir)?;
-            storage = MemStorage::new_with_conf_state(rec.conf_state);
-            {
-                let mut w = storage.wl();
-                w.append(&rec.entries)
-                    .map_err(|e| RaftError::Storage(e.to_string()))?;
-                w.set_hardstate(rec.hard_state);
+            storage = LogStore::new(rec.conf_state.clone());
+            if rec.snapshot.index > 0 {
+                storage.apply_snapshot(rec.snapshot);
+                storage.set_conf_state(rec.conf_state);
             }
+            storage
+                .append(&rec.entries)
+                .map_err(|e| RaftError::Storage(e.to_string()))?;
+            let mut hs = rec.hard_state;
+            hs.commit = hs.commit.max(storage.hard_state().commit);
+            storage.set_hard_state(hs);
             log = l;
             member = rec.member;
         } else {
@@ -164,19 +186,20 @@ impl Node {
                 cluster_id: cfg.cluster_id,
             };
             let mut l = RaftLog::create(&cfg.wal_dir, member, &cs)?;
-            storage = MemStorage::new_with_conf_state(cs);
+            storage = LogStore::new(cs);
             let (entries, hs) = bootstrap_entries(&cfg.bootstrap)?;
             if !entries.is_empty() {
                 l.save(&entries, Some(&hs))?;
                 l.sync()?;
-                let mut w = storage.wl();
-                w.append(&entries)
+                storage
+                    .append(&entries)
                     .map_err(|e| RaftError::Storage(e.to_string()))?;
-                w.set_hardstate(hs);
+                storage.set_hard_state(hs);
             }
             log = l;
         }
-        let committed = storage.rl().hard_state().commit;
+        let committed = storage.hard_state().commit;
+        let conf_now = storage.conf_state().clone();
         let raft_cfg = Config {
             id: member.member_id,
             election_tick: cfg.election_ticks.max(2),
@@ -219,6 +242,7 @@ impl Node {
             max_frame,
             inbound_tx,
             cfg.runtime.clone(),
+            cfg.snap_dir.clone(),
         );
         for (id, urls) in &cfg.peers {
             transport.set_peer(*id, urls.clone());
@@ -229,6 +253,8 @@ impl Node {
             rx,
             inbound,
             transport: transport.clone(),
+            member,
+            conf_history: vec![(0, conf_now)],
             apply_tx,
             status: status_tx,
             tick: cfg.tick,
@@ -257,6 +283,16 @@ impl Node {
             TrySendError::Full(_) => RaftError::TooManyRequests,
             TrySendError::Closed(_) => RaftError::Stopped,
         })
+    }
+
+    /// A handle the applier uses to report how far the state machine is durable, so the log
+    /// can be compacted up to there.
+    pub fn compactor(&self) -> impl Fn(u64) + Send + 'static {
+        let tx = self.tx.clone();
+        move |index| {
+            // A full queue only postpones compaction to the next report.
+            let _ = tx.try_send(Cmd::Compact(index));
+        }
     }
 
     /// The peer transport, to serve the peer listener with.
@@ -332,12 +368,15 @@ impl Node {
 }
 
 struct Driver {
-    node: RawNode<MemStorage>,
+    node: RawNode<LogStore>,
     log: RaftLog,
     rx: mpsc::Receiver<Cmd>,
     inbound: mpsc::Receiver<Inbound>,
     transport: Transport,
-    apply_tx: SyncSender<Vec<Committed>>,
+    member: MemberRecord,
+    /// Configurations raft applied, by the index that produced them (for snapshot metadata).
+    conf_history: Vec<(u64, ConfState)>,
+    apply_tx: SyncSender<Apply>,
     status: watch::Sender<RaftStatus>,
     tick: Duration,
     reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, RaftError>>>>,
@@ -418,7 +457,82 @@ impl Driver {
                 }
             }
             Inbound::Unreachable(id) => self.node.report_unreachable(id),
+            Inbound::SnapshotSent(id, ok) => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(id, status);
+            }
         }
+    }
+
+    /// Drops log entries the state machine holds durably, keeping the WAL to what is needed.
+    fn compact(&mut self, index: u64) -> Result<(), RaftError> {
+        let store = self.node.store();
+        if index <= store.snapshot_metadata().index {
+            return Ok(());
+        }
+        let Some(term) = store.term_of(index) else {
+            return Ok(());
+        };
+        let conf = self
+            .conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| store.conf_state().clone());
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf);
+        self.node.mut_store().compact_to(meta.clone());
+        let store = self.node.store();
+        self.log.rewrite(
+            self.member,
+            store.conf_state(),
+            store.hard_state(),
+            &meta,
+            store.entries_after_snapshot(),
+        )?;
+        // Older configurations can no longer be asked for.
+        let keep_from = self
+            .conf_history
+            .iter()
+            .rposition(|(i, _)| *i <= index)
+            .unwrap_or(0);
+        self.conf_history.drain(..keep_from);
+        tracing::info!(index, term, "compacted raft log");
+        Ok(())
+    }
+
+    /// A snapshot from the leader: the state machine takes it first (durably), then the log
+    /// records it, so a crash in between only means receiving it again.
+    fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), RaftError> {
+        let path = self.transport.take_received(meta.index).ok_or_else(|| {
+            RaftError::Storage(format!("snapshot {} accepted but not staged", meta.index))
+        })?;
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        self.apply_tx
+            .send(Apply::Snapshot {
+                index: meta.index,
+                path,
+                done: tx,
+            })
+            .map_err(|_| RaftError::Stopped)?;
+        rx.recv()
+            .map_err(|_| RaftError::Stopped)?
+            .map_err(RaftError::Storage)?;
+        self.conf_history
+            .push((meta.index, meta.get_conf_state().clone()));
+        self.log.save_snapshot(&meta)?;
+        self.node.mut_store().apply_snapshot(meta.clone());
+        tracing::info!(index = meta.index, term = meta.term, "installed snapshot");
+        Ok(())
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
@@ -469,6 +583,12 @@ impl Driver {
                 };
                 let _ = tx.send(res);
             }
+            Cmd::Compact(index) => {
+                if let Err(e) = self.compact(index) {
+                    // The old log is still whole; compaction is retried at the next report.
+                    tracing::warn!(index, error = %e, "raft log compaction failed");
+                }
+            }
             Cmd::ReadIndex(tx) => {
                 if self.node.raft.leader_id == raft::INVALID_ID {
                     let _ = tx.send(Err(RaftError::NoLeader));
@@ -498,7 +618,9 @@ impl Driver {
             }
             batch.push(c);
         }
-        self.apply_tx.send(batch).map_err(|_| RaftError::Stopped)?;
+        self.apply_tx
+            .send(Apply::Entries(batch))
+            .map_err(|_| RaftError::Stopped)?;
         self.node.advance_apply_to(last);
         Ok(())
     }
@@ -513,26 +635,26 @@ impl Driver {
         for rs in rd.take_read_states() {
             self.resolve_read(&rs.request_ctx, rs.index);
         }
+        let has_snapshot = !rd.snapshot().is_empty();
+        if has_snapshot {
+            self.install_snapshot(rd.snapshot().get_metadata().clone())?;
+        }
         self.hand_off(rd.take_committed_entries())?;
-        if !rd.entries().is_empty() || rd.hs().is_some() {
+        if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
             self.log.save(rd.entries(), rd.hs())?;
             self.log.sync()?;
             let store = self.node.mut_store();
-            let mut w = store.wl();
-            w.append(rd.entries())
+            store
+                .append(rd.entries())
                 .map_err(|e| RaftError::Storage(e.to_string()))?;
             if let Some(hs) = rd.hs() {
-                w.set_hardstate(hs.clone());
+                store.set_hard_state(hs.clone());
             }
         }
         self.send(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.node
-                .mut_store()
-                .wl()
-                .mut_hard_state()
-                .set_commit(commit);
+            self.node.mut_store().set_commit(commit);
         }
         self.send(light.take_messages());
         self.hand_off(light.take_committed_entries())?;
@@ -558,7 +680,8 @@ impl Driver {
             Ok(cs) => {
                 self.log.save_conf_state(&cs)?;
                 self.log.sync()?;
-                self.node.mut_store().wl().set_conf_state(cs);
+                self.conf_history.push((index, cs.clone()));
+                self.node.mut_store().set_conf_state(cs);
                 Ok(true)
             }
             Err(e) => {

@@ -6,7 +6,8 @@
 mod driver;
 mod log;
 mod logger;
+mod store;
 mod transport;
 
-pub use driver::{Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
+pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
 pub use transport::{fetch_membership, Transport};

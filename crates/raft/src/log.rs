@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use ballast_storage::{Record, Wal, WalError};
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_CONF_STATE: u8 = 3;
 const KIND_MEMBER: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -32,6 +33,9 @@ pub struct Recovered {
     pub member: MemberRecord,
     pub conf_state: ConfState,
     pub hard_state: HardState,
+    /// The last snapshot point: entries at or below it live only in the state machine.
+    pub snapshot: SnapshotMetadata,
+    /// Entries after the snapshot point.
     pub entries: Vec<Entry>,
 }
 
@@ -72,6 +76,7 @@ impl RaftLog {
         let mut member = None;
         let mut conf_state = ConfState::default();
         let mut hard_state = HardState::default();
+        let mut snapshot = SnapshotMetadata::default();
         let mut entries: Vec<Entry> = Vec::new();
         for rec in &records {
             match rec.kind {
@@ -94,6 +99,12 @@ impl RaftLog {
                 }
                 KIND_CONF_STATE => conf_state = decode(rec)?,
                 KIND_HARD_STATE => hard_state = decode(rec)?,
+                KIND_SNAPSHOT => {
+                    // Everything logged before a snapshot record is superseded by it; the
+                    // entries after it follow as ordinary records.
+                    snapshot = decode(rec)?;
+                    entries.clear();
+                }
                 KIND_ENTRY => {
                     let e: Entry = decode(rec)?;
                     // A later append at an index overwrites that index and everything after it.
@@ -116,6 +127,7 @@ impl RaftLog {
                 member,
                 conf_state,
                 hard_state,
+                snapshot,
                 entries,
             },
         ))
@@ -129,6 +141,39 @@ impl RaftLog {
         if let Some(hs) = hs {
             self.wal.append(KIND_HARD_STATE, &encode(hs))?;
         }
+        Ok(())
+    }
+
+    /// Records a received snapshot's position; durable only after [`RaftLog::sync`].
+    pub fn save_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogError> {
+        self.wal.append(KIND_SNAPSHOT, &encode(meta))?;
+        Ok(())
+    }
+
+    /// Log compaction: writes everything still needed (identity, configuration, hard state,
+    /// snapshot point, entries after it) into a fresh segment, makes it durable, then deletes
+    /// the older segments. A crash at any point leaves a log that recovers to the same state.
+    pub fn rewrite(
+        &mut self,
+        member: MemberRecord,
+        cs: &ConfState,
+        hs: &HardState,
+        snapshot: &SnapshotMetadata,
+        entries: &[Entry],
+    ) -> Result<(), LogError> {
+        let seq = self.wal.cut()?;
+        let mut m = Vec::with_capacity(16);
+        m.extend_from_slice(&member.member_id.to_le_bytes());
+        m.extend_from_slice(&member.cluster_id.to_le_bytes());
+        self.wal.append(KIND_MEMBER, &m)?;
+        self.wal.append(KIND_CONF_STATE, &encode(cs))?;
+        self.wal.append(KIND_SNAPSHOT, &encode(snapshot))?;
+        for e in entries {
+            self.wal.append(KIND_ENTRY, &encode(e))?;
+        }
+        self.wal.append(KIND_HARD_STATE, &encode(hs))?;
+        self.wal.sync()?;
+        self.wal.remove_before(seq)?;
         Ok(())
     }
 

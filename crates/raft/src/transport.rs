@@ -11,6 +11,10 @@
 //! - Each peer has its own writer task and a bounded queue: a slow or partitioned peer loses
 //!   messages (raft retransmits) and is reported unreachable, but never blocks the driver or
 //!   other peers. Reconnection backs off from 50 ms to 1 s.
+//! - Snapshots go on a connection of their own (`BALLASTS`): the `MsgSnapshot` frame, then the
+//!   state machine's export in CRC-checked chunks of at most 1 MiB produced on demand (bounded
+//!   memory at both ends), then an empty frame. The receiver stages the data in a file, fsyncs
+//!   it, acknowledges with one byte and only then hands the message to raft.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const MAGIC: &[u8; 8] = b"BALLAST1";
+/// A snapshot stream.
+const MAGIC_SNAPSHOT: &[u8; 8] = b"BALLASTS";
+const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A one-shot membership query a joining member sends before it has an identity: the answer
 /// is one frame holding whatever [`Transport::set_membership`] provides.
 const MAGIC_MEMBERS: &[u8; 8] = b"BALLASTM";
@@ -39,7 +46,13 @@ pub enum Inbound {
     Message(Box<Message>),
     /// A peer could not be reached; raft should slow its replication to it.
     Unreachable(u64),
+    /// A snapshot stream to a peer ended: delivered (true) or failed.
+    SnapshotSent(u64, bool),
 }
+
+/// Writes the state machine's export through the given sink.
+pub type SnapshotSource =
+    Arc<dyn Fn(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Transport {
@@ -54,6 +67,12 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
     membership: Mutex<Option<MembershipFn>>,
+    snapshot_source: Mutex<Option<SnapshotSource>>,
+    snap_dir: std::path::PathBuf,
+    /// Snapshots received and staged, by index, until raft installs them.
+    received: Mutex<HashMap<u64, std::path::PathBuf>>,
+    /// Peers with a snapshot stream in flight (one at a time each).
+    sending: Mutex<std::collections::HashSet<u64>>,
 }
 
 type MembershipFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -71,6 +90,7 @@ impl Transport {
         max_frame: usize,
         inbound: mpsc::Sender<Inbound>,
         runtime: tokio::runtime::Handle,
+        snap_dir: std::path::PathBuf,
     ) -> Transport {
         Transport {
             inner: Arc::new(Inner {
@@ -81,8 +101,22 @@ impl Transport {
                 runtime,
                 peers: Mutex::new(HashMap::new()),
                 membership: Mutex::new(None),
+                snapshot_source: Mutex::new(None),
+                snap_dir,
+                received: Mutex::new(HashMap::new()),
+                sending: Mutex::new(Default::default()),
             }),
         }
+    }
+
+    /// Where snapshot data for lagging peers comes from.
+    pub fn set_snapshot_source(&self, f: SnapshotSource) {
+        *lock(&self.inner.snapshot_source) = Some(f);
+    }
+
+    /// The staged file of a received snapshot, once raft installs it.
+    pub fn take_received(&self, index: u64) -> Option<std::path::PathBuf> {
+        lock(&self.inner.received).remove(&index)
     }
 
     /// What this member answers to a joining member's membership query.
@@ -134,12 +168,41 @@ impl Transport {
         let mut unreachable = Vec::new();
         for m in msgs {
             let to = m.to;
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                let urls = peers.get(&to).map(|p| p.urls.clone()).unwrap_or_default();
+                self.send_snapshot(m, urls);
+                continue;
+            }
             let ok = peers.get(&to).is_some_and(|p| p.queue.try_send(m).is_ok());
             if !ok && !unreachable.contains(&to) {
                 unreachable.push(to);
             }
         }
         unreachable
+    }
+
+    fn send_snapshot(&self, m: Message, urls: Vec<String>) {
+        let to = m.to;
+        if !lock(&self.inner.sending).insert(to) {
+            // One stream per peer; raft asks again after this one reports.
+            let _ = self
+                .inner
+                .inbound
+                .try_send(Inbound::SnapshotSent(to, false));
+            return;
+        }
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let ok = match stream_snapshot(&inner, &m, &urls).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(peer = %format!("{to:x}"), error = %e, "sending snapshot failed");
+                    false
+                }
+            };
+            lock(&inner.sending).remove(&to);
+            let _ = inner.inbound.send(Inbound::SnapshotSent(to, ok)).await;
+        });
     }
 
     /// Accepts peer connections until the listener fails.
@@ -163,12 +226,150 @@ impl Transport {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + body.len());
+    f.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    f.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+async fn stream_snapshot(inner: &Arc<Inner>, m: &Message, urls: &[String]) -> Result<(), String> {
+    let source = lock(&inner.snapshot_source)
+        .clone()
+        .ok_or("no snapshot source")?;
+    let mut conn = dial(inner, m.to, urls, MAGIC_SNAPSHOT)
+        .await
+        .ok_or("peer unreachable")?;
+    let body = m.write_to_bytes().map_err(|e| e.to_string())?;
+    conn.write_all(&frame(&body))
+        .await
+        .map_err(|e| e.to_string())?;
+    // The export runs on a blocking thread; a small channel bounds what is in memory.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK);
+        let mut sink = |rec: &[u8]| -> std::io::Result<()> {
+            buf.extend_from_slice(rec);
+            if buf.len() >= SNAPSHOT_CHUNK {
+                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+                tx.blocking_send(chunk)
+                    .map_err(|_| std::io::Error::other("snapshot stream closed"))?;
+            }
+            Ok(())
+        };
+        source(&mut sink)?;
+        if !buf.is_empty() {
+            tx.blocking_send(buf)
+                .map_err(|_| "snapshot stream closed".to_string())?;
+        }
+        Ok::<(), String>(())
+    });
+    let mut sent = 0usize;
+    while let Some(chunk) = rx.recv().await {
+        // Records can exceed a chunk; split so every frame stays within the receiver's limit.
+        for part in chunk.chunks(SNAPSHOT_CHUNK) {
+            conn.write_all(&frame(part))
+                .await
+                .map_err(|e| e.to_string())?;
+            sent += part.len();
+        }
+    }
+    producer.await.map_err(|e| e.to_string())??;
+    conn.write_all(&frame(&[]))
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.flush().await.map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 1];
+    let stream = conn.get_mut();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut ack))
+        .await
+        .map_err(|_| "no acknowledgement".to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(peer = %format!("{:x}", m.to), bytes = sent, "sent snapshot");
+    Ok(())
+}
+
+/// Receives a snapshot stream into a staged, fsynced file, then hands the message to raft.
+async fn receive_snapshot(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    from: u64,
+) -> Result<(), StreamError> {
+    let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
+    let body = read_frame(&mut stream, inner.max_frame).await?;
+    let m = Message::parse_from_bytes(&body).map_err(|e| StreamError::Decode(e.to_string()))?;
+    if m.from != from
+        || m.to != inner.member_id
+        || m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+    {
+        return Err(StreamError::Handshake(
+            "not a snapshot for this member".into(),
+        ));
+    }
+    let index = m.get_snapshot().get_metadata().index;
+    let path = inner
+        .snap_dir
+        .join(format!("{index:016x}-{from:016x}.snap"));
+    let tmp = path.with_extension("tmp");
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    let mut total = 0usize;
+    loop {
+        let chunk = read_frame(&mut stream, SNAPSHOT_CHUNK).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        total += chunk.len();
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, &path).await?;
+    ballast_storage::wal::sync_dir(&inner.snap_dir)?;
+    tracing::info!(index, bytes = total, "received snapshot");
+    lock(&inner.received).insert(index, path);
+    stream.get_mut().write_all(&[1]).await?;
+    inner
+        .inbound
+        .send(Inbound::Message(Box::new(m)))
+        .await
+        .map_err(|_| StreamError::Closed)
+}
+
+async fn read_frame(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    max: usize,
+) -> Result<Vec<u8>, StreamError> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head).await?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > max {
+        return Err(StreamError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    if crc32c::crc32c(&body) != crc {
+        return Err(StreamError::Checksum);
+    }
+    Ok(body)
+}
+
 fn host_port(url: &str) -> Option<&str> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     rest.split('/').next().filter(|h| !h.is_empty())
 }
 
-async fn dial(inner: &Inner, to: u64, urls: &[String]) -> Option<BufWriter<TcpStream>> {
+async fn dial(
+    inner: &Inner,
+    to: u64,
+    urls: &[String],
+    magic: &[u8; 8],
+) -> Option<BufWriter<TcpStream>> {
     for url in urls {
         let Some(addr) = host_port(url) else {
             continue;
@@ -180,7 +381,7 @@ async fn dial(inner: &Inner, to: u64, urls: &[String]) -> Option<BufWriter<TcpSt
         let _ = stream.set_nodelay(true);
         let mut w = BufWriter::with_capacity(64 * 1024, stream);
         let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
-        hs.extend_from_slice(MAGIC);
+        hs.extend_from_slice(magic);
         hs.extend_from_slice(&inner.cluster_id.to_le_bytes());
         hs.extend_from_slice(&inner.member_id.to_le_bytes());
         hs.extend_from_slice(&to.to_le_bytes());
@@ -198,7 +399,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
     let mut reported = false;
     while let Some(first) = rx.recv().await {
         if conn.is_none() {
-            conn = dial(&inner, to, &urls).await;
+            conn = dial(&inner, to, &urls, MAGIC).await;
             if conn.is_none() {
                 if !reported {
                     tracing::warn!(peer = %format!("{to:x}"), "peer unreachable");
@@ -284,7 +485,7 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
         stream.write_all(&head).await?;
         return Ok(());
     }
-    if &hs[..8] != MAGIC {
+    if &hs[..8] != MAGIC && &hs[..8] != MAGIC_SNAPSHOT {
         return Err(StreamError::Handshake("not a ballast peer".into()));
     }
     let (cluster, from, to) = (word(0), word(1), word(2));
@@ -299,21 +500,12 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
             "cluster or member ID mismatch".into(),
         ));
     }
+    if &hs[..8] == MAGIC_SNAPSHOT {
+        return receive_snapshot(&inner, stream, from).await;
+    }
     let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
-    let mut body = Vec::new();
     loop {
-        let mut head = [0u8; 8];
-        stream.read_exact(&mut head).await?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > inner.max_frame {
-            return Err(StreamError::TooLarge(len));
-        }
-        body.resize(len, 0);
-        stream.read_exact(&mut body).await?;
-        if crc32c::crc32c(&body) != crc {
-            return Err(StreamError::Checksum);
-        }
+        let body = read_frame(&mut stream, inner.max_frame).await?;
         let m = Message::parse_from_bytes(&body).map_err(|e| StreamError::Decode(e.to_string()))?;
         if m.from != from || m.to != inner.member_id {
             return Err(StreamError::Handshake(
@@ -383,11 +575,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone());
+        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), std::env::temp_dir());
         tokio::spawn(b.serve(listener));
 
         let (in_a, _rx_a) = mpsc::channel(16);
-        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone());
+        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone(), std::env::temp_dir());
         a.set_peer(2, vec![format!("http://{addr}")]);
         assert!(a.send(vec![msg(1, 2, 7), msg(1, 2, 8)]).is_empty());
         for term in [7, 8] {
@@ -397,13 +589,13 @@ mod tests {
                 .unwrap();
             match got {
                 Inbound::Message(m) => assert_eq!((m.from, m.term), (1, term)),
-                Inbound::Unreachable(_) => panic!("unexpected report"),
+                Inbound::Unreachable(_) | Inbound::SnapshotSent(..) => panic!("unexpected report"),
             }
         }
 
         // Same member id, other cluster: the receiver drops the stream.
         let (in_c, _rx_c) = mpsc::channel(16);
-        let c = Transport::new(1, 10, 1 << 20, in_c, rt);
+        let c = Transport::new(1, 10, 1 << 20, in_c, rt, std::env::temp_dir());
         c.set_peer(2, vec![format!("http://{addr}")]);
         c.send(vec![msg(1, 2, 99)]);
         let got = tokio::time::timeout(Duration::from_millis(300), rx_b.recv()).await;
@@ -416,7 +608,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        tokio::spawn(Transport::new(2, 9, 64, in_b, rt).serve(listener));
+        tokio::spawn(Transport::new(2, 9, 64, in_b, rt, std::env::temp_dir()).serve(listener));
         for frame in [
             // Claims 1 GiB.
             [(1u32 << 30).to_le_bytes(), 0u32.to_le_bytes()].concat(),

@@ -84,6 +84,12 @@ pub struct Flags {
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
     #[arg(
+        long = "snapshot-count",
+        env = "ETCD_SNAPSHOT_COUNT",
+        default_value_t = 10_000
+    )]
+    pub snapshot_count: u64,
+    #[arg(
         long = "quota-backend-bytes",
         env = "ETCD_QUOTA_BACKEND_BYTES",
         default_value_t = 0
@@ -125,6 +131,7 @@ struct FileConfig {
     initial_cluster_token: Option<String>,
     max_request_bytes: Option<u64>,
     max_txn_ops: Option<u32>,
+    snapshot_count: Option<u64>,
     quota_backend_bytes: Option<i64>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
@@ -154,6 +161,8 @@ pub struct Config {
     pub new_cluster: bool,
     pub max_request_bytes: u64,
     pub max_txn_ops: usize,
+    /// Applied entries between state-machine snapshots (and raft log compactions).
+    pub snapshot_count: u64,
     pub quota_backend_bytes: u64,
     pub heartbeat: Duration,
     pub election_ticks: usize,
@@ -266,6 +275,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         initial_cluster_token: c.initial_cluster_token.unwrap_or(d.initial_cluster_token),
         max_request_bytes: c.max_request_bytes.unwrap_or(d.max_request_bytes),
         max_txn_ops: c.max_txn_ops.unwrap_or(d.max_txn_ops),
+        snapshot_count: c.snapshot_count.unwrap_or(d.snapshot_count),
         quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
@@ -378,6 +388,9 @@ impl Config {
         if f.max_request_bytes == 0 {
             return Err(invalid("--max-request-bytes", "0", "must be positive"));
         }
+        if f.snapshot_count == 0 {
+            return Err(invalid("--snapshot-count", "0", "must be positive"));
+        }
         if f.max_txn_ops == 0 {
             return Err(invalid("--max-txn-ops", "0", "must be positive"));
         }
@@ -429,6 +442,7 @@ impl Config {
             new_cluster,
             max_request_bytes: f.max_request_bytes,
             max_txn_ops: f.max_txn_ops as usize,
+            snapshot_count: f.snapshot_count,
             quota_backend_bytes: if f.quota_backend_bytes == 0 {
                 DEFAULT_QUOTA_BYTES
             } else {

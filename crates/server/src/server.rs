@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use ballast_api::ballast::internal::{raft_request, RaftRequest};
 use ballast_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
-use ballast_raft::{Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport};
+use ballast_raft::{
+    Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
+};
 use ballast_state::{Applied, KvError, Mvcc};
 use prost::Message;
 use tokio::sync::{oneshot, watch};
@@ -63,10 +65,30 @@ pub enum ServerError {
 
 type Waiter = oneshot::Sender<Result<Applied, KvError>>;
 
+/// The state machine, replaced whole when a snapshot from the leader is installed.
+type SharedMvcc = Arc<std::sync::RwLock<Arc<Mvcc>>>;
+
+/// Snapshot files a crash left half-received or never installed: the leader sends again.
+fn remove_staging_files(snap_dir: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(snap_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".snap") || name.ends_with(".tmp") || name == "db.new" {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn current(m: &SharedMvcc) -> Arc<Mvcc> {
+    m.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 pub struct EtcdServer {
     pub cfg: Config,
     node: Node,
-    mvcc: Arc<Mvcc>,
+    mvcc: SharedMvcc,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
@@ -80,6 +102,7 @@ impl EtcdServer {
         std::fs::create_dir_all(&snap_dir).map_err(|e| {
             ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display()))
         })?;
+        remove_staging_files(&snap_dir);
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
         let start = if Node::log_exists(&cfg.wal_dir) {
             // A restart: identity comes from the log and peers from the applied members; the
@@ -106,6 +129,7 @@ impl EtcdServer {
             peers: start.peers,
             runtime,
             wal_dir: cfg.wal_dir.clone(),
+            snap_dir: snap_dir.clone(),
             tick: cfg.heartbeat,
             election_ticks: cfg.election_ticks,
             applied: mvcc.applied_index(),
@@ -115,14 +139,25 @@ impl EtcdServer {
         let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
         let (removed_tx, removed_rx) = watch::channel(false);
         let member_id = node.member_id();
+        let was_member = mvcc.members().iter().any(|m| m.id == member_id);
+        let last_compact = mvcc.applied_index();
+        let mvcc: SharedMvcc = Arc::new(std::sync::RwLock::new(mvcc));
+        let source = mvcc.clone();
+        node.transport().set_snapshot_source(Arc::new(move |out| {
+            current(&source).export(out).map_err(|e| e.to_string())
+        }));
         let applier = Applier {
             mvcc: mvcc.clone(),
+            snap_dir,
+            snapshot_count: cfg.snapshot_count,
+            last_compact,
+            compact: Box::new(node.compactor()),
             waiters: waiters.clone(),
             applied: applied_tx,
             last_sync: Instant::now(),
             transport: node.transport(),
             member_id,
-            was_member: mvcc.members().iter().any(|m| m.id == member_id),
+            was_member,
             removed: removed_tx,
         };
         std::thread::Builder::new()
@@ -164,7 +199,7 @@ impl EtcdServer {
 
     /// Whether this member is a learner (it serves only serializable reads).
     pub fn is_learner(&self) -> bool {
-        self.mvcc
+        self.mvcc()
             .members()
             .iter()
             .any(|m| m.id == self.member_id() && m.is_learner)
@@ -207,8 +242,8 @@ impl EtcdServer {
         self.node.status_watch()
     }
 
-    pub fn mvcc(&self) -> &Mvcc {
-        &self.mvcc
+    pub fn mvcc(&self) -> Arc<Mvcc> {
+        current(&self.mvcc)
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -310,7 +345,7 @@ impl EtcdServer {
         if !req.serializable {
             self.linearizable_barrier().await?;
         }
-        let mut resp = self.mvcc.range(req)?;
+        let mut resp = self.mvcc().range(req)?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
         resp.header = Some(self.header(rev));
         Ok(resp)
@@ -320,7 +355,12 @@ impl EtcdServer {
 /// Applies committed entries in log order on its own thread, so applying never blocks the
 /// driver's next fsync.
 struct Applier {
-    mvcc: Arc<Mvcc>,
+    mvcc: SharedMvcc,
+    snap_dir: std::path::PathBuf,
+    snapshot_count: u64,
+    /// Applied index at the last log compaction.
+    last_compact: u64,
+    compact: Box<dyn Fn(u64) + Send>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     applied: watch::Sender<u64>,
     last_sync: Instant,
@@ -332,23 +372,61 @@ struct Applier {
 }
 
 impl Applier {
-    fn run(mut self, committed: std::sync::mpsc::Receiver<Vec<Committed>>) {
-        while let Ok(batch) = committed.recv() {
-            if let Err(e) = self.apply(batch) {
+    fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
+        while let Ok(work) = committed.recv() {
+            let res = match work {
+                Apply::Entries(batch) => self.apply(batch),
+                Apply::Snapshot { index, path, done } => {
+                    let r = self.install(index, &path);
+                    let _ = std::fs::remove_file(&path);
+                    let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    r
+                }
+            };
+            if let Err(e) = res {
                 // The disk failed: stop acknowledging anything, and stop the member.
                 tracing::error!(error = %e, "apply failed; stopping");
                 std::process::exit(1);
             }
         }
-        if let Err(e) = self.mvcc.sync() {
+        if let Err(e) = current(&self.mvcc).sync() {
             tracing::error!(error = %e, "final backend sync failed");
         }
+    }
+
+    /// Replaces the state machine with a received snapshot: build a new store beside the
+    /// old, fsync it, rename it into place, then switch readers over.
+    fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
+        let db = self.snap_dir.join("db");
+        let fresh = self.snap_dir.join("db.new");
+        let file = std::fs::File::open(path)
+            .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
+        Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
+        let installed = Mvcc::open(&fresh)?;
+        if installed.applied_index() < index {
+            return Err(KvError::Corrupt(format!(
+                "snapshot data covers index {} but raft sent it for {index}",
+                installed.applied_index()
+            )));
+        }
+        drop(installed);
+        std::fs::rename(&fresh, &db)
+            .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
+            .map_err(|e| KvError::Corrupt(format!("installing snapshot: {e}")))?;
+        let m = Arc::new(Mvcc::open(&db)?);
+        let applied = m.applied_index();
+        *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = m;
+        self.last_compact = applied;
+        self.applied.send_replace(applied);
+        self.sync_membership();
+        Ok(())
     }
 
     fn apply(&mut self, batch: Vec<Committed>) -> Result<(), KvError> {
         let Some(last) = batch.last().map(|c| c.index) else {
             return Ok(());
         };
+        let mvcc = current(&self.mvcc);
         let mut ids = Vec::with_capacity(batch.len());
         let entries: Vec<(u64, Option<RaftRequest>)> = batch
             .into_iter()
@@ -370,7 +448,7 @@ impl Applier {
             })
             .collect();
         for (index, req) in &entries {
-            if *index > self.mvcc.applied_index() {
+            if *index > mvcc.applied_index() {
                 ids.push(req.as_ref().map(|r| r.id));
             }
         }
@@ -382,7 +460,7 @@ impl Applier {
         });
         // Membership must survive a crash with the raft configuration it matches.
         let durable = membership || self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
-        let results = self.mvcc.apply_batch(&entries, durable)?;
+        let results = mvcc.apply_batch(&entries, durable)?;
         if durable {
             self.last_sync = Instant::now();
         }
@@ -398,12 +476,19 @@ impl Applier {
         if membership {
             self.sync_membership();
         }
+        if last.saturating_sub(self.last_compact) >= self.snapshot_count {
+            // The log may only drop what the store holds durably.
+            mvcc.sync()?;
+            self.last_sync = Instant::now();
+            self.last_compact = last;
+            (self.compact)(last);
+        }
         Ok(())
     }
 
     /// Points the transport at the applied members and notices this member's own removal.
     fn sync_membership(&mut self) {
-        let members = self.mvcc.members();
+        let members = current(&self.mvcc).members();
         let mut present = false;
         for m in &members {
             if m.id == self.member_id {

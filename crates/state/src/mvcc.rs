@@ -653,6 +653,17 @@ impl Mvcc {
         Ok(out)
     }
 
+    /// Streams the whole state (keys, history, members, applied index) from one consistent
+    /// read; the payload of a raft snapshot.
+    pub fn export(&self, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), KvError> {
+        Ok(self.backend.export(out)?)
+    }
+
+    /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.
+    pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), KvError> {
+        Ok(Backend::import(path, input)?)
+    }
+
     /// The member records as of the applied index, in id order.
     pub fn members(&self) -> Vec<Member> {
         self.read().members.values().cloned().collect()

@@ -14,6 +14,13 @@ const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 const TOMBSTONE: u8 = 1;
+const SNAP_KV: u8 = 0;
+const SNAP_META: u8 = 1;
+const SNAP_MEMBERS: u8 = 2;
+/// Records per import transaction are capped by size, so memory stays bounded.
+const IMPORT_BATCH_BYTES: usize = 16 << 20;
+/// No key or value in a snapshot can be larger than a WAL record.
+const MAX_SNAPSHOT_FIELD: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -164,6 +171,109 @@ impl Backend {
         Ok(out)
     }
 
+    /// Streams every table as snapshot records (`table u8 | klen u32 | key | vlen u32 | value`,
+    /// little endian) from one consistent read transaction: writers are never blocked, and
+    /// memory stays bounded by what `out` buffers.
+    pub fn export(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BackendError> {
+        let tx = self.db.begin_read()?;
+        let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
+        let mut rec = Vec::new();
+        let mut emit = |table: u8, k: &[u8], v: &[u8]| {
+            rec.clear();
+            rec.push(table);
+            rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            rec.extend_from_slice(k);
+            rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            rec.extend_from_slice(v);
+            out(&rec)
+        };
+        for row in tx.open_table(KV)?.iter()? {
+            let (k, v) = row?;
+            emit(SNAP_KV, k.value(), v.value()).map_err(io)?;
+        }
+        for row in tx.open_table(META)?.iter()? {
+            let (k, v) = row?;
+            emit(SNAP_META, k.value().as_bytes(), &v.value().to_le_bytes()).map_err(io)?;
+        }
+        for row in tx.open_table(MEMBERS)?.iter()? {
+            let (k, v) = row?;
+            emit(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Builds a new database at `path` from an [`Backend::export`] stream, committing in
+    /// batches (bounded memory) and durably at the end. Malformed input is an error, never a
+    /// partial database left in use: the caller swaps the file in only on success.
+    pub fn import(path: &Path, mut input: impl std::io::Read) -> Result<(), BackendError> {
+        let _ = std::fs::remove_file(path);
+        let b = Backend::open(path)?;
+        let bad = |what: &str| BackendError::Db(format!("snapshot import: {what}"));
+        let mut read_exact = |buf: &mut [u8]| -> Result<bool, BackendError> {
+            match input.read_exact(buf) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+                Err(e) => Err(BackendError::Db(format!("snapshot import: {e}"))),
+            }
+        };
+        let mut done = false;
+        while !done {
+            let mut tx = b.db.begin_write()?;
+            tx.set_durability(Durability::None)?;
+            {
+                let mut kv = tx.open_table(KV)?;
+                let mut meta = tx.open_table(META)?;
+                let mut members = tx.open_table(MEMBERS)?;
+                let mut batch = 0usize;
+                while batch < IMPORT_BATCH_BYTES {
+                    let mut head = [0u8; 5];
+                    if !read_exact(&mut head)? {
+                        done = true;
+                        break;
+                    }
+                    let klen = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                    if klen > MAX_SNAPSHOT_FIELD {
+                        return Err(bad("key too long"));
+                    }
+                    let mut k = vec![0u8; klen];
+                    let mut vl = [0u8; 4];
+                    if !read_exact(&mut k)? || !read_exact(&mut vl)? {
+                        return Err(bad("truncated record"));
+                    }
+                    let vlen = u32::from_le_bytes(vl) as usize;
+                    if vlen > MAX_SNAPSHOT_FIELD {
+                        return Err(bad("value too long"));
+                    }
+                    let mut v = vec![0u8; vlen];
+                    if !read_exact(&mut v)? {
+                        return Err(bad("truncated record"));
+                    }
+                    match head[0] {
+                        SNAP_KV => {
+                            kv.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        SNAP_META => {
+                            let name = std::str::from_utf8(&k).map_err(|_| bad("meta name"))?;
+                            let val: [u8; 8] = v.try_into().map_err(|_| bad("meta value"))?;
+                            meta.insert(name, u64::from_le_bytes(val))?;
+                        }
+                        SNAP_MEMBERS => {
+                            let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
+                            members.insert(u64::from_le_bytes(id), v.as_slice())?;
+                        }
+                        _ => return Err(bad("unknown table")),
+                    }
+                    batch += 9 + klen + vlen;
+                }
+            }
+            tx.commit()?;
+        }
+        b.update(true, |_| Ok::<_, BackendError>(()))
+    }
+
     /// Bytes the database file occupies on disk.
     pub fn size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
@@ -291,6 +401,42 @@ mod tests {
             Ok::<_, BackendError>(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn export_import_roundtrip_and_garbage_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Backend::open(&d.path().join("db")).unwrap();
+        b.update(true, |w| {
+            w.put_rev(Rev::new(2, 0), false, b"v2")?;
+            w.put_rev(Rev::new(3, 1), true, b"v3")?;
+            w.set_meta("consistent_index", 42)?;
+            w.put_member(7, b"m")?;
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        let mut stream = Vec::new();
+        b.export(&mut |c| {
+            stream.extend_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        let copy = d.path().join("copy");
+        Backend::import(&copy, stream.as_slice()).unwrap();
+        let c = Backend::open(&copy).unwrap();
+        c.view(|r| {
+            assert_eq!(r.get_rev(Rev::new(2, 0))?.unwrap().kv, b"v2");
+            assert!(r.get_rev(Rev::new(3, 1))?.unwrap().tombstone);
+            assert_eq!(r.meta("consistent_index")?, Some(42));
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        assert_eq!(c.members().unwrap(), vec![(7, b"m".to_vec())]);
+        let cut = &stream[..stream.len() - 1];
+        assert!(Backend::import(&d.path().join("bad"), cut).is_err());
+        assert!(
+            Backend::import(&d.path().join("bad2"), &[9u8, 0, 0, 0, 0, 0, 0, 0, 0][..]).is_err()
+        );
     }
 
     #[test]

@@ -315,11 +315,53 @@ impl Wal {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Makes what was appended durable and continues in a fresh segment, returning its number.
+    /// With [`Wal::remove_before`] this lets a caller rewrite everything still needed into the
+    /// new segment and drop the old ones (log compaction).
+    pub fn cut(&mut self) -> Result<u64, WalError> {
+        self.out.flush().map_err(io_err(&self.path))?;
+        self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
+        let next = Self::start_segment(&self.dir, self.seq + 1)?;
+        *self = next;
+        Ok(self.seq)
+    }
+
+    /// Deletes every segment numbered below `seq`. The caller must have made everything they
+    /// held that is still needed durable in a later segment first.
+    pub fn remove_before(&self, seq: u64) -> Result<usize, WalError> {
+        let mut removed = 0;
+        for (s, path) in Self::segments(&self.dir)? {
+            if s < seq {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_and_remove_keep_only_the_rewritten_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::create(d.path()).unwrap();
+        w.append(1, b"old").unwrap();
+        let seq = w.cut().unwrap();
+        w.append(1, b"new").unwrap();
+        w.sync().unwrap();
+        assert_eq!(w.remove_before(seq).unwrap(), 1);
+        drop(w);
+        let (_, recs, _) = Wal::open(d.path()).unwrap();
+        let data: Vec<&[u8]> = recs.iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, vec![b"new".as_slice()]);
+    }
 
     fn write(dir: &Path, recs: &[(u8, &[u8])]) {
         let mut w = Wal::create(dir).unwrap();

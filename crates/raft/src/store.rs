@@ -1,0 +1,220 @@
+//! The in-memory raft log raft-rs reads through its `Storage` trait; the WAL makes it durable.
+//!
+//! Unlike raft-rs's `MemStorage`, the snapshot it reports is the last point the state machine
+//! made durable (not the commit index), so the data shipped with a snapshot always covers the
+//! index its metadata names.
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+#[derive(Default)]
+pub struct LogStore {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Everything at or below `snapshot.index` is only in the state machine now.
+    snapshot: SnapshotMetadata,
+    /// Entries after `snapshot.index`, contiguous.
+    entries: Vec<Entry>,
+}
+
+impl LogStore {
+    pub fn new(conf_state: ConfState) -> LogStore {
+        LogStore {
+            conf_state,
+            ..Default::default()
+        }
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.hard_state = hs;
+    }
+
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+    }
+
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot
+    }
+
+    pub fn entries_after_snapshot(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    /// Appends entries, replacing any existing ones from the first new index on.
+    pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index < self.first() {
+            // Already covered by the snapshot: keep only what lies beyond it.
+            let skip = (self.first() - first.index) as usize;
+            return self.append(ents.get(skip..).unwrap_or(&[]));
+        }
+        if first.index > self.last() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        let keep = (first.index - self.first()) as usize;
+        self.entries.truncate(keep);
+        self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+
+    /// Forgets entries up to `meta.index`, which the state machine now holds durably.
+    pub fn compact_to(&mut self, meta: SnapshotMetadata) {
+        if meta.index <= self.snapshot.index {
+            return;
+        }
+        let drop = ((meta.index - self.snapshot.index) as usize).min(self.entries.len());
+        self.entries.drain(..drop);
+        if meta.index > self.hard_state.commit {
+            self.hard_state.commit = meta.index;
+        }
+        self.snapshot = meta;
+    }
+
+    /// Replaces the log with a received snapshot's position.
+    pub fn apply_snapshot(&mut self, meta: SnapshotMetadata) {
+        self.entries.clear();
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.snapshot = meta;
+    }
+
+    pub fn term_of(&self, idx: u64) -> Option<u64> {
+        if idx == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        if idx < self.first() || idx > self.last() {
+            return None;
+        }
+        self.entries
+            .get((idx - self.first()) as usize)
+            .map(|e| e.term)
+    }
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let lo = (low - self.first()) as usize;
+        let hi = (high - self.first()) as usize;
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity(hi - lo);
+        let mut size = 0u64;
+        for e in &self.entries[lo..hi] {
+            size += protobuf::Message::compute_size(e) as u64;
+            // Always at least one entry, as raft-rs requires.
+            if !out.is_empty() && size > max {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx < self.snapshot.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.term_of(idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut s = Snapshot::default();
+        s.set_metadata(self.snapshot.clone());
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_compact_and_terms() {
+        let mut s = LogStore::new(ConfState::default());
+        s.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
+        assert_eq!((s.first(), s.last()), (1, 3));
+        // Overwrite from index 3.
+        s.append(&[entry(3, 3), entry(4, 3)]).unwrap();
+        assert_eq!(s.term(3).unwrap(), 3);
+        s.compact_to(SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..Default::default()
+        });
+        assert_eq!(s.first_index().unwrap(), 3);
+        assert_eq!(s.term(2).unwrap(), 1);
+        assert!(s.term(1).is_err());
+        assert!(matches!(
+            s.entries(2, 4, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            s.entries(3, 5, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 2);
+        // A gap is refused.
+        assert!(s.append(&[entry(9, 3)]).is_err());
+    }
+}
