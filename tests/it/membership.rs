@@ -215,3 +215,51 @@ fn learner_flow_with_etcdctl() {
 fn learner_flow_with_ballastctl() {
     learner_flow(ballastctl2);
 }
+
+/// `endpoint status|health --cluster` reach every member from one endpoint, and `move-leader`
+/// hands leadership over; the same with etcdctl and ballastctl.
+#[test]
+fn cluster_endpoints_and_move_leader() {
+    let c = Cluster::start(Kind::Ballast, 3, &[]);
+    let eps = c.endpoints();
+    let all = eps.join(",");
+    for ctl in [etcdctl2 as Ctl, ballastctl2 as Ctl] {
+        let status = ctl(&eps[0], &["endpoint", "status", "--cluster"]);
+        assert_eq!(status.2, 0, "{status:?}");
+        assert_eq!(status.0.lines().count(), 3, "{}", status.0);
+        for ep in &eps {
+            assert!(status.0.contains(&format!("http://{ep}, ")), "{}", status.0);
+        }
+        let health = ctl(&eps[0], &["endpoint", "health", "--cluster"]);
+        assert_eq!(health.2, 0, "{health:?}");
+        assert_eq!(health.1.matches(" is healthy: ").count(), 3, "{}", health.1);
+
+        let st = ctl(&all, &["endpoint", "status", "-w", "json"]).0;
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+        let rows = v.as_array().unwrap();
+        let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
+        let follower_ep = rows
+            .iter()
+            .find(|r| r["Status"]["header"]["member_id"].as_u64() != Some(leader))
+            .unwrap();
+        let target = follower_ep["Status"]["header"]["member_id"]
+            .as_u64()
+            .unwrap();
+        let only_follower = follower_ep["Endpoint"].as_str().unwrap();
+        let refused = ctl(only_follower, &["move-leader", &format!("{leader:x}")]);
+        assert_eq!(refused.2, 128, "{refused:?}");
+        assert!(
+            refused.1.contains("no leader endpoint given at"),
+            "{refused:?}"
+        );
+        let moved = ctl(&all, &["move-leader", &format!("{target:x}")]);
+        assert_eq!(moved.2, 0, "{moved:?}");
+        assert_eq!(
+            moved.0,
+            format!("Leadership transferred from {leader:x} to {target:x}\n")
+        );
+        let after = ctl(&all, &["endpoint", "status", "-w", "json"]).0;
+        let v: serde_json::Value = serde_json::from_str(&after).unwrap();
+        assert_eq!(v[0]["Status"]["leader"].as_u64(), Some(target));
+    }
+}

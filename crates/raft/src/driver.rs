@@ -214,7 +214,7 @@ impl Node {
         raft_cfg
             .validate()
             .map_err(|e| RaftError::Raft(e.to_string()))?;
-        let mut node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())
+        let node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())
             .map_err(|e| RaftError::Raft(e.to_string()))?;
         let voters = node
             .raft
@@ -224,11 +224,9 @@ impl Node {
             .ids()
             .iter()
             .collect::<Vec<_>>();
-        if voters == [member.member_id] {
-            // A lone voter need not wait out an election timeout to lead.
-            node.campaign()
-                .map_err(|e| RaftError::Raft(e.to_string()))?;
-        }
+        // A lone voter need not wait out an election timeout to lead; it campaigns as soon as
+        // its bootstrap configuration is applied (raft refuses before).
+        let lone_voter = voters == [member.member_id];
         let (tx, rx) = mpsc::channel(CMD_QUEUE);
         let (apply_tx, apply_rx) = std_mpsc::sync_channel(APPLY_QUEUE);
         let (status_tx, status_rx) = watch::channel(RaftStatus::default());
@@ -260,6 +258,7 @@ impl Node {
             tick: cfg.tick,
             reads: HashMap::new(),
             next_read: 0,
+            lone_voter,
         };
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -381,6 +380,8 @@ struct Driver {
     tick: Duration,
     reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, RaftError>>>>,
     next_read: u64,
+    /// Campaign once the configuration is applied: this member is the only voter.
+    lone_voter: bool,
 }
 
 impl Driver {
@@ -438,7 +439,11 @@ impl Driver {
                 self.next_read += 1;
                 let ctx = self.next_read;
                 self.reads.insert(ctx, reads);
-                self.node.read_index(ctx.to_be_bytes().to_vec());
+                // The leader keys pending reads by context, so contexts must be unique across
+                // members, not just here: prefix this member's id.
+                let mut rctx = self.member.member_id.to_be_bytes().to_vec();
+                rctx.extend_from_slice(&ctx.to_be_bytes());
+                self.node.read_index(rctx);
             }
             if Instant::now() >= next_tick {
                 self.node.tick();
@@ -659,6 +664,15 @@ impl Driver {
         self.send(light.take_messages());
         self.hand_off(light.take_committed_entries())?;
         self.node.advance_apply();
+        let log = &self.node.raft.raft_log;
+        if self.lone_voter && log.applied >= log.committed {
+            self.lone_voter = false;
+            if self.node.raft.state != StateRole::Leader {
+                self.node
+                    .campaign()
+                    .map_err(|e| RaftError::Raft(e.to_string()))?;
+            }
+        }
         self.publish_status();
         Ok(())
     }
@@ -692,10 +706,16 @@ impl Driver {
     }
 
     fn resolve_read(&mut self, ctx: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+        let Ok(bytes) = <[u8; 16]>::try_from(ctx) else {
             return;
         };
-        let id = u64::from_be_bytes(bytes);
+        let (member, counter) = bytes.split_at(8);
+        if member != self.member.member_id.to_be_bytes() {
+            return;
+        }
+        let mut c = [0u8; 8];
+        c.copy_from_slice(counter);
+        let id = u64::from_be_bytes(c);
         // A read state answers its own request and every earlier one still waiting.
         let done: Vec<u64> = self.reads.keys().copied().filter(|k| *k <= id).collect();
         for k in done {

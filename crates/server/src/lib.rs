@@ -1,5 +1,6 @@
 //! The `ballast` server: configuration, the member, and its client-facing services.
 
+pub mod authority;
 pub mod config;
 pub mod http;
 pub mod ids;

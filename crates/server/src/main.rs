@@ -70,6 +70,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();
+        let listener = ballast_server::authority::Listener(listener);
         tasks.spawn(async move { axum::serve(listener, app).await });
     }
     let mut status = server.raft_status_watch();
