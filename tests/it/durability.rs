@@ -18,7 +18,11 @@ async fn kill9_loses_no_acknowledged_write() {
 /// land before, during and after compactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_log_compaction_loses_no_acknowledged_write() {
-    kill9_under_load(&["--snapshot-count=100"]).await;
+    kill9_under_load(&[
+        "--snapshot-count=100",
+        "--experimental-snapshot-catchup-entries=20",
+    ])
+    .await;
 }
 
 async fn kill9_under_load(extra: &[&str]) {

@@ -209,7 +209,14 @@ fn quorum_loss_fails_writes_within_the_deadline_and_recovers() {
 #[test]
 fn lagging_follower_catches_up_by_snapshot() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut c = Cluster::start(Kind::Ballast, 3, &["--snapshot-count=50"]);
+    let mut c = Cluster::start(
+        Kind::Ballast,
+        3,
+        &[
+            "--snapshot-count=50",
+            "--experimental-snapshot-catchup-entries=10",
+        ],
+    );
     let eps = c.endpoints();
     let (leader_idx, lagging) = rt.block_on(async {
         let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;

@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Ticks without a leader before a follower campaigns (`--election-timeout` / tick).
     pub election_ticks: usize,
+    /// Entries kept in the log behind a snapshot point for lagging followers.
+    pub catch_up_entries: u64,
     /// Last index the state machine has durably applied.
     pub applied: u64,
     pub max_msg_bytes: u64,
@@ -259,6 +261,7 @@ impl Node {
             reads: HashMap::new(),
             next_read: 0,
             lone_voter,
+            catch_up_entries: cfg.catch_up_entries,
         };
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -382,6 +385,7 @@ struct Driver {
     next_read: u64,
     /// Campaign once the configuration is applied: this member is the only voter.
     lone_voter: bool,
+    catch_up_entries: u64,
 }
 
 impl Driver {
@@ -495,14 +499,16 @@ impl Driver {
             ..Default::default()
         };
         meta.set_conf_state(conf);
-        self.node.mut_store().compact_to(meta.clone());
+        self.node
+            .mut_store()
+            .compact_to(meta.clone(), self.catch_up_entries);
         let store = self.node.store();
         self.log.rewrite(
             self.member,
             store.conf_state(),
             store.hard_state(),
             &meta,
-            store.entries_after_snapshot(),
+            store.retained_entries(),
         )?;
         // Older configurations can no longer be asked for.
         let keep_from = self

@@ -11,9 +11,13 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
-    /// Everything at or below `snapshot.index` is only in the state machine now.
+    /// The state machine holds everything up to here durably; what a snapshot ships.
     snapshot: SnapshotMetadata,
-    /// Entries after `snapshot.index`, contiguous.
+    /// Entries at or below this (index, term) are dropped. At or below `snapshot.index`: a few
+    /// thousand entries are kept past a snapshot so briefly lagging followers catch up from
+    /// the log instead of needing a whole snapshot.
+    compacted: (u64, u64),
+    /// Entries after `compacted`, contiguous.
     entries: Vec<Entry>,
 }
 
@@ -49,16 +53,17 @@ impl LogStore {
         &self.snapshot
     }
 
-    pub fn entries_after_snapshot(&self) -> &[Entry] {
+    /// Entries still held (after the compaction point), for rewriting the WAL.
+    pub fn retained_entries(&self) -> &[Entry] {
         &self.entries
     }
 
     fn first(&self) -> u64 {
-        self.snapshot.index + 1
+        self.compacted.0 + 1
     }
 
     fn last(&self) -> u64 {
-        self.snapshot.index + self.entries.len() as u64
+        self.compacted.0 + self.entries.len() as u64
     }
 
     /// Appends entries, replacing any existing ones from the first new index on.
@@ -80,13 +85,20 @@ impl LogStore {
         Ok(())
     }
 
-    /// Forgets entries up to `meta.index`, which the state machine now holds durably.
-    pub fn compact_to(&mut self, meta: SnapshotMetadata) {
+    /// Records that the state machine holds everything up to `meta.index` durably, and drops
+    /// entries up to `keep` before it.
+    pub fn compact_to(&mut self, meta: SnapshotMetadata, keep: u64) {
         if meta.index <= self.snapshot.index {
             return;
         }
-        let drop = ((meta.index - self.snapshot.index) as usize).min(self.entries.len());
-        self.entries.drain(..drop);
+        let cut = meta.index.saturating_sub(keep);
+        if cut > self.compacted.0 {
+            if let Some(term) = self.term_of(cut) {
+                let drop = ((cut - self.compacted.0) as usize).min(self.entries.len());
+                self.entries.drain(..drop);
+                self.compacted = (cut, term);
+            }
+        }
         if meta.index > self.hard_state.commit {
             self.hard_state.commit = meta.index;
         }
@@ -99,11 +111,15 @@ impl LogStore {
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.compacted = (meta.index, meta.term);
         self.snapshot = meta;
     }
 
     pub fn term_of(&self, idx: u64) -> Option<u64> {
-        if idx == self.snapshot.index {
+        if idx == self.compacted.0 {
+            return Some(self.compacted.1);
+        }
+        if idx == self.snapshot.index && self.snapshot.index > 0 {
             return Some(self.snapshot.term);
         }
         if idx < self.first() || idx > self.last() {
@@ -153,7 +169,7 @@ impl Storage for LogStore {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx < self.snapshot.index {
+        if idx < self.compacted.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         self.term_of(idx)
@@ -195,11 +211,14 @@ mod tests {
         // Overwrite from index 3.
         s.append(&[entry(3, 3), entry(4, 3)]).unwrap();
         assert_eq!(s.term(3).unwrap(), 3);
-        s.compact_to(SnapshotMetadata {
-            index: 2,
-            term: 1,
-            ..Default::default()
-        });
+        s.compact_to(
+            SnapshotMetadata {
+                index: 2,
+                term: 1,
+                ..Default::default()
+            },
+            0,
+        );
         assert_eq!(s.first_index().unwrap(), 3);
         assert_eq!(s.term(2).unwrap(), 1);
         assert!(s.term(1).is_err());
@@ -216,5 +235,18 @@ mod tests {
         assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 2);
         // A gap is refused.
         assert!(s.append(&[entry(9, 3)]).is_err());
+        // Entries before a snapshot point can be kept for catching up.
+        s.append(&[entry(5, 3), entry(6, 3), entry(7, 3)]).unwrap();
+        s.compact_to(
+            SnapshotMetadata {
+                index: 6,
+                term: 3,
+                ..Default::default()
+            },
+            2,
+        );
+        assert_eq!(s.first_index().unwrap(), 5);
+        assert_eq!(s.term(4).unwrap(), 3);
+        assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 6);
     }
 }

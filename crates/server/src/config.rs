@@ -90,6 +90,12 @@ pub struct Flags {
     )]
     pub snapshot_count: u64,
     #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub snapshot_catchup_entries: u64,
+    #[arg(
         long = "quota-backend-bytes",
         env = "ETCD_QUOTA_BACKEND_BYTES",
         default_value_t = 0
@@ -132,6 +138,7 @@ struct FileConfig {
     max_request_bytes: Option<u64>,
     max_txn_ops: Option<u32>,
     snapshot_count: Option<u64>,
+    experimental_snapshot_catchup_entries: Option<u64>,
     quota_backend_bytes: Option<i64>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
@@ -163,6 +170,8 @@ pub struct Config {
     pub max_txn_ops: usize,
     /// Applied entries between state-machine snapshots (and raft log compactions).
     pub snapshot_count: u64,
+    /// Log entries kept behind a snapshot so slightly lagging followers need no snapshot.
+    pub snapshot_catchup_entries: u64,
     pub quota_backend_bytes: u64,
     pub heartbeat: Duration,
     pub election_ticks: usize,
@@ -276,6 +285,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         max_request_bytes: c.max_request_bytes.unwrap_or(d.max_request_bytes),
         max_txn_ops: c.max_txn_ops.unwrap_or(d.max_txn_ops),
         snapshot_count: c.snapshot_count.unwrap_or(d.snapshot_count),
+        snapshot_catchup_entries: c
+            .experimental_snapshot_catchup_entries
+            .unwrap_or(d.snapshot_catchup_entries),
         quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
@@ -443,6 +455,7 @@ impl Config {
             max_request_bytes: f.max_request_bytes,
             max_txn_ops: f.max_txn_ops as usize,
             snapshot_count: f.snapshot_count,
+            snapshot_catchup_entries: f.snapshot_catchup_entries,
             quota_backend_bytes: if f.quota_backend_bytes == 0 {
                 DEFAULT_QUOTA_BYTES
             } else {

@@ -132,6 +132,7 @@ impl EtcdServer {
             snap_dir: snap_dir.clone(),
             tick: cfg.heartbeat,
             election_ticks: cfg.election_ticks,
+            catch_up_entries: cfg.snapshot_catchup_entries,
             applied: mvcc.applied_index(),
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
