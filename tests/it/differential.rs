@@ -257,7 +257,8 @@ fn member_session_matches_etcd() {
     let ballast = Server::start(Kind::Ballast, &[]);
     let list = etcdctl(&etcd.endpoint(), &["member", "list"], None).0;
     let id = list.split(',').next().unwrap().trim().to_string();
-    let learner_url = format!("http://127.0.0.1:{}", crate::cluster::free_port());
+    let url = || format!("http://127.0.0.1:{}", crate::cluster::free_port());
+    let (learner_url, learner2, learner3) = (url(), url(), url());
     let steps: Vec<Vec<String>> = [
         "member list",
         "member list -w json",
@@ -280,6 +281,12 @@ fn member_session_matches_etcd() {
         "member add z",
         "member remove NEW",
         "member list -w json",
+        "member add j --learner --peer-urls=LEARNER2 -w json",
+        "member update ID --peer-urls=http://127.0.0.1:2380 -w json",
+        "member promote NEW -w json",
+        "member remove NEW -w json",
+        "member add k --learner --peer-urls=LEARNER3 -w table",
+        "member remove NEW -w fields",
         "move-leader zz",
     ]
     .iter()
@@ -297,7 +304,9 @@ fn member_session_matches_etcd() {
                 let args: Vec<String> = step
                     .iter()
                     .map(|a| {
-                        a.replace("LEARNER", &learner_url)
+                        a.replace("LEARNER2", &learner2)
+                            .replace("LEARNER3", &learner3)
+                            .replace("LEARNER", &learner_url)
                             .replace("NEW", new_ids[i].as_deref().unwrap_or("0"))
                             .replace("ID", &id)
                     })
@@ -308,6 +317,20 @@ fn member_session_matches_etcd() {
                     if out.contains(" added ") {
                         new_ids[i] = rest.split_whitespace().next().map(String::from);
                     }
+                }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
+                    if let Some(id) = v["member"]["ID"].as_u64() {
+                        new_ids[i] = Some(format!("{id:x}"));
+                    }
+                }
+                // `-w table` adds the member, then refuses to print it: find it in the list.
+                if step.iter().any(|a| a == "table") && step[1] == "add" {
+                    let list = c(&server.endpoint(), &["member", "list"], None).0;
+                    new_ids[i] = list
+                        .lines()
+                        .find(|l| l.contains("unstarted"))
+                        .and_then(|l| l.split(',').next())
+                        .map(String::from);
                 }
                 let norm = |s: &str| {
                     let mut s = normalize(s, &server.endpoint()).replace("ballastctl", "etcdctl");

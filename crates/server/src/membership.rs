@@ -147,7 +147,10 @@ fn valid_urls(urls: &[String]) -> bool {
                 .or_else(|| u.strip_prefix("https://"));
             rest.is_some_and(|r| {
                 r.rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                    // Go's URL parser wants a numeric port, not one in range.
+                    .is_some_and(|(h, p)| {
+                        !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                    })
             })
         })
 }
@@ -205,6 +208,11 @@ impl EtcdServer {
         let id = new_member_id(&peer_urls, &self.cfg.initial_cluster_token);
         if members.iter().any(|m| m.id == id) {
             return Err(ServerError::MemberExists);
+        }
+        // Same URLs re-added within the same second give the removed member's ID back; etcd
+        // refuses it (as "member not found") rather than let a removed member's data return.
+        if self.mvcc().is_removed(id) {
+            return Err(ServerError::MemberNotFound);
         }
         let m = Member {
             id,

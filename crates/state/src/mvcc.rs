@@ -74,6 +74,7 @@ struct Index {
     /// The cluster's member records, kept in the backend beside the keys so they are applied
     /// at the same consistent index.
     members: BTreeMap<u64, Member>,
+    removed: std::collections::BTreeSet<u64>,
 }
 
 pub struct Mvcc {
@@ -539,6 +540,7 @@ impl Mvcc {
             compact_rev: -1,
             applied: 0,
             members: BTreeMap::new(),
+            removed: backend.removed_members()?.into_iter().collect(),
         };
         for (id, bytes) in backend.members()? {
             let m = Member::decode(bytes.as_slice())
@@ -664,6 +666,11 @@ impl Mvcc {
         Ok(Backend::import(path, input)?)
     }
 
+    /// Whether `id` belonged to a member that was removed (IDs are never reused).
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.read().removed.contains(&id)
+    }
+
     /// The member records as of the applied index, in id order.
     pub fn members(&self) -> Vec<Member> {
         self.read().members.values().cloned().collect()
@@ -720,6 +727,8 @@ fn apply_member(
         (Kind::Remove, Some(_)) => {
             idx.members.remove(&m.id);
             w.delete_member(m.id)?;
+            idx.removed.insert(m.id);
+            w.mark_removed(m.id)?;
             None
         }
         (Kind::Promote, Some(old)) => Some(Member {
@@ -742,4 +751,53 @@ fn apply_member(
         idx.members.insert(u.id, u);
     }
     Ok(idx.members.values().cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(index: u64, kind: member_change::Kind, id: u64) -> (u64, Option<RaftRequest>) {
+        let m = Member {
+            id,
+            name: format!("m{id}"),
+            peer_ur_ls: vec![format!("http://h{id}:2380")],
+            ..Default::default()
+        };
+        let r = RaftRequest {
+            id: 0,
+            request: Some(raft_request::Request::MemberChange(MemberChange {
+                kind: kind as i32,
+                member: Some(m),
+            })),
+        };
+        (index, Some(r))
+    }
+
+    #[test]
+    fn member_changes_are_idempotent_and_removals_are_remembered() {
+        use member_change::Kind;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            let s = Mvcc::open(&path).unwrap();
+            let batch = [
+                change(1, Kind::Add, 1),
+                change(2, Kind::Add, 2),
+                change(3, Kind::Remove, 2),
+                change(4, Kind::Remove, 2),
+                change(5, Kind::Promote, 9),
+            ];
+            let res = s.apply_batch(&batch, true).unwrap();
+            assert!(res.iter().all(|r| r.is_ok()));
+            assert_eq!(s.members().len(), 1);
+            assert!(s.is_removed(2) && !s.is_removed(1));
+        }
+        // Replaying the same entries over the reopened store changes nothing.
+        let s = Mvcc::open(&path).unwrap();
+        assert!(s.is_removed(2));
+        assert_eq!(s.members().iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+        s.apply_batch(&[change(2, Kind::Add, 2)], true).unwrap();
+        assert_eq!(s.members().len(), 1);
+    }
 }

@@ -13,10 +13,13 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// IDs of removed members (id -> 0): never reused, as in etcd.
+const REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
 const SNAP_MEMBERS: u8 = 2;
+const SNAP_REMOVED: u8 = 3;
 /// Records per import transaction are capped by size, so memory stays bounded.
 const IMPORT_BATCH_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.
@@ -116,6 +119,7 @@ impl Backend {
         tx.open_table(KV)?;
         tx.open_table(META)?;
         tx.open_table(MEMBERS)?;
+        tx.open_table(REMOVED)?;
         tx.commit()?;
         Ok(Backend {
             db,
@@ -141,7 +145,13 @@ impl Backend {
             let kv = tx.open_table(KV).map_err(BackendError::from)?;
             let meta = tx.open_table(META).map_err(BackendError::from)?;
             let members = tx.open_table(MEMBERS).map_err(BackendError::from)?;
-            let mut w = WriteTx { kv, meta, members };
+            let removed = tx.open_table(REMOVED).map_err(BackendError::from)?;
+            let mut w = WriteTx {
+                kv,
+                meta,
+                members,
+                removed,
+            };
             f(&mut w)?
         };
         tx.commit().map_err(BackendError::from)?;
@@ -202,6 +212,15 @@ impl Backend {
             let (k, v) = row?;
             emit(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
         }
+        for row in tx.open_table(REMOVED)?.iter()? {
+            let (k, v) = row?;
+            emit(
+                SNAP_REMOVED,
+                &k.value().to_le_bytes(),
+                &v.value().to_le_bytes(),
+            )
+            .map_err(io)?;
+        }
         Ok(())
     }
 
@@ -227,6 +246,7 @@ impl Backend {
                 let mut kv = tx.open_table(KV)?;
                 let mut meta = tx.open_table(META)?;
                 let mut members = tx.open_table(MEMBERS)?;
+                let mut removed = tx.open_table(REMOVED)?;
                 let mut batch = 0usize;
                 while batch < IMPORT_BATCH_BYTES {
                     let mut head = [0u8; 5];
@@ -264,6 +284,11 @@ impl Backend {
                             let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
                             members.insert(u64::from_le_bytes(id), v.as_slice())?;
                         }
+                        SNAP_REMOVED => {
+                            let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
+                            let at: [u8; 8] = v.try_into().map_err(|_| bad("removal"))?;
+                            removed.insert(u64::from_le_bytes(id), u64::from_le_bytes(at))?;
+                        }
                         _ => return Err(bad("unknown table")),
                     }
                     batch += 9 + klen + vlen;
@@ -272,6 +297,17 @@ impl Backend {
             tx.commit()?;
         }
         b.update(true, |_| Ok::<_, BackendError>(()))
+    }
+
+    /// IDs of members removed from the cluster.
+    pub fn removed_members(&self) -> Result<Vec<u64>, BackendError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REMOVED)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(row?.0.value());
+        }
+        Ok(out)
     }
 
     /// Bytes the database file occupies on disk.
@@ -297,9 +333,15 @@ pub struct WriteTx<'a> {
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
     members: redb::Table<'a, u64, &'static [u8]>,
+    removed: redb::Table<'a, u64, u64>,
 }
 
 impl WriteTx<'_> {
+    pub fn mark_removed(&mut self, id: u64) -> Result<(), BackendError> {
+        self.removed.insert(id, 0)?;
+        Ok(())
+    }
+
     pub fn put_member(&mut self, id: u64, member: &[u8]) -> Result<(), BackendError> {
         self.members.insert(id, member)?;
         Ok(())
