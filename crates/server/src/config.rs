@@ -113,6 +113,12 @@ pub struct Flags {
         default_value_t = 1000
     )]
     pub election_timeout: u64,
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub watch_progress_notify_interval: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -142,6 +148,7 @@ struct FileConfig {
     quota_backend_bytes: Option<i64>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
+    experimental_watch_progress_notify_interval: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
 }
@@ -174,9 +181,25 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     pub quota_backend_bytes: u64,
     pub heartbeat: Duration,
+    /// How often idle watchers that asked for progress notifications get one.
+    pub watch_progress_interval: Duration,
     pub election_ticks: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
+}
+
+/// A duration flag as etcd writes them (`500ms`, `10s`, `10m`, `1h`); one unit.
+fn simple_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -291,6 +314,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
+        watch_progress_notify_interval: c
+            .experimental_watch_progress_notify_interval
+            .unwrap_or(d.watch_progress_notify_interval),
         log_level: c.log_level.unwrap_or(d.log_level),
         logger: c.logger.unwrap_or(d.logger),
         config_file: Some(path.to_string()),
@@ -423,6 +449,15 @@ impl Config {
                 "must be at least 5 times --heartbeat-interval",
             ));
         }
+        let watch_progress_interval = simple_duration(&f.watch_progress_notify_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "--experimental-watch-progress-notify-interval",
+                    &f.watch_progress_notify_interval,
+                    "must be a positive duration such as 10m or 500ms",
+                )
+            })?;
         let log_level = match f.log_level.as_str() {
             "debug" => tracing::Level::DEBUG,
             "info" => tracing::Level::INFO,
@@ -462,6 +497,7 @@ impl Config {
                 f.quota_backend_bytes as u64
             },
             heartbeat: Duration::from_millis(f.heartbeat_interval),
+            watch_progress_interval,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level,
             log_format,

@@ -8,6 +8,7 @@ pub mod membership;
 pub mod rpc;
 pub mod server;
 pub mod version;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -44,12 +45,17 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     let health = HealthServer::new(rpc::maintenance::HealthService {
         server: server.clone(),
     });
+    let watch = WatchServer::new(rpc::watch::WatchService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(usize::MAX);
     let not_yet = || rpc::unimplemented::NotYet;
     let grpc = tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
         .add_service(health)
-        .add_service(WatchServer::new(not_yet()))
+        .add_service(watch)
         .add_service(LeaseServer::new(not_yet()))
         .add_service(AuthServer::new(not_yet()))
         .add_service(LockServer::new(not_yet()))

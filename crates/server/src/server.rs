@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::membership;
+use crate::watch::WatchHub;
 
 /// How often applied state is forced to disk; the WAL covers anything newer after a crash.
 const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,6 +94,7 @@ pub struct EtcdServer {
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
     removed: watch::Receiver<bool>,
+    watch: Arc<WatchHub>,
 }
 
 impl EtcdServer {
@@ -127,7 +129,7 @@ impl EtcdServer {
             cluster_id: start.cluster_id,
             bootstrap: start.bootstrap,
             peers: start.peers,
-            runtime,
+            runtime: runtime.clone(),
             wal_dir: cfg.wal_dir.clone(),
             snap_dir: snap_dir.clone(),
             tick: cfg.heartbeat,
@@ -143,6 +145,31 @@ impl EtcdServer {
         let was_member = mvcc.members().iter().any(|m| m.id == member_id);
         let last_compact = mvcc.applied_index();
         let mvcc: SharedMvcc = Arc::new(std::sync::RwLock::new(mvcc));
+        let hub = {
+            let status = node.status_watch();
+            let (cluster_id, member_id) = (node.cluster_id(), member_id);
+            let store = mvcc.clone();
+            WatchHub::new(
+                current(&mvcc).current_rev(),
+                Box::new(move |revision| ResponseHeader {
+                    cluster_id,
+                    member_id,
+                    revision,
+                    raft_term: status.borrow().term,
+                }),
+                Box::new(move || current(&store)),
+                runtime.clone(),
+                cfg.max_request_bytes as usize,
+            )
+        };
+        let ticker = hub.clone();
+        let every = cfg.watch_progress_interval;
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                ticker.notify_progress();
+            }
+        });
         let source = mvcc.clone();
         node.transport().set_snapshot_source(Arc::new(move |out| {
             current(&source).export(out).map_err(|e| e.to_string())
@@ -154,6 +181,7 @@ impl EtcdServer {
             last_compact,
             compact: Box::new(node.compactor()),
             waiters: waiters.clone(),
+            watch: hub.clone(),
             applied: applied_tx,
             last_sync: Instant::now(),
             transport: node.transport(),
@@ -179,6 +207,7 @@ impl EtcdServer {
             next_id: AtomicU64::new(seed),
             applied: applied_rx,
             removed: removed_rx,
+            watch: hub,
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -187,6 +216,10 @@ impl EtcdServer {
                 .unwrap_or_default()
         });
         Ok(server)
+    }
+
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.watch
     }
 
     /// Fires once this member has applied its own removal from the cluster.
@@ -362,6 +395,7 @@ struct Applier {
     /// Applied index at the last log compaction.
     last_compact: u64,
     compact: Box<dyn Fn(u64) + Send>,
+    watch: Arc<WatchHub>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     applied: watch::Sender<u64>,
     last_sync: Instant,
@@ -419,6 +453,7 @@ impl Applier {
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = m;
         self.last_compact = applied;
         self.applied.send_replace(applied);
+        self.watch.resync(current(&self.mvcc).current_rev());
         self.sync_membership();
         Ok(())
     }
@@ -462,6 +497,7 @@ impl Applier {
         // Membership must survive a crash with the raft configuration it matches.
         let durable = membership || self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
         let results = mvcc.apply_batch(&entries, durable)?;
+        self.watch.publish(&mvcc.take_events(), mvcc.current_rev());
         if durable {
             self.last_sync = Instant::now();
         }

@@ -19,7 +19,7 @@ use ballast_api::etcdserverpb::{
     Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
     TxnRequest, TxnResponse,
 };
-use ballast_api::mvccpb::KeyValue;
+use ballast_api::mvccpb::{event::EventType, Event, KeyValue};
 use ballast_storage::backend::{RevRead, WriteTx};
 use ballast_storage::{Backend, BackendError, Rev};
 use prost::Message;
@@ -75,6 +75,8 @@ struct Index {
     /// at the same consistent index.
     members: BTreeMap<u64, Member>,
     removed: std::collections::BTreeSet<u64>,
+    /// Changes made by the last `apply_batch`, in revision order, for watchers.
+    events: Vec<Event>,
 }
 
 pub struct Mvcc {
@@ -342,6 +344,11 @@ impl WriteCtx<'_, '_, '_> {
         };
         hist.revs.push((rev, false));
         self.w.put_rev(rev, false, &kv.encode_to_vec())?;
+        self.idx.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
         Ok(())
     }
 
@@ -402,6 +409,11 @@ impl WriteCtx<'_, '_, '_> {
                 ..Default::default()
             };
             self.w.put_rev(rev, true, &tomb.encode_to_vec())?;
+            self.idx.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: None,
+            });
             if let Some(h) = self.idx.keys.get_mut(key) {
                 h.revs.push((rev, true));
                 h.version = 0;
@@ -541,6 +553,7 @@ impl Mvcc {
             applied: 0,
             members: BTreeMap::new(),
             removed: backend.removed_members()?.into_iter().collect(),
+            events: Vec::new(),
         };
         for (id, bytes) in backend.members()? {
             let m = Member::decode(bytes.as_slice())
@@ -602,6 +615,7 @@ impl Mvcc {
     ) -> Result<Vec<Result<Applied, KvError>>, KvError> {
         let mut idx = self.write();
         let idx = &mut *idx;
+        idx.events.clear();
         self.backend.update(durable, |w| {
             let mut out = Vec::with_capacity(entries.len());
             let mut last = idx.applied;
@@ -664,6 +678,69 @@ impl Mvcc {
     /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.
     pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), KvError> {
         Ok(Backend::import(path, input)?)
+    }
+
+    /// Takes the events of the last [`Mvcc::apply_batch`] (in revision order).
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut self.write().events)
+    }
+
+    /// Changes to keys in `[key, range_end)` at revisions `from..=to`, in revision order, at
+    /// most `max` events (whole revisions are never split). The second value is the last
+    /// revision covered. Compacted history is `KvError::Compacted`.
+    pub fn history(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<(Vec<Event>, i64), KvError> {
+        let idx = self.read();
+        if from < idx.compact_rev {
+            return Err(KvError::Compacted);
+        }
+        let to = to.min(idx.rev);
+        let mut out = Vec::new();
+        let mut covered = to;
+        self.backend.view(|r| {
+            r.for_each_rev_between(Rev::new(from, 0), Rev::new(to + 1, 0), |rev, stored| {
+                if out.len() >= max && out.last().is_some_and(|e: &Event| mod_rev(e) != rev.main) {
+                    covered = rev.main - 1;
+                    return Ok(false);
+                }
+                let kv = KeyValue::decode(stored.kv.as_slice())
+                    .map_err(|_| BackendError::Malformed(rev))?;
+                if in_range(&kv.key, key, range_end) {
+                    let kind = if stored.tombstone {
+                        EventType::Delete
+                    } else {
+                        EventType::Put
+                    };
+                    out.push(Event {
+                        r#type: kind as i32,
+                        kv: Some(kv),
+                        prev_kv: None,
+                    });
+                }
+                Ok(true)
+            })?;
+            Ok::<_, KvError>(())
+        })?;
+        Ok((out, covered))
+    }
+
+    /// The value `key` had just before revision `rev` (a watcher's `prev_kv`).
+    pub fn prev_kv(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+        if rev <= 1 {
+            return None;
+        }
+        let req = RangeRequest {
+            key: key.to_vec(),
+            revision: rev - 1,
+            ..Default::default()
+        };
+        self.range(&req).ok()?.kvs.into_iter().next()
     }
 
     /// Whether `id` belonged to a member that was removed (IDs are never reused).
@@ -751,6 +828,19 @@ fn apply_member(
         idx.members.insert(u.id, u);
     }
     Ok(idx.members.values().cloned().collect())
+}
+
+fn mod_rev(e: &Event) -> i64 {
+    e.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
+}
+
+/// Whether `k` lies in `[key, end)` with etcd's conventions (empty end: the key alone;
+/// `"\0"`: everything from `key`).
+pub fn in_range(k: &[u8], key: &[u8], end: &[u8]) -> bool {
+    if end.is_empty() {
+        return k == key;
+    }
+    k >= key && (end == [0] || k < end)
 }
 
 #[cfg(test)]

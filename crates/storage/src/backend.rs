@@ -404,6 +404,26 @@ impl ReadTx {
     }
 }
 
+impl ReadTx {
+    /// Visits stored revisions in `[from, to)` in revision order until `f` returns false.
+    pub fn for_each_rev_between(
+        &self,
+        from: Rev,
+        to: Rev,
+        mut f: impl FnMut(Rev, Stored) -> Result<bool, BackendError>,
+    ) -> Result<(), BackendError> {
+        let (lo, hi) = (from.to_bytes(), to.to_bytes());
+        for item in self.kv.range(lo.as_slice()..hi.as_slice())? {
+            let (k, v) = item?;
+            let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+            if !f(rev, decode_stored(rev, v.value())?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RevRead for ReadTx {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
         match self.kv.get(rev.to_bytes().as_slice())? {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod kv;
 pub mod maintenance;
 pub mod unimplemented;
+pub mod watch;
 
 use ballast_raft::RaftError;
 use ballast_state::KvError;

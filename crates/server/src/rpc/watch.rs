@@ -1,0 +1,116 @@
+//! The Watch service: one bidirectional stream carries many watchers.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ballast_api::etcdserverpb::watch_request::RequestUnion;
+use ballast_api::etcdserverpb::watch_server::Watch;
+use ballast_api::etcdserverpb::{WatchRequest, WatchResponse};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::server::EtcdServer;
+use crate::watch::{Sender, Spec};
+
+/// Responses buffered per stream; a watcher that would overflow it catches up from history.
+const STREAM_BUFFER: usize = 1024;
+
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+pub struct WatchService {
+    pub server: Arc<EtcdServer>,
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+            let mut ids = HashSet::new();
+            let mut next_id = 0i64;
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                let ok = handle(&server, stream, &tx, &mut ids, &mut next_id, msg).await;
+                if !ok {
+                    break;
+                }
+            }
+            server.watch_hub().close_stream(stream);
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// One request from the client; false once the response side is gone.
+async fn handle(
+    server: &Arc<EtcdServer>,
+    stream: u64,
+    tx: &Sender,
+    ids: &mut HashSet<i64>,
+    next_id: &mut i64,
+    req: WatchRequest,
+) -> bool {
+    let hub = server.watch_hub();
+    match req.request_union {
+        Some(RequestUnion::CreateRequest(c)) => {
+            let rev = server.mvcc().current_rev();
+            let id = if c.watch_id == 0 {
+                while ids.contains(next_id) {
+                    *next_id += 1;
+                }
+                *next_id
+            } else {
+                c.watch_id
+            };
+            if ids.contains(&id) || id < 0 {
+                let resp = WatchResponse {
+                    header: Some(server.header(rev)),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                    ..Default::default()
+                };
+                return tx.send(Ok(resp)).await.is_ok();
+            }
+            ids.insert(id);
+            let created = WatchResponse {
+                header: Some(server.header(rev)),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            };
+            if tx.send(Ok(created)).await.is_err() {
+                return false;
+            }
+            hub.add(stream, id, Spec::new(&c), c.start_revision, tx.clone());
+        }
+        // Unknown ids are ignored, as etcd does.
+        Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
+            ids.remove(&c.watch_id);
+            let resp = WatchResponse {
+                header: Some(server.header(server.mvcc().current_rev())),
+                watch_id: c.watch_id,
+                canceled: true,
+                ..Default::default()
+            };
+            return tx.send(Ok(resp)).await.is_ok();
+        }
+        Some(RequestUnion::CancelRequest(_)) => {}
+        Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream, tx),
+        None => {}
+    }
+    true
+}

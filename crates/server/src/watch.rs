@@ -1,0 +1,442 @@
+//! Watchers: events from this member's applied state, with etcd's guarantees.
+//!
+//! Every watcher is either *synced* (it has everything up to the hub's revision and gets new
+//! events as they are applied) or *catching up* (a task of its own reads history from the
+//! store, revision ranges at a time, until it reaches the hub's revision). A watcher whose
+//! stream buffer is full moves to catching up instead of blocking the applier, so slow
+//! watchers never stall writes or other watchers. Moving back to synced happens under the hub
+//! lock, the same lock under which the applier publishes a batch, so nothing is skipped or
+//! delivered twice.
+//!
+//! Invariants: a watcher's events are sent in revision order, each revision once; a response
+//! never splits a revision (unless the client asked for fragments); a progress response never
+//! names a revision whose events for that stream are not yet sent.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ballast_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchResponse};
+use ballast_api::mvccpb::{event::EventType, Event};
+use ballast_state::{mvcc::in_range, KvError, Mvcc};
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// Events read per catch-up step.
+const CATCH_UP_EVENTS: usize = 1000;
+
+pub type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
+type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
+type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;
+
+/// What a client asked to watch.
+#[derive(Clone)]
+pub struct Spec {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+}
+
+impl Spec {
+    pub fn new(r: &ballast_api::etcdserverpb::WatchCreateRequest) -> Spec {
+        let mut key = r.key.clone();
+        if key.is_empty() {
+            // The smallest key, as etcd does.
+            key = vec![0];
+        }
+        Spec {
+            key,
+            range_end: r.range_end.clone(),
+            prev_kv: r.prev_kv,
+            no_put: r.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: r.filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: r.progress_notify,
+            fragment: r.fragment,
+        }
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        let Some(kv) = e.kv.as_ref() else {
+            return false;
+        };
+        let put = e.r#type == EventType::Put as i32;
+        in_range(&kv.key, &self.key, &self.range_end)
+            && if put { !self.no_put } else { !self.no_delete }
+    }
+}
+
+struct Watcher {
+    stream: u64,
+    watch_id: i64,
+    spec: Spec,
+    /// The first revision not yet delivered.
+    next_rev: i64,
+    tx: Sender,
+    cancelled: Arc<AtomicBool>,
+}
+
+struct Hub {
+    /// The last revision published to watchers.
+    rev: i64,
+    next_key: u64,
+    synced: HashMap<u64, Watcher>,
+    /// Catching-up watchers per stream, and streams owed a progress response.
+    catching_up: HashMap<u64, usize>,
+    deferred_progress: HashMap<u64, Sender>,
+    cancel_flags: HashMap<(u64, i64), Arc<AtomicBool>>,
+}
+
+pub struct WatchHub {
+    hub: Mutex<Hub>,
+    header: HeaderFn,
+    store: StoreFn,
+    runtime: tokio::runtime::Handle,
+    max_bytes: usize,
+}
+
+impl WatchHub {
+    pub fn new(
+        rev: i64,
+        header: HeaderFn,
+        store: StoreFn,
+        runtime: tokio::runtime::Handle,
+        max_bytes: usize,
+    ) -> Arc<WatchHub> {
+        Arc::new(WatchHub {
+            hub: Mutex::new(Hub {
+                rev,
+                next_key: 0,
+                synced: HashMap::new(),
+                catching_up: HashMap::new(),
+                deferred_progress: HashMap::new(),
+                cancel_flags: HashMap::new(),
+            }),
+            header,
+            store,
+            runtime,
+            max_bytes,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a watcher from `start_rev` (0: from the next revision). The created response
+    /// must already be queued on `tx`.
+    pub fn add(
+        self: &Arc<Self>,
+        stream: u64,
+        watch_id: i64,
+        spec: Spec,
+        start_rev: i64,
+        tx: Sender,
+    ) {
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mut hub = self.lock();
+        hub.cancel_flags
+            .insert((stream, watch_id), cancelled.clone());
+        let next_rev = if start_rev <= 0 {
+            hub.rev + 1
+        } else {
+            start_rev
+        };
+        let w = Watcher {
+            stream,
+            watch_id,
+            spec,
+            next_rev,
+            tx,
+            cancelled,
+        };
+        if next_rev > hub.rev {
+            let key = hub.next_key;
+            hub.next_key += 1;
+            hub.synced.insert(key, w);
+        } else {
+            self.start_catch_up(&mut hub, w);
+        }
+    }
+
+    /// Stops a watcher; true if it existed.
+    pub fn cancel(&self, stream: u64, watch_id: i64) -> bool {
+        let mut hub = self.lock();
+        let Some(flag) = hub.cancel_flags.remove(&(stream, watch_id)) else {
+            return false;
+        };
+        flag.store(true, Ordering::SeqCst);
+        hub.synced
+            .retain(|_, w| !(w.stream == stream && w.watch_id == watch_id));
+        true
+    }
+
+    /// Forgets every watcher of a closed stream.
+    pub fn close_stream(&self, stream: u64) {
+        let mut hub = self.lock();
+        hub.synced.retain(|_, w| w.stream != stream);
+        hub.cancel_flags.retain(|(s, _), flag| {
+            if *s == stream {
+                flag.store(true, Ordering::SeqCst);
+            }
+            *s != stream
+        });
+        hub.deferred_progress.remove(&stream);
+    }
+
+    /// Answers a progress request: now if every watcher of the stream is synced, otherwise as
+    /// soon as the last one catches up (etcd 3.5+).
+    pub fn request_progress(&self, stream: u64, tx: &Sender) {
+        let mut hub = self.lock();
+        if hub.catching_up.get(&stream).copied().unwrap_or(0) == 0 {
+            let _ = tx.try_send(Ok(self.progress(hub.rev, -1)));
+        } else {
+            hub.deferred_progress.insert(stream, tx.clone());
+        }
+    }
+
+    fn progress(&self, rev: i64, watch_id: i64) -> WatchResponse {
+        WatchResponse {
+            header: Some((self.header)(rev)),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    /// Sends progress to idle synced watchers that asked for it (`progress_notify`).
+    pub fn notify_progress(&self) {
+        let hub = self.lock();
+        for w in hub.synced.values().filter(|w| w.spec.progress_notify) {
+            let _ = w.tx.try_send(Ok(self.progress(hub.rev, w.watch_id)));
+        }
+    }
+
+    /// Publishes the events of an applied batch that ends at revision `rev`.
+    pub fn publish(self: &Arc<Self>, events: &[Event], rev: i64) {
+        let mut hub = self.lock();
+        if rev <= hub.rev && events.is_empty() {
+            return;
+        }
+        hub.rev = hub.rev.max(rev);
+        let store = if events.is_empty() {
+            None
+        } else {
+            Some((self.store)())
+        };
+        let mut behind = Vec::new();
+        let mut closed = Vec::new();
+        for (key, w) in hub.synced.iter_mut() {
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                w.next_rev = w.next_rev.max(rev + 1);
+                continue;
+            }
+            let mine = with_prev(store.as_deref(), &w.spec, mine);
+            match self.send_now(w, mine, rev) {
+                Ok(()) => w.next_rev = rev + 1,
+                Err(mpsc::error::TrySendError::Full(_)) => behind.push(*key),
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*key),
+            }
+        }
+        for key in closed {
+            hub.synced.remove(&key);
+        }
+        for key in behind {
+            if let Some(w) = hub.synced.remove(&key) {
+                self.start_catch_up(&mut hub, w);
+            }
+        }
+    }
+
+    /// After the store was replaced by a snapshot: every watcher reads what it missed.
+    pub fn resync(self: &Arc<Self>, rev: i64) {
+        let mut hub = self.lock();
+        hub.rev = hub.rev.max(rev);
+        let all: Vec<Watcher> = hub.synced.drain().map(|(_, w)| w).collect();
+        for w in all {
+            if w.next_rev <= hub.rev {
+                self.start_catch_up(&mut hub, w);
+            } else {
+                let key = hub.next_key;
+                hub.next_key += 1;
+                hub.synced.insert(key, w);
+            }
+        }
+    }
+
+    fn responses(&self, w: &Watcher, events: Vec<Event>, rev: i64) -> Vec<WatchResponse> {
+        let whole = WatchResponse {
+            header: Some((self.header)(rev)),
+            watch_id: w.watch_id,
+            events,
+            ..Default::default()
+        };
+        if !w.spec.fragment || whole.encoded_len() <= self.max_bytes {
+            return vec![whole];
+        }
+        // Split at event boundaries; all but the last response say `fragment`.
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        let mut size = 0;
+        for e in whole.events {
+            let n = e.encoded_len() + 8;
+            if !cur.is_empty() && size + n > self.max_bytes {
+                out.push(std::mem::take(&mut cur));
+                size = 0;
+            }
+            size += n;
+            cur.push(e);
+        }
+        out.push(cur);
+        let last = out.len() - 1;
+        out.into_iter()
+            .enumerate()
+            .map(|(i, events)| WatchResponse {
+                header: whole.header,
+                watch_id: w.watch_id,
+                fragment: i < last,
+                events,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn send_now(
+        &self,
+        w: &Watcher,
+        events: Vec<Event>,
+        rev: i64,
+    ) -> Result<(), mpsc::error::TrySendError<()>> {
+        let resps = self.responses(w, events, rev);
+        // All or nothing, so a revision is never half delivered on the fast path.
+        let permits = w.tx.try_reserve_many(resps.len()).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+            mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+        })?;
+        for (p, r) in permits.zip(resps) {
+            p.send(Ok(r));
+        }
+        Ok(())
+    }
+
+    fn start_catch_up(self: &Arc<Self>, hub: &mut Hub, w: Watcher) {
+        *hub.catching_up.entry(w.stream).or_default() += 1;
+        let me = self.clone();
+        self.runtime.spawn(async move { me.catch_up(w).await });
+    }
+
+    /// Reads history from the store until the watcher reaches the hub's revision.
+    async fn catch_up(self: Arc<Self>, mut w: Watcher) {
+        loop {
+            if w.cancelled.load(Ordering::SeqCst) {
+                self.done_catching_up(w.stream);
+                return;
+            }
+            let target = {
+                let mut hub = self.lock();
+                if w.next_rev > hub.rev {
+                    let stream = w.stream;
+                    let key = hub.next_key;
+                    hub.next_key += 1;
+                    hub.synced.insert(key, w);
+                    drop(hub);
+                    self.done_catching_up(stream);
+                    return;
+                }
+                hub.rev
+            };
+            let store = (self.store)();
+            let spec = w.spec.clone();
+            let from = w.next_rev;
+            let read = tokio::task::spawn_blocking(move || {
+                let r = store.history(&spec.key, &spec.range_end, from, target, CATCH_UP_EVENTS);
+                r.map(|(evs, covered)| {
+                    let evs: Vec<Event> = evs.into_iter().filter(|e| spec.wants(e)).collect();
+                    (
+                        with_prev(Some(&store), &spec, evs),
+                        covered,
+                        store.compact_rev(),
+                    )
+                })
+                .map_err(|e| (e, store.compact_rev()))
+            })
+            .await;
+            let (events, covered) = match read {
+                Ok(Ok((events, covered, _))) => (events, covered),
+                Ok(Err((KvError::Compacted, compact_rev))) => {
+                    let resp = WatchResponse {
+                        header: Some((self.header)(target)),
+                        watch_id: w.watch_id,
+                        canceled: true,
+                        compact_revision: compact_rev,
+                        ..Default::default()
+                    };
+                    let _ = w.tx.send(Ok(resp)).await;
+                    self.lock().cancel_flags.remove(&(w.stream, w.watch_id));
+                    self.done_catching_up(w.stream);
+                    return;
+                }
+                Ok(Err((e, _))) => {
+                    let _ = w.tx.send(Err(Status::internal(e.to_string()))).await;
+                    self.done_catching_up(w.stream);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "watch catch-up task failed");
+                    self.done_catching_up(w.stream);
+                    return;
+                }
+            };
+            if !events.is_empty() {
+                let last = events.last().map(mod_rev).unwrap_or(covered);
+                for r in self.responses(&w, events, last) {
+                    if w.tx.send(Ok(r)).await.is_err() {
+                        self.done_catching_up(w.stream);
+                        return;
+                    }
+                }
+            }
+            w.next_rev = covered + 1;
+        }
+    }
+
+    fn done_catching_up(&self, stream: u64) {
+        let mut hub = self.lock();
+        let left = match hub.catching_up.get_mut(&stream) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            hub.catching_up.remove(&stream);
+            if let Some(tx) = hub.deferred_progress.remove(&stream) {
+                let _ = tx.try_send(Ok(self.progress(hub.rev, -1)));
+            }
+        }
+    }
+}
+
+fn mod_rev(e: &Event) -> i64 {
+    e.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
+}
+
+fn with_prev(store: Option<&Mvcc>, spec: &Spec, mut events: Vec<Event>) -> Vec<Event> {
+    if let (true, Some(store)) = (spec.prev_kv, store) {
+        for e in &mut events {
+            if let Some(kv) = &e.kv {
+                e.prev_kv = store.prev_kv(&kv.key, kv.mod_revision);
+            }
+        }
+    }
+    events
+}
