@@ -10,3 +10,4 @@ mod kv;
 mod malformed;
 mod membership;
 mod raft_cluster;
+mod watch;

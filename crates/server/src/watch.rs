@@ -193,9 +193,19 @@ impl WatchHub {
     pub fn request_progress(&self, stream: u64, tx: &Sender) {
         let mut hub = self.lock();
         if hub.catching_up.get(&stream).copied().unwrap_or(0) == 0 {
-            let _ = tx.try_send(Ok(self.progress(hub.rev, -1)));
+            self.deliver(tx.clone(), self.progress(hub.rev, -1));
         } else {
             hub.deferred_progress.insert(stream, tx.clone());
+        }
+    }
+
+    /// Queues a response that must not be lost: if the stream is full, it waits its turn.
+    /// (Arriving after later events is fine: a progress revision is a lower bound.)
+    fn deliver(&self, tx: Sender, resp: WatchResponse) {
+        if let Err(mpsc::error::TrySendError::Full(resp)) = tx.try_send(Ok(resp)) {
+            self.runtime.spawn(async move {
+                let _ = tx.send(resp).await;
+            });
         }
     }
 
@@ -420,7 +430,7 @@ impl WatchHub {
         if left == 0 {
             hub.catching_up.remove(&stream);
             if let Some(tx) = hub.deferred_progress.remove(&stream) {
-                let _ = tx.try_send(Ok(self.progress(hub.rev, -1)));
+                self.deliver(tx, self.progress(hub.rev, -1));
             }
         }
     }
@@ -439,4 +449,120 @@ fn with_prev(store: Option<&Mvcc>, spec: &Spec, mut events: Vec<Event>) -> Vec<E
         }
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballast_api::ballast::internal::{raft_request, RaftRequest};
+    use ballast_api::etcdserverpb::{PutRequest, WatchCreateRequest};
+
+    fn put(index: u64, key: &str) -> (u64, Option<RaftRequest>) {
+        let req = PutRequest {
+            key: key.into(),
+            value: format!("v{index}").into(),
+            ..Default::default()
+        };
+        let r = RaftRequest {
+            id: 0,
+            request: Some(raft_request::Request::Put(req)),
+        };
+        (index, Some(r))
+    }
+
+    fn hub(store: Arc<Mvcc>) -> Arc<WatchHub> {
+        WatchHub::new(
+            store.current_rev(),
+            Box::new(|revision| ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            Box::new(move || store.clone()),
+            tokio::runtime::Handle::current(),
+            1 << 20,
+        )
+    }
+
+    async fn revisions(
+        rx: &mut mpsc::Receiver<Result<WatchResponse, Status>>,
+        n: usize,
+    ) -> Vec<i64> {
+        let mut revs = Vec::new();
+        while revs.len() < n {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("watch response in time")
+                .expect("stream open")
+                .expect("not an error");
+            revs.extend(r.events.iter().map(mod_rev));
+            // A slow reader.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        revs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_that_falls_behind_catches_up_without_gaps_or_duplicates() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        let hub = hub(store.clone());
+        // Room for two responses only: the third publish finds it full.
+        let (tx, mut rx) = mpsc::channel(2);
+        let spec = Spec::new(&WatchCreateRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        });
+        hub.add(1, 0, spec, 0, tx);
+        for i in 1..=300u64 {
+            store
+                .apply_batch(&[put(i, &format!("k{}", i % 7))], false)
+                .unwrap();
+            hub.publish(&store.take_events(), store.current_rev());
+        }
+        let revs = revisions(&mut rx, 300).await;
+        assert_eq!(revs, (2..=301).collect::<Vec<i64>>());
+        // Back in sync: new writes arrive through the fast path.
+        for i in 301..=305u64 {
+            store.apply_batch(&[put(i, "k1")], false).unwrap();
+            hub.publish(&store.take_events(), store.current_rev());
+        }
+        assert_eq!(
+            revisions(&mut rx, 5).await,
+            (302..=306).collect::<Vec<i64>>()
+        );
+        assert!(hub.lock().catching_up.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_watch_progress_waits_for_catch_up() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        for i in 1..=50u64 {
+            store.apply_batch(&[put(i, "k")], false).unwrap();
+        }
+        let hub = hub(store.clone());
+        let (tx, mut rx) = mpsc::channel(1);
+        let spec = Spec::new(&WatchCreateRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        hub.add(7, 0, spec, 2, tx.clone());
+        hub.request_progress(7, &tx);
+        let mut revs = Vec::new();
+        loop {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("progress answered in time")
+                .unwrap()
+                .unwrap();
+            if r.watch_id == -1 {
+                // The progress answer names the store revision, after every event before it.
+                assert_eq!(r.header.unwrap().revision, 51);
+                break;
+            }
+            revs.extend(r.events.iter().map(mod_rev));
+        }
+        assert_eq!(revs, (2..=51).collect::<Vec<i64>>());
+    }
 }

@@ -15,8 +15,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::server::EtcdServer;
 use crate::watch::{Sender, Spec};
 
-/// Responses buffered per stream; a watcher that would overflow it catches up from history.
-const STREAM_BUFFER: usize = 1024;
+/// Responses buffered per stream (etcd's is 128); a watcher that would overflow it catches up
+/// from history instead.
+const STREAM_BUFFER: usize = 128;
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
