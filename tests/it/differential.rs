@@ -263,7 +263,6 @@ fn member_session_matches_etcd() {
     let list = etcdctl(&etcd.endpoint(), &["member", "list"], None).0;
     let id = list.split(',').next().unwrap().trim().to_string();
     let url = || format!("http://127.0.0.1:{}", crate::cluster::free_port());
-    let (learner_url, learner2, learner3) = (url(), url(), url());
     let steps: Vec<Vec<String>> = [
         "member list",
         "member list -w json",
@@ -298,6 +297,9 @@ fn member_session_matches_etcd() {
     .map(|s| s.split(' ').map(String::from).collect())
     .collect();
     for ctl in [etcdctl as Ctl, ballastctl as Ctl] {
+        // Fresh URLs per round: re-adding a removed member's URLs within a second would
+        // recreate its ID, which both servers refuse.
+        let (learner_url, learner2, learner3) = (url(), url(), url());
         let mut new_ids: [Option<String>; 2] = [None, None];
         let mut diffs = Vec::new();
         for step in &steps {

@@ -7,6 +7,7 @@ mod config;
 mod differential;
 mod durability;
 mod kv;
+mod lease;
 mod malformed;
 mod membership;
 mod raft_cluster;

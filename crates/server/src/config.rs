@@ -119,6 +119,12 @@ pub struct Flags {
         default_value = "10m"
     )]
     pub watch_progress_notify_interval: String,
+    #[arg(
+        long = "experimental-lease-checkpoint-interval",
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5s"
+    )]
+    pub lease_checkpoint_interval: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -149,6 +155,7 @@ struct FileConfig {
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
     experimental_watch_progress_notify_interval: Option<String>,
+    experimental_lease_checkpoint_interval: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
 }
@@ -183,6 +190,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_interval: Duration,
+    /// How often the leader records remaining lease TTLs through raft.
+    pub lease_checkpoint_interval: Duration,
     pub election_ticks: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
@@ -317,6 +326,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         watch_progress_notify_interval: c
             .experimental_watch_progress_notify_interval
             .unwrap_or(d.watch_progress_notify_interval),
+        lease_checkpoint_interval: c
+            .experimental_lease_checkpoint_interval
+            .unwrap_or(d.lease_checkpoint_interval),
         log_level: c.log_level.unwrap_or(d.log_level),
         logger: c.logger.unwrap_or(d.logger),
         config_file: Some(path.to_string()),
@@ -458,6 +470,15 @@ impl Config {
                     "must be a positive duration such as 10m or 500ms",
                 )
             })?;
+        let lease_checkpoint_interval = simple_duration(&f.lease_checkpoint_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "--experimental-lease-checkpoint-interval",
+                    &f.lease_checkpoint_interval,
+                    "must be a positive duration such as 5s",
+                )
+            })?;
         let log_level = match f.log_level.as_str() {
             "debug" => tracing::Level::DEBUG,
             "info" => tracing::Level::INFO,
@@ -498,6 +519,7 @@ impl Config {
             },
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             watch_progress_interval,
+            lease_checkpoint_interval,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level,
             log_format,

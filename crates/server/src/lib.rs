@@ -4,6 +4,7 @@ pub mod authority;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod lease;
 pub mod membership;
 pub mod rpc;
 pub mod server;
@@ -50,13 +51,17 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(rpc::lease::LeaseService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max);
     let not_yet = || rpc::unimplemented::NotYet;
     let grpc = tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
         .add_service(health)
         .add_service(watch)
-        .add_service(LeaseServer::new(not_yet()))
+        .add_service(lease)
         .add_service(AuthServer::new(not_yet()))
         .add_service(LockServer::new(not_yet()))
         .add_service(ElectionServer::new(not_yet()));

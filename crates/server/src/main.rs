@@ -87,6 +87,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         cluster_id = %format!("{:x}", server.cluster_id()),
         "ready to serve client requests"
     );
+    let lessor = server.lessor().clone();
+    tokio::spawn(lessor.run(server.clone(), server.cfg.lease_checkpoint_interval));
     let publisher = server.clone();
     tokio::spawn(async move { publisher.publish_attributes().await });
     let mut removed = server.removed_watch();

@@ -20,6 +20,7 @@ use prost::Message;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
+use crate::lease::Lessor;
 use crate::membership;
 use crate::watch::WatchHub;
 
@@ -95,6 +96,9 @@ pub struct EtcdServer {
     applied: watch::Receiver<u64>,
     removed: watch::Receiver<bool>,
     watch: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
+    /// A connection to the leader's client URL, for what only the leader can answer.
+    leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
 
 impl EtcdServer {
@@ -174,6 +178,14 @@ impl EtcdServer {
         node.transport().set_snapshot_source(Arc::new(move |out| {
             current(&source).export(out).map_err(|e| e.to_string())
         }));
+        let lessor = {
+            let store = mvcc.clone();
+            Arc::new(Lessor::new(
+                node.status_watch(),
+                Box::new(move || current(&store)),
+                cfg.heartbeat * cfg.election_ticks as u32,
+            ))
+        };
         let applier = Applier {
             mvcc: mvcc.clone(),
             snap_dir,
@@ -182,6 +194,7 @@ impl EtcdServer {
             compact: Box::new(node.compactor()),
             waiters: waiters.clone(),
             watch: hub.clone(),
+            lessor: lessor.clone(),
             applied: applied_tx,
             last_sync: Instant::now(),
             transport: node.transport(),
@@ -195,10 +208,13 @@ impl EtcdServer {
             .map_err(|e| ServerError::Startup(e.to_string()))?;
         // Ids only need to be unique among this member's in-flight proposals; seeding from the
         // clock keeps a restarted member from matching an old entry to a new waiter.
-        let seed = std::time::SystemTime::now()
+        // etcd's request-ID scheme (also its lease IDs): the member ID's low 16 bits, then
+        // the start time in milliseconds and a counter in the low 48 bits.
+        let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let seed = ((member_id & 0xffff) << 48) | ((millis << 8) & ((1 << 48) - 1));
         let server = Arc::new(EtcdServer {
             cfg,
             node,
@@ -208,6 +224,8 @@ impl EtcdServer {
             applied: applied_rx,
             removed: removed_rx,
             watch: hub,
+            lessor,
+            leader_conn: Mutex::new(None),
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -216,6 +234,55 @@ impl EtcdServer {
                 .unwrap_or_default()
         });
         Ok(server)
+    }
+
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
+    }
+
+    /// A lease ID for a grant that did not name one, from the request-ID sequence as etcd
+    /// does (so IDs look like etcd's: this member's low ID bits first).
+    pub fn new_lease_id(&self) -> i64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1) as i64;
+        if id == 0 {
+            1
+        } else {
+            id
+        }
+    }
+
+    /// Drops the cached leader connection (it failed; the leader may be gone).
+    pub fn forget_leader_channel(&self) {
+        *self.leader_conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// A channel to the current leader's client URL (cached until the leader changes).
+    pub async fn leader_channel(&self) -> Result<tonic::transport::Channel, ServerError> {
+        let leader = self.raft_status().leader;
+        let url = self
+            .mvcc()
+            .members()
+            .into_iter()
+            .find(|m| m.id == leader)
+            .and_then(|m| m.client_ur_ls.into_iter().next())
+            .ok_or(ServerError::Raft(RaftError::NoLeader))?;
+        if let Some((u, ch)) = self
+            .leader_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            if *u == url {
+                return Ok(ch.clone());
+            }
+        }
+        let ch = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|_| ServerError::Raft(RaftError::NoLeader))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(self.cfg.request_timeout())
+            .connect_lazy();
+        *self.leader_conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((url, ch.clone()));
+        Ok(ch)
     }
 
     pub fn watch_hub(&self) -> &Arc<WatchHub> {
@@ -396,6 +463,7 @@ struct Applier {
     last_compact: u64,
     compact: Box<dyn Fn(u64) + Send>,
     watch: Arc<WatchHub>,
+    lessor: Arc<Lessor>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     applied: watch::Sender<u64>,
     last_sync: Instant,
@@ -503,6 +571,11 @@ impl Applier {
         }
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            for res in results.iter().flatten() {
+                if let Applied::LeaseGrant(g) = res {
+                    self.lessor.granted(g.id, g.ttl);
+                }
+            }
             for (id, res) in ids.into_iter().zip(results) {
                 if let Some(w) = id.and_then(|id| waiters.remove(&id)) {
                     let _ = w.send(res);

@@ -22,6 +22,10 @@ pub enum KvError {
     FutureRev,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
     /// The disk failed us: the member must stop rather than acknowledge anything further.

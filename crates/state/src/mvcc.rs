@@ -16,8 +16,9 @@ use ballast_api::ballast::internal::{member_change, raft_request, MemberChange, 
 use ballast_api::etcdserverpb::{
     compare, range_request::SortOrder, range_request::SortTarget, request_op, response_op,
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ballast_api::mvccpb::{event::EventType, Event, KeyValue};
 use ballast_storage::backend::{RevRead, WriteTx};
@@ -41,7 +42,22 @@ pub enum Applied {
     Compaction(CompactionResponse),
     /// A membership change; the member records after it.
     Members(Vec<Member>),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
+
+/// A lease as the state machine knows it (expiry is the leader's business, not state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+    /// Remaining TTL at the last checkpoint; 0 if never checkpointed.
+    pub remaining: i64,
+    pub keys: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// etcd's bound on lease TTLs (seconds).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 #[derive(Debug, Default, Clone)]
 struct KeyHistory {
@@ -77,6 +93,9 @@ struct Index {
     removed: std::collections::BTreeSet<u64>,
     /// Changes made by the last `apply_batch`, in revision order, for watchers.
     events: Vec<Event>,
+    leases: BTreeMap<i64, Lease>,
+    /// The lease each leased key is attached to.
+    key_lease: std::collections::HashMap<Vec<u8>, i64>,
 }
 
 pub struct Mvcc {
@@ -344,6 +363,7 @@ impl WriteCtx<'_, '_, '_> {
         };
         hist.revs.push((rev, false));
         self.w.put_rev(rev, false, &kv.encode_to_vec())?;
+        self.attach(key, lease);
         self.idx.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -352,12 +372,88 @@ impl WriteCtx<'_, '_, '_> {
         Ok(())
     }
 
+    /// Moves `key` to `lease` (0: none) in the lease index.
+    fn attach(&mut self, key: &[u8], lease: i64) {
+        if let Some(old) = self.idx.key_lease.remove(key) {
+            if let Some(l) = self.idx.leases.get_mut(&old) {
+                l.keys.remove(key);
+            }
+        }
+        if lease != 0 {
+            if let Some(l) = self.idx.leases.get_mut(&lease) {
+                l.keys.insert(key.to_vec());
+                self.idx.key_lease.insert(key.to_vec(), lease);
+            }
+        }
+    }
+
+    fn lease_grant(&mut self, g: &LeaseGrantRequest) -> Result<LeaseGrantResponse, KvError> {
+        if g.ttl > MAX_LEASE_TTL {
+            return Err(KvError::LeaseTtlTooLarge);
+        }
+        if g.id == 0 {
+            return Err(KvError::LeaseNotFound);
+        }
+        if self.idx.leases.contains_key(&g.id) {
+            return Err(KvError::LeaseExist);
+        }
+        self.w.put_lease(g.id, g.ttl, 0)?;
+        self.idx.leases.insert(
+            g.id,
+            Lease {
+                id: g.id,
+                ttl: g.ttl,
+                ..Default::default()
+            },
+        );
+        Ok(LeaseGrantResponse {
+            header: Some(ResponseHeader {
+                revision: self.view_rev(),
+                ..Default::default()
+            }),
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Revokes a lease, deleting its keys in one revision.
+    fn lease_revoke(&mut self, r: &LeaseRevokeRequest) -> Result<LeaseRevokeResponse, KvError> {
+        let Some(lease) = self.idx.leases.get(&r.id) else {
+            return Err(KvError::LeaseNotFound);
+        };
+        let keys: Vec<Vec<u8>> = lease.keys.iter().cloned().collect();
+        for key in keys {
+            self.delete(&DeleteRangeRequest {
+                key,
+                ..Default::default()
+            })?;
+        }
+        self.idx.leases.remove(&r.id);
+        self.w.delete_lease(r.id)?;
+        Ok(LeaseRevokeResponse {
+            header: Some(ResponseHeader {
+                revision: self.view_rev(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn lease_checkpoint(&mut self, c: &LeaseCheckpointRequest) -> Result<(), KvError> {
+        for cp in &c.checkpoints {
+            if let Some(l) = self.idx.leases.get_mut(&cp.id) {
+                l.remaining = cp.remaining_ttl;
+                self.w.put_lease(cp.id, l.ttl, l.remaining)?;
+            }
+        }
+        Ok(())
+    }
+
     fn check_put(&self, p: &PutRequest) -> Result<(), KvError> {
         if (p.ignore_value || p.ignore_lease) && self.current(&p.key)?.is_none() {
             return Err(KvError::KeyNotFound);
         }
-        if !p.ignore_lease && p.lease != 0 {
-            // Leases arrive with the Lease service; until then no lease exists.
+        if !p.ignore_lease && p.lease != 0 && !self.idx.leases.contains_key(&p.lease) {
             return Err(KvError::LeaseNotFound);
         }
         Ok(())
@@ -409,6 +505,7 @@ impl WriteCtx<'_, '_, '_> {
                 ..Default::default()
             };
             self.w.put_rev(rev, true, &tomb.encode_to_vec())?;
+            self.attach(key, 0);
             self.idx.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
@@ -554,7 +651,20 @@ impl Mvcc {
             members: BTreeMap::new(),
             removed: backend.removed_members()?.into_iter().collect(),
             events: Vec::new(),
+            leases: BTreeMap::new(),
+            key_lease: std::collections::HashMap::new(),
         };
+        for (id, ttl, remaining) in backend.leases()? {
+            idx.leases.insert(
+                id,
+                Lease {
+                    id,
+                    ttl,
+                    remaining,
+                    keys: Default::default(),
+                },
+            );
+        }
         for (id, bytes) in backend.members()? {
             let m = Member::decode(bytes.as_slice())
                 .map_err(|e| KvError::Corrupt(format!("member {id:x}: {e}")))?;
@@ -578,6 +688,12 @@ impl Mvcc {
                     }
                 };
                 idx.rev = idx.rev.max(rev.main);
+                // Revisions arrive in order, so the last one seen decides a key's lease.
+                if stored.tombstone || kv.lease == 0 {
+                    idx.key_lease.remove(&kv.key);
+                } else {
+                    idx.key_lease.insert(kv.key.clone(), kv.lease);
+                }
                 let h = idx.keys.entry(kv.key).or_default();
                 h.revs.push((rev, stored.tombstone));
                 if stored.tombstone {
@@ -591,6 +707,11 @@ impl Mvcc {
             })?;
             Ok::<_, KvError>(())
         })?;
+        for (key, lease) in &idx.key_lease {
+            if let Some(l) = idx.leases.get_mut(lease) {
+                l.keys.insert(key.clone());
+            }
+        }
         Ok(Mvcc {
             backend,
             index: RwLock::new(idx),
@@ -662,6 +783,12 @@ impl Mvcc {
             raft_request::Request::MemberChange(c) => {
                 Applied::Members(apply_member(ctx.idx, ctx.w, c)?)
             }
+            raft_request::Request::LeaseGrant(g) => Applied::LeaseGrant(ctx.lease_grant(g)?),
+            raft_request::Request::LeaseRevoke(r) => Applied::LeaseRevoke(ctx.lease_revoke(r)?),
+            raft_request::Request::LeaseCheckpoint(c) => {
+                ctx.lease_checkpoint(c)?;
+                Applied::Nothing
+            }
         };
         if ctx.changes > 0 {
             ctx.idx.rev = begin + 1;
@@ -678,6 +805,15 @@ impl Mvcc {
     /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.
     pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), KvError> {
         Ok(Backend::import(path, input)?)
+    }
+
+    /// Every lease, in id order.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.read().leases.values().cloned().collect()
+    }
+
+    pub fn lease(&self, id: i64) -> Option<Lease> {
+        self.read().leases.get(&id).cloned()
     }
 
     /// Takes the events of the last [`Mvcc::apply_batch`] (in revision order).

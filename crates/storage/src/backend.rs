@@ -15,11 +15,14 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// IDs of removed members (id -> 0): never reused, as in etcd.
 const REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
+/// Leases: id -> granted TTL and last checkpointed remaining TTL (seconds, 16 bytes LE).
+const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
 const SNAP_MEMBERS: u8 = 2;
 const SNAP_REMOVED: u8 = 3;
+const SNAP_LEASES: u8 = 4;
 /// Records per import transaction are capped by size, so memory stays bounded.
 const IMPORT_BATCH_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.
@@ -120,6 +123,7 @@ impl Backend {
         tx.open_table(META)?;
         tx.open_table(MEMBERS)?;
         tx.open_table(REMOVED)?;
+        tx.open_table(LEASES)?;
         tx.commit()?;
         Ok(Backend {
             db,
@@ -146,11 +150,13 @@ impl Backend {
             let meta = tx.open_table(META).map_err(BackendError::from)?;
             let members = tx.open_table(MEMBERS).map_err(BackendError::from)?;
             let removed = tx.open_table(REMOVED).map_err(BackendError::from)?;
+            let leases = tx.open_table(LEASES).map_err(BackendError::from)?;
             let mut w = WriteTx {
                 kv,
                 meta,
                 members,
                 removed,
+                leases,
             };
             f(&mut w)?
         };
@@ -212,6 +218,10 @@ impl Backend {
             let (k, v) = row?;
             emit(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
         }
+        for row in tx.open_table(LEASES)?.iter()? {
+            let (k, v) = row?;
+            emit(SNAP_LEASES, &k.value().to_le_bytes(), v.value()).map_err(io)?;
+        }
         for row in tx.open_table(REMOVED)?.iter()? {
             let (k, v) = row?;
             emit(
@@ -247,6 +257,7 @@ impl Backend {
                 let mut meta = tx.open_table(META)?;
                 let mut members = tx.open_table(MEMBERS)?;
                 let mut removed = tx.open_table(REMOVED)?;
+                let mut leases = tx.open_table(LEASES)?;
                 let mut batch = 0usize;
                 while batch < IMPORT_BATCH_BYTES {
                     let mut head = [0u8; 5];
@@ -284,6 +295,10 @@ impl Backend {
                             let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
                             members.insert(u64::from_le_bytes(id), v.as_slice())?;
                         }
+                        SNAP_LEASES => {
+                            let id: [u8; 8] = k.try_into().map_err(|_| bad("lease id"))?;
+                            leases.insert(i64::from_le_bytes(id), v.as_slice())?;
+                        }
                         SNAP_REMOVED => {
                             let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
                             let at: [u8; 8] = v.try_into().map_err(|_| bad("removal"))?;
@@ -297,6 +312,30 @@ impl Backend {
             tx.commit()?;
         }
         b.update(true, |_| Ok::<_, BackendError>(()))
+    }
+
+    /// Every lease: (id, granted TTL, checkpointed remaining TTL or 0).
+    pub fn leases(&self) -> Result<Vec<(i64, i64, i64)>, BackendError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let v = v.value();
+            let (Some(ttl), Some(rem)) = (v.get(..8), v.get(8..16)) else {
+                return Err(BackendError::Db(format!(
+                    "lease {} is malformed",
+                    k.value()
+                )));
+            };
+            let word = |b: &[u8]| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                i64::from_le_bytes(a)
+            };
+            out.push((k.value(), word(ttl), word(rem)));
+        }
+        Ok(out)
     }
 
     /// IDs of members removed from the cluster.
@@ -334,9 +373,23 @@ pub struct WriteTx<'a> {
     meta: redb::Table<'a, &'static str, u64>,
     members: redb::Table<'a, u64, &'static [u8]>,
     removed: redb::Table<'a, u64, u64>,
+    leases: redb::Table<'a, i64, &'static [u8]>,
 }
 
 impl WriteTx<'_> {
+    pub fn put_lease(&mut self, id: i64, ttl: i64, remaining: i64) -> Result<(), BackendError> {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&ttl.to_le_bytes());
+        v[8..].copy_from_slice(&remaining.to_le_bytes());
+        self.leases.insert(id, v.as_slice())?;
+        Ok(())
+    }
+
+    pub fn delete_lease(&mut self, id: i64) -> Result<(), BackendError> {
+        self.leases.remove(id)?;
+        Ok(())
+    }
+
     pub fn mark_removed(&mut self, id: u64) -> Result<(), BackendError> {
         self.removed.insert(id, 0)?;
         Ok(())

@@ -1,7 +1,6 @@
 //! The Cluster service: the applied member records and changes to them.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ballast_api::etcdserverpb::cluster_client::ClusterClient;
 use ballast_api::etcdserverpb::cluster_server::Cluster;
@@ -23,34 +22,11 @@ impl ClusterService {
     /// Promotion needs the leader's view of the learner's progress; a follower hands the
     /// request to the leader over its client URL, as etcd forwards it to the leader.
     async fn promote_on_leader(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
-        let s = &self.server;
-        let leader = s.raft_status().leader;
-        let urls = s
-            .mvcc()
-            .members()
-            .into_iter()
-            .find(|m| m.id == leader)
-            .map(|m| m.client_ur_ls)
-            .unwrap_or_default();
-        let mut last = status(ServerError::Raft(ballast_raft::RaftError::NoLeader));
-        for url in urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
-                continue;
-            };
-            let ep = ep
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(s.cfg.request_timeout());
-            match ep.connect().await {
-                Ok(ch) => {
-                    return ClusterClient::new(ch)
-                        .member_promote(MemberPromoteRequest { id })
-                        .await
-                        .map(|r| r.into_inner())
-                }
-                Err(e) => last = Status::unavailable(e.to_string()),
-            }
-        }
-        Err(last)
+        let ch = self.server.leader_channel().await.map_err(status)?;
+        ClusterClient::new(ch)
+            .member_promote(MemberPromoteRequest { id })
+            .await
+            .map(|r| r.into_inner())
     }
 }
 

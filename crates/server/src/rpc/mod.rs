@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod unimplemented;
 pub mod watch;
@@ -26,6 +27,8 @@ pub fn status(e: ServerError) -> Status {
             | KvError::InvalidSortOption => Code::InvalidArgument,
             KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
+            KvError::LeaseExist => Code::FailedPrecondition,
+            KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::Backend(_) | KvError::Corrupt(_) => Code::Internal,
         },
         ServerError::Raft(r) => match r {
