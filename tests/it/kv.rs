@@ -295,10 +295,10 @@ async fn http_endpoints_and_unimplemented_services() {
     assert_eq!(v["etcdserver"], "3.6.0");
     assert!(v["ballast"].is_string());
     let mut c = client(&s).await;
-    match c.lock("l", None).await {
+    match c.role_get("r").await {
         Err(etcd_client::Error::GRpcStatus(st)) => {
             assert_eq!(st.code() as i32, 12, "Unimplemented")
         }
-        other => panic!("lock service should be unimplemented for now: {other:?}"),
+        other => panic!("auth service should be unimplemented for now: {other:?}"),
     }
 }

@@ -55,6 +55,14 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         server: server.clone(),
     })
     .max_decoding_message_size(max);
+    let lock = LockServer::new(rpc::concurrency::LockService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max);
+    let election = ElectionServer::new(rpc::concurrency::ElectionService {
+        server: server.clone(),
+    })
+    .max_decoding_message_size(max);
     let not_yet = || rpc::unimplemented::NotYet;
     let grpc = tonic::service::Routes::new(kv)
         .add_service(maintenance)
@@ -63,7 +71,7 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(watch)
         .add_service(lease)
         .add_service(AuthServer::new(not_yet()))
-        .add_service(LockServer::new(not_yet()))
-        .add_service(ElectionServer::new(not_yet()));
+        .add_service(lock)
+        .add_service(election);
     grpc.into_axum_router().merge(http::router(server))
 }

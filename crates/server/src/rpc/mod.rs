@@ -2,6 +2,7 @@
 //! etcd's status through [`status`].
 
 pub mod cluster;
+pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

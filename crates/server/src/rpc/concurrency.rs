@@ -1,0 +1,446 @@
+//! The Lock and Election services: etcd's recipes (keys `<name>/<lease-hex>`, fairness by
+//! create revision, ownership bound to a lease) run inside the member against its own KV and
+//! watch hub.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ballast_api::ballast::internal::raft_request::Request as Raft;
+use ballast_api::etcdserverpb::{
+    compare, range_request, request_op, response_op, watch_create_request::FilterType, Compare,
+    DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
+    TxnRequest, TxnResponse, WatchCreateRequest,
+};
+use ballast_api::mvccpb::KeyValue;
+use ballast_api::v3electionpb::election_server::Election;
+use ballast_api::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
+    ProclaimResponse, ResignRequest, ResignResponse,
+};
+use ballast_api::v3lockpb::lock_server::Lock;
+use ballast_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use ballast_state::Applied;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::server::EtcdServer;
+use crate::watch::Spec;
+
+/// Internal watchers use stream ids far from client streams'.
+static NEXT_INTERNAL: AtomicU64 = AtomicU64::new(1 << 62);
+
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut end = p.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// `<name>/<lease in hex>`, as etcd's concurrency package names owner keys.
+fn owner_key(name: &[u8], lease: i64) -> Vec<u8> {
+    let mut k = name.to_vec();
+    k.extend_from_slice(format!("/{lease:x}").as_bytes());
+    k
+}
+
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p
+}
+
+async fn txn(server: &EtcdServer, t: TxnRequest) -> Result<TxnResponse, Status> {
+    server.refuse_learner().map_err(status)?;
+    match server.propose(Raft::Txn(t)).await.map_err(status)? {
+        Applied::Txn(mut r) => {
+            let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+            r.header = Some(server.header(rev));
+            Ok(r)
+        }
+        other => Err(Status::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
+    }
+}
+
+async fn range(server: &EtcdServer, r: RangeRequest) -> Result<RangeResponse, Status> {
+    server.range(&r).await.map_err(status)
+}
+
+fn op(r: request_op::Request) -> RequestOp {
+    RequestOp { request: Some(r) }
+}
+
+fn create_rev_is(key: &[u8], rev: i64) -> Compare {
+    Compare {
+        key: key.to_vec(),
+        target: compare::CompareTarget::Create as i32,
+        result: compare::CompareResult::Equal as i32,
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// Creates `key` (value, lease) unless it exists; returns the txn response and the key's
+/// create revision.
+async fn create_or_get(
+    server: &EtcdServer,
+    key: &[u8],
+    value: Vec<u8>,
+    lease: i64,
+) -> Result<(TxnResponse, Option<KeyValue>), Status> {
+    let put = PutRequest {
+        key: key.to_vec(),
+        value,
+        lease,
+        ..Default::default()
+    };
+    let get = RangeRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    };
+    let r = txn(
+        server,
+        TxnRequest {
+            compare: vec![create_rev_is(key, 0)],
+            success: vec![op(request_op::Request::RequestPut(put))],
+            failure: vec![op(request_op::Request::RequestRange(get))],
+        },
+    )
+    .await?;
+    let existing = if r.succeeded {
+        None
+    } else {
+        r.responses.first().and_then(|o| match &o.response {
+            Some(response_op::Response::ResponseRange(g)) => g.kvs.first().cloned(),
+            _ => None,
+        })
+    };
+    Ok((r, existing))
+}
+
+/// Waits until `key` is deleted at or after `from_rev`.
+async fn wait_delete(server: &Arc<EtcdServer>, key: &[u8], from_rev: i64) -> Result<(), Status> {
+    let stream = NEXT_INTERNAL.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(16);
+    let spec = Spec::new(&WatchCreateRequest {
+        key: key.to_vec(),
+        filters: vec![FilterType::Noput as i32],
+        ..Default::default()
+    });
+    let hub = server.watch_hub();
+    hub.add(stream, 0, spec, from_rev, tx);
+    let out = loop {
+        match rx.recv().await {
+            Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
+            Some(Ok(r)) if !r.events.is_empty() => break Ok(()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break Err(e),
+            None => break Err(Status::unavailable("etcdserver: server stopped")),
+        }
+    };
+    hub.close_stream(stream);
+    out
+}
+
+/// etcd's `waitDeletes`: waits until no key under `prefix` older than `max_create_rev` is
+/// left, always watching the newest such key (the one directly ahead in line).
+async fn wait_deletes(
+    server: &Arc<EtcdServer>,
+    prefix: &[u8],
+    max_create_rev: i64,
+) -> Result<(), Status> {
+    loop {
+        let r = range(
+            server,
+            RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                max_create_revision: max_create_rev,
+                sort_order: range_request::SortOrder::Descend as i32,
+                sort_target: range_request::SortTarget::Create as i32,
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let Some(ahead) = r.kvs.first() else {
+            return Ok(());
+        };
+        let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        wait_delete(server, &ahead.key, rev + 1).await?;
+    }
+}
+
+pub struct LockService {
+    pub server: Arc<EtcdServer>,
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.server;
+        let key = owner_key(&r.name, r.lease);
+        let (resp, existing) = create_or_get(s, &key, vec![], r.lease).await?;
+        let my_rev = match &existing {
+            Some(kv) => kv.create_revision,
+            None => resp.header.as_ref().map(|h| h.revision).unwrap_or(0),
+        };
+        wait_deletes(s, &prefix_of(&r.name), my_rev - 1).await?;
+        // The lease may have expired while waiting, taking the key with it.
+        let mine = range(
+            s,
+            RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        if mine.kvs.is_empty() {
+            return Err(Status::unknown("session expired"));
+        }
+        Ok(Response::new(LockResponse {
+            header: mine.header,
+            key,
+        }))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let s = &self.server;
+        s.refuse_learner().map_err(status)?;
+        let del = DeleteRangeRequest {
+            key: req.into_inner().key,
+            ..Default::default()
+        };
+        match s.propose(Raft::DeleteRange(del)).await.map_err(status)? {
+            Applied::DeleteRange(d) => {
+                let rev = d.header.map(|h| h.revision).unwrap_or(0);
+                Ok(Response::new(UnlockResponse {
+                    header: Some(s.header(rev)),
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+}
+
+pub struct ElectionService {
+    pub server: Arc<EtcdServer>,
+}
+
+fn missing_leader() -> Status {
+    Status::unknown("\"leader\" field must be provided")
+}
+
+/// The current leader of an election: the oldest key under its prefix.
+async fn leader_of(
+    server: &EtcdServer,
+    name: &[u8],
+) -> Result<(Option<ResponseHeader>, Option<KeyValue>), Status> {
+    let prefix = prefix_of(name);
+    let r = range(
+        server,
+        RangeRequest {
+            key: prefix.clone(),
+            range_end: prefix_end(&prefix),
+            sort_order: range_request::SortOrder::Ascend as i32,
+            sort_target: range_request::SortTarget::Create as i32,
+            limit: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok((r.header, r.kvs.into_iter().next()))
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.server;
+        let key = owner_key(&r.name, r.lease);
+        let (resp, existing) = create_or_get(s, &key, r.value.clone(), r.lease).await?;
+        let mut rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        let mut header = resp.header;
+        if let Some(kv) = existing {
+            rev = kv.create_revision;
+            if kv.value != r.value {
+                header = proclaim(s, &key, rev, r.value).await?;
+            }
+        }
+        wait_deletes(s, &prefix_of(&r.name), rev - 1).await?;
+        Ok(Response::new(CampaignResponse {
+            header,
+            leader: Some(LeaderKey {
+                name: r.name,
+                key,
+                rev,
+                lease: r.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let r = req.into_inner();
+        let leader = r.leader.ok_or_else(missing_leader)?;
+        let header = proclaim(&self.server, &leader.key, leader.rev, r.value).await?;
+        Ok(Response::new(ProclaimResponse { header }))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let (header, kv) = leader_of(&self.server, &req.into_inner().name).await?;
+        let kv = kv.ok_or_else(|| Status::unknown("election: no leader"))?;
+        Ok(Response::new(LeaderResponse {
+            header,
+            kv: Some(kv),
+        }))
+    }
+
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<ObserveStream>, Status> {
+        let name = req.into_inner().name;
+        let server = self.server.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last: Option<(Vec<u8>, i64)> = None;
+            loop {
+                let (header, kv) = match leader_of(&server, &name).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let rev = header.as_ref().map(|h| h.revision).unwrap_or(0);
+                if let Some(kv) = &kv {
+                    let now = (kv.key.clone(), kv.mod_revision);
+                    if last.as_ref() != Some(&now) {
+                        last = Some(now);
+                        let resp = LeaderResponse {
+                            header,
+                            kv: Some(kv.clone()),
+                        };
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Anything under the prefix may change who leads or what it says.
+                if wait_change(&server, &prefix_of(&name), rev + 1, &tx)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let leader = req.into_inner().leader.ok_or_else(missing_leader)?;
+        let del = DeleteRangeRequest {
+            key: leader.key.clone(),
+            ..Default::default()
+        };
+        let r = txn(
+            &self.server,
+            TxnRequest {
+                compare: vec![create_rev_is(&leader.key, leader.rev)],
+                success: vec![op(request_op::Request::RequestDeleteRange(del))],
+                failure: vec![],
+            },
+        )
+        .await?;
+        Ok(Response::new(ResignResponse { header: r.header }))
+    }
+}
+
+/// Sets the leader's value, if `key` still holds leadership at `rev`.
+async fn proclaim(
+    server: &EtcdServer,
+    key: &[u8],
+    rev: i64,
+    value: Vec<u8>,
+) -> Result<Option<ResponseHeader>, Status> {
+    let put = PutRequest {
+        key: key.to_vec(),
+        value,
+        ignore_lease: true,
+        ..Default::default()
+    };
+    let r = txn(
+        server,
+        TxnRequest {
+            compare: vec![create_rev_is(key, rev)],
+            success: vec![op(request_op::Request::RequestPut(put))],
+            failure: vec![],
+        },
+    )
+    .await?;
+    if !r.succeeded {
+        return Err(Status::unknown("election: not leader"));
+    }
+    Ok(r.header)
+}
+
+/// Waits for any change under `prefix` from `from_rev`, or for the observer to go away.
+async fn wait_change(
+    server: &Arc<EtcdServer>,
+    prefix: &[u8],
+    from_rev: i64,
+    out: &mpsc::Sender<Result<LeaderResponse, Status>>,
+) -> Result<(), ()> {
+    let stream = NEXT_INTERNAL.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(16);
+    let spec = Spec::new(&WatchCreateRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        ..Default::default()
+    });
+    let hub = server.watch_hub();
+    hub.add(stream, 0, spec, from_rev, tx);
+    let res = loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(Ok(w)) if !w.events.is_empty() => break Ok(()),
+                Some(Ok(w)) if w.canceled => break Err(()),
+                Some(Ok(_)) => continue,
+                _ => break Err(()),
+            },
+            _ = out.closed() => break Err(()),
+        }
+    };
+    hub.close_stream(stream);
+    res
+}
