@@ -119,7 +119,7 @@ fn scrub(v: &mut serde_json::Value) {
     }
 }
 
-type Ctl = fn(&str, &[&str], Option<&str>) -> (String, String, i32);
+pub type Ctl = fn(&str, &[&str], Option<&str>) -> (String, String, i32);
 
 /// Runs `steps` with `reference` against etcd and `subject` against Ballast and compares.
 pub fn run_session(reference: Ctl, subject: Ctl, steps: &[Step]) {
@@ -153,7 +153,7 @@ fn etcdctl_kv_session_matches_etcd() {
     run_session(etcdctl, etcdctl, KV_SESSION);
 }
 
-fn ballastctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, i32) {
+pub fn ballastctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, i32) {
     crate::cluster::run_ctl(
         crate::cluster::bin_dir().join("ballastctl"),
         endpoint,

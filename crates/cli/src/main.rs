@@ -1,6 +1,7 @@
 //! `ballastctl`: etcdctl's commands, flags, `ETCDCTL_*` variables, output and exit codes.
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
+mod lease;
 mod member;
 mod output;
 mod txn;
@@ -102,6 +103,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Lease related commands
+    Lease {
+        #[command(subcommand)]
+        cmd: lease::LeaseCmd,
+    },
     /// Membership related commands
     Member {
         #[command(subcommand)]
@@ -192,6 +198,10 @@ pub enum Failure {
     BadArgs(String),
     /// An output format the command cannot print (etcdctl exits 4).
     BadFeature(String),
+    /// Any other etcdctl exit code, with its message.
+    Exit(u8, String),
+    /// A failed call that etcdctl reports as "`context` (message)".
+    GrpcIn(tonic::Status, &'static str),
     Grpc(tonic::Status),
     Other(String),
 }
@@ -519,6 +529,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
             }
         }
         Cmd::Member { cmd } => member::run(cli, p, timeout, cmd).await,
+        Cmd::Lease { cmd } => lease::run(cli, p, timeout, cmd).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
     }
 }
@@ -659,6 +670,21 @@ async fn endpoint_status(
         }
     }
     Ok(())
+}
+
+/// etcdctl 3.4's client logs each failed unary call before the error itself.
+fn retry_warning(cli: &Cli, s: &tonic::Status) {
+    let ep = cli.endpoints.first().cloned().unwrap_or_default();
+    let line = serde_json::json!({
+    "level": "warn",
+    "ts": zap_timestamp(std::time::SystemTime::now()),
+    "caller": "clientv3/retry_interceptor.go:62",
+    "msg": "retrying of unary invoker failed",
+    "target": format!("endpoint://client-{}/{ep}", client_uuid()),
+    "attempt": 0,
+    "error": format!("rpc error: code = {} desc = {}", code_name(s.code()), s.message()),
+    });
+    eprintln!("{line}");
 }
 
 /// zap's ISO-8601 UTC timestamp with milliseconds, as etcdctl's client log prints it.
@@ -802,24 +828,22 @@ fn main() -> ExitCode {
             eprintln!("Error: {m}");
             ExitCode::from(EXIT_BAD_FEATURE)
         }
+        Err(Failure::Exit(code, m)) => {
+            eprintln!("Error: {m}");
+            ExitCode::from(code)
+        }
         Err(Failure::Other(m)) => {
             eprintln!("Error: {m}");
             ExitCode::from(EXIT_ERROR)
         }
         Err(Failure::Grpc(s)) => {
-            // etcdctl 3.4's client logs each failed unary call before the error itself.
-            let ep = cli.endpoints.first().cloned().unwrap_or_default();
-            let line = serde_json::json!({
-                "level": "warn",
-                "ts": zap_timestamp(std::time::SystemTime::now()),
-                "caller": "clientv3/retry_interceptor.go:62",
-                "msg": "retrying of unary invoker failed",
-                "target": format!("endpoint://client-{}/{ep}", client_uuid()),
-                "attempt": 0,
-                "error": format!("rpc error: code = {} desc = {}", code_name(s.code()), s.message()),
-            });
-            eprintln!("{line}");
+            retry_warning(&cli, &s);
             eprintln!("Error: {}", s.message());
+            ExitCode::from(EXIT_ERROR)
+        }
+        Err(Failure::GrpcIn(s, context)) => {
+            retry_warning(&cli, &s);
+            eprintln!("Error: {context} ({})", s.message());
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -215,6 +215,8 @@ fn positional_usage(path: &str) -> &'static str {
         "member update" => "<memberID> [options]",
         "member remove" | "member promote" => "<memberID>",
         "move-leader" => "<transferee-member-id>",
+        "lease grant" => "<ttl>",
+        "lease revoke" | "lease timetolive" | "lease keep-alive" => "<leaseID>",
         _ => "",
     }
 }
