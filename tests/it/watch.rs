@@ -12,11 +12,11 @@ use etcd_client::{Client, EventType, WatchOptions};
 
 use crate::cluster::{etcdctl, Cluster, Kind, Server};
 
-/// `etcdctl watch` in the background, stopped after `secs`.
-fn watch_bg(endpoint: &str, args: &[&str], secs: f32) -> Child {
+/// `<ctl> watch` in the background, stopped after `secs`.
+fn watch_bg(ctl: &std::path::Path, endpoint: &str, args: &[&str], secs: f32) -> Child {
     Command::new("timeout")
         .arg(secs.to_string())
-        .arg("etcdctl")
+        .arg(ctl)
         .arg(format!("--endpoints={endpoint}"))
         .arg("watch")
         .args(args)
@@ -37,7 +37,7 @@ fn finish(c: Child) -> (String, String, i32) {
 }
 
 /// Runs the same writes under several `etcdctl watch` invocations; returns what each printed.
-fn scenario(kind: Kind) -> Vec<(String, (String, String, i32))> {
+fn scenario(kind: Kind, ctl: &std::path::Path) -> Vec<(String, (String, String, i32))> {
     let s = Server::start(kind, &[]);
     let ep = s.endpoint();
     for (k, v) in [("foo", "1"), ("foo", "2"), ("bar", "x")] {
@@ -51,7 +51,14 @@ fn scenario(kind: Kind) -> Vec<(String, (String, String, i32))> {
         &["--prefix", "", "--rev", "2", "-w", "fields"],
         &["bar", "--rev", "3", "--prev-kv", "-w", "json"],
     ];
-    let running: Vec<Child> = watches.iter().map(|a| watch_bg(&ep, a, 3.0)).collect();
+    let running: Vec<Child> = watches.iter().map(|a| watch_bg(ctl, &ep, a, 3.0)).collect();
+    let exec_dir = tempfile::tempdir().unwrap();
+    let exec_log = exec_dir.path().join("exec");
+    let script = format!(
+        "echo \"$ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY $ETCD_WATCH_VALUE $ETCD_WATCH_REVISION\" >> {}",
+        exec_log.display()
+    );
+    let exec = watch_bg(ctl, &ep, &["foo", "--", "sh", "-c", &script], 3.0);
     std::thread::sleep(Duration::from_millis(700));
     let writes: Vec<(&[&str], Option<&str>)> = vec![
         (&["put", "foo", "3"], None),
@@ -68,11 +75,16 @@ fn scenario(kind: Kind) -> Vec<(String, (String, String, i32))> {
         .zip(running)
         .map(|(a, c)| (a.join(" "), finish(c)))
         .collect();
+    let printed = finish(exec);
+    let ran = std::fs::read_to_string(&exec_log).unwrap_or_default();
+    out.push(("exec mode".into(), (printed.0, ran, printed.2)));
     assert_eq!(etcdctl(&ep, &["compaction", "5"], None).2, 0);
-    let compacted = watch_bg(&ep, &["foo", "--rev", "2"], 2.0);
+    let compacted = watch_bg(ctl, &ep, &["foo", "--rev", "2"], 2.0);
     out.push(("foo --rev 2 (compacted)".into(), finish(compacted)));
-    let future = watch_bg(&ep, &["foo", "--rev", "100"], 1.0);
+    let future = watch_bg(ctl, &ep, &["foo", "--rev", "100"], 1.0);
     out.push(("foo --rev 100 (future)".into(), finish(future)));
+    let bad = watch_bg(ctl, &ep, &["--prefix", "a", "b"], 1.0);
+    out.push(("--prefix a b".into(), finish(bad)));
     for (_, o) in &mut out {
         o.0 = crate::differential::normalize_for(&o.0, &ep);
         o.1 = crate::differential::normalize_for(&o.1, &ep);
@@ -80,10 +92,7 @@ fn scenario(kind: Kind) -> Vec<(String, (String, String, i32))> {
     out
 }
 
-#[test]
-fn etcdctl_watch_matches_etcd() {
-    let want = scenario(Kind::Etcd);
-    let got = scenario(Kind::Ballast);
+fn compare(want: Vec<(String, (String, String, i32))>, got: Vec<(String, (String, String, i32))>) {
     let diffs: Vec<String> = want
         .iter()
         .zip(&got)
@@ -96,6 +105,25 @@ fn etcdctl_watch_matches_etcd() {
         })
         .collect();
     assert!(diffs.is_empty(), "{}", diffs.join("\n\n"));
+}
+
+#[test]
+fn etcdctl_watch_matches_etcd() {
+    let etcdctl = std::path::Path::new("etcdctl");
+    compare(
+        scenario(Kind::Etcd, etcdctl),
+        scenario(Kind::Ballast, etcdctl),
+    );
+}
+
+#[test]
+fn ballastctl_watch_matches_etcdctl() {
+    let etcdctl = std::path::Path::new("etcdctl");
+    let ours = crate::cluster::bin_dir().join("ballastctl");
+    compare(
+        scenario(Kind::Etcd, etcdctl),
+        scenario(Kind::Ballast, &ours),
+    );
 }
 
 /// One acknowledged write: its revision and the (key, value or None for delete) it made.

@@ -6,6 +6,7 @@ mod member;
 mod output;
 mod txn;
 mod usage;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -103,6 +104,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Watches events stream on keys or prefixes
+    Watch(watch::WatchArgs),
     /// Lease related commands
     Lease {
         #[command(subcommand)]
@@ -530,6 +533,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         }
         Cmd::Member { cmd } => member::run(cli, p, timeout, cmd).await,
         Cmd::Lease { cmd } => lease::run(cli, p, timeout, cmd).await,
+        Cmd::Watch(a) => watch::run(cli, p, a).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
     }
 }
@@ -798,7 +802,12 @@ fn main() -> ExitCode {
     };
     let kv_cmd = matches!(
         cli.cmd,
-        Cmd::Get(_) | Cmd::Put(_) | Cmd::Del(_) | Cmd::Txn { .. } | Cmd::Compaction { .. }
+        Cmd::Get(_)
+            | Cmd::Put(_)
+            | Cmd::Del(_)
+            | Cmd::Txn { .. }
+            | Cmd::Compaction { .. }
+            | Cmd::Watch(_)
     );
     if format == Format::Table && kv_cmd {
         eprintln!("Error: table not supported as output format");

@@ -48,7 +48,7 @@ pub fn header_json(h: &Option<ResponseHeader>) -> Option<Value> {
     Some(Value::Object(m))
 }
 
-fn kv_json(kv: &KeyValue) -> Value {
+pub fn kv_json(kv: &KeyValue) -> Value {
     let mut m = Map::new();
     if !kv.key.is_empty() {
         m.insert("key".into(), b64(&kv.key));
@@ -134,7 +134,7 @@ pub fn txn_json(r: &TxnResponse) -> Value {
 }
 
 impl Printer {
-    fn bytes(&self, b: &[u8]) -> String {
+    pub fn bytes(&self, b: &[u8]) -> String {
         if self.hex {
             b.iter().map(|x| format!("\\x{x:02x}")).collect()
         } else {
