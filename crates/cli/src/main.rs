@@ -1,6 +1,7 @@
 //! `ballastctl`: etcdctl's commands, flags, `ETCDCTL_*` variables, output and exit codes.
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
+mod concurrency;
 mod lease;
 mod member;
 mod output;
@@ -106,6 +107,10 @@ enum Cmd {
     },
     /// Watches events stream on keys or prefixes
     Watch(watch::WatchArgs),
+    /// Acquires a named lock
+    Lock(concurrency::LockArgs),
+    /// Observes and participates in leader election
+    Elect(concurrency::ElectArgs),
     /// Lease related commands
     Lease {
         #[command(subcommand)]
@@ -534,6 +539,8 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Member { cmd } => member::run(cli, p, timeout, cmd).await,
         Cmd::Lease { cmd } => lease::run(cli, p, timeout, cmd).await,
         Cmd::Watch(a) => watch::run(cli, p, a).await,
+        Cmd::Lock(a) => concurrency::lock(cli, a).await,
+        Cmd::Elect(a) => concurrency::elect(cli, p, a).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
     }
 }

@@ -216,6 +216,8 @@ fn positional_usage(path: &str) -> &'static str {
         "member remove" | "member promote" => "<memberID>",
         "move-leader" => "<transferee-member-id>",
         "lease grant" => "<ttl>",
+        "lock" => "<lockname> [exec-command arg1 arg2 ...]",
+        "elect" => "<election-name> [proposal]",
         "watch" => "[options] [key or prefix] [range_end] [--] [exec-command arg1 arg2 ...]",
         "lease revoke" | "lease timetolive" | "lease keep-alive" => "<leaseID>",
         _ => "",
