@@ -401,3 +401,92 @@ fn watch_guarantees_hold_through_a_leader_kill() {
         check(&name, &seen, &history, first, upto);
     }
 }
+
+async fn raw_watch(
+    endpoint: &str,
+    create: ballast_api::etcdserverpb::WatchCreateRequest,
+) -> tonic::Streaming<ballast_api::etcdserverpb::WatchResponse> {
+    use ballast_api::etcdserverpb::{watch_client::WatchClient, watch_request, WatchRequest};
+    let ch = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let req = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    };
+    // Chained with a never-ending stream so the request side stays open.
+    let requests =
+        tokio_stream::StreamExt::chain(tokio_stream::iter(vec![req]), tokio_stream::pending());
+    WatchClient::new(ch)
+        .watch(requests)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Large catch-up responses are split for watchers that ask for fragments (and only for
+/// them), and idle watchers that asked for progress notifications get them.
+#[test]
+fn fragments_and_progress_notifications() {
+    let s = Server::start(
+        Kind::Ballast,
+        &[
+            "--max-request-bytes=4096",
+            "--experimental-watch-progress-notify-interval=300ms",
+        ],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+        for i in 0..40 {
+            c.put(format!("f/{i:02}"), "x".repeat(500), None)
+                .await
+                .unwrap();
+        }
+        let create = |fragment| ballast_api::etcdserverpb::WatchCreateRequest {
+            key: b"f/".to_vec(),
+            range_end: b"f0".to_vec(),
+            start_revision: 1,
+            fragment,
+            ..Default::default()
+        };
+        for fragment in [true, false] {
+            let mut w = raw_watch(&s.endpoint(), create(fragment)).await;
+            let mut events = 0;
+            let mut fragments = 0;
+            while events < 40 {
+                let r = tokio::time::timeout(Duration::from_secs(5), w.message())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                events += r.events.len();
+                fragments += usize::from(r.fragment);
+                if fragment {
+                    assert!(r.events.len() < 40, "a response larger than the limit");
+                }
+            }
+            assert_eq!(events, 40);
+            assert_eq!(fragments > 0, fragment, "fragment={fragment}");
+        }
+        let mut idle = raw_watch(
+            &s.endpoint(),
+            ballast_api::etcdserverpb::WatchCreateRequest {
+                key: b"quiet".to_vec(),
+                progress_notify: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let created = idle.message().await.unwrap().unwrap();
+        assert!(created.created);
+        let notify = tokio::time::timeout(Duration::from_secs(3), idle.message())
+            .await
+            .expect("a progress notification")
+            .unwrap()
+            .unwrap();
+        assert!(notify.events.is_empty() && !notify.canceled);
+        assert_eq!(notify.header.unwrap().revision, 41);
+    });
+}
