@@ -171,6 +171,17 @@ fn expiry_deletes_keys_and_keep_alive_holds_them() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+        // A client-chosen ID is kept; choosing it twice is etcd's "lease already exists".
+        let chosen = etcd_client::LeaseGrantOptions::new().with_id(0x1234);
+        let mine = c.lease_grant(30, Some(chosen)).await.unwrap();
+        assert_eq!((mine.id(), mine.ttl()), (0x1234, 30));
+        let again = etcd_client::LeaseGrantOptions::new().with_id(0x1234);
+        match c.lease_grant(30, Some(again)).await {
+            Err(etcd_client::Error::GRpcStatus(st)) => {
+                assert_eq!(st.message(), "etcdserver: lease already exists");
+            }
+            other => panic!("duplicate lease ID accepted: {other:?}"),
+        }
         let short = c.lease_grant(2, None).await.unwrap().id();
         let held = c.lease_grant(2, None).await.unwrap().id();
         let granted = Instant::now();

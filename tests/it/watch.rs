@@ -143,25 +143,47 @@ struct Seen {
     events: Vec<SeenEvent>,
 }
 
+/// How a checker watcher behaves.
+#[derive(Clone, Copy, Debug)]
+enum Style {
+    Live,
+    /// Reads slowly, so it falls behind and catches up from history.
+    Slow,
+    /// Drops its watch every 50 responses and resumes from `last revision + 1`.
+    Resuming,
+}
+
 async fn collect(
     endpoint: String,
     prefix: &'static str,
     start: i64,
-    slow: bool,
+    style: Style,
     until: Instant,
     target: Arc<AtomicI64>,
 ) -> Seen {
     let mut c = Client::connect([endpoint], None).await.unwrap();
-    let opts = WatchOptions::new()
-        .with_prefix()
-        .with_prev_key()
-        .with_start_revision(start);
-    let mut stream = c.watch(prefix, Some(opts)).await.unwrap();
+    let watch_from = |rev: i64| {
+        WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(rev)
+    };
+    let mut stream = c.watch(prefix, Some(watch_from(start))).await.unwrap();
     let mut seen = Seen { events: Vec::new() };
     let mut n = 0;
+    let slow = matches!(style, Style::Slow);
     while Instant::now() < until
         && seen.events.last().map(|e| e.rev).unwrap_or(0) < target.load(Ordering::SeqCst)
     {
+        if matches!(style, Style::Resuming) && n > 0 && n % 50 == 0 {
+            if let Some(last) = seen.events.last().map(|e| e.rev) {
+                let Ok(s) = c.watch(prefix, Some(watch_from(last + 1))).await else {
+                    break;
+                };
+                stream = s;
+                n += 1;
+            }
+        }
         // Short waits, so reaching the target is noticed promptly.
         let resp = match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
             Err(_) => continue,
@@ -311,11 +333,17 @@ fn watch_guarantees_hold_through_a_leader_kill() {
     // Watchers on every member: live, slow, and from old revisions.
     let mut watchers = Vec::new();
     for (i, ep) in eps.iter().enumerate() {
-        for (slow, start) in [(false, 0), (true, 0), (false, 1), (true, 2)] {
+        for (style, start) in [
+            (Style::Live, 0),
+            (Style::Slow, 0),
+            (Style::Live, 1),
+            (Style::Slow, 2),
+            (Style::Resuming, 1),
+        ] {
             let ep = ep.clone();
-            let name = format!("m{i} slow={slow} start={start}");
+            let name = format!("m{i} {style:?} start={start}");
             let t = target.clone();
-            let task = rt.spawn(collect(ep, "w/", start, slow, until, t));
+            let task = rt.spawn(collect(ep, "w/", start, style, until, t));
             watchers.push((i, name, start, task));
         }
     }
