@@ -121,15 +121,11 @@ impl Transport {
 
     /// What this member answers to a joining member's membership query.
     pub fn set_membership(&self, f: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
-        *self
-            .inner
-            .membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+        *lock(&self.inner.membership) = Some(Arc::new(f));
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
-        self.inner.peers.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.peers)
     }
 
     /// Adds or re-addresses a peer; its writer task starts at once.
@@ -230,10 +226,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `len u32 LE | crc32c u32 LE` for a frame body.
+fn frame_head(body: &[u8]) -> [u8; 8] {
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    head[4..].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    head
+}
+
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(8 + body.len());
-    f.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    f.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    f.extend_from_slice(&frame_head(body));
     f.extend_from_slice(body);
     f
 }
@@ -438,13 +441,11 @@ async fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> bool {
     let Ok(body) = m.write_to_bytes() else {
         return true;
     };
-    let Ok(len) = u32::try_from(body.len()) else {
+    if u32::try_from(body.len()).is_err() {
         return true;
-    };
-    let mut head = [0u8; 8];
-    head[..4].copy_from_slice(&len.to_le_bytes());
-    head[4..].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    w.write_all(&head).await.is_ok() && w.write_all(&body).await.is_ok()
+    }
+    // Header and body go to the buffer separately: no copy of the body on the hot path.
+    w.write_all(&frame_head(&body)).await.is_ok() && w.write_all(&body).await.is_ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -472,17 +473,9 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
         u64::from_le_bytes(b)
     };
     if &hs[..8] == MAGIC_MEMBERS {
-        let f = inner
-            .membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let f = lock(&inner.membership).clone();
         let body = f.map(|f| f()).unwrap_or_default();
-        let mut head = Vec::with_capacity(8 + body.len());
-        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        head.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-        head.extend_from_slice(&body);
-        stream.write_all(&head).await?;
+        stream.write_all(&frame(&body)).await?;
         return Ok(());
     }
     if &hs[..8] != MAGIC && &hs[..8] != MAGIC_SNAPSHOT {
