@@ -68,7 +68,7 @@ impl Lessor {
             // (or the full TTL), plus the time an election may have taken.
             let now = Instant::now();
             st.deadlines.clear();
-            for l in (self.store)().leases() {
+            for l in (self.store)().lease_ttls() {
                 let base = if l.remaining > 0 { l.remaining } else { l.ttl };
                 let d = now + Duration::from_secs(base.max(0) as u64) + self.extension;
                 st.deadlines.insert(l.id, d);
@@ -89,7 +89,7 @@ impl Lessor {
         if !st.leader {
             return None;
         }
-        let Some(lease) = (self.store)().lease(id) else {
+        let Some(lease) = (self.store)().lease_ttl(id) else {
             return Some(0);
         };
         if st.revoking.contains(&id) {
@@ -136,10 +136,10 @@ impl Lessor {
             let (expired, checkpoints) = {
                 let mut st = self.lock();
                 let now = Instant::now();
-                let leases = (self.store)().leases();
                 if !st.leader {
                     continue;
                 }
+                let leases = (self.store)().lease_ttls();
                 let live: HashSet<i64> = leases.iter().map(|l| l.id).collect();
                 st.deadlines.retain(|id, _| live.contains(id));
                 for l in &leases {

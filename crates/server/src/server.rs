@@ -300,10 +300,7 @@ impl EtcdServer {
 
     /// Whether this member is a learner (it serves only serializable reads).
     pub fn is_learner(&self) -> bool {
-        self.mvcc()
-            .members()
-            .iter()
-            .any(|m| m.id == self.member_id() && m.is_learner)
+        self.mvcc().is_learner(self.member_id())
     }
 
     /// Learners may not take writes or linearizable reads (etcd's rule).

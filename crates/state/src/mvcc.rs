@@ -56,6 +56,24 @@ pub struct Lease {
     pub keys: std::collections::BTreeSet<Vec<u8>>,
 }
 
+impl Lease {
+    fn ttls(&self) -> LeaseTtl {
+        LeaseTtl {
+            id: self.id,
+            ttl: self.ttl,
+            remaining: self.remaining,
+        }
+    }
+}
+
+/// A lease without its keys: what expiry bookkeeping needs, cheap to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTtl {
+    pub id: i64,
+    pub ttl: i64,
+    pub remaining: i64,
+}
+
 /// etcd's bound on lease TTLs (seconds).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -808,10 +826,16 @@ impl Mvcc {
     }
 
     /// Every lease, in id order.
-    pub fn leases(&self) -> Vec<Lease> {
-        self.read().leases.values().cloned().collect()
+    /// Every lease's TTLs, in id order (without copying the keys they hold).
+    pub fn lease_ttls(&self) -> Vec<LeaseTtl> {
+        self.read().leases.values().map(Lease::ttls).collect()
     }
 
+    pub fn lease_ttl(&self, id: i64) -> Option<LeaseTtl> {
+        self.read().leases.get(&id).map(Lease::ttls)
+    }
+
+    /// A lease with the keys attached to it.
     pub fn lease(&self, id: i64) -> Option<Lease> {
         self.read().leases.get(&id).cloned()
     }
@@ -877,6 +901,11 @@ impl Mvcc {
             ..Default::default()
         };
         self.range(&req).ok()?.kvs.into_iter().next()
+    }
+
+    /// Whether member `id` is a learner (false for unknown members).
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.read().members.get(&id).is_some_and(|m| m.is_learner)
     }
 
     /// Whether `id` belonged to a member that was removed (IDs are never reused).

@@ -188,7 +188,7 @@ impl Lease for LeaseService {
             leases: self
                 .server
                 .mvcc()
-                .leases()
+                .lease_ttls()
                 .into_iter()
                 .map(|l| LeaseStatus { id: l.id })
                 .collect(),
