@@ -126,28 +126,44 @@ async fn create_or_get(
     Ok((r, existing))
 }
 
-/// Waits until `key` is deleted at or after `from_rev`.
-async fn wait_delete(server: &Arc<EtcdServer>, key: &[u8], from_rev: i64) -> Result<(), Status> {
+/// Waits for the first event `req` matches at or after `from_rev`, through an internal
+/// watcher on the hub. `Ok(false)` if `stop` resolves first.
+async fn next_event(
+    server: &Arc<EtcdServer>,
+    req: WatchCreateRequest,
+    from_rev: i64,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<bool, Status> {
     let stream = NEXT_INTERNAL.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(16);
-    let spec = Spec::new(&WatchCreateRequest {
-        key: key.to_vec(),
-        filters: vec![FilterType::Noput as i32],
-        ..Default::default()
-    });
     let hub = server.watch_hub();
-    hub.add(stream, 0, spec, from_rev, tx);
+    hub.add(stream, 0, Spec::new(&req), from_rev, tx);
+    tokio::pin!(stop);
     let out = loop {
-        match rx.recv().await {
-            Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
-            Some(Ok(r)) if !r.events.is_empty() => break Ok(()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => break Err(e),
-            None => break Err(Status::unavailable("etcdserver: server stopped")),
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
+                Some(Ok(r)) if !r.events.is_empty() => break Ok(true),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(e),
+                None => break Err(Status::unavailable("etcdserver: server stopped")),
+            },
+            _ = &mut stop => break Ok(false),
         }
     };
     hub.close_stream(stream);
     out
+}
+
+/// Waits until `key` is deleted at or after `from_rev`.
+async fn wait_delete(server: &Arc<EtcdServer>, key: &[u8], from_rev: i64) -> Result<(), Status> {
+    let req = WatchCreateRequest {
+        key: key.to_vec(),
+        filters: vec![FilterType::Noput as i32],
+        ..Default::default()
+    };
+    next_event(server, req, from_rev, std::future::pending()).await?;
+    Ok(())
 }
 
 /// etcd's `waitDeletes`: waits until no key under `prefix` older than `max_create_rev` is
@@ -351,11 +367,18 @@ impl Election for ElectionService {
                         }
                     }
                 }
-                // Anything under the prefix may change who leads or what it says.
-                if wait_change(&server, &prefix_of(&name), rev + 1, &tx)
-                    .await
-                    .is_err()
-                {
+                // Anything under the prefix may change who leads or what it says; stop once
+                // the observer is gone.
+                let prefix = prefix_of(&name);
+                let req = WatchCreateRequest {
+                    range_end: prefix_end(&prefix),
+                    key: prefix,
+                    ..Default::default()
+                };
+                if !matches!(
+                    next_event(&server, req, rev + 1, tx.closed()).await,
+                    Ok(true)
+                ) {
                     return;
                 }
             }
@@ -412,35 +435,4 @@ async fn proclaim(
         return Err(Status::unknown("election: not leader"));
     }
     Ok(r.header)
-}
-
-/// Waits for any change under `prefix` from `from_rev`, or for the observer to go away.
-async fn wait_change(
-    server: &Arc<EtcdServer>,
-    prefix: &[u8],
-    from_rev: i64,
-    out: &mpsc::Sender<Result<LeaderResponse, Status>>,
-) -> Result<(), ()> {
-    let stream = NEXT_INTERNAL.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(16);
-    let spec = Spec::new(&WatchCreateRequest {
-        key: prefix.to_vec(),
-        range_end: prefix_end(prefix),
-        ..Default::default()
-    });
-    let hub = server.watch_hub();
-    hub.add(stream, 0, spec, from_rev, tx);
-    let res = loop {
-        tokio::select! {
-            r = rx.recv() => match r {
-                Some(Ok(w)) if !w.events.is_empty() => break Ok(()),
-                Some(Ok(w)) if w.canceled => break Err(()),
-                Some(Ok(_)) => continue,
-                _ => break Err(()),
-            },
-            _ = out.closed() => break Err(()),
-        }
-    };
-    hub.close_stream(stream);
-    res
 }
