@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ballast_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchResponse};
 use ballast_api::mvccpb::{event::EventType, Event};
-use ballast_state::{mvcc::in_range, KvError, Mvcc};
+use ballast_state::mvcc::{in_range, mod_rev};
+use ballast_state::{KvError, Mvcc};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -434,10 +435,6 @@ impl WatchHub {
             }
         }
     }
-}
-
-fn mod_rev(e: &Event) -> i64 {
-    e.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
 }
 
 fn with_prev(store: Option<&Mvcc>, spec: &Spec, mut events: Vec<Event>) -> Vec<Event> {

@@ -995,7 +995,8 @@ fn apply_member(
     Ok(idx.members.values().cloned().collect())
 }
 
-fn mod_rev(e: &Event) -> i64 {
+/// The revision an event happened at.
+pub fn mod_rev(e: &Event) -> i64 {
     e.kv.as_ref().map(|kv| kv.mod_revision).unwrap_or(0)
 }
 
