@@ -64,20 +64,6 @@ fn flat(h: &Option<ResponseHeader>) -> Map<String, Value> {
     }
 }
 
-fn header_fields(p: &Printer, h: &Option<ResponseHeader>) {
-    p.header_fields(h);
-}
-
-fn unsupported(p: &Printer) -> Result<(), Failure> {
-    let name = match p.format {
-        Format::Table => "table",
-        _ => "fields",
-    };
-    Err(Failure::BadFeature(format!(
-        "{name} not supported as output format"
-    )))
-}
-
 pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> Result<(), Failure> {
     // Arguments first, as etcdctl checks them before dialling.
     let id = match cmd {
@@ -118,12 +104,12 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                     println!("{}", Value::Object(m));
                 }
                 Format::Fields => {
-                    header_fields(p, &r.header);
+                    p.header_fields(&r.header);
                     println!("\"ID\" : {}", r.id);
                     println!("\"TTL\" : {}", r.ttl);
                 }
                 Format::Simple => println!("lease {:016x} granted with TTL({}s)", r.id, r.ttl),
-                Format::Table => return unsupported(p),
+                Format::Table => return Err(p.unsupported()),
             }
         }
         LeaseCmd::Revoke { .. } => {
@@ -139,9 +125,9 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                     }
                     println!("{}", Value::Object(m));
                 }
-                Format::Fields => header_fields(p, &r.header),
+                Format::Fields => p.header_fields(&r.header),
                 Format::Simple => println!("lease {id:016x} revoked"),
-                Format::Table => return unsupported(p),
+                Format::Table => return Err(p.unsupported()),
             }
         }
         LeaseCmd::Timetolive { keys, .. } => {
@@ -169,7 +155,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                     println!("{}", Value::Object(m));
                 }
                 Format::Fields => {
-                    header_fields(p, &r.header);
+                    p.header_fields(&r.header);
                     println!("\"ID\" : {}", r.id);
                     println!("\"TTL\" : {}", r.ttl);
                     println!("\"GrantedTTL\" : {}", r.granted_ttl);
@@ -195,7 +181,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                     }
                     println!("{line}");
                 }
-                Format::Table => return unsupported(p),
+                Format::Table => return Err(p.unsupported()),
             }
         }
         LeaseCmd::List => {
@@ -215,7 +201,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                     println!("{}", Value::Object(m));
                 }
                 Format::Fields => {
-                    header_fields(p, &r.header);
+                    p.header_fields(&r.header);
                     for l in &r.leases {
                         println!("\"ID\" : {}", l.id);
                     }
@@ -226,7 +212,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
                         println!("{:016x}", l.id);
                     }
                 }
-                Format::Table => return unsupported(p),
+                Format::Table => return Err(p.unsupported()),
             }
         }
         LeaseCmd::KeepAlive { once, .. } => keep_alive(&mut c, p, id, *once, timeout).await?,

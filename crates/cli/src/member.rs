@@ -197,16 +197,7 @@ fn print_change(
     match p.format {
         Format::Json => println!("{}", response_json(h, member, members)),
         Format::Simple => println!("{line}"),
-        Format::Table => {
-            return Err(Failure::BadFeature(
-                "table not supported as output format".into(),
-            ))
-        }
-        Format::Fields => {
-            return Err(Failure::BadFeature(
-                "fields not supported as output format".into(),
-            ))
-        }
+        Format::Table | Format::Fields => return Err(p.unsupported()),
     }
     Ok(())
 }

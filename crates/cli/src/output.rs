@@ -157,13 +157,25 @@ impl Printer {
         println!("\"RaftTerm\" : {}", h.raft_term);
     }
 
-    fn kv_fields(&self, kv: &KeyValue) {
-        println!("\"Key\" : {:?}", self.bytes(&kv.key));
-        println!("\"CreateRevision\" : {}", kv.create_revision);
-        println!("\"ModRevision\" : {}", kv.mod_revision);
-        println!("\"Version\" : {}", kv.version);
-        println!("\"Value\" : {:?}", self.bytes(&kv.value));
-        println!("\"Lease\" : {}", kv.lease);
+    /// A key-value in `fields` format; `prefix` names it (watch prints `Prev...` fields).
+    pub fn kv_fields(&self, prefix: &str, kv: &KeyValue) {
+        println!("\"{prefix}Key\" : {:?}", self.bytes(&kv.key));
+        println!("\"{prefix}CreateRevision\" : {}", kv.create_revision);
+        println!("\"{prefix}ModRevision\" : {}", kv.mod_revision);
+        println!("\"{prefix}Version\" : {}", kv.version);
+        println!("\"{prefix}Value\" : {:?}", self.bytes(&kv.value));
+        println!("\"{prefix}Lease\" : {}", kv.lease);
+    }
+
+    /// etcdctl's refusal of a format a command cannot print (after doing the command).
+    pub fn unsupported(&self) -> crate::Failure {
+        let name = match self.format {
+            Format::Table => "table",
+            Format::Fields => "fields",
+            Format::Json => "json",
+            Format::Simple => "simple",
+        };
+        crate::Failure::BadFeature(format!("{name} not supported as output format"))
     }
 
     pub fn range(&self, r: &RangeResponse, value_only: bool) {
@@ -172,7 +184,7 @@ impl Printer {
             Format::Fields => {
                 self.header_fields(&r.header);
                 for kv in &r.kvs {
-                    self.kv_fields(kv);
+                    self.kv_fields("", kv);
                 }
                 println!("\"More\" : {}", r.more);
                 println!("\"Count\" : {}", r.count);
@@ -191,7 +203,7 @@ impl Printer {
             Format::Fields => {
                 self.header_fields(&r.header);
                 if let Some(p) = &r.prev_kv {
-                    self.kv_fields(p);
+                    self.kv_fields("", p);
                 }
             }
             _ => {
@@ -210,7 +222,7 @@ impl Printer {
                 self.header_fields(&r.header);
                 println!("\"Deleted\" : {}", r.deleted);
                 for kv in &r.prev_kvs {
-                    self.kv_fields(kv);
+                    self.kv_fields("", kv);
                 }
             }
             _ => {

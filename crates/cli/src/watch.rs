@@ -7,7 +7,7 @@ use ballast_api::etcdserverpb::{
     watch_client::WatchClient, watch_request::RequestUnion, WatchCreateRequest, WatchRequest,
     WatchResponse,
 };
-use ballast_api::mvccpb::{event::EventType, Event, KeyValue};
+use ballast_api::mvccpb::{event::EventType, Event};
 use serde_json::{Map, Value};
 use tokio_stream::StreamExt;
 
@@ -74,16 +74,6 @@ fn event_name(e: &Event) -> &'static str {
     }
 }
 
-fn kv_fields(p: &Printer, prefix: &str, kv: &KeyValue) {
-    let s = |b: &[u8]| p.bytes(b);
-    println!("\"{prefix}Key\" : {:?}", s(&kv.key));
-    println!("\"{prefix}CreateRevision\" : {}", kv.create_revision);
-    println!("\"{prefix}ModRevision\" : {}", kv.mod_revision);
-    println!("\"{prefix}Version\" : {}", kv.version);
-    println!("\"{prefix}Value\" : {:?}", s(&kv.value));
-    println!("\"{prefix}Lease\" : {}", kv.lease);
-}
-
 fn print_response(p: &Printer, r: &WatchResponse) {
     match p.format {
         Format::Json => {
@@ -120,10 +110,10 @@ fn print_response(p: &Printer, r: &WatchResponse) {
             for e in &r.events {
                 println!("\"Type\" : {}", event_name(e));
                 if let Some(kv) = &e.prev_kv {
-                    kv_fields(p, "Prev", kv);
+                    p.kv_fields("Prev", kv);
                 }
                 if let Some(kv) = &e.kv {
-                    kv_fields(p, "", kv);
+                    p.kv_fields("", kv);
                 }
             }
         }
