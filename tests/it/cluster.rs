@@ -236,6 +236,26 @@ pub fn run_ctl(
             si.write_all(input.as_bytes()).unwrap();
         }
     }
+    finish(child)
+}
+
+/// `<ctl> --endpoints=<endpoint> args...` in the background, stopped after `secs`: for
+/// commands that run until interrupted (watch, lock, elect).
+pub fn ctl_bg(ctl: &Path, endpoint: &str, args: &[&str], secs: f32) -> Child {
+    Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(ctl)
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctl")
+}
+
+/// A finished client process: (stdout, stderr, exit code).
+pub fn finish(child: Child) -> (String, String, i32) {
     let out = child.wait_with_output().unwrap();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,30 +1,15 @@
 //! Locks and elections: etcdctl's `lock` and `elect` against etcd and Ballast, and mutual
 //! exclusion under contention from several processes.
 
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
-use std::path::Path;
-
-use crate::cluster::{run_ctl, Cluster, Kind, Server};
-
-fn ctl_bg(ctl: &Path, endpoint: &str, args: &[&str], secs: f32) -> Child {
-    Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(ctl)
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
+use crate::cluster::{ctl_bg, finish, run_ctl, Cluster, Kind, Server};
 
 fn out(c: Child) -> String {
-    let o = c.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let (stdout, stderr, _) = finish(c);
+    let text = stdout + &stderr;
     // Owner keys end in the lease ID, which differs between servers.
     text.lines()
         .map(|l| match l.rsplit_once('/') {

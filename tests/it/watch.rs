@@ -3,37 +3,21 @@
 //! over many watchers on a 3-member cluster with a leader kill in the middle.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, WatchOptions};
 
-use crate::cluster::{etcdctl, Cluster, Kind, Server};
+use crate::cluster::{ctl_bg, etcdctl, finish, Cluster, Kind, Server};
 
 /// `<ctl> watch` in the background, stopped after `secs`.
 fn watch_bg(ctl: &std::path::Path, endpoint: &str, args: &[&str], secs: f32) -> Child {
-    Command::new("timeout")
-        .arg(secs.to_string())
-        .arg(ctl)
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("watch")
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish(c: Child) -> (String, String, i32) {
-    let out = c.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code().unwrap_or(-1),
-    )
+    let args: Vec<&str> = std::iter::once("watch")
+        .chain(args.iter().copied())
+        .collect();
+    ctl_bg(ctl, endpoint, &args, secs)
 }
 
 /// Runs the same writes under several `etcdctl watch` invocations; returns what each printed.
