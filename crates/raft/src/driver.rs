@@ -558,20 +558,10 @@ impl Driver {
     fn handle(&mut self, cmd: Cmd, reads: &mut Vec<oneshot::Sender<Result<u64, RaftError>>>) {
         match cmd {
             Cmd::Propose(data, on_drop) => {
-                if self.node.raft.leader_id == raft::INVALID_ID {
-                    let _ = on_drop.send(RaftError::NoLeader);
-                } else if let Err(e) = self.node.propose(vec![], data) {
-                    tracing::debug!(error = %e, "proposal dropped");
-                    let _ = on_drop.send(RaftError::NoLeader);
-                }
+                self.propose_or_drop(on_drop, |n| n.propose(vec![], data));
             }
             Cmd::ProposeConf(cc, on_drop) => {
-                if self.node.raft.leader_id == raft::INVALID_ID {
-                    let _ = on_drop.send(RaftError::NoLeader);
-                } else if let Err(e) = self.node.propose_conf_change(vec![], cc) {
-                    tracing::debug!(error = %e, "configuration change dropped");
-                    let _ = on_drop.send(RaftError::NoLeader);
-                }
+                self.propose_or_drop(on_drop, |n| n.propose_conf_change(vec![], cc));
             }
             Cmd::LearnerReady(id, tx) => {
                 let r = &self.node.raft;
@@ -607,6 +597,20 @@ impl Driver {
                     reads.push(tx);
                 }
             }
+        }
+    }
+
+    /// Proposes through raft, or tells the proposer at once that there is no leader to take it.
+    fn propose_or_drop(
+        &mut self,
+        on_drop: oneshot::Sender<RaftError>,
+        propose: impl FnOnce(&mut RawNode<LogStore>) -> raft::Result<()>,
+    ) {
+        if self.node.raft.leader_id == raft::INVALID_ID {
+            let _ = on_drop.send(RaftError::NoLeader);
+        } else if let Err(e) = propose(&mut self.node) {
+            tracing::debug!(error = %e, "proposal dropped");
+            let _ = on_drop.send(RaftError::NoLeader);
         }
     }
 
