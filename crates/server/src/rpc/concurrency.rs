@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::{status, unexpected};
 use crate::server::EtcdServer;
 use crate::watch::Spec;
 
@@ -64,9 +64,7 @@ async fn txn(server: &EtcdServer, t: TxnRequest) -> Result<TxnResponse, Status> 
             r.header = Some(server.header(rev));
             Ok(r)
         }
-        other => Err(Status::internal(format!(
-            "unexpected apply result {other:?}"
-        ))),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -246,9 +244,7 @@ impl Lock for LockService {
                     header: Some(s.header(rev)),
                 }))
             }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 }

@@ -11,7 +11,7 @@ use ballast_api::etcdserverpb::{
 use ballast_state::{check, Applied};
 use tonic::{Request as Req, Response, Status};
 
-use super::{kv_status, status};
+use super::{kv_status, status, unexpected};
 use crate::server::EtcdServer;
 
 pub struct KvService {
@@ -28,10 +28,6 @@ impl KvService {
         self.server.refuse_learner().map_err(status)?;
         self.server.propose(r).await.map_err(status)
     }
-}
-
-fn unexpected(a: Applied) -> Status {
-    Status::internal(format!("unexpected apply result {a:?}"))
 }
 
 #[tonic::async_trait]

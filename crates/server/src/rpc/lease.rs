@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request as Req, Response, Status, Streaming};
 
-use super::{kv_status, status};
+use super::{kv_status, status, unexpected};
 use crate::server::EtcdServer;
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -93,9 +93,7 @@ impl Lease for LeaseService {
                 resp.header = Some(self.header());
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -115,9 +113,7 @@ impl Lease for LeaseService {
                 resp.header = Some(self.header());
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
+            other => Err(unexpected(other)),
         }
     }
 

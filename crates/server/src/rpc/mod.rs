@@ -60,6 +60,11 @@ pub fn status(e: ServerError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// An apply result of the wrong kind for the request: a bug, reported rather than panicked on.
+pub fn unexpected(a: ballast_state::Applied) -> Status {
+    Status::internal(format!("unexpected apply result {a:?}"))
+}
+
 pub fn kv_status(e: KvError) -> Status {
     status(ServerError::Kv(e))
 }
