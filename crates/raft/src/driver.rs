@@ -30,6 +30,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use ballast_storage::failpoint;
+
 use crate::log::{LogError, MemberRecord, RaftLog};
 use crate::store::LogStore;
 use crate::transport::{Inbound, Transport};
@@ -499,6 +501,7 @@ impl Driver {
             ..Default::default()
         };
         meta.set_conf_state(conf);
+        failpoint::crash("raft-before-snapshot");
         self.node
             .mut_store()
             .compact_to(meta.clone(), self.catch_up_entries);
@@ -517,6 +520,7 @@ impl Driver {
             .rposition(|(i, _)| *i <= index)
             .unwrap_or(0);
         self.conf_history.drain(..keep_from);
+        failpoint::crash("raft-after-snapshot");
         tracing::info!(index, term, "compacted raft log");
         Ok(())
     }
@@ -656,8 +660,10 @@ impl Driver {
         }
         self.hand_off(rd.take_committed_entries())?;
         if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
+            failpoint::crash("raft-before-save");
             self.log.save(rd.entries(), rd.hs())?;
             self.log.sync()?;
+            failpoint::crash("raft-after-save");
             let store = self.node.mut_store();
             store
                 .append(rd.entries())

@@ -16,6 +16,7 @@ use ballast_raft::{
     Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
 };
 use ballast_state::{Applied, KvError, Mvcc};
+use ballast_storage::failpoint;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 
@@ -425,6 +426,9 @@ impl EtcdServer {
 
     /// Waits until a ReadIndex round confirms this member may serve an up-to-date read.
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        if failpoint::enabled("break-local-reads") {
+            return Ok(());
+        }
         let deadline = self.cfg.request_timeout();
         tokio::time::timeout(deadline, async {
             let index = self.node.read_index().await?;
@@ -561,7 +565,9 @@ impl Applier {
         });
         // Membership must survive a crash with the raft configuration it matches.
         let durable = membership || self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
+        failpoint::crash("apply-before");
         let results = mvcc.apply_batch(&entries, durable)?;
+        failpoint::crash("apply-after");
         self.watch.publish(&mvcc.take_events(), mvcc.current_rev());
         if durable {
             self.last_sync = Instant::now();

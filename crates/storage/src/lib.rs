@@ -2,11 +2,14 @@
 //!
 //! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
 //! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
+//! * [`failpoint`]: crash, I/O-error and safety-breaking switches for fault injection (only
+//!   with the `failpoints` feature).
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, Raft or etcd semantics; it stores
 //! bytes under keys it is given and says exactly where the disk lied to it.
 
 pub mod backend;
+pub mod failpoint;
 pub mod wal;
 
 pub use backend::{Backend, BackendError, Rev};

@@ -12,6 +12,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::failpoint;
+
 /// Largest record accepted on write or read; anything bigger in a file is damage.
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// A segment is closed and a new one started once it grows past this size.
@@ -293,6 +295,7 @@ impl Wal {
         if data.len() > MAX_RECORD_BYTES {
             return Err(WalError::RecordTooLarge(data.len()));
         }
+        failpoint::io("wal-write").map_err(io_err(&self.path))?;
         let mut buf = Vec::with_capacity(HEADER_LEN + 1 + data.len());
         encode_into(&mut buf, kind, data);
         self.out.write_all(&buf).map_err(io_err(&self.path))?;
@@ -303,6 +306,10 @@ impl Wal {
     /// Makes every appended record durable (one fdatasync for all of them: group commit),
     /// then rolls to a new segment if this one is full.
     pub fn sync(&mut self) -> Result<(), WalError> {
+        if failpoint::enabled("break-skip-wal-sync") {
+            return Ok(());
+        }
+        failpoint::io("wal-fsync").map_err(io_err(&self.path))?;
         self.out.flush().map_err(io_err(&self.path))?;
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
         if self.size >= SEGMENT_BYTES {

@@ -1,10 +1,11 @@
-//! Maintenance (Status for now) and the gRPC health service.
+//! Maintenance (Status, MoveLeader, Hash, HashKV) and the gRPC health service.
 
 use std::sync::Arc;
 
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
 use ballast_api::etcdserverpb::{
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use ballast_api::grpc::health::v1::health_check_response::ServingStatus;
 use ballast_api::grpc::health::v1::health_server::Health;
@@ -39,6 +40,33 @@ impl Maintenance for MaintenanceService {
             storage_version: ETCD_API_VERSION.to_string(),
             db_size_quota: s.cfg.quota_backend_bytes as i64,
             downgrade_info: None,
+        }))
+    }
+
+    /// A hash of the whole key-value history this member stores.
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let mvcc = self.server.mvcc();
+        let (hash, _, rev) = mvcc.hash_kv(0).map_err(|e| status(e.into()))?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.server.header(rev)),
+            hash,
+        }))
+    }
+
+    /// The history hash up to a revision: equal on every member for the same revision.
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let mvcc = self.server.mvcc();
+        let (hash, compact_revision, hash_revision) =
+            mvcc.hash_kv(rev).map_err(|e| status(e.into()))?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.server.header(mvcc.current_rev())),
+            hash,
+            compact_revision,
+            hash_revision,
         }))
     }
 
