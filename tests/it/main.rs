@@ -12,4 +12,5 @@ mod lease;
 mod malformed;
 mod membership;
 mod raft_cluster;
+mod reliability;
 mod watch;

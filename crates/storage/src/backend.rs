@@ -23,6 +23,9 @@ const SNAP_META: u8 = 1;
 const SNAP_MEMBERS: u8 = 2;
 const SNAP_REMOVED: u8 = 3;
 const SNAP_LEASES: u8 = 4;
+/// The last record: key = number of records before it (u64 LE), value = CRC32C of every byte
+/// before it (u32 LE). A stream without it, or with anything after it, is rejected.
+const SNAP_END: u8 = 0xff;
 /// Records per import transaction are capped by size, so memory stays bounded.
 const IMPORT_BATCH_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.
@@ -197,6 +200,7 @@ impl Backend {
         let tx = self.db.begin_read()?;
         let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
         let mut rec = Vec::new();
+        let (mut count, mut crc) = (0u64, 0u32);
         let mut emit = |table: u8, k: &[u8], v: &[u8]| {
             rec.clear();
             rec.push(table);
@@ -204,6 +208,11 @@ impl Backend {
             rec.extend_from_slice(k);
             rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
             rec.extend_from_slice(v);
+            if table == SNAP_END {
+                return out(&rec);
+            }
+            count += 1;
+            crc = crc32c::crc32c_append(crc, &rec);
             out(&rec)
         };
         for row in tx.open_table(KV)?.iter()? {
@@ -231,6 +240,8 @@ impl Backend {
             )
             .map_err(io)?;
         }
+        let (n, sum) = (count, crc);
+        emit(SNAP_END, &n.to_le_bytes(), &sum.to_le_bytes()).map_err(io)?;
         Ok(())
     }
 
@@ -248,6 +259,7 @@ impl Backend {
                 Err(e) => Err(BackendError::Db(format!("snapshot import: {e}"))),
             }
         };
+        let (mut count, mut crc) = (0u64, 0u32);
         let mut done = false;
         while !done {
             let mut tx = b.db.begin_write()?;
@@ -262,8 +274,7 @@ impl Backend {
                 while batch < IMPORT_BATCH_BYTES {
                     let mut head = [0u8; 5];
                     if !read_exact(&mut head)? {
-                        done = true;
-                        break;
+                        return Err(bad("truncated: no end record"));
                     }
                     let klen = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
                     if klen > MAX_SNAPSHOT_FIELD {
@@ -282,6 +293,23 @@ impl Backend {
                     if !read_exact(&mut v)? {
                         return Err(bad("truncated record"));
                     }
+                    if head[0] == SNAP_END {
+                        let n: [u8; 8] = k.try_into().map_err(|_| bad("end record"))?;
+                        let sum: [u8; 4] = v.try_into().map_err(|_| bad("end record"))?;
+                        if u64::from_le_bytes(n) != count || u32::from_le_bytes(sum) != crc {
+                            return Err(bad("checksum mismatch"));
+                        }
+                        if read_exact(&mut [0u8; 1])? {
+                            return Err(bad("data after the end record"));
+                        }
+                        done = true;
+                        break;
+                    }
+                    count += 1;
+                    crc = crc32c::crc32c_append(crc, &head);
+                    crc = crc32c::crc32c_append(crc, &k);
+                    crc = crc32c::crc32c_append(crc, &vl);
+                    crc = crc32c::crc32c_append(crc, &v);
                     match head[0] {
                         SNAP_KV => {
                             kv.insert(k.as_slice(), v.as_slice())?;
