@@ -24,7 +24,11 @@ fn scenario(name: &str) {
     };
     let f = run(name, setup.unwrap());
     assert!(f.passed(), "{}", f.summary());
-    assert!(f.acknowledged > 500, "too little load to prove anything:\n{}", f.summary());
+    assert!(
+        f.acknowledged > 500,
+        "too little load to prove anything:\n{}",
+        f.summary()
+    );
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ballast_api::etcdserverpb::cluster_client::ClusterClient;
 use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use ballast_api::etcdserverpb::{
-    HashKvRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, StatusRequest, StatusResponse,
+    HashKvRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    StatusRequest, StatusResponse,
 };
 use tonic::transport::Channel;
 
@@ -108,7 +108,9 @@ impl Node {
 
     /// The exit status if the process has ended by itself.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -129,7 +131,10 @@ impl Node {
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", self.peer_port))
+            .arg(format!(
+                "--listen-peer-urls=http://127.0.0.1:{}",
+                self.peer_port
+            ))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{}",
                 self.proxy_port
@@ -143,7 +148,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
         self.child = Some(child);
         self.started_once = true;
         Ok(())
@@ -257,8 +264,11 @@ impl Cluster {
             .await
             .map_err(|e| format!("proxy port {proxy_port}: {e}"))?;
         let upstream: SocketAddr = ([127, 0, 0, 1], peer_port).into();
-        self.proxies
-            .push(tokio::spawn(proxy::run(listener, upstream, self.net.clone())));
+        self.proxies.push(tokio::spawn(proxy::run(
+            listener,
+            upstream,
+            self.net.clone(),
+        )));
         let base = self.dir.path().join(&name);
         self.nodes.push(Node {
             name,
@@ -292,7 +302,9 @@ impl Cluster {
         let ep = self.nodes[0].endpoint();
         let mut cl = ClusterClient::new(channel(&ep).await?);
         let list = cl
-            .member_list(MemberListRequest { linearizable: false })
+            .member_list(MemberListRequest {
+                linearizable: false,
+            })
             .await
             .map_err(|e| e.to_string())?
             .into_inner();
@@ -355,7 +367,10 @@ impl Cluster {
             .iter()
             .map(|n| format!("--- {} ---\n{}", n.name, n.log_tail(15)))
             .collect();
-        Err(format!("no agreed leader within {limit:?}\n{}", logs.join("\n")))
+        Err(format!(
+            "no agreed leader within {limit:?}\n{}",
+            logs.join("\n")
+        ))
     }
 
     pub async fn leader(&mut self) -> Result<usize, Error> {
@@ -476,7 +491,11 @@ impl Cluster {
 
     /// Waits until every running member in `members` has applied the same revision and
     /// reports the same HashKV for it. Returns that revision and hash.
-    pub async fn converge(&mut self, members: &[usize], limit: Duration) -> Result<(i64, u32), Error> {
+    pub async fn converge(
+        &mut self,
+        members: &[usize],
+        limit: Duration,
+    ) -> Result<(i64, u32), Error> {
         let start = Instant::now();
         let mut last = String::new();
         while start.elapsed() < limit {

@@ -13,7 +13,10 @@ pub enum Op {
     Put(u64),
     Delete,
     /// Compare-and-set: if the key holds `expect` (None: absent), set it to `new`.
-    Cas { expect: Option<u64>, new: u64 },
+    Cas {
+        expect: Option<u64>,
+        new: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

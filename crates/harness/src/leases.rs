@@ -163,7 +163,9 @@ pub async fn lease_keepalive(setup: &Setup) -> Result<Figures, Error> {
             Some(gone) => {
                 let lived = gone.duration_since(sent);
                 if lived < Duration::from_secs(SHORT_TTL as u64) {
-                    r.problem(format!("{key} expired after {lived:?}, before its {SHORT_TTL} s TTL"));
+                    r.problem(format!(
+                        "{key} expired after {lived:?}, before its {SHORT_TTL} s TTL"
+                    ));
                 }
             }
             None => r.problem(format!("{key} never expired")),
@@ -172,18 +174,27 @@ pub async fn lease_keepalive(setup: &Setup) -> Result<Figures, Error> {
     stop.store(true, Ordering::Relaxed);
     let gap = *gap.lock().unwrap_or_else(|p| p.into_inner());
     if gap >= Duration::from_secs(KEPT_TTL as u64) {
-        r.problem(format!("keep-alives paused for {gap:?}: longer than the TTL, nothing proven"));
+        r.problem(format!(
+            "keep-alives paused for {gap:?}: longer than the TTL, nothing proven"
+        ));
     }
     // The kept lease and its key must have survived every leader change.
     let ep = pick(&r.endpoints, 0);
     let ch = connect(&ep).await?;
     let ttl = LeaseClient::new(ch.clone())
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: kept, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: kept,
+            keys: true,
+        })
         .await
         .map_err(|e| e.message().to_string())?
         .into_inner();
     if ttl.ttl <= 0 || ttl.keys.is_empty() {
-        r.problem(format!("kept-alive lease expired (ttl {}, keys {})", ttl.ttl, ttl.keys.len()));
+        r.problem(format!(
+            "kept-alive lease expired (ttl {}, keys {})",
+            ttl.ttl,
+            ttl.keys.len()
+        ));
     }
     Ok(r.finish().await)
 }

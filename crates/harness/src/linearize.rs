@@ -234,8 +234,26 @@ mod tests {
         let h = [
             e(0, Op::Put(1), 0, 10, Outcome::Written(2)),
             e(0, Op::Get, 20, 30, Outcome::Value(Some(1))),
-            e(0, Op::Cas { expect: Some(1), new: 2 }, 40, 50, Outcome::Written(3)),
-            e(0, Op::Cas { expect: Some(1), new: 3 }, 60, 70, Outcome::CasFailed),
+            e(
+                0,
+                Op::Cas {
+                    expect: Some(1),
+                    new: 2,
+                },
+                40,
+                50,
+                Outcome::Written(3),
+            ),
+            e(
+                0,
+                Op::Cas {
+                    expect: Some(1),
+                    new: 3,
+                },
+                60,
+                70,
+                Outcome::CasFailed,
+            ),
             e(0, Op::Delete, 80, 90, Outcome::Deleted(true)),
             e(0, Op::Get, 100, 110, Outcome::Value(None)),
         ];

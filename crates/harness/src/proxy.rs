@@ -63,10 +63,7 @@ impl Net {
 
     /// Every link back to normal.
     pub fn heal(&self) {
-        self.links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.set_default(Link::default());
     }
 }

@@ -174,7 +174,11 @@ impl Run {
     /// Progress lines on stderr when `BALLAST_HARNESS_VERBOSE` is set.
     pub fn say(&self, what: &str) {
         if std::env::var_os("BALLAST_HARNESS_VERBOSE").is_some() {
-            eprintln!("[{:6.2}s] {}: {what}", self.started.elapsed().as_secs_f64(), self.fig.name);
+            eprintln!(
+                "[{:6.2}s] {}: {what}",
+                self.started.elapsed().as_secs_f64(),
+                self.fig.name
+            );
         }
     }
 
@@ -219,7 +223,12 @@ impl Run {
 
     /// Restarts a member armed with `failpoints` and waits (up to `limit`) for it to die.
     /// Returns whether it did.
-    pub async fn crash_with(&mut self, i: usize, failpoints: &str, limit: Duration) -> Result<bool, Error> {
+    pub async fn crash_with(
+        &mut self,
+        i: usize,
+        failpoints: &str,
+        limit: Duration,
+    ) -> Result<bool, Error> {
         self.cluster.restart(i, failpoints)?;
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -294,10 +303,16 @@ impl Run {
         let verdict = linearize::check(&entries, Duration::from_secs(60));
         self.fig.check_time = t.elapsed();
         self.fig.linearizable = if verdict.ok() {
-            format!("linearizable ({} ops, {} keys)", verdict.operations, verdict.keys)
+            format!(
+                "linearizable ({} ops, {} keys)",
+                verdict.operations, verdict.keys
+            )
         } else if let Some(v) = &verdict.violation {
             let lines: Vec<String> = v.iter().map(|e| format!("    {e:?}")).collect();
-            self.problem(format!("not linearizable; minimal sub-history:\n{}", lines.join("\n")));
+            self.problem(format!(
+                "not linearizable; minimal sub-history:\n{}",
+                lines.join("\n")
+            ));
             "VIOLATION".into()
         } else {
             self.problem("linearizability check timed out");
@@ -394,9 +409,9 @@ impl Run {
                 let last = l
                     .seen
                     .iter()
-                    .filter_map(|s| match s {
-                        watchcheck::Seen::Event { rev, .. } => Some(*rev),
-                        watchcheck::Seen::Progress(p) => Some(*p),
+                    .map(|s| match s {
+                        watchcheck::Seen::Event { rev, .. } => *rev,
+                        watchcheck::Seen::Progress(p) => *p,
                     })
                     .max()
                     .unwrap_or(0);
@@ -524,7 +539,7 @@ pub async fn run(name: &str, setup: &Setup) -> Result<Figures, Error> {
     }
 }
 
-/// 1. kill -9 of the leader, three times, each restarted after a new leader is up.
+/// Scenario 1: kill -9 of the leader, three times, each restarted after a new leader is up.
 async fn leader_kill(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("leader-kill", 3, setup, &[]).await?;
     for _ in 0..3 {
@@ -540,7 +555,7 @@ async fn leader_kill(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 2. kill -9 of random members of five: one at a time, two at once, then all at once.
+/// Scenario 2: kill -9 of random members of five: one at a time, two at once, then all at once.
 async fn member_kill(setup: &Setup) -> Result<Figures, Error> {
     use rand::seq::SliceRandom;
     let mut r = Run::start("member-kill", 5, setup, &[]).await?;
@@ -576,7 +591,7 @@ async fn member_kill(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 13. kill -9 of a lone member under writes: everything acknowledged must come back from
+/// Scenario 13: kill -9 of a lone member under writes: everything acknowledged must come back from
 /// its own disk, with no peer to fill gaps.
 async fn single_member_kill(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("single-member-kill", 1, setup, &[]).await?;
@@ -591,13 +606,12 @@ async fn single_member_kill(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 3. Partitions of five members: two followers cut off, then a minority holding the leader.
+/// Scenario 3: Partitions of five members: two followers cut off, then a minority holding the leader.
 async fn minority_partition(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("minority-partition", 5, setup, &[]).await?;
     r.sleep(1000).await;
     let (l, f) = r.followers().await?;
-    r.cluster
-        .partition(&[&[f[0], f[1]], &[l, f[2], f[3]]]);
+    r.cluster.partition(&[&[f[0], f[1]], &[l, f[2], f[3]]]);
     r.sleep(3000).await;
     r.cluster.heal();
     r.sleep(1500).await;
@@ -611,7 +625,7 @@ async fn minority_partition(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 4. The leader cut off from both followers: it must step down (check-quorum), the others
+/// Scenario 4: The leader cut off from both followers: it must step down (check-quorum), the others
 /// elect a new leader, and nothing the old one does can be acknowledged.
 async fn leader_isolated(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("leader-isolated", 3, setup, &[]).await?;
@@ -635,7 +649,10 @@ async fn leader_isolated(setup: &Setup) -> Result<Figures, Error> {
             r.sleep(100).await;
         }
         if !stepped_down {
-            r.problem(format!("isolated leader {} did not step down", r.cluster.nodes[l].name));
+            r.problem(format!(
+                "isolated leader {} did not step down",
+                r.cluster.nodes[l].name
+            ));
         }
         r.sleep(1500).await;
         r.cluster.heal();
@@ -644,7 +661,7 @@ async fn leader_isolated(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 5. One-way cuts: the leader's outbound messages lost, then one follower's inbound.
+/// Scenario 5: One-way cuts: the leader's outbound messages lost, then one follower's inbound.
 async fn one_way_partition(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("one-way-partition", 3, setup, &[]).await?;
     r.sleep(1500).await;
@@ -666,7 +683,7 @@ async fn one_way_partition(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 6. Every peer link delayed (30 ms) and lossy (5%), then one link much worse.
+/// Scenario 6: Every peer link delayed (30 ms) and lossy (5%), then one link much worse.
 async fn delay_and_loss(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("delay-and-loss", 3, setup, &[]).await?;
     r.sleep(1000).await;
@@ -691,7 +708,7 @@ async fn delay_and_loss(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 7. SIGSTOP of the leader for three election timeouts, then SIGCONT, twice.
+/// Scenario 7: SIGSTOP of the leader for three election timeouts, then SIGCONT, twice.
 async fn leader_pause(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("leader-pause", 3, setup, &[]).await?;
     for _ in 0..2 {
@@ -708,7 +725,7 @@ async fn leader_pause(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 8. A crash at each raft boundary, alternating between the leader and a follower.
+/// Scenario 8: A crash at each raft boundary, alternating between the leader and a follower.
 async fn raft_failpoints(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("raft-failpoints", 3, setup, &["--snapshot-count", "200"]).await?;
     let points = [
@@ -733,7 +750,7 @@ async fn raft_failpoints(setup: &Setup) -> Result<Figures, Error> {
     Ok(r.finish().await)
 }
 
-/// 9, 10. A WAL I/O failure on a follower, then on a member made leader: the member must stop
+/// Scenario 9, 10: A WAL I/O failure on a follower, then on a member made leader: the member must stop
 /// instead of acknowledging, and come back cleanly once the disk is fine.
 async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, Error> {
     let mut r = Run::start(name, 3, setup, &[]).await?;
@@ -741,7 +758,10 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
     let (_, f) = r.followers().await?;
     let spec = format!("{fault}@30");
     if !r.crash_with(f[0], &spec, Duration::from_secs(10)).await? {
-        r.problem(format!("{} kept running after {fault}", r.cluster.nodes[f[0]].name));
+        r.problem(format!(
+            "{} kept running after {fault}",
+            r.cluster.nodes[f[0]].name
+        ));
     }
     let log = r.cluster.nodes[f[0]].log_tail(20);
     if !log.contains("stopping") && !log.contains("storage failure") {
@@ -761,7 +781,10 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
     crate::leases::move_leader(&via, id).await.ok();
     let died = r.crash_with_armed(target, Duration::from_secs(15)).await;
     if !died {
-        r.problem(format!("{} kept running after {fault}", r.cluster.nodes[target].name));
+        r.problem(format!(
+            "{} kept running after {fault}",
+            r.cluster.nodes[target].name
+        ));
     } else {
         r.new_leader(t, &[target]).await?;
     }
@@ -784,7 +807,7 @@ impl Run {
     }
 }
 
-/// 11. A learner added, caught up and promoted, then an original member (the leader when
+/// Scenario 11: A learner added, caught up and promoted, then an original member (the leader when
 /// possible) removed, all under load.
 async fn membership_changes(setup: &Setup) -> Result<Figures, Error> {
     let mut r = Run::start("membership-changes", 3, setup, &[]).await?;

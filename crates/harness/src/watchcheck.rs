@@ -89,10 +89,14 @@ pub async fn watcher(
         at += 1;
         let from = {
             let l = log.lock().unwrap_or_else(|p| p.into_inner());
-            if l.start == 0 { start } else { l.last_rev() + 1 }
+            if l.start == 0 {
+                start
+            } else {
+                l.last_rev() + 1
+            }
         };
-        let Ok(ch) = Channel::from_shared(ep)
-            .map(|c| c.connect_timeout(Duration::from_millis(500)))
+        let Ok(ch) =
+            Channel::from_shared(ep).map(|c| c.connect_timeout(Duration::from_millis(500)))
         else {
             return;
         };
@@ -178,12 +182,15 @@ pub async fn watcher(
     }
 }
 
+/// A key's value after a change (None: deleted).
+type Value = Option<Vec<u8>>;
+
 /// What the store held under the prefix at each revision, read back with ranges.
 pub struct Truth {
     /// Per revision: the key changed there and its new value (None: deleted).
-    pub changes: BTreeMap<i64, (Vec<u8>, Option<Vec<u8>>)>,
+    pub changes: BTreeMap<i64, (Vec<u8>, Value)>,
     /// Per key: (revision, value) after each change, for "value at revision" lookups.
-    by_key: BTreeMap<Vec<u8>, Vec<(i64, Option<Vec<u8>>)>>,
+    by_key: BTreeMap<Vec<u8>, Vec<(i64, Value)>>,
     pub last: i64,
 }
 
@@ -245,7 +252,10 @@ impl Truth {
                 change = r.kvs.into_iter().next().map(|kv| (kv.key, Some(kv.value)));
             }
             if let Some((k, v)) = change {
-                t.by_key.entry(k.clone()).or_default().push((rev, v.clone()));
+                t.by_key
+                    .entry(k.clone())
+                    .or_default()
+                    .push((rev, v.clone()));
                 t.changes.insert(rev, (k, v));
             }
             prev = now;
@@ -346,7 +356,11 @@ pub fn check(name: &str, log: &WatchLog, truth: &Truth) -> Vec<String> {
         }
     }
     let expected: Vec<i64> = truth.between(log.start, truth.last).collect();
-    let got: Vec<i64> = delivered.iter().copied().filter(|r| *r >= log.start).collect();
+    let got: Vec<i64> = delivered
+        .iter()
+        .copied()
+        .filter(|r| *r >= log.start)
+        .collect();
     if got != expected {
         let missing = expected.iter().find(|r| !got.contains(r));
         errs.push(format!(

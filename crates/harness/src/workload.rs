@@ -66,7 +66,11 @@ fn parse(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-async fn perform(kv: &mut KvClient<Channel>, key: Vec<u8>, op: Op) -> Result<Outcome, tonic::Status> {
+async fn perform(
+    kv: &mut KvClient<Channel>,
+    key: Vec<u8>,
+    op: Op,
+) -> Result<Outcome, tonic::Status> {
     Ok(match op {
         Op::Get => {
             let r = kv

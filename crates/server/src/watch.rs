@@ -128,6 +128,11 @@ impl WatchHub {
         self.hub.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The last revision published to watchers.
+    pub fn rev(&self) -> i64 {
+        self.lock().rev
+    }
+
     /// Registers a watcher from `start_rev` (0: from the next revision). The created response
     /// must already be queued on `tx`.
     pub fn add(

@@ -13,4 +13,6 @@ pub use error::KvError;
 pub use mvcc::{Applied, Mvcc};
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod model_tests;

@@ -202,6 +202,13 @@ impl Backend {
         let mut rec = Vec::new();
         let (mut count, mut crc) = (0u64, 0u32);
         let mut emit = |table: u8, k: &[u8], v: &[u8]| {
+            // The end record carries the count and checksum of everything before it.
+            let (n, sum) = (count.to_le_bytes(), crc.to_le_bytes());
+            let (k, v) = if table == SNAP_END {
+                (&n[..], &sum[..])
+            } else {
+                (k, v)
+            };
             rec.clear();
             rec.push(table);
             rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -240,8 +247,7 @@ impl Backend {
             )
             .map_err(io)?;
         }
-        let (n, sum) = (count, crc);
-        emit(SNAP_END, &n.to_le_bytes(), &sum.to_le_bytes()).map_err(io)?;
+        emit(SNAP_END, &[], &[]).map_err(io)?;
         Ok(())
     }
 
@@ -580,6 +586,59 @@ mod tests {
         assert!(
             Backend::import(&d.path().join("bad2"), &[9u8, 0, 0, 0, 0, 0, 0, 0, 0][..]).is_err()
         );
+    }
+
+    fn sample_export() -> Vec<u8> {
+        let d = tempfile::tempdir().unwrap();
+        let b = Backend::open(&d.path().join("db")).unwrap();
+        b.update(true, |w| {
+            for i in 1..20 {
+                w.put_rev(Rev::new(i, 0), i % 5 == 0, format!("value {i}").as_bytes())?;
+            }
+            w.set_meta("consistent_index", 19)?;
+            w.put_member(7, b"m")?;
+            w.put_lease(3, 10, 0)?;
+            w.mark_removed(9)?;
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        let mut stream = Vec::new();
+        b.export(&mut |c| {
+            stream.extend_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        stream
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any truncation of a snapshot stream is refused, never imported as a smaller store.
+        #[test]
+        fn truncated_snapshot_is_refused(cut in 0usize..10_000) {
+            let stream = sample_export();
+            let cut = cut % stream.len();
+            let d = tempfile::tempdir().unwrap();
+            proptest::prop_assert!(Backend::import(&d.path().join("db"), &stream[..cut]).is_err());
+        }
+
+        /// Any single flipped byte is refused (the end record's checksum covers every byte).
+        #[test]
+        fn corrupted_snapshot_is_refused(at in 0usize..10_000, flip in 1u8..=255) {
+            let mut stream = sample_export();
+            let at = at % stream.len();
+            stream[at] ^= flip;
+            let d = tempfile::tempdir().unwrap();
+            proptest::prop_assert!(Backend::import(&d.path().join("db"), stream.as_slice()).is_err());
+        }
+
+        /// Random bytes never panic the decoder.
+        #[test]
+        fn random_snapshot_bytes_never_panic(junk in proptest::collection::vec(0u8..=255, 0..512)) {
+            let d = tempfile::tempdir().unwrap();
+            let _ = Backend::import(&d.path().join("db"), junk.as_slice());
+        }
     }
 
     #[test]

@@ -19,7 +19,11 @@ fn row(f: &Figures) -> String {
         f.ambiguous,
         f.failed,
         f.lost,
-        if f.linearizable.starts_with("linearizable") { "yes" } else { f.linearizable.as_str() },
+        if f.linearizable.starts_with("linearizable") {
+            "yes"
+        } else {
+            f.linearizable.as_str()
+        },
         f.watch,
         f.leader_times_text(),
         if f.passed() { "pass" } else { "FAIL" },
@@ -78,7 +82,10 @@ fn main() {
             Err(e) => {
                 eprintln!("scenario {name}: {e}");
                 failed = true;
-                rows.push(format!("| {name} | error: {} |||||||||", e.lines().next().unwrap_or("")));
+                rows.push(format!(
+                    "| {name} | error: {} |||||||||",
+                    e.lines().next().unwrap_or("")
+                ));
             }
         }
     }

@@ -66,7 +66,10 @@ async fn handle(
     let hub = server.watch_hub();
     match req.request_union {
         Some(RequestUnion::CreateRequest(c)) => {
-            let rev = server.mvcc().current_rev();
+            // The hub's revision, not the store's: the store may already hold a batch the hub
+            // has not published, and a watcher from "now" must start right after the
+            // revision its created response names.
+            let rev = hub.rev();
             let id = if c.watch_id == 0 {
                 while ids.contains(next_id) {
                     *next_id += 1;
@@ -96,7 +99,12 @@ async fn handle(
             if tx.send(Ok(created)).await.is_err() {
                 return false;
             }
-            hub.add(stream, id, Spec::new(&c), c.start_revision, tx.clone());
+            let start = if c.start_revision <= 0 {
+                rev + 1
+            } else {
+                c.start_revision
+            };
+            hub.add(stream, id, Spec::new(&c), start, tx.clone());
         }
         // Unknown ids are ignored, as etcd does.
         Some(RequestUnion::CancelRequest(c)) if hub.cancel(stream, c.watch_id) => {
