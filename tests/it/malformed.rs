@@ -196,3 +196,130 @@ fn malformed_and_unknown_values_match_etcd() {
     );
     assert!(after.starts_with("ok keys=[\"a\", \"b\", \"c\""), "{after}");
 }
+
+/// A bidirectional call with raw bodies: sends `msgs`, half-closes, and returns the first
+/// response or the error.
+async fn stream_call(
+    endpoint: &str,
+    method: &'static str,
+    msgs: Vec<Vec<u8>>,
+) -> Result<Option<Bytes>, tonic::Status> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(method);
+    let input = tokio_stream::iter(msgs.into_iter().map(Bytes::from));
+    let mut out = grpc
+        .streaming(tonic::Request::new(input), path, Raw)
+        .await?
+        .into_inner();
+    tokio::time::timeout(std::time::Duration::from_secs(5), out.message())
+        .await
+        .unwrap_or(Ok(None))
+}
+
+/// What a hostile stream got: the code, or whether anything came back.
+fn stream_outcome(r: Result<Option<Bytes>, tonic::Status>) -> String {
+    match r {
+        Err(s) => format!("error {:?}", s.code()),
+        Ok(Some(_)) => "response".into(),
+        Ok(None) => "end".into(),
+    }
+}
+
+/// Oversize requests, garbage on a stream and a half-closed watch stream get what etcd gives
+/// them, and the server keeps serving everyone else.
+#[test]
+fn hostile_streams_match_etcd_and_others_keep_being_served() {
+    use ballast_api::etcdserverpb::watch_client::WatchClient;
+    use ballast_api::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let big = PutRequest {
+        key: b"big".to_vec(),
+        value: vec![b'x'; 4 << 20],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    const PUT: &str = "/etcdserverpb.KV/Put";
+    const RANGE: &str = "/etcdserverpb.KV/Range";
+    const WATCH: &str = "/etcdserverpb.Watch/Watch";
+    const KEEPALIVE: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+    let mut diffs = Vec::new();
+    for (name, run) in [
+        ("oversize put", 0),
+        ("garbage on a watch stream", 1),
+        ("garbage on a keep-alive stream", 2),
+        ("oversize message on a watch stream", 3),
+    ] {
+        let go = |ep: String| {
+            let big = big.clone();
+            rt.block_on(async move {
+                match run {
+                    0 => outcome(call(&ep, PUT, big).await, PUT),
+                    1 => stream_outcome(stream_call(&ep, WATCH, vec![vec![0xff; 7]]).await),
+                    2 => stream_outcome(stream_call(&ep, KEEPALIVE, vec![vec![0x08, 0x80]]).await),
+                    _ => stream_outcome(stream_call(&ep, WATCH, vec![big]).await),
+                }
+            })
+        };
+        let (want, got) = (go(etcd.endpoint()), go(ballast.endpoint()));
+        if want != got {
+            diffs.push(format!("{name}: etcd {want} / ballast {got}"));
+        }
+    }
+    assert!(diffs.is_empty(), "differences:\n{}", diffs.join("\n"));
+    let message = |ep: String| {
+        let big = big.clone();
+        rt.block_on(async move { call(&ep, PUT, big).await.unwrap_err().message().to_string() })
+    };
+    assert_eq!(message(ballast.endpoint()), message(etcd.endpoint()));
+
+    // A client that half-closes its watch stream keeps receiving events, as from etcd.
+    for server in [&etcd, &ballast] {
+        let ep = format!("http://{}", server.endpoint());
+        let got = rt.block_on(async {
+            let mut w = WatchClient::connect(ep.clone()).await.unwrap();
+            let create = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: b"half".to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            };
+            let mut events = w
+                .watch(tokio_stream::iter(vec![create]))
+                .await
+                .unwrap()
+                .into_inner();
+            let created = events.message().await.unwrap().unwrap();
+            assert!(created.created);
+            let put = PutRequest {
+                key: b"half".to_vec(),
+                value: b"1".to_vec(),
+                ..Default::default()
+            };
+            call(&server.endpoint(), PUT, put.encode_to_vec())
+                .await
+                .unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(5), events.message())
+                .await
+                .ok()
+                .and_then(|m| m.ok().flatten())
+                .map(|r| r.events.len())
+        });
+        assert_eq!(got, Some(1), "{:?} after a half-close", server.kind);
+    }
+    let after = outcome(
+        rt.block_on(call(&ballast.endpoint(), RANGE, range_all(0, 0))),
+        RANGE,
+    );
+    assert!(after.starts_with("ok keys=[\"half\"]"), "{after}");
+}

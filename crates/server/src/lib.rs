@@ -73,5 +73,7 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(AuthServer::new(not_yet()))
         .add_service(lock)
         .add_service(election);
-    grpc.into_axum_router().merge(http::router(server))
+    grpc.into_axum_router()
+        .layer(axum::middleware::map_response(rpc::etcd_oversize_status))
+        .merge(http::router(server))
 }

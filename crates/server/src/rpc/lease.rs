@@ -125,7 +125,14 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(16);
         let server = self.server.clone();
         tokio::spawn(async move {
-            while let Some(Ok(r)) = inbound.next().await {
+            while let Some(r) = inbound.next().await {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(super::inbound_error(e))).await;
+                        break;
+                    }
+                };
                 let resp = keep_alive_once(&server, r.id)
                     .await
                     .map(|ttl| LeaseKeepAliveResponse {

@@ -40,12 +40,25 @@ impl Watch for WatchService {
             let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
             let mut ids = HashSet::new();
             let mut next_id = 0i64;
+            let mut half_closed = true;
             while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
-                let ok = handle(&server, stream, &tx, &mut ids, &mut next_id, msg).await;
-                if !ok {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = tx.send(Err(super::inbound_error(e))).await;
+                        half_closed = false;
+                        break;
+                    }
+                };
+                if !handle(&server, stream, &tx, &mut ids, &mut next_id, msg).await {
+                    half_closed = false;
                     break;
                 }
+            }
+            // A client that only closed its sending side still gets events, as from etcd,
+            // until it goes away.
+            if half_closed {
+                tx.closed().await;
             }
             server.watch_hub().close_stream(stream);
         });
