@@ -44,7 +44,8 @@ impl Decoder for Raw {
     }
 }
 
-async fn call(endpoint: &str, method: &'static str, body: Vec<u8>) -> Result<Bytes, tonic::Status> {
+/// A ready gRPC client for raw calls to `endpoint`.
+async fn raw_client(endpoint: &str) -> tonic::client::Grpc<tonic::transport::Channel> {
     let ch = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
         .unwrap()
         .connect()
@@ -52,6 +53,11 @@ async fn call(endpoint: &str, method: &'static str, body: Vec<u8>) -> Result<Byt
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
+    grpc
+}
+
+async fn call(endpoint: &str, method: &'static str, body: Vec<u8>) -> Result<Bytes, tonic::Status> {
+    let mut grpc = raw_client(endpoint).await;
     let path = http::uri::PathAndQuery::from_static(method);
     grpc.unary(tonic::Request::new(Bytes::from(body)), path, Raw)
         .await
@@ -204,13 +210,7 @@ async fn stream_call(
     method: &'static str,
     msgs: Vec<Vec<u8>>,
 ) -> Result<Option<Bytes>, tonic::Status> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{endpoint}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.unwrap();
+    let mut grpc = raw_client(endpoint).await;
     let path = http::uri::PathAndQuery::from_static(method);
     let input = tokio_stream::iter(msgs.into_iter().map(Bytes::from));
     let mut out = grpc

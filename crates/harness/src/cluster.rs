@@ -209,7 +209,8 @@ impl Drop for Cluster {
     }
 }
 
-async fn channel(endpoint: &str) -> Result<Channel, Error> {
+/// A client channel to `endpoint` with short connect and request timeouts.
+pub async fn channel(endpoint: &str) -> Result<Channel, Error> {
     Channel::from_shared(endpoint.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(500))

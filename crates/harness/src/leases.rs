@@ -12,24 +12,13 @@ use ballast_api::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, MoveLeaderRequest,
     PutRequest, RangeRequest,
 };
-use tonic::transport::Channel;
 
-use crate::cluster::Error;
+use crate::cluster::{channel as connect, Error};
 use crate::scenario::{Figures, Run, Setup};
 use crate::workload::Endpoints;
 
 const KEPT_TTL: i64 = 10;
 const SHORT_TTL: i64 = 4;
-
-async fn connect(ep: &str) -> Result<Channel, Error> {
-    Channel::from_shared(ep.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| format!("{ep}: {e}"))
-}
 
 /// Asks the member at `via` to hand leadership to `target`.
 pub async fn move_leader(via: &str, target: u64) -> Result<(), Error> {
@@ -152,13 +141,7 @@ pub async fn lease_keepalive(setup: &Setup) -> Result<Figures, Error> {
             key.clone(),
             Duration::from_secs(30),
         ));
-        r.sleep(1500).await;
-        let l = r.leader().await?;
-        let t = Instant::now();
-        r.cluster.kill9(l);
-        r.new_leader(t, &[l]).await?;
-        r.sleep(1000).await;
-        r.cluster.restart(l, "")?;
+        r.kill_leader_round().await?;
         match expiry.await.ok().flatten() {
             Some(gone) => {
                 let lived = gone.duration_since(sent);

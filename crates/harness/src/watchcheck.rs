@@ -221,36 +221,20 @@ impl Truth {
                 .await
                 .map_err(|e| format!("range at {rev}: {}", e.message()))?
                 .into_inner();
+            // A put at `rev` shows as the key whose mod revision is `rev` (even when it wrote
+            // the same value); a delete as a key that is gone.
+            let put = r
+                .kvs
+                .iter()
+                .find(|kv| kv.mod_revision == rev)
+                .map(|kv| (kv.key.clone(), Some(kv.value.clone())));
             let now: BTreeMap<Vec<u8>, Vec<u8>> =
                 r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
-            let mut change = None;
-            for (k, v) in &now {
-                if prev.get(k) != Some(v) {
-                    change = Some((k.clone(), Some(v.clone())));
-                }
-            }
-            for k in prev.keys() {
-                if !now.contains_key(k) {
-                    change = Some((k.clone(), None));
-                }
-            }
-            // A put of the same value is still a change; the range shows it as a new
-            // mod revision, which the value comparison above cannot see.
-            if change.is_none() {
-                let r = kv
-                    .range(RangeRequest {
-                        key: prefix.to_vec(),
-                        range_end: prefix_end(prefix),
-                        revision: rev,
-                        serializable: true,
-                        min_mod_revision: rev,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| e.message().to_string())?
-                    .into_inner();
-                change = r.kvs.into_iter().next().map(|kv| (kv.key, Some(kv.value)));
-            }
+            let change = put.or_else(|| {
+                prev.keys()
+                    .find(|k| !now.contains_key(*k))
+                    .map(|k| (k.clone(), None))
+            });
             if let Some((k, v)) = change {
                 t.by_key
                     .entry(k.clone())

@@ -564,12 +564,7 @@ mod tests {
             Ok::<_, BackendError>(())
         })
         .unwrap();
-        let mut stream = Vec::new();
-        b.export(&mut |c| {
-            stream.extend_from_slice(c);
-            Ok(())
-        })
-        .unwrap();
+        let stream = export_bytes(&b);
         let copy = d.path().join("copy");
         Backend::import(&copy, stream.as_slice()).unwrap();
         let c = Backend::open(&copy).unwrap();
@@ -602,6 +597,10 @@ mod tests {
             Ok::<_, BackendError>(())
         })
         .unwrap();
+        export_bytes(&b)
+    }
+
+    fn export_bytes(b: &Backend) -> Vec<u8> {
         let mut stream = Vec::new();
         b.export(&mut |c| {
             stream.extend_from_slice(c);
