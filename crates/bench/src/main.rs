@@ -1,0 +1,269 @@
+//! `ballast-bench`: etcd's `benchmark` tool (same subcommands, flags and report) for Ballast
+//! or etcd, and `compare`, which measures both side by side.
+
+mod compare;
+mod load;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::Global;
+
+#[derive(Parser)]
+#[command(name = "ballast-bench", about = "A low-level benchmark tool for etcd3 and Ballast")]
+struct Cli {
+    /// gRPC endpoints
+    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Total number of gRPC connections
+    #[arg(long, global = true, default_value_t = 1)]
+    conns: usize,
+    /// Total number of gRPC clients
+    #[arg(long, global = true, default_value_t = 1)]
+    clients: usize,
+    /// use full floating point precision
+    #[arg(long, global = true)]
+    precise: bool,
+    /// dial timeout for client connections (e.g. 5s)
+    #[arg(long = "dial-timeout", global = true, default_value = "0s", value_parser = parse_duration)]
+    dial_timeout: Duration,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct PutFlags {
+    /// Total number of put requests
+    #[arg(long, default_value_t = 10000)]
+    total: usize,
+    /// Maximum puts per second (0 is no limit)
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Key size of put request
+    #[arg(long = "key-size", default_value_t = 8)]
+    key_size: usize,
+    /// Value size of put request
+    #[arg(long = "val-size", default_value_t = 8)]
+    val_size: usize,
+    /// Maximum possible keys
+    #[arg(long = "key-space-size", default_value_t = 1)]
+    key_space_size: usize,
+    /// Use sequential keys
+    #[arg(long = "sequential-keys")]
+    sequential_keys: bool,
+}
+
+impl PutFlags {
+    fn args(&self) -> workloads::PutArgs {
+        workloads::PutArgs {
+            total: self.total,
+            rate: self.rate,
+            key_size: self.key_size,
+            val_size: self.val_size,
+            key_space_size: self.key_space_size,
+            sequential_keys: self.sequential_keys,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Benchmark put
+    Put(PutFlags),
+    /// Benchmark range
+    Range {
+        key: String,
+        end: Option<String>,
+        /// Total number of range requests
+        #[arg(long, default_value_t = 10000)]
+        total: usize,
+        /// Maximum range requests per second (0 is no limit)
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Linearizable(l) or Serializable(s)
+        #[arg(long, default_value = "l")]
+        consistency: String,
+        /// Maximum number of results to return from range request (0 is no limit)
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Only returns the count of keys
+        #[arg(long = "count-only")]
+        count_only: bool,
+    },
+    /// Benchmark txn-put
+    #[command(name = "txn-put")]
+    TxnPut {
+        #[command(flatten)]
+        put: PutFlags,
+        /// Number of puts per txn
+        #[arg(long = "txn-ops", default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// Benchmark watch latency
+    #[command(name = "watch-latency")]
+    WatchLatency {
+        /// Total number of put requests
+        #[arg(long, default_value_t = 10000)]
+        total: usize,
+        /// Number of keys to put per second
+        #[arg(long = "put-rate", default_value_t = 100)]
+        put_rate: u64,
+        /// Key size of watch response
+        #[arg(long = "key-size", default_value_t = 32)]
+        key_size: usize,
+        /// Value size of watch response
+        #[arg(long = "val-size", default_value_t = 32)]
+        val_size: usize,
+    },
+    /// Benchmark lease keepalive
+    #[command(name = "lease-keepalive")]
+    LeaseKeepalive {
+        /// Total number of lease keepalive requests
+        #[arg(long, default_value_t = 10000)]
+        total: usize,
+    },
+    /// Run the same workloads against a fresh etcd and a fresh Ballast and compare them
+    Compare {
+        /// A reduced set (a few minutes)
+        #[arg(long)]
+        quick: bool,
+        /// Tiny totals and no files written: proves the orchestration, measures nothing
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// The reference etcd binary
+        #[arg(long, default_value = "etcd")]
+        etcd: PathBuf,
+        /// The ballast binary (default: beside this one)
+        #[arg(long)]
+        ballast: Option<PathBuf>,
+        /// Where the table and chart go
+        #[arg(long = "out-dir", default_value = "docs/benchmarks")]
+        out_dir: PathBuf,
+    },
+}
+
+/// Go's duration syntax for the common cases: `500ms`, `5s`, `1m`, `0`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("time: invalid duration \"{s}\""))?;
+    let secs = match unit {
+        "" if n == 0.0 => 0.0,
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("time: invalid duration \"{s}\"")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let g = Global {
+        endpoints: cli.endpoints.clone(),
+        conns: cli.conns,
+        clients: cli.clients,
+        precise: cli.precise,
+        dial_timeout: cli.dial_timeout,
+        progress: true,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async {
+        match &cli.cmd {
+            Cmd::Put(p) => workloads::put(&g, &p.args()).await,
+            Cmd::Range {
+                key,
+                end,
+                total,
+                rate,
+                consistency,
+                limit,
+                count_only,
+            } => {
+                let a = workloads::RangeArgs {
+                    key: key.clone().into_bytes(),
+                    end: end.clone().unwrap_or_default().into_bytes(),
+                    total: *total,
+                    rate: *rate,
+                    consistency: consistency.clone(),
+                    limit: *limit,
+                    count_only: *count_only,
+                };
+                workloads::range(&g, &a).await
+            }
+            Cmd::TxnPut { put, txn_ops } => {
+                let a = workloads::TxnPutArgs {
+                    put: put.args(),
+                    txn_ops: *txn_ops,
+                };
+                workloads::txn_put(&g, &a).await
+            }
+            Cmd::WatchLatency {
+                total,
+                put_rate,
+                key_size,
+                val_size,
+            } => {
+                let a = workloads::WatchLatencyArgs {
+                    total: *total,
+                    put_rate: *put_rate,
+                    key_size: *key_size,
+                    val_size: *val_size,
+                };
+                workloads::watch_latency(&g, &a).await
+            }
+            Cmd::LeaseKeepalive { total } => workloads::lease_keepalive(&g, *total).await,
+            Cmd::Compare {
+                quick,
+                dry_run,
+                etcd,
+                ballast,
+                out_dir,
+            } => {
+                let ballast = match ballast {
+                    Some(b) => b.clone(),
+                    None => std::env::current_exe()
+                        .ok()
+                        .and_then(|e| e.parent().map(|d| d.join("ballast")))
+                        .unwrap_or_else(|| PathBuf::from("ballast")),
+                };
+                let a = compare::CompareArgs {
+                    quick: *quick,
+                    dry_run: *dry_run,
+                    etcd: etcd.clone(),
+                    ballast,
+                    out_dir: out_dir.clone(),
+                };
+                return match compare::run(&a).await {
+                    Ok(true) => Ok(None),
+                    Ok(false) => Err("not every target was met".to_string()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        .map(Some)
+    });
+    match res {
+        Ok(Some(stats)) => print!("{}", stats.render(g.precise)),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}

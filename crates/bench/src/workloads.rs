@@ -1,0 +1,318 @@
+//! The benchmarks, as etcd's `benchmark` tool defines them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_api::etcdserverpb::kv_client::KvClient;
+use ballast_api::etcdserverpb::lease_client::LeaseClient;
+use ballast_api::etcdserverpb::request_op::Request as OpRequest;
+use ballast_api::etcdserverpb::watch_client::WatchClient;
+use ballast_api::etcdserverpb::watch_request::RequestUnion;
+use ballast_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::load::{self, Global, Progress};
+use crate::report::Stats;
+
+fn status_text(s: tonic::Status) -> String {
+    s.message().to_string()
+}
+
+/// etcd's key scheme: the key number as a varint, zero-padded to `size` bytes.
+pub fn key(n: u64, size: usize) -> Vec<u8> {
+    let mut k = vec![0u8; size.max(1)];
+    // Go's binary.PutVarint: zig-zag, then 7 bits per byte.
+    let mut v = (n as i64 as u64) << 1;
+    let mut i = 0;
+    while v >= 0x80 && i < k.len() {
+        k[i] = (v as u8) | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    if i < k.len() {
+        k[i] = v as u8;
+    }
+    k
+}
+
+fn key_number(i: usize, space: usize, sequential: bool) -> u64 {
+    let space = space.max(1);
+    if sequential {
+        (i % space) as u64
+    } else {
+        rand::thread_rng().gen_range(0..space) as u64
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PutArgs {
+    pub total: usize,
+    pub rate: u64,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub key_space_size: usize,
+    pub sequential_keys: bool,
+}
+
+pub async fn put(g: &Global, a: &PutArgs) -> Result<Stats, String> {
+    let chans = load::connect(g).await?;
+    let value = Arc::new(load::rand_bytes(a.val_size));
+    let a2 = a.clone();
+    Ok(load::run(g, &chans, a.total, a.rate, move |ch, i| {
+        let req = PutRequest {
+            key: key(key_number(i, a2.key_space_size, a2.sequential_keys), a2.key_size),
+            value: value.to_vec(),
+            ..Default::default()
+        };
+        async move {
+            KvClient::new(ch)
+                .put(req)
+                .await
+                .map(|_| ())
+                .map_err(status_text)
+        }
+    })
+    .await)
+}
+
+#[derive(Clone, Debug)]
+pub struct RangeArgs {
+    pub key: Vec<u8>,
+    pub end: Vec<u8>,
+    pub total: usize,
+    pub rate: u64,
+    /// `l` (linearizable) or `s` (serializable).
+    pub consistency: String,
+    pub limit: i64,
+    pub count_only: bool,
+}
+
+pub async fn range(g: &Global, a: &RangeArgs) -> Result<Stats, String> {
+    let serializable = match a.consistency.as_str() {
+        "l" => false,
+        "s" => true,
+        other => return Err(format!("unknown consistency flag {other:?}")),
+    };
+    let chans = load::connect(g).await?;
+    let req = RangeRequest {
+        key: a.key.clone(),
+        range_end: a.end.clone(),
+        serializable,
+        limit: a.limit,
+        count_only: a.count_only,
+        ..Default::default()
+    };
+    Ok(load::run(g, &chans, a.total, a.rate, move |ch, _| {
+        let req = req.clone();
+        async move {
+            KvClient::new(ch)
+                .range(req)
+                .await
+                .map(|_| ())
+                .map_err(status_text)
+        }
+    })
+    .await)
+}
+
+#[derive(Clone, Debug)]
+pub struct TxnPutArgs {
+    pub put: PutArgs,
+    pub txn_ops: usize,
+}
+
+pub async fn txn_put(g: &Global, a: &TxnPutArgs) -> Result<Stats, String> {
+    let chans = load::connect(g).await?;
+    let value = Arc::new(load::rand_bytes(a.put.val_size));
+    let a2 = a.clone();
+    Ok(load::run(g, &chans, a.put.total, a.put.rate, move |ch, i| {
+        let success = (0..a2.txn_ops.max(1))
+            .map(|j| RequestOp {
+                request: Some(OpRequest::RequestPut(PutRequest {
+                    key: key(
+                        key_number(i * a2.txn_ops.max(1) + j, a2.put.key_space_size, true),
+                        a2.put.key_size,
+                    ),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let req = TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        };
+        async move {
+            KvClient::new(ch)
+                .txn(req)
+                .await
+                .map(|_| ())
+                .map_err(status_text)
+        }
+    })
+    .await)
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchLatencyArgs {
+    pub total: usize,
+    pub put_rate: u64,
+    pub key_size: usize,
+    pub val_size: usize,
+}
+
+/// One watcher per client on one key; each put's latency is measured per watcher from the
+/// put's acknowledgement to the event's arrival, as etcd's `watch-latency` does.
+pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, String> {
+    let chans = load::connect(g).await?;
+    let k = load::rand_bytes(a.key_size);
+    let v = load::rand_bytes(a.val_size);
+    let watchers = g.clients.max(1);
+    let mut arrivals = Vec::with_capacity(watchers);
+    for w in 0..watchers {
+        let (tx, rx) = mpsc::channel(4);
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: k.clone(),
+                ..Default::default()
+            })),
+        };
+        tx.send(create).await.map_err(|e| e.to_string())?;
+        let mut stream = WatchClient::new(chans[w % chans.len()].clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        // The created response comes first: the watcher is registered after it.
+        stream.message().await.map_err(status_text)?;
+        let total = a.total;
+        arrivals.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut seen = Vec::with_capacity(total);
+            while seen.len() < total {
+                match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+                    Ok(Ok(Some(r))) => {
+                        let now = Instant::now();
+                        seen.extend(r.events.iter().map(|_| now));
+                    }
+                    _ => break,
+                }
+            }
+            seen
+        }));
+    }
+    let mut kv = KvClient::new(chans[0].clone());
+    let progress = Progress::start(a.total, g.progress);
+    let start = Instant::now();
+    let mut acked = Vec::with_capacity(a.total);
+    let mut stats = Stats::default();
+    for i in 0..a.total {
+        if a.put_rate > 0 {
+            let at = start + Duration::from_secs_f64(i as f64 / a.put_rate as f64);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let req = PutRequest {
+            key: k.clone(),
+            value: v.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = kv.put(req).await {
+            return Err(format!(
+                "Failed to Put for watch latency benchmark: {}",
+                e.message()
+            ));
+        }
+        acked.push(Instant::now());
+        progress.add(1);
+    }
+    for w in arrivals {
+        let seen = w.await.map_err(|e| e.to_string())?;
+        for (i, st) in acked.iter().enumerate() {
+            match seen.get(i) {
+                Some(at) => stats
+                    .lats
+                    .push(at.saturating_duration_since(*st).as_secs_f64()),
+                None => *stats.errors.entry("watch event not received".into()).or_default() += 1,
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish(a.total, elapsed);
+    Ok(stats.finish(elapsed))
+}
+
+/// Each client keeps one lease alive over its own stream, one keep-alive per request.
+pub async fn lease_keepalive(g: &Global, total: usize) -> Result<Stats, String> {
+    let chans = load::connect(g).await?;
+    let clients = g.clients.max(1);
+    let progress = Progress::start(total, g.progress);
+    let start = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for c in 0..clients {
+        let ch = chans[c % chans.len()].clone();
+        let next = next.clone();
+        let done = progress.handle();
+        workers.push(tokio::spawn(async move {
+            let mut stats = Stats::default();
+            let mut lc = LeaseClient::new(ch);
+            let id = match lc.lease_grant(LeaseGrantRequest { ttl: 100, id: 0 }).await {
+                Ok(r) => r.into_inner().id,
+                Err(e) => {
+                    stats.errors.insert(status_text(e), 1);
+                    return stats;
+                }
+            };
+            let (tx, rx) = mpsc::channel(1);
+            let mut stream = match lc
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    stats.errors.insert(status_text(e), 1);
+                    return stats;
+                }
+            };
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let ok = tx.send(LeaseKeepAliveRequest { id }).await.is_ok()
+                    && matches!(stream.message().await, Ok(Some(_)));
+                if ok {
+                    stats.lats.push(t.elapsed().as_secs_f64());
+                } else {
+                    *stats.errors.entry("keep-alive failed".into()).or_default() += 1;
+                }
+                done.add(1);
+            }
+            stats
+        }));
+    }
+    let mut all = Stats::default();
+    for w in workers {
+        if let Ok(s) = w.await {
+            all.merge(s);
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish(total, elapsed);
+    Ok(all.finish(elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_go_varints_padded_to_size() {
+        assert_eq!(key(0, 8), vec![0; 8]);
+        assert_eq!(key(1, 4), vec![2, 0, 0, 0]);
+        assert_eq!(key(64, 4), vec![0x80, 0x01, 0, 0]);
+        assert_eq!(key(300, 3), vec![0xd8, 0x04, 0]);
+    }
+}
