@@ -42,7 +42,11 @@ pub async fn connect(g: &Global) -> Result<Vec<Channel>, String> {
         if !g.dial_timeout.is_zero() {
             c = c.connect_timeout(g.dial_timeout);
         }
-        out.push(c.connect().await.map_err(|e| format!("dial error: {ep}: {e}"))?);
+        out.push(
+            c.connect()
+                .await
+                .map_err(|e| format!("dial error: {ep}: {e}"))?,
+        );
     }
     Ok(out)
 }
@@ -92,7 +96,11 @@ impl Progress {
 
 fn draw(done: usize, total: usize, elapsed: Duration) {
     let width = 40;
-    let frac = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+    let frac = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
     let fill = ((frac * width as f64) as usize).min(width);
     eprint!(
         "\r{done} / {total} [{}{}] {:.2}% {}s",

@@ -14,10 +14,18 @@ use clap::{Args, Parser, Subcommand};
 use crate::load::Global;
 
 #[derive(Parser)]
-#[command(name = "ballast-bench", about = "A low-level benchmark tool for etcd3 and Ballast")]
+#[command(
+    name = "ballast-bench",
+    about = "A low-level benchmark tool for etcd3 and Ballast"
+)]
 struct Cli {
     /// gRPC endpoints
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     endpoints: Vec<String>,
     /// Total number of gRPC connections
     #[arg(long, global = true, default_value_t = 1)]
@@ -176,7 +184,10 @@ fn main() {
         dial_timeout: cli.dial_timeout,
         progress: true,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");

@@ -51,7 +51,8 @@ impl Stats {
             return 0.0;
         }
         let avg = self.average();
-        let var = self.lats.iter().map(|l| (l - avg) * (l - avg)).sum::<f64>() / self.lats.len() as f64;
+        let var =
+            self.lats.iter().map(|l| (l - avg) * (l - avg)).sum::<f64>() / self.lats.len() as f64;
         var.sqrt()
     }
 
@@ -118,7 +119,7 @@ impl Stats {
         let max = counts.iter().copied().max().unwrap_or(0);
         let mut s = String::from("\nResponse time histogram:\n");
         for (bound, n) in bounds.iter().zip(&counts) {
-            let bar = if max > 0 { n * 40 / max } else { 0 };
+            let bar = (n * 40).checked_div(max).unwrap_or(0);
             let _ = writeln!(s, "  {} [{n}]\t|{}", f(*bound), "∎".repeat(bar));
         }
         s
@@ -131,8 +132,10 @@ mod tests {
 
     #[test]
     fn percentiles_and_report_follow_etcd() {
-        let mut s = Stats::default();
-        s.lats = (1..=100).map(|i| i as f64 / 1000.0).collect();
+        let mut s = Stats {
+            lats: (1..=100).map(|i| i as f64 / 1000.0).collect(),
+            ..Stats::default()
+        };
         s.errors.insert("boom".into(), 2);
         let s = s.finish(Duration::from_secs(2));
         // etcd's index: ceil(p * (n + 1) / 100) - 1.
@@ -143,14 +146,30 @@ mod tests {
         let text = s.render(false);
         assert!(text.contains("\nSummary:\n  Total:\t2.0000 secs.\n  Slowest:\t0.1000 secs.\n  Fastest:\t0.0010 secs.\n  Average:\t0.0505 secs.\n"), "{text}");
         assert!(text.contains("  Requests/sec:\t50.0000\n"), "{text}");
-        assert!(text.contains("\nResponse time histogram:\n  0.0010 [1]\t|"), "{text}");
-        assert!(text.contains("\nLatency distribution:\n  10% in 11.000 ms.\n"), "{text}");
+        assert!(
+            text.contains("\nResponse time histogram:\n  0.0010 [1]\t|"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nLatency distribution:\n  10% in 11.000 ms.\n"),
+            "{text}"
+        );
         assert!(text.contains("  99.9% in 100.000 ms.\n"), "{text}");
-        assert!(text.contains("\nError distribution:\n  [2]\tboom\n"), "{text}");
+        assert!(
+            text.contains("\nError distribution:\n  [2]\tboom\n"),
+            "{text}"
+        );
         let counted: usize = text
             .lines()
             .filter(|l| l.contains("]\t|"))
-            .filter_map(|l| l.split('[').nth(1)?.split(']').next()?.parse::<usize>().ok())
+            .filter_map(|l| {
+                l.split('[')
+                    .nth(1)?
+                    .split(']')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .sum();
         assert_eq!(counted, 100);
     }

@@ -64,7 +64,10 @@ pub async fn put(g: &Global, a: &PutArgs) -> Result<Stats, String> {
     let a2 = a.clone();
     Ok(load::run(g, &chans, a.total, a.rate, move |ch, i| {
         let req = PutRequest {
-            key: key(key_number(i, a2.key_space_size, a2.sequential_keys), a2.key_size),
+            key: key(
+                key_number(i, a2.key_space_size, a2.sequential_keys),
+                a2.key_size,
+            ),
             value: value.to_vec(),
             ..Default::default()
         };
@@ -237,7 +240,12 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
                 Some(at) => stats
                     .lats
                     .push(at.saturating_duration_since(*st).as_secs_f64()),
-                None => *stats.errors.entry("watch event not received".into()).or_default() += 1,
+                None => {
+                    *stats
+                        .errors
+                        .entry("watch event not received".into())
+                        .or_default() += 1
+                }
             }
         }
     }
@@ -269,6 +277,12 @@ pub async fn lease_keepalive(g: &Global, total: usize) -> Result<Stats, String> 
                 }
             };
             let (tx, rx) = mpsc::channel(1);
+            // gRPC servers in Go send response headers with the first response, so the call
+            // only completes once a request is on its way.
+            let mut first = Some(Instant::now());
+            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                return stats;
+            }
             let mut stream = match lc
                 .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
@@ -280,9 +294,14 @@ pub async fn lease_keepalive(g: &Global, total: usize) -> Result<Stats, String> 
                 }
             };
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let t = Instant::now();
-                let ok = tx.send(LeaseKeepAliveRequest { id }).await.is_ok()
-                    && matches!(stream.message().await, Ok(Some(_)));
+                let (t, sent) = match first.take() {
+                    Some(t) => (t, true),
+                    None => (
+                        Instant::now(),
+                        tx.send(LeaseKeepAliveRequest { id }).await.is_ok(),
+                    ),
+                };
+                let ok = sent && matches!(stream.message().await, Ok(Some(_)));
                 if ok {
                     stats.lats.push(t.elapsed().as_secs_f64());
                 } else {

@@ -1,0 +1,113 @@
+//! `ballast-bench` works: its report parses (against Ballast and the real etcd), and
+//! `compare --quick --dry-run` starts, drives and stops both servers. Nothing here is timed.
+
+use std::process::Command;
+
+use crate::cluster::{bin_dir, finish, Kind, Server};
+
+fn bench(args: &[&str]) -> (String, String, i32) {
+    let child = Command::new(bin_dir().join("ballast-bench"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ballast-bench built beside the other binaries");
+    finish(child)
+}
+
+/// The figures of etcd's report: (requests/sec, number of requests in the histogram).
+fn parse_report(out: &str) -> (f64, usize) {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in:\n{out}"));
+    let counted = out
+        .lines()
+        .filter(|l| l.contains("]\t|"))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)?
+                .split(']')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    // Percentiles of exactly zero are left out, as etcd leaves them out.
+    assert!(out.contains("\nLatency distribution:\n"), "{out}");
+    (rps, counted)
+}
+
+#[test]
+fn bench_reports_parse_against_ballast_and_etcd() {
+    for kind in [Kind::Ballast, Kind::Etcd] {
+        let s = Server::start(kind, &[]);
+        let ep = format!("--endpoints={}", s.endpoint());
+        let runs: [&[&str]; 4] = [
+            &[
+                "put",
+                "--total=60",
+                "--clients=4",
+                "--conns=2",
+                "--val-size=64",
+            ],
+            &["range", "foo", "--total=40", "--consistency=s"],
+            &[
+                "txn-put",
+                "--total=30",
+                "--txn-ops=2",
+                "--key-space-size=10",
+            ],
+            &["lease-keepalive", "--total=30", "--clients=3"],
+        ];
+        for args in runs {
+            let mut all = vec![ep.as_str()];
+            all.extend_from_slice(args);
+            let (out, err, code) = bench(&all);
+            assert_eq!(code, 0, "{kind:?} {args:?}: {err}");
+            let (rps, n) = parse_report(&out);
+            assert!(rps > 0.0, "{kind:?} {args:?}:\n{out}");
+            let total: usize = args
+                .iter()
+                .find_map(|a| a.strip_prefix("--total="))
+                .and_then(|t| t.parse().ok())
+                .unwrap();
+            assert_eq!(
+                n, total,
+                "{kind:?} {args:?}: every request in the histogram:\n{out}"
+            );
+        }
+        let (out, err, code) = bench(&[&ep, "watch-latency", "--total=5", "--clients=3"]);
+        assert_eq!(code, 0, "{kind:?} watch-latency: {err}");
+        assert_eq!(
+            parse_report(&out).1,
+            15,
+            "5 puts seen by 3 watchers:\n{out}"
+        );
+    }
+    let (_, err, code) = bench(&["range", "foo", "--consistency=x", "--endpoints=127.0.0.1:1"]);
+    assert_ne!(code, 0);
+    assert!(!err.is_empty());
+}
+
+#[test]
+fn compare_dry_run_drives_both_servers() {
+    let ballast = bin_dir().join("ballast");
+    let out_dir = tempfile::tempdir().unwrap();
+    let (out, err, code) = bench(&[
+        "compare",
+        "--quick",
+        "--dry-run",
+        &format!("--ballast={}", ballast.display()),
+        &format!("--out-dir={}", out_dir.path().display()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("| put, 3 members"), "{out}");
+    assert!(out.contains("| put, 1 member"), "{out}");
+    assert!(out.contains("peak RSS per member"), "{out}");
+    // Every row has figures for both servers and no errors.
+    assert!(!out.contains("Errors:"), "{out}");
+    // A dry run writes nothing.
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}
