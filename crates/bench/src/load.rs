@@ -149,6 +149,16 @@ where
             stats
         }));
     }
+    gather(workers, progress, total, start).await
+}
+
+/// Waits for every worker and merges what they measured into one report's figures.
+pub async fn gather(
+    workers: Vec<tokio::task::JoinHandle<Stats>>,
+    progress: Progress,
+    total: usize,
+    start: Instant,
+) -> Stats {
     let mut all = Stats::default();
     for w in workers {
         if let Ok(s) = w.await {

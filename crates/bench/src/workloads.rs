@@ -312,15 +312,7 @@ pub async fn lease_keepalive(g: &Global, total: usize) -> Result<Stats, String> 
             stats
         }));
     }
-    let mut all = Stats::default();
-    for w in workers {
-        if let Ok(s) = w.await {
-            all.merge(s);
-        }
-    }
-    let elapsed = start.elapsed();
-    progress.finish(total, elapsed);
-    Ok(all.finish(elapsed))
+    Ok(load::gather(workers, progress, total, start).await)
 }
 
 #[cfg(test)]
