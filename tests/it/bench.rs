@@ -78,6 +78,30 @@ fn bench_reports_parse_against_ballast_and_etcd() {
                 "{kind:?} {args:?}: every request in the histogram:\n{out}"
             );
         }
+        let (out, err, code) = bench(&[&ep, "txn-mixed", "--total=40", "--clients=4"]);
+        assert_eq!(code, 0, "{kind:?} txn-mixed: {err}");
+        assert!(
+            out.starts_with("bench with linearizable range\nTotal Read Ops: "),
+            "{out}"
+        );
+        let reads: usize = out.lines().nth(1).unwrap()[16..].trim().parse().unwrap();
+        let writes: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Total Write Ops: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(reads + writes, 40, "{out}");
+        let (out, err, code) = bench(&[
+            &ep,
+            "watch-get",
+            "--watchers=50",
+            "--streams=2",
+            "--events=4",
+        ]);
+        assert_eq!(code, 0, "{kind:?} watch-get: {err}");
+        assert!(out.starts_with("Get during watch summary:\n"), "{out}");
         let (out, err, code) = bench(&[&ep, "watch-latency", "--total=5", "--clients=3"]);
         assert_eq!(code, 0, "{kind:?} watch-latency: {err}");
         assert_eq!(

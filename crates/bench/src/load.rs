@@ -120,16 +120,38 @@ where
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let op = Arc::new(op);
+    let mut by_kind = run_kinds(g, chans, total, rate, 1, move |ch, i| {
+        let fut = op(ch, i);
+        async move { (0, fut.await) }
+    })
+    .await;
+    by_kind.pop().unwrap_or_default()
+}
+
+/// Like [`run`] for requests of `kinds` kinds: `op` says which kind each request was, and
+/// each kind gets its own figures (e.g. the reads and the writes of `txn-mixed`).
+pub async fn run_kinds<F, Fut>(
+    g: &Global,
+    chans: &[Channel],
+    total: usize,
+    rate: u64,
+    kinds: usize,
+    op: F,
+) -> Vec<Stats>
+where
+    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (usize, Result<(), String>)> + Send,
+{
+    let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
     let progress = Progress::start(total, g.progress);
-    let done = progress.done.clone();
     let start = Instant::now();
     let mut workers = Vec::new();
     for c in 0..g.clients.max(1) {
         let chan = chans[c % chans.len()].clone();
-        let (op, next, done) = (op.clone(), next.clone(), done.clone());
+        let (op, next, done) = (op.clone(), next.clone(), progress.handle());
         workers.push(tokio::spawn(async move {
-            let mut stats = Stats::default();
+            let mut stats = vec![Stats::default(); kinds];
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -140,16 +162,29 @@ where
                     tokio::time::sleep_until(at.into()).await;
                 }
                 let t = Instant::now();
-                match op(chan.clone(), i).await {
-                    Ok(()) => stats.lats.push(t.elapsed().as_secs_f64()),
-                    Err(e) => *stats.errors.entry(e).or_default() += 1,
+                let (kind, res) = op(chan.clone(), i).await;
+                if let Some(s) = stats.get_mut(kind) {
+                    match res {
+                        Ok(()) => s.lats.push(t.elapsed().as_secs_f64()),
+                        Err(e) => *s.errors.entry(e).or_default() += 1,
+                    }
                 }
-                done.fetch_add(1, Ordering::Relaxed);
+                done.add(1);
             }
             stats
         }));
     }
-    gather(workers, progress, total, start).await
+    let mut all = vec![Stats::default(); kinds];
+    for w in workers {
+        if let Ok(per_kind) = w.await {
+            for (a, s) in all.iter_mut().zip(per_kind) {
+                a.merge(s);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish(total, elapsed);
+    all.into_iter().map(|s| s.finish(elapsed)).collect()
 }
 
 /// Waits for every worker and merges what they measured into one report's figures.

@@ -111,6 +111,52 @@ enum Cmd {
         #[arg(long = "txn-ops", default_value_t = 1)]
         txn_ops: usize,
     },
+    /// Benchmark a mixed load of txn-put & txn-range.
+    #[command(name = "txn-mixed")]
+    TxnMixed {
+        key: Option<String>,
+        end: Option<String>,
+        /// Total number of txn requests
+        #[arg(long, default_value_t = 10000)]
+        total: usize,
+        /// Maximum txns per second (0 is no limit)
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Key size of mixed txn
+        #[arg(long = "key-size", default_value_t = 8)]
+        key_size: usize,
+        /// Value size of mixed txn
+        #[arg(long = "val-size", default_value_t = 8)]
+        val_size: usize,
+        /// Maximum possible keys
+        #[arg(long = "key-space-size", default_value_t = 1)]
+        key_space_size: usize,
+        /// Read operation range end key. By default, we do full range query with the default limit of 1000.
+        #[arg(long = "end-key", default_value = "")]
+        end_key: String,
+        /// Read operation range result limit
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        /// Linearizable(l) or Serializable(s)
+        #[arg(long, default_value = "l")]
+        consistency: String,
+        /// Read/write ops ratio
+        #[arg(long = "rw-ratio", default_value_t = 1.0)]
+        rw_ratio: f64,
+    },
+    /// Benchmark watch with get
+    #[command(name = "watch-get")]
+    WatchGet {
+        /// Total number of watchers
+        #[arg(long, default_value_t = 10000)]
+        watchers: usize,
+        /// Total number of watcher streams
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Number of events per watcher
+        #[arg(long, default_value_t = 8)]
+        events: usize,
+    },
     /// Benchmark watch latency
     #[command(name = "watch-latency")]
     WatchLatency {
@@ -194,9 +240,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let precise = g.precise;
+    let render = |s: report::Stats| s.render(precise);
     let res = rt.block_on(async {
         match &cli.cmd {
-            Cmd::Put(p) => workloads::put(&g, &p.args()).await,
+            Cmd::Put(p) => workloads::put(&g, &p.args()).await.map(render),
             Cmd::Range {
                 key,
                 end,
@@ -215,14 +263,62 @@ fn main() {
                     limit: *limit,
                     count_only: *count_only,
                 };
-                workloads::range(&g, &a).await
+                workloads::range(&g, &a).await.map(render)
             }
             Cmd::TxnPut { put, txn_ops } => {
                 let a = workloads::TxnPutArgs {
                     put: put.args(),
                     txn_ops: *txn_ops,
                 };
-                workloads::txn_put(&g, &a).await
+                workloads::txn_put(&g, &a).await.map(render)
+            }
+            Cmd::TxnMixed {
+                key: _,
+                end: _,
+                total,
+                rate,
+                key_size,
+                val_size,
+                key_space_size,
+                end_key: _,
+                limit,
+                consistency,
+                rw_ratio,
+            } => {
+                let a = workloads::TxnMixedArgs {
+                    total: *total,
+                    rate: *rate,
+                    key_size: *key_size,
+                    val_size: *val_size,
+                    key_space_size: *key_space_size,
+                    limit: *limit,
+                    consistency: consistency.clone(),
+                    rw_ratio: *rw_ratio,
+                };
+                let kind = if consistency == "s" { "serializable" } else { "linearizable" };
+                workloads::txn_mixed(&g, &a).await.map(|(r, w)| {
+                    format!(
+                        "bench with {kind} range\nTotal Read Ops: {}\nDetails:{}\nTotal Write Ops: {}\nDetails:{}\n",
+                        r.lats.len() + r.errors.values().sum::<usize>(),
+                        r.render(g.precise),
+                        w.lats.len() + w.errors.values().sum::<usize>(),
+                        w.render(g.precise),
+                    )
+                })
+            }
+            Cmd::WatchGet {
+                watchers,
+                streams,
+                events,
+            } => {
+                let a = workloads::WatchGetArgs {
+                    watchers: *watchers,
+                    streams: *streams,
+                    events: *events,
+                };
+                workloads::watch_get(&g, &a)
+                    .await
+                    .map(|s| format!("Get during watch summary:\n{}", s.render(g.precise)))
             }
             Cmd::WatchLatency {
                 total,
@@ -236,9 +332,11 @@ fn main() {
                     key_size: *key_size,
                     val_size: *val_size,
                 };
-                workloads::watch_latency(&g, &a).await
+                workloads::watch_latency(&g, &a).await.map(render)
             }
-            Cmd::LeaseKeepalive { total } => workloads::lease_keepalive(&g, *total).await,
+            Cmd::LeaseKeepalive { total } => {
+                workloads::lease_keepalive(&g, *total).await.map(render)
+            }
             Cmd::Compare {
                 quick,
                 dry_run,
@@ -260,18 +358,16 @@ fn main() {
                     ballast,
                     out_dir: out_dir.clone(),
                 };
-                return match compare::run(&a).await {
-                    Ok(true) => Ok(None),
+                match compare::run(&a).await {
+                    Ok(true) => Ok(String::new()),
                     Ok(false) => Err("not every target was met".to_string()),
                     Err(e) => Err(e),
-                };
+                }
             }
         }
-        .map(Some)
     });
     match res {
-        Ok(Some(stats)) => print!("{}", stats.render(g.precise)),
-        Ok(None) => {}
+        Ok(text) => print!("{text}"),
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1);

@@ -327,3 +327,162 @@ mod tests {
         assert_eq!(key(300, 3), vec![0xd8, 0x04, 0]);
     }
 }
+
+#[derive(Clone, Debug)]
+pub struct TxnMixedArgs {
+    pub total: usize,
+    pub rate: u64,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub key_space_size: usize,
+    pub limit: i64,
+    pub consistency: String,
+    pub rw_ratio: f64,
+}
+
+/// Reads (a ranged get over every key, limited) and writes (a put) inside txns, mixed by
+/// `rw_ratio`, each kind with its own figures: (reads, writes).
+pub async fn txn_mixed(g: &Global, a: &TxnMixedArgs) -> Result<(Stats, Stats), String> {
+    let serializable = match a.consistency.as_str() {
+        "l" => false,
+        "s" => true,
+        other => return Err(format!("unknown consistency flag {other:?}")),
+    };
+    let chans = load::connect(g).await?;
+    let value = Arc::new(load::rand_bytes(a.val_size));
+    let a2 = a.clone();
+    let mut kinds = load::run_kinds(g, &chans, a.total, a.rate, 2, move |ch, i| {
+        let read = rand::thread_rng().gen_bool(a2.rw_ratio / (1.0 + a2.rw_ratio));
+        let op = if read {
+            // etcd's tool asks for the prefix of "" (every key), limited; its --end-key is
+            // overridden by that prefix, so it changes nothing here either.
+            OpRequest::RequestRange(RangeRequest {
+                key: vec![],
+                range_end: vec![0],
+                limit: a2.limit,
+                serializable,
+                ..Default::default()
+            })
+        } else {
+            OpRequest::RequestPut(PutRequest {
+                key: key(key_number(i, a2.key_space_size, true), a2.key_size),
+                value: value.to_vec(),
+                ..Default::default()
+            })
+        };
+        let req = TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp { request: Some(op) }],
+            failure: vec![],
+        };
+        async move {
+            let res = KvClient::new(ch)
+                .txn(req)
+                .await
+                .map(|_| ())
+                .map_err(status_text);
+            (usize::from(!read), res)
+        }
+    })
+    .await;
+    let writes = kinds.pop().unwrap_or_default();
+    let reads = kinds.pop().unwrap_or_default();
+    Ok((reads, writes))
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchGetArgs {
+    pub watchers: usize,
+    pub streams: usize,
+    pub events: usize,
+}
+
+/// Serializable gets while many watchers replay history (unsynced), as etcd's `watch-get`:
+/// the figures are the gets'.
+pub async fn watch_get(g: &Global, a: &WatchGetArgs) -> Result<Stats, String> {
+    let chans = load::connect(g).await?;
+    let mut kv = KvClient::new(chans[0].clone());
+    let mut watch_rev = 0;
+    for i in 0..a.events {
+        let r = kv
+            .put(PutRequest {
+                key: b"watchkey".to_vec(),
+                value: i.to_string().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        if i == 0 {
+            watch_rev = r.header.map(|h| h.revision).unwrap_or(0);
+        }
+    }
+    let total_events = a.watchers * a.events;
+    let progress = Progress::start(total_events, g.progress);
+    let streams = a.streams.max(1);
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        // Watchers are spread over the streams round-robin.
+        let n = (a.watchers + streams - 1 - s) / streams;
+        let (tx, rx) = mpsc::channel(n.max(1));
+        for _ in 0..n {
+            let create = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: b"watchkey".to_vec(),
+                    start_revision: watch_rev,
+                    ..Default::default()
+                })),
+            };
+            tx.send(create).await.map_err(|e| e.to_string())?;
+        }
+        let mut stream = WatchClient::new(chans[s % chans.len()].clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        let want = n * a.events;
+        let done = progress.handle();
+        tasks.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut seen = 0;
+            while seen < want {
+                match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                    Ok(Ok(Some(r))) => {
+                        seen += r.events.len();
+                        done.add(r.events.len());
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    let getter = KvClient::new(chans[0].clone());
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = watching.clone();
+    let gets = tokio::spawn(async move {
+        let mut kv = getter;
+        let mut stats = Stats::default();
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let req = RangeRequest {
+                key: b"abc".to_vec(),
+                serializable: true,
+                ..Default::default()
+            };
+            match kv.range(req).await {
+                Ok(_) => stats.lats.push(t.elapsed().as_secs_f64()),
+                Err(e) => *stats.errors.entry(status_text(e)).or_default() += 1,
+            }
+        }
+        stats
+    });
+    let start = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let stats = gets.await.map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    progress.finish(total_events, elapsed);
+    Ok(stats.finish(elapsed))
+}
