@@ -65,6 +65,8 @@ pub struct Figures {
     pub elapsed: Duration,
     /// How long the linearizability check took.
     pub check_time: Duration,
+    /// Snapshots members installed from their leader (from the members' logs).
+    pub snapshots: usize,
 }
 
 impl Figures {
@@ -87,7 +89,7 @@ impl Figures {
     /// The scenario's figures as text, for test output.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "scenario {} ({} members, {:.1} s): {}\n  operations: {} attempted, {} acknowledged, {} ambiguous, {} failed\n  acknowledged writes lost: {}\n  linearizability: {} (checked in {:.2} s)\n  watch: {}\n  time to new leader: {}\n",
+            "scenario {} ({} members, {:.1} s): {}\n  operations: {} attempted, {} acknowledged, {} ambiguous, {} failed\n  acknowledged writes lost: {}\n  linearizability: {} (checked in {:.2} s)\n  watch: {}\n  time to new leader: {}\n  snapshots installed: {}\n",
             self.name,
             self.members,
             self.elapsed.as_secs_f64(),
@@ -101,6 +103,7 @@ impl Figures {
             self.check_time.as_secs_f64(),
             self.watch,
             self.leader_times_text(),
+            self.snapshots,
         );
         for p in &self.problems {
             s.push_str(&format!("  problem: {p}\n"));
@@ -333,6 +336,16 @@ impl Run {
         self.lost_writes(&entries, &truth);
         self.check_watchers(&truth).await;
         self.say("checked watchers");
+        self.fig.snapshots = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                std::fs::read_to_string(&n.log_path)
+                    .map(|l| l.matches("installed snapshot").count())
+                    .unwrap_or(0)
+            })
+            .sum();
         self.fig.elapsed = self.started.elapsed();
         self.fig
     }
@@ -563,7 +576,17 @@ async fn leader_kill(setup: &Setup) -> Result<Figures, Error> {
 /// Scenario 2: kill -9 of random members of five: one at a time, two at once, then all at once.
 async fn member_kill(setup: &Setup) -> Result<Figures, Error> {
     use rand::seq::SliceRandom;
-    let mut r = Run::start("member-kill", 5, setup, &[]).await?;
+    // Small log limits, so members that come back after a kill often need a snapshot.
+    let mut r = Run::start(
+        "member-kill",
+        5,
+        setup,
+        &[
+            "--snapshot-count=500",
+            "--experimental-snapshot-catchup-entries=50",
+        ],
+    )
+    .await?;
     let rounds: [usize; 4] = [1, 1, 2, 5];
     for k in rounds {
         r.sleep(1500).await;
@@ -732,7 +755,18 @@ async fn leader_pause(setup: &Setup) -> Result<Figures, Error> {
 
 /// Scenario 8: A crash at each raft boundary, alternating between the leader and a follower.
 async fn raft_failpoints(setup: &Setup) -> Result<Figures, Error> {
-    let mut r = Run::start("raft-failpoints", 3, setup, &["--snapshot-count", "200"]).await?;
+    // Small log limits: log compaction, in-memory trimming and snapshot transfers to the
+    // restarted members all happen many times.
+    let mut r = Run::start(
+        "raft-failpoints",
+        3,
+        setup,
+        &[
+            "--snapshot-count=200",
+            "--experimental-snapshot-catchup-entries=50",
+        ],
+    )
+    .await?;
     let points = [
         ("raft-before-save", 40),
         ("raft-after-save", 40),

@@ -142,8 +142,13 @@ enum Cmd {
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
-    /// The state machine holds everything up to this index durably: compact the log to it.
-    Compact(u64),
+    /// The state machine has applied everything up to `index`: drop in-memory entries before
+    /// it (keeping the catch-up entries). With `durable`, it also holds them durably, so the
+    /// WAL is rewritten from there too.
+    Compact {
+        index: u64,
+        durable: bool,
+    },
 }
 
 pub struct Node {
@@ -203,6 +208,7 @@ impl Node {
             log = l;
         }
         let committed = storage.hard_state().commit;
+        let wal_compacted = storage.snapshot_metadata().index;
         let conf_now = storage.conf_state().clone();
         let raft_cfg = Config {
             id: member.member_id,
@@ -264,6 +270,7 @@ impl Node {
             next_read: 0,
             lone_voter,
             catch_up_entries: cfg.catch_up_entries,
+            wal_compacted,
         };
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -291,11 +298,11 @@ impl Node {
 
     /// A handle the applier uses to report how far the state machine is durable, so the log
     /// can be compacted up to there.
-    pub fn compactor(&self) -> impl Fn(u64) + Send + 'static {
+    pub fn compactor(&self) -> impl Fn(u64, bool) + Send + 'static {
         let tx = self.tx.clone();
-        move |index| {
+        move |index, durable| {
             // A full queue only postpones compaction to the next report.
-            let _ = tx.try_send(Cmd::Compact(index));
+            let _ = tx.try_send(Cmd::Compact { index, durable });
         }
     }
 
@@ -388,6 +395,8 @@ struct Driver {
     /// Campaign once the configuration is applied: this member is the only voter.
     lone_voter: bool,
     catch_up_entries: u64,
+    /// Index of the snapshot the WAL starts from.
+    wal_compacted: u64,
 }
 
 impl Driver {
@@ -479,10 +488,15 @@ impl Driver {
         }
     }
 
-    /// Drops log entries the state machine holds durably, keeping the WAL to what is needed.
-    fn compact(&mut self, index: u64) -> Result<(), RaftError> {
+    /// Drops in-memory log entries up to `index` (less the catch-up entries) and, when the
+    /// state machine holds them durably, rewrites the WAL to start there too. Raft then sends
+    /// followers that need older entries a snapshot, exported from the live store, which
+    /// covers `index`.
+    fn compact(&mut self, index: u64, durable: bool) -> Result<(), RaftError> {
         let store = self.node.store();
-        if index <= store.snapshot_metadata().index {
+        let trim = index > store.snapshot_metadata().index;
+        let rewrite = durable && index > self.wal_compacted;
+        if !trim && !rewrite {
             return Ok(());
         }
         let Some(term) = store.term_of(index) else {
@@ -501,18 +515,25 @@ impl Driver {
             ..Default::default()
         };
         meta.set_conf_state(conf);
-        failpoint::crash("raft-before-snapshot");
-        self.node
-            .mut_store()
-            .compact_to(meta.clone(), self.catch_up_entries);
-        let store = self.node.store();
-        self.log.rewrite(
-            self.member,
-            store.conf_state(),
-            store.hard_state(),
-            &meta,
-            store.retained_entries(),
-        )?;
+        if trim {
+            self.node
+                .mut_store()
+                .compact_to(meta.clone(), self.catch_up_entries);
+        }
+        if rewrite {
+            failpoint::crash("raft-before-snapshot");
+            let store = self.node.store();
+            self.log.rewrite(
+                self.member,
+                store.conf_state(),
+                store.hard_state(),
+                &meta,
+                store.retained_entries(),
+            )?;
+            self.wal_compacted = index;
+            failpoint::crash("raft-after-snapshot");
+            tracing::info!(index, term, "compacted raft log");
+        }
         // Older configurations can no longer be asked for.
         let keep_from = self
             .conf_history
@@ -520,8 +541,6 @@ impl Driver {
             .rposition(|(i, _)| *i <= index)
             .unwrap_or(0);
         self.conf_history.drain(..keep_from);
-        failpoint::crash("raft-after-snapshot");
-        tracing::info!(index, term, "compacted raft log");
         Ok(())
     }
 
@@ -588,8 +607,8 @@ impl Driver {
                 };
                 let _ = tx.send(res);
             }
-            Cmd::Compact(index) => {
-                if let Err(e) = self.compact(index) {
+            Cmd::Compact { index, durable } => {
+                if let Err(e) = self.compact(index, durable) {
                     // The old log is still whole; compaction is retried at the next report.
                     tracing::warn!(index, error = %e, "raft log compaction failed");
                 }

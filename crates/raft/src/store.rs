@@ -1,8 +1,10 @@
 //! The in-memory raft log raft-rs reads through its `Storage` trait; the WAL makes it durable.
 //!
-//! Unlike raft-rs's `MemStorage`, the snapshot it reports is the last point the state machine
-//! made durable (not the commit index), so the data shipped with a snapshot always covers the
-//! index its metadata names.
+//! Unlike raft-rs's `MemStorage`, the snapshot it reports is a point the state machine has
+//! already applied (not the commit index), so the data shipped with a snapshot — exported
+//! from the live store — always covers the index its metadata names. The driver moves it
+//! forward every few thousand applied entries to keep memory bounded; the WAL keeps older
+//! entries until the state machine holds them durably.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -11,7 +13,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
-    /// The state machine holds everything up to here durably; what a snapshot ships.
+    /// The state machine has applied everything up to here; what a snapshot ships.
     snapshot: SnapshotMetadata,
     /// Entries at or below this (index, term) are dropped. At or below `snapshot.index`: a few
     /// thousand entries are kept past a snapshot so briefly lagging followers catch up from
@@ -85,7 +87,7 @@ impl LogStore {
         Ok(())
     }
 
-    /// Records that the state machine holds everything up to `meta.index` durably, and drops
+    /// Records that the state machine has applied everything up to `meta.index`, and drops
     /// entries up to `keep` before it.
     pub fn compact_to(&mut self, meta: SnapshotMetadata, keep: u64) {
         if meta.index <= self.snapshot.index {

@@ -192,6 +192,8 @@ impl EtcdServer {
             snap_dir,
             snapshot_count: cfg.snapshot_count,
             last_compact,
+            last_trim: last_compact,
+            trim_every: cfg.snapshot_catchup_entries.max(1),
             compact: Box::new(node.compactor()),
             waiters: waiters.clone(),
             watch: hub.clone(),
@@ -460,9 +462,13 @@ struct Applier {
     mvcc: SharedMvcc,
     snap_dir: std::path::PathBuf,
     snapshot_count: u64,
-    /// Applied index at the last log compaction.
+    /// Applied index at the last log compaction (WAL rewrite).
     last_compact: u64,
-    compact: Box<dyn Fn(u64) + Send>,
+    /// Applied index at the last trim of the in-memory log, and how often to trim: the raft
+    /// log would otherwise hold up to `snapshot_count` entries in memory.
+    last_trim: u64,
+    trim_every: u64,
+    compact: Box<dyn Fn(u64, bool) + Send>,
     watch: Arc<WatchHub>,
     lessor: Arc<Lessor>,
     waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
@@ -521,6 +527,7 @@ impl Applier {
         let applied = m.applied_index();
         *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = m;
         self.last_compact = applied;
+        self.last_trim = applied;
         self.applied.send_replace(applied);
         self.watch.resync(current(&self.mvcc).current_rev());
         self.sync_membership();
@@ -590,11 +597,15 @@ impl Applier {
             self.sync_membership();
         }
         if last.saturating_sub(self.last_compact) >= self.snapshot_count {
-            // The log may only drop what the store holds durably.
+            // The WAL may only drop what the store holds durably.
             mvcc.sync()?;
             self.last_sync = Instant::now();
             self.last_compact = last;
-            (self.compact)(last);
+            self.last_trim = last;
+            (self.compact)(last, true);
+        } else if last.saturating_sub(self.last_trim) >= self.trim_every {
+            self.last_trim = last;
+            (self.compact)(last, false);
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use ballast_harness::scenario::{self, Figures, Setup};
 
 fn row(f: &Figures) -> String {
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         f.name,
         f.members,
         f.attempted,
@@ -26,6 +26,7 @@ fn row(f: &Figures) -> String {
         },
         f.watch,
         f.leader_times_text(),
+        f.snapshots,
         if f.passed() { "pass" } else { "FAIL" },
     )
 }
@@ -83,7 +84,7 @@ fn main() {
                 eprintln!("scenario {name}: {e}");
                 failed = true;
                 rows.push(format!(
-                    "| {name} | error: {} |||||||||",
+                    "| {name} | error: {} ||||||||||",
                     e.lines().next().unwrap_or("")
                 ));
             }
@@ -97,9 +98,9 @@ fn main() {
     );
     let _ = writeln!(
         doc,
-        "| scenario | members | ops attempted | acknowledged | ambiguous | failed | acknowledged writes lost | linearizable | watch | time to new leader | result |"
+        "| scenario | members | ops attempted | acknowledged | ambiguous | failed | acknowledged writes lost | linearizable | watch | time to new leader | snapshots installed | result |"
     );
-    let _ = writeln!(doc, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(doc, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(doc, "{r}");
     }
