@@ -43,12 +43,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The load flags put, txn-put and txn-mixed share.
 #[derive(Args, Clone)]
-struct PutFlags {
-    /// Total number of put requests
+struct LoadFlags {
+    /// Total number of requests
     #[arg(long, default_value_t = 10000)]
     total: usize,
-    /// Maximum puts per second (0 is no limit)
+    /// Maximum requests per second (0 is no limit)
     #[arg(long, default_value_t = 0)]
     rate: u64,
     /// Key size of put request
@@ -60,6 +61,12 @@ struct PutFlags {
     /// Maximum possible keys
     #[arg(long = "key-space-size", default_value_t = 1)]
     key_space_size: usize,
+}
+
+#[derive(Args, Clone)]
+struct PutFlags {
+    #[command(flatten)]
+    load: LoadFlags,
     /// Use sequential keys
     #[arg(long = "sequential-keys")]
     sequential_keys: bool,
@@ -68,11 +75,11 @@ struct PutFlags {
 impl PutFlags {
     fn args(&self) -> workloads::PutArgs {
         workloads::PutArgs {
-            total: self.total,
-            rate: self.rate,
-            key_size: self.key_size,
-            val_size: self.val_size,
-            key_space_size: self.key_space_size,
+            total: self.load.total,
+            rate: self.load.rate,
+            key_size: self.load.key_size,
+            val_size: self.load.val_size,
+            key_space_size: self.load.key_space_size,
             sequential_keys: self.sequential_keys,
         }
     }
@@ -116,21 +123,8 @@ enum Cmd {
     TxnMixed {
         key: Option<String>,
         end: Option<String>,
-        /// Total number of txn requests
-        #[arg(long, default_value_t = 10000)]
-        total: usize,
-        /// Maximum txns per second (0 is no limit)
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Key size of mixed txn
-        #[arg(long = "key-size", default_value_t = 8)]
-        key_size: usize,
-        /// Value size of mixed txn
-        #[arg(long = "val-size", default_value_t = 8)]
-        val_size: usize,
-        /// Maximum possible keys
-        #[arg(long = "key-space-size", default_value_t = 1)]
-        key_space_size: usize,
+        #[command(flatten)]
+        load: LoadFlags,
         /// Read operation range end key. By default, we do full range query with the default limit of 1000.
         #[arg(long = "end-key", default_value = "")]
         end_key: String,
@@ -275,22 +269,18 @@ fn main() {
             Cmd::TxnMixed {
                 key: _,
                 end: _,
-                total,
-                rate,
-                key_size,
-                val_size,
-                key_space_size,
+                load,
                 end_key: _,
                 limit,
                 consistency,
                 rw_ratio,
             } => {
                 let a = workloads::TxnMixedArgs {
-                    total: *total,
-                    rate: *rate,
-                    key_size: *key_size,
-                    val_size: *val_size,
-                    key_space_size: *key_space_size,
+                    total: load.total,
+                    rate: load.rate,
+                    key_size: load.key_size,
+                    val_size: load.val_size,
+                    key_space_size: load.key_space_size,
                     limit: *limit,
                     consistency: consistency.clone(),
                     rw_ratio: *rw_ratio,

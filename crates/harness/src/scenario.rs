@@ -811,12 +811,25 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
     // The same on the leader: arm a member, then hand it leadership.
     let (l, f) = r.followers().await?;
     let target = f[1];
-    let spec = format!("{fault}@200");
+    // Armed late enough that leadership moves to it first (the count runs from its start).
+    let spec = format!("{fault}@1000");
     r.cluster.restart(target, &spec)?;
-    r.sleep(1500).await;
+    r.sleep(500).await;
     let id = r.cluster.nodes[target].id;
     let via = r.cluster.nodes[l].endpoint();
-    let led = crate::leases::move_leader(&via, id).await.is_ok();
+    let mut led = false;
+    for _ in 0..5 {
+        if crate::leases::move_leader(&via, id).await.is_ok() {
+            led = true;
+            break;
+        }
+        r.sleep(300).await;
+    }
+    if !led {
+        r.problem(format!(
+            "could not hand leadership to the armed member before its {fault}"
+        ));
+    }
     let died = r.crash_with_armed(target, Duration::from_secs(15)).await;
     if !died {
         let name = r.cluster.nodes[target].name.clone();
