@@ -1,9 +1,10 @@
 //! Real `ballast` processes on 127.0.0.1, each behind its own peer-link proxy, and the faults
 //! that act on processes: kill -9, restart, SIGSTOP/SIGCONT, failpoints armed at start.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ pub struct Node {
     pub peer_port: u16,
     /// The port other members dial (the proxy's).
     pub proxy_port: u16,
+    /// Where the proxy forwards to (the member's `peer_port`).
+    upstream: Arc<AtomicU16>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
@@ -248,6 +251,7 @@ impl Cluster {
             c.launch(i, "")?;
         }
         c.wait_leader(Duration::from_secs(20), &[]).await?;
+        c.relaunch_port_losers().await?;
         c.learn_ids().await?;
         Ok(c)
     }
@@ -264,10 +268,10 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
             .await
             .map_err(|e| format!("proxy port {proxy_port}: {e}"))?;
-        let upstream: SocketAddr = ([127, 0, 0, 1], peer_port).into();
+        let upstream = Arc::new(AtomicU16::new(peer_port));
         self.proxies.push(tokio::spawn(proxy::run(
             listener,
-            upstream,
+            upstream.clone(),
             self.net.clone(),
         )));
         let base = self.dir.path().join(&name);
@@ -277,6 +281,7 @@ impl Cluster {
             client_port,
             peer_port,
             proxy_port,
+            upstream,
             data_dir: base.with_extension("data"),
             log_path: base.with_extension("log"),
             child: None,
@@ -286,6 +291,36 @@ impl Cluster {
             started_once: false,
         });
         Ok(self.nodes.len() - 1)
+    }
+
+    /// Ports are picked free and bound by the member later, so a concurrent test can take one
+    /// in between. A member that stopped on "Address already in use" gets fresh client and
+    /// peer ports (the proxy keeps the advertised one) and starts again.
+    async fn relaunch_port_losers(&mut self) -> Result<(), Error> {
+        for attempt in 0..3 {
+            let mut lost = Vec::new();
+            for i in 0..self.nodes.len() {
+                let n = &mut self.nodes[i];
+                if n.exited().is_some() && n.log_tail(3).contains("Address already in use") {
+                    lost.push(i);
+                }
+            }
+            if lost.is_empty() {
+                return Ok(());
+            }
+            for i in lost {
+                let n = &mut self.nodes[i];
+                n.client_port = free_port();
+                n.peer_port = free_port();
+                n.upstream.store(n.peer_port, Ordering::Relaxed);
+                n.child = None;
+                // Its data dir is kept: it may already have voted, and must remember that.
+                self.launch(i, "")?;
+            }
+            tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+            self.wait_leader(Duration::from_secs(20), &[]).await?;
+        }
+        Ok(())
     }
 
     fn launch(&mut self, i: usize, failpoints: &str) -> Result<(), Error> {

@@ -9,6 +9,7 @@
 //! are copied as bytes and cut when their link is blocked.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,13 +69,16 @@ impl Net {
     }
 }
 
-/// Serves connections arriving on `listener` by forwarding them to `upstream` through `net`.
-pub async fn run(listener: TcpListener, upstream: std::net::SocketAddr, net: Arc<Net>) {
+/// Serves connections arriving on `listener` by forwarding them to the loopback port in
+/// `upstream` (read per connection: a member may move to another port) through `net`.
+pub async fn run(listener: TcpListener, upstream: Arc<AtomicU16>, net: Arc<Net>) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             continue;
         };
         let net = net.clone();
+        let upstream: std::net::SocketAddr =
+            ([127, 0, 0, 1], upstream.load(Ordering::Relaxed)).into();
         tokio::spawn(async move {
             let _ = serve(conn, upstream, net).await;
         });
