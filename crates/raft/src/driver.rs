@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self as std_mpsc, Receiver, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -137,8 +138,9 @@ pub struct RaftStatus {
 }
 
 enum Cmd {
-    Propose(Vec<u8>, oneshot::Sender<RaftError>),
-    ProposeConf(ConfChange, oneshot::Sender<RaftError>),
+    /// Entry data and the proposer's token, passed to the drop handler if raft refuses it.
+    Propose(Vec<u8>, u64),
+    ProposeConf(ConfChange, u64),
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
@@ -151,8 +153,13 @@ enum Cmd {
     },
 }
 
+/// Told `(token, why)` when a proposal never made it into the log. Success is seen when the
+/// entry is applied, so a proposal costs no channel of its own.
+pub type DropHandler = Arc<dyn Fn(u64, RaftError) + Send + Sync>;
+
 pub struct Node {
     tx: mpsc::Sender<Cmd>,
+    on_drop: Arc<OnceLock<DropHandler>>,
     transport: Transport,
     status: watch::Receiver<RaftStatus>,
     member_id: u64,
@@ -255,8 +262,10 @@ impl Node {
         for (id, urls) in &cfg.peers {
             transport.set_peer(*id, urls.clone());
         }
+        let on_drop: Arc<OnceLock<DropHandler>> = Arc::new(OnceLock::new());
         let mut driver = Driver {
             node,
+            on_drop: on_drop.clone(),
             log,
             rx,
             inbound,
@@ -279,6 +288,7 @@ impl Node {
         Ok((
             Node {
                 tx,
+                on_drop,
                 transport,
                 status: status_rx,
                 member_id: member.member_id,
@@ -311,12 +321,15 @@ impl Node {
         self.transport.clone()
     }
 
-    /// Queues `data` for the log. The returned receiver fires only if the proposal is dropped;
-    /// success is observed when the entry is applied.
-    pub fn propose(&self, data: Vec<u8>) -> Result<oneshot::Receiver<RaftError>, RaftError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Propose(data, tx))?;
-        Ok(rx)
+    /// Installs the handler told about dropped proposals (once; later calls are ignored).
+    pub fn set_drop_handler(&self, f: DropHandler) {
+        let _ = self.on_drop.set(f);
+    }
+
+    /// Queues `data` for the log. If raft refuses it, the drop handler gets `token`; success is
+    /// observed when the entry is applied.
+    pub fn propose(&self, data: Vec<u8>, token: u64) -> Result<(), RaftError> {
+        self.send(Cmd::Propose(data, token))
     }
 
     /// Queues a membership change; like [`Node::propose`], success is seen when it applies.
@@ -325,7 +338,8 @@ impl Node {
         kind: ConfKind,
         node_id: u64,
         context: Vec<u8>,
-    ) -> Result<oneshot::Receiver<RaftError>, RaftError> {
+        token: u64,
+    ) -> Result<(), RaftError> {
         let mut cc = ConfChange::default();
         cc.set_change_type(match kind {
             ConfKind::AddVoter => ConfChangeType::AddNode,
@@ -334,9 +348,7 @@ impl Node {
         });
         cc.node_id = node_id;
         cc.context = context.into();
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::ProposeConf(cc, tx))?;
-        Ok(rx)
+        self.send(Cmd::ProposeConf(cc, token))
     }
 
     /// On the leader: whether learner `id` has caught up enough to be promoted (its match
@@ -380,6 +392,7 @@ impl Node {
 
 struct Driver {
     node: RawNode<LogStore>,
+    on_drop: Arc<OnceLock<DropHandler>>,
     log: RaftLog,
     rx: mpsc::Receiver<Cmd>,
     inbound: mpsc::Receiver<Inbound>,
@@ -580,11 +593,11 @@ impl Driver {
 
     fn handle(&mut self, cmd: Cmd, reads: &mut Vec<oneshot::Sender<Result<u64, RaftError>>>) {
         match cmd {
-            Cmd::Propose(data, on_drop) => {
-                self.propose_or_drop(on_drop, |n| n.propose(vec![], data));
+            Cmd::Propose(data, token) => {
+                self.propose_or_drop(token, |n| n.propose(vec![], data));
             }
-            Cmd::ProposeConf(cc, on_drop) => {
-                self.propose_or_drop(on_drop, |n| n.propose_conf_change(vec![], cc));
+            Cmd::ProposeConf(cc, token) => {
+                self.propose_or_drop(token, |n| n.propose_conf_change(vec![], cc));
             }
             Cmd::LearnerReady(id, tx) => {
                 let r = &self.node.raft;
@@ -626,14 +639,21 @@ impl Driver {
     /// Proposes through raft, or tells the proposer at once that there is no leader to take it.
     fn propose_or_drop(
         &mut self,
-        on_drop: oneshot::Sender<RaftError>,
+        token: u64,
         propose: impl FnOnce(&mut RawNode<LogStore>) -> raft::Result<()>,
     ) {
-        if self.node.raft.leader_id == raft::INVALID_ID {
-            let _ = on_drop.send(RaftError::NoLeader);
+        let dropped = if self.node.raft.leader_id == raft::INVALID_ID {
+            true
         } else if let Err(e) = propose(&mut self.node) {
             tracing::debug!(error = %e, "proposal dropped");
-            let _ = on_drop.send(RaftError::NoLeader);
+            true
+        } else {
+            false
+        };
+        if dropped {
+            if let Some(f) = self.on_drop.get() {
+                f(token, RaftError::NoLeader);
+            }
         }
     }
 

@@ -66,7 +66,7 @@ pub enum ServerError {
     LeaderTransferTimeout,
 }
 
-type Waiter = oneshot::Sender<Result<Applied, KvError>>;
+type Waiter = oneshot::Sender<Result<Applied, ServerError>>;
 
 /// The state machine, replaced whole when a snapshot from the leader is installed.
 type SharedMvcc = Arc<std::sync::RwLock<Arc<Mvcc>>>;
@@ -144,6 +144,16 @@ impl EtcdServer {
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
         let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
+        let dropped = waiters.clone();
+        node.set_drop_handler(Arc::new(move |id, e| {
+            let w = dropped
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(w) = w {
+                let _ = w.send(Err(ServerError::from(e)));
+            }
+        }));
         let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
         let (removed_tx, removed_rx) = watch::channel(false);
         let member_id = node.member_id();
@@ -392,22 +402,18 @@ impl EtcdServer {
         }
         let (tx, rx) = oneshot::channel();
         self.lock_waiters().insert(id, tx);
+        // One channel per proposal: the applier completes it, or the driver's drop handler
+        // fails it when raft refuses the proposal.
         let proposed = match conf {
-            None => self.node.propose(data),
-            Some((kind, node)) => self.node.propose_conf_change(kind, node, data),
+            None => self.node.propose(data, id),
+            Some((kind, node)) => self.node.propose_conf_change(kind, node, data, id),
         };
-        let dropped = match proposed {
-            Ok(d) => d,
-            Err(e) => {
-                self.lock_waiters().remove(&id);
-                return Err(e.into());
-            }
-        };
+        if let Err(e) = proposed {
+            self.lock_waiters().remove(&id);
+            return Err(e.into());
+        }
         let outcome = tokio::time::timeout(self.cfg.request_timeout(), async {
-            tokio::select! {
-                r = rx => r.map_err(|_| ServerError::Stopped)?.map_err(ServerError::from),
-                Ok(e) = dropped => Err(ServerError::from(e)),
-            }
+            rx.await.map_err(|_| ServerError::Stopped)?
         })
         .await;
         match outcome {
@@ -588,7 +594,7 @@ impl Applier {
             }
             for (id, res) in ids.into_iter().zip(results) {
                 if let Some(w) = id.and_then(|id| waiters.remove(&id)) {
-                    let _ = w.send(res);
+                    let _ = w.send(res.map_err(ServerError::from));
                 }
             }
         }
