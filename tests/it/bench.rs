@@ -102,6 +102,25 @@ fn bench_reports_parse_against_ballast_and_etcd() {
         ]);
         assert_eq!(code, 0, "{kind:?} watch-get: {err}");
         assert!(out.starts_with("Get during watch summary:\n"), "{out}");
+        let (out, err, code) = bench(&[
+            &ep,
+            "watch",
+            "--streams=2",
+            "--watch-per-stream=5",
+            "--put-total=10",
+            "--clients=2",
+        ]);
+        assert_eq!(code, 0, "{kind:?} watch: {err}");
+        let (created, received) = out
+            .split_once("Watch events received summary:\n")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(created.starts_with("Watch creation summary:\n"), "{out}");
+        assert_eq!(parse_report(created).1, 10, "10 watchers created:\n{out}");
+        assert_eq!(
+            parse_report(received).1,
+            100,
+            "10 puts seen by 10 watchers:\n{out}"
+        );
         let (out, err, code) = bench(&[&ep, "watch-latency", "--total=5", "--clients=3"]);
         assert_eq!(code, 0, "{kind:?} watch-latency: {err}");
         assert_eq!(

@@ -138,6 +138,33 @@ enum Cmd {
         #[arg(long = "rw-ratio", default_value_t = 1.0)]
         rw_ratio: f64,
     },
+    /// Benchmark watch
+    Watch {
+        /// Total watch streams
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Total watchers per stream
+        #[arg(long = "watch-per-stream", default_value_t = 100)]
+        watch_per_stream: usize,
+        /// Total number of keys to be watched
+        #[arg(long = "watched-key-total", default_value_t = 1)]
+        watched_key_total: usize,
+        /// Number of keys to put per second
+        #[arg(long = "put-rate", default_value_t = 0)]
+        put_rate: u64,
+        /// Number of put requests
+        #[arg(long = "put-total", default_value_t = 1000)]
+        put_total: usize,
+        /// Key size of watch request
+        #[arg(long = "key-size", default_value_t = 32)]
+        key_size: usize,
+        /// Maximum possible keys
+        #[arg(long = "key-space-size", default_value_t = 1)]
+        key_space_size: usize,
+        /// Use sequential keys
+        #[arg(long = "sequential-keys")]
+        sequential_keys: bool,
+    },
     /// Benchmark watch with get
     #[command(name = "watch-get")]
     WatchGet {
@@ -293,6 +320,34 @@ fn main() {
                         r.render(g.precise),
                         w.lats.len() + w.errors.values().sum::<usize>(),
                         w.render(g.precise),
+                    )
+                })
+            }
+            Cmd::Watch {
+                streams,
+                watch_per_stream,
+                watched_key_total,
+                put_rate,
+                put_total,
+                key_size,
+                key_space_size,
+                sequential_keys,
+            } => {
+                let a = workloads::WatchArgs {
+                    streams: *streams,
+                    watch_per_stream: *watch_per_stream,
+                    watched_key_total: *watched_key_total,
+                    put_rate: *put_rate,
+                    put_total: *put_total,
+                    key_size: *key_size,
+                    key_space_size: *key_space_size,
+                    sequential_keys: *sequential_keys,
+                };
+                workloads::watch(&g, &a).await.map(|(c, e)| {
+                    format!(
+                        "Watch creation summary:\n{}Watch events received summary:\n{}",
+                        c.render(g.precise),
+                        e.render(g.precise)
                     )
                 })
             }

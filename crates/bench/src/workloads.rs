@@ -486,3 +486,156 @@ pub async fn watch_get(g: &Global, a: &WatchGetArgs) -> Result<Stats, String> {
     progress.finish(total_events, elapsed);
     Ok(stats.finish(elapsed))
 }
+
+#[derive(Clone, Debug)]
+pub struct WatchArgs {
+    pub streams: usize,
+    pub watch_per_stream: usize,
+    pub watched_key_total: usize,
+    pub put_rate: u64,
+    pub put_total: usize,
+    pub key_size: usize,
+    pub key_space_size: usize,
+    pub sequential_keys: bool,
+}
+
+/// etcd's `watch`: creates `streams` × `watch_per_stream` watchers over `watched_key_total`
+/// keys (figures: time to each created response), then puts to those keys and counts the
+/// events delivered (figures: events per second). Returns (creation, events).
+pub async fn watch(g: &Global, a: &WatchArgs) -> Result<(Stats, Stats), String> {
+    let chans = load::connect(g).await?;
+    let watched: Vec<Vec<u8>> = (0..a.watched_key_total.max(1))
+        .map(|i| {
+            key(
+                key_number(i, a.key_space_size, a.sequential_keys),
+                a.key_size,
+            )
+        })
+        .collect();
+    let mut watchers_on: std::collections::HashMap<Vec<u8>, usize> = Default::default();
+    let total_watches = a.streams * a.watch_per_stream;
+    let progress = Progress::start(total_watches, g.progress);
+    let start = Instant::now();
+    let mut creation = Stats::default();
+    let mut receivers = Vec::new();
+    for s in 0..a.streams {
+        let (tx, rx) = mpsc::channel(16);
+        let first = watched[(s * a.watch_per_stream) % watched.len()].clone();
+        tx.send(create_watch(first))
+            .await
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let mut stream = WatchClient::new(chans[s % chans.len()].clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        for w in 0..a.watch_per_stream {
+            let k = watched[(s * a.watch_per_stream + w) % watched.len()].clone();
+            *watchers_on.entry(k.clone()).or_default() += 1;
+            let t = if w == 0 {
+                t
+            } else {
+                tx.send(create_watch(k)).await.map_err(|e| e.to_string())?;
+                Instant::now()
+            };
+            match stream.message().await {
+                Ok(Some(r)) if r.created => creation.lats.push(t.elapsed().as_secs_f64()),
+                Ok(_) => {
+                    *creation
+                        .errors
+                        .entry("no created response".into())
+                        .or_default() += 1
+                }
+                Err(e) => *creation.errors.entry(status_text(e)).or_default() += 1,
+            }
+            progress.add(1);
+        }
+        receivers.push((tx, stream));
+    }
+    progress.finish(total_watches, start.elapsed());
+    let creation = creation.finish(start.elapsed());
+
+    let events_total: usize = (0..a.put_total)
+        .map(|i| {
+            watchers_on
+                .get(&watched[i % watched.len()])
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    let progress = Progress::start(events_total, g.progress);
+    let remaining = Arc::new(std::sync::atomic::AtomicIsize::new(events_total as isize));
+    let mut tasks = Vec::new();
+    for (tx, mut stream) in receivers {
+        let (remaining, done) = (remaining.clone(), progress.handle());
+        tasks.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            let mut stats = Stats::default();
+            while remaining.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                    Ok(Ok(Some(r))) => {
+                        let n = r.events.len();
+                        // As etcd's tool: one result per event, counted on arrival.
+                        stats.lats.extend(std::iter::repeat_n(0.0, n));
+                        remaining.fetch_sub(n as isize, std::sync::atomic::Ordering::Relaxed);
+                        done.add(n);
+                    }
+                    Ok(_) => break,
+                    Err(_) => continue,
+                }
+            }
+            stats
+        }));
+    }
+    let start = Instant::now();
+    let puts_g = Global {
+        progress: false,
+        ..g.clone()
+    };
+    let keys = Arc::new(watched);
+    let puts = load::run(&puts_g, &chans, a.put_total, a.put_rate, move |ch, i| {
+        let req = PutRequest {
+            key: keys[i % keys.len()].clone(),
+            value: b"data".to_vec(),
+            ..Default::default()
+        };
+        async move {
+            KvClient::new(ch)
+                .put(req)
+                .await
+                .map(|_| ())
+                .map_err(status_text)
+        }
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while remaining.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    remaining.store(0, std::sync::atomic::Ordering::Relaxed);
+    let mut events = Stats::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            events.merge(s);
+        }
+    }
+    events.merge(Stats {
+        errors: puts.errors,
+        ..Stats::default()
+    });
+    let elapsed = start.elapsed();
+    progress.finish(events_total, elapsed);
+    Ok((creation, events.finish(elapsed)))
+}
+
+fn create_watch(key: Vec<u8>) -> WatchRequest {
+    WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key,
+            ..Default::default()
+        })),
+    }
+}
