@@ -44,7 +44,7 @@ fn bench_reports_parse_against_ballast_and_etcd() {
     for kind in [Kind::Ballast, Kind::Etcd] {
         let s = Server::start(kind, &[]);
         let ep = format!("--endpoints={}", s.endpoint());
-        let runs: [&[&str]; 4] = [
+        let runs: [&[&str]; 7] = [
             &[
                 "put",
                 "--total=60",
@@ -60,6 +60,21 @@ fn bench_reports_parse_against_ballast_and_etcd() {
                 "--key-space-size=10",
             ],
             &["lease-keepalive", "--total=30", "--clients=3"],
+            &[
+                "stm",
+                "--total=30",
+                "--clients=4",
+                "--keys=3",
+                "--keys-per-txn=2",
+            ],
+            &[
+                "stm",
+                "--total=20",
+                "--clients=4",
+                "--isolation=ss",
+                "--keys=2",
+            ],
+            &["stm", "--total=10", "--clients=2", "--stm-locker=lock-rpc"],
         ];
         for args in runs {
             let mut all = vec![ep.as_str()];

@@ -138,6 +138,33 @@ enum Cmd {
         #[arg(long = "rw-ratio", default_value_t = 1.0)]
         rw_ratio: f64,
     },
+    /// Benchmark STM
+    Stm {
+        /// Read Committed (c), Repeatable Reads (r), Serializable (s), or Snapshot (ss)
+        #[arg(long, default_value = "r")]
+        isolation: String,
+        /// Total unique keys accessible by the benchmark
+        #[arg(long, default_value_t = 1)]
+        keys: usize,
+        /// Total number of completed STM transactions
+        #[arg(long, default_value_t = 10000)]
+        total: usize,
+        /// Number of keys to access per transaction
+        #[arg(long = "keys-per-txn", default_value_t = 1)]
+        keys_per_txn: usize,
+        /// Percentage of keys to overwrite per transaction
+        #[arg(long = "txn-wr-percent", default_value_t = 50)]
+        txn_wr_percent: usize,
+        /// Wrap STM transaction with a custom locking mechanism (stm, lock-rpc)
+        #[arg(long = "stm-locker", default_value = "stm")]
+        stm_locker: String,
+        /// Value size of each STM put request
+        #[arg(long = "val-size", default_value_t = 8)]
+        val_size: usize,
+        /// Maximum STM transactions per second (0 is no limit)
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Benchmark watch
     Watch {
         /// Total watch streams
@@ -322,6 +349,28 @@ fn main() {
                         w.render(g.precise),
                     )
                 })
+            }
+            Cmd::Stm {
+                isolation,
+                keys,
+                total,
+                keys_per_txn,
+                txn_wr_percent,
+                stm_locker,
+                val_size,
+                rate,
+            } => {
+                let a = workloads::StmArgs {
+                    isolation: isolation.clone(),
+                    keys: *keys,
+                    total: *total,
+                    keys_per_txn: *keys_per_txn,
+                    write_percent: *txn_wr_percent,
+                    locker: stm_locker.clone(),
+                    val_size: *val_size,
+                    rate: *rate,
+                };
+                workloads::stm(&g, &a).await.map(render)
             }
             Cmd::Watch {
                 streams,

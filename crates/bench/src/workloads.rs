@@ -9,9 +9,11 @@ use ballast_api::etcdserverpb::request_op::Request as OpRequest;
 use ballast_api::etcdserverpb::watch_client::WatchClient;
 use ballast_api::etcdserverpb::watch_request::RequestUnion;
 use ballast_api::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest,
+    compare, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
+use ballast_api::v3lockpb::lock_client::LockClient;
+use ballast_api::v3lockpb::{LockRequest, UnlockRequest};
 use rand::Rng;
 use tokio::sync::mpsc;
 
@@ -638,4 +640,175 @@ fn create_watch(key: Vec<u8>) -> WatchRequest {
             ..Default::default()
         })),
     }
+}
+
+#[derive(Clone, Debug)]
+pub struct StmArgs {
+    /// `c`, `r`, `s` or `ss`, as etcd's concurrency STM isolation levels.
+    pub isolation: String,
+    pub keys: usize,
+    pub total: usize,
+    pub keys_per_txn: usize,
+    pub write_percent: usize,
+    pub locker: String,
+    pub val_size: usize,
+    pub rate: u64,
+}
+
+/// One key's state as a transaction read it.
+struct ReadKey {
+    key: Vec<u8>,
+    mod_rev: i64,
+}
+
+/// etcd's software transactional memory, as its `concurrency.STM`: read the keys (pinned at
+/// the first read's revision for `s`/`ss`), then commit the writes in a txn that checks
+/// nothing read (and, for `ss`, nothing written) changed since; retry until it commits.
+async fn stm_once(
+    kv: &mut KvClient<tonic::transport::Channel>,
+    keys: &[Vec<u8>],
+    writes: usize,
+    val_size: usize,
+    isolation: &str,
+) -> Result<(), String> {
+    loop {
+        let mut pinned = 0i64;
+        let mut reads = Vec::with_capacity(keys.len());
+        for k in keys {
+            let pin = matches!(isolation, "s" | "ss") && pinned > 0;
+            let r = kv
+                .range(RangeRequest {
+                    key: k.clone(),
+                    revision: if pin { pinned } else { 0 },
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            if pinned == 0 {
+                pinned = r.header.map(|h| h.revision).unwrap_or(0);
+            }
+            let mod_rev = r.kvs.first().map(|kv| kv.mod_revision).unwrap_or(0);
+            reads.push(ReadKey {
+                key: k.clone(),
+                mod_rev,
+            });
+        }
+        let mut compare = Vec::new();
+        if isolation != "c" {
+            for r in &reads {
+                compare.push(Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: r.key.clone(),
+                    target_union: Some(compare::TargetUnion::ModRevision(r.mod_rev)),
+                    ..Default::default()
+                });
+            }
+        }
+        let written = &keys[..writes.min(keys.len())];
+        if isolation == "ss" {
+            for k in written {
+                compare.push(Compare {
+                    result: compare::CompareResult::Less as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: k.clone(),
+                    target_union: Some(compare::TargetUnion::ModRevision(pinned + 1)),
+                    ..Default::default()
+                });
+            }
+        }
+        let success = written
+            .iter()
+            .map(|k| RequestOp {
+                request: Some(OpRequest::RequestPut(PutRequest {
+                    key: k.clone(),
+                    value: load::rand_bytes(val_size),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let r = kv
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        if r.succeeded {
+            return Ok(());
+        }
+    }
+}
+
+pub async fn stm(g: &Global, a: &StmArgs) -> Result<Stats, String> {
+    if !matches!(a.isolation.as_str(), "c" | "r" | "s" | "ss") {
+        return Err(format!("unexpected isolation {:?}", a.isolation));
+    }
+    if a.keys == 0 {
+        return Err(format!("expected positive --keys, got ({})", a.keys));
+    }
+    if a.write_percent > 100 {
+        return Err(format!(
+            "expected [0, 100] --txn-wr-percent, got ({})",
+            a.write_percent
+        ));
+    }
+    if a.keys_per_txn > a.keys {
+        return Err(format!(
+            "expected --keys-per-txn between 0 and {}, got ({})",
+            a.keys, a.keys_per_txn
+        ));
+    }
+    let lock_rpc = match a.locker.as_str() {
+        "stm" => false,
+        "lock-rpc" => true,
+        other => return Err(format!("unexpected stm locker {other:?}")),
+    };
+    let chans = load::connect(g).await?;
+    // lock-rpc: each transaction runs under the Lock service's lock, held by a lease.
+    let lease = if lock_rpc {
+        LeaseClient::new(chans[0].clone())
+            .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
+            .await
+            .map_err(status_text)?
+            .into_inner()
+            .id
+    } else {
+        0
+    };
+    let a2 = a.clone();
+    Ok(load::run(g, &chans, a.total, a.rate, move |ch, _| {
+        let a = a2.clone();
+        async move {
+            let mut set = std::collections::BTreeSet::new();
+            while set.len() < a.keys_per_txn {
+                set.insert(key(rand::thread_rng().gen_range(0..a.keys) as u64, 16));
+            }
+            let keys: Vec<Vec<u8>> = set.into_iter().collect();
+            let writes = keys.len() * a.write_percent / 100;
+            let mut kv = KvClient::new(ch.clone());
+            if !lock_rpc {
+                return stm_once(&mut kv, &keys, writes, a.val_size, &a.isolation).await;
+            }
+            let mut lc = LockClient::new(ch);
+            let held = lc
+                .lock(LockRequest {
+                    name: b"stmlock".to_vec(),
+                    lease,
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .key;
+            let res = stm_once(&mut kv, &keys, writes, a.val_size, &a.isolation).await;
+            lc.unlock(UnlockRequest { key: held })
+                .await
+                .map_err(status_text)?;
+            res
+        }
+    })
+    .await)
 }
