@@ -24,6 +24,24 @@ fn status_text(s: tonic::Status) -> String {
     s.message().to_string()
 }
 
+/// One KV request of a closed-loop benchmark.
+enum KvOp {
+    Put(PutRequest),
+    Range(RangeRequest),
+    Txn(TxnRequest),
+}
+
+/// Sends `op` on `ch`; only success or the error's text matters to the report.
+async fn send(ch: tonic::transport::Channel, op: KvOp) -> Result<(), String> {
+    let mut kv = KvClient::new(ch);
+    let res = match op {
+        KvOp::Put(r) => kv.put(r).await.map(|_| ()),
+        KvOp::Range(r) => kv.range(r).await.map(|_| ()),
+        KvOp::Txn(r) => kv.txn(r).await.map(|_| ()),
+    };
+    res.map_err(status_text)
+}
+
 /// etcd's key scheme: the key number as a varint, zero-padded to `size` bytes.
 pub fn key(n: u64, size: usize) -> Vec<u8> {
     let mut k = vec![0u8; size.max(1)];
@@ -73,13 +91,7 @@ pub async fn put(g: &Global, a: &PutArgs) -> Result<Stats, String> {
             value: value.to_vec(),
             ..Default::default()
         };
-        async move {
-            KvClient::new(ch)
-                .put(req)
-                .await
-                .map(|_| ())
-                .map_err(status_text)
-        }
+        send(ch, KvOp::Put(req))
     })
     .await)
 }
@@ -112,14 +124,7 @@ pub async fn range(g: &Global, a: &RangeArgs) -> Result<Stats, String> {
         ..Default::default()
     };
     Ok(load::run(g, &chans, a.total, a.rate, move |ch, _| {
-        let req = req.clone();
-        async move {
-            KvClient::new(ch)
-                .range(req)
-                .await
-                .map(|_| ())
-                .map_err(status_text)
-        }
+        send(ch, KvOp::Range(req.clone()))
     })
     .await)
 }
@@ -152,13 +157,7 @@ pub async fn txn_put(g: &Global, a: &TxnPutArgs) -> Result<Stats, String> {
             success,
             failure: vec![],
         };
-        async move {
-            KvClient::new(ch)
-                .txn(req)
-                .await
-                .map(|_| ())
-                .map_err(status_text)
-        }
+        send(ch, KvOp::Txn(req))
     })
     .await)
 }
@@ -377,14 +376,7 @@ pub async fn txn_mixed(g: &Global, a: &TxnMixedArgs) -> Result<(Stats, Stats), S
             success: vec![RequestOp { request: Some(op) }],
             failure: vec![],
         };
-        async move {
-            let res = KvClient::new(ch)
-                .txn(req)
-                .await
-                .map(|_| ())
-                .map_err(status_text);
-            (usize::from(!read), res)
-        }
+        async move { (usize::from(!read), send(ch, KvOp::Txn(req)).await) }
     })
     .await;
     let writes = kinds.pop().unwrap_or_default();
@@ -602,13 +594,7 @@ pub async fn watch(g: &Global, a: &WatchArgs) -> Result<(Stats, Stats), String> 
             value: b"data".to_vec(),
             ..Default::default()
         };
-        async move {
-            KvClient::new(ch)
-                .put(req)
-                .await
-                .map(|_| ())
-                .map_err(status_text)
-        }
+        send(ch, KvOp::Put(req))
     })
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
