@@ -412,15 +412,9 @@ impl EtcdServer {
             self.lock_waiters().remove(&id);
             return Err(e.into());
         }
-        let outcome = tokio::time::timeout(self.cfg.request_timeout(), async {
-            rx.await.map_err(|_| ServerError::Stopped)?
-        })
-        .await;
-        match outcome {
-            Ok(r) => {
-                self.lock_waiters().remove(&id);
-                r
-            }
+        match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
+            // Whoever answered (the applier or the drop handler) took the waiter out already.
+            Ok(r) => r.map_err(|_| ServerError::Stopped)?,
             Err(_) => {
                 self.lock_waiters().remove(&id);
                 Err(ServerError::Timeout)
