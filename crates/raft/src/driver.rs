@@ -306,8 +306,8 @@ impl Node {
         })
     }
 
-    /// A handle the applier uses to report how far the state machine is durable, so the log
-    /// can be compacted up to there.
+    /// A handle the applier uses to report how far the state machine has applied (and, with
+    /// `true`, holds durably), so the in-memory log (and then the WAL) can be compacted.
     pub fn compactor(&self) -> impl Fn(u64, bool) + Send + 'static {
         let tx = self.tx.clone();
         move |index, durable| {
@@ -533,7 +533,23 @@ impl Driver {
                 .mut_store()
                 .compact_to(meta.clone(), self.catch_up_entries);
         }
-        if rewrite {
+        // The WAL's entries must continue right after its snapshot. Reports come in index
+        // order, so a trim never runs past a later durable index; if one ever did, keep the
+        // old WAL rather than write a log that cannot be read back.
+        let gap = self
+            .node
+            .store()
+            .retained_entries()
+            .first()
+            .is_some_and(|e| e.index > index + 1);
+        debug_assert!(!(rewrite && gap), "log trimmed past durable index {index}");
+        if rewrite && gap {
+            tracing::warn!(
+                index,
+                "in-memory log trimmed past the durable index; WAL kept as is"
+            );
+        }
+        if rewrite && !gap {
             failpoint::crash("raft-before-snapshot");
             let store = self.node.store();
             self.log.rewrite(
