@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use ballast_api::etcdserverpb::kv_client::KvClient;
 use ballast_api::etcdserverpb::RangeRequest;
-use tonic::transport::Channel;
 
 use crate::cluster::{Binary, Cluster, Error, Options, ELECTION_MS};
 use crate::history::{Entry, Op, Outcome};
@@ -244,14 +243,19 @@ impl Run {
         limit: Duration,
     ) -> Result<bool, Error> {
         self.cluster.restart(i, failpoints)?;
+        Ok(self.wait_exit(i, limit).await)
+    }
+
+    /// Waits (up to `limit`) for member `i`'s process to end by itself.
+    async fn wait_exit(&mut self, i: usize, limit: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < limit {
             if self.cluster.nodes[i].exited().is_some() {
-                return Ok(true);
+                return true;
             }
             self.sleep(50).await;
         }
-        Ok(false)
+        false
     }
 
     /// Heals every fault, checks everything, and returns the figures.
@@ -358,12 +362,7 @@ impl Run {
         history: &crate::history::History,
         entries: &mut Vec<Entry>,
     ) -> Result<(), Error> {
-        let ch = Channel::from_shared(ep.to_string())
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut kv = KvClient::new(ch);
+        let mut kv = KvClient::new(crate::cluster::channel(ep).await?);
         for key in 0..self.mix.keys {
             let invoke = history.now();
             let r = kv
@@ -377,7 +376,7 @@ impl Run {
             let v = r
                 .kvs
                 .first()
-                .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
+                .and_then(|kv| crate::workload::parse(&kv.value));
             entries.push(Entry {
                 client: usize::MAX,
                 key,
@@ -830,7 +829,7 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
             "could not hand leadership to the armed member before its {fault}"
         ));
     }
-    let died = r.crash_with_armed(target, Duration::from_secs(15)).await;
+    let died = r.wait_exit(target, Duration::from_secs(15)).await;
     if !died {
         let name = r.cluster.nodes[target].name.clone();
         r.problem(format!("{name} kept running after {fault}"));
@@ -841,20 +840,6 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
     r.cluster.restart(target, "")?;
     r.sleep(1500).await;
     Ok(r.finish().await)
-}
-
-impl Run {
-    /// Waits (up to `limit`) for an already armed member to die.
-    async fn crash_with_armed(&mut self, i: usize, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.cluster.nodes[i].exited().is_some() {
-                return true;
-            }
-            self.sleep(50).await;
-        }
-        false
-    }
 }
 
 /// Scenario 11: A learner added, caught up and promoted, then an original member (the leader when
@@ -876,11 +861,7 @@ async fn membership_changes(setup: &Setup) -> Result<Figures, Error> {
     r.set_endpoints();
     r.new_leader(t, &[l]).await?;
     // A removed member stops by itself.
-    let start = Instant::now();
-    while r.cluster.nodes[l].running() && start.elapsed() < Duration::from_secs(10) {
-        r.sleep(100).await;
-    }
-    if r.cluster.nodes[l].running() {
+    if !r.wait_exit(l, Duration::from_secs(10)).await {
         r.problem("removed member kept running");
     }
     r.sleep(1500).await;

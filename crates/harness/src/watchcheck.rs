@@ -197,12 +197,7 @@ pub struct Truth {
 impl Truth {
     /// Reads every revision in `1..=last` from `endpoint` (serializable ranges).
     pub async fn read(endpoint: &str, prefix: &[u8], last: i64) -> Result<Truth, String> {
-        let ch = Channel::from_shared(endpoint.to_string())
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut kv = KvClient::new(ch);
+        let mut kv = KvClient::new(crate::cluster::channel(endpoint).await?);
         let mut prev: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut t = Truth {
             changes: BTreeMap::new(),

@@ -53,16 +53,14 @@ impl Mix {
 static NEXT_VALUE: AtomicU64 = AtomicU64::new(1);
 
 async fn connect(endpoint: &str) -> Option<KvClient<Channel>> {
-    let ch = Channel::from_shared(endpoint.to_string())
-        .ok()?
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
+    crate::cluster::channel(endpoint)
         .await
-        .ok()?;
-    Some(KvClient::new(ch))
+        .ok()
+        .map(KvClient::new)
 }
 
-fn parse(v: &[u8]) -> Option<u64> {
+/// A value as the workload writes it (a decimal number).
+pub fn parse(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
