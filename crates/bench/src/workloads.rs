@@ -179,19 +179,8 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let watchers = g.clients.max(1);
     let mut arrivals = Vec::with_capacity(watchers);
     for w in 0..watchers {
-        let (tx, rx) = mpsc::channel(4);
-        let create = WatchRequest {
-            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: k.clone(),
-                ..Default::default()
-            })),
-        };
-        tx.send(create).await.map_err(|e| e.to_string())?;
-        let mut stream = WatchClient::new(chans[w % chans.len()].clone())
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(status_text)?
-            .into_inner();
+        let ch = chans[w % chans.len()].clone();
+        let (tx, mut stream) = open_watch(ch, vec![create_watch(k.clone(), 0)]).await?;
         // The created response comes first: the watcher is registered after it.
         stream.message().await.map_err(status_text)?;
         let total = a.total;
@@ -418,22 +407,10 @@ pub async fn watch_get(g: &Global, a: &WatchGetArgs) -> Result<Stats, String> {
     for s in 0..streams {
         // Watchers are spread over the streams round-robin.
         let n = (a.watchers + streams - 1 - s) / streams;
-        let (tx, rx) = mpsc::channel(n.max(1));
-        for _ in 0..n {
-            let create = WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                    key: b"watchkey".to_vec(),
-                    start_revision: watch_rev,
-                    ..Default::default()
-                })),
-            };
-            tx.send(create).await.map_err(|e| e.to_string())?;
-        }
-        let mut stream = WatchClient::new(chans[s % chans.len()].clone())
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(status_text)?
-            .into_inner();
+        let creates = (0..n)
+            .map(|_| create_watch(b"watchkey".to_vec(), watch_rev))
+            .collect();
+        let (tx, mut stream) = open_watch(chans[s % chans.len()].clone(), creates).await?;
         let want = n * a.events;
         let done = progress.handle();
         tasks.push(tokio::spawn(async move {
@@ -513,24 +490,19 @@ pub async fn watch(g: &Global, a: &WatchArgs) -> Result<(Stats, Stats), String> 
     let mut creation = Stats::default();
     let mut receivers = Vec::new();
     for s in 0..a.streams {
-        let (tx, rx) = mpsc::channel(16);
         let first = watched[(s * a.watch_per_stream) % watched.len()].clone();
-        tx.send(create_watch(first))
-            .await
-            .map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let mut stream = WatchClient::new(chans[s % chans.len()].clone())
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(status_text)?
-            .into_inner();
+        let ch = chans[s % chans.len()].clone();
+        let (tx, mut stream) = open_watch(ch, vec![create_watch(first, 0)]).await?;
         for w in 0..a.watch_per_stream {
             let k = watched[(s * a.watch_per_stream + w) % watched.len()].clone();
             *watchers_on.entry(k.clone()).or_default() += 1;
             let t = if w == 0 {
                 t
             } else {
-                tx.send(create_watch(k)).await.map_err(|e| e.to_string())?;
+                tx.send(create_watch(k, 0))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Instant::now()
             };
             match stream.message().await {
@@ -619,13 +591,35 @@ pub async fn watch(g: &Global, a: &WatchArgs) -> Result<(Stats, Stats), String> 
     Ok((creation, events.finish(elapsed)))
 }
 
-fn create_watch(key: Vec<u8>) -> WatchRequest {
+fn create_watch(key: Vec<u8>, start_revision: i64) -> WatchRequest {
     WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key,
+            start_revision,
             ..Default::default()
         })),
     }
+}
+
+type WatchStream = tonic::Streaming<ballast_api::etcdserverpb::WatchResponse>;
+
+/// Opens a watch stream on `ch` starting with `creates`. They are queued before the call:
+/// Go servers send response headers only with the first response, so the call completes
+/// only once a request is on its way.
+async fn open_watch(
+    ch: tonic::transport::Channel,
+    creates: Vec<WatchRequest>,
+) -> Result<(mpsc::Sender<WatchRequest>, WatchStream), String> {
+    let (tx, rx) = mpsc::channel(creates.len().max(16));
+    for c in creates {
+        tx.send(c).await.map_err(|e| e.to_string())?;
+    }
+    let stream = WatchClient::new(ch)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(status_text)?
+        .into_inner();
+    Ok((tx, stream))
 }
 
 #[derive(Clone, Debug)]
