@@ -304,6 +304,22 @@ impl Cluster {
         for m in &mut members {
             m.wait_healthy(Duration::from_secs(20));
         }
+        // A member serves once its own client URLs are applied; the others learn them a
+        // heartbeat later. Tests that list members expect all of them (etcd has the same race).
+        let start = Instant::now();
+        for m in &members {
+            loop {
+                let (out, _, code) = etcdctl(&m.endpoint(), &["member", "list"], None);
+                if code == 0 && out.lines().count() == ports.len() && !out.contains("unstarted") {
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "members never learned each other's client URLs: {out}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         Cluster { members }
     }
 

@@ -62,16 +62,15 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(address = %addr, "serving peer traffic insecurely");
         tokio::spawn(server.transport().serve(listener));
     }
-    let app = ballast_server::client_router(server.clone());
-    let mut tasks = tokio::task::JoinSet::new();
+    // Like etcd, bind the client ports now (connections queue in the backlog) but answer
+    // nothing until this member knows a leader and its own client URLs are applied: a client
+    // that gets an answer can then find every serving member through `member list`.
+    let mut listeners = Vec::new();
     for addr in listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        tracing::info!(address = %addr, "serving client traffic insecurely");
-        let app = app.clone();
-        let listener = ballast_server::authority::Listener(listener);
-        tasks.spawn(async move { axum::serve(listener, app).await });
+        listeners.push((addr, listener));
     }
     let mut status = server.raft_status_watch();
     let fatal = status
@@ -82,16 +81,31 @@ async fn run(cfg: Config) -> Result<(), String> {
     if let Some(f) = fatal {
         return Err(f);
     }
+    let lessor = server.lessor().clone();
+    tokio::spawn(lessor.run(server.clone(), server.cfg.lease_checkpoint_interval));
+    let mut removed = server.removed_watch();
+    tokio::select! {
+        _ = server.publish_attributes() => {}
+        _ = status.wait_for(|s| s.fatal.is_some()) => {
+            return Err("raft driver stopped on a storage failure".into());
+        }
+        _ = removed.wait_for(|r| *r) => {
+            return Err("this member was removed from the cluster".into());
+        }
+    }
+    let app = ballast_server::client_router(server.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (addr, listener) in listeners {
+        tracing::info!(address = %addr, "serving client traffic insecurely");
+        let app = app.clone();
+        let listener = ballast_server::authority::Listener(listener);
+        tasks.spawn(async move { axum::serve(listener, app).await });
+    }
     tracing::info!(
         member_id = %format!("{:x}", server.member_id()),
         cluster_id = %format!("{:x}", server.cluster_id()),
         "ready to serve client requests"
     );
-    let lessor = server.lessor().clone();
-    tokio::spawn(lessor.run(server.clone(), server.cfg.lease_checkpoint_interval));
-    let publisher = server.clone();
-    tokio::spawn(async move { publisher.publish_attributes().await });
-    let mut removed = server.removed_watch();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
     tokio::select! {
