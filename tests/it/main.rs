@@ -12,6 +12,7 @@ mod kv;
 mod lease;
 mod malformed;
 mod membership;
+mod operations;
 mod raft_cluster;
 mod reliability;
 mod watch;

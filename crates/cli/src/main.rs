@@ -5,6 +5,7 @@ mod concurrency;
 mod lease;
 mod member;
 mod output;
+mod snapshot;
 mod txn;
 mod usage;
 mod watch;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ballast_api::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, range_request::SortOrder,
-    range_request::SortTarget, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest,
-    StatusRequest,
+    range_request::SortTarget, CompactionRequest, DeleteRangeRequest, HashKvRequest, PutRequest,
+    RangeRequest, StatusRequest,
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{table, Format, Printer};
@@ -123,6 +124,11 @@ enum Cmd {
     },
     /// Transfers leadership to another etcd cluster member.
     MoveLeader { args: Vec<String> },
+    /// Manages etcd node snapshots
+    Snapshot {
+        #[command(subcommand)]
+        cmd: snapshot::SnapshotCmd,
+    },
     /// Prints the version of ballastctl
     Version,
 }
@@ -133,6 +139,12 @@ enum EndpointCmd {
     Health,
     /// Prints out the status of endpoints specified in `--endpoints` flag
     Status,
+    /// Prints the KV history hash for each endpoint in --endpoints
+    Hashkv {
+        /// maximum revision to hash (default: all revisions)
+        #[arg(long, default_value = "0", value_parser = usage::go_i64)]
+        rev: i64,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -534,6 +546,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
             match cmd {
                 EndpointCmd::Health => endpoint_health(cli, &eps, p, timeout).await,
                 EndpointCmd::Status => endpoint_status(cli, &eps, p, timeout).await,
+                EndpointCmd::Hashkv { rev } => endpoint_hashkv(cli, &eps, p, timeout, *rev).await,
             }
         }
         Cmd::Member { cmd } => member::run(cli, p, timeout, cmd).await,
@@ -542,6 +555,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Lock(a) => concurrency::lock(cli, a).await,
         Cmd::Elect(a) => concurrency::elect(cli, p, a).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
+        Cmd::Snapshot { cmd } => snapshot::run(cli, p, cmd).await,
     }
 }
 
@@ -681,6 +695,89 @@ async fn endpoint_status(
         }
     }
     Ok(())
+}
+
+/// `endpoint hashkv`: every endpoint's hash; failures are reported and the rest still print.
+async fn endpoint_hashkv(
+    cli: &Cli,
+    eps: &[String],
+    p: &Printer,
+    timeout: Duration,
+    rev: i64,
+) -> Result<(), Failure> {
+    let mut got = Vec::new();
+    let mut failed = None;
+    for ep in eps {
+        let res = match connect(cli, ep).await {
+            Ok(ch) => {
+                let mut m = MaintenanceClient::new(ch);
+                call(timeout, m.hash_kv(HashKvRequest { revision: rev }))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(r) => got.push((ep.clone(), r)),
+            Err(e) => {
+                let msg = match &e {
+                    Failure::Grpc(s) => {
+                        retry_warning(cli, s);
+                        s.message().to_string()
+                    }
+                    Failure::Other(m) => m.clone(),
+                    _ => String::new(),
+                };
+                eprintln!("Failed to get the hash of endpoint {ep} ({msg})");
+                failed = Some(Failure::Other(msg));
+            }
+        }
+    }
+    match p.format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = got
+                .iter()
+                .map(|(ep, r)| {
+                    let mut h = serde_json::Map::new();
+                    if let Some(hd) = output::header_json(&r.header) {
+                        h.insert("header".into(), hd);
+                    }
+                    if r.hash != 0 {
+                        h.insert("hash".into(), r.hash.into());
+                    }
+                    if r.compact_revision != 0 {
+                        h.insert("compact_revision".into(), r.compact_revision.into());
+                    }
+                    serde_json::json!({"Endpoint": ep, "HashKV": h})
+                })
+                .collect();
+            println!("{}", serde_json::Value::from(rows));
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = got
+                .iter()
+                .map(|(ep, r)| vec![ep.clone(), r.hash.to_string()])
+                .collect();
+            table(&["ENDPOINT", "HASH"], &rows);
+        }
+        Format::Fields => {
+            for (ep, r) in &got {
+                p.header_fields(&r.header);
+                println!("\"Endpoint\" : {ep:?}");
+                println!("\"Hash\" : {}", r.hash);
+                println!();
+            }
+        }
+        Format::Simple => {
+            for (ep, r) in &got {
+                println!("{ep}, {}", r.hash);
+            }
+        }
+    }
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(()),
+    }
 }
 
 /// etcdctl 3.4's client logs each failed unary call before the error itself.

@@ -173,6 +173,21 @@ impl Node {
         RaftLog::exists(wal_dir)
     }
 
+    /// Writes a new member's log (identity and the committed bootstrap configuration) without
+    /// starting anything: what a first start would write, for `snapshot restore`.
+    pub fn bootstrap_log(
+        wal_dir: &std::path::Path,
+        member_id: u64,
+        cluster_id: u64,
+        bootstrap: &[(u64, Vec<u8>)],
+    ) -> Result<(), RaftError> {
+        let member = MemberRecord {
+            member_id,
+            cluster_id,
+        };
+        create_log(wal_dir, member, bootstrap).map(|_| ())
+    }
+
     /// Opens (or creates) the member's log and starts the driver thread. Returns the node and
     /// the stream of committed entries, which the caller must apply in order.
     pub fn start(cfg: NodeConfig) -> Result<(Node, Receiver<Apply>), RaftError> {
@@ -195,24 +210,11 @@ impl Node {
             log = l;
             member = rec.member;
         } else {
-            let voters: Vec<u64> = cfg.bootstrap.iter().map(|(id, _)| *id).collect();
-            let cs = ConfState::from((voters, vec![]));
             member = MemberRecord {
                 member_id: cfg.member_id,
                 cluster_id: cfg.cluster_id,
             };
-            let mut l = RaftLog::create(&cfg.wal_dir, member, &cs)?;
-            storage = LogStore::new(cs);
-            let (entries, hs) = bootstrap_entries(&cfg.bootstrap)?;
-            if !entries.is_empty() {
-                l.save(&entries, Some(&hs))?;
-                l.sync()?;
-                storage
-                    .append(&entries)
-                    .map_err(|e| RaftError::Storage(e.to_string()))?;
-                storage.set_hard_state(hs);
-            }
-            log = l;
+            (log, storage) = create_log(&cfg.wal_dir, member, &cfg.bootstrap)?;
         }
         let committed = storage.hard_state().commit;
         let wal_compacted = storage.snapshot_metadata().index;
@@ -822,6 +824,28 @@ impl Driver {
             }
         });
     }
+}
+
+/// Creates a member's log holding its identity and the bootstrap configuration, fsynced.
+fn create_log(
+    wal_dir: &std::path::Path,
+    member: MemberRecord,
+    bootstrap: &[(u64, Vec<u8>)],
+) -> Result<(RaftLog, LogStore), RaftError> {
+    let voters: Vec<u64> = bootstrap.iter().map(|(id, _)| *id).collect();
+    let cs = ConfState::from((voters, vec![]));
+    let mut l = RaftLog::create(wal_dir, member, &cs)?;
+    let mut storage = LogStore::new(cs);
+    let (entries, hs) = bootstrap_entries(bootstrap)?;
+    if !entries.is_empty() {
+        l.save(&entries, Some(&hs))?;
+        l.sync()?;
+        storage
+            .append(&entries)
+            .map_err(|e| RaftError::Storage(e.to_string()))?;
+        storage.set_hard_state(hs);
+    }
+    Ok((l, storage))
 }
 
 /// The first entries of a new cluster's log: one committed configuration change per initial

@@ -23,6 +23,9 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    /// A message etcd prints word for word.
+    #[error("{0}")]
+    Etcd(String),
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
 }
@@ -399,13 +402,13 @@ impl Config {
             Some(s) => parse_cluster(s)?,
             None => vec![(f.name.clone(), advertise_peer_urls.clone())],
         };
+        // etcd's own words, which etcd and etcdctl's restore both print.
         match initial_cluster.iter().find(|(n, _)| *n == f.name) {
             None => {
-                return Err(invalid(
-                    "--initial-cluster",
-                    f.initial_cluster.as_deref().unwrap_or(""),
-                    format!("it has no member named {:?} (--name)", f.name),
-                ))
+                return Err(ConfigError::Etcd(format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    f.name
+                )))
             }
             Some((_, urls)) => {
                 let mut a = urls.clone();
@@ -413,14 +416,15 @@ impl Config {
                 a.sort();
                 b.sort();
                 if a != b {
-                    return Err(invalid(
-                        "--initial-advertise-peer-urls",
-                        &f.initial_advertise_peer_urls,
-                        format!(
-                            "it does not match the URLs of {:?} in --initial-cluster",
-                            f.name
-                        ),
-                    ));
+                    return Err(ConfigError::Etcd(format!(
+                        "--initial-cluster has {}={} but missing from \
+                         --initial-advertise-peer-urls={} (resolved urls: {:?} != {:?})",
+                        f.name,
+                        a.join(","),
+                        b.join(","),
+                        b.join(","),
+                        a.join(",")
+                    )));
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod http;
 pub mod ids;
 pub mod lease;
 pub mod membership;
+pub mod restore;
 pub mod rpc;
 pub mod server;
 pub mod version;

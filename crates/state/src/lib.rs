@@ -8,6 +8,7 @@
 pub mod check;
 pub mod error;
 pub mod mvcc;
+pub mod snapfile;
 
 pub use error::KvError;
 pub use mvcc::{Applied, Mvcc};

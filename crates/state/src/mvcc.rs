@@ -27,8 +27,8 @@ use prost::Message;
 
 use crate::KvError;
 
-const META_APPLIED: &str = "consistent_index";
-const META_REV: &str = "current_rev";
+pub(crate) const META_APPLIED: &str = "consistent_index";
+pub(crate) const META_REV: &str = "current_rev";
 const META_COMPACT: &str = "compact_rev";
 
 /// The result of applying one log entry.
@@ -818,6 +818,15 @@ impl Mvcc {
     /// read; the payload of a raft snapshot.
     pub fn export(&self, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), KvError> {
         Ok(self.backend.export(out)?)
+    }
+
+    /// [`Mvcc::export`], telling `size` the stream's exact length first.
+    pub fn export_sized(
+        &self,
+        size: &mut dyn FnMut(u64) -> std::io::Result<()>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), KvError> {
+        Ok(self.backend.export_sized(size, out)?)
     }
 
     /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.

@@ -26,6 +26,9 @@ const SNAP_LEASES: u8 = 4;
 /// The last record: key = number of records before it (u64 LE), value = CRC32C of every byte
 /// before it (u32 LE). A stream without it, or with anything after it, is rejected.
 const SNAP_END: u8 = 0xff;
+/// Streams are zero-padded after the end record to a multiple of this: etcdctl takes a
+/// snapshot's last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
+const SNAP_ALIGN: u64 = 512;
 /// Records per import transaction are capped by size, so memory stays bounded.
 const IMPORT_BATCH_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.
@@ -197,11 +200,28 @@ impl Backend {
         &self,
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), BackendError> {
+        self.export_sized(&mut |_| Ok(()), out)
+    }
+
+    /// [`Backend::export`], first telling `size` how many bytes the stream will hold (one
+    /// extra pass over the same read transaction, so the number is exact).
+    pub fn export_sized(
+        &self,
+        size: &mut dyn FnMut(u64) -> std::io::Result<()>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BackendError> {
         let tx = self.db.begin_read()?;
         let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
+        let mut total = 9 + 8 + 4;
+        walk(&tx, &mut |_, k, v| {
+            total += 9 + k.len() as u64 + v.len() as u64;
+            Ok(())
+        })?;
+        let padding = total.next_multiple_of(SNAP_ALIGN) - total;
+        size(total + padding).map_err(io)?;
         let mut rec = Vec::new();
         let (mut count, mut crc) = (0u64, 0u32);
-        let mut emit = |table: u8, k: &[u8], v: &[u8]| {
+        let mut put = |table: u8, k: &[u8], v: &[u8]| {
             // The end record carries the count and checksum of everything before it.
             let (n, sum) = (count.to_le_bytes(), crc.to_le_bytes());
             let (k, v) = if table == SNAP_END {
@@ -215,57 +235,34 @@ impl Backend {
             rec.extend_from_slice(k);
             rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
             rec.extend_from_slice(v);
-            if table == SNAP_END {
-                return out(&rec);
+            if table != SNAP_END {
+                count += 1;
+                crc = crc32c::crc32c_append(crc, &rec);
             }
-            count += 1;
-            crc = crc32c::crc32c_append(crc, &rec);
             out(&rec)
         };
-        for row in tx.open_table(KV)?.iter()? {
-            let (k, v) = row?;
-            emit(SNAP_KV, k.value(), v.value()).map_err(io)?;
-        }
-        for row in tx.open_table(META)?.iter()? {
-            let (k, v) = row?;
-            emit(SNAP_META, k.value().as_bytes(), &v.value().to_le_bytes()).map_err(io)?;
-        }
-        for row in tx.open_table(MEMBERS)?.iter()? {
-            let (k, v) = row?;
-            emit(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
-        }
-        for row in tx.open_table(LEASES)?.iter()? {
-            let (k, v) = row?;
-            emit(SNAP_LEASES, &k.value().to_le_bytes(), v.value()).map_err(io)?;
-        }
-        for row in tx.open_table(REMOVED)?.iter()? {
-            let (k, v) = row?;
-            emit(
-                SNAP_REMOVED,
-                &k.value().to_le_bytes(),
-                &v.value().to_le_bytes(),
-            )
-            .map_err(io)?;
-        }
-        emit(SNAP_END, &[], &[]).map_err(io)?;
-        Ok(())
+        walk(&tx, &mut |table, k, v| put(table, k, v))?;
+        put(SNAP_END, &[], &[]).map_err(io)?;
+        out(&vec![0u8; padding as usize]).map_err(io)
     }
 
     /// Builds a new database at `path` from an [`Backend::export`] stream, committing in
     /// batches (bounded memory) and durably at the end. Malformed input is an error, never a
     /// partial database left in use: the caller swaps the file in only on success.
-    pub fn import(path: &Path, mut input: impl std::io::Read) -> Result<(), BackendError> {
+    pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), BackendError> {
+        Backend::import_filtered(path, input, &mut |r| Some(r))
+    }
+
+    /// [`Backend::import`], passing each record through `keep`, which may drop or rewrite it
+    /// (a restore drops the old membership).
+    pub fn import_filtered(
+        path: &Path,
+        input: impl std::io::Read,
+        keep: &mut dyn FnMut(SnapRecord) -> Option<SnapRecord>,
+    ) -> Result<(), BackendError> {
         let _ = std::fs::remove_file(path);
         let b = Backend::open(path)?;
-        let bad = |what: &str| BackendError::Db(format!("snapshot import: {what}"));
-        let mut read_exact = |buf: &mut [u8]| -> Result<bool, BackendError> {
-            match input.read_exact(buf) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-                Err(e) => Err(BackendError::Db(format!("snapshot import: {e}"))),
-            }
-        };
-        let (mut count, mut crc) = (0u64, 0u32);
+        let mut reader = SnapshotReader::new(input);
         let mut done = false;
         while !done {
             let mut tx = b.db.begin_write()?;
@@ -276,71 +273,30 @@ impl Backend {
                 let mut members = tx.open_table(MEMBERS)?;
                 let mut removed = tx.open_table(REMOVED)?;
                 let mut leases = tx.open_table(LEASES)?;
-                let mut batch = 0usize;
-                while batch < IMPORT_BATCH_BYTES {
-                    let mut head = [0u8; 5];
-                    if !read_exact(&mut head)? {
-                        return Err(bad("truncated: no end record"));
-                    }
-                    let klen = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-                    if klen > MAX_SNAPSHOT_FIELD {
-                        return Err(bad("key too long"));
-                    }
-                    let mut k = vec![0u8; klen];
-                    let mut vl = [0u8; 4];
-                    if !read_exact(&mut k)? || !read_exact(&mut vl)? {
-                        return Err(bad("truncated record"));
-                    }
-                    let vlen = u32::from_le_bytes(vl) as usize;
-                    if vlen > MAX_SNAPSHOT_FIELD {
-                        return Err(bad("value too long"));
-                    }
-                    let mut v = vec![0u8; vlen];
-                    if !read_exact(&mut v)? {
-                        return Err(bad("truncated record"));
-                    }
-                    if head[0] == SNAP_END {
-                        let n: [u8; 8] = k.try_into().map_err(|_| bad("end record"))?;
-                        let sum: [u8; 4] = v.try_into().map_err(|_| bad("end record"))?;
-                        if u64::from_le_bytes(n) != count || u32::from_le_bytes(sum) != crc {
-                            return Err(bad("checksum mismatch"));
-                        }
-                        if read_exact(&mut [0u8; 1])? {
-                            return Err(bad("data after the end record"));
-                        }
+                let start = reader.bytes;
+                while reader.bytes - start < IMPORT_BATCH_BYTES as u64 {
+                    let Some(rec) = reader.next_record()? else {
                         done = true;
                         break;
-                    }
-                    count += 1;
-                    crc = crc32c::crc32c_append(crc, &head);
-                    crc = crc32c::crc32c_append(crc, &k);
-                    crc = crc32c::crc32c_append(crc, &vl);
-                    crc = crc32c::crc32c_append(crc, &v);
-                    match head[0] {
-                        SNAP_KV => {
+                    };
+                    match keep(rec) {
+                        None => {}
+                        Some(SnapRecord::Kv(k, v)) => {
                             kv.insert(k.as_slice(), v.as_slice())?;
                         }
-                        SNAP_META => {
-                            let name = std::str::from_utf8(&k).map_err(|_| bad("meta name"))?;
-                            let val: [u8; 8] = v.try_into().map_err(|_| bad("meta value"))?;
-                            meta.insert(name, u64::from_le_bytes(val))?;
+                        Some(SnapRecord::Meta(name, v)) => {
+                            meta.insert(name.as_str(), v)?;
                         }
-                        SNAP_MEMBERS => {
-                            let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
-                            members.insert(u64::from_le_bytes(id), v.as_slice())?;
+                        Some(SnapRecord::Member(id, v)) => {
+                            members.insert(id, v.as_slice())?;
                         }
-                        SNAP_LEASES => {
-                            let id: [u8; 8] = k.try_into().map_err(|_| bad("lease id"))?;
-                            leases.insert(i64::from_le_bytes(id), v.as_slice())?;
+                        Some(SnapRecord::Lease(id, v)) => {
+                            leases.insert(id, v.as_slice())?;
                         }
-                        SNAP_REMOVED => {
-                            let id: [u8; 8] = k.try_into().map_err(|_| bad("member id"))?;
-                            let at: [u8; 8] = v.try_into().map_err(|_| bad("removal"))?;
-                            removed.insert(u64::from_le_bytes(id), u64::from_le_bytes(at))?;
+                        Some(SnapRecord::Removed(id, at)) => {
+                            removed.insert(id, at)?;
                         }
-                        _ => return Err(bad("unknown table")),
                     }
-                    batch += 9 + klen + vlen;
                 }
             }
             tx.commit()?;
@@ -647,4 +603,162 @@ mod tests {
         assert!(a < b);
         assert_eq!(Rev::from_bytes(&b), Some(Rev::new(2, 0)));
     }
+}
+
+/// Receives (table tag, key, value) of each row.
+type RowVisitor<'a> = dyn FnMut(u8, &[u8], &[u8]) -> std::io::Result<()> + 'a;
+
+/// Visits every row of every table as raw snapshot fields, in the order the stream holds them.
+fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), BackendError> {
+    let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
+    for row in tx.open_table(KV)?.iter()? {
+        let (k, v) = row?;
+        f(SNAP_KV, k.value(), v.value()).map_err(io)?;
+    }
+    for row in tx.open_table(META)?.iter()? {
+        let (k, v) = row?;
+        f(SNAP_META, k.value().as_bytes(), &v.value().to_le_bytes()).map_err(io)?;
+    }
+    for row in tx.open_table(MEMBERS)?.iter()? {
+        let (k, v) = row?;
+        f(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
+    }
+    for row in tx.open_table(LEASES)?.iter()? {
+        let (k, v) = row?;
+        f(SNAP_LEASES, &k.value().to_le_bytes(), v.value()).map_err(io)?;
+    }
+    for row in tx.open_table(REMOVED)?.iter()? {
+        let (k, v) = row?;
+        let (id, at) = (k.value().to_le_bytes(), v.value().to_le_bytes());
+        f(SNAP_REMOVED, &id, &at).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// One record of a snapshot stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapRecord {
+    /// A stored revision: the 16-byte revision key and the flagged value.
+    Kv(Vec<u8>, Vec<u8>),
+    Meta(String, u64),
+    Member(u64, Vec<u8>),
+    Lease(i64, Vec<u8>),
+    Removed(u64, u64),
+}
+
+impl SnapRecord {
+    /// The revision of a stored key-value record.
+    pub fn kv_rev(&self) -> Option<Rev> {
+        match self {
+            SnapRecord::Kv(k, _) => Rev::from_bytes(k),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a snapshot stream record by record, checking sizes before allocating and the end
+/// record's count and checksum; anything after the end record is an error.
+pub struct SnapshotReader<R> {
+    input: R,
+    count: u64,
+    crc: u32,
+    /// Bytes consumed so far.
+    pub bytes: u64,
+}
+
+impl<R: std::io::Read> SnapshotReader<R> {
+    pub fn new(input: R) -> Self {
+        SnapshotReader {
+            input,
+            count: 0,
+            crc: 0,
+            bytes: 0,
+        }
+    }
+
+    /// CRC32C of every record read so far (after the end: the stream's checksum).
+    pub fn checksum(&self) -> u32 {
+        self.crc
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<bool, BackendError> {
+        match self.input.read_exact(buf) {
+            Ok(()) => {
+                self.bytes += buf.len() as u64;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(BackendError::Db(format!("snapshot import: {e}"))),
+        }
+    }
+
+    fn field(&mut self) -> Result<Vec<u8>, BackendError> {
+        let mut len = [0u8; 4];
+        if !self.read_exact(&mut len)? {
+            return Err(bad("truncated record"));
+        }
+        let n = u32::from_le_bytes(len) as usize;
+        if n > MAX_SNAPSHOT_FIELD {
+            return Err(bad("field too long"));
+        }
+        let mut v = vec![0u8; n];
+        if !self.read_exact(&mut v)? {
+            return Err(bad("truncated record"));
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &len);
+        self.crc = crc32c::crc32c_append(self.crc, &v);
+        Ok(v)
+    }
+
+    /// The next record; `None` once the end record has been read and verified.
+    pub fn next_record(&mut self) -> Result<Option<SnapRecord>, BackendError> {
+        let mut table = [0u8; 1];
+        if !self.read_exact(&mut table)? {
+            return Err(bad("truncated: no end record"));
+        }
+        let (count, crc) = (self.count, self.crc);
+        self.crc = crc32c::crc32c_append(self.crc, &table);
+        let k = self.field()?;
+        let v = self.field()?;
+        let word8 = |b: Vec<u8>, what: &str| -> Result<[u8; 8], BackendError> {
+            b.try_into().map_err(|_| bad(what))
+        };
+        let rec = match table[0] {
+            SNAP_END => {
+                let n = word8(k, "end record")?;
+                let sum: [u8; 4] = v.try_into().map_err(|_| bad("end record"))?;
+                if u64::from_le_bytes(n) != count || u32::from_le_bytes(sum) != crc {
+                    return Err(bad("checksum mismatch"));
+                }
+                let mut pad = [0u8; SNAP_ALIGN as usize];
+                let want = (self.bytes.next_multiple_of(SNAP_ALIGN) - self.bytes) as usize;
+                if !self.read_exact(&mut pad[..want])? || pad.iter().any(|b| *b != 0) {
+                    return Err(bad("bad padding after the end record"));
+                }
+                if self.read_exact(&mut [0u8; 1])? {
+                    return Err(bad("data after the end record"));
+                }
+                self.crc = crc;
+                return Ok(None);
+            }
+            SNAP_KV => SnapRecord::Kv(k, v),
+            SNAP_META => {
+                let name = String::from_utf8(k).map_err(|_| bad("meta name"))?;
+                SnapRecord::Meta(name, u64::from_le_bytes(word8(v, "meta value")?))
+            }
+            SNAP_MEMBERS => SnapRecord::Member(u64::from_le_bytes(word8(k, "member id")?), v),
+            SNAP_LEASES => SnapRecord::Lease(i64::from_le_bytes(word8(k, "lease id")?), v),
+            SNAP_REMOVED => SnapRecord::Removed(
+                u64::from_le_bytes(word8(k, "member id")?),
+                u64::from_le_bytes(word8(v, "removal")?),
+            ),
+            _ => return Err(bad("unknown table")),
+        };
+        self.count += 1;
+        Ok(Some(rec))
+    }
+}
+
+fn bad(what: &str) -> BackendError {
+    BackendError::Db(format!("snapshot import: {what}"))
 }

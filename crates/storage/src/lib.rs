@@ -12,5 +12,5 @@ pub mod backend;
 pub mod failpoint;
 pub mod wal;
 
-pub use backend::{Backend, BackendError, Rev};
+pub use backend::{Backend, BackendError, Rev, SnapRecord, SnapshotReader};
 pub use wal::{Record, Wal, WalError};

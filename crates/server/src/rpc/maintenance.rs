@@ -1,27 +1,105 @@
-//! Maintenance (Status, MoveLeader, Hash, HashKV) and the gRPC health service.
+//! Maintenance (Status, Snapshot, MoveLeader, Hash, HashKV) and the gRPC health service.
 
 use std::sync::Arc;
 
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
 use ballast_api::etcdserverpb::{
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, StatusRequest, StatusResponse,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use ballast_api::grpc::health::v1::health_check_response::ServingStatus;
 use ballast_api::grpc::health::v1::health_server::Health;
 use ballast_api::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status;
 use crate::server::{EtcdServer, ServerError};
 use crate::version::ETCD_API_VERSION;
+use ballast_state::snapfile::HASH_LEN;
 
 pub struct MaintenanceService {
     pub server: Arc<EtcdServer>,
 }
 
+type SnapshotStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// Blob size of a snapshot chunk, as etcd sends.
+const SNAPSHOT_CHUNK: usize = 32 << 10;
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// Streams one consistent export of the store in 32 KiB chunks, then its SHA-256 as a last
+    /// blob (etcd appends the hash the same way). Writers are never blocked; memory is bounded
+    /// by the channel; a client that goes away stops the export.
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let mvcc = self.server.mvcc();
+        let header = self.server.header(mvcc.current_rev());
+        tokio::task::spawn_blocking(move || {
+            let gone = || std::io::Error::other("snapshot client went away");
+            let mut first = Some(header);
+            let mut send = |blob: Vec<u8>, remaining: u64| {
+                let header = first.take();
+                let version = if header.is_some() {
+                    ETCD_API_VERSION.to_string()
+                } else {
+                    String::new()
+                };
+                tx.blocking_send(Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: remaining,
+                    blob,
+                    version,
+                }))
+                .map_err(|_| gone())
+            };
+            let mut hasher = Sha256::new();
+            let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK);
+            let remaining = std::cell::Cell::new(0u64);
+            let exported = mvcc.export_sized(
+                &mut |n| {
+                    remaining.set(n + HASH_LEN as u64);
+                    Ok(())
+                },
+                &mut |rec| {
+                    hasher.update(rec);
+                    let mut rec = rec;
+                    while !rec.is_empty() {
+                        let take = (SNAPSHOT_CHUNK - buf.len()).min(rec.len());
+                        buf.extend_from_slice(&rec[..take]);
+                        rec = &rec[take..];
+                        if buf.len() == SNAPSHOT_CHUNK {
+                            remaining.set(remaining.get() - SNAPSHOT_CHUNK as u64);
+                            let full =
+                                std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+                            send(full, remaining.get())?;
+                        }
+                    }
+                    Ok(())
+                },
+            );
+            let done = exported.map_err(|e| e.to_string()).and_then(|()| {
+                remaining.set(remaining.get() - buf.len() as u64);
+                if !buf.is_empty() {
+                    send(std::mem::take(&mut buf), remaining.get()).map_err(|e| e.to_string())?;
+                }
+                send(hasher.finalize().to_vec(), 0).map_err(|e| e.to_string())
+            });
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "snapshot stream failed");
+                let _ = tx.blocking_send(Err(Status::internal(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let s = &self.server;
         let raft = s.raft_status();

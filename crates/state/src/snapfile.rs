@@ -1,0 +1,242 @@
+//! Snapshot files, as `Maintenance.Snapshot` streams them and `snapshot save` writes them: the
+//! store's export stream (records, then an end record with a count and CRC32C) followed by the
+//! SHA-256 of everything before it, as etcd appends one to its database file.
+//!
+//! Reading one back never trusts it: sizes are checked before allocating, the end record's
+//! checksum must match, and the trailer must be the hash of the rest.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use ballast_storage::{Backend, SnapRecord, SnapshotReader};
+use sha2::{Digest, Sha256};
+
+use crate::mvcc::{META_APPLIED, META_REV};
+
+/// Bytes of the trailing SHA-256.
+pub const HASH_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapFileError {
+    #[error("{0}")]
+    Io(String),
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    #[error("expected sha256 {expected:?}, got {got:?}")]
+    HashMismatch { expected: Vec<u8>, got: Vec<u8> },
+    #[error("snapshot file is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What `snapshot status` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapStatus {
+    /// CRC32C of every record: equal for equal stores.
+    pub hash: u32,
+    pub revision: i64,
+    /// Records in the file (keys of every table, as etcd counts keys of every bucket).
+    pub total_keys: u64,
+    /// Bytes of the store's data (the file without its hash).
+    pub total_size: u64,
+}
+
+/// An OS error worded as Go words it (`stat FILE: no such file or directory`), since
+/// operators and scripts match etcdctl's messages.
+fn io(path: &Path, e: std::io::Error) -> SnapFileError {
+    io_op("read", path, e)
+}
+
+fn io_op(op: &str, path: &Path, e: std::io::Error) -> SnapFileError {
+    let msg = e.to_string();
+    let msg = msg.split(" (os error").next().unwrap_or(&msg);
+    let mut c = msg.chars();
+    let msg = match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    };
+    SnapFileError::Io(format!("{op} {}: {msg}", path.display()))
+}
+
+fn open(path: &Path) -> Result<File, SnapFileError> {
+    std::fs::metadata(path).map_err(|e| io_op("stat", path, e))?;
+    File::open(path).map_err(|e| io_op("open", path, e))
+}
+
+/// SHA-256 of the first `len` bytes of `f`.
+fn sha256_prefix(f: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finalize().to_vec())
+}
+
+/// Finds how many leading bytes of the file are the store's data, checking the hash trailer.
+/// Without a valid trailer the whole file is data only if `skip_hash_check`.
+fn data_len(path: &Path, f: &mut File, skip_hash_check: bool) -> Result<u64, SnapFileError> {
+    let len = f.metadata().map_err(|e| io(path, e))?.len();
+    if len >= HASH_LEN as u64 {
+        let body = len - HASH_LEN as u64;
+        let got = sha256_prefix(f, body).map_err(|e| io(path, e))?;
+        let mut expected = vec![0u8; HASH_LEN];
+        f.read_exact(&mut expected).map_err(|e| io(path, e))?;
+        if got == expected {
+            return Ok(body);
+        }
+        if skip_hash_check {
+            return Ok(len);
+        }
+        // A well-formed body with a wrong trailer is a hash mismatch; anything else is a
+        // file without a hash (or a damaged one, which the scan then reports).
+        if scan(f, body).is_ok() {
+            return Err(SnapFileError::HashMismatch { expected, got });
+        }
+    }
+    if skip_hash_check {
+        Ok(len)
+    } else {
+        Err(SnapFileError::MissingHash)
+    }
+}
+
+/// Reads `len` bytes of records from the start of `f`, checking them, and sums them up.
+fn scan(f: &mut File, len: u64) -> Result<SnapStatus, SnapFileError> {
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| SnapFileError::Io(e.to_string()))?;
+    let mut r = SnapshotReader::new(BufReader::new(&mut *f).take(len));
+    let (mut keys, mut max_rev, mut meta_rev) = (0u64, 0i64, None);
+    while let Some(rec) = r
+        .next_record()
+        .map_err(|e| SnapFileError::Corrupt(e.to_string()))?
+    {
+        keys += 1;
+        if let Some(rev) = rec.kv_rev() {
+            max_rev = max_rev.max(rev.main);
+        }
+        if let SnapRecord::Meta(name, v) = &rec {
+            if name == META_REV {
+                meta_rev = Some(*v as i64);
+            }
+        }
+    }
+    Ok(SnapStatus {
+        hash: r.checksum(),
+        revision: meta_rev.unwrap_or(max_rev),
+        total_keys: keys,
+        total_size: len,
+    })
+}
+
+/// Checks a snapshot file end to end and reports what it holds.
+pub fn status(path: &Path) -> Result<SnapStatus, SnapFileError> {
+    let mut f = open(path)?;
+    let len = data_len(path, &mut f, true)?;
+    scan(&mut f, len)
+}
+
+/// Builds a store at `db` from a snapshot file for a member of a new cluster: keys, history
+/// and leases are kept; the old membership is dropped (the new cluster's log brings its own)
+/// and the applied index starts again from zero, as etcd's restore does.
+pub fn restore(path: &Path, db: &Path, skip_hash_check: bool) -> Result<SnapStatus, SnapFileError> {
+    let mut f = open(path)?;
+    let len = data_len(path, &mut f, skip_hash_check)?;
+    let status = scan(&mut f, len)?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
+    let input = BufReader::with_capacity(1 << 20, f).take(len);
+    Backend::import_filtered(db, input, &mut |rec| match rec {
+        SnapRecord::Member(..) | SnapRecord::Removed(..) => None,
+        SnapRecord::Meta(ref name, _) if name == META_APPLIED => None,
+        other => Some(other),
+    })
+    .map_err(|e| SnapFileError::Corrupt(e.to_string()))?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_snapshot(dir: &Path) -> std::path::PathBuf {
+        let db = dir.join("src.db");
+        let b = Backend::open(&db).expect("open");
+        b.update(true, |w| {
+            w.put_rev(ballast_storage::Rev::new(2, 0), false, b"kv")?;
+            w.set_meta(META_REV, 2)?;
+            w.set_meta(META_APPLIED, 7)?;
+            w.put_member(9, b"m")
+        })
+        .expect("update");
+        let mut body = Vec::new();
+        b.export(&mut |r| {
+            body.extend_from_slice(r);
+            Ok(())
+        })
+        .expect("export");
+        let path = dir.join("snap.db");
+        let mut f = File::create(&path).expect("create");
+        f.write_all(&body).expect("write");
+        f.write_all(&Sha256::digest(&body)).expect("write");
+        path
+    }
+
+    #[test]
+    fn status_and_restore_round_trip() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = write_snapshot(dir.path());
+        let st = status(&path).expect("status");
+        assert_eq!((st.revision, st.total_keys), (2, 4));
+        let out = dir.path().join("restored.db");
+        assert_eq!(restore(&path, &out, false).expect("restore"), st);
+        let b = Backend::open(&out).expect("open");
+        assert!(b.members().expect("members").is_empty());
+        let applied = b.view(|r| {
+            use ballast_storage::backend::RevRead;
+            r.meta(META_APPLIED)
+        });
+        assert_eq!(applied.expect("meta"), None);
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = write_snapshot(dir.path());
+        let full = std::fs::read(&path).expect("read");
+        let out = dir.path().join("r.db");
+        // Truncated: no trailer and no end record.
+        std::fs::write(&path, &full[..full.len() - 40]).expect("write");
+        assert!(matches!(
+            restore(&path, &out, false),
+            Err(SnapFileError::MissingHash)
+        ));
+        assert!(matches!(
+            restore(&path, &out, true),
+            Err(SnapFileError::Corrupt(_))
+        ));
+        assert!(status(&path).is_err());
+        // A flipped trailer byte: the body is intact, so this is a hash mismatch.
+        let mut bad = full.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        let err = restore(&path, &out, false).expect_err("mismatch");
+        assert!(err.to_string().starts_with("expected sha256 ["), "{err}");
+        // Without a trailer, only --skip-hash-check accepts it.
+        std::fs::write(&path, &full[..full.len() - HASH_LEN]).expect("write");
+        assert!(matches!(
+            restore(&path, &out, false),
+            Err(SnapFileError::MissingHash)
+        ));
+        assert!(restore(&path, &out, true).is_ok());
+    }
+}

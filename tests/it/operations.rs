@@ -1,0 +1,346 @@
+//! Operations: snapshot save/status/restore, hashes — with the real etcdctl and ballastctl.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{etcdctl, free_port, Kind, Member, Server};
+use crate::differential::ballastctl;
+
+fn ctl_ok(out: (String, String, i32)) -> String {
+    assert_eq!(out.2, 0, "{out:?}");
+    out.0
+}
+
+/// The hash `endpoint hashkv` prints for one endpoint at `rev`.
+fn hashkv(ep: &str, rev: i64) -> String {
+    let out = ctl_ok(etcdctl(
+        ep,
+        &["endpoint", "hashkv", "--rev", &rev.to_string()],
+        None,
+    ));
+    out.trim().rsplit(", ").next().unwrap().to_string()
+}
+
+fn revision(ep: &str) -> i64 {
+    let out = ctl_ok(etcdctl(ep, &["get", "x", "-w", "json"], None));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+/// A store with history worth restoring: overwrites, deletes, a compaction and a lease.
+fn fill(ep: &str) {
+    for i in 0..50 {
+        ctl_ok(etcdctl(
+            ep,
+            &["put", &format!("k{i:02}"), &format!("v{i}")],
+            None,
+        ));
+    }
+    ctl_ok(etcdctl(ep, &["put", "k00", "again"], None));
+    ctl_ok(etcdctl(ep, &["del", "k01"], None));
+    ctl_ok(etcdctl(ep, &["compaction", "5"], None));
+    let lease = ctl_ok(etcdctl(ep, &["lease", "grant", "600"], None));
+    let id = lease.split_whitespace().nth(1).unwrap().to_string();
+    ctl_ok(etcdctl(ep, &["put", "leased", "v", "--lease", &id], None));
+}
+
+/// Saved by etcdctl and by ballastctl the same bytes; restored into a new 3-member cluster
+/// it holds the same keys at the same revision with the same HashKV on every member, under a
+/// fresh cluster identity; and the restored cluster takes writes.
+#[test]
+fn snapshot_save_and_restore_into_a_new_three_member_cluster() {
+    let src = Server::start(Kind::Ballast, &[]);
+    let ep = src.endpoint();
+    fill(&ep);
+    let rev = revision(&ep);
+    let source_hash = hashkv(&ep, rev);
+    let dir = tempfile::tempdir().unwrap();
+    let by_etcdctl = dir.path().join("etcdctl.db");
+    let by_ballastctl = dir.path().join("ballastctl.db");
+    let saved = etcdctl(
+        &ep,
+        &["snapshot", "save", by_etcdctl.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        saved.0,
+        format!("Snapshot saved at {}\n", by_etcdctl.display()),
+        "{saved:?}"
+    );
+    let saved = ballastctl(
+        &ep,
+        &["snapshot", "save", by_ballastctl.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        saved.0,
+        format!("Snapshot saved at {}\n", by_ballastctl.display()),
+        "{saved:?}"
+    );
+    assert!(Path::new(&format!("{}.part", by_ballastctl.display()))
+        .metadata()
+        .is_err());
+    let bytes = std::fs::read(&by_ballastctl).unwrap();
+    assert_eq!(bytes, std::fs::read(&by_etcdctl).unwrap());
+    assert_eq!(
+        bytes.len() % 512,
+        32,
+        "etcdctl's page rule for the hash trailer"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        by_ballastctl.metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let status = ctl_ok(ballastctl(
+        "",
+        &["snapshot", "status", by_etcdctl.to_str().unwrap()],
+        None,
+    ));
+    let fields: Vec<&str> = status.trim().split(", ").collect();
+    assert_eq!(fields[1], rev.to_string(), "{status}");
+    let json = ctl_ok(ballastctl(
+        "",
+        &[
+            "snapshot",
+            "status",
+            "-w",
+            "json",
+            by_etcdctl.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["revision"].as_i64(), Some(rev));
+    assert_eq!(format!("{:x}", v["hash"].as_u64().unwrap()), fields[0]);
+    assert_eq!(v["totalSize"].as_u64(), Some(bytes.len() as u64 - 32));
+    let table = ctl_ok(ballastctl(
+        "",
+        &[
+            "snapshot",
+            "status",
+            "-w",
+            "table",
+            by_etcdctl.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(
+        table.contains("|   HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |"),
+        "{table}"
+    );
+
+    // Restore into three members of a new cluster, as the etcd procedure does.
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("r{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let initial = initial.join(",");
+    let mut members: Vec<Server> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let m = Member {
+                name: format!("r{i}"),
+                peer_port: *p,
+                initial_cluster: initial.clone(),
+                state: "new",
+            };
+            Server::new_member(Kind::Ballast, m, &[])
+        })
+        .collect();
+    for (i, m) in members.iter().enumerate() {
+        let peer = format!("http://127.0.0.1:{}", peers[i]);
+        let out = ballastctl(
+            "",
+            &[
+                "snapshot",
+                "restore",
+                by_etcdctl.to_str().unwrap(),
+                "--name",
+                &format!("r{i}"),
+                "--data-dir",
+                m.data_dir.to_str().unwrap(),
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-token",
+                "restored",
+                "--initial-advertise-peer-urls",
+                &peer,
+            ],
+            None,
+        );
+        assert_eq!(out.2, 0, "{out:?}");
+        assert!(out.1.contains("restored snapshot"), "{out:?}");
+    }
+    // Flags at start no longer matter: identity comes from the restored log.
+    members.iter_mut().for_each(Server::launch);
+    for m in &mut members {
+        m.wait_healthy(Duration::from_secs(20));
+    }
+    let eps: Vec<String> = members.iter().map(Server::endpoint).collect();
+    for e in &eps {
+        assert_eq!(revision(e), rev);
+        assert_eq!(hashkv(e, rev), source_hash, "member {e}");
+        let got = ctl_ok(etcdctl(e, &["get", "k", "--prefix", "--keys-only"], None));
+        assert_eq!(got.lines().filter(|l| !l.is_empty()).count(), 49);
+        assert_eq!(
+            ctl_ok(etcdctl(e, &["get", "k00", "--print-value-only"], None)),
+            "again\n"
+        );
+    }
+    let list = ctl_ok(etcdctl(&eps[0], &["member", "list"], None));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    for (i, port) in peers.iter().enumerate() {
+        assert!(
+            list.contains(&format!(", r{i}, http://127.0.0.1:{port}")),
+            "{list}"
+        );
+    }
+    let old_cluster = ctl_ok(etcdctl(&ep, &["get", "x", "-w", "json"], None));
+    let new_cluster = ctl_ok(etcdctl(&eps[0], &["get", "x", "-w", "json"], None));
+    let cid = |s: &str| {
+        serde_json::from_str::<serde_json::Value>(s).unwrap()["header"]["cluster_id"].clone()
+    };
+    assert_ne!(cid(&old_cluster), cid(&new_cluster));
+    let leases = ctl_ok(etcdctl(&eps[1], &["lease", "list"], None));
+    assert!(leases.starts_with("found 1 leases"), "{leases}");
+    ctl_ok(etcdctl(&eps[1], &["put", "after", "restore"], None));
+    let start = Instant::now();
+    while revision(&eps[2]) != rev + 1 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Damaged files are refused with etcd's messages and leave no data directory behind; an
+/// existing data directory is never overwritten.
+#[test]
+fn damaged_snapshots_are_refused() {
+    let src = Server::start(Kind::Ballast, &[]);
+    let ep = src.endpoint();
+    fill(&ep);
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.db");
+    ctl_ok(ballastctl(
+        &ep,
+        &["snapshot", "save", good.to_str().unwrap()],
+        None,
+    ));
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.path().join("cut.db");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let target = dir.path().join("restored");
+    let restore = |file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ballastctl("", &args, None)
+    };
+    let out = restore(&cut, &[]);
+    assert_eq!(out.2, 1, "{out:?}");
+    assert!(
+        out.1
+            .contains("Error: snapshot missing hash but --skip-hash-check=false"),
+        "{out:?}"
+    );
+    assert!(!target.exists());
+    let out = restore(&cut, &["--skip-hash-check"]);
+    assert_eq!(out.2, 1, "{out:?}");
+    assert!(
+        out.1.contains("Error: snapshot file is corrupt: "),
+        "{out:?}"
+    );
+    assert!(!target.exists());
+    let status = ballastctl("", &["snapshot", "status", cut.to_str().unwrap()], None);
+    assert_eq!(status.2, 1, "{status:?}");
+    // One flipped byte inside the data: the hash no longer matches.
+    let mut flipped = bytes.clone();
+    flipped[100] ^= 0x40;
+    let bad = dir.path().join("flipped.db");
+    std::fs::write(&bad, &flipped).unwrap();
+    let out = restore(&bad, &[]);
+    assert_eq!(out.2, 1, "{out:?}");
+    assert!(!target.exists());
+    let out = restore(&bad, &["--skip-hash-check"]);
+    assert_eq!(
+        out.2, 1,
+        "checksums inside the stream still catch it: {out:?}"
+    );
+    // The good file restores once; a second restore refuses the existing directory.
+    ctl_ok(restore(&good, &[]));
+    let out = restore(&good, &[]);
+    assert_eq!(out.2, 1, "{out:?}");
+    assert!(
+        out.1.contains(&format!(
+            "Error: data-dir {:?} exists",
+            target.display().to_string()
+        )),
+        "{out:?}"
+    );
+}
+
+/// Argument errors of the snapshot and hashkv commands, and hashkv's output in every format,
+/// are etcdctl's.
+#[test]
+fn snapshot_and_hashkv_commands_match_etcdctl() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    let two = format!("{},{}", ballast.endpoint(), etcd.endpoint());
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["snapshot", "save"],
+        vec!["snapshot", "status"],
+        vec!["snapshot", "restore"],
+        vec!["snapshot", "status", "/nonexistent/snap.db"],
+        vec![
+            "snapshot",
+            "restore",
+            "x.db",
+            "--name",
+            "m1",
+            "--initial-cluster",
+            "m2=http://a:1",
+        ],
+    ];
+    for args in &cases {
+        let a = etcdctl(&ballast.endpoint(), args, None);
+        let b = ballastctl(&ballast.endpoint(), args, None);
+        assert_eq!(a.2, b.2, "{args:?}: {a:?} vs {b:?}");
+        assert_eq!(a.1.lines().last(), b.1.lines().last(), "{args:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.db");
+    let a = etcdctl(&two, &["snapshot", "save", file.to_str().unwrap()], None);
+    let b = ballastctl(&two, &["snapshot", "save", file.to_str().unwrap()], None);
+    assert_eq!(
+        (a.2, a.1.lines().last()),
+        (b.2, b.1.lines().last()),
+        "{a:?} {b:?}"
+    );
+    assert_eq!(a.2, 5);
+
+    for s in [&etcd, &ballast] {
+        ctl_ok(etcdctl(&s.endpoint(), &["put", "a", "1"], None));
+        ctl_ok(etcdctl(&s.endpoint(), &["put", "a", "2"], None));
+    }
+    for ep in [etcd.endpoint(), ballast.endpoint()] {
+        for w in ["simple", "table", "json", "fields"] {
+            let a = etcdctl(&ep, &["endpoint", "hashkv", "-w", w], None);
+            let b = ballastctl(&ep, &["endpoint", "hashkv", "-w", w], None);
+            assert_eq!(a.0, b.0, "{ep} -w {w}");
+            assert_eq!(a.2, b.2);
+        }
+        let a = etcdctl(&ep, &["endpoint", "hashkv", "--rev", "99"], None);
+        let b = ballastctl(&ep, &["endpoint", "hashkv", "--rev", "99"], None);
+        assert_eq!(a.2, 1);
+        assert_eq!((a.2, a.1.lines().last()), (b.2, b.1.lines().last()));
+    }
+}
