@@ -1,6 +1,7 @@
 //! `ballastctl`: etcdctl's commands, flags, `ETCDCTL_*` variables, output and exit codes.
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
+mod alarm;
 mod concurrency;
 mod lease;
 mod member;
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ballast_api::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, range_request::SortOrder,
-    range_request::SortTarget, CompactionRequest, DeleteRangeRequest, HashKvRequest, PutRequest,
-    RangeRequest, StatusRequest,
+    range_request::SortTarget, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
+    HashKvRequest, PutRequest, RangeRequest, StatusRequest,
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{table, Format, Printer};
@@ -124,6 +125,20 @@ enum Cmd {
     },
     /// Transfers leadership to another etcd cluster member.
     MoveLeader { args: Vec<String> },
+    /// Defragments the storage of the etcd members with given endpoints
+    Defrag {
+        /// use all endpoints from the cluster member list
+        #[arg(long)]
+        cluster: bool,
+        /// Optional. If present, defragments a data directory not in use by etcd.
+        #[arg(long = "data-dir", default_value = "")]
+        data_dir: String,
+    },
+    /// Alarm related commands
+    Alarm {
+        #[command(subcommand)]
+        cmd: alarm::AlarmCmd,
+    },
     /// Manages etcd node snapshots
     Snapshot {
         #[command(subcommand)]
@@ -556,6 +571,18 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Elect(a) => concurrency::elect(cli, p, a).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
         Cmd::Snapshot { cmd } => snapshot::run(cli, p, cmd).await,
+        Cmd::Alarm { cmd } => alarm::run(cli, p, timeout, cmd).await,
+        Cmd::Defrag { cluster, data_dir } => {
+            if !data_dir.is_empty() {
+                return defrag_offline(data_dir);
+            }
+            let eps = if *cluster {
+                member::cluster_endpoints(cli, timeout).await?
+            } else {
+                cli.endpoints.clone()
+            };
+            defrag(cli, &eps, timeout).await
+        }
     }
 }
 
@@ -695,6 +722,61 @@ async fn endpoint_status(
         }
     }
     Ok(())
+}
+
+/// `defrag`: each endpoint in turn; a failure is reported and the rest still run.
+async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Failure> {
+    let mut failed = false;
+    for ep in eps {
+        let res = match connect(cli, ep).await {
+            Ok(ch) => call(
+                timeout,
+                MaintenanceClient::new(ch).defragment(DefragmentRequest {}),
+            )
+            .await
+            .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => println!("Finished defragmenting etcd member[{ep}]"),
+            Err(e) => {
+                let msg = match &e {
+                    Failure::Grpc(s) => {
+                        retry_warning(cli, s);
+                        s.message().to_string()
+                    }
+                    Failure::Other(m) => m.clone(),
+                    _ => String::new(),
+                };
+                eprintln!("Failed to defragment etcd member[{ep}] ({msg})");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        // etcdctl just exits 1 after the per-member reports.
+        Err(Failure::Exit(EXIT_ERROR, String::new()))
+    } else {
+        Ok(())
+    }
+}
+
+/// `defrag --data-dir`: a stopped member's store, in place.
+fn defrag_offline(data_dir: &str) -> Result<(), Failure> {
+    let db = std::path::Path::new(data_dir).join("member/snap/db");
+    if let Err(e) = std::fs::metadata(&db) {
+        let e = e.to_string();
+        let e = e.split(" (os error").next().unwrap_or(&e).to_lowercase();
+        return Err(Failure::Other(format!(
+            "cannot open database at {} (open {}: {e})",
+            db.display(),
+            db.display()
+        )));
+    }
+    ballast_storage::Backend::open(&db)
+        .and_then(|b| b.defragment())
+        .map(|_| ())
+        .map_err(|e| Failure::Other(e.to_string()))
 }
 
 /// `endpoint hashkv`: every endpoint's hash; failures are reported and the rest still print.
@@ -942,7 +1024,9 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_BAD_FEATURE)
         }
         Err(Failure::Exit(code, m)) => {
-            eprintln!("Error: {m}");
+            if !m.is_empty() {
+                eprintln!("Error: {m}");
+            }
             ExitCode::from(code)
         }
         Err(Failure::Other(m)) => {

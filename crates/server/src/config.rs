@@ -189,6 +189,7 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Log entries kept behind a snapshot so slightly lagging followers need no snapshot.
     pub snapshot_catchup_entries: u64,
+    /// 0: no quota.
     pub quota_backend_bytes: u64,
     pub heartbeat: Duration,
     /// How often idle watchers that asked for progress notifications get one.
@@ -448,13 +449,6 @@ impl Config {
         if f.max_txn_ops == 0 {
             return Err(invalid("--max-txn-ops", "0", "must be positive"));
         }
-        if f.quota_backend_bytes < 0 {
-            return Err(invalid(
-                "--quota-backend-bytes",
-                &f.quota_backend_bytes.to_string(),
-                "must not be negative",
-            ));
-        }
         if f.heartbeat_interval == 0 {
             return Err(invalid("--heartbeat-interval", "0", "must be positive"));
         }
@@ -516,10 +510,11 @@ impl Config {
             max_txn_ops: f.max_txn_ops as usize,
             snapshot_count: f.snapshot_count,
             snapshot_catchup_entries: f.snapshot_catchup_entries,
-            quota_backend_bytes: if f.quota_backend_bytes == 0 {
-                DEFAULT_QUOTA_BYTES
-            } else {
-                f.quota_backend_bytes as u64
+            // As in etcd: 0 is the default quota, negative disables it (kept here as 0).
+            quota_backend_bytes: match f.quota_backend_bytes {
+                0 => DEFAULT_QUOTA_BYTES,
+                q if q < 0 => 0,
+                q => q as u64,
             },
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             watch_progress_interval,

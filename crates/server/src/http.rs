@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use ballast_api::etcdserverpb::AlarmType;
 use serde_json::json;
 
 use crate::server::EtcdServer;
@@ -20,12 +21,26 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
 }
 
 async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    let (code, healthy, reason) = if s.raft_status().leader == 0 {
-        (StatusCode::SERVICE_UNAVAILABLE, "false", "RAFT NO LEADER")
+    let alarm = s.mvcc().alarms().first().map(|a| {
+        let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+        format!("ALARM {name}")
+    });
+    let (code, healthy, reason) = if let Some(reason) = alarm {
+        (StatusCode::SERVICE_UNAVAILABLE, "false", reason)
+    } else if s.raft_status().leader == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "false",
+            "RAFT NO LEADER".into(),
+        )
     } else {
         match s.linearizable_barrier().await {
-            Ok(()) => (StatusCode::OK, "true", ""),
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "false", "QGET ERROR"),
+            Ok(()) => (StatusCode::OK, "true", String::new()),
+            Err(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "false",
+                "QGET ERROR".into(),
+            ),
         }
     };
     (

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_api::ballast::internal::{raft_request, RaftRequest};
-use ballast_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use ballast_api::etcdserverpb::alarm_request::AlarmAction;
+use ballast_api::etcdserverpb::{
+    AlarmRequest, AlarmType, RangeRequest, RangeResponse, ResponseHeader,
+};
 use ballast_raft::{
     Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
 };
@@ -98,6 +101,8 @@ pub struct EtcdServer {
     removed: watch::Receiver<bool>,
     watch: Arc<WatchHub>,
     lessor: Arc<Lessor>,
+    /// Shared with the applier: one replacement of the store's file at a time.
+    file_swap: Arc<Mutex<()>>,
     /// A connection to the leader's client URL, for what only the leader can answer.
     leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
@@ -197,6 +202,7 @@ impl EtcdServer {
                 cfg.heartbeat * cfg.election_ticks as u32,
             ))
         };
+        let file_swap: Arc<Mutex<()>> = Arc::default();
         let applier = Applier {
             mvcc: mvcc.clone(),
             snap_dir,
@@ -214,6 +220,7 @@ impl EtcdServer {
             member_id,
             was_member,
             removed: removed_tx,
+            file_swap: file_swap.clone(),
         };
         std::thread::Builder::new()
             .name("applier".into())
@@ -239,6 +246,7 @@ impl EtcdServer {
             watch: hub,
             lessor,
             leader_conn: Mutex::new(None),
+            file_swap,
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -376,6 +384,48 @@ impl EtcdServer {
         self.propose_via(req, None).await
     }
 
+    /// Defragments this member's store online; one at a time, never during a snapshot
+    /// install. Returns the file size before and after.
+    pub async fn defragment(self: &Arc<Self>) -> Result<(u64, u64), ServerError> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _swap = s.file_swap.lock().unwrap_or_else(|p| p.into_inner());
+            let started = Instant::now();
+            let sizes = s.mvcc().defragment()?;
+            tracing::info!(
+                size_before = sizes.0,
+                size_after = sizes.1,
+                took = ?started.elapsed(),
+                "finished defragmenting the backend"
+            );
+            Ok(sizes)
+        })
+        .await
+        .map_err(|_| ServerError::Stopped)?
+    }
+
+    /// etcd's quota check before proposing: a request that could grow the store past
+    /// `--quota-backend-bytes` raises NOSPACE for this member (through raft, so every member
+    /// stops taking such writes) and is refused.
+    async fn check_quota(&self, req: &raft_request::Request) -> Result<(), ServerError> {
+        let cost = ballast_state::check::quota_cost(req);
+        let quota = self.cfg.quota_backend_bytes;
+        if cost == 0 || quota == 0 || self.mvcc().db_size() + cost <= quota {
+            return Ok(());
+        }
+        let raise = raft_request::Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.member_id(),
+            alarm: AlarmType::Nospace as i32,
+        });
+        tracing::warn!(quota, "backend quota exceeded; raising NOSPACE");
+        // An alarm costs nothing, so this does not come back here.
+        if let Err(e) = Box::pin(self.propose(raise)).await {
+            tracing::warn!(error = %e, "raising NOSPACE failed");
+        }
+        Err(ServerError::Kv(KvError::NoSpace))
+    }
+
     /// Proposes a membership change as a raft configuration change.
     pub async fn propose_conf(
         &self,
@@ -391,6 +441,7 @@ impl EtcdServer {
         req: raft_request::Request,
         conf: Option<(ConfKind, u64)>,
     ) -> Result<Applied, ServerError> {
+        self.check_quota(&req).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = RaftRequest {
             id,
@@ -479,6 +530,8 @@ struct Applier {
     /// Whether this member's own record has been applied (a joiner's comes later).
     was_member: bool,
     removed: watch::Sender<bool>,
+    /// Held while the store's file is being replaced (snapshot install, defragmentation).
+    file_swap: Arc<Mutex<()>>,
 }
 
 impl Applier {
@@ -507,6 +560,8 @@ impl Applier {
     /// Replaces the state machine with a received snapshot: build a new store beside the
     /// old, fsync it, rename it into place, then switch readers over.
     fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
+        let swap = self.file_swap.clone();
+        let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
         let db = self.snap_dir.join("db");
         let fresh = self.snap_dir.join("db.new");
         let file = std::fs::File::open(path)

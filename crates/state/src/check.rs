@@ -9,6 +9,8 @@ use ballast_api::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
+use ballast_api::ballast::internal::raft_request;
+
 use crate::KvError;
 
 /// Unknown sort enums are rejected up front, as etcd 3.5+ does (3.4 panics applying them).
@@ -134,6 +136,34 @@ fn intervals(reqs: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>), Kv
         puts.insert(p.key.clone());
     }
     Ok((puts, dels))
+}
+
+/// etcd's estimate of what storing a key's metadata costs.
+const KV_OVERHEAD: u64 = 256;
+/// etcd's estimate of what storing a lease costs.
+const LEASE_OVERHEAD: u64 = 64;
+
+fn cost_put(p: &PutRequest) -> u64 {
+    KV_OVERHEAD + p.key.len() as u64 + p.value.len() as u64
+}
+
+/// The bytes a request may add to the store, as etcd's quota estimates them (0: it cannot
+/// grow the store). A txn costs its more expensive branch's puts.
+pub fn quota_cost(r: &raft_request::Request) -> u64 {
+    let branch = |ops: &[RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Request::RequestPut(p)) => cost_put(p),
+                _ => 0,
+            })
+            .sum()
+    };
+    match r {
+        raft_request::Request::Put(p) => cost_put(p),
+        raft_request::Request::Txn(t) => branch(&t.success).max(branch(&t.failure)),
+        raft_request::Request::LeaseGrant(_) => LEASE_OVERHEAD,
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub enum KvError {
     LeaseExist,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
     /// The disk failed us: the member must stop rather than acknowledge anything further.

@@ -284,3 +284,87 @@ fn replayed_entries_are_skipped() {
     assert_eq!(store.apply_batch(&[e], true).unwrap().len(), 0);
     assert_eq!(store.current_rev(), 2);
 }
+
+/// NOSPACE caps the store as etcd's capped applier does: nothing that could grow it applies,
+/// deletes and compaction still do; alarms survive reopening; disarming lifts the cap.
+#[test]
+fn nospace_alarm_caps_growth_until_disarmed() {
+    use ballast_api::etcdserverpb::{
+        alarm_request::AlarmAction, AlarmRequest, AlarmType, LeaseGrantRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut index = 0;
+    let mut apply = |store: &Mvcc, r: Request| {
+        index += 1;
+        let e = (
+            index,
+            Some(RaftRequest {
+                id: index,
+                request: Some(r),
+            }),
+        );
+        store.apply_batch(&[e], true).unwrap().remove(0)
+    };
+    let alarm = |action: AlarmAction| {
+        Request::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 7,
+            alarm: AlarmType::Nospace as i32,
+        })
+    };
+    let put_in_txn = |success: bool| {
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(put_req(1, 1))),
+        };
+        Request::Txn(TxnRequest {
+            success: if success { vec![op.clone()] } else { vec![] },
+            failure: if success { vec![] } else { vec![op] },
+            ..Default::default()
+        })
+    };
+    let store = Mvcc::open(&path).unwrap();
+    assert!(apply(&store, Request::Put(put_req(0, 1))).is_ok());
+    match apply(&store, alarm(AlarmAction::Activate)) {
+        Ok(Applied::Alarm(r)) => assert_eq!(r.alarms.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    drop(store);
+    let store = Mvcc::open(&path).unwrap();
+    assert_eq!(store.alarms().len(), 1);
+    let nospace = |r: Result<Applied, KvError>| matches!(r, Err(KvError::NoSpace));
+    assert!(nospace(apply(&store, Request::Put(put_req(0, 2)))));
+    assert!(nospace(apply(&store, put_in_txn(true))));
+    assert!(nospace(apply(&store, put_in_txn(false))));
+    assert!(nospace(apply(
+        &store,
+        Request::LeaseGrant(LeaseGrantRequest { ttl: 10, id: 5 })
+    )));
+    assert!(apply(
+        &store,
+        Request::DeleteRange(DeleteRangeRequest {
+            key: key(0),
+            ..Default::default()
+        })
+    )
+    .is_ok());
+    assert!(apply(
+        &store,
+        Request::Compaction(CompactionRequest {
+            revision: 2,
+            physical: false
+        })
+    )
+    .is_ok());
+    match apply(&store, alarm(AlarmAction::Deactivate)) {
+        Ok(Applied::Alarm(r)) => assert_eq!(r.alarms.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    // Clearing it again clears nothing.
+    match apply(&store, alarm(AlarmAction::Deactivate)) {
+        Ok(Applied::Alarm(r)) => assert!(r.alarms.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.alarms().is_empty());
+    assert!(apply(&store, Request::Put(put_req(0, 3))).is_ok());
+}

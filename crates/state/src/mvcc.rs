@@ -14,7 +14,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ballast_api::ballast::internal::{member_change, raft_request, MemberChange, RaftRequest};
 use ballast_api::etcdserverpb::{
-    compare, range_request::SortOrder, range_request::SortTarget, request_op, response_op,
+    alarm_request::AlarmAction, compare, range_request::SortOrder, range_request::SortTarget,
+    request_op, response_op, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, Member, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -44,6 +45,7 @@ pub enum Applied {
     Members(Vec<Member>),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
 }
 
 /// A lease as the state machine knows it (expiry is the leader's business, not state).
@@ -114,6 +116,8 @@ struct Index {
     leases: BTreeMap<i64, Lease>,
     /// The lease each leased key is attached to.
     key_lease: std::collections::HashMap<Vec<u8>, i64>,
+    /// Active alarms: member id -> bit set of alarm types.
+    alarms: BTreeMap<u64, u64>,
 }
 
 pub struct Mvcc {
@@ -671,6 +675,7 @@ impl Mvcc {
             events: Vec::new(),
             leases: BTreeMap::new(),
             key_lease: std::collections::HashMap::new(),
+            alarms: backend.alarms()?.into_iter().collect(),
         };
         for (id, ttl, remaining) in backend.leases()? {
             idx.leases.insert(
@@ -793,7 +798,19 @@ impl Mvcc {
             begin,
             changes: 0,
         };
+        // With NOSPACE raised, nothing that can grow the store applies (etcd's capped applier);
+        // deletes, compaction and reads still do, so space can be freed.
+        if ctx
+            .idx
+            .alarms
+            .values()
+            .any(|b| b & alarm_bit(AlarmType::Nospace) != 0)
+            && crate::check::quota_cost(r) > 0
+        {
+            return Err(KvError::NoSpace);
+        }
         let out = match r {
+            raft_request::Request::Alarm(a) => Applied::Alarm(apply_alarm(ctx.idx, ctx.w, a)?),
             raft_request::Request::Put(p) => Applied::Put(ctx.put(p)?),
             raft_request::Request::DeleteRange(d) => Applied::DeleteRange(ctx.delete(d)?),
             raft_request::Request::Txn(t) => Applied::Txn(ctx.txn(t)?),
@@ -812,6 +829,17 @@ impl Mvcc {
             ctx.idx.rev = begin + 1;
         }
         Ok(out)
+    }
+
+    /// Rewrites the backend compactly while reads and writes go on (see
+    /// [`Backend::defragment`]); returns the file size before and after.
+    pub fn defragment(&self) -> Result<(u64, u64), KvError> {
+        Ok(self.backend.defragment()?)
+    }
+
+    /// Active alarms, by member then type, as etcd lists them.
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        alarm_list(&self.read().alarms)
     }
 
     /// Streams the whole state (keys, history, members, applied index) from one consistent
@@ -1134,4 +1162,80 @@ mod hash_tests {
         assert_ne!(sa.hash_kv(3).unwrap().0, h3);
         assert!(matches!(sa.hash_kv(5), Err(KvError::FutureRev)));
     }
+}
+
+/// An alarm as etcd words it in `Status.errors` and `alarm list`: the proto's text format
+/// (Go's `%v`), trailing space included.
+pub fn alarm_text(a: &AlarmMember) -> String {
+    let name = AlarmType::try_from(a.alarm)
+        .map(|t| t.as_str_name().to_string())
+        .unwrap_or_else(|_| a.alarm.to_string());
+    format!("memberID:{} alarm:{name} ", a.member_id)
+}
+
+fn alarm_bit(t: AlarmType) -> u64 {
+    1u64 << (t as i32)
+}
+
+fn alarm_list(alarms: &BTreeMap<u64, u64>) -> Vec<AlarmMember> {
+    let mut out = Vec::new();
+    for (member, bits) in alarms {
+        for t in [AlarmType::Nospace, AlarmType::Corrupt] {
+            if bits & alarm_bit(t) != 0 {
+                out.push(AlarmMember {
+                    member_id: *member,
+                    alarm: t as i32,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// etcd's alarm store: ACTIVATE answers with the alarm it raised, DEACTIVATE with the one it
+/// cleared (nothing if it was not raised), GET with every active alarm. An alarm type of NONE
+/// with GET lists all; raising NONE does nothing.
+fn apply_alarm(
+    idx: &mut Index,
+    w: &mut WriteTx<'_>,
+    a: &AlarmRequest,
+) -> Result<AlarmResponse, KvError> {
+    let t = AlarmType::try_from(a.alarm).unwrap_or(AlarmType::None);
+    let one = AlarmMember {
+        member_id: a.member_id,
+        alarm: t as i32,
+    };
+    let mut resp = AlarmResponse::default();
+    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
+        AlarmAction::Get => {
+            resp.alarms = alarm_list(&idx.alarms)
+                .into_iter()
+                .filter(|m| t == AlarmType::None || m.alarm == t as i32)
+                .collect();
+        }
+        AlarmAction::Activate => {
+            if t == AlarmType::None {
+                return Ok(resp);
+            }
+            let bits = idx.alarms.entry(a.member_id).or_insert(0);
+            *bits |= alarm_bit(t);
+            w.set_alarms(a.member_id, *bits)?;
+            resp.alarms.push(one);
+        }
+        AlarmAction::Deactivate => {
+            let Some(bits) = idx.alarms.get_mut(&a.member_id) else {
+                return Ok(resp);
+            };
+            if *bits & alarm_bit(t) == 0 {
+                return Ok(resp);
+            }
+            *bits &= !alarm_bit(t);
+            w.set_alarms(a.member_id, *bits)?;
+            if *bits == 0 {
+                idx.alarms.remove(&a.member_id);
+            }
+            resp.alarms.push(one);
+        }
+    }
+    Ok(resp)
 }

@@ -154,7 +154,8 @@ pub fn restore(path: &Path, db: &Path, skip_hash_check: bool) -> Result<SnapStat
     f.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
     let input = BufReader::with_capacity(1 << 20, f).take(len);
     Backend::import_filtered(db, input, &mut |rec| match rec {
-        SnapRecord::Member(..) | SnapRecord::Removed(..) => None,
+        // Alarms belong to the old members.
+        SnapRecord::Member(..) | SnapRecord::Removed(..) | SnapRecord::Alarms(..) => None,
         SnapRecord::Meta(ref name, _) if name == META_APPLIED => None,
         other => Some(other),
     })

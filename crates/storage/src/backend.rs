@@ -7,6 +7,8 @@
 //! all, so an error part-way through a request never leaves half of it applied.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -17,12 +19,15 @@ const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 const REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
 /// Leases: id -> granted TTL and last checkpointed remaining TTL (seconds, 16 bytes LE).
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+/// Active alarms: member id -> bit set of alarm types (bit n = etcd's AlarmType n).
+const ALARMS: TableDefinition<u64, u64> = TableDefinition::new("alarms");
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
 const SNAP_MEMBERS: u8 = 2;
 const SNAP_REMOVED: u8 = 3;
 const SNAP_LEASES: u8 = 4;
+const SNAP_ALARMS: u8 = 5;
 /// The last record: key = number of records before it (u64 LE), value = CRC32C of every byte
 /// before it (u32 LE). A stream without it, or with anything after it, is rejected.
 const SNAP_END: u8 = 0xff;
@@ -111,30 +116,36 @@ pub trait RevRead {
 }
 
 pub struct Backend {
-    db: Database,
+    /// Replaced whole by [`Backend::defragment`]; readers hold their own `Arc` meanwhile.
+    db: RwLock<Arc<Database>>,
     path: PathBuf,
+    /// Held by every write transaction and by the last phase of a defragmentation.
+    writer: Mutex<()>,
+    /// Rows removed so far: a defragmentation that saw none during its copy skips the diff.
+    removals: AtomicU64,
 }
 
 impl Backend {
     pub fn open(path: &Path) -> Result<Backend, BackendError> {
-        let db = Database::builder()
-            .set_cache_size(64 << 20)
-            .create(path)
-            .map_err(|source| BackendError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let db = create_db(path)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(META)?;
         tx.open_table(MEMBERS)?;
         tx.open_table(REMOVED)?;
         tx.open_table(LEASES)?;
+        tx.open_table(ALARMS)?;
         tx.commit()?;
         Ok(Backend {
-            db,
+            db: RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
+            writer: Mutex::new(()),
+            removals: AtomicU64::new(0),
         })
+    }
+
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Runs `f` in one write transaction. `durable` commits with an fsync; otherwise the commit
@@ -144,7 +155,8 @@ impl Backend {
         durable: bool,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut tx = self.db.begin_write().map_err(BackendError::from)?;
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = self.db().begin_write().map_err(BackendError::from)?;
         let durability = if durable {
             Durability::Immediate
         } else {
@@ -157,12 +169,15 @@ impl Backend {
             let members = tx.open_table(MEMBERS).map_err(BackendError::from)?;
             let removed = tx.open_table(REMOVED).map_err(BackendError::from)?;
             let leases = tx.open_table(LEASES).map_err(BackendError::from)?;
+            let alarms = tx.open_table(ALARMS).map_err(BackendError::from)?;
             let mut w = WriteTx {
+                removals: &self.removals,
                 kv,
                 meta,
                 members,
                 removed,
                 leases,
+                alarms,
             };
             f(&mut w)?
         };
@@ -175,7 +190,7 @@ impl Backend {
         &self,
         f: impl FnOnce(&ReadTx) -> Result<R, E>,
     ) -> Result<R, E> {
-        let tx = self.db.begin_read().map_err(BackendError::from)?;
+        let tx = self.db().begin_read().map_err(BackendError::from)?;
         let kv = tx.open_table(KV).map_err(BackendError::from)?;
         let meta = tx.open_table(META).map_err(BackendError::from)?;
         f(&ReadTx { kv, meta })
@@ -183,7 +198,7 @@ impl Backend {
 
     /// Every member record (id, encoded member), in id order.
     pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>, BackendError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db().begin_read()?;
         let t = tx.open_table(MEMBERS)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -210,7 +225,7 @@ impl Backend {
         size: &mut dyn FnMut(u64) -> std::io::Result<()>,
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), BackendError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db().begin_read()?;
         let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
         let mut total = 9 + 8 + 4;
         walk(&tx, &mut |_, k, v| {
@@ -265,7 +280,7 @@ impl Backend {
         let mut reader = SnapshotReader::new(input);
         let mut done = false;
         while !done {
-            let mut tx = b.db.begin_write()?;
+            let mut tx = b.db().begin_write()?;
             tx.set_durability(Durability::None)?;
             {
                 let mut kv = tx.open_table(KV)?;
@@ -273,6 +288,7 @@ impl Backend {
                 let mut members = tx.open_table(MEMBERS)?;
                 let mut removed = tx.open_table(REMOVED)?;
                 let mut leases = tx.open_table(LEASES)?;
+                let mut alarms = tx.open_table(ALARMS)?;
                 let start = reader.bytes;
                 while reader.bytes - start < IMPORT_BATCH_BYTES as u64 {
                     let Some(rec) = reader.next_record()? else {
@@ -296,6 +312,9 @@ impl Backend {
                         Some(SnapRecord::Removed(id, at)) => {
                             removed.insert(id, at)?;
                         }
+                        Some(SnapRecord::Alarms(id, bits)) => {
+                            alarms.insert(id, bits)?;
+                        }
                     }
                 }
             }
@@ -304,9 +323,64 @@ impl Backend {
         b.update(true, |_| Ok::<_, BackendError>(()))
     }
 
+    /// Rewrites the database into a fresh, compact file and switches to it, without stopping
+    /// readers or (but for a short final step) writers: the bulk is copied from a read
+    /// snapshot while writes go on; then, holding the writer lock, only what changed since is
+    /// copied — revisions past the last one copied (revision keys only grow), rows removed
+    /// meanwhile (compaction), and the small tables whole. The new file is fsynced and renamed
+    /// over the old. Returns the file size before and after.
+    pub fn defragment(&self) -> Result<(u64, u64), BackendError> {
+        let before = self.size();
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".defrag.tmp");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let dst = create_db(&tmp)?;
+        let removals = self.removals.load(Ordering::Relaxed);
+        let last = {
+            let src = self.db().begin_read()?;
+            copy_kv(&src, &dst, None)?
+        };
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let src = self.db().begin_read()?;
+        copy_kv(&src, &dst, last.as_deref())?;
+        let mut tx = dst.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let kv_src = src.open_table(KV)?;
+            if self.removals.load(Ordering::Relaxed) != removals {
+                let mut kv = tx.open_table(KV)?;
+                let mut gone = Vec::new();
+                for row in kv.iter()? {
+                    let k = row?.0.value().to_vec();
+                    if kv_src.get(k.as_slice())?.is_none() {
+                        gone.push(k);
+                    }
+                }
+                for k in gone {
+                    kv.remove(k.as_slice())?;
+                }
+            }
+            replace_table(&src, &mut tx, META)?;
+            replace_table(&src, &mut tx, MEMBERS)?;
+            replace_table(&src, &mut tx, REMOVED)?;
+            replace_table(&src, &mut tx, LEASES)?;
+            replace_table(&src, &mut tx, ALARMS)?;
+        }
+        tx.commit()?;
+        drop(src);
+        let io = |e: std::io::Error| BackendError::Db(format!("defragment: {e}"));
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            crate::wal::sync_dir(dir).map_err(io)?;
+        }
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dst);
+        Ok((before, self.size()))
+    }
+
     /// Every lease: (id, granted TTL, checkpointed remaining TTL or 0).
     pub fn leases(&self) -> Result<Vec<(i64, i64, i64)>, BackendError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db().begin_read()?;
         let t = tx.open_table(LEASES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -328,9 +402,21 @@ impl Backend {
         Ok(out)
     }
 
+    /// Active alarms: (member id, bit set of alarm types).
+    pub fn alarms(&self) -> Result<Vec<(u64, u64)>, BackendError> {
+        let tx = self.db().begin_read()?;
+        let t = tx.open_table(ALARMS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// IDs of members removed from the cluster.
     pub fn removed_members(&self) -> Result<Vec<u64>, BackendError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.db().begin_read()?;
         let t = tx.open_table(REMOVED)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -346,7 +432,7 @@ impl Backend {
 
     /// Bytes holding live data (the rest of [`Backend::size`] is free pages).
     pub fn size_in_use(&self) -> u64 {
-        let stats = self.db.begin_write().and_then(|tx| {
+        let stats = self.db().begin_write().and_then(|tx| {
             let s = tx.stats().map_err(redb::TransactionError::from);
             tx.abort().ok();
             s
@@ -359,14 +445,26 @@ impl Backend {
 }
 
 pub struct WriteTx<'a> {
+    removals: &'a AtomicU64,
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
     members: redb::Table<'a, u64, &'static [u8]>,
     removed: redb::Table<'a, u64, u64>,
     leases: redb::Table<'a, i64, &'static [u8]>,
+    alarms: redb::Table<'a, u64, u64>,
 }
 
 impl WriteTx<'_> {
+    /// Sets a member's active alarms (an empty set removes its row).
+    pub fn set_alarms(&mut self, member: u64, bits: u64) -> Result<(), BackendError> {
+        if bits == 0 {
+            self.alarms.remove(member)?;
+        } else {
+            self.alarms.insert(member, bits)?;
+        }
+        Ok(())
+    }
+
     pub fn put_lease(&mut self, id: i64, ttl: i64, remaining: i64) -> Result<(), BackendError> {
         let mut v = [0u8; 16];
         v[..8].copy_from_slice(&ttl.to_le_bytes());
@@ -405,6 +503,7 @@ impl WriteTx<'_> {
 
     pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
         self.kv.remove(rev.to_bytes().as_slice())?;
+        self.removals.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -506,6 +605,69 @@ mod tests {
             Ok::<_, BackendError>(())
         })
         .unwrap();
+    }
+
+    fn dump(b: &Backend) -> Vec<u8> {
+        let mut out = Vec::new();
+        b.export(&mut |r| {
+            out.extend_from_slice(r);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Defragmenting while a writer keeps adding and removing rows loses nothing, keeps
+    /// nothing removed, shrinks the file, and survives reopening.
+    #[test]
+    fn defragment_under_concurrent_writes_keeps_exactly_the_live_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        let b = Arc::new(Backend::open(&path).unwrap());
+        let big = vec![7u8; 4096];
+        for main in 1..=2000 {
+            b.update(false, |w| w.put_rev(Rev::new(main, 0), false, &big))
+                .unwrap();
+        }
+        b.update(true, |w| {
+            (1..=1800).try_for_each(|main| w.delete_rev(Rev::new(main, 0)))
+        })
+        .unwrap();
+        let writer = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                for main in 2001..=2300 {
+                    b.update(false, |w| {
+                        w.put_rev(Rev::new(main, 0), false, b"new")?;
+                        w.delete_rev(Rev::new(main - 200, 0))?;
+                        w.set_meta("rev", main as u64)
+                    })
+                    .unwrap();
+                }
+            })
+        };
+        let (before, after) = b.defragment().unwrap();
+        writer.join().unwrap();
+        assert!(after < before / 2, "{before} -> {after}");
+        let expected: Vec<i64> = (2101..=2300).collect();
+        let live = |b: &Backend| {
+            let mut got = Vec::new();
+            b.view(|r| {
+                r.for_each_rev(|rev, _| {
+                    got.push(rev.main);
+                    Ok(())
+                })
+            })
+            .unwrap();
+            got
+        };
+        assert_eq!(live(&b), expected);
+        assert_eq!(b.view(|r| r.meta("rev")).unwrap(), Some(2300));
+        let snapshot = dump(&b);
+        drop(b);
+        let reopened = Backend::open(&path).unwrap();
+        assert_eq!(live(&reopened), expected);
+        assert_eq!(dump(&reopened), snapshot);
     }
 
     #[test]
@@ -632,6 +794,11 @@ fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), Backen
         let (id, at) = (k.value().to_le_bytes(), v.value().to_le_bytes());
         f(SNAP_REMOVED, &id, &at).map_err(io)?;
     }
+    for row in tx.open_table(ALARMS)?.iter()? {
+        let (k, v) = row?;
+        let (id, bits) = (k.value().to_le_bytes(), v.value().to_le_bytes());
+        f(SNAP_ALARMS, &id, &bits).map_err(io)?;
+    }
     Ok(())
 }
 
@@ -644,6 +811,8 @@ pub enum SnapRecord {
     Member(u64, Vec<u8>),
     Lease(i64, Vec<u8>),
     Removed(u64, u64),
+    /// A member's active alarms (bit set of alarm types).
+    Alarms(u64, u64),
 }
 
 impl SnapRecord {
@@ -752,6 +921,10 @@ impl<R: std::io::Read> SnapshotReader<R> {
                 u64::from_le_bytes(word8(k, "member id")?),
                 u64::from_le_bytes(word8(v, "removal")?),
             ),
+            SNAP_ALARMS => SnapRecord::Alarms(
+                u64::from_le_bytes(word8(k, "member id")?),
+                u64::from_le_bytes(word8(v, "alarms")?),
+            ),
             _ => return Err(bad("unknown table")),
         };
         self.count += 1;
@@ -761,4 +934,69 @@ impl<R: std::io::Read> SnapshotReader<R> {
 
 fn bad(what: &str) -> BackendError {
     BackendError::Db(format!("snapshot import: {what}"))
+}
+
+fn create_db(path: &Path) -> Result<Database, BackendError> {
+    Database::builder()
+        .set_cache_size(64 << 20)
+        .create(path)
+        .map_err(|source| BackendError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Copies the `kv` rows of `src` after `after` (all if `None`) into `dst`, committing every
+/// [`IMPORT_BATCH_BYTES`] so memory stays bounded. Returns the last key copied.
+fn copy_kv(
+    src: &redb::ReadTransaction,
+    dst: &Database,
+    after: Option<&[u8]>,
+) -> Result<Option<Vec<u8>>, BackendError> {
+    let table = src.open_table(KV)?;
+    let mut rows = match after {
+        Some(k) => {
+            table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?
+        }
+        None => table.range::<&[u8]>(..)?,
+    };
+    let mut last = after.map(<[u8]>::to_vec);
+    loop {
+        let mut tx = dst.begin_write()?;
+        tx.set_durability(Durability::None)?;
+        let mut batch = 0usize;
+        let mut more = false;
+        {
+            let mut out = tx.open_table(KV)?;
+            for row in rows.by_ref() {
+                let (k, v) = row?;
+                out.insert(k.value(), v.value())?;
+                batch += k.value().len() + v.value().len();
+                last = Some(k.value().to_vec());
+                if batch >= IMPORT_BATCH_BYTES {
+                    more = true;
+                    break;
+                }
+            }
+        }
+        tx.commit()?;
+        if !more {
+            return Ok(last);
+        }
+    }
+}
+
+/// Makes `def` in `tx` an exact copy of the same table in `src`.
+fn replace_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &redb::ReadTransaction,
+    tx: &mut redb::WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<(), BackendError> {
+    tx.delete_table(def)?;
+    let mut out = tx.open_table(def)?;
+    for row in src.open_table(def)?.iter()? {
+        let (k, v) = row?;
+        out.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
 use ballast_api::etcdserverpb::{
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use ballast_api::grpc::health::v1::health_check_response::ServingStatus;
 use ballast_api::grpc::health::v1::health_server::Health;
@@ -18,7 +19,10 @@ use tonic::{Request, Response, Status};
 use super::status;
 use crate::server::{EtcdServer, ServerError};
 use crate::version::ETCD_API_VERSION;
+use ballast_api::ballast::internal::raft_request;
+use ballast_state::mvcc::alarm_text;
 use ballast_state::snapfile::HASH_LEN;
+use ballast_state::Applied;
 
 pub struct MaintenanceService {
     pub server: Arc<EtcdServer>,
@@ -112,12 +116,43 @@ impl Maintenance for MaintenanceService {
             raft_index: raft.commit,
             raft_term: raft.term,
             raft_applied_index: s.applied_index(),
-            errors: vec![],
+            errors: mvcc.alarms().iter().map(alarm_text).collect(),
             db_size_in_use: mvcc.db_size_in_use() as i64,
             is_learner: s.is_learner(),
             storage_version: ETCD_API_VERSION.to_string(),
             db_size_quota: s.cfg.quota_backend_bytes as i64,
             downgrade_info: None,
+        }))
+    }
+
+    /// Lists, raises or clears alarms — always through raft, as etcd does, so the answer is
+    /// the cluster's applied alarm state.
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = req.into_inner();
+        let s = &self.server;
+        match s
+            .propose(raft_request::Request::Alarm(r))
+            .await
+            .map_err(status)?
+        {
+            Applied::Alarm(mut resp) => {
+                resp.header = Some(s.header(s.mvcc().current_rev()));
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("alarm applied as another request")),
+        }
+    }
+
+    /// Online defragmentation: reads and writes go on while the store is copied (etcd
+    /// blocks both); only a short final catch-up holds writes.
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let s = &self.server;
+        s.defragment().await.map_err(status)?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(s.header(s.mvcc().current_rev())),
         }))
     }
 

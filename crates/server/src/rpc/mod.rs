@@ -103,6 +103,7 @@ pub fn status(e: ServerError) -> Status {
             KvError::LeaseNotFound => Code::NotFound,
             KvError::LeaseExist => Code::FailedPrecondition,
             KvError::LeaseTtlTooLarge => Code::OutOfRange,
+            KvError::NoSpace => Code::ResourceExhausted,
             KvError::Backend(_) | KvError::Corrupt(_) => Code::Internal,
         },
         ServerError::Raft(r) => match r {
