@@ -522,3 +522,233 @@ fn defrag_under_writes_loses_nothing_and_shrinks_the_file() {
     assert_eq!((a.0.clone(), a.2), (b.0.clone(), b.2), "{a:?} {b:?}");
     assert_eq!(a.1.lines().last(), b.1.lines().last());
 }
+
+/// Parses Prometheus text: every sample line is `name{labels} value` with a numeric value and
+/// belongs to a family declared by `# TYPE`. Returns the samples.
+fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    let mut families = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let name = it.next().unwrap();
+            let kind = it.next().unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            families.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => {
+                assert!(l.ends_with('}'), "{line}");
+                (n.to_string(), l.trim_end_matches('}').to_string())
+            }
+            None => (series.to_string(), String::new()),
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(&name);
+        assert!(families.contains(family), "sample without # TYPE: {line}");
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+fn metric(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l.contains(labels))
+        .map(|s| s.2)
+}
+
+/// The names the issue lists (and etcd's dashboards use).
+const ETCD_METRICS: &[&str] = &[
+    "etcd_server_has_leader",
+    "etcd_server_is_leader",
+    "etcd_server_leader_changes_seen_total",
+    "etcd_server_proposals_committed_total",
+    "etcd_server_proposals_applied_total",
+    "etcd_server_proposals_pending",
+    "etcd_server_proposals_failed_total",
+    "etcd_mvcc_db_total_size_in_bytes",
+    "etcd_mvcc_db_total_size_in_use_in_bytes",
+    "etcd_debugging_mvcc_keys_total",
+    "etcd_disk_wal_fsync_duration_seconds_bucket",
+    "etcd_disk_backend_commit_duration_seconds_bucket",
+    "etcd_network_peer_round_trip_time_seconds_bucket",
+    "etcd_network_peer_sent_bytes_total",
+    "grpc_server_started_total",
+    "grpc_server_handled_total",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+];
+
+/// `/metrics` parses as Prometheus text, carries etcd's names (checked against a real etcd
+/// cluster's own `/metrics`) with values that follow the cluster; `/health` turns false when
+/// quorum is lost; `/livez` and `/readyz` answer.
+#[test]
+fn metrics_and_health_endpoints() {
+    let etcd = crate::cluster::Cluster::start(Kind::Etcd, 3, &[]);
+    let mut c = crate::cluster::Cluster::start(Kind::Ballast, 3, &[]);
+    let eps: Vec<String> = c.endpoints();
+    for i in 0..20 {
+        ctl_ok(etcdctl(&eps[i % 3], &["put", &format!("m{i}"), "v"], None));
+    }
+    ctl_ok(etcdctl(&eps[0], &["get", "m0"], None));
+    let _ = etcdctl(&eps[0], &["get", ""], None); // InvalidArgument
+    let (_, reference) = crate::cluster::http_get(etcd.members[0].port, "/metrics").unwrap();
+    let status = ctl_ok(etcdctl(
+        &eps[0],
+        &["endpoint", "status", "-w", "json"],
+        None,
+    ));
+    let leader = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]["leader"]
+        .as_u64()
+        .unwrap();
+    // Heartbeats take a moment to give round trips.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut saw_leader = false;
+    for m in &c.members {
+        let (code, text) = crate::cluster::http_get(m.port, "/metrics").unwrap();
+        assert_eq!(code, 200);
+        let samples = parse_metrics(&text);
+        for name in ETCD_METRICS {
+            assert!(
+                metric(&samples, name, "").is_some(),
+                "{name} missing from Ballast"
+            );
+            // etcd's prober records its first round trip only after several seconds, and an
+            // empty labelled family is not printed at all.
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                reference.contains(&format!("# TYPE {family} "))
+                    || family == "etcd_network_peer_round_trip_time_seconds",
+                "{name} is not etcd's name"
+            );
+        }
+        assert_eq!(metric(&samples, "etcd_server_has_leader", ""), Some(1.0));
+        assert!(metric(&samples, "etcd_server_leader_changes_seen_total", "").unwrap() >= 1.0);
+        assert!(metric(&samples, "etcd_server_proposals_applied_total", "").unwrap() >= 20.0);
+        assert!(metric(&samples, "etcd_debugging_mvcc_keys_total", "").unwrap() >= 20.0);
+        assert!(metric(&samples, "etcd_disk_wal_fsync_duration_seconds_count", "").unwrap() > 0.0);
+        let is_leader = metric(&samples, "etcd_server_is_leader", "") == Some(1.0);
+        if is_leader {
+            saw_leader = true;
+            let rtt = samples
+                .iter()
+                .filter(|(n, _, _)| n == "etcd_network_peer_round_trip_time_seconds_count")
+                .count();
+            assert_eq!(rtt, 2, "one round-trip histogram per follower");
+            assert!(
+                metric(
+                    &samples,
+                    "etcd_network_peer_round_trip_time_seconds_count",
+                    "To="
+                )
+                .unwrap()
+                    > 0.0
+            );
+            assert!(metric(&samples, "etcd_network_peer_sent_bytes_total", "To=").unwrap() > 0.0);
+        }
+        let id = format!(
+            "{:x}",
+            serde_json::from_str::<serde_json::Value>(&ctl_ok(etcdctl(
+                &m.endpoint(),
+                &["endpoint", "status", "-w", "json"],
+                None
+            )))
+            .unwrap()[0]["Status"]["header"]["member_id"]
+                .as_u64()
+                .unwrap()
+        );
+        assert_eq!(is_leader, id == format!("{leader:x}"));
+    }
+    assert!(saw_leader);
+    // gRPC counters by method and code, summed over the members that served them.
+    let mut puts_ok = 0.0;
+    let mut ranges_invalid = 0.0;
+    for m in &c.members {
+        let samples = parse_metrics(&crate::cluster::http_get(m.port, "/metrics").unwrap().1);
+        puts_ok += metric(
+            &samples,
+            "grpc_server_handled_total",
+            r#"grpc_code="OK",grpc_method="Put","#,
+        )
+        .unwrap();
+        ranges_invalid += metric(
+            &samples,
+            "grpc_server_handled_total",
+            r#"grpc_code="InvalidArgument",grpc_method="Range","#,
+        )
+        .unwrap();
+    }
+    assert_eq!(puts_ok, 20.0);
+    assert_eq!(ranges_invalid, 1.0);
+
+    for m in &c.members {
+        assert_eq!(
+            crate::cluster::http_get(m.port, "/livez"),
+            Some((200, "ok\n".into()))
+        );
+        assert_eq!(
+            crate::cluster::http_get(m.port, "/readyz"),
+            Some((200, "ok\n".into()))
+        );
+    }
+    // Quorum lost: the survivor's /health and /readyz say so.
+    c.members[1].kill9();
+    c.members[2].kill9();
+    let start = Instant::now();
+    loop {
+        let (code, body) = crate::cluster::http_get(c.members[0].port, "/health").unwrap();
+        if code == 503 {
+            assert!(body.contains(r#""health":"false""#), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "/health stayed {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = crate::cluster::http_get(c.members[0].port, "/readyz?verbose").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("[-]linearizable_read failed"), "{body}");
+    assert!(body.ends_with("readyz check failed\n"), "{body}");
+    let (code, body) = crate::cluster::http_get(c.members[0].port, "/livez?verbose").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "[+]serializable_read ok\nok\n")
+    );
+}
+
+/// `--listen-metrics-urls` serves metrics and health only, from before the member is ready.
+#[test]
+fn listen_metrics_urls_serve_metrics_only() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let s = Server::start(Kind::Ballast, &["--listen-metrics-urls", &url]);
+    ctl_ok(etcdctl(&s.endpoint(), &["put", "a", "b"], None));
+    let (code, text) = crate::cluster::http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metric(&parse_metrics(&text), "etcd_server_has_leader", "") == Some(1.0));
+    assert_eq!(
+        crate::cluster::http_get(port, "/health").map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        crate::cluster::http_get(port, "/version").map(|r| r.0),
+        Some(404)
+    );
+}

@@ -17,8 +17,11 @@
 //!   it, acknowledges with one byte and only then hands the message to raft.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ballast_storage::stats::Histogram;
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -73,6 +76,30 @@ struct Inner {
     received: Mutex<HashMap<u64, std::path::PathBuf>>,
     /// Peers with a snapshot stream in flight (one at a time each).
     sending: Mutex<std::collections::HashSet<u64>>,
+    stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
+}
+
+/// What `/metrics` reports per peer (etcd's `etcd_network_peer_*`).
+pub struct PeerStats {
+    pub sent_bytes: AtomicU64,
+    /// Heartbeat to heartbeat response, measured by whoever leads.
+    pub round_trip: Histogram,
+    heartbeat_sent: Mutex<Option<Instant>>,
+}
+
+impl Inner {
+    fn stats(&self, peer: u64) -> Arc<PeerStats> {
+        lock(&self.stats)
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(PeerStats {
+                    sent_bytes: AtomicU64::new(0),
+                    round_trip: Histogram::exponential(0.0001, 2.0, 14),
+                    heartbeat_sent: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
 }
 
 type MembershipFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -105,8 +132,19 @@ impl Transport {
                 snap_dir,
                 received: Mutex::new(HashMap::new()),
                 sending: Mutex::new(Default::default()),
+                stats: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Every peer's traffic figures, by member id.
+    pub fn peer_stats(&self) -> Vec<(u64, Arc<PeerStats>)> {
+        let mut v: Vec<_> = lock(&self.inner.stats)
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
     }
 
     /// Where snapshot data for lagging peers comes from.
@@ -164,6 +202,9 @@ impl Transport {
         let mut unreachable = Vec::new();
         for m in msgs {
             let to = m.to;
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat {
+                *lock(&self.inner.stats(to).heartbeat_sent) = Some(Instant::now());
+            }
             if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
                 let urls = peers.get(&to).map(|p| p.urls.clone()).unwrap_or_default();
                 self.send_snapshot(m, urls);
@@ -400,6 +441,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
     let mut backoff = BACKOFF_MIN;
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut reported = false;
+    let stats = inner.stats(to);
     while let Some(first) = rx.recv().await {
         if conn.is_none() {
             conn = dial(&inner, to, &urls, MAGIC).await;
@@ -422,14 +464,16 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
             backoff = BACKOFF_MIN;
         }
         let Some(w) = conn.as_mut() else { continue };
-        let mut ok = write_frame(w, &first).await;
+        let mut sent = write_frame(w, &first).await;
         // Batch whatever else is queued into the same flush.
-        while ok {
+        while let Some(n) = sent {
+            stats.sent_bytes.fetch_add(n, Ordering::Relaxed);
             match rx.try_recv() {
-                Ok(m) => ok = write_frame(w, &m).await,
+                Ok(m) => sent = write_frame(w, &m).await,
                 Err(_) => break,
             }
         }
+        let ok = sent.is_some();
         if !ok || w.flush().await.is_err() {
             conn = None;
             let _ = inner.inbound.try_send(Inbound::Unreachable(to));
@@ -437,15 +481,18 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
     }
 }
 
-async fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> bool {
+/// Buffers one message; returns the bytes written, or `None` if the connection broke.
+async fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> Option<u64> {
     let Ok(body) = m.write_to_bytes() else {
-        return true;
+        return Some(0);
     };
     if u32::try_from(body.len()).is_err() {
-        return true;
+        return Some(0);
     }
     // Header and body go to the buffer separately: no copy of the body on the hot path.
-    w.write_all(&frame_head(&body)).await.is_ok() && w.write_all(&body).await.is_ok()
+    let head = frame_head(&body);
+    let ok = w.write_all(&head).await.is_ok() && w.write_all(&body).await.is_ok();
+    ok.then_some((head.len() + body.len()) as u64)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -504,6 +551,13 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
             return Err(StreamError::Handshake(
                 "message names another sender".into(),
             ));
+        }
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeatResponse {
+            let stats = inner.stats(from);
+            let sent = lock(&stats.heartbeat_sent).take();
+            if let Some(t) = sent {
+                stats.round_trip.observe(t.elapsed());
+            }
         }
         inner
             .inbound

@@ -50,6 +50,13 @@ pub struct Flags {
         default_value = "http://localhost:2379"
     )]
     pub listen_client_urls: String,
+    /// Extra URLs serving /metrics and the health endpoints only (plain HTTP).
+    #[arg(
+        long = "listen-metrics-urls",
+        env = "ETCD_LISTEN_METRICS_URLS",
+        default_value = ""
+    )]
+    pub listen_metrics_urls: String,
     #[arg(
         long = "advertise-client-urls",
         env = "ETCD_ADVERTISE_CLIENT_URLS",
@@ -144,6 +151,7 @@ struct FileConfig {
     data_dir: Option<String>,
     wal_dir: Option<String>,
     listen_client_urls: Option<String>,
+    listen_metrics_urls: Option<String>,
     advertise_client_urls: Option<String>,
     listen_peer_urls: Option<String>,
     initial_advertise_peer_urls: Option<String>,
@@ -176,6 +184,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub wal_dir: PathBuf,
     pub listen_client: Vec<SocketAddr>,
+    pub listen_metrics: Vec<SocketAddr>,
     pub listen_peer: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
@@ -310,6 +319,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         data_dir: c.data_dir,
         wal_dir: c.wal_dir,
         listen_client_urls: c.listen_client_urls.unwrap_or(d.listen_client_urls),
+        listen_metrics_urls: c.listen_metrics_urls.unwrap_or(d.listen_metrics_urls),
         advertise_client_urls: c.advertise_client_urls.unwrap_or(d.advertise_client_urls),
         listen_peer_urls: c.listen_peer_urls.unwrap_or(d.listen_peer_urls),
         initial_advertise_peer_urls: c
@@ -391,6 +401,14 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let advertise_client_urls =
             split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
+        let listen_metrics = if f.listen_metrics_urls.is_empty() {
+            vec![]
+        } else {
+            split_urls("--listen-metrics-urls", &f.listen_metrics_urls)?
+                .iter()
+                .map(|u| listen_addr("--listen-metrics-urls", u))
+                .collect::<Result<Vec<_>, _>>()?
+        };
         let listen_peer = split_urls("--listen-peer-urls", &f.listen_peer_urls)?
             .iter()
             .map(|u| listen_addr("--listen-peer-urls", u))
@@ -500,6 +518,7 @@ impl Config {
             data_dir,
             wal_dir,
             listen_client,
+            listen_metrics,
             listen_peer,
             advertise_client_urls,
             advertise_peer_urls,

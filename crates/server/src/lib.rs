@@ -6,6 +6,7 @@ pub mod http;
 pub mod ids;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod restore;
 pub mod rpc;
 pub mod server;
@@ -76,5 +77,6 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         .add_service(election);
     grpc.into_axum_router()
         .layer(axum::middleware::map_response(rpc::etcd_oversize_status))
+        .layer(axum::middleware::from_fn(metrics::count_grpc))
         .merge(http::router(server))
 }

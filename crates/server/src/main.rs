@@ -65,6 +65,16 @@ async fn run(cfg: Config) -> Result<(), String> {
     // Like etcd, bind the client ports now (connections queue in the backlog) but answer
     // nothing until this member knows a leader and its own client URLs are applied: a client
     // that gets an answer can then find every serving member through `member list`.
+    // Metrics and health answer from the start, ready or not: that is what they are for.
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in server.cfg.listen_metrics.clone() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(address = %addr, "serving metrics");
+        let app = ballast_server::http::metrics_router(server.clone());
+        tasks.spawn(async move { axum::serve(listener, app).await });
+    }
     let mut listeners = Vec::new();
     for addr in listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -94,7 +104,6 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
     }
     let app = ballast_server::client_router(server.clone());
-    let mut tasks = tokio::task::JoinSet::new();
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();

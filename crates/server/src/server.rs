@@ -103,6 +103,7 @@ pub struct EtcdServer {
     lessor: Arc<Lessor>,
     /// Shared with the applier: one replacement of the store's file at a time.
     file_swap: Arc<Mutex<()>>,
+    counters: Arc<crate::metrics::ServerCounters>,
     /// A connection to the leader's client URL, for what only the leader can answer.
     leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
@@ -203,6 +204,21 @@ impl EtcdServer {
             ))
         };
         let file_swap: Arc<Mutex<()>> = Arc::default();
+        let counters: Arc<crate::metrics::ServerCounters> = Arc::default();
+        {
+            // Every new leader this member sees, the first one included (as etcd counts).
+            let (mut status, counters) = (node.status_watch(), counters.clone());
+            runtime.spawn(async move {
+                let mut last = 0;
+                while status.changed().await.is_ok() {
+                    let leader = status.borrow_and_update().leader;
+                    if leader != 0 && leader != last {
+                        counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = leader;
+                }
+            });
+        }
         let applier = Applier {
             mvcc: mvcc.clone(),
             snap_dir,
@@ -247,6 +263,7 @@ impl EtcdServer {
             lessor,
             leader_conn: Mutex::new(None),
             file_swap,
+            counters: counters.clone(),
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -365,6 +382,15 @@ impl EtcdServer {
         current(&self.mvcc)
     }
 
+    pub fn counters(&self) -> &crate::metrics::ServerCounters {
+        &self.counters
+    }
+
+    /// Proposals made here and not yet applied or failed.
+    pub fn pending_proposals(&self) -> usize {
+        self.lock_waiters().len()
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied.borrow()
     }
@@ -459,18 +485,30 @@ impl EtcdServer {
             None => self.node.propose(data, id),
             Some((kind, node)) => self.node.propose_conf_change(kind, node, data, id),
         };
-        if let Err(e) = proposed {
-            self.lock_waiters().remove(&id);
-            return Err(e.into());
-        }
-        match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
-            // Whoever answered (the applier or the drop handler) took the waiter out already.
-            Ok(r) => r.map_err(|_| ServerError::Stopped)?,
-            Err(_) => {
+        let out = match proposed {
+            Err(e) => {
                 self.lock_waiters().remove(&id);
-                Err(ServerError::Timeout)
+                Err(e.into())
             }
+            Ok(()) => match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
+                // Whoever answered (the applier or the drop handler) took the waiter out.
+                Ok(r) => r.unwrap_or(Err(ServerError::Stopped)),
+                Err(_) => {
+                    self.lock_waiters().remove(&id);
+                    Err(ServerError::Timeout)
+                }
+            },
+        };
+        // Failed to commit, as etcd counts it (not a request the state machine refused).
+        if matches!(
+            out,
+            Err(ServerError::Raft(_) | ServerError::Timeout | ServerError::Stopped)
+        ) {
+            self.counters
+                .proposals_failed
+                .fetch_add(1, Ordering::Relaxed);
         }
+        out
     }
 
     fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {

@@ -989,6 +989,11 @@ impl Mvcc {
         self.backend.view(|r| range_view(&idx, r, req, idx.rev))
     }
 
+    /// Keys in the index, live or not yet compacted away (etcd's `keys_total`).
+    pub fn key_count(&self) -> usize {
+        self.read().keys.len()
+    }
+
     pub fn current_rev(&self) -> i64 {
         self.read().rev
     }

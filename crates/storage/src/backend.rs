@@ -181,7 +181,9 @@ impl Backend {
             };
             f(&mut w)?
         };
+        let started = std::time::Instant::now();
         tx.commit().map_err(BackendError::from)?;
+        crate::stats::BACKEND_COMMIT.observe(started.elapsed());
         Ok(out)
     }
 

@@ -2,6 +2,7 @@
 //!
 //! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
 //! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
+//! * [`stats`]: latency histograms of WAL fsyncs and backend commits, for `/metrics`.
 //! * [`failpoint`]: crash, I/O-error and safety-breaking switches for fault injection (only
 //!   with the `failpoints` feature).
 //!
@@ -10,6 +11,7 @@
 
 pub mod backend;
 pub mod failpoint;
+pub mod stats;
 pub mod wal;
 
 pub use backend::{Backend, BackendError, Rev, SnapRecord, SnapshotReader};

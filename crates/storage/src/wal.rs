@@ -310,8 +310,10 @@ impl Wal {
             return Ok(());
         }
         failpoint::io("wal-fsync").map_err(io_err(&self.path))?;
+        let started = std::time::Instant::now();
         self.out.flush().map_err(io_err(&self.path))?;
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
+        crate::stats::WAL_FSYNC.observe(started.elapsed());
         if self.size >= SEGMENT_BYTES {
             let next = Self::start_segment(&self.dir, self.seq + 1)?;
             *self = next;

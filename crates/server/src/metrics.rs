@@ -1,0 +1,446 @@
+//! `/metrics`: Prometheus text with etcd's metric names and types, so dashboards and alerts
+//! built for etcd read Ballast unchanged. Counters live where the work happens (atomics);
+//! gauges are read from the server when scraped.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ballast_storage::stats::{HistogramSnapshot, BACKEND_COMMIT, WAL_FSYNC};
+
+use crate::server::EtcdServer;
+use crate::version::{BALLAST_VERSION, ETCD_API_VERSION};
+
+/// Every gRPC method Ballast registers: (service, method, grpc_type), as go-grpc-prometheus
+/// labels them.
+const METHODS: &[(&str, &str, &str)] = &[
+    ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "Put", "unary"),
+    ("etcdserverpb.KV", "DeleteRange", "unary"),
+    ("etcdserverpb.KV", "Txn", "unary"),
+    ("etcdserverpb.KV", "Compact", "unary"),
+    ("etcdserverpb.Watch", "Watch", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseGrant", "unary"),
+    ("etcdserverpb.Lease", "LeaseRevoke", "unary"),
+    ("etcdserverpb.Lease", "LeaseKeepAlive", "bidi_stream"),
+    ("etcdserverpb.Lease", "LeaseTimeToLive", "unary"),
+    ("etcdserverpb.Lease", "LeaseLeases", "unary"),
+    ("etcdserverpb.Cluster", "MemberAdd", "unary"),
+    ("etcdserverpb.Cluster", "MemberRemove", "unary"),
+    ("etcdserverpb.Cluster", "MemberUpdate", "unary"),
+    ("etcdserverpb.Cluster", "MemberList", "unary"),
+    ("etcdserverpb.Cluster", "MemberPromote", "unary"),
+    ("etcdserverpb.Maintenance", "Alarm", "unary"),
+    ("etcdserverpb.Maintenance", "Status", "unary"),
+    ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
+    ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("etcdserverpb.Maintenance", "Downgrade", "unary"),
+    ("etcdserverpb.Auth", "AuthEnable", "unary"),
+    ("etcdserverpb.Auth", "AuthDisable", "unary"),
+    ("etcdserverpb.Auth", "AuthStatus", "unary"),
+    ("etcdserverpb.Auth", "Authenticate", "unary"),
+    ("etcdserverpb.Auth", "UserAdd", "unary"),
+    ("etcdserverpb.Auth", "UserGet", "unary"),
+    ("etcdserverpb.Auth", "UserList", "unary"),
+    ("etcdserverpb.Auth", "UserDelete", "unary"),
+    ("etcdserverpb.Auth", "UserChangePassword", "unary"),
+    ("etcdserverpb.Auth", "UserGrantRole", "unary"),
+    ("etcdserverpb.Auth", "UserRevokeRole", "unary"),
+    ("etcdserverpb.Auth", "RoleAdd", "unary"),
+    ("etcdserverpb.Auth", "RoleGet", "unary"),
+    ("etcdserverpb.Auth", "RoleList", "unary"),
+    ("etcdserverpb.Auth", "RoleDelete", "unary"),
+    ("etcdserverpb.Auth", "RoleGrantPermission", "unary"),
+    ("etcdserverpb.Auth", "RoleRevokePermission", "unary"),
+    ("v3lockpb.Lock", "Lock", "unary"),
+    ("v3lockpb.Lock", "Unlock", "unary"),
+    ("v3electionpb.Election", "Campaign", "unary"),
+    ("v3electionpb.Election", "Proclaim", "unary"),
+    ("v3electionpb.Election", "Leader", "unary"),
+    ("v3electionpb.Election", "Observe", "server_stream"),
+    ("v3electionpb.Election", "Resign", "unary"),
+    ("grpc.health.v1.Health", "Check", "unary"),
+    ("grpc.health.v1.Health", "Watch", "server_stream"),
+];
+
+/// gRPC status code names, by number.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// Per-method gRPC counters, lock-free: the path is looked up in a table built once.
+struct GrpcCounters {
+    by_path: HashMap<String, usize>,
+    started: Vec<AtomicU64>,
+    /// `handled[method * 17 + code]`.
+    handled: Vec<AtomicU64>,
+}
+
+static GRPC: LazyLock<GrpcCounters> = LazyLock::new(|| GrpcCounters {
+    by_path: METHODS
+        .iter()
+        .enumerate()
+        .map(|(i, (s, m, _))| (format!("/{s}/{m}"), i))
+        .collect(),
+    started: METHODS.iter().map(|_| AtomicU64::new(0)).collect(),
+    handled: (0..METHODS.len() * CODES.len())
+        .map(|_| AtomicU64::new(0))
+        .collect(),
+});
+
+/// Counts each gRPC call when it starts and when its response (or trailers-only error)
+/// leaves. A stream counts as handled when its response starts, with the code it starts with.
+pub async fn count_grpc(req: Request, next: Next) -> Response {
+    let Some(&i) = GRPC.by_path.get(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    GRPC.started[i].fetch_add(1, Ordering::Relaxed);
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|c| *c < CODES.len())
+        .unwrap_or(0);
+    GRPC.handled[i * CODES.len() + code].fetch_add(1, Ordering::Relaxed);
+    resp
+}
+
+/// Server-wide counters the gauges cannot derive.
+#[derive(Default)]
+pub struct ServerCounters {
+    pub leader_changes: AtomicU64,
+    pub proposals_failed: AtomicU64,
+}
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
+        self.head(name, kind, help);
+        let _ = writeln!(self.0, "{name} {v}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &str, h: &HistogramSnapshot) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (le, n) in &h.buckets {
+            let _ = writeln!(self.0, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            self.0,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            h.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(self.0, "{name}_sum{braces} {}", h.sum);
+        let _ = writeln!(self.0, "{name}_count{braces} {}", h.count);
+    }
+}
+
+/// The whole exposition, in Prometheus text format 0.0.4.
+pub fn render(s: &EtcdServer) -> String {
+    let mut o = Out(String::with_capacity(64 << 10));
+    let raft = s.raft_status();
+    let mvcc = s.mvcc();
+    let b = |v: bool| if v { 1.0 } else { 0.0 };
+    o.one(
+        "etcd_server_has_leader",
+        "gauge",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        b(raft.leader != 0),
+    );
+    o.one(
+        "etcd_server_is_leader",
+        "gauge",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        b(raft.is_leader),
+    );
+    o.one(
+        "etcd_server_is_learner",
+        "gauge",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        b(s.is_learner()),
+    );
+    let c = s.counters();
+    o.one(
+        "etcd_server_leader_changes_seen_total",
+        "counter",
+        "The number of leader changes seen.",
+        c.leader_changes.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "etcd_server_proposals_committed_total",
+        "gauge",
+        "The total number of consensus proposals committed.",
+        raft.commit as f64,
+    );
+    o.one(
+        "etcd_server_proposals_applied_total",
+        "gauge",
+        "The total number of consensus proposals applied.",
+        s.applied_index() as f64,
+    );
+    o.one(
+        "etcd_server_proposals_pending",
+        "gauge",
+        "The current number of pending proposals to commit.",
+        s.pending_proposals() as f64,
+    );
+    o.one(
+        "etcd_server_proposals_failed_total",
+        "counter",
+        "The total number of failed proposals seen.",
+        c.proposals_failed.load(Ordering::Relaxed) as f64,
+    );
+    o.head(
+        "etcd_server_id",
+        "gauge",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+    );
+    let _ = writeln!(o.0, "etcd_server_id{{server_id=\"{:x}\"}} 1", s.member_id());
+    o.head(
+        "etcd_server_version",
+        "gauge",
+        "Which version is running. 1 for 'server_version' label with current version.",
+    );
+    let _ = writeln!(
+        o.0,
+        "etcd_server_version{{server_version=\"{ETCD_API_VERSION}\"}} 1"
+    );
+    o.head(
+        "etcd_cluster_version",
+        "gauge",
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+    );
+    let _ = writeln!(
+        o.0,
+        "etcd_cluster_version{{cluster_version=\"{}\"}} 1",
+        &ETCD_API_VERSION[..3]
+    );
+    o.head(
+        "ballast_version",
+        "gauge",
+        "Ballast's own version. 1 for 'version' label with the running version.",
+    );
+    let _ = writeln!(o.0, "ballast_version{{version=\"{BALLAST_VERSION}\"}} 1");
+    o.one(
+        "etcd_server_quota_backend_bytes",
+        "gauge",
+        "Current backend storage quota size in bytes.",
+        s.cfg.quota_backend_bytes as f64,
+    );
+    o.one(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        mvcc.db_size() as f64,
+    );
+    o.one(
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "gauge",
+        "Total size of the underlying database logically in use in bytes.",
+        mvcc.db_size_in_use() as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_keys_total",
+        "gauge",
+        "Total number of keys.",
+        mvcc.key_count() as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The current revision of store.",
+        mvcc.current_rev() as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_compact_revision",
+        "gauge",
+        "The revision of the last compaction in store.",
+        mvcc.compact_rev().max(0) as f64,
+    );
+    o.head(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "histogram",
+        "The latency distributions of fsync called by WAL.",
+    );
+    o.histogram(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "",
+        &WAL_FSYNC.snapshot(),
+    );
+    o.head(
+        "etcd_disk_backend_commit_duration_seconds",
+        "histogram",
+        "The latency distributions of commit called by backend.",
+    );
+    o.histogram(
+        "etcd_disk_backend_commit_duration_seconds",
+        "",
+        &BACKEND_COMMIT.snapshot(),
+    );
+    let peers = s.transport().peer_stats();
+    o.head(
+        "etcd_network_peer_sent_bytes_total",
+        "counter",
+        "The total number of bytes sent to peers.",
+    );
+    for (id, p) in &peers {
+        let _ = writeln!(
+            o.0,
+            "etcd_network_peer_sent_bytes_total{{To=\"{id:x}\"}} {}",
+            p.sent_bytes.load(Ordering::Relaxed)
+        );
+    }
+    o.head(
+        "etcd_network_peer_round_trip_time_seconds",
+        "histogram",
+        "Round-Trip-Time histogram between peers",
+    );
+    for (id, p) in &peers {
+        o.histogram(
+            "etcd_network_peer_round_trip_time_seconds",
+            &format!("To=\"{id:x}\""),
+            &p.round_trip.snapshot(),
+        );
+    }
+    o.head(
+        "grpc_server_started_total",
+        "counter",
+        "Total number of RPCs started on the server.",
+    );
+    for (i, (svc, m, t)) in METHODS.iter().enumerate() {
+        let n = GRPC.started[i].load(Ordering::Relaxed);
+        let _ = writeln!(o.0, "grpc_server_started_total{{grpc_method=\"{m}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {n}");
+    }
+    o.head(
+        "grpc_server_handled_total",
+        "counter",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+    );
+    for (i, (svc, m, t)) in METHODS.iter().enumerate() {
+        for (code, name) in CODES.iter().enumerate() {
+            let n = GRPC.handled[i * CODES.len() + code].load(Ordering::Relaxed);
+            let _ = writeln!(o.0, "grpc_server_handled_total{{grpc_code=\"{name}\",grpc_method=\"{m}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {n}");
+        }
+    }
+    process(&mut o);
+    o.0
+}
+
+/// The standard `process_*` metrics, from /proc as the Prometheus client libraries read them.
+fn process(o: &mut Out) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which may itself contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = 100.0; // USER_HZ on Linux
+    let page = 4096.0;
+    o.one(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        (field(14) + field(15)) / ticks,
+    );
+    o.one(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    o.one(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(24) * page,
+    );
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    o.one(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot + field(22) / ticks,
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    o.one(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        fds as f64,
+    );
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    o.one(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        max_fds,
+    );
+}
+
+pub async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&s),
+    )
+}
