@@ -41,6 +41,21 @@ fn bad_flags_and_values_exit_1_before_touching_disk() {
             &[][..],
             "--listen-client-urls",
         ),
+        (
+            &["--auto-compaction-mode", "bogus"][..],
+            &[][..],
+            "error verifying flags, unknown auto-compaction-mode \"bogus\". See 'ballast --help'.",
+        ),
+        (
+            &[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1h",
+            ][..],
+            &[][..],
+            "--auto-compaction-retention",
+        ),
     ] {
         let (code, err, wrote) = run(args, envs);
         assert_eq!(code, 1, "{args:?}: {err}");

@@ -752,3 +752,38 @@ fn listen_metrics_urls_serve_metrics_only() {
         Some(404)
     );
 }
+
+/// Periodic auto-compaction keeps `--auto-compaction-retention` of history: with 2 s, old
+/// revisions become unreadable while those of the last two seconds stay readable.
+#[test]
+fn periodic_auto_compaction_keeps_the_retention_window() {
+    let s = Server::start(Kind::Ballast, &["--auto-compaction-retention", "2s"]);
+    let ep = s.endpoint();
+    let start = Instant::now();
+    let mut i = 0;
+    let compacted = loop {
+        ctl_ok(etcdctl(&ep, &["put", "k", &i.to_string()], None));
+        i += 1;
+        let out = etcdctl(&ep, &["get", "k", "--rev", "2"], None);
+        if out.2 != 0 {
+            assert!(
+                out.1.contains("required revision has been compacted"),
+                "{out:?}"
+            );
+            break start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "never compacted");
+    };
+    assert!(
+        compacted >= Duration::from_secs(2),
+        "compacted after {compacted:?}"
+    );
+    // The last second of history is still there.
+    let rev = revision(&ep);
+    ctl_ok(etcdctl(
+        &ep,
+        &["get", "k", "--rev", &(rev - 3).to_string()],
+        None,
+    ));
+    assert!(s.log().contains("finished auto-compaction"), "{}", s.log());
+}

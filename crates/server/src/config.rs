@@ -135,6 +135,18 @@ pub struct Flags {
         default_value = "5s"
     )]
     pub lease_checkpoint_interval: String,
+    #[arg(
+        long = "auto-compaction-mode",
+        env = "ETCD_AUTO_COMPACTION_MODE",
+        default_value = "periodic"
+    )]
+    pub auto_compaction_mode: String,
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "ETCD_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
+    pub auto_compaction_retention: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -167,6 +179,8 @@ struct FileConfig {
     election_timeout: Option<u64>,
     experimental_watch_progress_notify_interval: Option<String>,
     experimental_lease_checkpoint_interval: Option<String>,
+    auto_compaction_mode: Option<String>,
+    auto_compaction_retention: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
 }
@@ -205,12 +219,49 @@ pub struct Config {
     pub watch_progress_interval: Duration,
     /// How often the leader records remaining lease TTLs through raft.
     pub lease_checkpoint_interval: Duration,
+    pub auto_compaction: AutoCompaction,
     pub election_ticks: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
 }
 
 /// A duration flag as etcd writes them (`500ms`, `10s`, `10m`, `1h`); one unit.
+/// `--auto-compaction-mode` with its `--auto-compaction-retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep this much history (a bare number is hours, as in etcd).
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, ConfigError> {
+    let bad = |why: &str| invalid("--auto-compaction-retention", retention, why);
+    match mode {
+        "periodic" => {
+            let d = match retention.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => simple_duration(retention)
+                    .ok_or_else(|| bad("must be hours or a duration such as 30m"))?,
+            };
+            Ok(if d.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(d)
+            })
+        }
+        "revision" => match retention.parse::<i64>() {
+            Ok(0) => Ok(AutoCompaction::Off),
+            Ok(n) if n > 0 => Ok(AutoCompaction::Revision(n)),
+            _ => Err(bad("must be a number of revisions")),
+        },
+        other => Err(ConfigError::Etcd(format!(
+            "unknown auto-compaction-mode {other:?}"
+        ))),
+    }
+}
+
 fn simple_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
@@ -337,6 +388,10 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
+        auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
+        auto_compaction_retention: c
+            .auto_compaction_retention
+            .unwrap_or(d.auto_compaction_retention),
         watch_progress_notify_interval: c
             .experimental_watch_progress_notify_interval
             .unwrap_or(d.watch_progress_notify_interval),
@@ -495,6 +550,8 @@ impl Config {
                     "must be a positive duration such as 5s",
                 )
             })?;
+        let auto_compaction =
+            auto_compaction(&f.auto_compaction_mode, &f.auto_compaction_retention)?;
         let log_level = match f.log_level.as_str() {
             "debug" => tracing::Level::DEBUG,
             "info" => tracing::Level::INFO,
@@ -538,6 +595,7 @@ impl Config {
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             watch_progress_interval,
             lease_checkpoint_interval,
+            auto_compaction,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level,
             log_format,

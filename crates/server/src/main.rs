@@ -103,6 +103,7 @@ async fn run(cfg: Config) -> Result<(), String> {
             return Err("this member was removed from the cluster".into());
         }
     }
+    tokio::spawn(ballast_server::compactor::run(server.clone()));
     let app = ballast_server::client_router(server.clone());
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");
