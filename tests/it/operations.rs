@@ -787,3 +787,74 @@ fn periodic_auto_compaction_keeps_the_retention_window() {
     ));
     assert!(s.log().contains("finished auto-compaction"), "{}", s.log());
 }
+
+/// A member whose disk silently flips bits (the `break-corrupt-writes` failpoint) is caught:
+/// the leader's periodic check raises CORRUPT for it, writes then fail with etcd's error while
+/// reads go on, and restarting that member fails its start-up check instead of serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
+    use ballast_harness::cluster::{Binary, Cluster, Options};
+    let opts = Options {
+        binary: Binary::with_failpoints().unwrap(),
+        extra: vec!["--experimental-corrupt-check-time=1s".into()],
+        failpoints: String::new(),
+    };
+    let mut c = Cluster::start(3, opts).await.unwrap();
+    let leader = c.leader().await.unwrap();
+    let bad = (leader + 1) % 3;
+    c.restart(bad, "break-corrupt-writes=on").unwrap();
+    let bad_id = c.nodes[bad].id;
+    let ep = c.nodes[leader].endpoint();
+    let ep = ep.trim_start_matches("http://").to_string();
+    // The restarted member must be back in the log before the writes it will store wrongly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..10 {
+        ctl_ok(etcdctl(&ep, &["put", &format!("c{i}"), "value"], None));
+    }
+    let start = Instant::now();
+    let expected = format!("memberID:{bad_id} alarm:CORRUPT \n");
+    loop {
+        let list = ctl_ok(etcdctl(&ep, &["alarm", "list"], None));
+        if list == expected {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no CORRUPT alarm: {list:?}\n{}",
+            c.nodes[leader].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let put = etcdctl(&ep, &["put", "after", "x"], None);
+    assert_eq!(put.2, 1);
+    assert_eq!(
+        put.1.lines().last(),
+        Some("Error: etcdserver: corrupt cluster")
+    );
+    assert_eq!(
+        ctl_ok(etcdctl(&ep, &["get", "c1", "--print-value-only"], None)),
+        "value\n"
+    );
+    let (code, body) = crate::cluster::http_get(c.nodes[leader].client_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]data_corruption failed"), "{body}");
+
+    // Its own start-up check now refuses to serve with the damaged data.
+    c.restart(bad, "").unwrap();
+    let start = Instant::now();
+    while c.nodes[bad].exited().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "corrupt member kept running:\n{}",
+            c.nodes[bad].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.nodes[bad]
+            .log_tail(5)
+            .contains("found data inconsistency with peers"),
+        "{}",
+        c.nodes[bad].log_tail(5)
+    );
+}

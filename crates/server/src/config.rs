@@ -147,6 +147,24 @@ pub struct Flags {
         default_value = "0"
     )]
     pub auto_compaction_retention: String,
+    /// Start-up comparison of this member's history with its peers' (on by default here).
+    #[arg(
+        long = "experimental-initial-corrupt-check",
+        env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub initial_corrupt_check: bool,
+    /// How often the leader compares histories; 0 turns it off.
+    #[arg(
+        long = "experimental-corrupt-check-time",
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "5m"
+    )]
+    pub corrupt_check_time: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -180,6 +198,8 @@ struct FileConfig {
     experimental_watch_progress_notify_interval: Option<String>,
     experimental_lease_checkpoint_interval: Option<String>,
     auto_compaction_mode: Option<String>,
+    experimental_initial_corrupt_check: Option<bool>,
+    experimental_corrupt_check_time: Option<String>,
     auto_compaction_retention: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
@@ -220,6 +240,9 @@ pub struct Config {
     /// How often the leader records remaining lease TTLs through raft.
     pub lease_checkpoint_interval: Duration,
     pub auto_compaction: AutoCompaction,
+    pub initial_corrupt_check: bool,
+    /// `None`: no periodic check.
+    pub corrupt_check: Option<Duration>,
     pub election_ticks: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
@@ -389,6 +412,12 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
         auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
+        initial_corrupt_check: c
+            .experimental_initial_corrupt_check
+            .unwrap_or(d.initial_corrupt_check),
+        corrupt_check_time: c
+            .experimental_corrupt_check_time
+            .unwrap_or(d.corrupt_check_time),
         auto_compaction_retention: c
             .auto_compaction_retention
             .unwrap_or(d.auto_compaction_retention),
@@ -552,6 +581,17 @@ impl Config {
             })?;
         let auto_compaction =
             auto_compaction(&f.auto_compaction_mode, &f.auto_compaction_retention)?;
+        let corrupt_check = match f.corrupt_check_time.as_str() {
+            "0" => None,
+            t => Some(simple_duration(t).ok_or_else(|| {
+                invalid(
+                    "--experimental-corrupt-check-time",
+                    t,
+                    "must be a duration such as 5m, or 0",
+                )
+            })?),
+        }
+        .filter(|d| !d.is_zero());
         let log_level = match f.log_level.as_str() {
             "debug" => tracing::Level::DEBUG,
             "info" => tracing::Level::INFO,
@@ -596,6 +636,8 @@ impl Config {
             watch_progress_interval,
             lease_checkpoint_interval,
             auto_compaction,
+            initial_corrupt_check: f.initial_corrupt_check,
+            corrupt_check,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level,
             log_format,

@@ -3,6 +3,7 @@
 pub mod authority;
 pub mod compactor;
 pub mod config;
+pub mod corrupt;
 pub mod http;
 pub mod ids;
 pub mod lease;

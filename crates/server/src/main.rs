@@ -103,6 +103,12 @@ async fn run(cfg: Config) -> Result<(), String> {
             return Err("this member was removed from the cluster".into());
         }
     }
+    if server.cfg.initial_corrupt_check {
+        ballast_server::corrupt::initial_check(&server).await?;
+    }
+    if let Some(every) = server.cfg.corrupt_check {
+        tokio::spawn(ballast_server::corrupt::run(server.clone(), every));
+    }
     tokio::spawn(ballast_server::compactor::run(server.clone()));
     let app = ballast_server::client_router(server.clone());
     for (addr, listener) in listeners {

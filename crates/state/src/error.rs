@@ -26,6 +26,8 @@ pub enum KvError {
     LeaseExist,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: corrupt cluster")]
+    CorruptCluster,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     #[error("etcdserver: invalid sort option")]

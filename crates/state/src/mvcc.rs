@@ -809,6 +809,26 @@ impl Mvcc {
         {
             return Err(KvError::NoSpace);
         }
+        // With CORRUPT raised, no request changes the keyspace (etcd's corrupt applier);
+        // alarms, membership and lease checkpoints still apply so the cluster can recover.
+        let changes_keys = matches!(
+            r,
+            raft_request::Request::Put(_)
+                | raft_request::Request::DeleteRange(_)
+                | raft_request::Request::Txn(_)
+                | raft_request::Request::Compaction(_)
+                | raft_request::Request::LeaseGrant(_)
+                | raft_request::Request::LeaseRevoke(_)
+        );
+        if changes_keys
+            && ctx
+                .idx
+                .alarms
+                .values()
+                .any(|b| b & alarm_bit(AlarmType::Corrupt) != 0)
+        {
+            return Err(KvError::CorruptCluster);
+        }
         let out = match r {
             raft_request::Request::Alarm(a) => Applied::Alarm(apply_alarm(ctx.idx, ctx.w, a)?),
             raft_request::Request::Put(p) => Applied::Put(ctx.put(p)?),

@@ -12,7 +12,8 @@
 //! Points: `wal-write`, `wal-fsync` (I/O); `raft-before-save`, `raft-after-save`,
 //! `raft-before-snapshot`, `raft-after-snapshot`, `apply-before`, `apply-after` (crash);
 //! `break-skip-wal-sync` (acknowledge before the WAL reaches the OS), `break-local-reads`
-//! (linearizable reads served without ReadIndex).
+//! (linearizable reads served without ReadIndex), `break-corrupt-writes` (stored values get a
+//! flipped bit, as from a bad disk).
 
 /// The environment variable the configuration is read from.
 pub const ENV: &str = "BALLAST_FAILPOINTS";

@@ -104,6 +104,7 @@ pub fn status(e: ServerError) -> Status {
             KvError::LeaseExist => Code::FailedPrecondition,
             KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::NoSpace => Code::ResourceExhausted,
+            KvError::CorruptCluster => Code::DataLoss,
             KvError::Backend(_) | KvError::Corrupt(_) => Code::Internal,
         },
         ServerError::Raft(r) => match r {

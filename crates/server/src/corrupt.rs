@@ -1,0 +1,149 @@
+//! Corruption checks, on by default (etcd has them off): members that applied the same log
+//! must hold the same history, so their `HashKV` at one revision must agree.
+//! * At start-up, before serving, a member compares its hash with every reachable peer's at
+//!   its own revision and refuses to start on a mismatch (`--experimental-initial-corrupt-check`).
+//! * Every `--experimental-corrupt-check-time`, the leader compares its hash with each
+//!   follower's at its revision and raises a CORRUPT alarm, through raft, for a follower that
+//!   disagrees. While one is raised, writes fail with `etcdserver: corrupt cluster`.
+//!
+//! Peers whose compacted revision differs, or that have not reached the revision yet, are
+//! skipped that round, as in etcd.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_api::ballast::internal::raft_request;
+use ballast_api::etcdserverpb::alarm_request::AlarmAction;
+use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use ballast_api::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest};
+
+use crate::server::{EtcdServer, ServerError};
+
+/// A peer whose history disagrees with ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub member: u64,
+    pub revision: i64,
+    pub ours: u32,
+    pub theirs: u32,
+}
+
+async fn peer_hash(url: &str, revision: i64) -> Option<(u32, i64)> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .ok()?;
+    let r = MaintenanceClient::new(ch)
+        .hash_kv(HashKvRequest { revision })
+        .await
+        .ok()?
+        .into_inner();
+    Some((r.hash, r.compact_revision))
+}
+
+/// How long one round waits for peers, all asked at once: a peer that has not answered by
+/// then (down, or not serving yet) is skipped.
+const ROUND: Duration = Duration::from_secs(2);
+
+/// Compares this member's history with every other member's that answers within [`ROUND`].
+pub async fn compare_with_peers(s: &EtcdServer) -> Result<Vec<Mismatch>, ServerError> {
+    let mvcc = s.mvcc();
+    let (ours, compacted, revision) = mvcc.hash_kv(mvcc.current_rev())?;
+    let mut asks = tokio::task::JoinSet::new();
+    for m in mvcc.members() {
+        let Some(url) = m.client_ur_ls.first().cloned() else {
+            continue;
+        };
+        if m.id != s.member_id() {
+            asks.spawn(async move { (m.id, peer_hash(&url, revision).await) });
+        }
+    }
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + ROUND;
+    while let Ok(Some(Ok((member, answer)))) =
+        tokio::time::timeout_at(deadline, asks.join_next()).await
+    {
+        match answer {
+            Some((theirs, c)) if c == compacted && theirs != ours => out.push(Mismatch {
+                member,
+                revision,
+                ours,
+                theirs,
+            }),
+            Some(_) => {}
+            None => {
+                tracing::debug!(peer = %format!("{member:x}"), "corruption check skipped a peer")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The start-up check: an error means this member's data disagrees with a peer's. A member
+/// with no keyspace history yet has nothing to compare.
+pub async fn initial_check(s: &EtcdServer) -> Result<(), String> {
+    if s.mvcc().current_rev() <= 1 {
+        return Ok(());
+    }
+    let found = compare_with_peers(s).await.map_err(|e| e.to_string())?;
+    if let Some(m) = found.first() {
+        tracing::error!(
+            peer = %format!("{:x}", m.member),
+            revision = m.revision,
+            local_hash = m.ours,
+            peer_hash = m.theirs,
+            "found data inconsistency with peers"
+        );
+        return Err(format!(
+            "found data inconsistency with peers (member {:x} at revision {})",
+            m.member, m.revision
+        ));
+    }
+    tracing::info!("initial corruption check passed");
+    Ok(())
+}
+
+/// The leader's periodic check.
+pub async fn run(s: Arc<EtcdServer>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if !s.raft_status().is_leader {
+            continue;
+        }
+        let found = match compare_with_peers(&s).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "corruption check failed");
+                continue;
+            }
+        };
+        for m in found {
+            let raised = s
+                .mvcc()
+                .alarms()
+                .iter()
+                .any(|a| a.member_id == m.member && a.alarm == AlarmType::Corrupt as i32);
+            if raised {
+                continue;
+            }
+            tracing::error!(
+                peer = %format!("{:x}", m.member),
+                revision = m.revision,
+                local_hash = m.ours,
+                peer_hash = m.theirs,
+                "found data inconsistency; raising CORRUPT"
+            );
+            let req = raft_request::Request::Alarm(AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: m.member,
+                alarm: AlarmType::Corrupt as i32,
+            });
+            if let Err(e) = s.propose(req).await {
+                tracing::warn!(error = %e, "raising CORRUPT failed");
+            }
+        }
+    }
+}
