@@ -858,3 +858,82 @@ async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
         c.nodes[bad].log_tail(5)
     );
 }
+
+/// `deploy/local-cluster.sh` brings up a working 3-member cluster and stops it again.
+#[test]
+fn local_cluster_script_starts_three_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh");
+    let bin = crate::cluster::ballast_bin();
+    let run = |cmd: &str| {
+        std::process::Command::new("bash")
+            .arg(&script)
+            .args([cmd, dir.path().to_str().unwrap()])
+            .env("BALLAST", &bin)
+            .env("BASE_PORT", base.to_string())
+            .env("PORT_STEP", "2")
+            .output()
+            .unwrap()
+    };
+    let up = run("start");
+    let stop_after = scopeguard(|| {
+        run("stop");
+    });
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let eps = format!(
+        "127.0.0.1:{base},127.0.0.1:{},127.0.0.1:{}",
+        base + 2,
+        base + 4
+    );
+    let list = ctl_ok(etcdctl(&eps, &["member", "list"], None));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.contains(", started, infra2, "), "{list}");
+    ctl_ok(etcdctl(&eps, &["put", "a", "b"], None));
+    drop(stop_after);
+    let start = Instant::now();
+    while crate::cluster::http_get(base, "/health").is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still serving after stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `f` when dropped, so a failed assertion still stops what a test started.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// `--log-outputs` sends the structured log to every destination named.
+#[test]
+fn log_outputs_write_json_logs_to_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ballast.log");
+    let outputs = format!("stderr,{}", file.display());
+    let s = Server::start(Kind::Ballast, &["--log-outputs", &outputs]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ready = text
+        .lines()
+        .find(|l| l.contains("ready to serve client requests"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let v: serde_json::Value = serde_json::from_str(ready).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        s.log().contains("ready to serve client requests"),
+        "stderr too"
+    );
+}

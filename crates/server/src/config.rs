@@ -169,6 +169,13 @@ pub struct Flags {
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
     pub logger: String,
+    /// Where logs go: `default`/`stderr`, `stdout`, or file paths, comma-separated.
+    #[arg(
+        long = "log-outputs",
+        env = "ETCD_LOG_OUTPUTS",
+        default_value = "default"
+    )]
+    pub log_outputs: String,
     #[arg(long = "config-file", env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<String>,
 }
@@ -203,6 +210,16 @@ struct FileConfig {
     auto_compaction_retention: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
+    log_outputs: Option<Vec<String>>,
+}
+
+/// One `--log-outputs` destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// Appended to; created if missing.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +263,7 @@ pub struct Config {
     pub election_ticks: usize,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
+    pub log_outputs: Vec<LogOutput>,
 }
 
 /// A duration flag as etcd writes them (`500ms`, `10s`, `10m`, `1h`); one unit.
@@ -429,6 +447,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .unwrap_or(d.lease_checkpoint_interval),
         log_level: c.log_level.unwrap_or(d.log_level),
         logger: c.logger.unwrap_or(d.logger),
+        log_outputs: c.log_outputs.map(|v| v.join(",")).unwrap_or(d.log_outputs),
         config_file: Some(path.to_string()),
     };
     Ok(())
@@ -605,6 +624,21 @@ impl Config {
                 ))
             }
         };
+        let mut log_outputs: Vec<LogOutput> = f
+            .log_outputs
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| match o {
+                "default" | "stderr" => LogOutput::Stderr,
+                "stdout" => LogOutput::Stdout,
+                path => LogOutput::File(PathBuf::from(path)),
+            })
+            .collect();
+        log_outputs.dedup();
+        if log_outputs.is_empty() {
+            log_outputs.push(LogOutput::Stderr);
+        }
         let log_format = match f.logger.as_str() {
             "zap" => LogFormat::Json,
             "capnslog" | "text" => LogFormat::Text,
@@ -641,6 +675,7 @@ impl Config {
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level,
             log_format,
+            log_outputs,
         })
     }
 

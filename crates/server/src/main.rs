@@ -2,18 +2,52 @@
 
 use std::process::ExitCode;
 
-use ballast_server::config::{Config, LogFormat};
+use std::io::Write;
+
+use ballast_server::config::{Config, LogFormat, LogOutput};
 use ballast_server::server::EtcdServer;
 use ballast_server::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
-fn init_logging(cfg: &Config) {
+/// Every `--log-outputs` destination; a line goes to each.
+struct Outputs(Vec<Box<dyn Write + Send>>);
+
+impl Write for Outputs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for o in &mut self.0 {
+            o.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.iter_mut().try_for_each(|o| o.flush())
+    }
+}
+
+fn init_logging(cfg: &Config) -> Result<(), String> {
+    let mut outs: Vec<Box<dyn Write + Send>> = Vec::new();
+    for o in &cfg.log_outputs {
+        outs.push(match o {
+            LogOutput::Stderr => Box::new(std::io::stderr()),
+            LogOutput::Stdout => Box::new(std::io::stdout()),
+            LogOutput::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("cannot open log output {}: {e}", path.display()))?,
+            ),
+        });
+    }
+    let writer = std::sync::Mutex::new(Outputs(outs));
     let builder = tracing_subscriber::fmt()
         .with_max_level(cfg.log_level)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -24,7 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logging(&cfg);
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("ballast: {e}");
+        return ExitCode::from(1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
