@@ -937,3 +937,123 @@ fn log_outputs_write_json_logs_to_files() {
         "stderr too"
     );
 }
+
+/// Scheduled backups: the leader writes verified snapshots on schedule, keeps the newest
+/// `--backup-retention`, reports the last success as a metric, and the files restore.
+#[test]
+fn scheduled_backups_rotate_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let s = Server::start(
+        Kind::Ballast,
+        &[
+            "--backup-dir",
+            backups.to_str().unwrap(),
+            "--backup-interval",
+            "1s",
+            "--backup-retention",
+            "2",
+        ],
+    );
+    let ep = s.endpoint();
+    ctl_ok(etcdctl(&ep, &["put", "kept", "v"], None));
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut files: Vec<String> = std::fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "rotated to the retention: {files:?}");
+    for f in &files {
+        assert!(f.starts_with("ballast-") && f.ends_with(".db"), "{f}");
+        assert!(f.contains("-rev000000000002-"), "{f}");
+    }
+    let newest = backups.join(&files[1]);
+    let status = ctl_ok(ballastctl(
+        "",
+        &["snapshot", "status", newest.to_str().unwrap()],
+        None,
+    ));
+    assert!(
+        files[1].ends_with(&format!("-{:0>8}.db", status.split(", ").next().unwrap())),
+        "{status}"
+    );
+    let target = dir.path().join("restored");
+    ctl_ok(ballastctl(
+        "",
+        &[
+            "snapshot",
+            "restore",
+            newest.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let (_, text) = crate::cluster::http_get(s.port, "/metrics").unwrap();
+    let last = metric(
+        &parse_metrics(&text),
+        "ballast_backup_last_success_timestamp_seconds",
+        "",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - last < 5.0, "last success {last}, now {now}");
+}
+
+/// Downgrade answers as etcd 3.6 does for a cluster that can run no lower version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downgrade_is_refused_with_etcds_errors() {
+    use ballast_api::etcdserverpb::downgrade_request::DowngradeAction;
+    use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use ballast_api::etcdserverpb::DowngradeRequest;
+    let s = Server::start(Kind::Ballast, &[]);
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", s.endpoint()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut m = MaintenanceClient::new(ch);
+    for (action, version, code, msg) in [
+        (
+            DowngradeAction::Validate,
+            "3.5",
+            tonic::Code::InvalidArgument,
+            "etcdserver: invalid downgrade target version",
+        ),
+        (
+            DowngradeAction::Enable,
+            "3.5.0",
+            tonic::Code::InvalidArgument,
+            "etcdserver: invalid downgrade target version",
+        ),
+        (
+            DowngradeAction::Validate,
+            "three",
+            tonic::Code::InvalidArgument,
+            "etcdserver: wrong downgrade target version format",
+        ),
+        (
+            DowngradeAction::Cancel,
+            "",
+            tonic::Code::FailedPrecondition,
+            "etcdserver: no inflight downgrade job",
+        ),
+    ] {
+        let err = m
+            .downgrade(DowngradeRequest {
+                action: action as i32,
+                version: version.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (code, msg),
+            "{action:?} {version}"
+        );
+    }
+}

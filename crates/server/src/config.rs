@@ -165,6 +165,22 @@ pub struct Flags {
         default_value = "5m"
     )]
     pub corrupt_check_time: String,
+    /// Where the leader writes scheduled backups (Ballast's own flag; empty = none).
+    #[arg(long = "backup-dir", env = "BALLAST_BACKUP_DIR", default_value = "")]
+    pub backup_dir: String,
+    #[arg(
+        long = "backup-interval",
+        env = "BALLAST_BACKUP_INTERVAL",
+        default_value = "30m"
+    )]
+    pub backup_interval: String,
+    /// How many backups to keep.
+    #[arg(
+        long = "backup-retention",
+        env = "BALLAST_BACKUP_RETENTION",
+        default_value = "24"
+    )]
+    pub backup_retention: usize,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -205,6 +221,9 @@ struct FileConfig {
     experimental_watch_progress_notify_interval: Option<String>,
     experimental_lease_checkpoint_interval: Option<String>,
     auto_compaction_mode: Option<String>,
+    backup_dir: Option<String>,
+    backup_interval: Option<String>,
+    backup_retention: Option<usize>,
     experimental_initial_corrupt_check: Option<bool>,
     experimental_corrupt_check_time: Option<String>,
     auto_compaction_retention: Option<String>,
@@ -257,6 +276,8 @@ pub struct Config {
     /// How often the leader records remaining lease TTLs through raft.
     pub lease_checkpoint_interval: Duration,
     pub auto_compaction: AutoCompaction,
+    /// Scheduled backups: directory, interval, how many to keep.
+    pub backup: Option<(PathBuf, Duration, usize)>,
     pub initial_corrupt_check: bool,
     /// `None`: no periodic check.
     pub corrupt_check: Option<Duration>,
@@ -430,6 +451,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
         auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
+        backup_dir: c.backup_dir.unwrap_or(d.backup_dir),
+        backup_interval: c.backup_interval.unwrap_or(d.backup_interval),
+        backup_retention: c.backup_retention.unwrap_or(d.backup_retention),
         initial_corrupt_check: c
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),
@@ -600,6 +624,23 @@ impl Config {
             })?;
         let auto_compaction =
             auto_compaction(&f.auto_compaction_mode, &f.auto_compaction_retention)?;
+        let backup = if f.backup_dir.is_empty() {
+            None
+        } else {
+            let every = simple_duration(&f.backup_interval)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(
+                        "--backup-interval",
+                        &f.backup_interval,
+                        "must be a positive duration such as 30m",
+                    )
+                })?;
+            if f.backup_retention == 0 {
+                return Err(invalid("--backup-retention", "0", "must be positive"));
+            }
+            Some((PathBuf::from(&f.backup_dir), every, f.backup_retention))
+        };
         let corrupt_check = match f.corrupt_check_time.as_str() {
             "0" => None,
             t => Some(simple_duration(t).ok_or_else(|| {
@@ -670,6 +711,7 @@ impl Config {
             watch_progress_interval,
             lease_checkpoint_interval,
             auto_compaction,
+            backup,
             initial_corrupt_check: f.initial_corrupt_check,
             corrupt_check,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,

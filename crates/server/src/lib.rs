@@ -1,6 +1,7 @@
 //! The `ballast` server: configuration, the member, and its client-facing services.
 
 pub mod authority;
+pub mod backup;
 pub mod compactor;
 pub mod config;
 pub mod corrupt;

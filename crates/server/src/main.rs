@@ -147,6 +147,14 @@ async fn run(cfg: Config) -> Result<(), String> {
         tokio::spawn(ballast_server::corrupt::run(server.clone(), every));
     }
     tokio::spawn(ballast_server::compactor::run(server.clone()));
+    if let Some((dir, every, keep)) = server.cfg.backup.clone() {
+        tokio::spawn(ballast_server::backup::run(
+            server.clone(),
+            dir,
+            every,
+            keep,
+        ));
+    }
     let app = ballast_server::client_router(server.clone());
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");

@@ -356,6 +356,19 @@ pub fn render(s: &EtcdServer) -> String {
             let _ = writeln!(o.0, "grpc_server_handled_total{{grpc_code=\"{name}\",grpc_method=\"{m}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {n}");
         }
     }
+    let b = s.backup_stats();
+    o.one(
+        "ballast_backup_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last verified scheduled backup (0: none yet).",
+        b.last_success.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "ballast_backup_failures_total",
+        "counter",
+        "Scheduled backups that failed.",
+        b.failures.load(Ordering::Relaxed) as f64,
+    );
     process(&mut o);
     o.0
 }

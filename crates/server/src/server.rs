@@ -104,6 +104,7 @@ pub struct EtcdServer {
     /// Shared with the applier: one replacement of the store's file at a time.
     file_swap: Arc<Mutex<()>>,
     counters: Arc<crate::metrics::ServerCounters>,
+    backups: crate::backup::BackupStats,
     /// A connection to the leader's client URL, for what only the leader can answer.
     leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
 }
@@ -264,6 +265,7 @@ impl EtcdServer {
             leader_conn: Mutex::new(None),
             file_swap,
             counters: counters.clone(),
+            backups: Default::default(),
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -384,6 +386,10 @@ impl EtcdServer {
 
     pub fn counters(&self) -> &crate::metrics::ServerCounters {
         &self.counters
+    }
+
+    pub fn backup_stats(&self) -> &crate::backup::BackupStats {
+        &self.backups
     }
 
     /// Proposals made here and not yet applied or failed.

@@ -17,6 +17,23 @@ use crate::mvcc::{META_APPLIED, META_REV};
 /// Bytes of the trailing SHA-256.
 pub const HASH_LEN: usize = 32;
 
+/// Writes a snapshot of `mvcc` to `out`: one consistent export, then its SHA-256. `size`
+/// learns the total length (trailer included) before the first byte is written.
+pub fn write(
+    mvcc: &crate::Mvcc,
+    size: &mut dyn FnMut(u64) -> std::io::Result<()>,
+    out: &mut dyn std::io::Write,
+) -> Result<(), crate::KvError> {
+    let mut hasher = Sha256::new();
+    mvcc.export_sized(&mut |n| size(n + HASH_LEN as u64), &mut |rec| {
+        hasher.update(rec);
+        out.write_all(rec)
+    })?;
+    let io = |e: std::io::Error| crate::KvError::Corrupt(format!("writing snapshot: {e}"));
+    out.write_all(&hasher.finalize()).map_err(io)?;
+    out.flush().map_err(io)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapFileError {
     #[error("{0}")]

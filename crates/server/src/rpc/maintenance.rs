@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
 use ballast_api::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 use ballast_api::grpc::health::v1::health_check_response::ServingStatus;
 use ballast_api::grpc::health::v1::health_server::Health;
 use ballast_api::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -21,11 +21,72 @@ use crate::server::{EtcdServer, ServerError};
 use crate::version::ETCD_API_VERSION;
 use ballast_api::ballast::internal::raft_request;
 use ballast_state::mvcc::alarm_text;
-use ballast_state::snapfile::HASH_LEN;
+use ballast_state::snapfile;
 use ballast_state::Applied;
+use ballast_state::KvError;
 
 pub struct MaintenanceService {
     pub server: Arc<EtcdServer>,
+}
+
+/// Cuts the snapshot into `SNAPSHOT_CHUNK` blobs for the stream, counting down
+/// `remaining_bytes`; the first message carries the header and version. Writing fails once the
+/// client has gone, which stops the export.
+struct Chunks<'a> {
+    tx: &'a mpsc::Sender<Result<SnapshotResponse, Status>>,
+    header: Option<ResponseHeader>,
+    buf: Vec<u8>,
+    remaining: &'a std::cell::Cell<u64>,
+}
+
+impl Chunks<'_> {
+    fn send(&mut self) -> std::io::Result<()> {
+        let blob = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+        let left = self.remaining.get().saturating_sub(blob.len() as u64);
+        self.remaining.set(left);
+        let header = self.header.take();
+        let version = if header.is_some() {
+            ETCD_API_VERSION.to_string()
+        } else {
+            String::new()
+        };
+        self.tx
+            .blocking_send(Ok(SnapshotResponse {
+                header,
+                remaining_bytes: left,
+                blob,
+                version,
+            }))
+            .map_err(|_| std::io::Error::other("snapshot client went away"))
+    }
+
+    /// Sends what is left.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+impl std::io::Write for Chunks<'_> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let take = (SNAPSHOT_CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == SNAPSHOT_CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 type SnapshotStream =
@@ -47,58 +108,25 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.server.mvcc();
         let header = self.server.header(mvcc.current_rev());
         tokio::task::spawn_blocking(move || {
-            let gone = || std::io::Error::other("snapshot client went away");
-            let mut first = Some(header);
-            let mut send = |blob: Vec<u8>, remaining: u64| {
-                let header = first.take();
-                let version = if header.is_some() {
-                    ETCD_API_VERSION.to_string()
-                } else {
-                    String::new()
-                };
-                tx.blocking_send(Ok(SnapshotResponse {
-                    header,
-                    remaining_bytes: remaining,
-                    blob,
-                    version,
-                }))
-                .map_err(|_| gone())
-            };
-            let mut hasher = Sha256::new();
-            let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK);
             let remaining = std::cell::Cell::new(0u64);
-            let exported = mvcc.export_sized(
+            let mut out = Chunks {
+                tx: &tx,
+                header: Some(header),
+                buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+                remaining: &remaining,
+            };
+            let written = snapfile::write(
+                &mvcc,
                 &mut |n| {
-                    remaining.set(n + HASH_LEN as u64);
+                    remaining.set(n);
                     Ok(())
                 },
-                &mut |rec| {
-                    hasher.update(rec);
-                    let mut rec = rec;
-                    while !rec.is_empty() {
-                        let take = (SNAPSHOT_CHUNK - buf.len()).min(rec.len());
-                        buf.extend_from_slice(&rec[..take]);
-                        rec = &rec[take..];
-                        if buf.len() == SNAPSHOT_CHUNK {
-                            remaining.set(remaining.get() - SNAPSHOT_CHUNK as u64);
-                            let full =
-                                std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK));
-                            send(full, remaining.get())?;
-                        }
-                    }
-                    Ok(())
-                },
-            );
-            let done = exported.map_err(|e| e.to_string()).and_then(|()| {
-                remaining.set(remaining.get() - buf.len() as u64);
-                if !buf.is_empty() {
-                    send(std::mem::take(&mut buf), remaining.get()).map_err(|e| e.to_string())?;
-                }
-                send(hasher.finalize().to_vec(), 0).map_err(|e| e.to_string())
-            });
-            if let Err(e) = done {
+                &mut out,
+            )
+            .and_then(|()| out.finish().map_err(|e| KvError::Corrupt(e.to_string())));
+            if let Err(e) = written {
                 tracing::warn!(error = %e, "snapshot stream failed");
-                let _ = tx.blocking_send(Err(Status::internal(e)));
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -154,6 +182,39 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse {
             header: Some(s.header(s.mvcc().current_rev())),
         }))
+    }
+
+    /// Downgrades as etcd 3.6 answers them for a cluster that can run no lower version:
+    /// Ballast implements one API version, so every target is refused; there is never a
+    /// downgrade to cancel.
+    async fn downgrade(
+        &self,
+        req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        use ballast_api::etcdserverpb::downgrade_request::DowngradeAction;
+        let r = req.into_inner();
+        match DowngradeAction::try_from(r.action) {
+            Ok(DowngradeAction::Cancel) => Err(Status::failed_precondition(
+                "etcdserver: no inflight downgrade job",
+            )),
+            Ok(_) => {
+                let parts: Vec<&str> = r.version.split('.').collect();
+                let numeric = parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.parse::<u64>().is_ok());
+                if !(2..=3).contains(&parts.len()) || !numeric {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: wrong downgrade target version format",
+                    ));
+                }
+                Err(Status::invalid_argument(
+                    "etcdserver: invalid downgrade target version",
+                ))
+            }
+            Err(_) => Err(Status::invalid_argument(
+                "etcdserver: unknown downgrade action",
+            )),
+        }
     }
 
     /// A hash of the whole key-value history this member stores.

@@ -1,0 +1,177 @@
+//! Scheduled backups (Ballast's own; etcd needs an external agent): with `--backup-dir`, the
+//! leader writes a snapshot every `--backup-interval`, verifies it by reading it back (record
+//! checksums and the SHA-256 trailer), fsyncs it, renames it into place and keeps the newest
+//! `--backup-retention` files. Files are `ballast-<UTC time>-rev<revision>-<hash>.db`, the same
+//! format `snapshot save` writes, so `snapshot restore` takes them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ballast_state::snapfile;
+
+use crate::server::EtcdServer;
+
+/// What `/metrics` reports about backups.
+#[derive(Default)]
+pub struct BackupStats {
+    /// Unix seconds of the last verified backup (0: none yet).
+    pub last_success: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+const PREFIX: &str = "ballast-";
+const SUFFIX: &str = ".db";
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time (civil date by Howard Hinnant's algorithm).
+fn utc_stamp(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Backup files in `dir`, oldest first (names sort by time).
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Writes one verified backup into `dir`; returns its path.
+pub fn write_one(s: &EtcdServer, dir: &Path, now: SystemTime) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(".backup.tmp");
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        snapfile::write(&s.mvcc(), &mut |_| Ok(()), &mut out).map_err(|e| e.to_string())?;
+        let file = out.into_inner().map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        // Read back what reached the disk before trusting it.
+        let st = snapfile::status(&tmp).map_err(|e| format!("verifying: {e}"))?;
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let name = format!(
+            "{PREFIX}{}-rev{:012}-{:08x}{SUFFIX}",
+            utc_stamp(secs),
+            st.revision,
+            st.hash
+        );
+        let path = dir.join(name);
+        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+        ballast_storage::wal::sync_dir(dir).map_err(|e| e.to_string())?;
+        Ok(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Deletes all but the newest `keep` backups.
+pub fn rotate(dir: &Path, keep: usize) -> Result<(), String> {
+    let all = list(dir);
+    let excess = all.len().saturating_sub(keep);
+    for old in &all[..excess] {
+        std::fs::remove_file(old).map_err(|e| format!("{}: {e}", old.display()))?;
+    }
+    if excess > 0 {
+        ballast_storage::wal::sync_dir(dir).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub async fn run(s: Arc<EtcdServer>, dir: PathBuf, every: Duration, keep: usize) {
+    loop {
+        tokio::time::sleep(every).await;
+        if !s.raft_status().is_leader {
+            continue;
+        }
+        let (server, d) = (s.clone(), dir.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let path = write_one(&server, &d, SystemTime::now())?;
+            rotate(&d, keep)?;
+            Ok::<_, String>(path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let stats = s.backup_stats();
+        match done {
+            Ok(path) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                stats.last_success.store(now, Ordering::Relaxed);
+                tracing::info!(path = %path.display(), "wrote scheduled backup");
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(dir = %dir.display(), error = %e, "scheduled backup failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_utc_and_sort_by_time() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_795_453_706), "20261123T170826Z");
+        assert!(utc_stamp(1_000_000_000) < utc_stamp(1_795_453_706));
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest() {
+        let d = tempfile::tempdir().expect("tmp");
+        for t in ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"] {
+            std::fs::write(d.path().join(format!("ballast-{t}-rev1-0.db")), b"x").expect("w");
+        }
+        std::fs::write(d.path().join("other.txt"), b"x").expect("w");
+        rotate(d.path(), 2).expect("rotate");
+        let left: Vec<String> = list(d.path())
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "ballast-20260102T000000Z-rev1-0.db",
+                "ballast-20260103T000000Z-rev1-0.db"
+            ]
+        );
+        assert!(d.path().join("other.txt").exists());
+    }
+}
