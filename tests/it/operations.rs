@@ -1057,3 +1057,76 @@ async fn downgrade_is_refused_with_etcds_errors() {
         );
     }
 }
+
+/// `check perf` and `check datascale` run etcdctl's workloads against Ballast and report in
+/// its words; refusals (keys already under the prefix, unknown load) match etcdctl's.
+#[test]
+fn check_perf_and_datascale_match_etcdctl() {
+    let s = Server::start(Kind::Ballast, &[]);
+    let ep = s.endpoint();
+    let bin = crate::cluster::bin_dir().join("ballastctl");
+    let perf = std::process::Command::new(&bin)
+        .args([
+            &format!("--endpoints={ep}"),
+            "check",
+            "perf",
+            "--auto-compact",
+        ])
+        .env("BALLASTCTL_CHECK_PERF_SECONDS", "3")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&perf.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("Compacted with revision "), "{out}");
+    assert!(
+        lines[1].starts_with("PASS: Throughput is ")
+            || lines[1].starts_with("FAIL: Throughput too low: "),
+        "{out}"
+    );
+    assert!(lines[1].ends_with(" writes/s"), "{out}");
+    assert!(lines[2].contains("Slowest request"), "{out}");
+    assert!(lines[3].contains("Stddev"), "{out}");
+    assert!(lines[4] == "PASS" || lines[4] == "FAIL", "{out}");
+    assert_eq!(
+        perf.status.code(),
+        Some(if lines[4] == "PASS" { 0 } else { 1 })
+    );
+    let left = ctl_ok(etcdctl(
+        &ep,
+        &["get", "/etcdctl-check-perf/", "--prefix", "--keys-only"],
+        None,
+    ));
+    assert!(left.is_empty(), "the check deletes its keys");
+
+    let ds = ctl_ok(ballastctl(&ep, &["check", "datascale"], None));
+    let lines: Vec<&str> = ds.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Start data scale check for work load [10000 key-value pairs, 1024 bytes per key-value, 50 concurrent clients]."
+    );
+    assert!(
+        lines[1].starts_with("PASS: Approximate system memory used : "),
+        "{ds}"
+    );
+    assert!(lines[1].ends_with(" MB."), "{ds}");
+
+    ctl_ok(etcdctl(&ep, &["put", "/etcdctl-check-perf/x", "y"], None));
+    ctl_ok(etcdctl(
+        &ep,
+        &["put", "/etcdctl-check-datascale/x", "y"],
+        None,
+    ));
+    for args in [
+        &["check", "perf"][..],
+        &["check", "datascale"][..],
+        &["check", "perf", "--load", "huge"][..],
+    ] {
+        let a = etcdctl(&ep, args, None);
+        let b = ballastctl(&ep, args, None);
+        assert_eq!(
+            (a.2, a.1.lines().last()),
+            (b.2, b.1.lines().last()),
+            "{args:?}: {a:?} {b:?}"
+        );
+    }
+}

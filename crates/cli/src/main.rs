@@ -2,6 +2,7 @@
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
 mod alarm;
+mod check;
 mod concurrency;
 mod lease;
 mod member;
@@ -133,6 +134,11 @@ enum Cmd {
         /// Optional. If present, defragments a data directory not in use by etcd.
         #[arg(long = "data-dir", default_value = "")]
         data_dir: String,
+    },
+    /// commands for checking properties of the etcd cluster
+    Check {
+        #[command(subcommand)]
+        cmd: check::CheckCmd,
     },
     /// Alarm related commands
     Alarm {
@@ -572,6 +578,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
         Cmd::Snapshot { cmd } => snapshot::run(cli, p, cmd).await,
         Cmd::Alarm { cmd } => alarm::run(cli, p, timeout, cmd).await,
+        Cmd::Check { cmd } => check::run(cli, cmd).await,
         Cmd::Defrag { cluster, data_dir } => {
             if !data_dir.is_empty() {
                 return defrag_offline(data_dir);
