@@ -433,6 +433,16 @@ fn quota_raises_nospace_and_compaction_defrag_disarm_recover() {
     let (code, body) = crate::cluster::http_get(ballast.port, "/health").unwrap();
     assert_eq!(code, 503);
     assert_eq!(body, r#"{"health":"false","reason":"ALARM NOSPACE"}"#);
+    // The alarm in the status table's ERRORS cell is wrapped the way etcdctl wraps it.
+    let status = ["endpoint", "status", "-w", "table"];
+    let by_etcdctl = etcdctl(&ballast.endpoint(), &status, None);
+    let by_ballastctl = ballastctl(&ballast.endpoint(), &status, None);
+    assert_eq!(by_etcdctl.0, by_ballastctl.0);
+    assert!(
+        by_etcdctl.0.contains("|                 alarm:NOSPACE  |"),
+        "{}",
+        by_etcdctl.0
+    );
     let e = nospace_scenario(&etcd);
     assert_eq!(b, e);
 }

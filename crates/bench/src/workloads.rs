@@ -748,20 +748,26 @@ pub async fn stm(g: &Global, a: &StmArgs) -> Result<Stats, String> {
         other => return Err(format!("unexpected stm locker {other:?}")),
     };
     let chans = load::connect(g).await?;
-    // lock-rpc: each transaction runs under the Lock service's lock, held by a lease.
-    let lease = if lock_rpc {
-        LeaseClient::new(chans[0].clone())
-            .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
-            .await
-            .map_err(status_text)?
-            .into_inner()
-            .id
-    } else {
-        0
-    };
+    // lock-rpc: each transaction runs under the Lock service's lock, held by a lease. Each
+    // client needs its own (as etcd's tool gives each its own session): the lock is
+    // re-entrant per lease, so two clients sharing one would both hold it.
+    let mut leases = Vec::new();
+    if lock_rpc {
+        for _ in 0..g.clients.max(1) {
+            let id = LeaseClient::new(chans[0].clone())
+                .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
+                .await
+                .map_err(status_text)?
+                .into_inner()
+                .id;
+            leases.push(id);
+        }
+    }
+    let leases = Arc::new(std::sync::Mutex::new(leases));
     let a2 = a.clone();
     Ok(load::run(g, &chans, a.total, a.rate, move |ch, _| {
         let a = a2.clone();
+        let leases = leases.clone();
         async move {
             let mut set = std::collections::BTreeSet::new();
             while set.len() < a.keys_per_txn {
@@ -773,20 +779,32 @@ pub async fn stm(g: &Global, a: &StmArgs) -> Result<Stats, String> {
             if !lock_rpc {
                 return stm_once(&mut kv, &keys, writes, a.val_size, &a.isolation).await;
             }
+            // At most one request per client is in flight, so the pool never runs dry.
+            let lease = leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or("no free lease")?;
             let mut lc = LockClient::new(ch);
-            let held = lc
+            let locked = lc
                 .lock(LockRequest {
                     name: b"stmlock".to_vec(),
                     lease,
                 })
                 .await
-                .map_err(status_text)?
-                .into_inner()
-                .key;
-            let res = stm_once(&mut kv, &keys, writes, a.val_size, &a.isolation).await;
-            lc.unlock(UnlockRequest { key: held })
-                .await
-                .map_err(status_text)?;
+                .map_err(status_text);
+            let res = match locked {
+                Ok(held) => {
+                    let res = stm_once(&mut kv, &keys, writes, a.val_size, &a.isolation).await;
+                    let key = held.into_inner().key;
+                    lc.unlock(UnlockRequest { key })
+                        .await
+                        .map_err(status_text)
+                        .and(res)
+                }
+                Err(e) => Err(e),
+            };
+            leases.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
             res
         }
     })

@@ -254,14 +254,81 @@ impl Printer {
     }
 }
 
-/// etcdctl's tables (tablewriter): centred headers, right-aligned cells.
+/// tablewriter's cell width limit before it wraps a cell at spaces.
+const WRAP_WIDTH: usize = 30;
+
+/// tablewriter's word wrap: the fewest-raggedness split of `s`'s space-separated words into
+/// lines of at most `lim` columns (a longer single word widens the limit).
+fn wrap_words(s: &str, lim: usize) -> Vec<String> {
+    let words: Vec<&str> = s.split(' ').collect();
+    let n = words.len();
+    let lim = words
+        .iter()
+        .map(|w| w.chars().count())
+        .fold(lim, usize::max) as i64;
+    // len(i, j): width of words i..=j joined by single spaces.
+    let width = |i: usize, j: usize| -> i64 {
+        words[i..=j]
+            .iter()
+            .map(|w| w.chars().count() as i64)
+            .sum::<i64>()
+            + (j - i) as i64
+    };
+    let mut cost = vec![i64::MAX; n];
+    let mut brk = vec![n; n];
+    for i in (0..n).rev() {
+        if width(i, n - 1) <= lim {
+            cost[i] = 0;
+            brk[i] = n;
+            continue;
+        }
+        for j in i + 1..n {
+            let w = width(i, j - 1);
+            let d = lim - w;
+            let mut c = d * d + cost[j];
+            if w > lim {
+                c += 100_000;
+            }
+            if c < cost[i] {
+                cost[i] = c;
+                brk[i] = j;
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    let mut i = 0;
+    while i < n {
+        lines.push(words[i..brk[i]].join(" "));
+        i = brk[i];
+    }
+    lines
+}
+
+/// A cell's lines, wrapped as tablewriter wraps cells wider than [`WRAP_WIDTH`]; the second
+/// value is the width the cell claims (the limit, once it wrapped).
+fn cell_lines(c: &str) -> (Vec<String>, usize) {
+    let w = c.chars().count();
+    if w <= WRAP_WIDTH {
+        return (vec![c.to_string()], w);
+    }
+    let lines = wrap_words(c, WRAP_WIDTH);
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    (lines, widest.max(WRAP_WIDTH))
+}
+
+/// etcdctl's tables (tablewriter): centred headers, right-aligned cells, long cells wrapped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let cells: Vec<Vec<(Vec<String>, usize)>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell_lines(c)).collect())
+        .collect();
     let widths: Vec<usize> = header
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
+            cells
+                .iter()
+                .map(|r| r[i].1)
                 .chain([h.len()])
                 .max()
                 .unwrap_or(0)
@@ -289,14 +356,36 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         + "|";
     println!("{hdr}");
     println!("{line}");
-    for r in rows {
-        let s: String = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("| {c:>w$} "))
-            .collect::<String>()
-            + "|";
-        println!("{s}");
+    for r in &cells {
+        let height = r.iter().map(|c| c.0.len()).max().unwrap_or(1);
+        for k in 0..height {
+            let s: String = r
+                .iter()
+                .zip(&widths)
+                .map(|((lines, _), w)| {
+                    let c = lines.get(k).map(String::as_str).unwrap_or("");
+                    format!("| {c:>w$} ")
+                })
+                .collect::<String>()
+                + "|";
+            println!("{s}");
+        }
     }
     println!("{line}");
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn long_cells_wrap_at_spaces_as_tablewriter_does() {
+        let (lines, w) = cell_lines("memberID:3319814642761637952 alarm:NOSPACE ");
+        assert_eq!(lines, ["memberID:3319814642761637952", "alarm:NOSPACE "]);
+        assert_eq!(w, 30);
+        let (lines, w) = cell_lines("http://127.0.0.1:2379,http://127.0.0.1:22379");
+        assert_eq!(lines.len(), 1, "no spaces, no wrap");
+        assert_eq!(w, 44);
+        assert_eq!(cell_lines("short").1, 5);
+    }
 }
