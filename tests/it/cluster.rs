@@ -278,28 +278,7 @@ impl Cluster {
     /// A cluster on given (client, peer) ports: the same ports give the same member IDs to
     /// etcd and Ballast, so their outputs compare byte for byte.
     pub fn start_on(kind: Kind, ports: &[(u16, u16)], extra: &[&str]) -> Cluster {
-        let peers: Vec<u16> = ports.iter().map(|p| p.1).collect();
-        let initial: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
-            .collect();
-        let initial = initial.join(",");
-        let mut members: Vec<Server> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let m = Member {
-                    name: format!("m{i}"),
-                    peer_port: *p,
-                    initial_cluster: initial.clone(),
-                    state: "new",
-                };
-                let mut s = Server::new_member(kind, m, extra);
-                s.port = ports[i].0;
-                s
-            })
-            .collect();
+        let mut members = Cluster::unstarted(kind, "m", ports, extra);
         members.iter_mut().for_each(Server::launch);
         for m in &mut members {
             m.wait_healthy(Duration::from_secs(20));
@@ -321,6 +300,36 @@ impl Cluster {
             }
         }
         Cluster { members }
+    }
+
+    /// The members of a new cluster named `<prefix>0`, `<prefix>1`, ..., not started yet.
+    pub fn unstarted(
+        kind: Kind,
+        prefix: &str,
+        ports: &[(u16, u16)],
+        extra: &[&str],
+    ) -> Vec<Server> {
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{prefix}{i}=http://127.0.0.1:{}", p.1))
+            .collect();
+        let initial = initial.join(",");
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                let m = Member {
+                    name: format!("{prefix}{i}"),
+                    peer_port: *peer,
+                    initial_cluster: initial.clone(),
+                    state: "new",
+                };
+                let mut s = Server::new_member(kind, m, extra);
+                s.port = *client;
+                s
+            })
+            .collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{etcdctl, free_port, Kind, Member, Server};
+use crate::cluster::{etcdctl, free_port, Kind, Server};
 use crate::differential::ballastctl;
 
 fn ctl_ok(out: (String, String, i32)) -> String {
@@ -132,26 +132,10 @@ fn snapshot_save_and_restore_into_a_new_three_member_cluster() {
     );
 
     // Restore into three members of a new cluster, as the etcd procedure does.
-    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let initial: Vec<String> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("r{i}=http://127.0.0.1:{p}"))
-        .collect();
-    let initial = initial.join(",");
-    let mut members: Vec<Server> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let m = Member {
-                name: format!("r{i}"),
-                peer_port: *p,
-                initial_cluster: initial.clone(),
-                state: "new",
-            };
-            Server::new_member(Kind::Ballast, m, &[])
-        })
-        .collect();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let peers: Vec<u16> = ports.iter().map(|p| p.1).collect();
+    let mut members = crate::cluster::Cluster::unstarted(Kind::Ballast, "r", &ports, &[]);
+    let initial = members[0].member.as_ref().unwrap().initial_cluster.clone();
     for (i, m) in members.iter().enumerate() {
         let peer = format!("http://127.0.0.1:{}", peers[i]);
         let out = ballastctl(
@@ -617,7 +601,16 @@ fn metrics_and_health_endpoints() {
     }
     ctl_ok(etcdctl(&eps[0], &["get", "m0"], None));
     let _ = etcdctl(&eps[0], &["get", ""], None); // InvalidArgument
-    let (_, reference) = crate::cluster::http_get(etcd.members[0].port, "/metrics").unwrap();
+                                                  // Labelled families appear in etcd's output only once observed: give it traffic, and
+                                                  // read every member.
+    for e in etcd.endpoints() {
+        ctl_ok(etcdctl(&e, &["put", "m", "v"], None));
+    }
+    let reference: String = etcd
+        .members
+        .iter()
+        .map(|m| crate::cluster::http_get(m.port, "/metrics").unwrap().1)
+        .collect();
     let status = ctl_ok(etcdctl(
         &eps[0],
         &["endpoint", "status", "-w", "json"],
@@ -967,7 +960,12 @@ fn scheduled_backups_rotate_and_restore() {
     );
     let ep = s.endpoint();
     ctl_ok(etcdctl(&ep, &["put", "kept", "v"], None));
-    std::thread::sleep(Duration::from_millis(3500));
+    // Three backups written means rotation has had something to delete.
+    let start = Instant::now();
+    while s.log().matches("wrote scheduled backup").count() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut files: Vec<String> = std::fs::read_dir(&backups)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -731,6 +731,19 @@ async fn endpoint_status(
     Ok(())
 }
 
+/// The message etcdctl prints for one endpoint's failure (logging a failed call first, as its
+/// client does).
+fn per_endpoint_error(cli: &Cli, e: &Failure) -> String {
+    match e {
+        Failure::Grpc(s) => {
+            retry_warning(cli, s);
+            s.message().to_string()
+        }
+        Failure::Other(m) => m.clone(),
+        _ => String::new(),
+    }
+}
+
 /// `defrag`: each endpoint in turn; a failure is reported and the rest still run.
 async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Failure> {
     let mut failed = false;
@@ -747,14 +760,7 @@ async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Fail
         match res {
             Ok(()) => println!("Finished defragmenting etcd member[{ep}]"),
             Err(e) => {
-                let msg = match &e {
-                    Failure::Grpc(s) => {
-                        retry_warning(cli, s);
-                        s.message().to_string()
-                    }
-                    Failure::Other(m) => m.clone(),
-                    _ => String::new(),
-                };
+                let msg = per_endpoint_error(cli, &e);
                 eprintln!("Failed to defragment etcd member[{ep}] ({msg})");
                 failed = true;
             }
@@ -809,14 +815,7 @@ async fn endpoint_hashkv(
         match res {
             Ok(r) => got.push((ep.clone(), r)),
             Err(e) => {
-                let msg = match &e {
-                    Failure::Grpc(s) => {
-                        retry_warning(cli, s);
-                        s.message().to_string()
-                    }
-                    Failure::Other(m) => m.clone(),
-                    _ => String::new(),
-                };
+                let msg = per_endpoint_error(cli, &e);
                 eprintln!("Failed to get the hash of endpoint {ep} ({msg})");
                 failed = Some(Failure::Other(msg));
             }
@@ -887,23 +886,9 @@ fn retry_warning(cli: &Cli, s: &tonic::Status) {
 /// zap's ISO-8601 UTC timestamp with milliseconds, as etcdctl's client log prints it.
 fn zap_timestamp(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (y, mo, day, h, mi, s) = ballast_server::backup::utc_civil(d.as_secs());
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
+        "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
         d.subsec_millis()
     )
 }
