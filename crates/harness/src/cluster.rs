@@ -91,6 +91,8 @@ pub struct Node {
     initial_cluster: String,
     extra: Vec<String>,
     started_once: bool,
+    /// The failpoints of the last launch, so a relaunch after a lost port keeps them.
+    armed: String,
 }
 
 impl Node {
@@ -289,33 +291,16 @@ impl Cluster {
             initial_cluster,
             extra: self.opts.extra.clone(),
             started_once: false,
+            armed: String::new(),
         });
         Ok(self.nodes.len() - 1)
     }
 
-    /// Ports are picked free and bound by the member later, so a concurrent test can take one
-    /// in between. A member that stopped on "Address already in use" gets fresh client and
-    /// peer ports (the proxy keeps the advertised one) and starts again.
+    /// After start-up: relaunches port losers until every member runs (see `relaunch_lost`).
     async fn relaunch_port_losers(&mut self) -> Result<(), Error> {
         for attempt in 0..3 {
-            let mut lost = Vec::new();
-            for i in 0..self.nodes.len() {
-                let n = &mut self.nodes[i];
-                if n.exited().is_some() && n.log_tail(3).contains("Address already in use") {
-                    lost.push(i);
-                }
-            }
-            if lost.is_empty() {
+            if !self.relaunch_lost()? {
                 return Ok(());
-            }
-            for i in lost {
-                let n = &mut self.nodes[i];
-                n.client_port = free_port();
-                n.peer_port = free_port();
-                n.upstream.store(n.peer_port, Ordering::Relaxed);
-                n.child = None;
-                // Its data dir is kept: it may already have voted, and must remember that.
-                self.launch(i, "")?;
             }
             tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
             self.wait_leader(Duration::from_secs(20), &[]).await?;
@@ -331,7 +316,30 @@ impl Cluster {
             node.state = "existing";
         }
         let armed = format!("{};{failpoints}", self.opts.failpoints);
+        node.armed = failpoints.to_string();
         node.launch(&bin, &armed)
+    }
+
+    /// Ports are picked free and bound by the member later, so a concurrent test can take one
+    /// in between (on a start or any restart). A member that stopped on "Address already in
+    /// use" gets fresh client and peer ports (the proxy keeps the advertised one) and starts
+    /// again with the same failpoints. Returns whether any was relaunched.
+    fn relaunch_lost(&mut self) -> Result<bool, Error> {
+        let mut any = false;
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            if n.exited().is_some() && n.log_tail(3).contains("Address already in use") {
+                n.client_port = free_port();
+                n.peer_port = free_port();
+                n.upstream.store(n.peer_port, Ordering::Relaxed);
+                n.child = None;
+                let armed = n.armed.clone();
+                // Its data dir is kept: it may already have voted, and must remember that.
+                self.launch(i, &armed)?;
+                any = true;
+            }
+        }
+        Ok(any)
     }
 
     async fn learn_ids(&mut self) -> Result<(), Error> {
@@ -375,6 +383,7 @@ impl Cluster {
     ) -> Result<(usize, Duration), Error> {
         let start = Instant::now();
         while start.elapsed() < limit {
+            self.relaunch_lost()?;
             let mut seen = Vec::new();
             for i in 0..self.nodes.len() {
                 if except.contains(&i) || !self.nodes[i].running() {
