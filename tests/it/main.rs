@@ -15,4 +15,5 @@ mod membership;
 mod operations;
 mod raft_cluster;
 mod reliability;
+mod tls;
 mod watch;

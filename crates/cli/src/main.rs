@@ -8,6 +8,7 @@ mod lease;
 mod member;
 mod output;
 mod snapshot;
+mod tls;
 mod txn;
 mod usage;
 mod watch;
@@ -75,6 +76,22 @@ struct Cli {
     /// print byte strings as hex encoded strings
     #[arg(long, global = true, env = "ETCDCTL_HEX")]
     hex: bool,
+    /// verify certificates of TLS-enabled secure servers using this CA bundle
+    #[arg(long, global = true, env = "ETCDCTL_CACERT", default_value = "")]
+    cacert: String,
+    /// identify secure client using this TLS certificate file
+    #[arg(long, global = true, env = "ETCDCTL_CERT", default_value = "")]
+    cert: String,
+    /// identify secure client using this TLS key file
+    #[arg(long, global = true, env = "ETCDCTL_KEY", default_value = "")]
+    key: String,
+    /// skip server certificate verification (CAUTION: this option should be enabled only for testing purposes)
+    #[arg(
+        long = "insecure-skip-tls-verify",
+        global = true,
+        env = "ETCDCTL_INSECURE_SKIP_TLS_VERIFY"
+    )]
+    insecure_skip_tls_verify: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -477,6 +494,28 @@ async fn connect_any(cli: &Cli) -> Result<Channel, Failure> {
 
 async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
     let dial = cli.dial_timeout;
+    let tls = tls::ClientTls {
+        cacert: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        skip_verify: cli.insecure_skip_tls_verify,
+    };
+    let (secure, hostport) = match endpoint.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some((_, rest)) => (false, rest),
+        None => (tls.configured(), endpoint),
+    };
+    if secure {
+        let (host, port) = hostport
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)))
+            .ok_or_else(|| Failure::Other(format!("bad endpoint {endpoint:?}")))?;
+        let cfg = tls::client_config(&tls).map_err(Failure::Other)?;
+        return ballast_server::tls::connect(host, port, std::sync::Arc::new(cfg), dial)
+            .await
+            .map_err(|_| Failure::Other("context deadline exceeded".into()));
+    }
     let url = if endpoint.contains("://") {
         endpoint.to_string()
     } else {

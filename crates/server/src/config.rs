@@ -165,6 +165,57 @@ pub struct Flags {
         default_value = "5m"
     )]
     pub corrupt_check_time: String,
+    /// Client TLS: the server's certificate and key (PEM).
+    #[arg(long = "cert-file", env = "ETCD_CERT_FILE", default_value = "")]
+    pub cert_file: String,
+    #[arg(long = "key-file", env = "ETCD_KEY_FILE", default_value = "")]
+    pub key_file: String,
+    #[arg(
+        long = "trusted-ca-file",
+        env = "ETCD_TRUSTED_CA_FILE",
+        default_value = ""
+    )]
+    pub trusted_ca_file: String,
+    #[arg(
+        long = "client-cert-auth",
+        env = "ETCD_CLIENT_CERT_AUTH",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub client_cert_auth: bool,
+    #[arg(
+        long = "auto-tls",
+        env = "ETCD_AUTO_TLS",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auto_tls: bool,
+    #[arg(
+        long = "client-crl-file",
+        env = "ETCD_CLIENT_CRL_FILE",
+        default_value = ""
+    )]
+    pub client_crl_file: String,
+    #[arg(long = "cipher-suites", env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    #[arg(
+        long = "tls-min-version",
+        env = "ETCD_TLS_MIN_VERSION",
+        default_value = ""
+    )]
+    pub tls_min_version: String,
+    #[arg(
+        long = "tls-max-version",
+        env = "ETCD_TLS_MAX_VERSION",
+        default_value = ""
+    )]
+    pub tls_max_version: String,
     /// Where the leader writes scheduled backups (Ballast's own flag; empty = none).
     #[arg(long = "backup-dir", env = "BALLAST_BACKUP_DIR", default_value = "")]
     pub backup_dir: String,
@@ -222,6 +273,15 @@ struct FileConfig {
     experimental_lease_checkpoint_interval: Option<String>,
     auto_compaction_mode: Option<String>,
     backup_dir: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    trusted_ca_file: Option<String>,
+    client_cert_auth: Option<bool>,
+    auto_tls: Option<bool>,
+    client_crl_file: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    tls_min_version: Option<String>,
+    tls_max_version: Option<String>,
     backup_interval: Option<String>,
     backup_retention: Option<usize>,
     experimental_initial_corrupt_check: Option<bool>,
@@ -253,7 +313,13 @@ pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
     pub wal_dir: PathBuf,
+    /// Plain HTTP client listeners.
     pub listen_client: Vec<SocketAddr>,
+    /// HTTPS client listeners (served with `client_tls`).
+    pub listen_client_https: Vec<SocketAddr>,
+    /// The client port's TLS, if any (`--auto-tls` is resolved at start, in the data dir).
+    pub client_tls: Option<crate::tls::TlsFiles>,
+    pub auto_tls: bool,
     pub listen_metrics: Vec<SocketAddr>,
     pub listen_peer: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
@@ -452,6 +518,18 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
         auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
         backup_dir: c.backup_dir.unwrap_or(d.backup_dir),
+        cert_file: c.cert_file.unwrap_or(d.cert_file),
+        key_file: c.key_file.unwrap_or(d.key_file),
+        trusted_ca_file: c.trusted_ca_file.unwrap_or(d.trusted_ca_file),
+        client_cert_auth: c.client_cert_auth.unwrap_or(d.client_cert_auth),
+        auto_tls: c.auto_tls.unwrap_or(d.auto_tls),
+        client_crl_file: c.client_crl_file.unwrap_or(d.client_crl_file),
+        cipher_suites: c
+            .cipher_suites
+            .map(|v| v.join(","))
+            .unwrap_or(d.cipher_suites),
+        tls_min_version: c.tls_min_version.unwrap_or(d.tls_min_version),
+        tls_max_version: c.tls_max_version.unwrap_or(d.tls_max_version),
         backup_interval: c.backup_interval.unwrap_or(d.backup_interval),
         backup_retention: c.backup_retention.unwrap_or(d.backup_retention),
         initial_corrupt_check: c
@@ -522,10 +600,50 @@ impl Config {
             .clone()
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
-        let listen_client = split_urls("--listen-client-urls", &f.listen_client_urls)?
-            .iter()
-            .map(|u| listen_addr("--listen-client-urls", u))
-            .collect::<Result<Vec<_>, _>>()?;
+        let client_urls = split_urls("--listen-client-urls", &f.listen_client_urls)?;
+        let mut listen_client = Vec::new();
+        let mut listen_client_https = Vec::new();
+        let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
+        for u in &client_urls {
+            let addr = listen_addr("--listen-client-urls", u)?;
+            if u.starts_with("https://") {
+                if !has_cert && !f.auto_tls {
+                    return Err(ConfigError::Etcd(format!(
+                        "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                    )));
+                }
+                listen_client_https.push(addr);
+            } else {
+                listen_client.push(addr);
+            }
+        }
+        let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        let client_tls = has_cert.then(|| crate::tls::TlsFiles {
+            cert: PathBuf::from(&f.cert_file),
+            key: PathBuf::from(&f.key_file),
+            trusted_ca: opt(&f.trusted_ca_file),
+            client_cert_auth: f.client_cert_auth,
+            crl: opt(&f.client_crl_file),
+            cipher_suites: f
+                .cipher_suites
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            min_version: f.tls_min_version.clone(),
+            max_version: f.tls_max_version.clone(),
+        });
+        if let Some(t) = &client_tls {
+            crate::tls::validate(t).map_err(|e| ConfigError::Etcd(e.to_string()))?;
+        }
+        if f.client_cert_auth && f.trusted_ca_file.is_empty() && has_cert {
+            return Err(invalid(
+                "--client-cert-auth",
+                "true",
+                "needs --trusted-ca-file to verify client certificates",
+            ));
+        }
         let advertise_client_urls =
             split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
         let listen_metrics = if f.listen_metrics_urls.is_empty() {
@@ -690,6 +808,9 @@ impl Config {
             data_dir,
             wal_dir,
             listen_client,
+            listen_client_https,
+            client_tls,
+            auto_tls: f.auto_tls,
             listen_metrics,
             listen_peer,
             advertise_client_urls,

@@ -28,14 +28,12 @@ pub struct Mismatch {
     pub theirs: u32,
 }
 
-async fn peer_hash(url: &str, revision: i64) -> Option<(u32, i64)> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .ok()?;
+async fn peer_hash(
+    tls: Option<crate::tls::TlsFiles>,
+    url: &str,
+    revision: i64,
+) -> Option<(u32, i64)> {
+    let ch = crate::tls::member_channel(url, tls.as_ref(), Duration::from_secs(5)).ok()?;
     let r = MaintenanceClient::new(ch)
         .hash_kv(HashKvRequest { revision })
         .await
@@ -58,7 +56,8 @@ pub async fn compare_with_peers(s: &EtcdServer) -> Result<Vec<Mismatch>, ServerE
             continue;
         };
         if m.id != s.member_id() {
-            asks.spawn(async move { (m.id, peer_hash(&url, revision).await) });
+            let tls = s.cfg.client_tls.clone();
+            asks.spawn(async move { (m.id, peer_hash(tls, &url, revision).await) });
         }
     }
     let mut out = Vec::new();

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod restore;
 pub mod rpc;
 pub mod server;
+pub mod tls;
 pub mod version;
 pub mod watch;
 

@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use std::io::Write;
 
+use std::sync::Arc;
+
 use ballast_server::config::{Config, LogFormat, LogOutput};
 use ballast_server::server::EtcdServer;
+use ballast_server::tls::{self, Reloading, TlsListener};
 use ballast_server::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
 /// Every `--log-outputs` destination; a line goes to each.
@@ -81,6 +84,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The client port's TLS: the configured files, or `--auto-tls`'s self-signed certificate
+/// (kept in `<data-dir>/fixtures/client`, as etcd keeps it).
+fn client_tls(cfg: &Config) -> Result<Option<Arc<Reloading>>, String> {
+    let files = match (&cfg.client_tls, cfg.auto_tls) {
+        (Some(f), _) => f.clone(),
+        (None, true) => {
+            let hosts: Vec<String> = cfg
+                .listen_client_https
+                .iter()
+                .map(|a| a.ip().to_string())
+                .collect();
+            tls::auto_tls(&cfg.data_dir.join("fixtures").join("client"), &hosts)
+                .map_err(|e| e.to_string())?
+        }
+        (None, false) => return Ok(None),
+    };
+    Reloading::new(files)
+        .map(|r| Some(Arc::new(r)))
+        .map_err(|e| e.to_string())
+}
+
 async fn run(cfg: Config) -> Result<(), String> {
     tracing::info!(
         name = %cfg.name,
@@ -118,6 +142,14 @@ async fn run(cfg: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         listeners.push((addr, listener));
+    }
+    let client_tls = client_tls(&server.cfg)?;
+    let mut tls_listeners = Vec::new();
+    for addr in server.cfg.listen_client_https.clone() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tls_listeners.push((addr, listener));
     }
     let mut status = server.raft_status_watch();
     let fatal = status
@@ -160,6 +192,15 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();
         let listener = ballast_server::authority::Listener(listener);
+        tasks.spawn(async move { axum::serve(listener, app).await });
+    }
+    for (addr, listener) in tls_listeners {
+        let Some(tls) = client_tls.clone() else {
+            return Err("https client URL without TLS configuration".into());
+        };
+        tracing::info!(address = %addr, "serving client traffic securely");
+        let app = app.clone();
+        let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
         tasks.spawn(async move { axum::serve(listener, app).await });
     }
     tracing::info!(

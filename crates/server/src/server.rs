@@ -87,6 +87,15 @@ fn remove_staging_files(snap_dir: &std::path::Path) {
     }
 }
 
+/// A request ID as a lease ID: the top bit cleared, as etcd clears it (a member whose low ID
+/// bits start with a 1 would otherwise hand out negative IDs etcdctl cannot parse back); never 0.
+fn lease_id(seq: u64) -> i64 {
+    match seq & (u64::MAX >> 1) {
+        0 => 1,
+        id => id as i64,
+    }
+}
+
 fn current(m: &SharedMvcc) -> Arc<Mvcc> {
     m.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
@@ -283,12 +292,7 @@ impl EtcdServer {
     /// A lease ID for a grant that did not name one, from the request-ID sequence as etcd
     /// does (so IDs look like etcd's: this member's low ID bits first).
     pub fn new_lease_id(&self) -> i64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1) as i64;
-        if id == 0 {
-            1
-        } else {
-            id
-        }
+        lease_id(self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1))
     }
 
     /// Drops the cached leader connection (it failed; the leader may be gone).
@@ -316,11 +320,15 @@ impl EtcdServer {
                 return Ok(ch.clone());
             }
         }
-        let ch = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|_| ServerError::Raft(RaftError::NoLeader))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(self.cfg.request_timeout())
-            .connect_lazy();
+        let ch = crate::tls::member_channel(
+            &url,
+            self.cfg.client_tls.as_ref(),
+            self.cfg.request_timeout(),
+        )
+        .map_err(|e| {
+            tracing::warn!(url = %url, error = %e, "cannot dial the leader");
+            ServerError::Raft(RaftError::NoLeader)
+        })?;
         *self.leader_conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((url, ch.clone()));
         Ok(ch)
     }
@@ -727,5 +735,18 @@ impl Applier {
             self.removed.send_replace(true);
         }
         self.was_member |= present;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lease_ids_are_positive_like_etcds() {
+        assert_eq!(
+            super::lease_id(0x9935_a209_abd4_e702),
+            0x1935_a209_abd4_e702
+        );
+        assert_eq!(super::lease_id(1 << 63), 1);
+        assert_eq!(super::lease_id(42), 42);
     }
 }

@@ -1,0 +1,507 @@
+//! TLS on the client port, with rustls (ring provider): `--cert-file`, `--key-file`,
+//! `--trusted-ca-file`, `--client-cert-auth`, `--client-crl-file`, `--auto-tls`,
+//! `--cipher-suites`, `--tls-min-version`, `--tls-max-version`.
+//!
+//! Certificates are read again whenever one of the files changes (checked on every handshake,
+//! as etcd reads them per handshake), so rotation needs no restart. Handshakes run in their own
+//! tasks under a deadline: a client that stalls its handshake delays nobody else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedCipherSuite,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::authority::FixAuthority;
+
+/// How long a client may take to finish its handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("open {0}: no such file or directory")]
+    Missing(String),
+    #[error("{0}: {1}")]
+    Pem(String, String),
+    #[error("tls: {0}")]
+    Rustls(String),
+    #[error("unexpected TLS cipher suite {0:?}")]
+    Cipher(String),
+    #[error("unexpected TLS version {0:?} (supported: TLS1.2, TLS1.3)")]
+    Version(String),
+}
+
+/// What the TLS flags of one port say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trusted_ca: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    pub crl: Option<PathBuf>,
+    /// Go names of the allowed TLS 1.2 cipher suites (empty: rustls's defaults).
+    pub cipher_suites: Vec<String>,
+    /// `TLS1.2` / `TLS1.3`; empty means no limit.
+    pub min_version: String,
+    pub max_version: String,
+}
+
+/// Go's names of TLS 1.2 suites etcd accepts but rustls does not implement (CBC, RC4, 3DES):
+/// accepted with a warning and left out.
+const GO_ONLY_SUITES: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
+
+/// Go's names for the TLS 1.2 suites rustls implements.
+fn suite_by_go_name(name: &str) -> Option<SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    Some(match name {
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
+        | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        _ => return None,
+    })
+}
+
+fn version(v: &str) -> Result<Option<u8>, TlsError> {
+    match v {
+        "" => Ok(None),
+        "TLS1.2" => Ok(Some(2)),
+        "TLS1.3" => Ok(Some(3)),
+        other => Err(TlsError::Version(other.to_string())),
+    }
+}
+
+/// Checks the flags without reading any file (for start-up validation).
+pub fn validate(f: &TlsFiles) -> Result<(), TlsError> {
+    version(&f.min_version)?;
+    version(&f.max_version)?;
+    for name in &f.cipher_suites {
+        if suite_by_go_name(name).is_none() && !GO_ONLY_SUITES.contains(&name.as_str()) {
+            return Err(TlsError::Cipher(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(TlsError::Missing(shown));
+    }
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem(shown.clone(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem(shown, "no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls configuration the flags describe, reading every file now.
+pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
+    validate(f)?;
+    let certs = read_certs(&f.cert)?;
+    let key_shown = f.key.display().to_string();
+    if !f.key.exists() {
+        return Err(TlsError::Missing(key_shown));
+    }
+    let key = PrivateKeyDer::from_pem_file(&f.key)
+        .map_err(|e| TlsError::Pem(key_shown, e.to_string()))?;
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !f.cipher_suites.is_empty() {
+        for name in &f.cipher_suites {
+            if suite_by_go_name(name).is_none() {
+                tracing::warn!(cipher_suite = %name, "cipher suite not available with rustls; left out");
+            }
+        }
+        let wanted: Vec<SupportedCipherSuite> = f
+            .cipher_suites
+            .iter()
+            .filter_map(|n| suite_by_go_name(n))
+            .collect();
+        // Go applies the list to TLS 1.2 only; TLS 1.3's suites stay.
+        provider.cipher_suites.retain(|s| {
+            s.version() == &rustls::version::TLS13 || wanted.iter().any(|w| w.suite() == s.suite())
+        });
+    }
+    let (min, max) = (
+        version(&f.min_version)?.unwrap_or(2),
+        version(&f.max_version)?.unwrap_or(3),
+    );
+    let mut versions = Vec::new();
+    if min <= 2 && max >= 2 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max >= 3 {
+        versions.push(&rustls::version::TLS13);
+    }
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = if f.client_cert_auth {
+        let mut roots = RootCertStore::empty();
+        if let Some(ca) = &f.trusted_ca {
+            for c in read_certs(ca)? {
+                roots.add(c).map_err(|e| TlsError::Rustls(e.to_string()))?;
+            }
+        }
+        let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        if let Some(crl) = &f.crl {
+            let shown = crl.display().to_string();
+            if !crl.exists() {
+                return Err(TlsError::Missing(shown));
+            }
+            let crls = CertificateRevocationListDer::pem_file_iter(crl)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TlsError::Pem(shown, e.to_string()))?;
+            v = v.with_crls(crls);
+        }
+        let verifier = v.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    // gRPC needs h2; curl against /health may speak HTTP/1.1.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A server configuration rebuilt whenever one of its files changes.
+pub struct Reloading {
+    files: TlsFiles,
+    cached: Mutex<(Vec<Option<SystemTime>>, Arc<ServerConfig>)>,
+}
+
+fn stamps(f: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [
+        Some(&f.cert),
+        Some(&f.key),
+        f.trusted_ca.as_ref(),
+        f.crl.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+impl Reloading {
+    /// Reads the files once now, so bad ones stop the member at start-up.
+    pub fn new(files: TlsFiles) -> Result<Reloading, TlsError> {
+        let cfg = Arc::new(server_config(&files)?);
+        Ok(Reloading {
+            cached: Mutex::new((stamps(&files), cfg)),
+            files,
+        })
+    }
+
+    /// The current configuration; if a file changed it is read again (a broken new file
+    /// keeps the last good configuration and says why).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        let now = stamps(&self.files);
+        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if c.0 != now {
+            match server_config(&self.files) {
+                Ok(cfg) => {
+                    tracing::info!(cert = %self.files.cert.display(), "reloaded TLS certificates");
+                    *c = (now, Arc::new(cfg));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones")
+                }
+            }
+        }
+        c.1.clone()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes in their own tasks; `axum::serve`
+/// takes the finished streams.
+pub struct TlsListener {
+    rx: mpsc::Receiver<(FixAuthority<TlsStream<TcpStream>>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, tls: Arc<Reloading>) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (tx, acceptor) = (tx.clone(), TlsAcceptor::from(tls.current()));
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((FixAuthority::new(s), addr)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(remote = %addr, error = %e, "rejected connection");
+                        }
+                        Err(_) => tracing::warn!(remote = %addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = FixAuthority<TlsStream<TcpStream>>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept loop never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// `--auto-tls`: a self-signed certificate for `hosts`, kept in `dir` (made once, reused).
+pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    if !(cert.exists() && key.exists()) {
+        std::fs::create_dir_all(dir).map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let mut names: Vec<String> = hosts.to_vec();
+        names.push("localhost".into());
+        let generated = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let write = |p: &Path, data: String| {
+            use std::io::Write;
+            let mut o = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .and_then(|mut f| f.write_all(data.as_bytes()).and_then(|()| f.sync_all()))
+                .map_err(|e| TlsError::Rustls(format!("{}: {e}", p.display())))
+        };
+        write(&key, generated.key_pair.serialize_pem())?;
+        write(&cert, generated.cert.pem())?;
+    }
+    Ok(TlsFiles {
+        cert,
+        key,
+        ..Default::default()
+    })
+}
+
+/// Accepts any server certificate (`--insecure-skip-tls-verify`), still checking signatures.
+#[derive(Debug)]
+pub struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl SkipVerify {
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> SkipVerify {
+        SkipVerify(provider)
+    }
+}
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A gRPC channel to `host:port` over TLS.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    cfg: Arc<ClientConfig>,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, String> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let addr = format!("{host}:{port}");
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(timeout)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A lazily connected channel to another member's client URL, for the calls members make to
+/// each other (forwarding to the leader, corruption checks). `https` URLs are dialled with
+/// this member's own certificate as client identity, trusting `--trusted-ca-file` (with
+/// `--auto-tls` and no CA, certificates are not verified, as etcd does for auto TLS).
+pub fn member_channel(
+    url: &str,
+    tls: Option<&TlsFiles>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, String> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        return tonic::transport::Endpoint::from_shared(url.to_string())
+            .map(|e| {
+                e.connect_timeout(Duration::from_secs(2))
+                    .timeout(timeout)
+                    .connect_lazy()
+            })
+            .map_err(|e| e.to_string());
+    };
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .ok_or_else(|| format!("bad member URL {url:?}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let ca = tls.and_then(|t| t.trusted_ca.as_ref());
+    let builder = match ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca).map_err(|e| e.to_string())? {
+                roots.add(c).map_err(|e| e.to_string())?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify::new(provider))),
+    };
+    let mut cfg = match tls {
+        Some(t) => {
+            let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(read_certs(&t.cert).map_err(|e| e.to_string())?, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = Arc::new(cfg);
+    let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let addr = format!("{host}:{port}");
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .connect_with_connector_lazy(connector),
+    )
+}

@@ -1,0 +1,358 @@
+//! Client TLS with certificates made in the test: TLS and mutual TLS with the real etcdctl and
+//! ballastctl, refused certificates, rotation without a restart, `--auto-tls`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::cluster::{ballast_bin, bin_dir, free_port, run_ctl};
+
+/// A CA with a server certificate (127.0.0.1, localhost; server and client use, as kubeadm
+/// makes them) and a client certificate, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(dir: &Path, name: &str) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{name} ca"));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |cn: &str, sans: Vec<String>, usage: Vec<ExtendedKeyUsagePurpose>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = usage;
+        (p.signed_by(&key, &ca_cert, &ca_key).unwrap(), key)
+    };
+    let (server, server_key) = leaf(
+        "server",
+        vec!["127.0.0.1".into(), "localhost".into()],
+        // Members also present it as clients of each other (kubeadm's server certs carry both).
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    );
+    let (client, client_key) = leaf("root", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let write = |file: &str, pem: String| {
+        let p = dir.join(format!("{name}-{file}"));
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    Pki {
+        ca: write("ca.pem", ca_cert.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+struct Member {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Member {
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let log = dir.join("server.log");
+    let child = Command::new(ballast_bin())
+        .args(["--data-dir"])
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .arg(format!(
+            "--listen-peer-urls=http://127.0.0.1:{}",
+            free_port()
+        ))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Member { child, url, log }
+}
+
+fn ctl(bin: PathBuf, ep: &str, tls: &[&str], args: &[&str]) -> (String, String, i32) {
+    let mut all: Vec<&str> = tls.to_vec();
+    all.push("--dial-timeout=1s");
+    all.extend_from_slice(args);
+    run_ctl(bin, ep, &all, None)
+}
+
+fn etcdctl(ep: &str, tls: &[&str], args: &[&str]) -> (String, String, i32) {
+    ctl("etcdctl".into(), ep, tls, args)
+}
+
+fn ballastctl(ep: &str, tls: &[&str], args: &[&str]) -> (String, String, i32) {
+    ctl(bin_dir().join("ballastctl"), ep, tls, args)
+}
+
+fn wait_serving(m: &Member, tls: &[&str]) {
+    let start = Instant::now();
+    while etcdctl(&m.url, tls, &["get", "x"]).2 != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not serving: {}",
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Mutual TLS: clients with a certificate from the trusted CA are served (etcdctl and
+/// ballastctl); no certificate, or one from another CA, is refused at the handshake. Replacing
+/// the files switches the member to the new certificates without a restart.
+#[test]
+fn mutual_tls_refuses_strangers_and_rotates_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = pki(dir.path(), "a");
+    let b = pki(dir.path(), "b");
+    // The member reads these paths; rotation overwrites them.
+    let live = |f: &Path, name: &str| {
+        let p = dir.path().join(name);
+        std::fs::copy(f, &p).unwrap();
+        p
+    };
+    let (cert, key, ca) = (
+        live(&a.server_cert, "live-server.pem"),
+        live(&a.server_key, "live-server-key.pem"),
+        live(&a.ca, "live-ca.pem"),
+    );
+    let m = start(
+        dir.path(),
+        &[
+            "--cert-file",
+            cert.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--trusted-ca-file",
+            ca.to_str().unwrap(),
+            "--client-cert-auth",
+        ],
+    );
+    let creds = |p: &Pki| {
+        vec![
+            format!("--cacert={}", p.ca.display()),
+            format!("--cert={}", p.client_cert.display()),
+            format!("--key={}", p.client_key.display()),
+        ]
+    };
+    let a_creds = creds(&a);
+    let a_tls: Vec<&str> = a_creds.iter().map(String::as_str).collect();
+    wait_serving(&m, &a_tls);
+    assert_eq!(etcdctl(&m.url, &a_tls, &["put", "k", "v"]).0, "OK\n");
+    assert_eq!(ballastctl(&m.url, &a_tls, &["get", "k"]).0, "k\nv\n");
+    // Plain host:port endpoints use TLS too once certificate flags are given.
+    let bare = m.url.trim_start_matches("https://").to_string();
+    assert_eq!(
+        ballastctl(&bare, &a_tls, &["get", "k", "--print-value-only"]).0,
+        "v\n"
+    );
+
+    let ca_only = format!("--cacert={}", a.ca.display());
+    for c in [
+        etcdctl as fn(&str, &[&str], &[&str]) -> (String, String, i32),
+        ballastctl,
+    ] {
+        let no_cert = c(&m.url, &[&ca_only], &["get", "k"]);
+        assert_ne!(
+            no_cert.2, 0,
+            "served without a client certificate: {no_cert:?}"
+        );
+        let b_creds = creds(&b);
+        let wrong_ca: Vec<&str> = vec![
+            b_creds[0].as_str(),
+            b_creds[1].as_str(),
+            b_creds[2].as_str(),
+        ];
+        let stranger = c(&m.url, &wrong_ca, &["get", "k"]);
+        assert_ne!(
+            stranger.2, 0,
+            "served a certificate from another CA: {stranger:?}"
+        );
+    }
+    let plain = run_ctl(
+        "etcdctl".into(),
+        &bare,
+        &["--dial-timeout=1s", "get", "k"],
+        None,
+    );
+    assert_ne!(plain.2, 0, "served plaintext on a TLS port: {plain:?}");
+
+    // Rotate everything to CA b: new handshakes use it, no restart.
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time
+    std::fs::copy(&b.server_cert, &cert).unwrap();
+    std::fs::copy(&b.server_key, &key).unwrap();
+    std::fs::copy(&b.ca, &ca).unwrap();
+    let b_creds = creds(&b);
+    let b_tls: Vec<&str> = b_creds.iter().map(String::as_str).collect();
+    assert_eq!(
+        etcdctl(&m.url, &b_tls, &["get", "k", "--print-value-only"]).0,
+        "v\n"
+    );
+    assert_ne!(
+        etcdctl(&m.url, &a_tls, &["get", "k"]).2,
+        0,
+        "old CA still accepted"
+    );
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("reloaded TLS certificates"), "{log}");
+}
+
+/// `--auto-tls` serves a self-signed certificate kept in the data dir: ballastctl connects
+/// skipping verification, etcdctl trusting that certificate. (etcdctl 3.4's
+/// `--insecure-skip-tls-verify` fails against etcd's own `--auto-tls` too.)
+#[test]
+fn auto_tls_serves_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(dir.path(), &["--auto-tls"]);
+    let cert = dir.path().join("data/fixtures/client/cert.pem");
+    let trust = format!("--cacert={}", cert.display());
+    wait_serving(&m, &[&trust]);
+    let skip = ["--insecure-skip-tls-verify"];
+    assert_eq!(ballastctl(&m.url, &skip, &["put", "a", "b"]).0, "OK\n");
+    assert_eq!(
+        etcdctl(&m.url, &[&trust], &["get", "a", "--print-value-only"]).0,
+        "b\n"
+    );
+    assert_ne!(
+        ballastctl(&m.url, &[], &["get", "a"]).2,
+        0,
+        "unverified without the flag"
+    );
+}
+
+/// An https client URL without certificates stops the member with etcd's message.
+#[test]
+fn https_without_certificates_is_refused_at_start() {
+    let out = Command::new(ballast_bin())
+        .args([
+            "--listen-client-urls",
+            "https://127.0.0.1:23999",
+            "--advertise-client-urls",
+            "https://127.0.0.1:23999",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:23999 with HTTPS scheme"),
+        "{err}"
+    );
+}
+
+/// Three members on https client URLs with mutual TLS: what followers forward to the leader
+/// (lease keep-alive and time-to-live) travels over TLS with the member's own certificate.
+#[test]
+fn members_forward_to_the_leader_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "c");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("t{i}=http://127.0.0.1:{peer}"))
+        .collect();
+    let initial = initial.join(",");
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let url = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = dir.path().join(format!("t{i}.log"));
+        let child = Command::new(ballast_bin())
+            .args(["--name", &format!("t{i}"), "--data-dir"])
+            .arg(dir.path().join(format!("t{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &initial])
+            .arg(format!("--cert-file={}", p.server_cert.display()))
+            .arg(format!("--key-file={}", p.server_key.display()))
+            .arg(format!("--trusted-ca-file={}", p.ca.display()))
+            .arg("--client-cert-auth")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        members.push(Member { child, url, log });
+    }
+    let creds = [
+        format!("--cacert={}", p.ca.display()),
+        format!("--cert={}", p.client_cert.display()),
+        format!("--key={}", p.client_key.display()),
+    ];
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    for m in &members {
+        wait_serving(m, &tls);
+    }
+    let eps: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
+    let status = etcdctl(&eps.join(","), &tls, &["endpoint", "status", "-w", "json"]).0;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let rows = v.as_array().unwrap();
+    let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
+    let follower = rows
+        .iter()
+        .find(|r| r["Status"]["header"]["member_id"].as_u64() != Some(leader))
+        .unwrap()["Endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let grant = ballastctl(&follower, &tls, &["lease", "grant", "60"]);
+    assert_eq!(grant.2, 0, "{grant:?}");
+    let id = grant.0.split_whitespace().nth(1).unwrap().to_string();
+    let kept = ballastctl(&follower, &tls, &["lease", "keep-alive", "--once", &id]);
+    assert_eq!(
+        kept.0,
+        format!("lease {id} keepalived with TTL(60)\n"),
+        "{kept:?}"
+    );
+    let ttl = etcdctl(&follower, &tls, &["lease", "timetolive", &id]);
+    assert!(
+        ttl.0
+            .starts_with(&format!("lease {id} granted with TTL(60s)")),
+        "{ttl:?}"
+    );
+}
