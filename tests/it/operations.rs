@@ -391,8 +391,14 @@ fn nospace_scenario(s: &Server) -> Vec<String> {
     );
     // Reads and deletes still work.
     step(&["get", "big000", "--keys-only"], None);
+    // etcd sometimes stores the put it answered NOSPACE to (its quota check and the alarm
+    // race with the backend's size); every acknowledged one must be there.
     let deleted = ctl_ok(etcdctl(&ep, &["del", "big", "--prefix"], None));
-    assert_eq!(deleted, format!("{stored}\n"));
+    let deleted: usize = deleted.trim().parse().unwrap();
+    assert!(
+        deleted == stored || deleted == stored + 1,
+        "{deleted} deleted, {stored} stored"
+    );
     // Disarming while still over quota: the next write raises it again.
     let rev = revision(&ep);
     ctl_ok(etcdctl(&ep, &["compaction", &rev.to_string()], None));
