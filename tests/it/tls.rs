@@ -274,51 +274,76 @@ fn https_without_certificates_is_refused_at_start() {
     );
 }
 
-/// Three members on https client URLs with mutual TLS: what followers forward to the leader
-/// (lease keep-alive and time-to-live) travels over TLS with the member's own certificate.
+/// Starts member `name` on https client and peer URLs with mutual TLS on both, certificates
+/// from `p`.
+fn tls_member(
+    dir: &Path,
+    p: &Pki,
+    name: &str,
+    ports: (u16, u16),
+    initial: &str,
+    state: &str,
+) -> Member {
+    let url = format!("https://127.0.0.1:{}", ports.0);
+    let peer_url = format!("https://127.0.0.1:{}", ports.1);
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(ballast_bin())
+        .args(["--name", name, "--data-dir"])
+        .arg(dir.join(name))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args([
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+        ])
+        .arg(format!("--cert-file={}", p.server_cert.display()))
+        .arg(format!("--key-file={}", p.server_key.display()))
+        .arg(format!("--trusted-ca-file={}", p.ca.display()))
+        .arg("--client-cert-auth")
+        .arg(format!("--peer-cert-file={}", p.server_cert.display()))
+        .arg(format!("--peer-key-file={}", p.server_key.display()))
+        .arg(format!("--peer-trusted-ca-file={}", p.ca.display()))
+        .arg("--peer-client-cert-auth")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Member { child, url, log }
+}
+
+/// Three members with mutual TLS on client and peer ports: raft runs over peer TLS, what
+/// followers forward to the leader (lease keep-alive, time-to-live) goes over client TLS with
+/// the member's own certificate, and a member whose peer certificate comes from another CA
+/// cannot join.
 #[test]
-fn members_forward_to_the_leader_over_tls() {
+fn members_talk_over_tls_and_strangers_cannot_join() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "c");
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| format!("t{i}=http://127.0.0.1:{peer}"))
+        .map(|(i, (_, peer))| format!("t{i}=https://127.0.0.1:{peer}"))
         .collect();
     let initial = initial.join(",");
-    let mut members = Vec::new();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let url = format!("https://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.path().join(format!("t{i}.log"));
-        let child = Command::new(ballast_bin())
-            .args(["--name", &format!("t{i}"), "--data-dir"])
-            .arg(dir.path().join(format!("t{i}")))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &initial])
-            .arg(format!("--cert-file={}", p.server_cert.display()))
-            .arg(format!("--key-file={}", p.server_key.display()))
-            .arg(format!("--trusted-ca-file={}", p.ca.display()))
-            .arg("--client-cert-auth")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        members.push(Member { child, url, log });
-    }
+    let members: Vec<Member> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, ports)| tls_member(dir.path(), &p, &format!("t{i}"), *ports, &initial, "new"))
+        .collect();
     let creds = [
         format!("--cacert={}", p.ca.display()),
         format!("--cert={}", p.client_cert.display()),
@@ -355,4 +380,34 @@ fn members_forward_to_the_leader_over_tls() {
             .starts_with(&format!("lease {id} granted with TTL(60s)")),
         "{ttl:?}"
     );
+
+    // A fourth member, added properly but holding a certificate from another CA.
+    let stranger = pki(dir.path(), "d");
+    let ports4 = (free_port(), free_port());
+    let peer4 = format!("https://127.0.0.1:{}", ports4.1);
+    let added = etcdctl(
+        &eps[0],
+        &tls,
+        &["member", "add", "t3", &format!("--peer-urls={peer4}")],
+    );
+    assert_eq!(added.2, 0, "{added:?}");
+    let initial4 = format!("{initial},t3={peer4}");
+    let m4 = tls_member(dir.path(), &stranger, "t3", ports4, &initial4, "existing");
+    std::thread::sleep(Duration::from_secs(3));
+    let list = etcdctl(&eps[0], &tls, &["member", "list"]).0;
+    assert!(
+        list.contains(", unstarted, "),
+        "the stranger must not start: {list}"
+    );
+    let logs: String = members
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("rejected peer connection") || logs.contains("peer TLS handshake failed"),
+        "{logs}"
+    );
+    drop(m4);
+    // The cluster itself carries on (a 4-member cluster with 3 up keeps quorum).
+    assert_eq!(etcdctl(&eps[2], &tls, &["put", "after", "x"]).0, "OK\n");
 }

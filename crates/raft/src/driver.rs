@@ -92,6 +92,8 @@ pub struct NodeConfig {
     /// Last index the state machine has durably applied.
     pub applied: u64,
     pub max_msg_bytes: u64,
+    /// TLS for peer connections to and from `https` peer URLs.
+    pub peer_tls: Option<crate::transport::PeerTls>,
 }
 
 /// A committed log entry for the applier.
@@ -260,6 +262,7 @@ impl Node {
             inbound_tx,
             cfg.runtime.clone(),
             cfg.snap_dir.clone(),
+            cfg.peer_tls.clone(),
         );
         for (id, urls) in &cfg.peers {
             transport.set_peer(*id, urls.clone());

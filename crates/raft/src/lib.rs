@@ -10,4 +10,4 @@ mod store;
 mod transport;
 
 pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
-pub use transport::{fetch_membership, Transport};
+pub use transport::{fetch_membership, PeerTls, Transport};

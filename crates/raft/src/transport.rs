@@ -28,6 +28,7 @@ use raft::eraftpb::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls;
 
 const MAGIC: &[u8; 8] = b"BALLAST1";
 /// A snapshot stream.
@@ -62,6 +63,48 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
+/// A peer connection: plain TCP, or TLS over it.
+pub trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+type Conn = Box<dyn PeerIo>;
+
+/// TLS on the peer port (`--peer-*` flags): how to dial and how to accept. The server side is
+/// asked for its configuration on every handshake, so certificates can rotate.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub client: Arc<rustls::ClientConfig>,
+    pub server: Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>,
+}
+
+/// How long a peer may take to finish its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Dials `addr` (`host:port`), with TLS when configured.
+async fn connect(addr: &str, tls: Option<&PeerTls>) -> Option<Conn> {
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Some(Box::new(stream));
+    };
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+        .unwrap_or(addr);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
+    match tokio::time::timeout(TLS_HANDSHAKE, connector.connect(name, stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "peer TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 struct Inner {
     member_id: u64,
     cluster_id: u64,
@@ -77,6 +120,7 @@ struct Inner {
     /// Peers with a snapshot stream in flight (one at a time each).
     sending: Mutex<std::collections::HashSet<u64>>,
     stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
+    tls: Option<PeerTls>,
 }
 
 /// What `/metrics` reports per peer (etcd's `etcd_network_peer_*`).
@@ -118,6 +162,7 @@ impl Transport {
         inbound: mpsc::Sender<Inbound>,
         runtime: tokio::runtime::Handle,
         snap_dir: std::path::PathBuf,
+        tls: Option<PeerTls>,
     ) -> Transport {
         Transport {
             inner: Arc::new(Inner {
@@ -133,6 +178,7 @@ impl Transport {
                 received: Mutex::new(HashMap::new()),
                 sending: Mutex::new(Default::default()),
                 stats: Mutex::new(HashMap::new()),
+                tls,
             }),
         }
     }
@@ -249,7 +295,23 @@ impl Transport {
                 Ok((stream, addr)) => {
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = reader(inner, stream).await {
+                        let conn: Conn = match &inner.tls {
+                            None => Box::new(stream),
+                            Some(tls) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from((tls.server)());
+                                match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream))
+                                    .await
+                                {
+                                    Ok(Ok(s)) => Box::new(s),
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(remote = %addr, error = %e, "rejected peer connection");
+                                        return;
+                                    }
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        if let Err(e) = reader(inner, conn).await {
                             tracing::debug!(remote = %addr, error = %e, "peer stream closed");
                         }
                     });
@@ -339,11 +401,7 @@ async fn stream_snapshot(inner: &Arc<Inner>, m: &Message, urls: &[String]) -> Re
 }
 
 /// Receives a snapshot stream into a staged, fsynced file, then hands the message to raft.
-async fn receive_snapshot(
-    inner: &Arc<Inner>,
-    stream: TcpStream,
-    from: u64,
-) -> Result<(), StreamError> {
+async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result<(), StreamError> {
     let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     let body = read_frame(&mut stream, inner.max_frame).await?;
     let m = Message::parse_from_bytes(&body).map_err(|e| StreamError::Decode(e.to_string()))?;
@@ -408,21 +466,15 @@ fn host_port(url: &str) -> Option<&str> {
     rest.split('/').next().filter(|h| !h.is_empty())
 }
 
-async fn dial(
-    inner: &Inner,
-    to: u64,
-    urls: &[String],
-    magic: &[u8; 8],
-) -> Option<BufWriter<TcpStream>> {
+async fn dial(inner: &Inner, to: u64, urls: &[String], magic: &[u8; 8]) -> Option<BufWriter<Conn>> {
     for url in urls {
         let Some(addr) = host_port(url) else {
             continue;
         };
-        let Ok(Ok(stream)) = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await
-        else {
+        let tls = inner.tls.as_ref().filter(|_| url.starts_with("https://"));
+        let Some(stream) = connect(addr, tls).await else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let mut w = BufWriter::with_capacity(64 * 1024, stream);
         let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
         hs.extend_from_slice(magic);
@@ -439,7 +491,7 @@ async fn dial(
 /// Drains one peer's queue onto a connection, redialling with backoff when it breaks.
 async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Receiver<Message>) {
     let mut backoff = BACKOFF_MIN;
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut conn: Option<BufWriter<Conn>> = None;
     let mut reported = false;
     let stats = inner.stats(to);
     while let Some(first) = rx.recv().await {
@@ -482,7 +534,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
 }
 
 /// Buffers one message; returns the bytes written, or `None` if the connection broke.
-async fn write_frame(w: &mut BufWriter<TcpStream>, m: &Message) -> Option<u64> {
+async fn write_frame(w: &mut BufWriter<Conn>, m: &Message) -> Option<u64> {
     let Ok(body) = m.write_to_bytes() else {
         return Some(0);
     };
@@ -511,7 +563,7 @@ enum StreamError {
     Closed,
 }
 
-async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamError> {
+async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     stream.read_exact(&mut hs).await?;
     let word = |i: usize| {
@@ -568,7 +620,12 @@ async fn reader(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), StreamEr
 }
 
 /// Asks the members at `urls` (in turn) for their membership answer; blocking, for startup.
-pub fn fetch_membership(urls: &[String], timeout: Duration, max: usize) -> Option<Vec<u8>> {
+pub fn fetch_membership(
+    urls: &[String],
+    timeout: Duration,
+    max: usize,
+    tls: Option<&PeerTls>,
+) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
     for url in urls {
         let Some(addr) = host_port(url) else {
@@ -578,10 +635,27 @@ pub fn fetch_membership(urls: &[String], timeout: Duration, max: usize) -> Optio
             continue;
         };
         for sa in addrs {
-            let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
+            let Ok(tcp) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
                 continue;
             };
-            let _ = s.set_read_timeout(Some(timeout));
+            let _ = tcp.set_read_timeout(Some(timeout));
+            let _ = tcp.set_write_timeout(Some(timeout));
+            let mut s: Box<dyn ReadWrite> = match tls.filter(|_| url.starts_with("https://")) {
+                None => Box::new(tcp),
+                Some(t) => {
+                    let host = addr
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+                        .unwrap_or(addr);
+                    let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
+                        continue;
+                    };
+                    let Ok(conn) = rustls::ClientConnection::new(t.client.clone(), name) else {
+                        continue;
+                    };
+                    Box::new(rustls::StreamOwned::new(conn, tcp))
+                }
+            };
             let mut hs = MAGIC_MEMBERS.to_vec();
             hs.resize(HANDSHAKE_LEN, 0);
             let mut head = [0u8; 8];
@@ -601,6 +675,10 @@ pub fn fetch_membership(urls: &[String], timeout: Duration, max: usize) -> Optio
     }
     None
 }
+
+/// A blocking connection, plain or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 #[cfg(test)]
 mod tests {
@@ -622,11 +700,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), std::env::temp_dir());
+        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), std::env::temp_dir(), None);
         tokio::spawn(b.serve(listener));
 
         let (in_a, _rx_a) = mpsc::channel(16);
-        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone(), std::env::temp_dir());
+        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone(), std::env::temp_dir(), None);
         a.set_peer(2, vec![format!("http://{addr}")]);
         assert!(a.send(vec![msg(1, 2, 7), msg(1, 2, 8)]).is_empty());
         for term in [7, 8] {
@@ -642,7 +720,7 @@ mod tests {
 
         // Same member id, other cluster: the receiver drops the stream.
         let (in_c, _rx_c) = mpsc::channel(16);
-        let c = Transport::new(1, 10, 1 << 20, in_c, rt, std::env::temp_dir());
+        let c = Transport::new(1, 10, 1 << 20, in_c, rt, std::env::temp_dir(), None);
         c.set_peer(2, vec![format!("http://{addr}")]);
         c.send(vec![msg(1, 2, 99)]);
         let got = tokio::time::timeout(Duration::from_millis(300), rx_b.recv()).await;
@@ -655,7 +733,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        tokio::spawn(Transport::new(2, 9, 64, in_b, rt, std::env::temp_dir()).serve(listener));
+        tokio::spawn(
+            Transport::new(2, 9, 64, in_b, rt, std::env::temp_dir(), None).serve(listener),
+        );
         for frame in [
             // Claims 1 GiB.
             [(1u32 << 30).to_le_bytes(), 0u32.to_le_bytes()].concat(),

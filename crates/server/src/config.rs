@@ -216,6 +216,49 @@ pub struct Flags {
         default_value = ""
     )]
     pub tls_max_version: String,
+    /// Peer TLS: this member's peer certificate and key, also its identity when dialling.
+    #[arg(
+        long = "peer-cert-file",
+        env = "ETCD_PEER_CERT_FILE",
+        default_value = ""
+    )]
+    pub peer_cert_file: String,
+    #[arg(long = "peer-key-file", env = "ETCD_PEER_KEY_FILE", default_value = "")]
+    pub peer_key_file: String,
+    #[arg(
+        long = "peer-trusted-ca-file",
+        env = "ETCD_PEER_TRUSTED_CA_FILE",
+        default_value = ""
+    )]
+    pub peer_trusted_ca_file: String,
+    #[arg(
+        long = "peer-client-cert-auth",
+        env = "ETCD_PEER_CLIENT_CERT_AUTH",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub peer_client_cert_auth: bool,
+    #[arg(
+        long = "peer-auto-tls",
+        env = "ETCD_PEER_AUTO_TLS",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub peer_auto_tls: bool,
+    #[arg(long = "peer-crl-file", env = "ETCD_PEER_CRL_FILE", default_value = "")]
+    pub peer_crl_file: String,
+    #[arg(
+        long = "peer-cert-allowed-cn",
+        env = "ETCD_PEER_CERT_ALLOWED_CN",
+        default_value = ""
+    )]
+    pub peer_cert_allowed_cn: String,
     /// Where the leader writes scheduled backups (Ballast's own flag; empty = none).
     #[arg(long = "backup-dir", env = "BALLAST_BACKUP_DIR", default_value = "")]
     pub backup_dir: String,
@@ -274,6 +317,13 @@ struct FileConfig {
     auto_compaction_mode: Option<String>,
     backup_dir: Option<String>,
     cert_file: Option<String>,
+    peer_cert_file: Option<String>,
+    peer_key_file: Option<String>,
+    peer_trusted_ca_file: Option<String>,
+    peer_client_cert_auth: Option<bool>,
+    peer_auto_tls: Option<bool>,
+    peer_crl_file: Option<String>,
+    peer_cert_allowed_cn: Option<String>,
     key_file: Option<String>,
     trusted_ca_file: Option<String>,
     client_cert_auth: Option<bool>,
@@ -322,6 +372,10 @@ pub struct Config {
     pub auto_tls: bool,
     pub listen_metrics: Vec<SocketAddr>,
     pub listen_peer: Vec<SocketAddr>,
+    /// Whether the peer listeners are `https` (then `peer_tls` or `peer_auto_tls` is set).
+    pub peer_https: bool,
+    pub peer_tls: Option<crate::tls::TlsFiles>,
+    pub peer_auto_tls: bool,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
     /// (name, peer URLs) of every initial member, in flag order.
@@ -519,6 +573,13 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
         backup_dir: c.backup_dir.unwrap_or(d.backup_dir),
         cert_file: c.cert_file.unwrap_or(d.cert_file),
+        peer_cert_file: c.peer_cert_file.unwrap_or(d.peer_cert_file),
+        peer_key_file: c.peer_key_file.unwrap_or(d.peer_key_file),
+        peer_trusted_ca_file: c.peer_trusted_ca_file.unwrap_or(d.peer_trusted_ca_file),
+        peer_client_cert_auth: c.peer_client_cert_auth.unwrap_or(d.peer_client_cert_auth),
+        peer_auto_tls: c.peer_auto_tls.unwrap_or(d.peer_auto_tls),
+        peer_crl_file: c.peer_crl_file.unwrap_or(d.peer_crl_file),
+        peer_cert_allowed_cn: c.peer_cert_allowed_cn.unwrap_or(d.peer_cert_allowed_cn),
         key_file: c.key_file.unwrap_or(d.key_file),
         trusted_ca_file: c.trusted_ca_file.unwrap_or(d.trusted_ca_file),
         client_cert_auth: c.client_cert_auth.unwrap_or(d.client_cert_auth),
@@ -654,10 +715,39 @@ impl Config {
                 .map(|u| listen_addr("--listen-metrics-urls", u))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let listen_peer = split_urls("--listen-peer-urls", &f.listen_peer_urls)?
+        let peer_urls = split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
+        let listen_peer = peer_urls
             .iter()
             .map(|u| listen_addr("--listen-peer-urls", u))
             .collect::<Result<Vec<_>, _>>()?;
+        let peer_has_cert = !f.peer_cert_file.is_empty() && !f.peer_key_file.is_empty();
+        let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
+        if let Some(u) = peer_urls.iter().find(|u| u.starts_with("https://")) {
+            if !peer_has_cert && !f.peer_auto_tls {
+                return Err(ConfigError::Etcd(format!(
+                    "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
+                )));
+            }
+        }
+        if !f.peer_cert_allowed_cn.is_empty() {
+            // Not enforced yet: refusing beats letting an operator believe it is.
+            return Err(invalid(
+                "--peer-cert-allowed-cn",
+                &f.peer_cert_allowed_cn,
+                "is not supported by Ballast yet",
+            ));
+        }
+        let peer_tls = peer_has_cert.then(|| crate::tls::TlsFiles {
+            cert: PathBuf::from(&f.peer_cert_file),
+            key: PathBuf::from(&f.peer_key_file),
+            trusted_ca: (!f.peer_trusted_ca_file.is_empty())
+                .then(|| PathBuf::from(&f.peer_trusted_ca_file)),
+            client_cert_auth: f.peer_client_cert_auth,
+            crl: (!f.peer_crl_file.is_empty()).then(|| PathBuf::from(&f.peer_crl_file)),
+            cipher_suites: vec![],
+            min_version: String::new(),
+            max_version: String::new(),
+        });
         let advertise_peer_urls = split_urls(
             "--initial-advertise-peer-urls",
             &f.initial_advertise_peer_urls,
@@ -813,6 +903,9 @@ impl Config {
             auto_tls: f.auto_tls,
             listen_metrics,
             listen_peer,
+            peer_https,
+            peer_tls,
+            peer_auto_tls: f.peer_auto_tls,
             advertise_client_urls,
             advertise_peer_urls,
             initial_cluster,

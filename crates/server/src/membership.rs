@@ -90,13 +90,15 @@ pub fn startup(cfg: &Config) -> Result<Startup, ServerError> {
         .filter(|(name, _)| *name != cfg.name)
         .flat_map(|(_, urls)| urls.clone())
         .collect();
-    let body = ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20)
-        .ok_or_else(|| {
-            ServerError::Startup(format!(
-                "cannot fetch cluster info from peer urls {others:?}; \
+    let tls = crate::tls::peer_tls(cfg).map_err(ServerError::Startup)?;
+    let body =
+        ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20, tls.as_ref())
+            .ok_or_else(|| {
+                ServerError::Startup(format!(
+                    "cannot fetch cluster info from peer urls {others:?}; \
                  is --initial-cluster-state existing right?"
-            ))
-        })?;
+                ))
+            })?;
     let list = MemberListResponse::decode(body.as_slice())
         .map_err(|e| ServerError::Startup(format!("bad cluster info from peers: {e}")))?;
     let cluster_id = list.header.map(|h| h.cluster_id).unwrap_or(0);

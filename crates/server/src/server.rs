@@ -145,7 +145,9 @@ impl EtcdServer {
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| ServerError::Startup(format!("no runtime for the peer transport: {e}")))?;
+        let peer_tls = crate::tls::peer_tls(&cfg).map_err(ServerError::Startup)?;
         let (node, committed) = Node::start(NodeConfig {
+            peer_tls,
             member_id: start.member_id,
             cluster_id: start.cluster_id,
             bootstrap: start.bootstrap,

@@ -400,30 +400,42 @@ impl ServerCertVerifier for SkipVerify {
     }
 }
 
+type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+type Dialling = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send>>;
+
+/// A tonic connector that dials `host:port` and completes a TLS handshake with `cfg`.
+fn connector(
+    host: &str,
+    port: u16,
+    cfg: Arc<ClientConfig>,
+) -> Result<tower::util::ServiceFn<impl Fn(http::Uri) -> Dialling + Clone>, String> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let addr = format!("{host}:{port}");
+    Ok(tower::service_fn(move |_: http::Uri| -> Dialling {
+        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }))
+}
+
 /// A gRPC channel to `host:port` over TLS.
 pub async fn connect(
     host: &str,
     port: u16,
     cfg: Arc<ClientConfig>,
-    timeout: std::time::Duration,
+    timeout: Duration,
 ) -> Result<tonic::transport::Channel, String> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let addr = format!("{host}:{port}");
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
+    let dial = connector(host, port, cfg)?;
     tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(timeout)
-        .connect_with_connector(connector)
+        .connect_with_connector(dial)
         .await
         .map_err(|e| e.to_string())
 }
@@ -456,12 +468,25 @@ pub fn member_channel(
             ))
         })
         .ok_or_else(|| format!("bad member URL {url:?}"))?;
+    let dial = connector(&host, port, Arc::new(member_client_config(tls)?))?;
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .connect_with_connector_lazy(dial),
+    )
+}
+
+/// How a member dials other members over TLS: its own certificate as client identity,
+/// trusting the CA of `tls` (with none — auto TLS — certificates are not verified, as etcd
+/// does for auto TLS).
+pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let ca = tls.and_then(|t| t.trusted_ca.as_ref());
-    let builder = match ca {
+    let builder = match tls.and_then(|t| t.trusted_ca.as_ref()) {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in read_certs(ca).map_err(|e| e.to_string())? {
@@ -483,25 +508,31 @@ pub fn member_channel(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-    let addr = format!("{host}:{port}");
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+    Ok(cfg)
+}
+
+/// The peer port's TLS (`--peer-*`, or `--peer-auto-tls` kept in `<data-dir>/fixtures/peer`),
+/// when the peer URLs are `https`. The same certificate serves and identifies this member.
+pub fn peer_tls(cfg: &crate::config::Config) -> Result<Option<ballast_raft::PeerTls>, String> {
+    if !cfg.peer_https {
+        return Ok(None);
+    }
+    let files = match (&cfg.peer_tls, cfg.peer_auto_tls) {
+        (Some(f), _) => f.clone(),
+        (None, true) => {
+            let hosts: Vec<String> = cfg.listen_peer.iter().map(|a| a.ip().to_string()).collect();
+            let dir = cfg.data_dir.join("fixtures").join("peer");
+            auto_tls(&dir, &hosts).map_err(|e| e.to_string())?
         }
-    });
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_with_connector_lazy(connector),
-    )
+        (None, false) => return Ok(None),
+    };
+    let server = Arc::new(Reloading::new(files.clone()).map_err(|e| e.to_string())?);
+    // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.
+    let mut client = member_client_config(Some(&files))?;
+    // The peer protocol is Ballast's own, not HTTP.
+    client.alpn_protocols.clear();
+    Ok(Some(ballast_raft::PeerTls {
+        client: Arc::new(client),
+        server: Arc::new(move || server.current()),
+    }))
 }
