@@ -71,6 +71,16 @@ struct Member {
     log: PathBuf,
 }
 
+impl Member {
+    fn spawn(mut cmd: Command, url: String, log: PathBuf) -> Member {
+        let child = cmd
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Member { child, url, log }
+    }
+}
+
 impl Drop for Member {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -82,8 +92,8 @@ fn start(dir: &Path, extra: &[&str]) -> Member {
     let port = free_port();
     let url = format!("https://127.0.0.1:{port}");
     let log = dir.join("server.log");
-    let child = Command::new(ballast_bin())
-        .args(["--data-dir"])
+    let mut cmd = Command::new(ballast_bin());
+    cmd.args(["--data-dir"])
         .arg(dir.join("data"))
         .args([
             "--listen-client-urls",
@@ -97,11 +107,8 @@ fn start(dir: &Path, extra: &[&str]) -> Member {
         ))
         .args(extra)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Member { child, url, log }
+        .stdout(Stdio::null());
+    Member::spawn(cmd, url, log)
 }
 
 fn ctl(bin: PathBuf, ep: &str, tls: &[&str], args: &[&str]) -> (String, String, i32) {
@@ -287,8 +294,8 @@ fn tls_member(
     let url = format!("https://127.0.0.1:{}", ports.0);
     let peer_url = format!("https://127.0.0.1:{}", ports.1);
     let log = dir.join(format!("{name}.log"));
-    let child = Command::new(ballast_bin())
-        .args(["--name", name, "--data-dir"])
+    let mut cmd = Command::new(ballast_bin());
+    cmd.args(["--name", name, "--data-dir"])
         .arg(dir.join(name))
         .args([
             "--listen-client-urls",
@@ -317,11 +324,8 @@ fn tls_member(
         .arg(format!("--peer-trusted-ca-file={}", p.ca.display()))
         .arg("--peer-client-cert-auth")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Member { child, url, log }
+        .stdout(Stdio::null());
+    Member::spawn(cmd, url, log)
 }
 
 /// Three members with mutual TLS on client and peer ports: raft runs over peer TLS, what

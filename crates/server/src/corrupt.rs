@@ -28,6 +28,18 @@ pub struct Mismatch {
     pub theirs: u32,
 }
 
+impl Mismatch {
+    fn report(&self, what: &str) {
+        tracing::error!(
+            peer = %format!("{:x}", self.member),
+            revision = self.revision,
+            local_hash = self.ours,
+            peer_hash = self.theirs,
+            "{what}"
+        );
+    }
+}
+
 async fn peer_hash(
     tls: Option<crate::tls::TlsFiles>,
     url: &str,
@@ -89,13 +101,7 @@ pub async fn initial_check(s: &EtcdServer) -> Result<(), String> {
     }
     let found = compare_with_peers(s).await.map_err(|e| e.to_string())?;
     if let Some(m) = found.first() {
-        tracing::error!(
-            peer = %format!("{:x}", m.member),
-            revision = m.revision,
-            local_hash = m.ours,
-            peer_hash = m.theirs,
-            "found data inconsistency with peers"
-        );
+        m.report("found data inconsistency with peers");
         return Err(format!(
             "found data inconsistency with peers (member {:x} at revision {})",
             m.member, m.revision
@@ -128,13 +134,7 @@ pub async fn run(s: Arc<EtcdServer>, every: Duration) {
             if raised {
                 continue;
             }
-            tracing::error!(
-                peer = %format!("{:x}", m.member),
-                revision = m.revision,
-                local_hash = m.ours,
-                peer_hash = m.theirs,
-                "found data inconsistency; raising CORRUPT"
-            );
+            m.report("found data inconsistency; raising CORRUPT");
             let req = raft_request::Request::Alarm(AlarmRequest {
                 action: AlarmAction::Activate as i32,
                 member_id: m.member,
