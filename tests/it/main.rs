@@ -8,6 +8,7 @@ mod concurrency;
 mod config;
 mod differential;
 mod durability;
+mod gateway;
 mod kv;
 mod lease;
 mod malformed;

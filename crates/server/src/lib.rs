@@ -5,6 +5,7 @@ pub mod backup;
 pub mod compactor;
 pub mod config;
 pub mod corrupt;
+pub mod gateway;
 pub mod http;
 pub mod ids;
 pub mod lease;
@@ -82,5 +83,6 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
     grpc.into_axum_router()
         .layer(axum::middleware::map_response(rpc::etcd_oversize_status))
         .layer(axum::middleware::from_fn(metrics::count_grpc))
+        .merge(gateway::router(server.clone()))
         .merge(http::router(server))
 }

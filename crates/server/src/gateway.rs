@@ -1,0 +1,149 @@
+//! The JSON gateway (grpc-gateway's `/v3/...` HTTP API): `POST` a request message as proto3
+//! JSON (proto field names, int64 as strings, bytes as base64), get the response message
+//! back the same way, or etcd's error object with grpc-gateway's HTTP status. Each route calls
+//! the same service code as gRPC. `/v3beta` and `/v3alpha` are aliases, as in etcd 3.4.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use ballast_api::etcdserverpb::cluster_server::Cluster;
+use ballast_api::etcdserverpb::kv_server::Kv;
+use ballast_api::etcdserverpb::lease_server::Lease;
+use ballast_api::etcdserverpb::maintenance_server::Maintenance;
+use ballast_api::v3electionpb::election_server::Election;
+use ballast_api::v3lockpb::lock_server::Lock;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Code, Status};
+
+use crate::rpc::cluster::ClusterService;
+use crate::rpc::concurrency::{ElectionService, LockService};
+use crate::rpc::kv::KvService;
+use crate::rpc::lease::LeaseService;
+use crate::rpc::maintenance::MaintenanceService;
+use crate::server::EtcdServer;
+
+/// grpc-gateway's mapping from gRPC codes to HTTP statuses.
+fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// etcd's gateway error object.
+fn error(code: Code, msg: &str) -> Response {
+    let body = serde_json::json!({"error": msg, "message": msg, "code": code as i32});
+    (http_status(code), axum::Json(body)).into_response()
+}
+
+/// Decodes the body (empty means the default message), runs `f`, encodes the answer.
+async fn call<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
+where
+    Req: DeserializeOwned + Default + Send,
+    Resp: Serialize,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let req = if body.iter().all(u8::is_ascii_whitespace) {
+        Req::default()
+    } else {
+        match serde_json::from_slice::<Req>(&body) {
+            Ok(r) => r,
+            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+        }
+    };
+    match f(tonic::Request::new(req)).await {
+        Ok(r) => axum::Json(r.into_inner()).into_response(),
+        Err(s) => error(s.code(), s.message()),
+    }
+}
+
+/// One route: `POST <prefix><path>` calls `$svc.$method`.
+macro_rules! routes {
+    ($router:ident, $prefix:expr, $( $path:literal => $svc:ident . $method:ident ),* $(,)?) => {
+        $(
+            let svc = $svc.clone();
+            $router = $router.route(
+                &format!("{}{}", $prefix, $path),
+                post(move |body: Bytes| {
+                    let svc = svc.clone();
+                    async move { call(body, |r| async move { svc.$method(r).await }).await }
+                }),
+            );
+        )*
+    };
+}
+
+/// Every unary route of the etcd v3 API, under `/v3`, `/v3beta` and `/v3alpha`.
+pub fn router(server: Arc<EtcdServer>) -> Router {
+    let kv = Arc::new(KvService {
+        server: server.clone(),
+    });
+    let lease = Arc::new(LeaseService {
+        server: server.clone(),
+    });
+    let cluster = Arc::new(ClusterService {
+        server: server.clone(),
+    });
+    let maintenance = Arc::new(MaintenanceService {
+        server: server.clone(),
+    });
+    let lock = Arc::new(LockService {
+        server: server.clone(),
+    });
+    let election = Arc::new(ElectionService { server });
+    let mut r = Router::new();
+    for prefix in ["/v3", "/v3beta", "/v3alpha"] {
+        routes!(r, prefix,
+            "/kv/range" => kv.range,
+            "/kv/put" => kv.put,
+            "/kv/deleterange" => kv.delete_range,
+            "/kv/txn" => kv.txn,
+            "/kv/compaction" => kv.compact,
+            "/lease/grant" => lease.lease_grant,
+            "/lease/revoke" => lease.lease_revoke,
+            "/kv/lease/revoke" => lease.lease_revoke,
+            "/lease/timetolive" => lease.lease_time_to_live,
+            "/kv/lease/timetolive" => lease.lease_time_to_live,
+            "/lease/leases" => lease.lease_leases,
+            "/kv/lease/leases" => lease.lease_leases,
+            "/cluster/member/add" => cluster.member_add,
+            "/cluster/member/remove" => cluster.member_remove,
+            "/cluster/member/update" => cluster.member_update,
+            "/cluster/member/list" => cluster.member_list,
+            "/cluster/member/promote" => cluster.member_promote,
+            "/maintenance/alarm" => maintenance.alarm,
+            "/maintenance/status" => maintenance.status,
+            "/maintenance/defragment" => maintenance.defragment,
+            "/maintenance/hash" => maintenance.hash,
+            "/maintenance/hashkv" => maintenance.hash_kv,
+            "/maintenance/transfer-leadership" => maintenance.move_leader,
+            "/maintenance/downgrade" => maintenance.downgrade,
+            "/lock/lock" => lock.lock,
+            "/lock/unlock" => lock.unlock,
+            "/election/campaign" => election.campaign,
+            "/election/proclaim" => election.proclaim,
+            "/election/leader" => election.leader,
+            "/election/resign" => election.resign,
+        );
+    }
+    r
+}

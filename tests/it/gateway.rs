@@ -1,0 +1,125 @@
+//! The JSON gateway: the same HTTP session against the real etcd and Ballast gives the same
+//! JSON (IDs normalised), and errors come back as etcd's error object with its HTTP status.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::cluster::{Kind, Server};
+
+/// `POST path` with a JSON body; returns (status, body).
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // One JSON chunk is all either server sends; trailers are dropped.
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (code, body)
+}
+
+/// Replaces what differs between two clusters (IDs, terms, URLs, sizes) with placeholders.
+fn normalise(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if [
+                    "cluster_id",
+                    "member_id",
+                    "raft_term",
+                    "ID",
+                    "clientURLs",
+                    "peerURLs",
+                ]
+                .contains(&k.as_str())
+                {
+                    *x = serde_json::Value::String("*".into());
+                } else {
+                    normalise(x);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(normalise),
+        _ => {}
+    }
+}
+
+fn session(s: &Server) -> Vec<String> {
+    let steps: &[(&str, &str)] = &[
+        ("/v3/kv/range", "{}"),
+        ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
+        (
+            "/v3/kv/put",
+            r#"{"key":"Zm9v","value":"YmF6","prev_kv":true}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":"Zm9v"}"#),
+        ("/v3beta/kv/range", r#"{"key":"Zm9v","keys_only":true}"#),
+        (
+            "/v3beta/kv/range",
+            r#"{"key":"AA==","range_end":"AA==","count_only":true}"#,
+        ),
+        (
+            "/v3/kv/txn",
+            r#"{"compare":[{"key":"Zm9v","result":"EQUAL","target":"VALUE","value":"YmF6"}],"success":[{"request_put":{"key":"YQ==","value":"Yg=="}}],"failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":"Zm9v","revision":"99"}"#),
+        ("/v3/kv/compaction", r#"{"revision":"2"}"#),
+        ("/v3/kv/range", r#"{"key":"Zm9v","revision":"1"}"#),
+        ("/v3/kv/deleterange", r#"{"key":"YQ==","prev_kv":true}"#),
+        ("/v3/lease/grant", r#"{"TTL":"60"}"#),
+        ("/v3/lease/revoke", r#"{"ID":"1"}"#),
+        ("/v3/cluster/member/list", "{}"),
+    ];
+    steps
+        .iter()
+        .map(|(path, body)| {
+            let (code, out) = post(s.port, path, body);
+            let mut v: serde_json::Value =
+                serde_json::from_str(&out).unwrap_or_else(|_| panic!("{path}: {out}"));
+            normalise(&mut v);
+            format!("{path} {body} -> {code} {v}")
+        })
+        .collect()
+}
+
+#[test]
+fn gateway_session_matches_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    let a = session(&etcd);
+    let b = session(&ballast);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert_eq!(a.len(), b.len());
+    // etcd 3.4 dropped the /v3alpha prefix; Ballast still answers it for older clients.
+    let (code, out) = post(ballast.port, "/v3alpha/kv/range", r#"{"key":"Zm9v"}"#);
+    assert_eq!(code, 200, "{out}");
+    assert!(out.contains(r#""kvs":[{"key":"Zm9v""#), "{out}");
+}
