@@ -123,3 +123,46 @@ fn gateway_session_matches_etcd() {
     assert_eq!(code, 200, "{out}");
     assert!(out.contains(r#""kvs":[{"key":"Zm9v""#), "{out}");
 }
+
+/// Opens `/v3/watch`, makes two puts, returns the first three streamed lines.
+fn watch_session(s: &Server) -> Vec<String> {
+    let body = r#"{"create_request":{"key":"Zm9v","prev_kv":true}}"#;
+    let mut w = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        w,
+        "POST /v3/watch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let mut buf = [0u8; 4096];
+    let mut put_done = false;
+    while raw.matches(r#"{"result""#).count() < 3 {
+        let n = w.read(&mut buf).unwrap();
+        assert!(n > 0, "watch stream ended: {raw}");
+        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if !put_done && raw.contains(r#""created":true"#) {
+            post(s.port, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#);
+            post(s.port, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#);
+            put_done = true;
+        }
+    }
+    raw.lines()
+        .filter_map(|l| l.find(r#"{"result""#).map(|i| l[i..].to_string()))
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            normalise(&mut v);
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn gateway_watch_streams_like_etcd() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    let a = watch_session(&etcd);
+    assert_eq!(a.len(), 3, "{a:?}");
+    assert_eq!(a, watch_session(&ballast));
+}

@@ -15,10 +15,12 @@ use ballast_api::etcdserverpb::cluster_server::Cluster;
 use ballast_api::etcdserverpb::kv_server::Kv;
 use ballast_api::etcdserverpb::lease_server::Lease;
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
+use ballast_api::etcdserverpb::WatchRequest;
 use ballast_api::v3electionpb::election_server::Election;
 use ballast_api::v3lockpb::lock_server::Lock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
 use crate::rpc::cluster::ClusterService;
@@ -76,6 +78,37 @@ where
     }
 }
 
+/// `POST /v3/watch`: the body holds one or more `WatchRequest`s; the response streams each
+/// `WatchResponse` as `{"result":...}` on its own line (grpc-gateway's stream format) until
+/// the client goes away.
+async fn watch(server: Arc<EtcdServer>, body: Bytes) -> Response {
+    let mut reqs = Vec::new();
+    for r in serde_json::Deserializer::from_slice(&body).into_iter::<WatchRequest>() {
+        match r {
+            Ok(r) => reqs.push(Ok(r)),
+            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+        }
+    }
+    let out = crate::rpc::watch::serve(server, tokio_stream::iter(reqs)).map(|r| {
+        let line = match r {
+            Ok(resp) => serde_json::json!({ "result": resp }),
+            Err(s) => serde_json::json!({ "error": {
+                "grpc_code": s.code() as i32,
+                "http_code": http_status(s.code()).as_u16(),
+                "message": s.message(),
+                "http_status": http_status(s.code()).canonical_reason().unwrap_or(""),
+            }}),
+        };
+        Ok::<_, std::convert::Infallible>(Bytes::from(format!("{line}\n")))
+    });
+    let mut resp = Response::new(axum::body::Body::from_stream(out));
+    resp.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// One route: `POST <prefix><path>` calls `$svc.$method`.
 macro_rules! routes {
     ($router:ident, $prefix:expr, $( $path:literal => $svc:ident . $method:ident ),* $(,)?) => {
@@ -109,9 +142,16 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     let lock = Arc::new(LockService {
         server: server.clone(),
     });
-    let election = Arc::new(ElectionService { server });
+    let election = Arc::new(ElectionService {
+        server: server.clone(),
+    });
     let mut r = Router::new();
     for prefix in ["/v3", "/v3beta", "/v3alpha"] {
+        let s = server.clone();
+        r = r.route(
+            &format!("{prefix}/watch"),
+            post(move |body: Bytes| watch(s.clone(), body)),
+        );
         routes!(r, prefix,
             "/kv/range" => kv.range,
             "/kv/put" => kv.put,

@@ -33,9 +33,18 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        let mut inbound = req.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let server = self.server.clone();
+        Ok(Response::new(serve(self.server.clone(), req.into_inner())))
+    }
+}
+
+/// Runs one watch stream: requests from `inbound`, responses on the returned stream (gRPC's
+/// and the JSON gateway's `/v3/watch` alike).
+pub fn serve(
+    server: Arc<EtcdServer>,
+    mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+) -> WatchStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    {
         tokio::spawn(async move {
             let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
             let mut ids = HashSet::new();
@@ -62,9 +71,8 @@ impl Watch for WatchService {
             }
             server.watch_hub().close_stream(stream);
         });
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(Response::new(Box::pin(out)))
     }
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// One request from the client; false once the response side is gone.
