@@ -93,6 +93,9 @@ fn session(s: &Server) -> Vec<String> {
         ("/v3/kv/range", r#"{"key":"Zm9v","revision":"1"}"#),
         ("/v3/kv/deleterange", r#"{"key":"YQ==","prev_kv":true}"#),
         ("/v3/lease/grant", r#"{"TTL":"60"}"#),
+        ("/v3/lease/grant", r#"{"TTL":"60","ID":"7"}"#),
+        ("/v3/lease/keepalive", r#"{"ID":"7"}"#),
+        ("/v3/lease/keepalive", r#"{"ID":"8"}"#),
         ("/v3/lease/revoke", r#"{"ID":"1"}"#),
         ("/v3/cluster/member/list", "{}"),
     ];
@@ -100,6 +103,7 @@ fn session(s: &Server) -> Vec<String> {
         .iter()
         .map(|(path, body)| {
             let (code, out) = post(s.port, path, body);
+            let out = out.lines().next().unwrap_or("").to_string();
             let mut v: serde_json::Value =
                 serde_json::from_str(&out).unwrap_or_else(|_| panic!("{path}: {out}"));
             normalise(&mut v);
@@ -118,6 +122,25 @@ fn gateway_session_matches_etcd() {
         assert_eq!(x, y);
     }
     assert_eq!(a.len(), b.len());
+    // Browsers' CORS preflight and headers, as etcd's gateway allows any origin.
+    for srv in [&etcd, &ballast] {
+        let mut c = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            c,
+            "OPTIONS /v3/kv/range HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        c.read_to_string(&mut raw).unwrap();
+        let raw = raw.to_ascii_lowercase();
+        assert!(raw.starts_with("http/1.1 200"), "{raw}");
+        assert!(raw.contains("access-control-allow-origin: *"), "{raw}");
+        assert!(
+            raw.contains("access-control-allow-methods: post, get, options, put, delete"),
+            "{raw}"
+        );
+    }
     // etcd 3.4 dropped the /v3alpha prefix; Ballast still answers it for older clients.
     let (code, out) = post(ballast.port, "/v3alpha/kv/range", r#"{"key":"Zm9v"}"#);
     assert_eq!(code, 200, "{out}");

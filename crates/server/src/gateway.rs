@@ -15,7 +15,7 @@ use ballast_api::etcdserverpb::cluster_server::Cluster;
 use ballast_api::etcdserverpb::kv_server::Kv;
 use ballast_api::etcdserverpb::lease_server::Lease;
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
-use ballast_api::etcdserverpb::WatchRequest;
+use ballast_api::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest};
 use ballast_api::v3electionpb::election_server::Election;
 use ballast_api::v3lockpb::lock_server::Lock;
 use serde::de::DeserializeOwned;
@@ -109,6 +109,57 @@ async fn watch(server: Arc<EtcdServer>, body: Bytes) -> Response {
     resp
 }
 
+/// `POST /v3/lease/keepalive`: each `LeaseKeepAliveRequest` in the body is answered with a
+/// `{"result":...}` line; the response ends with the requests, as the gateway's does.
+async fn keep_alive(server: Arc<EtcdServer>, body: Bytes) -> Response {
+    let mut lines = String::new();
+    for r in serde_json::Deserializer::from_slice(&body).into_iter::<LeaseKeepAliveRequest>() {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+        };
+        match crate::rpc::lease::keep_alive_once(&server, r.id).await {
+            Ok(ttl) => {
+                let resp = LeaseKeepAliveResponse {
+                    header: Some(server.header(server.mvcc().current_rev())),
+                    id: r.id,
+                    ttl,
+                };
+                lines.push_str(&format!("{}\n", serde_json::json!({ "result": resp })));
+            }
+            Err(s) => return error(s.code(), s.message()),
+        }
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        lines,
+    )
+        .into_response()
+}
+
+/// A CORS preflight: allowed (the headers come from [`cors`]).
+async fn preflight() -> StatusCode {
+    StatusCode::OK
+}
+
+/// etcd's gateway allows any origin (its `--cors` default).
+async fn cors(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-headers",
+        axum::http::HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    h.insert(
+        "access-control-allow-methods",
+        axum::http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        "access-control-allow-origin",
+        axum::http::HeaderValue::from_static("*"),
+    );
+    resp
+}
+
 /// One route: `POST <prefix><path>` calls `$svc.$method`.
 macro_rules! routes {
     ($router:ident, $prefix:expr, $( $path:literal => $svc:ident . $method:ident ),* $(,)?) => {
@@ -119,7 +170,8 @@ macro_rules! routes {
                 post(move |body: Bytes| {
                     let svc = svc.clone();
                     async move { call(body, |r| async move { svc.$method(r).await }).await }
-                }),
+                })
+                .options(preflight),
             );
         )*
     };
@@ -150,7 +202,12 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         let s = server.clone();
         r = r.route(
             &format!("{prefix}/watch"),
-            post(move |body: Bytes| watch(s.clone(), body)),
+            post(move |body: Bytes| watch(s.clone(), body)).options(preflight),
+        );
+        let s = server.clone();
+        r = r.route(
+            &format!("{prefix}/lease/keepalive"),
+            post(move |body: Bytes| keep_alive(s.clone(), body)).options(preflight),
         );
         routes!(r, prefix,
             "/kv/range" => kv.range,
@@ -185,5 +242,5 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             "/election/resign" => election.resign,
         );
     }
-    r
+    r.layer(axum::middleware::map_response(cors))
 }

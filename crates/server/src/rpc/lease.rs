@@ -35,7 +35,7 @@ impl LeaseService {
 
 /// One keep-alive: renewed here if this member leads, else by the leader. Like etcd, a
 /// follower keeps trying (through leader changes) until the request timeout.
-async fn keep_alive_once(server: &Arc<EtcdServer>, id: i64) -> Result<i64, Status> {
+pub(crate) async fn keep_alive_once(server: &Arc<EtcdServer>, id: i64) -> Result<i64, Status> {
     let deadline = tokio::time::Instant::now() + server.cfg.request_timeout();
     loop {
         if let Some(ttl) = server.lessor().renew(id) {
