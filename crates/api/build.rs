@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
+        // Like etcd's gateway: fields it does not know (newer clients) are ignored.
+        .ignore_unknown_fields()
         .build(&[
             ".etcdserverpb",
             ".mvccpb",

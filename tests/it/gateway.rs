@@ -73,6 +73,9 @@ fn normalise(v: &mut serde_json::Value) {
 fn session(s: &Server) -> Vec<String> {
     let steps: &[(&str, &str)] = &[
         ("/v3/kv/range", "{}"),
+        ("/v3/kv/range", "garbage"),
+        ("/v3/kv/range", r#"{"key":"#),
+        ("/v3/kv/range", r#"{"unknown_field":1}"#),
         ("/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#),
         (
             "/v3/kv/put",

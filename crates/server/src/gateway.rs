@@ -56,6 +56,25 @@ fn error(code: Code, msg: &str) -> Response {
     (http_status(code), axum::Json(body)).into_response()
 }
 
+/// A JSON decoding error in the words of Go's `encoding/json` where clients may match them
+/// (a body that is not JSON at all, or cut short); otherwise serde's description.
+fn json_error(body: &[u8], e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        return "unexpected EOF".into();
+    }
+    if e.is_syntax() && e.to_string().starts_with("expected value") {
+        let text = String::from_utf8_lossy(body);
+        let c = text
+            .lines()
+            .nth(e.line().saturating_sub(1))
+            .and_then(|l| l.chars().nth(e.column().saturating_sub(1)));
+        if let Some(c) = c {
+            return format!("invalid character '{c}' looking for beginning of value");
+        }
+    }
+    e.to_string()
+}
+
 /// Decodes the body (empty means the default message), runs `f`, encodes the answer.
 async fn call<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
 where
@@ -69,7 +88,7 @@ where
     } else {
         match serde_json::from_slice::<Req>(&body) {
             Ok(r) => r,
-            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+            Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         }
     };
     match f(tonic::Request::new(req)).await {
@@ -86,7 +105,7 @@ async fn watch(server: Arc<EtcdServer>, body: Bytes) -> Response {
     for r in serde_json::Deserializer::from_slice(&body).into_iter::<WatchRequest>() {
         match r {
             Ok(r) => reqs.push(Ok(r)),
-            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+            Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         }
     }
     let out = crate::rpc::watch::serve(server, tokio_stream::iter(reqs)).map(|r| {
@@ -116,7 +135,7 @@ async fn keep_alive(server: Arc<EtcdServer>, body: Bytes) -> Response {
     for r in serde_json::Deserializer::from_slice(&body).into_iter::<LeaseKeepAliveRequest>() {
         let r = match r {
             Ok(r) => r,
-            Err(e) => return error(Code::InvalidArgument, &e.to_string()),
+            Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         };
         match crate::rpc::lease::keep_alive_once(&server, r.id).await {
             Ok(ttl) => {
