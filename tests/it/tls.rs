@@ -290,6 +290,7 @@ fn tls_member(
     ports: (u16, u16),
     initial: &str,
     state: &str,
+    extra: &[&str],
 ) -> Member {
     let url = format!("https://127.0.0.1:{}", ports.0);
     let peer_url = format!("https://127.0.0.1:{}", ports.1);
@@ -323,6 +324,7 @@ fn tls_member(
         .arg(format!("--peer-key-file={}", p.server_key.display()))
         .arg(format!("--peer-trusted-ca-file={}", p.ca.display()))
         .arg("--peer-client-cert-auth")
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     Member::spawn(cmd, url, log)
@@ -346,7 +348,19 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     let members: Vec<Member> = ports
         .iter()
         .enumerate()
-        .map(|(i, ports)| tls_member(dir.path(), &p, &format!("t{i}"), *ports, &initial, "new"))
+        .map(|(i, ports)| {
+            // The members' certificates are all issued to "server".
+            let allowed = ["--peer-cert-allowed-cn=server"];
+            tls_member(
+                dir.path(),
+                &p,
+                &format!("t{i}"),
+                *ports,
+                &initial,
+                "new",
+                &allowed,
+            )
+        })
         .collect();
     let creds = [
         format!("--cacert={}", p.ca.display()),
@@ -396,7 +410,15 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     );
     assert_eq!(added.2, 0, "{added:?}");
     let initial4 = format!("{initial},t3={peer4}");
-    let m4 = tls_member(dir.path(), &stranger, "t3", ports4, &initial4, "existing");
+    let m4 = tls_member(
+        dir.path(),
+        &stranger,
+        "t3",
+        ports4,
+        &initial4,
+        "existing",
+        &[],
+    );
     std::thread::sleep(Duration::from_secs(3));
     let list = etcdctl(&eps[0], &tls, &["member", "list"]).0;
     assert!(
@@ -414,4 +436,48 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     drop(m4);
     // The cluster itself carries on (a 4-member cluster with 3 up keeps quorum).
     assert_eq!(etcdctl(&eps[2], &tls, &["put", "after", "x"]).0, "OK\n");
+}
+
+/// `--peer-cert-allowed-cn`: peers whose certificate names someone else are turned away, so
+/// two members that only accept "nobody" never form a cluster.
+#[test]
+fn peer_cert_allowed_cn_turns_other_names_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "e");
+    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("n{i}=https://127.0.0.1:{peer}"))
+        .collect();
+    let initial = initial.join(",");
+    let members: Vec<Member> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, ports)| {
+            let only = ["--peer-cert-allowed-cn=nobody"];
+            tls_member(
+                dir.path(),
+                &p,
+                &format!("n{i}"),
+                *ports,
+                &initial,
+                "new",
+                &only,
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let logs: String = members
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("certificate common name is not the allowed one"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("became leader"),
+        "a leader was elected: {logs}"
+    );
 }

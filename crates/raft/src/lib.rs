@@ -3,6 +3,7 @@
 //! Architecture invariant: entries are opaque bytes. This crate never decodes a client
 //! request; it orders them, makes them durable and hands committed ones to the applier.
 
+mod cn;
 mod driver;
 mod log;
 mod logger;

@@ -376,6 +376,8 @@ pub struct Config {
     pub peer_https: bool,
     pub peer_tls: Option<crate::tls::TlsFiles>,
     pub peer_auto_tls: bool,
+    /// `--peer-cert-allowed-cn`, if set.
+    pub peer_cert_allowed_cn: Option<String>,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
     /// (name, peer URLs) of every initial member, in flag order.
@@ -729,12 +731,12 @@ impl Config {
                 )));
             }
         }
-        if !f.peer_cert_allowed_cn.is_empty() {
-            // Not enforced yet: refusing beats letting an operator believe it is.
+        if !f.peer_cert_allowed_cn.is_empty() && !f.peer_client_cert_auth {
+            // Without client certificates there is no name to check.
             return Err(invalid(
                 "--peer-cert-allowed-cn",
                 &f.peer_cert_allowed_cn,
-                "is not supported by Ballast yet",
+                "needs --peer-client-cert-auth",
             ));
         }
         let peer_tls = peer_has_cert.then(|| crate::tls::TlsFiles {
@@ -906,6 +908,8 @@ impl Config {
             peer_https,
             peer_tls,
             peer_auto_tls: f.peer_auto_tls,
+            peer_cert_allowed_cn: (!f.peer_cert_allowed_cn.is_empty())
+                .then(|| f.peer_cert_allowed_cn.clone()),
             advertise_client_urls,
             advertise_peer_urls,
             initial_cluster,

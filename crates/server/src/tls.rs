@@ -534,5 +534,6 @@ pub fn peer_tls(cfg: &crate::config::Config) -> Result<Option<ballast_raft::Peer
     Ok(Some(ballast_raft::PeerTls {
         client: Arc::new(client),
         server: Arc::new(move || server.current()),
+        allowed_cn: cfg.peer_cert_allowed_cn.clone(),
     }))
 }
