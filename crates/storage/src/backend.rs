@@ -123,6 +123,9 @@ pub struct Backend {
     writer: Mutex<()>,
     /// Rows removed so far: a defragmentation that saw none during its copy skips the diff.
     removals: AtomicU64,
+    /// The file's length, refreshed after every commit: the quota check reads it on every
+    /// proposal, which must not cost a `stat` each.
+    file_size: AtomicU64,
 }
 
 impl Backend {
@@ -136,12 +139,20 @@ impl Backend {
         tx.open_table(LEASES)?;
         tx.open_table(ALARMS)?;
         tx.commit()?;
-        Ok(Backend {
+        let b = Backend {
             db: RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
             writer: Mutex::new(()),
             removals: AtomicU64::new(0),
-        })
+            file_size: AtomicU64::new(0),
+        };
+        b.refresh_size();
+        Ok(b)
+    }
+
+    fn refresh_size(&self) {
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        self.file_size.store(len, Ordering::Relaxed);
     }
 
     fn db(&self) -> Arc<Database> {
@@ -184,6 +195,7 @@ impl Backend {
         let started = std::time::Instant::now();
         tx.commit().map_err(BackendError::from)?;
         crate::stats::BACKEND_COMMIT.observe(started.elapsed());
+        self.refresh_size();
         Ok(out)
     }
 
@@ -377,6 +389,7 @@ impl Backend {
             crate::wal::sync_dir(dir).map_err(io)?;
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dst);
+        self.refresh_size();
         Ok((before, self.size()))
     }
 
@@ -427,9 +440,9 @@ impl Backend {
         Ok(out)
     }
 
-    /// Bytes the database file occupies on disk.
+    /// Bytes the database file occupies on disk, as of the last commit.
     pub fn size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.file_size.load(Ordering::Relaxed)
     }
 
     /// Bytes holding live data (the rest of [`Backend::size`] is free pages).
