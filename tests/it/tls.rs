@@ -330,6 +330,32 @@ fn tls_member(
     Member::spawn(cmd, url, log)
 }
 
+/// A new cluster of `n` TLS members named `<prefix>0..`; returns them and `--initial-cluster`.
+fn tls_cluster(
+    dir: &Path,
+    p: &Pki,
+    prefix: &str,
+    n: usize,
+    extra: &[&str],
+) -> (Vec<Member>, String) {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("{prefix}{i}=https://127.0.0.1:{peer}"))
+        .collect();
+    let initial = initial.join(",");
+    let members = ports
+        .iter()
+        .enumerate()
+        .map(|(i, ports)| {
+            let name = format!("{prefix}{i}");
+            tls_member(dir, p, &name, *ports, &initial, "new", extra)
+        })
+        .collect();
+    (members, initial)
+}
+
 /// Three members with mutual TLS on client and peer ports: raft runs over peer TLS, what
 /// followers forward to the leader (lease keep-alive, time-to-live) goes over client TLS with
 /// the member's own certificate, and a member whose peer certificate comes from another CA
@@ -338,30 +364,9 @@ fn tls_member(
 fn members_talk_over_tls_and_strangers_cannot_join() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "c");
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("t{i}=https://127.0.0.1:{peer}"))
-        .collect();
-    let initial = initial.join(",");
-    let members: Vec<Member> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, ports)| {
-            // The members' certificates are all issued to "server".
-            let allowed = ["--peer-cert-allowed-cn=server"];
-            tls_member(
-                dir.path(),
-                &p,
-                &format!("t{i}"),
-                *ports,
-                &initial,
-                "new",
-                &allowed,
-            )
-        })
-        .collect();
+    // The members' certificates are all issued to "server".
+    let (members, initial) =
+        tls_cluster(dir.path(), &p, "t", 3, &["--peer-cert-allowed-cn=server"]);
     let creds = [
         format!("--cacert={}", p.ca.display()),
         format!("--cert={}", p.client_cert.display()),
@@ -444,29 +449,7 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
 fn peer_cert_allowed_cn_turns_other_names_away() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "e");
-    let ports: Vec<(u16, u16)> = (0..2).map(|_| (free_port(), free_port())).collect();
-    let initial: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("n{i}=https://127.0.0.1:{peer}"))
-        .collect();
-    let initial = initial.join(",");
-    let members: Vec<Member> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, ports)| {
-            let only = ["--peer-cert-allowed-cn=nobody"];
-            tls_member(
-                dir.path(),
-                &p,
-                &format!("n{i}"),
-                *ports,
-                &initial,
-                "new",
-                &only,
-            )
-        })
-        .collect();
+    let (members, _) = tls_cluster(dir.path(), &p, "n", 2, &["--peer-cert-allowed-cn=nobody"]);
     std::thread::sleep(Duration::from_secs(3));
     let logs: String = members
         .iter()

@@ -506,10 +506,7 @@ async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
         None => (tls.configured(), endpoint),
     };
     if secure {
-        let (host, port) = hostport
-            .trim_end_matches('/')
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?)))
+        let (host, port) = ballast_server::tls::host_port(hostport)
             .ok_or_else(|| Failure::Other(format!("bad endpoint {endpoint:?}")))?;
         let cfg = tls::client_config(&tls).map_err(Failure::Other)?;
         return ballast_server::tls::connect(host, port, std::sync::Arc::new(cfg), dial)

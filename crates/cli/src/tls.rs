@@ -3,12 +3,9 @@
 //! (trusting `--cacert`). The connection itself is `ballast_server::tls::connect`.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use ballast_server::tls::SkipVerify;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use ballast_server::tls::Trust;
+use rustls::ClientConfig;
 
 /// The TLS flags of a ballastctl invocation.
 #[derive(Debug, Clone, Default)]
@@ -26,40 +23,14 @@ impl ClientTls {
     }
 }
 
-fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(Path::new(path))
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("open {path}: {e}"))
-}
-
 /// The rustls client configuration the flags describe.
 pub fn client_config(t: &ClientTls) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = if t.skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify::new(provider)))
+    let trust = if t.skip_verify {
+        Trust::Anyone
     } else {
-        let mut roots = RootCertStore::empty();
-        if !t.cacert.is_empty() {
-            for c in certs(&t.cacert)? {
-                roots.add(c).map_err(|e| e.to_string())?;
-            }
-        }
-        builder.with_root_certificates(roots)
+        Trust::Roots((!t.cacert.is_empty()).then(|| Path::new(&t.cacert)))
     };
-    let mut cfg = if !t.cert.is_empty() && !t.key.is_empty() {
-        let key = PrivateKeyDer::from_pem_file(Path::new(&t.key))
-            .map_err(|e| format!("open {}: {e}", t.key))?;
-        builder
-            .with_client_auth_cert(certs(&t.cert)?, key)
-            .map_err(|e| e.to_string())?
-    } else {
-        builder.with_no_client_auth()
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    let identity =
+        (!t.cert.is_empty() && !t.key.is_empty()).then(|| (Path::new(&t.cert), Path::new(&t.key)));
+    ballast_server::tls::client_config(trust, identity)
 }

@@ -15,7 +15,7 @@ use ballast_api::etcdserverpb::cluster_server::Cluster;
 use ballast_api::etcdserverpb::kv_server::Kv;
 use ballast_api::etcdserverpb::lease_server::Lease;
 use ballast_api::etcdserverpb::maintenance_server::Maintenance;
-use ballast_api::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest};
+use ballast_api::etcdserverpb::{LeaseKeepAliveRequest, WatchRequest};
 use ballast_api::v3electionpb::election_server::Election;
 use ballast_api::v3lockpb::lock_server::Lock;
 use serde::de::DeserializeOwned;
@@ -137,13 +137,8 @@ async fn keep_alive(server: Arc<EtcdServer>, body: Bytes) -> Response {
             Ok(r) => r,
             Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         };
-        match crate::rpc::lease::keep_alive_once(&server, r.id).await {
-            Ok(ttl) => {
-                let resp = LeaseKeepAliveResponse {
-                    header: Some(server.header(server.mvcc().current_rev())),
-                    id: r.id,
-                    ttl,
-                };
+        match crate::rpc::lease::keep_alive_response(&server, r.id).await {
+            Ok(resp) => {
                 lines.push_str(&format!("{}\n", serde_json::json!({ "result": resp })));
             }
             Err(s) => return error(s.code(), s.message()),

@@ -87,18 +87,16 @@ fn main() -> ExitCode {
 /// The client port's TLS: the configured files, or `--auto-tls`'s self-signed certificate
 /// (kept in `<data-dir>/fixtures/client`, as etcd keeps it).
 fn client_tls(cfg: &Config) -> Result<Option<Arc<Reloading>>, String> {
-    let files = match (&cfg.client_tls, cfg.auto_tls) {
-        (Some(f), _) => f.clone(),
-        (None, true) => {
-            let hosts: Vec<String> = cfg
-                .listen_client_https
-                .iter()
-                .map(|a| a.ip().to_string())
-                .collect();
-            tls::auto_tls(&cfg.data_dir.join("fixtures").join("client"), &hosts)
-                .map_err(|e| e.to_string())?
-        }
-        (None, false) => return Ok(None),
+    let dir = cfg.data_dir.join("fixtures").join("client");
+    let files = tls::port_files(
+        cfg.client_tls.as_ref(),
+        cfg.auto_tls,
+        &dir,
+        &cfg.listen_client_https,
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(files) = files else {
+        return Ok(None);
     };
     Reloading::new(files)
         .map(|r| Some(Arc::new(r)))

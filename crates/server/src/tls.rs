@@ -314,6 +314,24 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// One port's TLS files: the configured ones, else (with auto TLS) a self-signed certificate
+/// for the port's listen addresses kept in `dir`, else none.
+pub fn port_files(
+    files: Option<&TlsFiles>,
+    auto: bool,
+    dir: &Path,
+    listen: &[SocketAddr],
+) -> Result<Option<TlsFiles>, TlsError> {
+    match (files, auto) {
+        (Some(f), _) => Ok(Some(f.clone())),
+        (None, true) => {
+            let hosts: Vec<String> = listen.iter().map(|a| a.ip().to_string()).collect();
+            auto_tls(dir, &hosts).map(Some)
+        }
+        (None, false) => Ok(None),
+    }
+}
+
 /// `--auto-tls`: a self-signed certificate for `hosts`, kept in `dir` (made once, reused).
 pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     let cert = dir.join("cert.pem");
@@ -347,10 +365,10 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
 
 /// Accepts any server certificate (`--insecure-skip-tls-verify`), still checking signatures.
 #[derive(Debug)]
-pub struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
 
 impl SkipVerify {
-    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> SkipVerify {
+    fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> SkipVerify {
         SkipVerify(provider)
     }
 }
@@ -398,6 +416,12 @@ impl ServerCertVerifier for SkipVerify {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// `host` and `port` of a scheme-less `host:port` (IPv6 hosts in brackets), for dialling.
+pub fn host_port(hostport: &str) -> Option<(&str, u16)> {
+    let (h, p) = hostport.trim_end_matches('/').rsplit_once(':')?;
+    Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?))
 }
 
 type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -458,17 +482,8 @@ pub fn member_channel(
             })
             .map_err(|e| e.to_string());
     };
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_matches(|c| c == '[' || c == ']').to_string(),
-                p.parse::<u16>().ok()?,
-            ))
-        })
-        .ok_or_else(|| format!("bad member URL {url:?}"))?;
-    let dial = connector(&host, port, Arc::new(member_client_config(tls)?))?;
+    let (host, port) = host_port(rest).ok_or_else(|| format!("bad member URL {url:?}"))?;
+    let dial = connector(host, port, Arc::new(member_client_config(tls)?))?;
     Ok(
         tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
             .map_err(|e| e.to_string())?
@@ -478,31 +493,44 @@ pub fn member_channel(
     )
 }
 
-/// How a member dials other members over TLS: its own certificate as client identity,
-/// trusting the CA of `tls` (with none — auto TLS — certificates are not verified, as etcd
-/// does for auto TLS).
-pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, String> {
+/// Whose certificates a TLS client accepts.
+pub enum Trust<'a> {
+    /// Those issued by the CA bundle at this path (none at all without one).
+    Roots(Option<&'a Path>),
+    /// Any (`--insecure-skip-tls-verify`, auto TLS): signatures are still checked.
+    Anyone,
+}
+
+/// A rustls client configuration for gRPC over TLS (ALPN h2), presenting `identity`
+/// (certificate and key files) if given. Shared by ballastctl and members dialling members.
+pub fn client_config(
+    trust: Trust<'_>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match tls.and_then(|t| t.trusted_ca.as_ref()) {
-        Some(ca) => {
+    let builder = match trust {
+        Trust::Roots(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in read_certs(ca).map_err(|e| e.to_string())? {
-                roots.add(c).map_err(|e| e.to_string())?;
+            if let Some(ca) = ca {
+                for c in read_certs(ca).map_err(|e| e.to_string())? {
+                    roots.add(c).map_err(|e| e.to_string())?;
+                }
             }
             builder.with_root_certificates(roots)
         }
-        None => builder
+        Trust::Anyone => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SkipVerify::new(provider))),
     };
-    let mut cfg = match tls {
-        Some(t) => {
-            let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| e.to_string())?;
+    let mut cfg = match identity {
+        Some((cert, key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("open {}: {e}", key.display()))?;
             builder
-                .with_client_auth_cert(read_certs(&t.cert).map_err(|e| e.to_string())?, key)
+                .with_client_auth_cert(read_certs(cert).map_err(|e| e.to_string())?, key)
                 .map_err(|e| e.to_string())?
         }
         None => builder.with_no_client_auth(),
@@ -511,20 +539,33 @@ pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, Stri
     Ok(cfg)
 }
 
+/// How a member dials other members over TLS: its own certificate as client identity,
+/// trusting the CA of `tls` (with none — auto TLS — certificates are not verified, as etcd
+/// does for auto TLS).
+pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, String> {
+    let trust = match tls.and_then(|t| t.trusted_ca.as_deref()) {
+        Some(ca) => Trust::Roots(Some(ca)),
+        None => Trust::Anyone,
+    };
+    client_config(trust, tls.map(|t| (t.cert.as_path(), t.key.as_path())))
+}
+
 /// The peer port's TLS (`--peer-*`, or `--peer-auto-tls` kept in `<data-dir>/fixtures/peer`),
 /// when the peer URLs are `https`. The same certificate serves and identifies this member.
 pub fn peer_tls(cfg: &crate::config::Config) -> Result<Option<ballast_raft::PeerTls>, String> {
     if !cfg.peer_https {
         return Ok(None);
     }
-    let files = match (&cfg.peer_tls, cfg.peer_auto_tls) {
-        (Some(f), _) => f.clone(),
-        (None, true) => {
-            let hosts: Vec<String> = cfg.listen_peer.iter().map(|a| a.ip().to_string()).collect();
-            let dir = cfg.data_dir.join("fixtures").join("peer");
-            auto_tls(&dir, &hosts).map_err(|e| e.to_string())?
-        }
-        (None, false) => return Ok(None),
+    let dir = cfg.data_dir.join("fixtures").join("peer");
+    let Some(files) = port_files(
+        cfg.peer_tls.as_ref(),
+        cfg.peer_auto_tls,
+        &dir,
+        &cfg.listen_peer,
+    )
+    .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
     };
     let server = Arc::new(Reloading::new(files.clone()).map_err(|e| e.to_string())?);
     // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.

@@ -33,9 +33,22 @@ impl LeaseService {
     }
 }
 
+/// The answer to one keep-alive request (gRPC stream and JSON gateway alike).
+pub(crate) async fn keep_alive_response(
+    server: &Arc<EtcdServer>,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, Status> {
+    let ttl = keep_alive_once(server, id).await?;
+    Ok(LeaseKeepAliveResponse {
+        header: Some(server.header(server.mvcc().current_rev())),
+        id,
+        ttl,
+    })
+}
+
 /// One keep-alive: renewed here if this member leads, else by the leader. Like etcd, a
 /// follower keeps trying (through leader changes) until the request timeout.
-pub(crate) async fn keep_alive_once(server: &Arc<EtcdServer>, id: i64) -> Result<i64, Status> {
+async fn keep_alive_once(server: &Arc<EtcdServer>, id: i64) -> Result<i64, Status> {
     let deadline = tokio::time::Instant::now() + server.cfg.request_timeout();
     loop {
         if let Some(ttl) = server.lessor().renew(id) {
@@ -133,13 +146,7 @@ impl Lease for LeaseService {
                         break;
                     }
                 };
-                let resp = keep_alive_once(&server, r.id)
-                    .await
-                    .map(|ttl| LeaseKeepAliveResponse {
-                        header: Some(server.header(server.mvcc().current_rev())),
-                        id: r.id,
-                        ttl,
-                    });
+                let resp = keep_alive_response(&server, r.id).await;
                 let failed = resp.is_err();
                 if tx.send(resp).await.is_err() || failed {
                     break;
