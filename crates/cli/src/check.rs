@@ -193,7 +193,7 @@ async fn load(
 }
 
 async fn ensure_empty(
-    kv: &mut KvClient<tonic::transport::Channel>,
+    kv: &mut KvClient<crate::Conn>,
     prefix: &str,
     hint: &str,
 ) -> Result<(), Failure> {
@@ -220,7 +220,7 @@ async fn ensure_empty(
 /// Deletes the check's keys, then compacts and defragments if asked.
 async fn clean_up(
     cli: &Cli,
-    kv: &mut KvClient<tonic::transport::Channel>,
+    kv: &mut KvClient<crate::Conn>,
     prefix: &str,
     f: &CheckFlags,
 ) -> Result<(), Failure> {

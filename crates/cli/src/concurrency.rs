@@ -11,7 +11,6 @@ use ballast_api::v3electionpb::{
 };
 use ballast_api::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use crate::output::Printer;
 use crate::{connect_any, Cli, Failure};
@@ -41,7 +40,7 @@ struct Session {
     keeper: tokio::task::JoinHandle<()>,
 }
 
-async fn session(ch: Channel, ttl: i64) -> Result<Session, Failure> {
+async fn session(ch: crate::Conn, ttl: i64) -> Result<Session, Failure> {
     let mut c = LeaseClient::new(ch);
     let lease = c
         .lease_grant(LeaseGrantRequest { ttl, id: 0 })
@@ -73,7 +72,7 @@ async fn session(ch: Channel, ttl: i64) -> Result<Session, Failure> {
 }
 
 impl Session {
-    async fn close(self, ch: Channel) {
+    async fn close(self, ch: crate::Conn) {
         self.keeper.abort();
         let _ = LeaseClient::new(ch)
             .lease_revoke(LeaseRevokeRequest { id: self.lease })

@@ -246,7 +246,7 @@ fn print_keep_alive(p: &Printer, h: &Option<ResponseHeader>, id: i64, ttl: i64) 
 
 /// Renews every third of the TTL, as etcd's client does, until the lease is gone.
 async fn keep_alive(
-    c: &mut LeaseClient<tonic::transport::Channel>,
+    c: &mut LeaseClient<crate::Conn>,
     p: &Printer,
     id: i64,
     once: bool,

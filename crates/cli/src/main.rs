@@ -2,6 +2,7 @@
 //! Flags are parsed into [`Cli`], then resolved into a client setup and one command to run.
 
 mod alarm;
+mod auth;
 mod check;
 mod concurrency;
 mod lease;
@@ -24,6 +25,9 @@ use ballast_api::etcdserverpb::{
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{table, Format, Printer};
 use tonic::transport::Channel;
+
+/// A connection that carries the `--user`'s token on every call, as etcdctl's does.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, auth::Token>;
 
 /// etcdctl's exit codes.
 const EXIT_ERROR: u8 = 1;
@@ -92,6 +96,25 @@ struct Cli {
         env = "ETCDCTL_INSECURE_SKIP_TLS_VERIFY"
     )]
     insecure_skip_tls_verify: bool,
+    /// disable transport security for client connections
+    #[arg(
+        long = "insecure-transport",
+        global = true,
+        env = "ETCDCTL_INSECURE_TRANSPORT",
+        action = clap::ArgAction::Set,
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_transport: bool,
+    /// username[:password] for authentication (prompt if password is not supplied)
+    #[arg(long, global = true, env = "ETCDCTL_USER", default_value = "")]
+    user: String,
+    /// password for authentication (if this option is used, --user option shouldn't include password)
+    #[arg(long, global = true, env = "ETCDCTL_PASSWORD", default_value = "")]
+    password: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -169,6 +192,21 @@ enum Cmd {
     },
     /// Prints the version of ballastctl
     Version,
+    /// Enable or disable authentication
+    Auth {
+        #[command(subcommand)]
+        cmd: auth::AuthCmd,
+    },
+    /// User related commands
+    User {
+        #[command(subcommand)]
+        cmd: auth::UserCmd,
+    },
+    /// Role related commands
+    Role {
+        #[command(subcommand)]
+        cmd: auth::RoleCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -481,7 +519,7 @@ async fn call<T>(
 }
 
 /// The first of `--endpoints` that accepts a connection, as etcdctl's balancer picks one.
-async fn connect_any(cli: &Cli) -> Result<Channel, Failure> {
+async fn connect_any(cli: &Cli) -> Result<Conn, Failure> {
     let mut last = Failure::Other("context deadline exceeded".into());
     for ep in &cli.endpoints {
         match connect(cli, ep).await {
@@ -492,13 +530,20 @@ async fn connect_any(cli: &Cli) -> Result<Channel, Failure> {
     Err(last)
 }
 
-async fn connect(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
+/// A connection to one endpoint, authenticated when `--user` is given.
+async fn connect(cli: &Cli, endpoint: &str) -> Result<Conn, Failure> {
+    let ch = dial(cli, endpoint).await?;
+    auth::login(cli, ch).await
+}
+
+async fn dial(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
     let dial = cli.dial_timeout;
     let tls = tls::ClientTls {
         cacert: cli.cacert.clone(),
         cert: cli.cert.clone(),
         key: cli.key.clone(),
         skip_verify: cli.insecure_skip_tls_verify,
+        insecure_transport: cli.insecure_transport,
     };
     let (secure, hostport) = match endpoint.split_once("://") {
         Some(("https", rest)) => (true, rest),
@@ -535,6 +580,9 @@ fn read_stdin() -> Option<String> {
 async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
     let timeout = cli.command_timeout;
     match &cli.cmd {
+        Cmd::Auth { cmd } => auth::auth(cli, p, timeout, cmd).await,
+        Cmd::User { cmd } => auth::user(cli, p, timeout, cmd).await,
+        Cmd::Role { cmd } => auth::role(cli, p, timeout, cmd).await,
         Cmd::Version => {
             println!("ballastctl version: {}", env!("CARGO_PKG_VERSION"));
             println!("API version: 3.6");

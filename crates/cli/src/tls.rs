@@ -14,12 +14,18 @@ pub struct ClientTls {
     pub cert: String,
     pub key: String,
     pub skip_verify: bool,
+    /// `--insecure-transport=false` dials plain endpoints with TLS too.
+    pub insecure_transport: bool,
 }
 
 impl ClientTls {
     /// Whether plain endpoints (`host:port`) are dialled with TLS.
     pub fn configured(&self) -> bool {
-        !self.cacert.is_empty() || !self.cert.is_empty() || !self.key.is_empty() || self.skip_verify
+        !self.cacert.is_empty()
+            || !self.cert.is_empty()
+            || !self.key.is_empty()
+            || self.skip_verify
+            || !self.insecure_transport
     }
 }
 

@@ -10,5 +10,6 @@ mod logger;
 mod store;
 mod transport;
 
+pub use cn::subject_cn;
 pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
 pub use transport::{fetch_membership, PeerTls, Transport};

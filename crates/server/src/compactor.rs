@@ -55,7 +55,7 @@ async fn compact(s: &EtcdServer, rev: i64) {
         revision: rev,
         physical: false,
     });
-    match s.propose(req).await {
+    match s.propose(req, &crate::auth::member()).await {
         Ok(_) => tracing::info!(revision = rev, "finished auto-compaction"),
         Err(e) => tracing::warn!(revision = rev, error = %e, "auto-compaction failed"),
     }

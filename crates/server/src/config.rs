@@ -165,6 +165,18 @@ pub struct Flags {
         default_value = "5m"
     )]
     pub corrupt_check_time: String,
+    /// `simple`, or `jwt,pub-key=PATH,priv-key=PATH,sign-method=RS256,ttl=5m` as in etcd.
+    #[arg(long = "auth-token", env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives after its last use.
+    #[arg(
+        long = "auth-token-ttl",
+        env = "ETCD_AUTH_TOKEN_TTL",
+        default_value_t = 300
+    )]
+    pub auth_token_ttl: u64,
+    #[arg(long = "bcrypt-cost", env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Client TLS: the server's certificate and key (PEM).
     #[arg(long = "cert-file", env = "ETCD_CERT_FILE", default_value = "")]
     pub cert_file: String,
@@ -336,6 +348,9 @@ struct FileConfig {
     backup_retention: Option<usize>,
     experimental_initial_corrupt_check: Option<bool>,
     experimental_corrupt_check_time: Option<String>,
+    auth_token: Option<String>,
+    auth_token_ttl: Option<u64>,
+    bcrypt_cost: Option<u32>,
     auto_compaction_retention: Option<String>,
     log_level: Option<String>,
     logger: Option<String>,
@@ -407,6 +422,62 @@ pub struct Config {
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub log_outputs: Vec<LogOutput>,
+    pub auth_token: AuthTokenConfig,
+    /// Simple tokens expire this long after their last use.
+    pub auth_token_ttl: Duration,
+    pub bcrypt_cost: u32,
+}
+
+/// `--auth-token`, parsed as etcd parses it (the key files are read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthTokenConfig {
+    Simple,
+    Jwt {
+        public_key: PathBuf,
+        /// Without it the member verifies tokens but cannot issue them.
+        private_key: Option<PathBuf>,
+        method: String,
+        ttl: Duration,
+    },
+}
+
+fn auth_token(s: &str) -> Result<AuthTokenConfig, ConfigError> {
+    let bad = |why: &str| invalid("--auth-token", s, why);
+    let mut parts = s.split(',');
+    let kind = parts.next().unwrap_or_default();
+    let mut opts = std::collections::HashMap::new();
+    for p in parts {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(bad("invalid auth options"));
+        };
+        if opts.insert(k, v).is_some() {
+            return Err(bad("invalid auth options"));
+        }
+    }
+    match kind {
+        "simple" => Ok(AuthTokenConfig::Simple),
+        "jwt" => {
+            let public_key = opts
+                .get("pub-key")
+                .ok_or_else(|| bad("jwt needs pub-key=PATH"))?;
+            let method = opts
+                .get("sign-method")
+                .ok_or_else(|| bad("jwt needs sign-method"))?;
+            let ttl = match opts.get("ttl") {
+                Some(t) => {
+                    simple_duration(t).ok_or_else(|| bad("ttl must be a duration such as 5m"))?
+                }
+                None => Duration::from_secs(300),
+            };
+            Ok(AuthTokenConfig::Jwt {
+                public_key: PathBuf::from(public_key),
+                private_key: opts.get("priv-key").map(PathBuf::from),
+                method: method.to_string(),
+                ttl,
+            })
+        }
+        _ => Err(bad("unknown token type (simple or jwt)")),
+    }
 }
 
 /// A duration flag as etcd writes them (`500ms`, `10s`, `10m`, `1h`); one unit.
@@ -601,6 +672,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         corrupt_check_time: c
             .experimental_corrupt_check_time
             .unwrap_or(d.corrupt_check_time),
+        auth_token: c.auth_token.unwrap_or(d.auth_token),
+        auth_token_ttl: c.auth_token_ttl.unwrap_or(d.auth_token_ttl),
+        bcrypt_cost: c.bcrypt_cost.unwrap_or(d.bcrypt_cost),
         auto_compaction_retention: c
             .auto_compaction_retention
             .unwrap_or(d.auto_compaction_retention),
@@ -936,7 +1010,18 @@ impl Config {
             log_level,
             log_format,
             log_outputs,
+            auth_token: auth_token(&f.auth_token)?,
+            auth_token_ttl: Duration::from_secs(f.auth_token_ttl.max(1)),
+            bcrypt_cost: match f.bcrypt_cost {
+                4..=31 => f.bcrypt_cost,
+                c => return Err(invalid("--bcrypt-cost", &c.to_string(), "must be 4 to 31")),
+            },
         })
+    }
+
+    /// Whether client certificates are verified (then a certificate's CN names the user).
+    pub fn client_cert_auth(&self) -> bool {
+        self.client_tls.as_ref().is_some_and(|t| t.client_cert_auth)
     }
 
     /// etcd's default request timeout: 5 s plus two election timeouts.

@@ -140,7 +140,7 @@ pub async fn run(s: Arc<EtcdServer>, every: Duration) {
                 member_id: m.member,
                 alarm: AlarmType::Corrupt as i32,
             });
-            if let Err(e) = s.propose(req).await {
+            if let Err(e) = s.propose(req, &crate::auth::member()).await {
                 tracing::warn!(error = %e, "raising CORRUPT failed");
             }
         }

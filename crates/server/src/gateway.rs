@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use ballast_api::etcdserverpb::auth_server::Auth;
 use ballast_api::etcdserverpb::cluster_server::Cluster;
 use ballast_api::etcdserverpb::kv_server::Kv;
 use ballast_api::etcdserverpb::lease_server::Lease;
@@ -23,6 +24,7 @@ use serde::Serialize;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
+use crate::rpc::auth::AuthService;
 use crate::rpc::cluster::ClusterService;
 use crate::rpc::concurrency::{ElectionService, LockService};
 use crate::rpc::kv::KvService;
@@ -75,8 +77,17 @@ fn json_error(body: &[u8], e: &serde_json::Error) -> String {
     e.to_string()
 }
 
+/// The `Authorization` header: a token from `/v3/auth/authenticate`, as etcd's gateway
+/// passes it on.
+fn token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 /// Decodes the body (empty means the default message), runs `f`, encodes the answer.
-async fn call<Req, Resp, F, Fut>(body: Bytes, f: F) -> Response
+async fn call<Req, Resp, F, Fut>(headers: axum::http::HeaderMap, body: Bytes, f: F) -> Response
 where
     Req: DeserializeOwned + Default + Send,
     Resp: Serialize,
@@ -91,7 +102,11 @@ where
             Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         }
     };
-    match f(tonic::Request::new(req)).await {
+    let mut req = tonic::Request::new(req);
+    if let Some(t) = token(&headers).and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert("authorization", t);
+    }
+    match f(req).await {
         Ok(r) => axum::Json(r.into_inner()).into_response(),
         Err(s) => error(s.code(), s.message()),
     }
@@ -100,7 +115,7 @@ where
 /// `POST /v3/watch`: the body holds one or more `WatchRequest`s; the response streams each
 /// `WatchResponse` as `{"result":...}` on its own line (grpc-gateway's stream format) until
 /// the client goes away.
-async fn watch(server: Arc<EtcdServer>, body: Bytes) -> Response {
+async fn watch(server: Arc<EtcdServer>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     let mut reqs = Vec::new();
     for r in serde_json::Deserializer::from_slice(&body).into_iter::<WatchRequest>() {
         match r {
@@ -108,7 +123,11 @@ async fn watch(server: Arc<EtcdServer>, body: Bytes) -> Response {
             Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
         }
     }
-    let out = crate::rpc::watch::serve(server, tokio_stream::iter(reqs)).map(|r| {
+    let creds = crate::auth::Credentials {
+        token: token(&headers),
+        cn: None,
+    };
+    let out = crate::rpc::watch::serve(server, creds, tokio_stream::iter(reqs)).map(|r| {
         let line = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),
             Err(s) => serde_json::json!({ "error": {
@@ -181,9 +200,11 @@ macro_rules! routes {
             let svc = $svc.clone();
             $router = $router.route(
                 &format!("{}{}", $prefix, $path),
-                post(move |body: Bytes| {
+                post(move |headers: axum::http::HeaderMap, body: Bytes| {
                     let svc = svc.clone();
-                    async move { call(body, |r| async move { svc.$method(r).await }).await }
+                    async move {
+                        call(headers, body, |r| async move { svc.$method(r).await }).await
+                    }
                 })
                 .options(preflight),
             );
@@ -211,12 +232,18 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     let election = Arc::new(ElectionService {
         server: server.clone(),
     });
+    let auth = Arc::new(AuthService {
+        server: server.clone(),
+    });
     let mut r = Router::new();
     for prefix in ["/v3", "/v3beta", "/v3alpha"] {
         let s = server.clone();
         r = r.route(
             &format!("{prefix}/watch"),
-            post(move |body: Bytes| watch(s.clone(), body)).options(preflight),
+            post(move |headers: axum::http::HeaderMap, body: Bytes| {
+                watch(s.clone(), headers, body)
+            })
+            .options(preflight),
         );
         let s = server.clone();
         r = r.route(
@@ -254,6 +281,23 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             "/election/proclaim" => election.proclaim,
             "/election/leader" => election.leader,
             "/election/resign" => election.resign,
+            "/auth/enable" => auth.auth_enable,
+            "/auth/disable" => auth.auth_disable,
+            "/auth/status" => auth.auth_status,
+            "/auth/authenticate" => auth.authenticate,
+            "/auth/user/add" => auth.user_add,
+            "/auth/user/get" => auth.user_get,
+            "/auth/user/list" => auth.user_list,
+            "/auth/user/delete" => auth.user_delete,
+            "/auth/user/changepw" => auth.user_change_password,
+            "/auth/user/grant" => auth.user_grant_role,
+            "/auth/user/revoke" => auth.user_revoke_role,
+            "/auth/role/add" => auth.role_add,
+            "/auth/role/get" => auth.role_get,
+            "/auth/role/list" => auth.role_list,
+            "/auth/role/delete" => auth.role_delete,
+            "/auth/role/grant" => auth.role_grant_permission,
+            "/auth/role/revoke" => auth.role_revoke_permission,
         );
     }
     r.layer(axum::middleware::map_response(cors))

@@ -183,7 +183,10 @@ impl Lessor {
                 let server = server.clone();
                 tokio::spawn(async move {
                     let r = server
-                        .propose(Request::LeaseRevoke(LeaseRevokeRequest { id }))
+                        .propose(
+                            Request::LeaseRevoke(LeaseRevokeRequest { id }),
+                            &crate::auth::member(),
+                        )
                         .await;
                     if let Err(e) = &r {
                         tracing::debug!(lease = id, error = %e, "lease revoke failed; will retry");
@@ -197,7 +200,9 @@ impl Lessor {
                 };
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let _ = server.propose(Request::LeaseCheckpoint(req)).await;
+                    let _ = server
+                        .propose(Request::LeaseCheckpoint(req), &crate::auth::member())
+                        .await;
                 });
             }
         }

@@ -1,5 +1,6 @@
 //! The `ballast` server: configuration, the member, and its client-facing services.
 
+pub mod auth;
 pub mod authority;
 pub mod backup;
 pub mod compactor;
@@ -70,14 +71,18 @@ pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
         server: server.clone(),
     })
     .max_decoding_message_size(max);
-    let not_yet = || rpc::unimplemented::NotYet;
     let grpc = tonic::service::Routes::new(kv)
         .add_service(maintenance)
         .add_service(cluster)
         .add_service(health)
         .add_service(watch)
         .add_service(lease)
-        .add_service(AuthServer::new(not_yet()))
+        .add_service(
+            AuthServer::new(rpc::auth::AuthService {
+                server: server.clone(),
+            })
+            .max_decoding_message_size(max),
+        )
         .add_service(lock)
         .add_service(election);
     grpc.into_axum_router()

@@ -44,6 +44,7 @@ fn add_context(m: Member) -> Vec<u8> {
             kind: Kind::Add as i32,
             member: Some(m),
         })),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -259,7 +260,10 @@ impl EtcdServer {
         let mut m = self.find_member(id)?;
         self.check_urls_free(&peer_urls, id)?;
         m.peer_ur_ls = peer_urls;
-        members_of(self.propose(change(Kind::Update, m)).await?)
+        members_of(
+            self.propose(change(Kind::Update, m), &crate::auth::member())
+                .await?,
+        )
     }
 
     /// Promotes a learner. Must run on the leader, which alone knows how far the learner is.
@@ -300,7 +304,10 @@ impl EtcdServer {
                 client_ur_ls: self.cfg.advertise_client_urls.clone(),
                 ..Default::default()
             };
-            if let Err(e) = self.propose(change(Kind::Attr, attr)).await {
+            if let Err(e) = self
+                .propose(change(Kind::Attr, attr), &crate::auth::member())
+                .await
+            {
                 tracing::debug!(error = %e, "publishing member attributes failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));

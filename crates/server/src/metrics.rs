@@ -91,6 +91,11 @@ const CODES: [&str; 17] = [
     "Unauthenticated",
 ];
 
+/// grpc-go's name for a status code (as in "rpc error: code = NotFound desc = ...").
+pub fn code_name(c: tonic::Code) -> &'static str {
+    CODES.get(c as usize).copied().unwrap_or("Unknown")
+}
+
 /// Per-method gRPC counters, lock-free: the path is looked up in a table built once.
 struct GrpcCounters {
     by_path: HashMap<String, usize>,

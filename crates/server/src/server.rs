@@ -18,7 +18,7 @@ use ballast_api::etcdserverpb::{
 use ballast_raft::{
     Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
 };
-use ballast_state::{Applied, KvError, Mvcc};
+use ballast_state::{Applied, AuthInfo, KvError, Mvcc};
 use ballast_storage::failpoint;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
@@ -116,6 +116,7 @@ pub struct EtcdServer {
     backups: crate::backup::BackupStats,
     /// A connection to the leader's client URL, for what only the leader can answer.
     leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
+    auth: Arc<crate::auth::Authenticator>,
 }
 
 impl EtcdServer {
@@ -161,6 +162,19 @@ impl EtcdServer {
             applied: mvcc.applied_index(),
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
+        let auth = Arc::new(
+            crate::auth::Authenticator::new(&cfg.auth_token, cfg.auth_token_ttl, cfg.bcrypt_cost)
+                .map_err(ServerError::Startup)?,
+        );
+        {
+            let auth = auth.clone();
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    auth.expire();
+                }
+            });
+        }
         let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
         let dropped = waiters.clone();
         node.set_drop_handler(Arc::new(move |id, e| {
@@ -249,6 +263,7 @@ impl EtcdServer {
             was_member,
             removed: removed_tx,
             file_swap: file_swap.clone(),
+            auth: auth.clone(),
         };
         std::thread::Builder::new()
             .name("applier".into())
@@ -277,6 +292,7 @@ impl EtcdServer {
             file_swap,
             counters: counters.clone(),
             backups: Default::default(),
+            auth,
         });
         let weak = Arc::downgrade(&server);
         server.transport().set_membership(move || {
@@ -421,9 +437,68 @@ impl EtcdServer {
         }
     }
 
-    /// Proposes a write and waits until it is applied here.
-    pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, ServerError> {
-        self.propose_via(req, None).await
+    /// Proposes a write on behalf of `who` (permissions are checked as it applies) and
+    /// waits until it is applied here.
+    pub async fn propose(
+        &self,
+        req: raft_request::Request,
+        who: &AuthInfo,
+    ) -> Result<Applied, ServerError> {
+        self.propose_via(req, None, who).await
+    }
+
+    pub fn authenticator(&self) -> &crate::auth::Authenticator {
+        &self.auth
+    }
+
+    /// Who a request comes from, as etcd resolves it: a token first (an unknown or expired
+    /// one is an error), else, under `--client-cert-auth`, the certificate's CN. With auth
+    /// off, nobody in particular.
+    pub async fn who(&self, c: &crate::auth::Credentials) -> Result<AuthInfo, ServerError> {
+        let mvcc = self.mvcc();
+        if !mvcc.auth_enabled() {
+            return Ok(crate::auth::nobody());
+        }
+        if let Some(token) = &c.token {
+            // A simple token issued by another member at an index not applied here yet.
+            if !self.auth.is_jwt() {
+                if let Some(i) = crate::auth::Authenticator::token_index(token) {
+                    let mut applied = self.applied.clone();
+                    let wait = self.cfg.request_timeout().min(Duration::from_secs(2));
+                    let _ = tokio::time::timeout(wait, applied.wait_for(|a| *a >= i)).await;
+                }
+            }
+            return match self.auth.token_user(token) {
+                Some((user, rev)) => Ok(AuthInfo {
+                    user,
+                    revision: rev.unwrap_or_else(|| mvcc.with_auth(|a| a.revision())),
+                }),
+                None => Err(ServerError::Kv(KvError::InvalidAuthToken)),
+            };
+        }
+        if self.cfg.client_cert_auth() {
+            if let Some(cn) = &c.cn {
+                return Ok(AuthInfo {
+                    user: cn.clone(),
+                    revision: mvcc.with_auth(|a| a.revision()),
+                });
+            }
+        }
+        Ok(crate::auth::nobody())
+    }
+
+    /// [`EtcdServer::who`] for a gRPC request.
+    pub async fn caller<T>(&self, req: &tonic::Request<T>) -> Result<AuthInfo, ServerError> {
+        self.who(&crate::auth::Credentials::of(req)).await
+    }
+
+    /// etcd's admin check for maintenance and membership RPCs.
+    pub async fn require_admin<T>(&self, req: &tonic::Request<T>) -> Result<(), ServerError> {
+        if !self.mvcc().auth_enabled() {
+            return Ok(());
+        }
+        let who = self.caller(req).await?;
+        Ok(self.mvcc().with_auth(|a| a.check_admin(&who))?)
     }
 
     /// Defragments this member's store online; one at a time, never during a snapshot
@@ -462,7 +537,7 @@ impl EtcdServer {
         });
         tracing::warn!(quota, "backend quota exceeded; raising NOSPACE");
         // An alarm costs nothing, so this does not come back here.
-        if let Err(e) = Box::pin(self.propose(raise)).await {
+        if let Err(e) = Box::pin(self.propose(raise, &crate::auth::member())).await {
             tracing::warn!(error = %e, "raising NOSPACE failed");
         }
         Err(ServerError::Kv(KvError::NoSpace))
@@ -475,19 +550,23 @@ impl EtcdServer {
         kind: ConfKind,
         node_id: u64,
     ) -> Result<Applied, ServerError> {
-        self.propose_via(req, Some((kind, node_id))).await
+        self.propose_via(req, Some((kind, node_id)), &crate::auth::member())
+            .await
     }
 
     async fn propose_via(
         &self,
         req: raft_request::Request,
         conf: Option<(ConfKind, u64)>,
+        who: &AuthInfo,
     ) -> Result<Applied, ServerError> {
         self.check_quota(&req).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let data = RaftRequest {
             id,
             request: Some(req),
+            username: who.user.clone(),
+            auth_revision: who.revision,
         }
         .encode_to_vec();
         if data.len() as u64 > self.cfg.max_request_bytes {
@@ -550,9 +629,17 @@ impl EtcdServer {
         .map_err(|_| ServerError::Timeout)?
     }
 
-    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ServerError> {
+    pub async fn range(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+    ) -> Result<RangeResponse, ServerError> {
         if !req.serializable {
             self.linearizable_barrier().await?;
+        }
+        let mvcc = self.mvcc();
+        if mvcc.auth_enabled() {
+            mvcc.with_auth(|a| a.check(who, &req.key, &req.range_end, false))?;
         }
         let mut resp = self.mvcc().range(req)?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
@@ -586,6 +673,7 @@ struct Applier {
     removed: watch::Sender<bool>,
     /// Held while the store's file is being replaced (snapshot install, defragmentation).
     file_swap: Arc<Mutex<()>>,
+    auth: Arc<crate::auth::Authenticator>,
 }
 
 impl Applier {
@@ -691,8 +779,14 @@ impl Applier {
         {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             for res in results.iter().flatten() {
-                if let Applied::LeaseGrant(g) = res {
-                    self.lessor.granted(g.id, g.ttl);
+                match res {
+                    Applied::LeaseGrant(g) => self.lessor.granted(g.id, g.ttl),
+                    // Every member learns every simple token, so any member accepts it.
+                    Applied::Authenticated { user, token } if !token.is_empty() => {
+                        self.auth.assign(token.clone(), user.clone())
+                    }
+                    Applied::Auth(effect) => self.auth.apply_effect(effect),
+                    _ => {}
                 }
             }
             for (id, res) in ids.into_iter().zip(results) {

@@ -257,10 +257,39 @@ impl Reloading {
     }
 }
 
+/// A client connection's address and, when it presented a certificate the handshake
+/// verified, that certificate's subject CN (the user name under `--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub cn: Option<String>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for ClientAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        s.remote_addr().clone()
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::authority::Listener>,
+    > for ClientAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, crate::authority::Listener>) -> Self {
+        ClientAddr {
+            addr: *s.remote_addr(),
+            cn: None,
+        }
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes in their own tasks; `axum::serve`
 /// takes the finished streams.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(FixAuthority<TlsStream<TcpStream>>, SocketAddr)>,
+    rx: mpsc::Receiver<(FixAuthority<TlsStream<TcpStream>>, ClientAddr)>,
     local: SocketAddr,
 }
 
@@ -283,7 +312,16 @@ impl TlsListener {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => {
-                            let _ = tx.send((FixAuthority::new(s), addr)).await;
+                            // Only a certificate the handshake verified gets this far.
+                            let cn = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| ballast_raft::subject_cn(c));
+                            let _ = tx
+                                .send((FixAuthority::new(s), ClientAddr { addr, cn }))
+                                .await;
                         }
                         Ok(Err(e)) => {
                             tracing::warn!(remote = %addr, error = %e, "rejected connection");
@@ -299,7 +337,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = FixAuthority<TlsStream<TcpStream>>;
-    type Addr = SocketAddr;
+    type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -310,7 +348,10 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(ClientAddr {
+            addr: self.local,
+            cn: None,
+        })
     }
 }
 

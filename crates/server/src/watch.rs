@@ -468,6 +468,7 @@ mod tests {
         let r = RaftRequest {
             id: 0,
             request: Some(raft_request::Request::Put(req)),
+            ..Default::default()
         };
         (index, Some(r))
     }

@@ -57,6 +57,7 @@ fn seeds() -> Vec<Vec<u8>> {
             RaftRequest {
                 id: 1,
                 request: Some(r),
+                ..Default::default()
             }
             .encode_to_vec()
         })

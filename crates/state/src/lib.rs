@@ -5,11 +5,13 @@
 //! Validation that etcd does before proposing lives in [`check`]; what it does while applying
 //! lives in [`mvcc`].
 
+pub mod auth;
 pub mod check;
 pub mod error;
 pub mod mvcc;
 pub mod snapfile;
 
+pub use auth::{AuthEffect, AuthInfo, AuthState};
 pub use error::KvError;
 pub use mvcc::{Applied, Mvcc};
 

@@ -223,6 +223,7 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
                     Some(RaftRequest {
                         id: index,
                         request: Some(req),
+                        ..Default::default()
                     }),
                 )],
                 i % 3 == 0,
@@ -272,6 +273,7 @@ fn replayed_entries_are_skipped() {
         Some(RaftRequest {
             id: 1,
             request: Some(Request::Put(put_req(0, 1))),
+            ..Default::default()
         }),
     );
     assert_eq!(
@@ -302,6 +304,7 @@ fn nospace_alarm_caps_growth_until_disarmed() {
             Some(RaftRequest {
                 id: index,
                 request: Some(r),
+                ..Default::default()
             }),
         );
         store.apply_batch(&[e], true).unwrap().remove(0)

@@ -26,6 +26,7 @@ use ballast_storage::backend::{RevRead, WriteTx};
 use ballast_storage::{Backend, BackendError, Rev};
 use prost::Message;
 
+use crate::auth::{self, AuthEffect, AuthInfo, AuthState};
 use crate::KvError;
 
 pub(crate) const META_APPLIED: &str = "consistent_index";
@@ -46,6 +47,14 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
+    /// An auth change applied; what it means for issued tokens.
+    Auth(AuthEffect),
+    /// A password-checked Authenticate entry: the simple token it issued (empty for JWT,
+    /// which the proposer signs).
+    Authenticated {
+        user: String,
+        token: String,
+    },
 }
 
 /// A lease as the state machine knows it (expiry is the leader's business, not state).
@@ -118,11 +127,14 @@ struct Index {
     key_lease: std::collections::HashMap<Vec<u8>, i64>,
     /// Active alarms: member id -> bit set of alarm types.
     alarms: BTreeMap<u64, u64>,
+    auth: AuthState,
 }
 
 pub struct Mvcc {
     backend: Backend,
     index: RwLock<Index>,
+    /// Mirrors `index.auth.enabled()` so the common case (auth off) costs no lock.
+    auth_enabled: std::sync::atomic::AtomicBool,
 }
 
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue, KvError> {
@@ -336,6 +348,46 @@ fn compare_path<R: RevRead>(
         }
     }
     Ok(())
+}
+
+/// The checks etcd's auth applier makes before a request applies (auth is on).
+fn check_permissions(
+    idx: &Index,
+    r: &raft_request::Request,
+    who: &AuthInfo,
+) -> Result<(), KvError> {
+    use raft_request::Request as R;
+    let a = &idx.auth;
+    // A lease's keys must all be writable to revoke it or attach more keys to it.
+    let lease_puts = |id: i64| -> Result<(), KvError> {
+        if let Some(l) = idx.leases.get(&id) {
+            for k in &l.keys {
+                a.check(who, k, b"", true)?;
+            }
+        }
+        Ok(())
+    };
+    match r {
+        r if auth::needs_admin(r) => a.check_admin(who),
+        R::Put(p) => {
+            a.check(who, &p.key, b"", true)?;
+            lease_puts(p.lease)?;
+            if p.prev_kv {
+                a.check(who, &p.key, b"", false)?;
+            }
+            Ok(())
+        }
+        R::DeleteRange(d) => {
+            a.check(who, &d.key, &d.range_end, true)?;
+            if d.prev_kv {
+                a.check(who, &d.key, &d.range_end, false)?;
+            }
+            Ok(())
+        }
+        R::Txn(t) => a.check_txn(who, t),
+        R::LeaseRevoke(l) => lease_puts(l.id),
+        _ => Ok(()),
+    }
 }
 
 /// One write request in progress: all of its changes share main revision `begin + 1`.
@@ -676,6 +728,7 @@ impl Mvcc {
             leases: BTreeMap::new(),
             key_lease: std::collections::HashMap::new(),
             alarms: backend.alarms()?.into_iter().collect(),
+            auth: AuthState::default(),
         };
         for (id, ttl, remaining) in backend.leases()? {
             idx.leases.insert(
@@ -693,7 +746,13 @@ impl Mvcc {
                 .map_err(|e| KvError::Corrupt(format!("member {id:x}: {e}")))?;
             idx.members.insert(id, m);
         }
+        let auth_rows = backend.auth_rows()?;
         backend.view(|r| {
+            idx.auth = AuthState::load(
+                auth_rows,
+                r.meta(auth::META_AUTH_ENABLED)?,
+                r.meta(auth::META_AUTH_REVISION)?,
+            )?;
             idx.applied = r.meta(META_APPLIED)?.unwrap_or(0);
             if let Some(rev) = r.meta(META_REV)? {
                 idx.rev = rev as i64;
@@ -735,9 +794,11 @@ impl Mvcc {
                 l.keys.insert(key.clone());
             }
         }
+        let enabled = idx.auth.enabled();
         Ok(Mvcc {
             backend,
             index: RwLock::new(idx),
+            auth_enabled: enabled.into(),
         })
     }
 
@@ -760,7 +821,7 @@ impl Mvcc {
         let mut idx = self.write();
         let idx = &mut *idx;
         idx.events.clear();
-        self.backend.update(durable, |w| {
+        let out = self.backend.update(durable, |w| {
             let mut out = Vec::with_capacity(entries.len());
             let mut last = idx.applied;
             for (index, req) in entries {
@@ -768,9 +829,20 @@ impl Mvcc {
                     continue;
                 }
                 last = *index;
-                let res = match req.as_ref().and_then(|r| r.request.as_ref()) {
-                    None => Ok(Applied::Nothing),
-                    Some(r) => Self::apply_one(idx, w, r),
+                let res = match req {
+                    Some(RaftRequest {
+                        request: Some(r),
+                        username,
+                        auth_revision,
+                        ..
+                    }) => {
+                        let who = AuthInfo {
+                            user: username.clone(),
+                            revision: *auth_revision,
+                        };
+                        Self::apply_one(idx, w, r, &who, *index)
+                    }
+                    _ => Ok(Applied::Nothing),
                 };
                 if let Err(KvError::Backend(e)) = res {
                     return Err(KvError::Backend(e));
@@ -783,14 +855,40 @@ impl Mvcc {
                 w.set_meta(META_REV, idx.rev as u64)?;
             }
             Ok(out)
-        })
+        });
+        self.auth_enabled
+            .store(idx.auth.enabled(), std::sync::atomic::Ordering::Relaxed);
+        out
     }
 
     fn apply_one(
         idx: &mut Index,
         w: &mut WriteTx<'_>,
         r: &raft_request::Request,
+        who: &AuthInfo,
+        index: u64,
     ) -> Result<Applied, KvError> {
+        // etcd's auth applier: permissions are checked again as the entry applies, against
+        // the auth state every member has at this point of the log.
+        if idx.auth.enabled() {
+            check_permissions(idx, r, who)?;
+        }
+        match r {
+            raft_request::Request::Authenticate(a) => {
+                idx.auth.authenticate(a)?;
+                let token = if a.simple_token_prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}.{index}", a.simple_token_prefix)
+                };
+                return Ok(Applied::Authenticated {
+                    user: a.name.clone(),
+                    token,
+                });
+            }
+            r if auth::is_auth_change(r) => return Ok(Applied::Auth(idx.auth.apply(w, r)?)),
+            _ => {}
+        }
         let begin = idx.rev;
         let mut ctx = WriteCtx {
             idx,
@@ -844,11 +942,32 @@ impl Mvcc {
                 ctx.lease_checkpoint(c)?;
                 Applied::Nothing
             }
+            // Handled above, before any revision is taken.
+            _ => Applied::Nothing,
         };
         if ctx.changes > 0 {
             ctx.idx.rev = begin + 1;
         }
         Ok(out)
+    }
+
+    /// Whether auth is on (no lock taken).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` over the applied auth store.
+    pub fn with_auth<R>(&self, f: impl FnOnce(&AuthState) -> R) -> R {
+        f(&self.read().auth)
+    }
+
+    /// The keys a lease holds, for permission checks.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.read()
+            .leases
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Rewrites the backend compactly while reads and writes go on (see
@@ -1116,6 +1235,7 @@ mod tests {
                 kind: kind as i32,
                 member: Some(m),
             })),
+            ..Default::default()
         };
         (index, Some(r))
     }
@@ -1161,6 +1281,7 @@ mod hash_tests {
         let r = RaftRequest {
             id: 0,
             request: Some(raft_request::Request::Put(p)),
+            ..Default::default()
         };
         (index, Some(r))
     }

@@ -21,6 +21,11 @@ const REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// Active alarms: member id -> bit set of alarm types (bit n = etcd's AlarmType n).
 const ALARMS: TableDefinition<u64, u64> = TableDefinition::new("alarms");
+/// Users and roles: a kind byte ([`AUTH_USER`] or [`AUTH_ROLE`]) then the name, to the
+/// encoded `authpb.User` / `authpb.Role`.
+const AUTH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth");
+pub const AUTH_USER: u8 = b'u';
+pub const AUTH_ROLE: u8 = b'r';
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
@@ -28,6 +33,7 @@ const SNAP_MEMBERS: u8 = 2;
 const SNAP_REMOVED: u8 = 3;
 const SNAP_LEASES: u8 = 4;
 const SNAP_ALARMS: u8 = 5;
+const SNAP_AUTH: u8 = 6;
 /// The last record: key = number of records before it (u64 LE), value = CRC32C of every byte
 /// before it (u32 LE). A stream without it, or with anything after it, is rejected.
 const SNAP_END: u8 = 0xff;
@@ -138,6 +144,7 @@ impl Backend {
         tx.open_table(REMOVED)?;
         tx.open_table(LEASES)?;
         tx.open_table(ALARMS)?;
+        tx.open_table(AUTH)?;
         tx.commit()?;
         let b = Backend {
             db: RwLock::new(Arc::new(db)),
@@ -181,6 +188,7 @@ impl Backend {
             let removed = tx.open_table(REMOVED).map_err(BackendError::from)?;
             let leases = tx.open_table(LEASES).map_err(BackendError::from)?;
             let alarms = tx.open_table(ALARMS).map_err(BackendError::from)?;
+            let auth = tx.open_table(AUTH).map_err(BackendError::from)?;
             let mut w = WriteTx {
                 removals: &self.removals,
                 kv,
@@ -189,6 +197,7 @@ impl Backend {
                 removed,
                 leases,
                 alarms,
+                auth,
             };
             f(&mut w)?
         };
@@ -303,6 +312,7 @@ impl Backend {
                 let mut removed = tx.open_table(REMOVED)?;
                 let mut leases = tx.open_table(LEASES)?;
                 let mut alarms = tx.open_table(ALARMS)?;
+                let mut auth = tx.open_table(AUTH)?;
                 let start = reader.bytes;
                 while reader.bytes - start < IMPORT_BATCH_BYTES as u64 {
                     let Some(rec) = reader.next_record()? else {
@@ -328,6 +338,9 @@ impl Backend {
                         }
                         Some(SnapRecord::Alarms(id, bits)) => {
                             alarms.insert(id, bits)?;
+                        }
+                        Some(SnapRecord::Auth(k, v)) => {
+                            auth.insert(k.as_slice(), v.as_slice())?;
                         }
                     }
                 }
@@ -380,6 +393,7 @@ impl Backend {
             replace_table(&src, &mut tx, REMOVED)?;
             replace_table(&src, &mut tx, LEASES)?;
             replace_table(&src, &mut tx, ALARMS)?;
+            replace_table(&src, &mut tx, AUTH)?;
         }
         tx.commit()?;
         drop(src);
@@ -429,6 +443,18 @@ impl Backend {
         Ok(out)
     }
 
+    /// Every auth row (kind byte + name, encoded user or role), in key order.
+    pub fn auth_rows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+        let tx = self.db().begin_read()?;
+        let t = tx.open_table(AUTH)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// IDs of members removed from the cluster.
     pub fn removed_members(&self) -> Result<Vec<u64>, BackendError> {
         let tx = self.db().begin_read()?;
@@ -467,6 +493,7 @@ pub struct WriteTx<'a> {
     removed: redb::Table<'a, u64, u64>,
     leases: redb::Table<'a, i64, &'static [u8]>,
     alarms: redb::Table<'a, u64, u64>,
+    auth: redb::Table<'a, &'static [u8], &'static [u8]>,
 }
 
 impl WriteTx<'_> {
@@ -477,6 +504,23 @@ impl WriteTx<'_> {
         } else {
             self.alarms.insert(member, bits)?;
         }
+        Ok(())
+    }
+
+    /// Stores (or, with `None`, removes) an auth row; `kind` is [`AUTH_USER`] or [`AUTH_ROLE`].
+    pub fn put_auth(
+        &mut self,
+        kind: u8,
+        name: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), BackendError> {
+        let mut k = Vec::with_capacity(name.len() + 1);
+        k.push(kind);
+        k.extend_from_slice(name);
+        match value {
+            Some(v) => self.auth.insert(k.as_slice(), v)?,
+            None => self.auth.remove(k.as_slice())?,
+        };
         Ok(())
     }
 
@@ -821,6 +865,10 @@ fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), Backen
         let (id, bits) = (k.value().to_le_bytes(), v.value().to_le_bytes());
         f(SNAP_ALARMS, &id, &bits).map_err(io)?;
     }
+    for row in tx.open_table(AUTH)?.iter()? {
+        let (k, v) = row?;
+        f(SNAP_AUTH, k.value(), v.value()).map_err(io)?;
+    }
     Ok(())
 }
 
@@ -835,6 +883,8 @@ pub enum SnapRecord {
     Removed(u64, u64),
     /// A member's active alarms (bit set of alarm types).
     Alarms(u64, u64),
+    /// A user or role (kind byte + name, encoded record).
+    Auth(Vec<u8>, Vec<u8>),
 }
 
 impl SnapRecord {
@@ -947,6 +997,7 @@ impl<R: std::io::Read> SnapshotReader<R> {
                 u64::from_le_bytes(word8(k, "member id")?),
                 u64::from_le_bytes(word8(v, "alarms")?),
             ),
+            SNAP_AUTH => SnapRecord::Auth(k, v),
             _ => return Err(bad("unknown table")),
         };
         self.count += 1;

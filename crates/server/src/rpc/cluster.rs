@@ -21,10 +21,18 @@ pub struct ClusterService {
 impl ClusterService {
     /// Promotion needs the leader's view of the learner's progress; a follower hands the
     /// request to the leader over its client URL, as etcd forwards it to the leader.
-    async fn promote_on_leader(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+    async fn promote_on_leader(
+        &self,
+        id: u64,
+        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<MemberPromoteResponse, Status> {
         let ch = self.server.leader_channel().await.map_err(status)?;
+        let mut req = Request::new(MemberPromoteRequest { id });
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t);
+        }
         ClusterClient::new(ch)
-            .member_promote(MemberPromoteRequest { id })
+            .member_promote(req)
             .await
             .map(|r| r.into_inner())
     }
@@ -36,6 +44,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let r = req.into_inner();
         let (member, members) = self
             .server
@@ -53,6 +62,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let members = self
             .server
             .member_remove(req.into_inner().id)
@@ -68,6 +78,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let r = req.into_inner();
         let members = self
             .server
@@ -99,6 +110,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
+        let token = req.metadata().get("token").cloned();
         let id = req.into_inner().id;
         match self.server.member_promote(id).await {
             Ok(members) => Ok(Response::new(MemberPromoteResponse {
@@ -106,7 +119,7 @@ impl Cluster for ClusterService {
                 members,
             })),
             Err(ServerError::Raft(ballast_raft::RaftError::NotLeader)) => {
-                self.promote_on_leader(id).await.map(Response::new)
+                self.promote_on_leader(id, token).await.map(Response::new)
             }
             Err(e) => Err(status(e)),
         }

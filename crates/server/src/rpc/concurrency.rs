@@ -56,9 +56,41 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// The caller's rights over what a recipe touches, checked once when the RPC arrives (etcd
+/// runs these recipes through a client carrying the caller's token). `(key, end, write)`:
+/// an empty end is the single key. The recipe's own steps then run as the member.
+async fn permit<T>(
+    server: &EtcdServer,
+    req: &Request<T>,
+    checks: &[(&[u8], &[u8], bool)],
+) -> Result<(), Status> {
+    let mvcc = server.mvcc();
+    if !mvcc.auth_enabled() {
+        return Ok(());
+    }
+    let who = server.caller(req).await.map_err(status)?;
+    mvcc.with_auth(|a| {
+        checks
+            .iter()
+            .try_for_each(|(k, e, w)| a.check(&who, k, e, *w))
+    })
+    .map_err(super::kv_status)
+}
+
+/// Read access to every key of an election or lock (`name/...`).
+fn under(name: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let p = prefix_of(name);
+    let end = prefix_end(&p);
+    (p, end)
+}
+
 async fn txn(server: &EtcdServer, t: TxnRequest) -> Result<TxnResponse, Status> {
     server.refuse_learner().map_err(status)?;
-    match server.propose(Raft::Txn(t)).await.map_err(status)? {
+    match server
+        .propose(Raft::Txn(t), &crate::auth::member())
+        .await
+        .map_err(status)?
+    {
         Applied::Txn(mut r) => {
             let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
             r.header = Some(server.header(rev));
@@ -69,7 +101,10 @@ async fn txn(server: &EtcdServer, t: TxnRequest) -> Result<TxnResponse, Status> 
 }
 
 async fn range(server: &EtcdServer, r: RangeRequest) -> Result<RangeResponse, Status> {
-    server.range(&r).await.map_err(status)
+    server
+        .range(&r, &crate::auth::member())
+        .await
+        .map_err(status)
 }
 
 fn op(r: request_op::Request) -> RequestOp {
@@ -200,9 +235,11 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let r = req.into_inner();
         let s = &self.server;
-        let key = owner_key(&r.name, r.lease);
+        let (p, end) = under(&req.get_ref().name);
+        let key = owner_key(&req.get_ref().name, req.get_ref().lease);
+        permit(s, &req, &[(&key, b"", true), (&p, &end, false)]).await?;
+        let r = req.into_inner();
         let (resp, existing) = create_or_get(s, &key, vec![], r.lease).await?;
         let my_rev = match &existing {
             Some(kv) => kv.create_revision,
@@ -233,11 +270,16 @@ impl Lock for LockService {
     ) -> Result<Response<UnlockResponse>, Status> {
         let s = &self.server;
         s.refuse_learner().map_err(status)?;
+        let who = s.caller(&req).await.map_err(status)?;
         let del = DeleteRangeRequest {
             key: req.into_inner().key,
             ..Default::default()
         };
-        match s.propose(Raft::DeleteRange(del)).await.map_err(status)? {
+        match s
+            .propose(Raft::DeleteRange(del), &who)
+            .await
+            .map_err(status)?
+        {
             Applied::DeleteRange(d) => {
                 let rev = d.header.map(|h| h.revision).unwrap_or(0);
                 Ok(Response::new(UnlockResponse {
@@ -286,9 +328,11 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let r = req.into_inner();
         let s = &self.server;
-        let key = owner_key(&r.name, r.lease);
+        let (p, end) = under(&req.get_ref().name);
+        let key = owner_key(&req.get_ref().name, req.get_ref().lease);
+        permit(s, &req, &[(&key, b"", true), (&p, &end, false)]).await?;
+        let r = req.into_inner();
         let (resp, existing) = create_or_get(s, &key, r.value.clone(), r.lease).await?;
         let mut rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
         let mut header = resp.header;
@@ -314,6 +358,13 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        permit(
+            &self.server,
+            &req,
+            &[(key.as_deref().unwrap_or_default(), b"", true)],
+        )
+        .await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(missing_leader)?;
         let header = proclaim(&self.server, &leader.key, leader.rev, r.value).await?;
@@ -324,6 +375,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let (p, end) = under(&req.get_ref().name);
+        permit(&self.server, &req, &[(&p, &end, false)]).await?;
         let (header, kv) = leader_of(&self.server, &req.into_inner().name).await?;
         let kv = kv.ok_or_else(|| Status::unknown("election: no leader"))?;
         Ok(Response::new(LeaderResponse {
@@ -336,6 +389,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let (p, end) = under(&req.get_ref().name);
+        permit(&self.server, &req, &[(&p, &end, false)]).await?;
         let name = req.into_inner().name;
         let server = self.server.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -387,6 +442,13 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        permit(
+            &self.server,
+            &req,
+            &[(key.as_deref().unwrap_or_default(), b"", true)],
+        )
+        .await?;
         let leader = req.into_inner().leader.ok_or_else(missing_leader)?;
         let del = DeleteRangeRequest {
             key: leader.key.clone(),

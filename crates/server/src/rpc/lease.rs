@@ -84,6 +84,7 @@ impl Lease for LeaseService {
         &self,
         req: Req<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let who = self.server.caller(&req).await.map_err(status)?;
         let mut r = req.into_inner();
         if r.ttl > MAX_LEASE_TTL {
             return Err(kv_status(KvError::LeaseTtlTooLarge));
@@ -98,7 +99,7 @@ impl Lease for LeaseService {
         self.server.refuse_learner().map_err(status)?;
         match self
             .server
-            .propose(Request::LeaseGrant(r))
+            .propose(Request::LeaseGrant(r), &who)
             .await
             .map_err(status)?
         {
@@ -115,10 +116,11 @@ impl Lease for LeaseService {
         req: Req<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.server.refuse_learner().map_err(status)?;
+        let who = self.server.caller(&req).await.map_err(status)?;
         let r = req.into_inner();
         match self
             .server
-            .propose(Request::LeaseRevoke(r))
+            .propose(Request::LeaseRevoke(r), &who)
             .await
             .map_err(status)?
         {

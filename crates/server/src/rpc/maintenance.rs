@@ -102,8 +102,9 @@ impl Maintenance for MaintenanceService {
     /// by the channel; a client that goes away stops the export.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let (tx, rx) = mpsc::channel(4);
         let mvcc = self.server.mvcc();
         let header = self.server.header(mvcc.current_rev());
@@ -156,10 +157,11 @@ impl Maintenance for MaintenanceService {
     /// Lists, raises or clears alarms — always through raft, as etcd does, so the answer is
     /// the cluster's applied alarm state.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let r = req.into_inner();
         let s = &self.server;
+        let who = s.caller(&req).await.map_err(status)?;
+        let r = req.into_inner();
         match s
-            .propose(raft_request::Request::Alarm(r))
+            .propose(raft_request::Request::Alarm(r), &who)
             .await
             .map_err(status)?
         {
@@ -175,8 +177,9 @@ impl Maintenance for MaintenanceService {
     /// blocks both); only a short final catch-up holds writes.
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let s = &self.server;
         s.defragment().await.map_err(status)?;
         Ok(Response::new(DefragmentResponse {
@@ -218,7 +221,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// A hash of the whole key-value history this member stores.
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let mvcc = self.server.mvcc();
         let (hash, _, rev) = mvcc.hash_kv(0).map_err(|e| status(e.into()))?;
         Ok(Response::new(HashResponse {
@@ -232,6 +236,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.server.require_admin(&req).await.map_err(status)?;
         let rev = req.into_inner().revision;
         let mvcc = self.server.mvcc();
         let (hash, compact_revision, hash_revision) =

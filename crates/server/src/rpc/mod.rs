@@ -1,12 +1,12 @@
 //! gRPC services. Handlers only validate, translate and call the member; every error becomes
 //! etcd's status through [`status`].
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
-pub mod unimplemented;
 pub mod watch;
 
 use ballast_raft::RaftError;
@@ -106,6 +106,24 @@ pub fn status(e: ServerError) -> Status {
             KvError::NoSpace => Code::ResourceExhausted,
             KvError::CorruptCluster => Code::DataLoss,
             KvError::Backend(_) | KvError::Corrupt(_) => Code::Internal,
+            KvError::RootUserNotExist
+            | KvError::RootRoleNotExist
+            | KvError::UserAlreadyExist
+            | KvError::UserNotFound
+            | KvError::RoleAlreadyExist
+            | KvError::RoleNotFound
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::AuthNotEnabled => Code::FailedPrecondition,
+            KvError::UserEmpty
+            | KvError::RoleEmpty
+            | KvError::AuthFailed
+            | KvError::NoPasswordUser
+            | KvError::PermissionNotGiven
+            | KvError::InvalidAuthMgmt
+            | KvError::AuthOldRevision => Code::InvalidArgument,
+            KvError::PermissionDenied => Code::PermissionDenied,
+            KvError::InvalidAuthToken => Code::Unauthenticated,
         },
         ServerError::Raft(r) => match r {
             RaftError::TooManyRequests => Code::ResourceExhausted,

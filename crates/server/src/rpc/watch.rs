@@ -33,7 +33,12 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        Ok(Response::new(serve(self.server.clone(), req.into_inner())))
+        let creds = crate::auth::Credentials::of(&req);
+        Ok(Response::new(serve(
+            self.server.clone(),
+            creds,
+            req.into_inner(),
+        )))
     }
 }
 
@@ -41,6 +46,7 @@ impl Watch for WatchService {
 /// and the JSON gateway's `/v3/watch` alike).
 pub fn serve(
     server: Arc<EtcdServer>,
+    creds: crate::auth::Credentials,
     mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
 ) -> WatchStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -59,7 +65,7 @@ pub fn serve(
                         break;
                     }
                 };
-                if !handle(&server, stream, &tx, &mut ids, &mut next_id, msg).await {
+                if !handle(&server, &creds, stream, &tx, &mut ids, &mut next_id, msg).await {
                     half_closed = false;
                     break;
                 }
@@ -75,9 +81,43 @@ pub fn serve(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// Why the caller may not watch what `c` asks for, in etcd's words (the whole gRPC error
+/// text, as etcd puts it in `cancel_reason`); `None` if it may.
+async fn refused(
+    server: &EtcdServer,
+    creds: &crate::auth::Credentials,
+    c: &ballast_api::etcdserverpb::WatchCreateRequest,
+) -> Option<String> {
+    use ballast_state::KvError;
+    let mvcc = server.mvcc();
+    if !mvcc.auth_enabled() {
+        return None;
+    }
+    // etcd watches key "\0" for an empty key.
+    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+    let err = match server.who(creds).await {
+        Ok(who) => mvcc
+            .with_auth(|a| a.check(&who, key, &c.range_end, false))
+            .err()?,
+        Err(crate::server::ServerError::Kv(e)) => e,
+        Err(_) => KvError::PermissionDenied,
+    };
+    let err = match err {
+        KvError::InvalidAuthToken | KvError::AuthOldRevision | KvError::UserEmpty => err,
+        _ => KvError::PermissionDenied,
+    };
+    let s = super::kv_status(err);
+    Some(format!(
+        "rpc error: code = {} desc = {}",
+        crate::metrics::code_name(s.code()),
+        s.message()
+    ))
+}
+
 /// One request from the client; false once the response side is gone.
 async fn handle(
     server: &Arc<EtcdServer>,
+    creds: &crate::auth::Credentials,
     stream: u64,
     tx: &Sender,
     ids: &mut HashSet<i64>,
@@ -91,6 +131,17 @@ async fn handle(
             // has not published, and a watcher from "now" must start right after the
             // revision its created response names.
             let rev = hub.rev();
+            if let Some(reason) = refused(server, creds, &c).await {
+                let resp = WatchResponse {
+                    header: Some(server.header(rev)),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                };
+                return tx.send(Ok(resp)).await.is_ok();
+            }
             let id = if c.watch_id == 0 {
                 while ids.contains(next_id) {
                     *next_id += 1;
