@@ -5,7 +5,7 @@
 use crate::cluster::{etcdctl, Kind, Server};
 
 /// One etcdctl invocation: arguments and optional stdin.
-type Step = (&'static [&'static str], Option<&'static str>);
+pub type Step = (&'static [&'static str], Option<&'static str>);
 
 const KV_SESSION: &[Step] = &[
     (&["put", "foo", "bar"], None),
@@ -123,8 +123,13 @@ pub type Ctl = fn(&str, &[&str], Option<&str>) -> (String, String, i32);
 
 /// Runs `steps` with `reference` against etcd and `subject` against Ballast and compares.
 pub fn run_session(reference: Ctl, subject: Ctl, steps: &[Step]) {
+    run_session_with(reference, subject, steps, &[]);
+}
+
+/// [`run_session`] with extra flags for Ballast.
+pub fn run_session_with(reference: Ctl, subject: Ctl, steps: &[Step], ballast_args: &[&str]) {
     let etcd = Server::start(Kind::Etcd, &[]);
-    let ballast = Server::start(Kind::Ballast, &[]);
+    let ballast = Server::start(Kind::Ballast, ballast_args);
     let mut failures = Vec::new();
     for (args, stdin) in steps {
         let want = reference(&etcd.endpoint(), args, *stdin);

@@ -9,11 +9,19 @@ use crate::cluster::{Kind, Server};
 
 /// `POST path` with a JSON body; returns (status, body).
 fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    post_as(port, path, body, None)
+}
+
+/// [`post`] with an `Authorization` header carrying a token from `/v3/auth/authenticate`.
+pub fn post_as(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -45,7 +53,7 @@ fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 }
 
 /// Replaces what differs between two clusters (IDs, terms, URLs, sizes) with placeholders.
-fn normalise(v: &mut serde_json::Value) {
+pub fn normalise(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m.iter_mut() {

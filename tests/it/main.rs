@@ -2,6 +2,7 @@
 //! (the `etcd-client` crate and Debian's `etcdctl`), and the real `etcd` as the reference.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod bench;
 mod cluster;
 mod concurrency;

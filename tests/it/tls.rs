@@ -20,6 +20,9 @@ struct Pki {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// A second client certificate, CN "alice".
+    alice_cert: PathBuf,
+    alice_key: PathBuf,
 }
 
 fn pki(dir: &Path, name: &str) -> Pki {
@@ -51,6 +54,7 @@ fn pki(dir: &Path, name: &str) -> Pki {
         ],
     );
     let (client, client_key) = leaf("root", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let (alice, alice_key) = leaf("alice", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
     let write = |file: &str, pem: String| {
         let p = dir.join(format!("{name}-{file}"));
         std::fs::write(&p, pem).unwrap();
@@ -62,6 +66,8 @@ fn pki(dir: &Path, name: &str) -> Pki {
         server_key: write("server-key.pem", server_key.serialize_pem()),
         client_cert: write("client.pem", client.pem()),
         client_key: write("client-key.pem", client_key.serialize_pem()),
+        alice_cert: write("alice.pem", alice.pem()),
+        alice_key: write("alice-key.pem", alice_key.serialize_pem()),
     }
 }
 
@@ -463,4 +469,97 @@ fn peer_cert_allowed_cn_turns_other_names_away() {
         !logs.contains("became leader"),
         "a leader was elected: {logs}"
     );
+}
+
+/// Under `--client-cert-auth`, a verified certificate's CN is the user when the request has no
+/// token (etcd's rule): the "root" certificate administers, "alice" gets only her role, and a
+/// token still wins over the certificate. etcdctl and ballastctl alike.
+#[test]
+fn client_certificate_cn_is_the_user_under_client_cert_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = pki(dir.path(), "a");
+    let m = start(
+        dir.path(),
+        &[
+            "--cert-file",
+            a.server_cert.to_str().unwrap(),
+            "--key-file",
+            a.server_key.to_str().unwrap(),
+            "--trusted-ca-file",
+            a.ca.to_str().unwrap(),
+            "--client-cert-auth",
+            "--bcrypt-cost=4",
+        ],
+    );
+    let as_cert = |cert: &Path, key: &Path| {
+        vec![
+            format!("--cacert={}", a.ca.display()),
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+        ]
+    };
+    let root = as_cert(&a.client_cert, &a.client_key);
+    let root: Vec<&str> = root.iter().map(String::as_str).collect();
+    let alice = as_cert(&a.alice_cert, &a.alice_key);
+    let alice: Vec<&str> = alice.iter().map(String::as_str).collect();
+    wait_serving(&m, &root);
+    let ok = |out: (String, String, i32)| {
+        assert_eq!(out.2, 0, "{out:?}");
+        out.0
+    };
+    ok(etcdctl(&m.url, &root, &["user", "add", "root:rootpw"]));
+    ok(etcdctl(
+        &m.url,
+        &root,
+        &["user", "add", "alice", "--no-password"],
+    ));
+    ok(etcdctl(&m.url, &root, &["role", "add", "a-reader"]));
+    ok(etcdctl(
+        &m.url,
+        &root,
+        &[
+            "role",
+            "grant-permission",
+            "a-reader",
+            "read",
+            "--prefix",
+            "a/",
+        ],
+    ));
+    ok(etcdctl(
+        &m.url,
+        &root,
+        &["user", "grant-role", "alice", "a-reader"],
+    ));
+    ok(etcdctl(&m.url, &root, &["put", "a/1", "one"]));
+    assert_eq!(
+        ok(etcdctl(&m.url, &root, &["auth", "enable"])),
+        "Authentication Enabled\n"
+    );
+
+    for c in [
+        etcdctl as fn(&str, &[&str], &[&str]) -> (String, String, i32),
+        ballastctl,
+    ] {
+        // The root certificate is root: writes and administration, no password.
+        assert_eq!(ok(c(&m.url, &root, &["put", "a/2", "two"])), "OK\n");
+        assert_eq!(ok(c(&m.url, &root, &["user", "list"])), "alice\nroot\n");
+        // Alice's certificate reads her prefix and nothing else.
+        assert_eq!(
+            ok(c(&m.url, &alice, &["get", "a/", "--prefix", "--keys-only"])),
+            "a/1\n\na/2\n\n"
+        );
+        for denied in [&["put", "a/3", "x"][..], &["get", "b"], &["user", "list"]] {
+            let out = c(&m.url, &alice, denied);
+            assert_eq!(out.2, 1, "{denied:?}: {out:?}");
+            assert!(
+                out.1.ends_with("Error: etcdserver: permission denied\n"),
+                "{denied:?}: {out:?}"
+            );
+        }
+        // A token names the user even over another's certificate.
+        let mut with_user = alice.clone();
+        with_user.push("--user=root:rootpw");
+        assert_eq!(ok(c(&m.url, &with_user, &["put", "b", "x"])), "OK\n");
+    }
 }

@@ -67,6 +67,7 @@ pub async fn login(cli: &Cli, ch: Channel) -> Result<Conn, Failure> {
             Ok(Conn::new(ch, Token(token)))
         }
         Err(s) if s.message() == "etcdserver: authentication is not enabled" => {
+            crate::retry_warning(cli, &s);
             Ok(Conn::new(ch, Token::default()))
         }
         Err(s) => {
@@ -556,7 +557,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
     match cmd {
         RoleCmd::Add { args } => {
             let [name] = args.as_slice() else {
-                return Err(bad("role add command requires role name as its argument."));
+                return Err(bad("role add command requires role name as its argument"));
             };
             let req = AuthRoleAddRequest { name: name.clone() };
             let r = call(t, client(cli).await?.role_add(req))
@@ -571,7 +572,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
         RoleCmd::Delete { args } => {
             let [name] = args.as_slice() else {
                 return Err(bad(
-                    "role delete command requires role name as its argument.",
+                    "role delete command requires role name as its argument",
                 ));
             };
             let req = AuthRoleDeleteRequest { role: name.clone() };
@@ -586,7 +587,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
         }
         RoleCmd::Get { args } => {
             let [name] = args.as_slice() else {
-                return Err(bad("role get command requires role name as its argument."));
+                return Err(bad("role get command requires role name as its argument"));
             };
             let req = AuthRoleGetRequest { role: name.clone() };
             let r = call(t, client(cli).await?.role_get(req))
@@ -596,7 +597,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
         }
         RoleCmd::List { args } => {
             if !args.is_empty() {
-                return Err(bad("role list command requires no arguments."));
+                return Err(bad("role list command requires no arguments"));
             }
             let r = call(t, client(cli).await?.role_list(AuthRoleListRequest {}))
                 .await?
@@ -617,7 +618,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
             from_key,
         } => {
             if args.len() < 3 {
-                return Err(bad("role grant command requires role name, permission type, and key [endkey] as its argument."));
+                return Err(bad("role grant command requires role name, permission type, and key [endkey] as its argument"));
             }
             let perm_type = match args[1].to_uppercase().as_str() {
                 "READ" => PermType::Read,
@@ -649,7 +650,7 @@ pub async fn role(cli: &Cli, p: &Printer, t: Duration, cmd: &RoleCmd) -> Result<
             from_key,
         } => {
             if args.len() < 2 {
-                return Err(bad("role revoke-permission command requires role name and key [endkey] as its argument."));
+                return Err(bad("role revoke-permission command requires role name and key [endkey] as its argument"));
             }
             let range_end = perm_range_end(&args[1..], *prefix, *from_key)?;
             let req = AuthRoleRevokePermissionRequest {

@@ -697,7 +697,10 @@ async fn endpoint_health(
                 match tokio::time::timeout(timeout, kv.range(req)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(s)) if s.message() == "etcdserver: permission denied" => Ok(()),
-                    Ok(Err(s)) => Err(s.message().to_string()),
+                    Ok(Err(s)) => {
+                        retry_warning(cli, &s);
+                        Err(s.message().to_string())
+                    }
                     Err(_) => Err("context deadline exceeded".into()),
                 }
             }
