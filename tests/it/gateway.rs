@@ -200,3 +200,83 @@ fn gateway_watch_streams_like_etcd() {
     assert_eq!(a.len(), 3, "{a:?}");
     assert_eq!(a, watch_session(&ballast));
 }
+
+/// `/v3/maintenance/snapshot` streams the snapshot as `{"result":{"blob":...}}` lines, like
+/// etcd's: the blobs joined are a file whose last 32 bytes are the SHA-256 of the rest (for
+/// both servers), and Ballast's restores with ballastctl. `/v3/election/observe` streams the
+/// leader as it is elected.
+#[test]
+fn gateway_streams_snapshots_and_election_leaders() {
+    use base64::Engine;
+    use sha2::Digest;
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    for s in [&etcd, &ballast] {
+        for i in 0..50 {
+            let body = format!(
+                r#"{{"key":"{}","value":"dg=="}}"#,
+                base64::engine::general_purpose::STANDARD.encode(format!("k{i}"))
+            );
+            assert_eq!(post(s.port, "/v3/kv/put", &body).0, 200);
+        }
+        let (code, body) = post(s.port, "/v3/maintenance/snapshot", "{}");
+        assert_eq!(code, 200, "{body}");
+        let mut file = Vec::new();
+        for line in body.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let blob = v["result"]["blob"].as_str().unwrap();
+            file.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(blob)
+                    .unwrap(),
+            );
+        }
+        let (data, sum) = file.split_at(file.len() - 32);
+        assert_eq!(sha2::Sha256::digest(data).as_slice(), sum);
+        if s.kind == Kind::Ballast {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("snap.db");
+            std::fs::write(&path, &file).unwrap();
+            let p = path.to_str().unwrap();
+            let out = crate::differential::ballastctl(
+                &s.endpoint(),
+                &["snapshot", "status", p, "-w", "json"],
+                None,
+            );
+            assert_eq!(out.2, 0, "{out:?}");
+            let st: serde_json::Value = serde_json::from_str(out.0.trim()).unwrap();
+            assert_eq!(st["revision"], 51, "{st}");
+        }
+    }
+
+    // Observe: the first streamed line names the leader a campaign just made.
+    let ctl = crate::cluster::bin_dir().join("ballastctl");
+    let elect = crate::cluster::ctl_bg(&ctl, &ballast.endpoint(), &["elect", "e", "v1"], 10.0);
+    let body = r#"{"name":"ZQ=="}"#;
+    let mut w = TcpStream::connect(("127.0.0.1", ballast.port)).unwrap();
+    w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        w,
+        "POST /v3/election/observe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let mut buf = [0u8; 4096];
+    while !raw.contains("}}\n") {
+        let n = w.read(&mut buf).unwrap();
+        assert!(n > 0, "observe stream ended: {raw}");
+        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let line = &raw[raw.find(r#"{"result""#).unwrap()..];
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["result"]["kv"]["value"], "djE=", "{v}");
+    assert!(
+        v["result"]["kv"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ZS8"),
+        "{v}"
+    );
+    let _ = crate::cluster::finish(elect);
+}

@@ -86,6 +86,25 @@ fn token(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(String::from)
 }
 
+/// The request message from a body (empty means the default message), with the caller's
+/// token; or etcd's error object for a body that does not decode.
+fn request<Req: DeserializeOwned + Default>(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<tonic::Request<Req>, Response> {
+    let msg = if body.iter().all(u8::is_ascii_whitespace) {
+        Req::default()
+    } else {
+        serde_json::from_slice::<Req>(body)
+            .map_err(|e| error(Code::InvalidArgument, &json_error(body, &e)))?
+    };
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token(headers).and_then(|t| t.parse().ok()) {
+        req.metadata_mut().insert("authorization", t);
+    }
+    Ok(req)
+}
+
 /// Decodes the body (empty means the default message), runs `f`, encodes the answer.
 async fn call<Req, Resp, F, Fut>(headers: axum::http::HeaderMap, body: Bytes, f: F) -> Response
 where
@@ -94,18 +113,10 @@ where
     F: FnOnce(tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let req = if body.iter().all(u8::is_ascii_whitespace) {
-        Req::default()
-    } else {
-        match serde_json::from_slice::<Req>(&body) {
-            Ok(r) => r,
-            Err(e) => return error(Code::InvalidArgument, &json_error(&body, &e)),
-        }
+    let req = match request(&headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    let mut req = tonic::Request::new(req);
-    if let Some(t) = token(&headers).and_then(|t| t.parse().ok()) {
-        req.metadata_mut().insert("authorization", t);
-    }
     match f(req).await {
         Ok(r) => axum::Json(r.into_inner()).into_response(),
         Err(s) => error(s.code(), s.message()),
@@ -127,7 +138,19 @@ async fn watch(server: Arc<EtcdServer>, headers: axum::http::HeaderMap, body: By
         token: token(&headers),
         cn: None,
     };
-    let out = crate::rpc::watch::serve(server, creds, tokio_stream::iter(reqs)).map(|r| {
+    lines(crate::rpc::watch::serve(
+        server,
+        creds,
+        tokio_stream::iter(reqs),
+    ))
+}
+
+/// A server stream in grpc-gateway's format: each message as `{"result":...}` on its own
+/// line, an error as `{"error":{...}}`, flushed as they come.
+fn lines<T: Serialize + Send + 'static>(
+    stream: impl tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static,
+) -> Response {
+    let out = stream.map(|r| {
         let line = match r {
             Ok(resp) => serde_json::json!({ "result": resp }),
             Err(s) => serde_json::json!({ "error": {
@@ -145,6 +168,31 @@ async fn watch(server: Arc<EtcdServer>, headers: axum::http::HeaderMap, body: By
         axum::http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A server-streaming route (snapshot, election observe): one request message in the body,
+/// the stream's messages out as [`lines`]; an error before the stream starts is etcd's
+/// error object, as for unary routes.
+async fn server_stream<Req, Resp, S, F, Fut>(
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+    f: F,
+) -> Response
+where
+    Req: DeserializeOwned + Default + Send,
+    Resp: Serialize + Send + 'static,
+    S: tokio_stream::Stream<Item = Result<Resp, Status>> + Send + 'static,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<S>, Status>>,
+{
+    let req = match request(&headers, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match f(req).await {
+        Ok(r) => lines(r.into_inner()),
+        Err(s) => error(s.code(), s.message()),
+    }
 }
 
 /// `POST /v3/lease/keepalive`: each `LeaseKeepAliveRequest` in the body is answered with a
@@ -245,6 +293,30 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             })
             .options(preflight),
         );
+        let m = maintenance.clone();
+        r =
+            r.route(
+                &format!("{prefix}/maintenance/snapshot"),
+                post(move |headers: axum::http::HeaderMap, body: Bytes| {
+                    let m = m.clone();
+                    async move {
+                        server_stream(headers, body, |r| async move { m.snapshot(r).await }).await
+                    }
+                })
+                .options(preflight),
+            );
+        let e = election.clone();
+        r =
+            r.route(
+                &format!("{prefix}/election/observe"),
+                post(move |headers: axum::http::HeaderMap, body: Bytes| {
+                    let e = e.clone();
+                    async move {
+                        server_stream(headers, body, |r| async move { e.observe(r).await }).await
+                    }
+                })
+                .options(preflight),
+            );
         let s = server.clone();
         r = r.route(
             &format!("{prefix}/lease/keepalive"),
