@@ -87,16 +87,15 @@ fn token(headers: &axum::http::HeaderMap) -> Option<String> {
 }
 
 /// The request message from a body (empty means the default message), with the caller's
-/// token; or etcd's error object for a body that does not decode.
+/// token; or why a body does not decode, in Go's words.
 fn request<Req: DeserializeOwned + Default>(
     headers: &axum::http::HeaderMap,
     body: &[u8],
-) -> Result<tonic::Request<Req>, Response> {
+) -> Result<tonic::Request<Req>, String> {
     let msg = if body.iter().all(u8::is_ascii_whitespace) {
         Req::default()
     } else {
-        serde_json::from_slice::<Req>(body)
-            .map_err(|e| error(Code::InvalidArgument, &json_error(body, &e)))?
+        serde_json::from_slice::<Req>(body).map_err(|e| json_error(body, &e))?
     };
     let mut req = tonic::Request::new(msg);
     if let Some(t) = token(headers).and_then(|t| t.parse().ok()) {
@@ -115,7 +114,7 @@ where
 {
     let req = match request(&headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(why) => return error(Code::InvalidArgument, &why),
     };
     match f(req).await {
         Ok(r) => axum::Json(r.into_inner()).into_response(),
@@ -187,7 +186,7 @@ where
 {
     let req = match request(&headers, &body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(why) => return error(Code::InvalidArgument, &why),
     };
     match f(req).await {
         Ok(r) => lines(r.into_inner()),

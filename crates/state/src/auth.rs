@@ -123,7 +123,7 @@ pub struct AuthState {
 impl AuthState {
     /// Loads the auth store from its backend rows and the two meta values.
     pub(crate) fn load(
-        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        rows: ballast_storage::backend::AuthRows,
         enabled: Option<u64>,
         revision: Option<u64>,
     ) -> Result<AuthState, KvError> {

@@ -25,6 +25,8 @@ const ALARMS: TableDefinition<u64, u64> = TableDefinition::new("alarms");
 /// encoded `authpb.User` / `authpb.Role`.
 const AUTH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth");
 pub const AUTH_USER: u8 = b'u';
+/// Auth rows as stored: (kind byte + name, encoded record).
+pub type AuthRows = Vec<(Vec<u8>, Vec<u8>)>;
 pub const AUTH_ROLE: u8 = b'r';
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
@@ -444,7 +446,7 @@ impl Backend {
     }
 
     /// Every auth row (kind byte + name, encoded user or role), in key order.
-    pub fn auth_rows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    pub fn auth_rows(&self) -> Result<AuthRows, BackendError> {
         let tx = self.db().begin_read()?;
         let t = tx.open_table(AUTH)?;
         let mut out = Vec::new();
