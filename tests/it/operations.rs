@@ -872,10 +872,9 @@ async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
 #[test]
 fn local_cluster_script_starts_three_members() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_port();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local-cluster.sh");
     let bin = crate::cluster::ballast_bin();
-    let run = |cmd: &str| {
+    let run = |cmd: &str, base: u16| {
         std::process::Command::new("bash")
             .arg(&script)
             .args([cmd, dir.path().to_str().unwrap()])
@@ -885,9 +884,27 @@ fn local_cluster_script_starts_three_members() {
             .output()
             .unwrap()
     };
-    let up = run("start");
+    // The script takes six ports from BASE_PORT on; only the first was checked free, so a
+    // concurrent test can hold one of the others. Such a start is retried on new ports.
+    let mut base = free_port();
+    let mut up = run("start", base);
+    for _ in 0..3 {
+        let lost_port = (1..=3).any(|i| {
+            std::fs::read_to_string(dir.path().join(format!("infra{i}.log")))
+                .unwrap_or_default()
+                .contains("Address already in use")
+        });
+        if up.status.success() || !lost_port {
+            break;
+        }
+        run("stop", base);
+        let _ = std::fs::remove_dir_all(dir.path());
+        std::fs::create_dir_all(dir.path()).unwrap();
+        base = free_port();
+        up = run("start", base);
+    }
     let stop_after = scopeguard(|| {
-        run("stop");
+        run("stop", base);
     });
     assert!(
         up.status.success(),
