@@ -799,13 +799,18 @@ fn periodic_auto_compaction_keeps_the_retention_window() {
 
 /// A member whose disk silently flips bits (the `break-corrupt-writes` failpoint) is caught:
 /// the leader's periodic check raises CORRUPT for it, writes then fail with etcd's error while
-/// reads go on, and restarting that member fails its start-up check instead of serving.
+/// reads go on, and restarting that member fails its start-up check instead of serving. Auth
+/// is on throughout: members compare hashes over the peer port, which client auth does not
+/// guard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
     use ballast_harness::cluster::{Binary, Cluster, Options};
     let opts = Options {
         binary: Binary::with_failpoints().unwrap(),
-        extra: vec!["--experimental-corrupt-check-time=1s".into()],
+        extra: vec![
+            "--experimental-corrupt-check-time=1s".into(),
+            "--bcrypt-cost=4".into(),
+        ],
         failpoints: String::new(),
     };
     let mut c = Cluster::start(3, opts).await.unwrap();
@@ -817,8 +822,15 @@ async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
     let ep = ep.trim_start_matches("http://").to_string();
     // The restarted member must be back in the log before the writes it will store wrongly.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    ctl_ok(etcdctl(&ep, &["user", "add", "root:pw"], None));
+    ctl_ok(etcdctl(&ep, &["auth", "enable"], None));
+    let root = "--user=root:pw";
     for i in 0..10 {
-        ctl_ok(etcdctl(&ep, &["put", &format!("c{i}"), "value"], None));
+        ctl_ok(etcdctl(
+            &ep,
+            &[root, "put", &format!("c{i}"), "value"],
+            None,
+        ));
     }
     let start = Instant::now();
     let expected = format!("memberID:{bad_id} alarm:CORRUPT \n");
@@ -834,14 +846,18 @@ async fn corruption_checks_raise_corrupt_and_refuse_a_corrupt_restart() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let put = etcdctl(&ep, &["put", "after", "x"], None);
+    let put = etcdctl(&ep, &[root, "put", "after", "x"], None);
     assert_eq!(put.2, 1);
     assert_eq!(
         put.1.lines().last(),
         Some("Error: etcdserver: corrupt cluster")
     );
     assert_eq!(
-        ctl_ok(etcdctl(&ep, &["get", "c1", "--print-value-only"], None)),
+        ctl_ok(etcdctl(
+            &ep,
+            &[root, "get", "c1", "--print-value-only"],
+            None
+        )),
         "value\n"
     );
     let (code, body) = crate::cluster::http_get(c.nodes[leader].client_port, "/readyz").unwrap();

@@ -37,6 +37,10 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A one-shot membership query a joining member sends before it has an identity: the answer
 /// is one frame holding whatever [`Transport::set_membership`] provides.
 const MAGIC_MEMBERS: &[u8; 8] = b"BALLASTM";
+/// A member's one-shot question to another (after the usual handshake): one request frame,
+/// one answer frame from [`Transport::set_query`]. Members ask each other over the peer port,
+/// which client auth does not guard (etcd's peer HTTP endpoints likewise).
+const MAGIC_QUERY: &[u8; 8] = b"BALLASTQ";
 const HANDSHAKE_LEN: usize = 8 + 8 * 3;
 /// Messages waiting for one peer; beyond this they are dropped (raft tolerates loss).
 const PEER_QUEUE: usize = 4096;
@@ -115,6 +119,7 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, Peer>>,
     membership: Mutex<Option<MembershipFn>>,
+    query: Mutex<Option<QueryFn>>,
     snapshot_source: Mutex<Option<SnapshotSource>>,
     snap_dir: std::path::PathBuf,
     /// Snapshots received and staged, by index, until raft installs them.
@@ -149,6 +154,7 @@ impl Inner {
 }
 
 type MembershipFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
+type QueryFn = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 struct Peer {
     urls: Vec<String>,
@@ -175,6 +181,7 @@ impl Transport {
                 runtime,
                 peers: Mutex::new(HashMap::new()),
                 membership: Mutex::new(None),
+                query: Mutex::new(None),
                 snapshot_source: Mutex::new(None),
                 snap_dir,
                 received: Mutex::new(HashMap::new()),
@@ -208,6 +215,27 @@ impl Transport {
     /// What this member answers to a joining member's membership query.
     pub fn set_membership(&self, f: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
         *lock(&self.inner.membership) = Some(Arc::new(f));
+    }
+
+    /// What this member answers to another member's query (run on a blocking thread).
+    pub fn set_query(&self, f: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) {
+        *lock(&self.inner.query) = Some(Arc::new(f));
+    }
+
+    /// Asks peer `to` one question over the peer port; `None` if it cannot be reached or
+    /// does not answer within `timeout`.
+    pub async fn query(&self, to: u64, body: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+        let urls = self.peers().get(&to)?.urls.clone();
+        let inner = self.inner.clone();
+        let body = body.to_vec();
+        tokio::time::timeout(timeout, async move {
+            let mut conn = dial(&inner, to, &urls, MAGIC_QUERY).await?;
+            conn.write_all(&frame(&body)).await.ok()?;
+            conn.flush().await.ok()?;
+            read_frame(conn.get_mut(), inner.max_frame).await.ok()
+        })
+        .await
+        .ok()?
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Peer>> {
@@ -598,7 +626,7 @@ async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> 
         stream.write_all(&frame(&body)).await?;
         return Ok(());
     }
-    if &hs[..8] != MAGIC && &hs[..8] != MAGIC_SNAPSHOT {
+    if &hs[..8] != MAGIC && &hs[..8] != MAGIC_SNAPSHOT && &hs[..8] != MAGIC_QUERY {
         return Err(StreamError::Handshake("not a ballast peer".into()));
     }
     let (cluster, from, to) = (word(0), word(1), word(2));
@@ -615,6 +643,16 @@ async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> 
     }
     if &hs[..8] == MAGIC_SNAPSHOT {
         return receive_snapshot(&inner, stream, from).await;
+    }
+    if &hs[..8] == MAGIC_QUERY {
+        let body = read_frame(&mut stream, inner.max_frame).await?;
+        let f = lock(&inner.query).clone().ok_or(StreamError::Closed)?;
+        let answer = tokio::task::spawn_blocking(move || f(&body))
+            .await
+            .map_err(|_| StreamError::Closed)?;
+        stream.write_all(&frame(&answer)).await?;
+        stream.flush().await?;
+        return Ok(());
     }
     let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     loop {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ballast_api::ballast::internal::raft_request;
 use ballast_api::etcdserverpb::alarm_request::AlarmAction;
-use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use ballast_api::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest};
+use ballast_api::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest, HashKvResponse};
+use prost::Message;
 
 use crate::server::{EtcdServer, ServerError};
 
@@ -40,17 +40,14 @@ impl Mismatch {
     }
 }
 
-async fn peer_hash(
-    tls: Option<crate::tls::TlsFiles>,
-    url: &str,
-    revision: i64,
-) -> Option<(u32, i64)> {
-    let ch = crate::tls::member_channel(url, tls.as_ref(), Duration::from_secs(5)).ok()?;
-    let r = MaintenanceClient::new(ch)
-        .hash_kv(HashKvRequest { revision })
-        .await
-        .ok()?
-        .into_inner();
+/// A peer's HashKV at `revision`, asked over the peer port.
+async fn peer_hash(s: &EtcdServer, member: u64, revision: i64) -> Option<(u32, i64)> {
+    let ask = HashKvRequest { revision }.encode_to_vec();
+    let answer = s.transport().query(member, &ask, ROUND).await?;
+    if answer.is_empty() {
+        return None;
+    }
+    let r = HashKvResponse::decode(answer.as_slice()).ok()?;
     Some((r.hash, r.compact_revision))
 }
 
@@ -59,17 +56,14 @@ async fn peer_hash(
 const ROUND: Duration = Duration::from_secs(2);
 
 /// Compares this member's history with every other member's that answers within [`ROUND`].
-pub async fn compare_with_peers(s: &EtcdServer) -> Result<Vec<Mismatch>, ServerError> {
+pub async fn compare_with_peers(s: &Arc<EtcdServer>) -> Result<Vec<Mismatch>, ServerError> {
     let mvcc = s.mvcc();
     let (ours, compacted, revision) = mvcc.hash_kv(mvcc.current_rev())?;
     let mut asks = tokio::task::JoinSet::new();
     for m in mvcc.members() {
-        let Some(url) = m.client_ur_ls.first().cloned() else {
-            continue;
-        };
         if m.id != s.member_id() {
-            let tls = s.cfg.client_tls.clone();
-            asks.spawn(async move { (m.id, peer_hash(tls, &url, revision).await) });
+            let s = s.clone();
+            asks.spawn(async move { (m.id, peer_hash(&s, m.id, revision).await) });
         }
     }
     let mut out = Vec::new();
@@ -95,7 +89,7 @@ pub async fn compare_with_peers(s: &EtcdServer) -> Result<Vec<Mismatch>, ServerE
 
 /// The start-up check: an error means this member's data disagrees with a peer's. A member
 /// with no keyspace history yet has nothing to compare.
-pub async fn initial_check(s: &EtcdServer) -> Result<(), String> {
+pub async fn initial_check(s: &Arc<EtcdServer>) -> Result<(), String> {
     if s.mvcc().current_rev() <= 1 {
         return Ok(());
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use ballast_api::ballast::internal::{raft_request, RaftRequest};
 use ballast_api::etcdserverpb::alarm_request::AlarmAction;
 use ballast_api::etcdserverpb::{
-    AlarmRequest, AlarmType, RangeRequest, RangeResponse, ResponseHeader,
+    AlarmRequest, AlarmType, HashKvRequest, HashKvResponse, RangeRequest, RangeResponse,
+    ResponseHeader,
 };
 use ballast_raft::{
     Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
@@ -217,6 +218,30 @@ impl EtcdServer {
                 ticker.notify_progress();
             }
         });
+        {
+            // Other members' corruption checks ask for this member's HashKV over the peer
+            // port (client auth does not apply there, as with etcd's peer endpoints).
+            let store = mvcc.clone();
+            node.transport().set_query(move |body| {
+                let rev = HashKvRequest::decode(body)
+                    .map(|r| r.revision)
+                    .unwrap_or(-1);
+                match current(&store).hash_kv(rev) {
+                    Ok((hash, compact_revision, hash_revision)) => HashKvResponse {
+                        header: Some(ResponseHeader {
+                            revision: hash_revision,
+                            ..Default::default()
+                        }),
+                        hash,
+                        compact_revision,
+                        hash_revision,
+                    }
+                    .encode_to_vec(),
+                    // Not there yet, or compacted away: an empty answer, skipped by the asker.
+                    Err(_) => Vec::new(),
+                }
+            });
+        }
         let source = mvcc.clone();
         node.transport().set_snapshot_source(Arc::new(move |out| {
             current(&source).export(out).map_err(|e| e.to_string())
