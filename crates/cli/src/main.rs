@@ -965,7 +965,7 @@ fn retry_warning(cli: &Cli, s: &tonic::Status) {
     "msg": "retrying of unary invoker failed",
     "target": format!("endpoint://client-{}/{ep}", client_uuid()),
     "attempt": 0,
-    "error": format!("rpc error: code = {} desc = {}", code_name(s.code()), s.message()),
+    "error": ballast_server::metrics::go_error_text(s),
     });
     eprintln!("{line}");
 }
@@ -999,29 +999,6 @@ fn client_uuid() -> String {
         &h[17..20],
         &h[20..32]
     )
-}
-
-fn code_name(c: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match c {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
 }
 
 fn main() -> ExitCode {

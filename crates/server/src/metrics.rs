@@ -96,6 +96,15 @@ pub fn code_name(c: tonic::Code) -> &'static str {
     CODES.get(c as usize).copied().unwrap_or("Unknown")
 }
 
+/// A status as grpc-go prints it (`err.Error()`), which etcd and etcdctl show in places.
+pub fn go_error_text(s: &tonic::Status) -> String {
+    format!(
+        "rpc error: code = {} desc = {}",
+        code_name(s.code()),
+        s.message()
+    )
+}
+
 /// Per-method gRPC counters, lock-free: the path is looked up in a table built once.
 struct GrpcCounters {
     by_path: HashMap<String, usize>,

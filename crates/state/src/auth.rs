@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ballast_api::authpb::{permission::Type as PermType, Permission, Role, User};
+use ballast_api::authpb::{permission::Type as PermType, Permission, Role, User, UserAddOptions};
 use ballast_api::ballast::internal::{raft_request::Request, Authenticate};
 use ballast_api::etcdserverpb::{
     AuthRoleAddRequest, AuthRoleDeleteRequest, AuthRoleGrantPermissionRequest,
@@ -383,7 +383,7 @@ impl AuthState {
             return Err(KvError::AuthNotEnabled);
         }
         match self.users.get(&a.name) {
-            Some(u) if !u.options.as_ref().is_some_and(|o| o.no_password) => Ok(()),
+            Some(u) if !no_password(&u.options) => Ok(()),
             _ => Err(KvError::AuthFailed),
         }
     }
@@ -409,8 +409,7 @@ impl AuthState {
         if self.users.contains_key(&a.name) {
             return Err(KvError::UserAlreadyExist);
         }
-        let no_password = a.options.as_ref().is_some_and(|o| o.no_password);
-        let password = if no_password {
+        let password = if no_password(&a.options) {
             Vec::new()
         } else {
             decode_hash(&a.hashed_password)?
@@ -450,7 +449,7 @@ impl AuthState {
         let Some(mut u) = self.users.get(&c.name).cloned() else {
             return Err(KvError::UserNotFound);
         };
-        if !u.options.as_ref().is_some_and(|o| o.no_password) {
+        if !no_password(&u.options) {
             u.password = decode_hash(&c.hashed_password)?;
         }
         self.put_user(w, u)?;
@@ -592,6 +591,11 @@ impl AuthState {
         }
         Ok(())
     }
+}
+
+/// Whether a user was added with `--no-password` (certificate-only).
+pub fn no_password(options: &Option<UserAddOptions>) -> bool {
+    options.as_ref().is_some_and(|o| o.no_password)
 }
 
 fn has_root(u: &User) -> bool {

@@ -8,7 +8,8 @@ use ballast_api::ballast::internal::raft_request::Request as Raft;
 use ballast_api::ballast::internal::Authenticate;
 use ballast_api::etcdserverpb::auth_server::Auth;
 use ballast_api::etcdserverpb::*;
-use ballast_state::{Applied, AuthInfo, KvError};
+use ballast_state::auth::no_password;
+use ballast_state::{Applied, AuthInfo, AuthState, KvError};
 use tonic::{Request, Response, Status};
 
 use super::{kv_status, status, unexpected};
@@ -40,12 +41,39 @@ impl AuthService {
         }
     }
 
-    /// Who is asking, once a ReadIndex round says this member's auth store is current.
-    async fn read<T>(&self, req: &Request<T>) -> Result<AuthInfo, Status> {
+    /// Reads the auth store for the caller, once a ReadIndex round says this member's copy
+    /// is current; `f` applies etcd's rule for who may read what.
+    async fn read<T, R>(
+        &self,
+        req: &Request<T>,
+        f: impl FnOnce(&AuthState, &AuthInfo) -> Result<R, KvError>,
+    ) -> Result<R, Status> {
         let who = self.server.caller(req).await.map_err(status)?;
         self.server.refuse_learner().map_err(status)?;
         self.server.linearizable_barrier().await.map_err(status)?;
-        Ok(who)
+        self.server
+            .mvcc()
+            .with_auth(|a| f(a, &who))
+            .map_err(kv_status)
+    }
+
+    /// etcd proposes the bcrypt hash, never the password: hash it here unless the client
+    /// sent a hash already, and drop the plain text either way.
+    async fn hash_password(
+        &self,
+        password: &mut String,
+        hashed: &mut String,
+    ) -> Result<(), Status> {
+        let plain = std::mem::take(password);
+        if hashed.is_empty() {
+            *hashed = self
+                .server
+                .authenticator()
+                .hash(plain)
+                .await
+                .map_err(kv_status)?;
+        }
+        Ok(())
     }
 }
 
@@ -75,14 +103,12 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        let who = self.read(&req).await?;
-        let mvcc = self.server.mvcc();
-        let (enabled, auth_revision) = mvcc
-            .with_auth(|a| {
-                a.check_admin(&who)?;
-                Ok::<_, KvError>((a.enabled(), a.revision()))
+        let (enabled, auth_revision) = self
+            .read(&req, |a, who| {
+                a.check_admin(who)?;
+                Ok((a.enabled(), a.revision()))
             })
-            .map_err(kv_status)?;
+            .await?;
         Ok(Response::new(AuthStatusResponse {
             header: self.header(),
             enabled,
@@ -103,10 +129,9 @@ impl Auth for AuthService {
                 return Err(kv_status(KvError::AuthNotEnabled));
             }
             let (stored, revision) = mvcc.with_auth(|a| {
-                let stored = a.user(&r.name).map(|u| {
-                    let no_password = u.options.as_ref().is_some_and(|o| o.no_password);
-                    (!no_password).then(|| u.password.clone())
-                });
+                let stored = a
+                    .user(&r.name)
+                    .map(|u| (!no_password(&u.options)).then(|| u.password.clone()));
                 (stored, a.revision())
             });
             auth.check_password(&r.name, &r.password, stored)
@@ -150,17 +175,12 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserAddResponse>, Status> {
         let who = self.server.caller(&req).await.map_err(status)?;
         let mut r = req.into_inner();
-        let no_password = r.options.as_ref().is_some_and(|o| o.no_password);
-        if !no_password && r.hashed_password.is_empty() {
-            let pw = std::mem::take(&mut r.password);
-            r.hashed_password = self
-                .server
-                .authenticator()
-                .hash(pw)
-                .await
-                .map_err(kv_status)?;
+        if no_password(&r.options) {
+            r.password.clear();
+        } else {
+            self.hash_password(&mut r.password, &mut r.hashed_password)
+                .await?;
         }
-        r.password.clear();
         self.propose(Raft::UserAdd(r), &who).await?;
         Ok(Response::new(AuthUserAddResponse {
             header: self.header(),
@@ -171,23 +191,20 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let who = self.read(&req).await?;
-        let name = req.into_inner().name;
+        let name = &req.get_ref().name;
         let roles = self
-            .server
-            .mvcc()
-            .with_auth(|a| {
+            .read(&req, |a, who| {
                 // A user may read its own record; anything else needs root.
-                if let Err(e) = a.check_admin(&who) {
-                    if name != who.user {
+                if let Err(e) = a.check_admin(who) {
+                    if *name != who.user {
                         return Err(e);
                     }
                 }
-                a.user(&name)
+                a.user(name)
                     .map(|u| u.roles.clone())
                     .ok_or(KvError::UserNotFound)
             })
-            .map_err(kv_status)?;
+            .await?;
         Ok(Response::new(AuthUserGetResponse {
             header: self.header(),
             roles,
@@ -198,12 +215,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        let who = self.read(&req).await?;
         let users = self
-            .server
-            .mvcc()
-            .with_auth(|a| a.check_admin(&who).map(|_| a.user_names()))
-            .map_err(kv_status)?;
+            .read(&req, |a, who| a.check_admin(who).map(|_| a.user_names()))
+            .await?;
         Ok(Response::new(AuthUserListResponse {
             header: self.header(),
             users,
@@ -226,16 +240,8 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let who = self.server.caller(&req).await.map_err(status)?;
         let mut r = req.into_inner();
-        if r.hashed_password.is_empty() {
-            let pw = std::mem::take(&mut r.password);
-            r.hashed_password = self
-                .server
-                .authenticator()
-                .hash(pw)
-                .await
-                .map_err(kv_status)?;
-        }
-        r.password.clear();
+        self.hash_password(&mut r.password, &mut r.hashed_password)
+            .await?;
         self.propose(Raft::UserChangePassword(r), &who).await?;
         Ok(Response::new(AuthUserChangePasswordResponse {
             header: self.header(),
@@ -276,23 +282,20 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let who = self.read(&req).await?;
-        let role = req.into_inner().role;
+        let role = &req.get_ref().role;
         let perm = self
-            .server
-            .mvcc()
-            .with_auth(|a| {
+            .read(&req, |a, who| {
                 // Holders of a role may read it; anything else needs root.
-                if let Err(e) = a.check_admin(&who) {
-                    if !a.has_role(&who.user, &role) {
+                if let Err(e) = a.check_admin(who) {
+                    if !a.has_role(&who.user, role) {
                         return Err(e);
                     }
                 }
-                a.role(&role)
+                a.role(role)
                     .map(|r| r.key_permission.clone())
                     .ok_or(KvError::RoleNotFound)
             })
-            .map_err(kv_status)?;
+            .await?;
         Ok(Response::new(AuthRoleGetResponse {
             header: self.header(),
             perm,
@@ -303,12 +306,9 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        let who = self.read(&req).await?;
         let roles = self
-            .server
-            .mvcc()
-            .with_auth(|a| a.check_admin(&who).map(|_| a.role_names()))
-            .map_err(kv_status)?;
+            .read(&req, |a, who| a.check_admin(who).map(|_| a.role_names()))
+            .await?;
         Ok(Response::new(AuthRoleListResponse {
             header: self.header(),
             roles,

@@ -56,14 +56,30 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// One right a recipe needs: `(key, end, write)`, an empty end being the single key.
+type Right = (Vec<u8>, Vec<u8>, bool);
+
+/// Write access to one key.
+fn write(key: &[u8]) -> Right {
+    (key.to_vec(), vec![], true)
+}
+
+/// Read access to every key of an election or lock (`name/...`).
+fn read_all(name: &[u8]) -> Right {
+    let p = prefix_of(name);
+    let end = prefix_end(&p);
+    (p, end, false)
+}
+
+/// The key a leader key names (empty if missing: the recipe then refuses the request).
+fn leader_key(l: &Option<LeaderKey>) -> &[u8] {
+    l.as_ref().map(|l| l.key.as_slice()).unwrap_or_default()
+}
+
 /// The caller's rights over what a recipe touches, checked once when the RPC arrives (etcd
-/// runs these recipes through a client carrying the caller's token). `(key, end, write)`:
-/// an empty end is the single key. The recipe's own steps then run as the member.
-async fn permit<T>(
-    server: &EtcdServer,
-    req: &Request<T>,
-    checks: &[(&[u8], &[u8], bool)],
-) -> Result<(), Status> {
+/// runs these recipes through a client carrying the caller's token). The recipe's own steps
+/// then run as the member.
+async fn permit<T>(server: &EtcdServer, req: &Request<T>, checks: &[Right]) -> Result<(), Status> {
     let mvcc = server.mvcc();
     if !mvcc.auth_enabled() {
         return Ok(());
@@ -75,13 +91,6 @@ async fn permit<T>(
             .try_for_each(|(k, e, w)| a.check(&who, k, e, *w))
     })
     .map_err(super::kv_status)
-}
-
-/// Read access to every key of an election or lock (`name/...`).
-fn under(name: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let p = prefix_of(name);
-    let end = prefix_end(&p);
-    (p, end)
 }
 
 async fn txn(server: &EtcdServer, t: TxnRequest) -> Result<TxnResponse, Status> {
@@ -236,9 +245,8 @@ pub struct LockService {
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let s = &self.server;
-        let (p, end) = under(&req.get_ref().name);
         let key = owner_key(&req.get_ref().name, req.get_ref().lease);
-        permit(s, &req, &[(&key, b"", true), (&p, &end, false)]).await?;
+        permit(s, &req, &[write(&key), read_all(&req.get_ref().name)]).await?;
         let r = req.into_inner();
         let (resp, existing) = create_or_get(s, &key, vec![], r.lease).await?;
         let my_rev = match &existing {
@@ -329,9 +337,8 @@ impl Election for ElectionService {
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         let s = &self.server;
-        let (p, end) = under(&req.get_ref().name);
         let key = owner_key(&req.get_ref().name, req.get_ref().lease);
-        permit(s, &req, &[(&key, b"", true), (&p, &end, false)]).await?;
+        permit(s, &req, &[write(&key), read_all(&req.get_ref().name)]).await?;
         let r = req.into_inner();
         let (resp, existing) = create_or_get(s, &key, r.value.clone(), r.lease).await?;
         let mut rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
@@ -358,13 +365,8 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
-        permit(
-            &self.server,
-            &req,
-            &[(key.as_deref().unwrap_or_default(), b"", true)],
-        )
-        .await?;
+        let right = write(leader_key(&req.get_ref().leader));
+        permit(&self.server, &req, &[right]).await?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(missing_leader)?;
         let header = proclaim(&self.server, &leader.key, leader.rev, r.value).await?;
@@ -375,8 +377,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let (p, end) = under(&req.get_ref().name);
-        permit(&self.server, &req, &[(&p, &end, false)]).await?;
+        let right = read_all(&req.get_ref().name);
+        permit(&self.server, &req, &[right]).await?;
         let (header, kv) = leader_of(&self.server, &req.into_inner().name).await?;
         let kv = kv.ok_or_else(|| Status::unknown("election: no leader"))?;
         Ok(Response::new(LeaderResponse {
@@ -389,8 +391,8 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
-        let (p, end) = under(&req.get_ref().name);
-        permit(&self.server, &req, &[(&p, &end, false)]).await?;
+        let right = read_all(&req.get_ref().name);
+        permit(&self.server, &req, &[right]).await?;
         let name = req.into_inner().name;
         let server = self.server.clone();
         let (tx, rx) = mpsc::channel(16);
@@ -442,13 +444,8 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
-        permit(
-            &self.server,
-            &req,
-            &[(key.as_deref().unwrap_or_default(), b"", true)],
-        )
-        .await?;
+        let right = write(leader_key(&req.get_ref().leader));
+        permit(&self.server, &req, &[right]).await?;
         let leader = req.into_inner().leader.ok_or_else(missing_leader)?;
         let del = DeleteRangeRequest {
             key: leader.key.clone(),

@@ -106,12 +106,7 @@ async fn refused(
         KvError::InvalidAuthToken | KvError::AuthOldRevision | KvError::UserEmpty => err,
         _ => KvError::PermissionDenied,
     };
-    let s = super::kv_status(err);
-    Some(format!(
-        "rpc error: code = {} desc = {}",
-        crate::metrics::code_name(s.code()),
-        s.message()
-    ))
+    Some(crate::metrics::go_error_text(&super::kv_status(err)))
 }
 
 /// One request from the client; false once the response side is gone.
