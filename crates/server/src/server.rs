@@ -670,7 +670,7 @@ impl EtcdServer {
         if mvcc.auth_enabled() {
             mvcc.with_auth(|a| a.check(who, &req.key, &req.range_end, false))?;
         }
-        let mut resp = self.mvcc().range(req)?;
+        let mut resp = mvcc.range(req)?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
         resp.header = Some(self.header(rev));
         Ok(resp)
