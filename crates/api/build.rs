@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .generate_default_stubs(true)
+        .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;
     // proto3 JSON for the HTTP gateway, with proto field names as etcd's gateway prints them.
     pbjson_build::Builder::new()

@@ -2,6 +2,8 @@
 
 #![allow(clippy::all, missing_docs)]
 
+pub mod codec;
+
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
     include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));

@@ -36,58 +36,49 @@ use crate::server::EtcdServer;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Every client-port route: the etcd gRPC services and the HTTP endpoints.
-pub fn client_router(server: Arc<EtcdServer>) -> axum::Router {
+pub fn client_service(server: Arc<EtcdServer>) -> rpc::dispatch::ClientService {
     let max = server.cfg.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
-    let kv = KvServer::new(rpc::kv::KvService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(usize::MAX);
-    let maintenance = MaintenanceServer::new(rpc::maintenance::MaintenanceService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max);
-    let cluster = ClusterServer::new(rpc::cluster::ClusterService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max);
-    let health = HealthServer::new(rpc::maintenance::HealthService {
-        server: server.clone(),
-    });
-    let watch = WatchServer::new(rpc::watch::WatchService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(usize::MAX);
-    let lease = LeaseServer::new(rpc::lease::LeaseService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max);
-    let lock = LockServer::new(rpc::concurrency::LockService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max);
-    let election = ElectionServer::new(rpc::concurrency::ElectionService {
-        server: server.clone(),
-    })
-    .max_decoding_message_size(max);
-    let grpc = tonic::service::Routes::new(kv)
-        .add_service(maintenance)
-        .add_service(cluster)
-        .add_service(health)
-        .add_service(watch)
-        .add_service(lease)
-        .add_service(
-            AuthServer::new(rpc::auth::AuthService {
-                server: server.clone(),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(lock)
-        .add_service(election);
-    grpc.into_axum_router()
-        .layer(axum::middleware::map_response(rpc::etcd_oversize_status))
-        .layer(axum::middleware::from_fn(metrics::count_grpc))
-        .merge(gateway::router(server.clone()))
+    let grpc = rpc::dispatch::GrpcServices {
+        kv: KvServer::new(rpc::kv::KvService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX),
+        maintenance: MaintenanceServer::new(rpc::maintenance::MaintenanceService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+        cluster: ClusterServer::new(rpc::cluster::ClusterService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+        health: HealthServer::new(rpc::maintenance::HealthService {
+            server: server.clone(),
+        }),
+        watch: WatchServer::new(rpc::watch::WatchService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX),
+        lease: LeaseServer::new(rpc::lease::LeaseService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+        auth: AuthServer::new(rpc::auth::AuthService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+        lock: LockServer::new(rpc::concurrency::LockService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+        election: ElectionServer::new(rpc::concurrency::ElectionService {
+            server: server.clone(),
+        })
+        .max_decoding_message_size(max),
+    };
+    let http = gateway::router(server.clone())
         .merge(http::router(server))
+        .fallback(rpc::dispatch::unimplemented);
+    rpc::dispatch::ClientService::new(Arc::new(grpc), http)
 }

@@ -185,12 +185,12 @@ async fn run(cfg: Config) -> Result<(), String> {
             keep,
         ));
     }
-    let app = ballast_server::client_router(server.clone());
+    let app =
+        ballast_server::rpc::dispatch::MakeClient(ballast_server::client_service(server.clone()));
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();
         let listener = ballast_server::authority::Listener(listener);
-        let app = app.into_make_service_with_connect_info::<tls::ClientAddr>();
         tasks.spawn(async move { axum::serve(listener, app).await });
     }
     for (addr, listener) in tls_listeners {
@@ -200,7 +200,6 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(address = %addr, "serving client traffic securely");
         let app = app.clone();
         let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
-        let app = app.into_make_service_with_connect_info::<tls::ClientAddr>();
         tasks.spawn(async move { axum::serve(listener, app).await });
     }
     tracing::info!(

@@ -7,9 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::response::IntoResponse;
 use ballast_storage::stats::{HistogramSnapshot, BACKEND_COMMIT, WAL_FSYNC};
 
 use crate::server::EtcdServer;
@@ -125,23 +124,26 @@ static GRPC: LazyLock<GrpcCounters> = LazyLock::new(|| GrpcCounters {
         .collect(),
 });
 
-/// Counts each gRPC call when it starts and when its response (or trailers-only error)
-/// leaves. A stream counts as handled when its response starts, with the code it starts with.
-pub async fn count_grpc(req: Request, next: Next) -> Response {
-    let Some(&i) = GRPC.by_path.get(req.uri().path()) else {
-        return next.run(req).await;
-    };
+/// Counts a gRPC call as started; the index is for [`grpc_handled`]. `None` for paths
+/// that are not etcd methods.
+pub fn grpc_started(path: &str) -> Option<usize> {
+    let &i = GRPC.by_path.get(path)?;
     GRPC.started[i].fetch_add(1, Ordering::Relaxed);
-    let resp = next.run(req).await;
-    let code = resp
-        .headers()
+    Some(i)
+}
+
+/// Counts a call as handled with the code its response (or trailers-only error) starts with.
+/// A stream counts as handled when its response starts.
+pub fn grpc_handled(i: usize, headers: &axum::http::HeaderMap) {
+    let code = headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|c| *c < CODES.len())
         .unwrap_or(0);
-    GRPC.handled[i * CODES.len() + code].fetch_add(1, Ordering::Relaxed);
-    resp
+    if let Some(c) = GRPC.handled.get(i * CODES.len() + code) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Server-wide counters the gauges cannot derive.

@@ -265,27 +265,6 @@ pub struct ClientAddr {
     pub cn: Option<String>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        s.remote_addr().clone()
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, crate::authority::Listener>,
-    > for ClientAddr
-{
-    fn connect_info(s: axum::serve::IncomingStream<'_, crate::authority::Listener>) -> Self {
-        ClientAddr {
-            addr: *s.remote_addr(),
-            cn: None,
-        }
-    }
-}
-
 /// Accepts TCP connections and completes TLS handshakes in their own tasks; `axum::serve`
 /// takes the finished streams.
 pub struct TlsListener {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod concurrency;
+pub mod dispatch;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -44,10 +45,10 @@ pub fn oversize_message(msg: &str) -> Option<String> {
 
 /// Rewrites tonic's immediate "message too large" answers (a trailers-only response, sent
 /// before any handler runs) to etcd's code and message.
-pub async fn etcd_oversize_status(mut resp: axum::response::Response) -> axum::response::Response {
+pub fn etcd_oversize_status<B>(resp: &mut axum::http::Response<B>) {
     let headers = resp.headers();
     if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
-        return resp;
+        return;
     }
     let Some(msg) = headers
         .get("grpc-message")
@@ -55,14 +56,13 @@ pub async fn etcd_oversize_status(mut resp: axum::response::Response) -> axum::r
         .map(percent_decode)
         .and_then(|m| oversize_message(&m))
     else {
-        return resp;
+        return;
     };
     let h = resp.headers_mut();
     h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
     if let Ok(v) = axum::http::HeaderValue::from_str(&msg) {
         h.insert("grpc-message", v);
     }
-    resp
 }
 
 fn percent_decode(s: &str) -> String {

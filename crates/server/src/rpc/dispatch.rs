@@ -1,0 +1,216 @@
+//! The client port's front service: a gRPC call goes straight to its tonic service by the
+//! first segment of its path; everything else (JSON gateway, `/health`, `/metrics`,
+//! `/version`) to the axum router.
+//!
+//! One hand-written layer instead of a router, two middlewares and a second router: each of
+//! those boxed a future and allocated per call, a measurable share of a small put's CPU.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use tonic::body::Body as GrpcBody;
+use tower::Service;
+
+use ballast_api::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use ballast_api::grpc::health::v1::health_server::HealthServer;
+use ballast_api::{
+    v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
+};
+
+use super::{auth, cluster, concurrency, kv, lease, maintenance, watch};
+use crate::tls::ClientAddr;
+
+/// The etcd gRPC services, built once and shared by every connection.
+pub struct GrpcServices {
+    pub kv: KvServer<kv::KvService>,
+    pub watch: WatchServer<watch::WatchService>,
+    pub lease: LeaseServer<lease::LeaseService>,
+    pub cluster: ClusterServer<cluster::ClusterService>,
+    pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,
+    pub auth: AuthServer<auth::AuthService>,
+    pub lock: LockServer<concurrency::LockService>,
+    pub election: ElectionServer<concurrency::ElectionService>,
+    pub health: HealthServer<maintenance::HealthService>,
+}
+
+type GrpcFuture = Pin<Box<dyn Future<Output = Result<Response<GrpcBody>, Infallible>> + Send>>;
+
+/// One connection's view of the client port.
+#[derive(Clone)]
+pub struct ClientService {
+    grpc: Arc<GrpcServices>,
+    http: axum::Router,
+    /// Given to handlers as `ConnectInfo` when the connection carries a verified client
+    /// certificate's CN (the user under `--client-cert-auth`); nothing else reads it.
+    peer: Option<ClientAddr>,
+}
+
+impl ClientService {
+    pub fn new(grpc: Arc<GrpcServices>, http: axum::Router) -> ClientService {
+        ClientService {
+            grpc,
+            http,
+            peer: None,
+        }
+    }
+
+    /// The same service for a connection from `peer`.
+    pub fn for_peer(&self, peer: &ClientAddr) -> ClientService {
+        ClientService {
+            grpc: self.grpc.clone(),
+            http: self.http.clone(),
+            peer: peer.cn.as_ref().map(|_| peer.clone()),
+        }
+    }
+
+    fn grpc_call(&self, service: Grpc, req: Request<Body>) -> GrpcFuture {
+        let g = &self.grpc;
+        match service {
+            Grpc::Kv => g.kv.clone().call(req),
+            Grpc::Watch => g.watch.clone().call(req),
+            Grpc::Lease => g.lease.clone().call(req),
+            Grpc::Cluster => g.cluster.clone().call(req),
+            Grpc::Maintenance => g.maintenance.clone().call(req),
+            Grpc::Auth => g.auth.clone().call(req),
+            Grpc::Lock => g.lock.clone().call(req),
+            Grpc::Election => g.election.clone().call(req),
+            Grpc::Health => g.health.clone().call(req),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Grpc {
+    Kv,
+    Watch,
+    Lease,
+    Cluster,
+    Maintenance,
+    Auth,
+    Lock,
+    Election,
+    Health,
+}
+
+/// The service a path names (`/<package>.<Service>/<Method>`), if it is one of ours.
+fn grpc_service(path: &str) -> Option<Grpc> {
+    let (service, _) = path.strip_prefix('/')?.split_once('/')?;
+    Some(match service {
+        "etcdserverpb.KV" => Grpc::Kv,
+        "etcdserverpb.Watch" => Grpc::Watch,
+        "etcdserverpb.Lease" => Grpc::Lease,
+        "etcdserverpb.Cluster" => Grpc::Cluster,
+        "etcdserverpb.Maintenance" => Grpc::Maintenance,
+        "etcdserverpb.Auth" => Grpc::Auth,
+        "v3lockpb.Lock" => Grpc::Lock,
+        "v3electionpb.Election" => Grpc::Election,
+        "grpc.health.v1.Health" => Grpc::Health,
+        _ => return None,
+    })
+}
+
+impl Service<Request<Body>> for ClientService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ClientFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The tonic services and the router are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> ClientFuture {
+        if let Some(p) = &self.peer {
+            req.extensions_mut().insert(ConnectInfo(p.clone()));
+        }
+        match grpc_service(req.uri().path()) {
+            Some(service) => {
+                let metric = crate::metrics::grpc_started(req.uri().path());
+                let fut = self.grpc_call(service, req);
+                ClientFuture::Grpc { fut, metric }
+            }
+            None => ClientFuture::Http(Box::new(self.http.call(req))),
+        }
+    }
+}
+
+pub enum ClientFuture {
+    Grpc {
+        fut: GrpcFuture,
+        metric: Option<usize>,
+    },
+    /// Boxed: axum's future is large, and only HTTP endpoints take this path.
+    Http(Box<axum::routing::future::RouteFuture<Infallible>>),
+}
+
+impl Future for ClientFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every variant's fields are Unpin (boxed futures, axum's RouteFuture).
+        match self.get_mut() {
+            ClientFuture::Grpc { fut, metric } => {
+                let Ok(mut resp) = std::task::ready!(fut.as_mut().poll(cx));
+                super::etcd_oversize_status(&mut resp);
+                if let Some(i) = *metric {
+                    crate::metrics::grpc_handled(i, resp.headers());
+                }
+                Poll::Ready(Ok(resp.map(Body::new)))
+            }
+            ClientFuture::Http(f) => Pin::new(f.as_mut()).poll(cx),
+        }
+    }
+}
+
+/// What the client port answers for paths nobody serves: gRPC's Unimplemented, as tonic's
+/// router did.
+pub async fn unimplemented() -> Response<Body> {
+    tonic::Status::unimplemented("").into_http::<Body>()
+}
+
+/// Hands each accepted connection its [`ClientService`] (for `axum::serve`).
+#[derive(Clone)]
+pub struct MakeClient(pub ClientService);
+
+impl Service<axum::serve::IncomingStream<'_, crate::authority::Listener>> for MakeClient {
+    type Response = ClientService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<ClientService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        _: axum::serve::IncomingStream<'_, crate::authority::Listener>,
+    ) -> Self::Future {
+        std::future::ready(Ok(self.0.clone()))
+    }
+}
+
+impl Service<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for MakeClient {
+    type Response = ClientService;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<ClientService, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(
+        &mut self,
+        s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>,
+    ) -> Self::Future {
+        std::future::ready(Ok(self.0.for_peer(s.remote_addr())))
+    }
+}
