@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::conn::Conn;
 
 use crate::report::Stats;
 
@@ -34,16 +34,12 @@ fn url(endpoint: &str) -> String {
 }
 
 /// Opens `conns` connections round-robin over the endpoints.
-pub async fn connect(g: &Global) -> Result<Vec<Channel>, String> {
+pub async fn connect(g: &Global) -> Result<Vec<Conn>, String> {
     let mut out = Vec::with_capacity(g.conns.max(1));
     for i in 0..g.conns.max(1) {
         let ep = url(&g.endpoints[i % g.endpoints.len()]);
-        let mut c = Channel::from_shared(ep.clone()).map_err(|e| format!("{ep}: {e}"))?;
-        if !g.dial_timeout.is_zero() {
-            c = c.connect_timeout(g.dial_timeout);
-        }
         out.push(
-            c.connect()
+            Conn::connect(&ep, g.dial_timeout)
                 .await
                 .map_err(|e| format!("dial error: {ep}: {e}"))?,
         );
@@ -114,9 +110,9 @@ fn draw(done: usize, total: usize, elapsed: Duration) {
 
 /// Runs `total` requests from `clients` workers; `op(client, i)` performs request `i` on the
 /// worker's connection. `rate` 0 means unpaced.
-pub async fn run<F, Fut>(g: &Global, chans: &[Channel], total: usize, rate: u64, op: F) -> Stats
+pub async fn run<F, Fut>(g: &Global, chans: &[Conn], total: usize, rate: u64, op: F) -> Stats
 where
-    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
+    F: Fn(Conn, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
 {
     let op = Arc::new(op);
@@ -132,14 +128,14 @@ where
 /// each kind gets its own figures (e.g. the reads and the writes of `txn-mixed`).
 pub async fn run_kinds<F, Fut>(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Conn],
     total: usize,
     rate: u64,
     kinds: usize,
     op: F,
 ) -> Vec<Stats>
 where
-    F: Fn(Channel, usize) -> Fut + Send + Sync + 'static,
+    F: Fn(Conn, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = (usize, Result<(), String>)> + Send,
 {
     let op = Arc::new(op);

@@ -2,6 +2,7 @@
 //! or etcd, and `compare`, which measures both side by side.
 
 mod compare;
+mod conn;
 mod load;
 mod report;
 mod workloads;

@@ -17,6 +17,7 @@ use ballast_api::v3lockpb::{LockRequest, UnlockRequest};
 use rand::Rng;
 use tokio::sync::mpsc;
 
+use crate::conn::Conn;
 use crate::load::{self, Global, Progress};
 use crate::report::Stats;
 
@@ -32,7 +33,7 @@ enum KvOp {
 }
 
 /// Sends `op` on `ch`; only success or the error's text matters to the report.
-async fn send(ch: tonic::transport::Channel, op: KvOp) -> Result<(), String> {
+async fn send(ch: Conn, op: KvOp) -> Result<(), String> {
     let mut kv = KvClient::new(ch);
     let res = match op {
         KvOp::Put(r) => kv.put(r).await.map(|_| ()),
@@ -607,7 +608,7 @@ type WatchStream = tonic::Streaming<ballast_api::etcdserverpb::WatchResponse>;
 /// Go servers send response headers only with the first response, so the call completes
 /// only once a request is on its way.
 async fn open_watch(
-    ch: tonic::transport::Channel,
+    ch: Conn,
     creates: Vec<WatchRequest>,
 ) -> Result<(mpsc::Sender<WatchRequest>, WatchStream), String> {
     let (tx, rx) = mpsc::channel(creates.len().max(16));
@@ -645,7 +646,7 @@ struct ReadKey {
 /// the first read's revision for `s`/`ss`), then commit the writes in a txn that checks
 /// nothing read (and, for `ss`, nothing written) changed since; retry until it commits.
 async fn stm_once(
-    kv: &mut KvClient<tonic::transport::Channel>,
+    kv: &mut KvClient<Conn>,
     keys: &[Vec<u8>],
     writes: usize,
     val_size: usize,
