@@ -178,33 +178,33 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let k = load::rand_bytes(a.key_size);
     let v = load::rand_bytes(a.val_size);
     let watchers = g.clients.max(1);
-    let mut arrivals = Vec::with_capacity(watchers);
+    // Every watcher reports when each event reaches it.
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<Instant>();
+    let mut tasks = Vec::with_capacity(watchers);
     for w in 0..watchers {
         let ch = chans[w % chans.len()].clone();
         let (tx, mut stream) = open_watch(ch, vec![create_watch(k.clone(), 0)]).await?;
         // The created response comes first: the watcher is registered after it.
         stream.message().await.map_err(status_text)?;
-        let total = a.total;
-        arrivals.push(tokio::spawn(async move {
+        let arrived_tx = arrived_tx.clone();
+        tasks.push(tokio::spawn(async move {
             let _keep_open = tx;
-            let mut seen = Vec::with_capacity(total);
-            while seen.len() < total {
-                match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
-                    Ok(Ok(Some(r))) => {
-                        let now = Instant::now();
-                        seen.extend(r.events.iter().map(|_| now));
+            while let Ok(Some(r)) = stream.message().await {
+                let now = Instant::now();
+                for _ in &r.events {
+                    if arrived_tx.send(now).is_err() {
+                        return;
                     }
-                    _ => break,
                 }
             }
-            seen
         }));
     }
     let mut kv = KvClient::new(chans[0].clone());
     let progress = Progress::start(a.total, g.progress);
     let start = Instant::now();
-    let mut acked = Vec::with_capacity(a.total);
     let mut stats = Stats::default();
+    // As etcd's tool measures it: from just before the put until each watcher has the event,
+    // and the next put only once every watcher has this one.
     for i in 0..a.total {
         if a.put_rate > 0 {
             let at = start + Duration::from_secs_f64(i as f64 / a.put_rate as f64);
@@ -215,23 +215,20 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
             value: v.clone(),
             ..Default::default()
         };
+        let st = Instant::now();
         if let Err(e) = kv.put(req).await {
             return Err(format!(
                 "Failed to Put for watch latency benchmark: {}",
                 e.message()
             ));
         }
-        acked.push(Instant::now());
-        progress.add(1);
-    }
-    for w in arrivals {
-        let seen = w.await.map_err(|e| e.to_string())?;
-        for (i, st) in acked.iter().enumerate() {
-            match seen.get(i) {
-                Some(at) => stats
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for _ in 0..watchers {
+            match tokio::time::timeout_at(deadline, arrived.recv()).await {
+                Ok(Some(at)) => stats
                     .lats
-                    .push(at.saturating_duration_since(*st).as_secs_f64()),
-                None => {
+                    .push(at.saturating_duration_since(st).as_secs_f64()),
+                _ => {
                     *stats
                         .errors
                         .entry("watch event not received".into())
@@ -239,6 +236,10 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
                 }
             }
         }
+        progress.add(1);
+    }
+    for t in tasks {
+        t.abort();
     }
     let elapsed = start.elapsed();
     progress.finish(a.total, elapsed);
