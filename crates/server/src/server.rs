@@ -705,11 +705,29 @@ struct Applier {
     auth: Arc<crate::auth::Authenticator>,
 }
 
+/// Most entries one store transaction takes when the applier merges queued batches.
+const MAX_MERGED_ENTRIES: usize = 4096;
+
 impl Applier {
     fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
-        while let Ok(work) = committed.recv() {
+        let mut next = None;
+        while let Some(work) = next.take().or_else(|| committed.recv().ok()) {
             let res = match work {
-                Apply::Entries(batch) => self.apply(batch),
+                Apply::Entries(mut batch) => {
+                    // Batches that queued up meanwhile share one store transaction: each
+                    // commit copies the B-tree pages it touched, so fewer commits do less.
+                    while batch.len() < MAX_MERGED_ENTRIES {
+                        match committed.try_recv() {
+                            Ok(Apply::Entries(more)) => batch.extend(more),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch)
+                }
                 Apply::Snapshot { index, path, done } => {
                     let r = self.install(index, &path);
                     let _ = std::fs::remove_file(&path);
