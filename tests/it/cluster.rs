@@ -2,7 +2,7 @@
 //! killed when its handle drops.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,13 +23,7 @@ pub fn ballast_bin() -> PathBuf {
     p
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ballast_harness::cluster::free_port;
 
 /// A GET against the client port; None when nothing answers yet.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {

@@ -900,9 +900,9 @@ fn local_cluster_script_starts_three_members() {
             .output()
             .unwrap()
     };
-    // The script takes six ports from BASE_PORT on; only the first was checked free, so a
-    // concurrent test can hold one of the others. Such a start is retried on new ports.
-    let mut base = free_port();
+    // The script takes six ports from BASE_PORT on (checked free together); a start that
+    // still finds one taken by another process is retried on new ports.
+    let mut base = ballast_harness::cluster::free_ports(6);
     let mut up = run("start", base);
     for _ in 0..3 {
         let lost_port = (1..=3).any(|i| {
@@ -916,7 +916,7 @@ fn local_cluster_script_starts_three_members() {
         run("stop", base);
         let _ = std::fs::remove_dir_all(dir.path());
         std::fs::create_dir_all(dir.path()).unwrap();
-        base = free_port();
+        base = ballast_harness::cluster::free_ports(6);
         up = run("start", base);
     }
     let stop_after = scopeguard(|| {

@@ -24,8 +24,42 @@ pub type Error = String;
 pub const HEARTBEAT_MS: u64 = 100;
 pub const ELECTION_MS: u64 = 1000;
 
-/// A loopback port nobody is listening on right now.
+/// A loopback port nobody is listening on right now (see [`free_ports`]).
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `n` consecutive loopback ports nobody is listening on right now, taken from
+/// below the kernel's ephemeral range: a port the system hands out for outgoing connections
+/// can be taken by one while a test's member is down, and the member then cannot listen again
+/// when restarted. Each process walks its own sequence (seeded by its pid), so parallel test
+/// processes rarely try the same ports and one process never hands a port out twice.
+pub fn free_ports(n: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let n = u32::from(n.max(1));
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > FIRST + 1_000 {
+        let span = low - FIRST;
+        let seed = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span / n {
+            // The counter counts ports, so blocks of any size never overlap in one process.
+            let at = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            let first = FIRST + (seed + at) % span;
+            if first + n > low {
+                continue;
+            }
+            let free = (first..first + n).all(|p| {
+                u16::try_from(p).is_ok_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+            });
+            if free {
+                return first as u16;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
