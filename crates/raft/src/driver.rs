@@ -1,7 +1,8 @@
 //! The raft driver: one OS thread, one loop, one order.
 //!
 //! Each turn: take every queued command (proposals, read-index requests) so a burst becomes one
-//! batch, tick if due, then handle `Ready` in raft-rs's documented order:
+//! batch (the proposals one raft message), tick if due, then handle `Ready` in raft-rs's
+//! documented order:
 //!
 //! 1. send leader messages (safe before our own fsync: the leader counts itself only once its
 //!    entries are persisted, so sending early never commits anything unsafely);
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, SnapshotMetadata,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    SnapshotMetadata,
 };
 use raft::prelude::{Config, RawNode};
 use raft::{SnapshotStatus, StateRole};
@@ -285,6 +287,8 @@ impl Node {
             lone_voter,
             catch_up_entries: cfg.catch_up_entries,
             wal_compacted,
+            max_msg_bytes: cfg.max_msg_bytes as usize,
+            proposals: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -415,6 +419,11 @@ struct Driver {
     catch_up_entries: u64,
     /// Index of the snapshot the WAL starts from.
     wal_compacted: u64,
+    /// Largest proposal batch, in bytes of entry data (the peer transport's frames must hold a
+    /// forwarded batch).
+    max_msg_bytes: usize,
+    /// Client proposals drained this turn, proposed together by [`Driver::flush_proposals`].
+    proposals: Vec<(Vec<u8>, u64)>,
 }
 
 impl Driver {
@@ -468,6 +477,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
+            self.flush_proposals();
             if !reads.is_empty() {
                 self.next_read += 1;
                 let ctx = self.next_read;
@@ -613,10 +623,14 @@ impl Driver {
     }
 
     fn handle(&mut self, cmd: Cmd, reads: &mut Vec<oneshot::Sender<Result<u64, RaftError>>>) {
+        if let Cmd::Propose(data, token) = cmd {
+            self.proposals.push((data, token));
+            return;
+        }
+        // Anything else keeps its place after the proposals queued before it.
+        self.flush_proposals();
         match cmd {
-            Cmd::Propose(data, token) => {
-                self.propose_or_drop(token, |n| n.propose(vec![], data));
-            }
+            Cmd::Propose(..) => {}
             Cmd::ProposeConf(cc, token) => {
                 self.propose_or_drop(token, |n| n.propose_conf_change(vec![], cc));
             }
@@ -652,6 +666,59 @@ impl Driver {
                     let _ = tx.send(Err(RaftError::NoLeader));
                 } else {
                     reads.push(tx);
+                }
+            }
+        }
+    }
+
+    /// Proposes the turn's client proposals as few raft messages as their size allows: one
+    /// append and one fsync'd WAL write either way, but a batch is one message to step (and, on
+    /// a follower, one forwarded to the leader) and one append per follower, where proposing
+    /// them one by one made a message, and an answer from every follower, per proposal.
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.proposals);
+        let mut entries = Vec::new();
+        let mut tokens = Vec::new();
+        let mut bytes = 0usize;
+        for (data, token) in pending {
+            if !entries.is_empty() && bytes + data.len() > self.max_msg_bytes {
+                self.propose_entries(std::mem::take(&mut entries), std::mem::take(&mut tokens));
+                bytes = 0;
+            }
+            bytes += data.len();
+            entries.push(Entry {
+                data: data.into(),
+                ..Default::default()
+            });
+            tokens.push(token);
+        }
+        self.propose_entries(entries, tokens);
+    }
+
+    fn propose_entries(&mut self, entries: Vec<Entry>, tokens: Vec<u64>) {
+        let dropped = if self.node.raft.leader_id == raft::INVALID_ID {
+            true
+        } else {
+            // What `RawNode::propose` builds, with every entry of the batch.
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgPropose);
+            m.from = self.node.raft.id;
+            m.set_entries(entries.into());
+            match self.node.raft.step(m) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "proposals dropped");
+                    true
+                }
+            }
+        };
+        if dropped {
+            if let Some(f) = self.on_drop.get() {
+                for token in tokens {
+                    f(token, RaftError::NoLeader);
                 }
             }
         }
