@@ -823,24 +823,29 @@ impl Applier {
         if durable {
             self.last_sync = Instant::now();
         }
-        {
+        // Effects first, so a client that hears back can already use what it created.
+        for res in results.iter().flatten() {
+            match res {
+                Applied::LeaseGrant(g) => self.lessor.granted(g.id, g.ttl),
+                // Every member learns every simple token, so any member accepts it.
+                Applied::Authenticated { user, token } if !token.is_empty() => {
+                    self.auth.assign(token.clone(), user.clone())
+                }
+                Applied::Auth(effect) => self.auth.apply_effect(effect),
+                _ => {}
+            }
+        }
+        // Take the waiters under the lock, answer them after it: each answer may wake a task,
+        // and request tasks registering new proposals must not queue behind those wake-ups.
+        let done: Vec<_> = {
             let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            for res in results.iter().flatten() {
-                match res {
-                    Applied::LeaseGrant(g) => self.lessor.granted(g.id, g.ttl),
-                    // Every member learns every simple token, so any member accepts it.
-                    Applied::Authenticated { user, token } if !token.is_empty() => {
-                        self.auth.assign(token.clone(), user.clone())
-                    }
-                    Applied::Auth(effect) => self.auth.apply_effect(effect),
-                    _ => {}
-                }
-            }
-            for (id, res) in ids.into_iter().zip(results) {
-                if let Some(w) = id.and_then(|id| waiters.remove(&id)) {
-                    let _ = w.send(res.map_err(ServerError::from));
-                }
-            }
+            ids.into_iter()
+                .zip(results)
+                .filter_map(|(id, res)| Some((waiters.remove(&id?)?, res)))
+                .collect()
+        };
+        for (w, res) in done {
+            let _ = w.send(res.map_err(ServerError::from));
         }
         self.applied.send_replace(last);
         if membership {
