@@ -214,3 +214,37 @@ impl Service<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for MakeC
         std::future::ready(Ok(self.0.for_peer(s.remote_addr())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_pick_the_grpc_service_or_the_http_router() {
+        assert!(matches!(
+            grpc_service("/etcdserverpb.KV/Put"),
+            Some(Grpc::Kv)
+        ));
+        assert!(matches!(
+            grpc_service("/grpc.health.v1.Health/Check"),
+            Some(Grpc::Health)
+        ));
+        assert!(matches!(
+            grpc_service("/v3electionpb.Election/Observe"),
+            Some(Grpc::Election)
+        ));
+        // The gateway, the HTTP endpoints and unknown services are the router's.
+        for path in [
+            "/v3/kv/put",
+            "/v3beta/watch",
+            "/health",
+            "/metrics",
+            "/",
+            "",
+            "/etcdserverpb.KV",
+            "/etcdserverpb.Nope/Put",
+        ] {
+            assert!(grpc_service(path).is_none(), "{path}");
+        }
+    }
+}
