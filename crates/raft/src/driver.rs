@@ -623,16 +623,14 @@ impl Driver {
     }
 
     fn handle(&mut self, cmd: Cmd, reads: &mut Vec<oneshot::Sender<Result<u64, RaftError>>>) {
-        if let Cmd::Propose(data, token) = cmd {
-            self.proposals.push((data, token));
-            return;
+        if !matches!(cmd, Cmd::Propose(..)) {
+            // Anything else keeps its place after the proposals queued before it.
+            self.flush_proposals();
         }
-        // Anything else keeps its place after the proposals queued before it.
-        self.flush_proposals();
         match cmd {
-            Cmd::Propose(..) => {}
+            Cmd::Propose(data, token) => self.proposals.push((data, token)),
             Cmd::ProposeConf(cc, token) => {
-                self.propose_or_drop(token, |n| n.propose_conf_change(vec![], cc));
+                self.propose_or_drop(&[token], |n| n.propose_conf_change(vec![], cc));
             }
             Cmd::LearnerReady(id, tx) => {
                 let r = &self.node.raft;
@@ -699,35 +697,19 @@ impl Driver {
     }
 
     fn propose_entries(&mut self, entries: Vec<Entry>, tokens: Vec<u64>) {
-        let dropped = if self.node.raft.leader_id == raft::INVALID_ID {
-            true
-        } else {
-            // What `RawNode::propose` builds, with every entry of the batch.
-            let mut m = Message::default();
-            m.set_msg_type(MessageType::MsgPropose);
-            m.from = self.node.raft.id;
-            m.set_entries(entries.into());
-            match self.node.raft.step(m) {
-                Ok(()) => false,
-                Err(e) => {
-                    tracing::debug!(error = %e, "proposals dropped");
-                    true
-                }
-            }
-        };
-        if dropped {
-            if let Some(f) = self.on_drop.get() {
-                for token in tokens {
-                    f(token, RaftError::NoLeader);
-                }
-            }
-        }
+        // What `RawNode::propose` builds, with every entry of the batch.
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.node.raft.id;
+        m.set_entries(entries.into());
+        self.propose_or_drop(&tokens, |n| n.raft.step(m));
     }
 
-    /// Proposes through raft, or tells the proposer at once that there is no leader to take it.
+    /// Proposes through raft, or tells the proposers (by token) at once that there is no
+    /// leader to take it.
     fn propose_or_drop(
         &mut self,
-        token: u64,
+        tokens: &[u64],
         propose: impl FnOnce(&mut RawNode<LogStore>) -> raft::Result<()>,
     ) {
         let dropped = if self.node.raft.leader_id == raft::INVALID_ID {
@@ -740,7 +722,9 @@ impl Driver {
         };
         if dropped {
             if let Some(f) = self.on_drop.get() {
-                f(token, RaftError::NoLeader);
+                for &token in tokens {
+                    f(token, RaftError::NoLeader);
+                }
             }
         }
     }

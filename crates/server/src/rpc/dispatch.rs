@@ -177,11 +177,33 @@ pub async fn unimplemented() -> Response<Body> {
     tonic::Status::unimplemented("").into_http::<Body>()
 }
 
+/// What a listener knows of a connection's peer: a TLS listener the verified certificate's CN,
+/// a plain one nothing.
+pub trait ConnPeer {
+    fn client_addr(&self) -> Option<&ClientAddr>;
+}
+
+impl ConnPeer for std::net::SocketAddr {
+    fn client_addr(&self) -> Option<&ClientAddr> {
+        None
+    }
+}
+
+impl ConnPeer for ClientAddr {
+    fn client_addr(&self) -> Option<&ClientAddr> {
+        Some(self)
+    }
+}
+
 /// Hands each accepted connection its [`ClientService`] (for `axum::serve`).
 #[derive(Clone)]
 pub struct MakeClient(pub ClientService);
 
-impl Service<axum::serve::IncomingStream<'_, crate::authority::Listener>> for MakeClient {
+impl<L> Service<axum::serve::IncomingStream<'_, L>> for MakeClient
+where
+    L: axum::serve::Listener,
+    L::Addr: ConnPeer,
+{
     type Response = ClientService;
     type Error = Infallible;
     type Future = std::future::Ready<Result<ClientService, Infallible>>;
@@ -190,28 +212,12 @@ impl Service<axum::serve::IncomingStream<'_, crate::authority::Listener>> for Ma
         Poll::Ready(Ok(()))
     }
 
-    fn call(
-        &mut self,
-        _: axum::serve::IncomingStream<'_, crate::authority::Listener>,
-    ) -> Self::Future {
-        std::future::ready(Ok(self.0.clone()))
-    }
-}
-
-impl Service<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for MakeClient {
-    type Response = ClientService;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<ClientService, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(
-        &mut self,
-        s: axum::serve::IncomingStream<'_, crate::tls::TlsListener>,
-    ) -> Self::Future {
-        std::future::ready(Ok(self.0.for_peer(s.remote_addr())))
+    fn call(&mut self, s: axum::serve::IncomingStream<'_, L>) -> Self::Future {
+        let svc = match s.remote_addr().client_addr() {
+            Some(peer) => self.0.for_peer(peer),
+            None => self.0.clone(),
+        };
+        std::future::ready(Ok(svc))
     }
 }
 
