@@ -7,23 +7,15 @@
 //! 1. send leader messages (safe before our own fsync: the leader counts itself only once its
 //!    entries are persisted, so sending early never commits anything unsafely);
 //! 2. hand committed entries to the applier (they are durable on a quorum already);
-//! 3. append new entries and hard state to the WAL;
-//! 4. send messages that must follow persistence (follower acks) once it is durable;
-//! 5. advance.
-//!
-//! Making the WAL durable is pipelined: the records are handed to the kernel and a syncer
-//! thread fdatasyncs them while this thread goes on stepping, proposing and sending (raft-rs's
-//! asynchronous ready). One fsync covers every ready written before it started (group commit
-//! across turns); raft learns of it through `on_persist_ready`, and only then counts this
-//! member's entries towards a commit, sends the acks held for them, or hands their entries
-//! to the applier (raft-rs never yields committed entries past what this member persisted).
-//! Readies that change the vote or term, or carry a snapshot, are still synced on this thread
-//! before anything follows them. No proposal is acknowledged before its entry is durable on a
-//! quorum: acks come from the applier.
+//! 3. append new entries and hard state to the WAL and fsync once for all of them (group
+//!    commit). No proposal is acknowledged before this: acks come from the applier, and an
+//!    entry only commits after this fsync;
+//! 4. send messages that must follow persistence (votes, follower acks);
+//! 5. `advance`, then hand off what the light ready newly committed.
 //!
 //! Nothing but this thread touches the `RawNode`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self as std_mpsc, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
@@ -41,7 +33,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use ballast_storage::{failpoint, PendingSync};
+use ballast_storage::failpoint;
 
 use crate::log::{LogError, MemberRecord, RaftLog};
 use crate::store::LogStore;
@@ -278,8 +270,6 @@ impl Node {
             transport.set_peer(*id, urls.clone());
         }
         let on_drop: Arc<OnceLock<DropHandler>> = Arc::new(OnceLock::new());
-        let (synced_tx, synced) = mpsc::unbounded_channel();
-        let syncer = spawn_syncer(synced_tx)?;
         let mut driver = Driver {
             node,
             on_drop: on_drop.clone(),
@@ -299,11 +289,6 @@ impl Node {
             wal_compacted,
             max_msg_bytes: cfg.max_msg_bytes as usize,
             proposals: Vec::new(),
-            syncer,
-            synced,
-            written: 0,
-            persisted: 0,
-            held: VecDeque::new(),
         };
         let thread = std::thread::Builder::new()
             .name("raft-driver".into())
@@ -439,38 +424,6 @@ struct Driver {
     max_msg_bytes: usize,
     /// Client proposals drained this turn, proposed together by [`Driver::flush_proposals`].
     proposals: Vec<(Vec<u8>, u64)>,
-    /// Written readies to make durable, by number, and the syncer's answers.
-    syncer: std_mpsc::Sender<(u64, PendingSync)>,
-    synced: mpsc::UnboundedReceiver<Result<u64, RaftError>>,
-    /// The last ready written to the WAL, and the last known durable.
-    written: u64,
-    persisted: u64,
-    /// Messages that may only leave once the ready numbered with them is durable, in order.
-    held: VecDeque<(u64, Vec<Message>)>,
-}
-
-/// The thread that makes written WAL records durable: it takes every request queued while it
-/// was busy and syncs the newest, which covers them all, then reports that ready's number.
-fn spawn_syncer(
-    done: mpsc::UnboundedSender<Result<u64, RaftError>>,
-) -> Result<std_mpsc::Sender<(u64, PendingSync)>, RaftError> {
-    let (tx, rx) = std_mpsc::channel::<(u64, PendingSync)>();
-    std::thread::Builder::new()
-        .name("wal-sync".into())
-        .spawn(move || {
-            while let Ok(mut last) = rx.recv() {
-                while let Ok(next) = rx.try_recv() {
-                    last = next;
-                }
-                let res = last.1.sync().map(|()| last.0).map_err(LogError::from);
-                let failed = res.is_err();
-                if done.send(res.map_err(RaftError::from)).is_err() || failed {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| RaftError::Raft(e.to_string()))?;
-    Ok(tx)
 }
 
 impl Driver {
@@ -504,7 +457,6 @@ impl Driver {
             let mut reads = Vec::new();
             tokio::select! {
                 biased;
-                Some(n) = self.synced.recv() => self.on_synced(n?),
                 Some(m) = self.inbound.recv() => self.step(m),
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd, &mut reads),
@@ -818,10 +770,11 @@ impl Driver {
             self.install_snapshot(rd.snapshot().get_metadata().clone())?;
         }
         self.hand_off(rd.take_committed_entries())?;
-        let writes = has_snapshot || !rd.entries().is_empty() || rd.hs().is_some();
-        if writes {
+        if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
             failpoint::crash("raft-before-save");
             self.log.save(rd.entries(), rd.hs())?;
+            self.log.sync()?;
+            failpoint::crash("raft-after-save");
             let store = self.node.mut_store();
             store
                 .append(rd.entries())
@@ -830,40 +783,13 @@ impl Driver {
                 store.set_hard_state(hs.clone());
             }
         }
-        if writes && (has_snapshot || rd.must_sync()) {
-            // A vote, a new term or a snapshot is durable before anything follows it; this
-            // fsync covers every ready written before it too.
-            self.log.sync()?;
-            failpoint::crash("raft-after-save");
-            self.written = rd.number();
-            self.persisted = rd.number();
-            self.release_held();
-            self.send(rd.take_persisted_messages());
-            let mut light = self.node.advance(rd);
-            if let Some(commit) = light.commit_index() {
-                self.node.mut_store().set_commit(commit);
-            }
-            self.send(light.take_messages());
-            self.hand_off(light.take_committed_entries())?;
-        } else {
-            if writes {
-                let pending = self.log.write_out()?;
-                self.written = rd.number();
-                self.syncer
-                    .send((rd.number(), pending))
-                    .map_err(|_| RaftError::Stopped)?;
-            }
-            // Acks wait for every ready written so far, not just their own.
-            let msgs = rd.take_persisted_messages();
-            if !msgs.is_empty() {
-                if self.written <= self.persisted {
-                    self.send(msgs);
-                } else {
-                    self.held.push_back((self.written, msgs));
-                }
-            }
-            self.node.advance_append_async(rd);
+        self.send(rd.take_persisted_messages());
+        let mut light = self.node.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
         }
+        self.send(light.take_messages());
+        self.hand_off(light.take_committed_entries())?;
         self.node.advance_apply();
         let log = &self.node.raft.raft_log;
         if self.lone_voter && log.applied >= log.committed {
@@ -876,25 +802,6 @@ impl Driver {
         }
         self.publish_status();
         Ok(())
-    }
-
-    /// The syncer made every ready up to `number` durable.
-    fn on_synced(&mut self, number: u64) {
-        failpoint::crash("raft-after-save");
-        if number > self.persisted {
-            self.persisted = number;
-            self.node.on_persist_ready(number);
-        }
-        self.release_held();
-    }
-
-    /// Sends the held messages whose readies are durable now.
-    fn release_held(&mut self) {
-        while self.held.front().is_some_and(|(n, _)| *n <= self.persisted) {
-            if let Some((_, msgs)) = self.held.pop_front() {
-                self.send(msgs);
-            }
-        }
     }
 
     /// Applies a committed configuration change to raft and makes the new configuration

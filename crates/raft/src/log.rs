@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ballast_storage::{PendingSync, Record, Wal, WalError};
+use ballast_storage::{Record, Wal, WalError};
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 const KIND_ENTRY: u8 = 1;
@@ -186,10 +186,5 @@ impl RaftLog {
     pub fn sync(&mut self) -> Result<(), LogError> {
         self.wal.sync()?;
         Ok(())
-    }
-
-    /// Hands what was saved to the kernel; the handle makes it durable (from any thread).
-    pub fn write_out(&mut self) -> Result<PendingSync, LogError> {
-        Ok(self.wal.write_out()?)
     }
 }

@@ -11,7 +11,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::failpoint;
 
@@ -69,40 +68,8 @@ pub struct Wal {
     dir: PathBuf,
     seq: u64,
     path: PathBuf,
-    out: BufWriter<Segment>,
+    out: BufWriter<File>,
     size: u64,
-}
-
-/// The open segment file, shared with the [`PendingSync`] handles that make its writes durable
-/// from another thread.
-struct Segment(Arc<File>);
-
-impl Write for Segment {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Records [`Wal::write_out`] handed to the kernel; [`PendingSync::sync`] makes them durable.
-/// One fdatasync covers every record written to the segment before it starts, so a thread
-/// that syncs the newest handle makes all earlier ones durable too.
-pub struct PendingSync {
-    file: Arc<File>,
-    path: PathBuf,
-}
-
-impl PendingSync {
-    pub fn sync(&self) -> Result<(), WalError> {
-        failpoint::io("wal-fsync").map_err(io_err(&self.path))?;
-        let started = std::time::Instant::now();
-        self.file.sync_data().map_err(io_err(&self.path))?;
-        crate::stats::WAL_FSYNC.observe(started.elapsed());
-        Ok(())
-    }
 }
 
 fn segment_name(seq: u64) -> String {
@@ -217,7 +184,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             seq,
             path,
-            out: BufWriter::with_capacity(256 << 10, Segment(Arc::new(f))),
+            out: BufWriter::with_capacity(256 << 10, f),
             size: buf.len() as u64,
         })
     }
@@ -314,7 +281,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             seq: last_seq,
             path,
-            out: BufWriter::with_capacity(256 << 10, Segment(Arc::new(f))),
+            out: BufWriter::with_capacity(256 << 10, f),
             size: last_size,
         };
         Ok((wal, records, report))
@@ -339,39 +306,19 @@ impl Wal {
     /// Makes every appended record durable (one fdatasync for all of them: group commit),
     /// then rolls to a new segment if this one is full.
     pub fn sync(&mut self) -> Result<(), WalError> {
-        // The broken build acknowledges records still in this process's buffer.
         if failpoint::enabled("break-skip-wal-sync") {
             return Ok(());
         }
+        failpoint::io("wal-fsync").map_err(io_err(&self.path))?;
+        let started = std::time::Instant::now();
         self.out.flush().map_err(io_err(&self.path))?;
-        self.pending().sync()?;
+        self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
+        crate::stats::WAL_FSYNC.observe(started.elapsed());
         if self.size >= SEGMENT_BYTES {
             let next = Self::start_segment(&self.dir, self.seq + 1)?;
             *self = next;
         }
         Ok(())
-    }
-
-    /// Hands every appended record to the kernel without waiting for the disk; the returned
-    /// handle makes them durable. A full segment is synced here and a new one started, so a
-    /// handle's own file is all that ever needs syncing.
-    pub fn write_out(&mut self) -> Result<PendingSync, WalError> {
-        if failpoint::enabled("break-skip-wal-sync") {
-            return Ok(self.pending());
-        }
-        if self.size >= SEGMENT_BYTES {
-            self.sync()?;
-        } else {
-            self.out.flush().map_err(io_err(&self.path))?;
-        }
-        Ok(self.pending())
-    }
-
-    fn pending(&self) -> PendingSync {
-        PendingSync {
-            file: self.out.get_ref().0.clone(),
-            path: self.path.clone(),
-        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -383,11 +330,7 @@ impl Wal {
     /// new segment and drop the old ones (log compaction).
     pub fn cut(&mut self) -> Result<u64, WalError> {
         self.out.flush().map_err(io_err(&self.path))?;
-        self.out
-            .get_ref()
-            .0
-            .sync_data()
-            .map_err(io_err(&self.path))?;
+        self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
         let next = Self::start_segment(&self.dir, self.seq + 1)?;
         *self = next;
         Ok(self.seq)
@@ -459,28 +402,6 @@ mod tests {
         w.sync().unwrap();
         let (_, recs, _) = Wal::open(d.path()).unwrap();
         assert_eq!(recs.len(), 3);
-    }
-
-    #[test]
-    fn write_out_hands_records_to_the_file_for_another_thread_to_sync() {
-        let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::create(d.path()).unwrap();
-        w.append(1, b"a").unwrap();
-        w.append(1, b"b").unwrap();
-        // Still in this process's buffer: a reader sees nothing yet.
-        assert!(Wal::open(d.path()).unwrap().1.is_empty());
-        let pending = w.write_out().unwrap();
-        assert_eq!(Wal::open(d.path()).unwrap().1.len(), 2);
-        std::thread::spawn(move || pending.sync())
-            .join()
-            .unwrap()
-            .unwrap();
-        // The writer goes on appending to the same segment.
-        w.append(1, b"c").unwrap();
-        w.write_out().unwrap().sync().unwrap();
-        let (_, recs, _) = Wal::open(d.path()).unwrap();
-        assert_eq!(recs.len(), 3);
-        assert_eq!(recs[2].data, b"c");
     }
 
     #[test]
