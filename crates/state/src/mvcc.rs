@@ -422,7 +422,11 @@ impl WriteCtx<'_, '_, '_> {
 
     fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(), KvError> {
         let rev = self.next_rev();
-        let hist = self.idx.keys.entry(key.to_vec()).or_default();
+        // Most puts overwrite a key: find it by reference, copy the key only to insert it.
+        let hist = match self.idx.keys.get_mut(key) {
+            Some(h) => h,
+            None => self.idx.keys.entry(key.to_vec()).or_default(),
+        };
         if hist.version == 0 {
             hist.create_rev = rev.main;
         }
@@ -436,7 +440,8 @@ impl WriteCtx<'_, '_, '_> {
             lease,
         };
         hist.revs.push((rev, false));
-        self.w.put_rev(rev, false, &kv.encode_to_vec())?;
+        self.w
+            .put_rev_with(rev, false, kv.encoded_len(), |v| kv.encode(v).unwrap_or(()))?;
         self.attach(key, lease);
         self.idx.events.push(Event {
             r#type: EventType::Put as i32,
@@ -448,6 +453,9 @@ impl WriteCtx<'_, '_, '_> {
 
     /// Moves `key` to `lease` (0: none) in the lease index.
     fn attach(&mut self, key: &[u8], lease: i64) {
+        if lease == 0 && self.idx.key_lease.is_empty() {
+            return;
+        }
         if let Some(old) = self.idx.key_lease.remove(key) {
             if let Some(l) = self.idx.leases.get_mut(&old) {
                 l.keys.remove(key);

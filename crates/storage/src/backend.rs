@@ -555,9 +555,21 @@ impl WriteTx<'_> {
     }
 
     pub fn put_rev(&mut self, rev: Rev, tombstone: bool, kv: &[u8]) -> Result<(), BackendError> {
-        let mut v = Vec::with_capacity(kv.len() + 1);
+        self.put_rev_with(rev, tombstone, kv.len(), |v| v.extend_from_slice(kv))
+    }
+
+    /// [`WriteTx::put_rev`] with the record written by `encode` (about `len` bytes) straight
+    /// into the stored row, saving a buffer and a copy per write on the apply path.
+    pub fn put_rev_with(
+        &mut self,
+        rev: Rev,
+        tombstone: bool,
+        len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), BackendError> {
+        let mut v = Vec::with_capacity(len + 1);
         v.push(if tombstone { TOMBSTONE } else { 0 });
-        v.extend_from_slice(kv);
+        encode(&mut v);
         // A disk that silently flips a bit: the last byte of an encoded KeyValue without a
         // lease is its value's last byte, so the record still decodes, wrongly.
         if crate::failpoint::enabled("break-corrupt-writes") {
