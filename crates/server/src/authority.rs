@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::coalesce::Coalesce;
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const TYPE_HEADERS: u8 = 0x1;
@@ -346,11 +348,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FixAuthority<T> {
     }
 }
 
-/// The client listener: every accepted connection goes through [`FixAuthority`].
+/// The client listener: every accepted connection goes through [`FixAuthority`], its writes
+/// through [`Coalesce`].
 pub struct Listener(pub tokio::net::TcpListener);
 
 impl axum::serve::Listener for Listener {
-    type Io = FixAuthority<tokio::net::TcpStream>;
+    type Io = FixAuthority<Coalesce<tokio::net::TcpStream>>;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -358,7 +361,7 @@ impl axum::serve::Listener for Listener {
             match self.0.accept().await {
                 Ok((s, a)) => {
                     let _ = s.set_nodelay(true);
-                    return (FixAuthority::new(s), a);
+                    return (FixAuthority::new(Coalesce::new(s)), a);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "client accept failed");

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod authority;
 pub mod backup;
+pub mod coalesce;
 pub mod compactor;
 pub mod config;
 pub mod corrupt;

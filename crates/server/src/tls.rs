@@ -27,6 +27,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::authority::FixAuthority;
+use crate::coalesce::Coalesce;
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
@@ -268,7 +269,7 @@ pub struct ClientAddr {
 /// Accepts TCP connections and completes TLS handshakes in their own tasks; `axum::serve`
 /// takes the finished streams.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(FixAuthority<TlsStream<TcpStream>>, ClientAddr)>,
+    rx: mpsc::Receiver<(FixAuthority<Coalesce<TlsStream<TcpStream>>>, ClientAddr)>,
     local: SocketAddr,
 }
 
@@ -299,7 +300,10 @@ impl TlsListener {
                                 .and_then(|c| c.first())
                                 .and_then(|c| ballast_raft::subject_cn(c));
                             let _ = tx
-                                .send((FixAuthority::new(s), ClientAddr { addr, cn }))
+                                .send((
+                                    FixAuthority::new(Coalesce::new(s)),
+                                    ClientAddr { addr, cn },
+                                ))
                                 .await;
                         }
                         Ok(Err(e)) => {
@@ -315,7 +319,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = FixAuthority<TlsStream<TcpStream>>;
+    type Io = FixAuthority<Coalesce<TlsStream<TcpStream>>>;
     type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

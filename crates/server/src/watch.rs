@@ -243,8 +243,12 @@ impl WatchHub {
         } else {
             Some((self.store)())
         };
+        let header = (self.header)(rev);
         let mut behind = Vec::new();
         let mut closed = Vec::new();
+        // Everything is built before anything is sent, so the stream tasks wake in one burst
+        // and their connections write many of them at a time.
+        let mut ready = Vec::new();
         for (key, w) in hub.synced.iter_mut() {
             let mine: Vec<Event> = events
                 .iter()
@@ -256,10 +260,20 @@ impl WatchHub {
                 continue;
             }
             let mine = with_prev(store.as_deref(), &w.spec, mine);
-            match self.send_now(w, mine, rev) {
-                Ok(()) => w.next_rev = rev + 1,
+            let resps = self.responses(w.watch_id, &w.spec, header, mine);
+            // All or nothing, so a revision is never half delivered on the fast path.
+            match w.tx.try_reserve_many(resps.len()) {
+                Ok(permits) => {
+                    w.next_rev = rev + 1;
+                    ready.push((permits, resps));
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => behind.push(*key),
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*key),
+            }
+        }
+        for (permits, resps) in ready {
+            for (p, r) in permits.zip(resps) {
+                p.send(Ok(r));
             }
         }
         for key in closed {
@@ -288,14 +302,20 @@ impl WatchHub {
         }
     }
 
-    fn responses(&self, w: &Watcher, events: Vec<Event>, rev: i64) -> Vec<WatchResponse> {
+    fn responses(
+        &self,
+        watch_id: i64,
+        spec: &Spec,
+        header: ResponseHeader,
+        events: Vec<Event>,
+    ) -> Vec<WatchResponse> {
         let whole = WatchResponse {
-            header: Some((self.header)(rev)),
-            watch_id: w.watch_id,
+            header: Some(header),
+            watch_id,
             events,
             ..Default::default()
         };
-        if !w.spec.fragment || whole.encoded_len() <= self.max_bytes {
+        if !spec.fragment || whole.encoded_len() <= self.max_bytes {
             return vec![whole];
         }
         // Split at event boundaries; all but the last response say `fragment`.
@@ -317,30 +337,12 @@ impl WatchHub {
             .enumerate()
             .map(|(i, events)| WatchResponse {
                 header: whole.header,
-                watch_id: w.watch_id,
+                watch_id,
                 fragment: i < last,
                 events,
                 ..Default::default()
             })
             .collect()
-    }
-
-    fn send_now(
-        &self,
-        w: &Watcher,
-        events: Vec<Event>,
-        rev: i64,
-    ) -> Result<(), mpsc::error::TrySendError<()>> {
-        let resps = self.responses(w, events, rev);
-        // All or nothing, so a revision is never half delivered on the fast path.
-        let permits = w.tx.try_reserve_many(resps.len()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
-            mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
-        })?;
-        for (p, r) in permits.zip(resps) {
-            p.send(Ok(r));
-        }
-        Ok(())
     }
 
     fn start_catch_up(self: &Arc<Self>, hub: &mut Hub, w: Watcher) {
@@ -413,7 +415,7 @@ impl WatchHub {
             };
             if !events.is_empty() {
                 let last = events.last().map(mod_rev).unwrap_or(covered);
-                for r in self.responses(&w, events, last) {
+                for r in self.responses(w.watch_id, &w.spec, (self.header)(last), events) {
                     if w.tx.send(Ok(r)).await.is_err() {
                         self.done_catching_up(w.stream);
                         return;
