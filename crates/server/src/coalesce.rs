@@ -202,7 +202,10 @@ mod tests {
         };
         w.write_all(b"frame").await.unwrap();
         w.flush().await.unwrap();
-        assert!(ran.load(Ordering::SeqCst), "the ready task ran before the write");
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "the ready task ran before the write"
+        );
         let mut buf = [0u8; 8];
         let n = b.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"frame");
