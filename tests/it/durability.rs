@@ -81,6 +81,20 @@ async fn kill9_under_load(extra: &[&str]) {
     assert!(all.header().unwrap().revision() >= max_rev);
 }
 
+/// Where a WAL segment's records end: each is `len u32 LE | crc u32 | len bytes`, and a zero
+/// length is the reserved space after them.
+fn records_end(bytes: &[u8]) -> usize {
+    let mut off = 0;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]);
+        if len == 0 {
+            break;
+        }
+        off += 8 + len as usize;
+    }
+    off
+}
+
 fn wal_segment(s: &Server) -> std::path::PathBuf {
     let dir = s.data_path().join("member").join("wal");
     let mut segs: Vec<_> = std::fs::read_dir(&dir)
@@ -99,10 +113,16 @@ async fn torn_wal_tail_is_truncated_and_mid_log_damage_is_reported() {
         c.put(format!("k{i}"), "v", None).await.unwrap();
     }
     s.kill9();
-    // A crash mid-append leaves a partial record at the end.
+    // A crash mid-append leaves a partial record right after the last whole one (the space
+    // after it is reserved and reads as zeros).
     let seg = wal_segment(&s);
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9]);
+    let end = records_end(&bytes);
+    let torn = [200, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9];
+    if bytes.len() < end + torn.len() {
+        bytes.resize(end + torn.len(), 0);
+    }
+    bytes[end..end + torn.len()].copy_from_slice(&torn);
     std::fs::write(&seg, &bytes).unwrap();
     s.spawn();
     assert!(s.log().contains("truncating torn wal tail"), "{}", s.log());
