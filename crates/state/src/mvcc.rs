@@ -1026,7 +1026,10 @@ impl Mvcc {
 
     /// Takes the events of the last [`Mvcc::apply_batch`] (in revision order).
     pub fn take_events(&self) -> Vec<Event> {
-        std::mem::take(&mut self.write().events)
+        // The next batch is likely as large: room for it now rather than regrown per event.
+        let mut idx = self.write();
+        let room = Vec::with_capacity(idx.events.len());
+        std::mem::replace(&mut idx.events, room)
     }
 
     /// Changes to keys in `[key, range_end)` at revisions `from..=to`, in revision order, at
