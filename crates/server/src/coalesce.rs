@@ -65,10 +65,6 @@ impl<T> Coalesce<T> {
             resumed: Arc::default(),
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesce<T> {

@@ -440,14 +440,22 @@ impl WriteCtx<'_, '_, '_> {
             lease,
         };
         hist.revs.push((rev, false));
-        self.w
-            .put_rev_with(rev, false, kv.encoded_len(), |v| kv.encode(v).unwrap_or(()))?;
+        self.put_row(rev, false, &kv)?;
         self.attach(key, lease);
         self.idx.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
             prev_kv: None,
         });
+        Ok(())
+    }
+
+    /// Stores a revision's row, encoded straight into the backend's buffer.
+    fn put_row(&mut self, rev: Rev, tombstone: bool, kv: &KeyValue) -> Result<(), KvError> {
+        // Encoding into a Vec cannot run out of room: the result has nothing to report.
+        self.w.put_rev_with(rev, tombstone, kv.encoded_len(), |v| {
+            kv.encode(v).unwrap_or(())
+        })?;
         Ok(())
     }
 
@@ -586,7 +594,7 @@ impl WriteCtx<'_, '_, '_> {
                 mod_revision: rev.main,
                 ..Default::default()
             };
-            self.w.put_rev(rev, true, &tomb.encode_to_vec())?;
+            self.put_row(rev, true, &tomb)?;
             self.attach(key, 0);
             self.idx.events.push(Event {
                 r#type: EventType::Delete as i32,

@@ -149,8 +149,7 @@ enum Decoded {
 
 fn decode_at(buf: &[u8], off: usize) -> Decoded {
     let rest = &buf[off..];
-    let all_zero = rest.iter().all(|b| *b == 0);
-    if all_zero {
+    if rest.iter().all(|b| *b == 0) {
         return Decoded::End;
     }
     if rest.len() < HEADER_LEN {
@@ -159,7 +158,7 @@ fn decode_at(buf: &[u8], off: usize) -> Decoded {
     let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
     let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
     if len == 0 || len > MAX_RECORD_BYTES + 1 {
-        return Decoded::Bad("invalid record length", all_zero);
+        return Decoded::Bad("invalid record length", false);
     }
     if rest.len() < HEADER_LEN + len {
         // A record cut short by the end of the file can only be a torn append.
@@ -169,7 +168,7 @@ fn decode_at(buf: &[u8], off: usize) -> Decoded {
     if crc32c::crc32c(body) != crc {
         let is_last = rest.len() == HEADER_LEN + len;
         let zero_after = rest[HEADER_LEN + len..].iter().all(|b| *b == 0);
-        return Decoded::Bad("crc mismatch", all_zero || is_last || zero_after);
+        return Decoded::Bad("crc mismatch", is_last || zero_after);
     }
     Decoded::Record(
         Record {
@@ -262,7 +261,7 @@ impl Wal {
         let (mut last_size, mut last_len) = (0u64, 0u64);
         for (i, (seq, path)) in segs.iter().enumerate() {
             let is_last = i + 1 == segs.len();
-            let (mut buf, file_len) = read_segment(path)?;
+            let (mut buf, mut file_len) = read_segment(path)?;
             let mut off = 0usize;
             let mut first = true;
             while off < buf.len() {
@@ -327,6 +326,7 @@ impl Wal {
                         f.set_len(off as u64).map_err(io_err(path))?;
                         f.sync_all().map_err(io_err(path))?;
                         report.truncated = Some((path.clone(), off as u64));
+                        file_len = off as u64;
                         buf.truncate(off);
                         break;
                     }
@@ -348,7 +348,7 @@ impl Wal {
             }
             if *seq == last_seq {
                 last_size = buf.len() as u64;
-                last_len = fs::metadata(path).map_err(io_err(path))?.len();
+                last_len = file_len;
             }
         }
         let path = dir.join(segment_name(last_seq));
