@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self as std_mpsc, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -135,7 +136,6 @@ pub enum ConfKind {
 pub struct RaftStatus {
     pub leader: u64,
     pub term: u64,
-    pub commit: u64,
     pub is_leader: bool,
     /// Set when the driver stopped on a storage failure; the member must exit.
     pub fatal: Option<String>,
@@ -166,6 +166,7 @@ pub struct Node {
     on_drop: Arc<OnceLock<DropHandler>>,
     transport: Transport,
     status: watch::Receiver<RaftStatus>,
+    commit: Arc<AtomicU64>,
     member_id: u64,
     cluster_id: u64,
     _thread: JoinHandle<()>,
@@ -253,6 +254,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(CMD_QUEUE);
         let (apply_tx, apply_rx) = std_mpsc::sync_channel(APPLY_QUEUE);
         let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+        let commit = Arc::new(AtomicU64::new(0));
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         // Frames carry one append's worth of entries (capped by max_size_per_msg, but at least
         // one entry of up to that size) plus headers.
@@ -281,6 +283,7 @@ impl Node {
             conf_history: vec![(0, conf_now)],
             apply_tx,
             status: status_tx,
+            commit: commit.clone(),
             tick: cfg.tick,
             reads: HashMap::new(),
             next_read: 0,
@@ -300,6 +303,7 @@ impl Node {
                 on_drop,
                 transport,
                 status: status_rx,
+                commit,
                 member_id: member.member_id,
                 cluster_id: member.cluster_id,
                 _thread: thread,
@@ -390,6 +394,11 @@ impl Node {
         self.status.clone()
     }
 
+    /// The highest log index this member knows to be committed.
+    pub fn commit_index(&self) -> u64 {
+        self.commit.load(Ordering::Relaxed)
+    }
+
     pub fn member_id(&self) -> u64 {
         self.member_id
     }
@@ -411,6 +420,9 @@ struct Driver {
     conf_history: Vec<(u64, ConfState)>,
     apply_tx: SyncSender<Apply>,
     status: watch::Sender<RaftStatus>,
+    /// Kept apart from `status`: it moves on every ready, and the status watchers (leader
+    /// changes, the lessor) should wake only when leadership does.
+    commit: Arc<AtomicU64>,
     tick: Duration,
     reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, RaftError>>>>,
     next_read: u64,
@@ -857,10 +869,10 @@ impl Driver {
         let next = RaftStatus {
             leader: r.leader_id,
             term: r.term,
-            commit: r.raft_log.committed,
             is_leader: r.state == StateRole::Leader,
             fatal: None,
         };
+        self.commit.store(r.raft_log.committed, Ordering::Relaxed);
         let term_changed = self.status.borrow().term != next.term;
         if term_changed && !self.reads.is_empty() {
             for (_, waiters) in self.reads.drain() {

@@ -220,7 +220,7 @@ pub fn render(s: &EtcdServer) -> String {
         "etcd_server_proposals_committed_total",
         "gauge",
         "The total number of consensus proposals committed.",
-        raft.commit as f64,
+        s.raft_commit() as f64,
     );
     o.one(
         "etcd_server_proposals_applied_total",

@@ -427,6 +427,11 @@ impl EtcdServer {
         self.node.status()
     }
 
+    /// The highest log index this member knows to be committed.
+    pub fn raft_commit(&self) -> u64 {
+        self.node.commit_index()
+    }
+
     pub fn raft_status_watch(&self) -> watch::Receiver<RaftStatus> {
         self.node.status_watch()
     }

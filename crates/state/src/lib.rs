@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod check;
 pub mod error;
+mod key;
 pub mod mvcc;
 pub mod snapfile;
 

@@ -27,6 +27,7 @@ use ballast_storage::{Backend, BackendError, Rev};
 use prost::Message;
 
 use crate::auth::{self, AuthEffect, AuthInfo, AuthState};
+use crate::key::Key;
 use crate::KvError;
 
 pub(crate) const META_APPLIED: &str = "consistent_index";
@@ -111,7 +112,7 @@ impl KeyHistory {
 
 #[derive(Debug)]
 struct Index {
-    keys: BTreeMap<Vec<u8>, KeyHistory>,
+    keys: BTreeMap<Key, KeyHistory>,
     rev: i64,
     /// -1 until the first compaction, as in etcd.
     compact_rev: i64,
@@ -159,7 +160,7 @@ impl Index {
         key: &'s [u8],
         end: &'s [u8],
         at: i64,
-    ) -> impl Iterator<Item = (&'s Vec<u8>, Rev)> + 's {
+    ) -> impl Iterator<Item = (&'s Key, Rev)> + 's {
         let (lo, hi) = bounds(key, end);
         let empty = matches!((lo, hi), (Bound::Included(a), Bound::Excluded(b)) if a >= b);
         let range = if empty {
@@ -167,7 +168,7 @@ impl Index {
         } else {
             Some(
                 self.keys
-                    .range::<[u8], _>((lo, hi))
+                    .range((lo.map(Key::new), hi.map(Key::new)))
                     .filter_map(move |(k, h)| h.at(at).map(|r| (k, r))),
             )
         };
@@ -414,7 +415,12 @@ impl WriteCtx<'_, '_, '_> {
     }
 
     fn current(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        match self.idx.keys.get(key).and_then(|h| h.at(self.view_rev())) {
+        match self
+            .idx
+            .keys
+            .get(&Key::new(key))
+            .and_then(|h| h.at(self.view_rev()))
+        {
             Some(rev) => Ok(Some(load(&*self.w, rev)?)),
             None => Ok(None),
         }
@@ -423,10 +429,7 @@ impl WriteCtx<'_, '_, '_> {
     fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(), KvError> {
         let rev = self.next_rev();
         // Most puts overwrite a key: find it by reference, copy the key only to insert it.
-        let hist = match self.idx.keys.get_mut(key) {
-            Some(h) => h,
-            None => self.idx.keys.entry(key.to_vec()).or_default(),
-        };
+        let hist = self.idx.keys.entry(Key::new(key)).or_default();
         if hist.version == 0 {
             hist.create_rev = rev.main;
         }
@@ -579,7 +582,7 @@ impl WriteCtx<'_, '_, '_> {
         let live: Vec<(Vec<u8>, Rev)> = self
             .idx
             .live_in(&d.key, &d.range_end, at)
-            .map(|(k, r)| (k.clone(), r))
+            .map(|(k, r)| (k.as_bytes().to_vec(), r))
             .collect();
         let mut prev_kvs = Vec::new();
         if d.prev_kv {
@@ -601,7 +604,7 @@ impl WriteCtx<'_, '_, '_> {
                 kv: Some(tomb),
                 prev_kv: None,
             });
-            if let Some(h) = self.idx.keys.get_mut(key) {
+            if let Some(h) = self.idx.keys.get_mut(&Key::new(key)) {
                 h.revs.push((rev, true));
                 h.version = 0;
                 h.create_rev = 0;
@@ -792,7 +795,7 @@ impl Mvcc {
                 } else {
                     idx.key_lease.insert(kv.key.clone(), kv.lease);
                 }
-                let h = idx.keys.entry(kv.key).or_default();
+                let h = idx.keys.entry(Key::new(&kv.key)).or_default();
                 h.revs.push((rev, stored.tombstone));
                 if stored.tombstone {
                     h.version = 0;

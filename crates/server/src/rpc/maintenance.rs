@@ -142,7 +142,7 @@ impl Maintenance for MaintenanceService {
             version: ETCD_API_VERSION.to_string(),
             db_size: mvcc.db_size() as i64,
             leader: raft.leader,
-            raft_index: raft.commit,
+            raft_index: s.raft_commit(),
             raft_term: raft.term,
             raft_applied_index: s.applied_index(),
             errors: mvcc.alarms().iter().map(alarm_text).collect(),
