@@ -12,12 +12,12 @@
 //! committed. Readers see committed state only, so the rows and metadata written by the held
 //! transaction are kept in [`Recent`] too, and views read through it.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use crate::overlay::Rows;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -59,6 +59,9 @@ const MAX_SNAPSHOT_FIELD: usize = 64 << 20;
 pub const HOLD_FOR: Duration = Duration::from_millis(100);
 /// Most row writes a held transaction takes before it commits (etcd's `--backend-batch-limit`).
 pub const HOLD_WRITES: usize = 10_000;
+/// Most row bytes it holds (large values would otherwise be kept twice, in redb's dirty pages
+/// and for readers, until the interval ends).
+pub const HOLD_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -143,21 +146,6 @@ struct Held {
     writes: usize,
 }
 
-/// What the held transaction wrote, for readers: rows by revision (`None`: deleted) and meta
-/// values. Emptied when it commits.
-#[derive(Default)]
-struct Recent {
-    rows: BTreeMap<Rev, Option<Vec<u8>>>,
-    meta: BTreeMap<String, u64>,
-}
-
-/// One update's writes, moved into [`Recent`] if its transaction is held.
-#[derive(Default)]
-struct Staged {
-    rows: Vec<(Rev, Option<Vec<u8>>)>,
-    meta: Vec<(String, u64)>,
-}
-
 pub struct Backend {
     /// Replaced whole by [`Backend::defragment`]; readers hold their own `Arc` meanwhile.
     db: RwLock<Arc<Database>>,
@@ -165,9 +153,10 @@ pub struct Backend {
     /// Taken by every write transaction and by the last phase of a defragmentation; guards
     /// the transaction held open between updates.
     writer: Mutex<Option<Held>>,
-    /// A view takes this (shared) before its read transaction, and a commit empties it
-    /// (exclusively) after committing: a view's snapshot misses nothing `Recent` lacks.
-    recent: RwLock<Recent>,
+    /// What the held transaction wrote, for views. A view takes this (shared) before its read
+    /// transaction, and a commit empties it (exclusively) after committing: a view's snapshot
+    /// misses nothing this lacks.
+    recent: RwLock<Rows>,
     /// Rows removed so far: a defragmentation that saw none during its copy skips the diff.
     removals: AtomicU64,
     /// The file's length, refreshed after every commit: the quota check reads it on every
@@ -212,7 +201,7 @@ impl Backend {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn recent(&self) -> RwLockReadGuard<'_, Recent> {
+    fn recent(&self) -> RwLockReadGuard<'_, Rows> {
         self.recent.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -243,14 +232,16 @@ impl Backend {
                 return Err(e);
             }
         };
-        let writes = held.writes + staged.rows.len();
-        if !durable && writes < HOLD_WRITES && held.since.elapsed() < HOLD_FOR {
-            let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
-            for (rev, row) in staged.rows {
-                recent.rows.insert(rev, row);
-            }
-            recent.meta.extend(staged.meta);
-            drop(recent);
+        let writes = held.writes + staged.len();
+        let hold = !durable
+            && writes < HOLD_WRITES
+            && held.since.elapsed() < HOLD_FOR
+            && self.recent().bytes() + staged.bytes() < HOLD_BYTES;
+        if hold {
+            self.recent
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(&staged);
             *writer = Some(Held { writes, ..held });
         } else {
             self.commit(held.tx, durable)?;
@@ -262,7 +253,7 @@ impl Backend {
         &self,
         tx: &redb::WriteTransaction,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
-    ) -> Result<(R, Staged), E> {
+    ) -> Result<(R, Rows), E> {
         let mut w = WriteTx {
             kv: tx.open_table(KV).map_err(BackendError::from)?,
             meta: tx.open_table(META).map_err(BackendError::from)?,
@@ -271,7 +262,7 @@ impl Backend {
             leases: tx.open_table(LEASES).map_err(BackendError::from)?,
             alarms: tx.open_table(ALARMS).map_err(BackendError::from)?,
             auth: tx.open_table(AUTH).map_err(BackendError::from)?,
-            staged: Staged::default(),
+            staged: Rows::default(),
             removals: &self.removals,
         };
         let out = f(&mut w)?;
@@ -293,9 +284,10 @@ impl Backend {
     }
 
     fn clear_recent(&self) {
-        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
-        recent.rows.clear();
-        recent.meta.clear();
+        self.recent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Commits the held transaction, if any, so redb's own read transactions see everything.
@@ -609,7 +601,7 @@ impl Drop for Backend {
 
 pub struct WriteTx<'a> {
     removals: &'a AtomicU64,
-    staged: Staged,
+    staged: Rows,
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
     members: redb::Table<'a, u64, &'static [u8]>,
@@ -688,31 +680,32 @@ impl WriteTx<'_> {
         len: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), BackendError> {
-        let mut v = Vec::with_capacity(len + 1);
-        v.push(if tombstone { TOMBSTONE } else { 0 });
-        encode(&mut v);
-        // A disk that silently flips a bit: the last byte of an encoded KeyValue without a
-        // lease is its value's last byte, so the record still decodes, wrongly.
-        if crate::failpoint::enabled("break-corrupt-writes") {
-            if let Some(last) = v.last_mut() {
-                *last ^= 1;
+        let row = self.staged.push_with(rev, |v| {
+            v.reserve(len + 1);
+            v.push(if tombstone { TOMBSTONE } else { 0 });
+            encode(v);
+            // A disk that silently flips a bit: the last byte of an encoded KeyValue without a
+            // lease is its value's last byte, so the record still decodes, wrongly.
+            if crate::failpoint::enabled("break-corrupt-writes") {
+                if let Some(last) = v.last_mut() {
+                    *last ^= 1;
+                }
             }
-        }
-        self.kv.insert(rev.to_bytes().as_slice(), v.as_slice())?;
-        self.staged.rows.push((rev, Some(v)));
+        });
+        self.kv.insert(rev.to_bytes().as_slice(), row)?;
         Ok(())
     }
 
     pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
         self.kv.remove(rev.to_bytes().as_slice())?;
-        self.staged.rows.push((rev, None));
+        self.staged.delete(rev);
         self.removals.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    pub fn set_meta(&mut self, name: &str, v: u64) -> Result<(), BackendError> {
+    pub fn set_meta(&mut self, name: &'static str, v: u64) -> Result<(), BackendError> {
         self.meta.insert(name, v)?;
-        self.staged.meta.push((name.to_string(), v));
+        self.staged.meta.insert(name, v);
         Ok(())
     }
 }
@@ -733,7 +726,7 @@ impl RevRead for WriteTx<'_> {
 pub struct ReadTx<'a> {
     kv: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     meta: redb::ReadOnlyTable<&'static str, u64>,
-    recent: &'a Recent,
+    recent: &'a Rows,
 }
 
 /// Visits one stored revision; returns whether to go on.
@@ -775,37 +768,28 @@ impl ReadTx<'_> {
             Some(hi) => self.kv.range(lo.as_slice()..hi.as_slice())?,
             None => self.kv.range(lo.as_slice()..)?,
         };
-        let upper = to.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-        let mut recent = self
-            .recent
-            .rows
-            .range((std::ops::Bound::Included(from), upper))
-            .peekable();
+        let mut recent = self.recent.range(from, to).peekable();
         let mut emit = |rev: Rev, row: &[u8]| f(rev, decode_stored(rev, row)?);
         for item in committed {
             let (k, v) = item?;
             let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-            while let Some((&r, row)) = recent.next_if(|(r, _)| **r < rev) {
-                if let Some(row) = row {
-                    if !emit(r, row)? {
-                        return Ok(());
-                    }
+            while let Some((r, row)) = recent.next_if(|(r, _)| *r < rev) {
+                if !emit(r, row)? {
+                    return Ok(());
                 }
             }
-            let go_on = match recent.next_if(|(r, _)| **r == rev) {
-                Some((_, Some(row))) => emit(rev, row)?,
-                Some((_, None)) => true,
+            let go_on = match recent.next_if(|(r, _)| *r == rev) {
+                Some((_, row)) => emit(rev, row)?,
+                None if self.recent.is_gone(rev) => true,
                 None => emit(rev, v.value())?,
             };
             if !go_on {
                 return Ok(());
             }
         }
-        for (&r, row) in recent {
-            if let Some(row) = row {
-                if !emit(r, row)? {
-                    break;
-                }
+        for (r, row) in recent {
+            if !emit(r, row)? {
+                break;
             }
         }
         Ok(())
@@ -814,8 +798,8 @@ impl ReadTx<'_> {
 
 impl RevRead for ReadTx<'_> {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
-        if let Some(row) = self.recent.rows.get(&rev) {
-            return row.as_deref().map(|r| decode_stored(rev, r)).transpose();
+        if let Some(row) = self.recent.get(rev) {
+            return row.map(|r| decode_stored(rev, r)).transpose();
         }
         match self.kv.get(rev.to_bytes().as_slice())? {
             Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
@@ -927,7 +911,7 @@ mod tests {
         // Reading the other tables commits it first; then nothing is left in `recent`.
         b.members().unwrap();
         assert!(b.lock_writer().is_none());
-        assert!(b.recent().rows.is_empty());
+        assert_eq!(b.recent().len(), 0);
         assert_eq!(all(&b), [1, 3, 4, 5, 6]);
     }
 

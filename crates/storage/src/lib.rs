@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod failpoint;
+mod overlay;
 pub mod stats;
 pub mod wal;
 
