@@ -258,6 +258,13 @@ fn put_args(total: usize) -> PutArgs {
     }
 }
 
+/// Lets the machine settle before a measured run: what the previous run left dirty in the page
+/// cache is written back now, not during the next run (whose fsyncs would queue behind it).
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(1));
+}
+
 /// Runs one workload on etcd, then on Ballast.
 async fn both<F, Fut>(
     name: &str,
@@ -269,8 +276,10 @@ where
     F: Fn(Vec<String>) -> Fut,
     Fut: std::future::Future<Output = Result<Stats, String>>,
 {
+    settle();
     eprintln!("{name}: etcd ...");
     let e = f(etcd.endpoints()).await?;
+    settle();
     eprintln!("{name}: ballast ...");
     let b = f(ballast.endpoints()).await?;
     Ok((e, b))
