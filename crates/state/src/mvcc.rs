@@ -428,7 +428,6 @@ impl WriteCtx<'_, '_, '_> {
 
     fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<(), KvError> {
         let rev = self.next_rev();
-        // Most puts overwrite a key: find it by reference, copy the key only to insert it.
         let hist = self.idx.keys.entry(Key::new(key)).or_default();
         if hist.version == 0 {
             hist.create_rev = rev.main;
@@ -579,10 +578,10 @@ impl WriteCtx<'_, '_, '_> {
 
     fn delete(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
         let at = self.view_rev();
-        let live: Vec<(Vec<u8>, Rev)> = self
+        let live: Vec<(Key, Rev)> = self
             .idx
             .live_in(&d.key, &d.range_end, at)
-            .map(|(k, r)| (k.as_bytes().to_vec(), r))
+            .map(|(k, r)| (k.clone(), r))
             .collect();
         let mut prev_kvs = Vec::new();
         if d.prev_kv {
@@ -593,18 +592,18 @@ impl WriteCtx<'_, '_, '_> {
         for (key, _) in &live {
             let rev = self.next_rev();
             let tomb = KeyValue {
-                key: key.clone(),
+                key: key.as_bytes().to_vec(),
                 mod_revision: rev.main,
                 ..Default::default()
             };
             self.put_row(rev, true, &tomb)?;
-            self.attach(key, 0);
+            self.attach(key.as_bytes(), 0);
             self.idx.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
                 prev_kv: None,
             });
-            if let Some(h) = self.idx.keys.get_mut(&Key::new(key)) {
+            if let Some(h) = self.idx.keys.get_mut(key) {
                 h.revs.push((rev, true));
                 h.version = 0;
                 h.create_rev = 0;

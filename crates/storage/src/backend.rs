@@ -10,7 +10,7 @@
 //! up to [`HOLD_FOR`] or [`HOLD_WRITES`] writes: each redb commit copies the B-tree pages it
 //! touched and records their freeing, a fifth of the applier's time when every apply batch
 //! committed. Readers see committed state only, so the rows and metadata written by the held
-//! transaction are kept in [`Recent`] too, and views read through it.
+//! transaction are kept in an overlay too (`overlay::Rows`), and views read through it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -466,6 +466,8 @@ impl Backend {
         let dst = create_db(&tmp)?;
         let removals = self.removals.load(Ordering::Relaxed);
         let last = {
+            // Deletions the held transaction counted in `removals` must be in this snapshot,
+            // or the catch-up below would see no new removals and keep their rows.
             let src = self.begin_read_all()?;
             copy_kv(&src, &dst, None)?
         };

@@ -54,7 +54,7 @@ impl Rows {
 
     /// `Some(None)`: deleted here; `None`: not written here.
     pub(crate) fn get(&self, rev: Rev) -> Option<Option<&[u8]>> {
-        if self.gone.contains(&rev) {
+        if self.is_gone(rev) {
             return Some(None);
         }
         let i = self.index.binary_search_by_key(&rev, |e| e.0).ok()?;
