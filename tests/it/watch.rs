@@ -502,3 +502,60 @@ fn fragments_and_progress_notifications() {
         assert_eq!(notify.header.unwrap().revision, 41);
     });
 }
+
+/// Many watch streams over one connection (kube-apiserver multiplexes its watches): etcd
+/// allows `--max-concurrent-streams` (no limit by default), and a stream past the limit waits.
+#[test]
+fn many_watch_streams_share_one_connection() {
+    for kind in [Kind::Etcd, Kind::Ballast] {
+        let s = Server::start(kind, &[]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+            let mut streams = Vec::new();
+            for _ in 0..300 {
+                let w = tokio::time::timeout(Duration::from_secs(5), c.watch("k", None))
+                    .await
+                    .unwrap_or_else(|_| panic!("{kind:?}: watch {} never started", streams.len()))
+                    .unwrap();
+                streams.push(w);
+            }
+            c.put("k", "v", None).await.unwrap();
+            for (i, st) in streams.iter_mut().enumerate() {
+                // The created response may come first.
+                let events = loop {
+                    let r = tokio::time::timeout(Duration::from_secs(5), st.message())
+                        .await
+                        .unwrap_or_else(|_| panic!("{kind:?}: watcher {i} got no event"))
+                        .unwrap()
+                        .unwrap();
+                    if !r.created() {
+                        break r.events().len();
+                    }
+                };
+                assert_eq!(events, 1, "{kind:?}");
+            }
+        });
+        drop(s);
+        let s = Server::start(kind, &["--max-concurrent-streams=3"]);
+        rt.block_on(async {
+            let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(c.watch("k", None).await.unwrap());
+            }
+            let fourth = tokio::time::timeout(Duration::from_millis(800), c.watch("k", None)).await;
+            assert!(
+                fourth.is_err(),
+                "{kind:?}: a fourth stream started past the limit"
+            );
+            // A freed stream lets the next one start.
+            held.pop();
+            let fifth = tokio::time::timeout(Duration::from_secs(5), c.watch("k", None)).await;
+            assert!(
+                fifth.is_ok(),
+                "{kind:?}: no stream started after one closed"
+            );
+        });
+    }
+}

@@ -93,6 +93,13 @@ pub struct Flags {
     pub max_request_bytes: u64,
     #[arg(long = "max-txn-ops", env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// HTTP/2 streams one client connection may hold open (etcd's default: no limit).
+    #[arg(
+        long = "max-concurrent-streams",
+        env = "ETCD_MAX_CONCURRENT_STREAMS",
+        default_value_t = u32::MAX
+    )]
+    pub max_concurrent_streams: u32,
     #[arg(
         long = "snapshot-count",
         env = "ETCD_SNAPSHOT_COUNT",
@@ -319,6 +326,7 @@ struct FileConfig {
     initial_cluster_token: Option<String>,
     max_request_bytes: Option<u64>,
     max_txn_ops: Option<u32>,
+    max_concurrent_streams: Option<u32>,
     snapshot_count: Option<u64>,
     experimental_snapshot_catchup_entries: Option<u64>,
     quota_backend_bytes: Option<i64>,
@@ -401,6 +409,7 @@ pub struct Config {
     pub new_cluster: bool,
     pub max_request_bytes: u64,
     pub max_txn_ops: usize,
+    pub max_concurrent_streams: u32,
     /// Applied entries between state-machine snapshots (and raft log compactions).
     pub snapshot_count: u64,
     /// Log entries kept behind a snapshot so slightly lagging followers need no snapshot.
@@ -636,6 +645,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         initial_cluster_token: c.initial_cluster_token.unwrap_or(d.initial_cluster_token),
         max_request_bytes: c.max_request_bytes.unwrap_or(d.max_request_bytes),
         max_txn_ops: c.max_txn_ops.unwrap_or(d.max_txn_ops),
+        max_concurrent_streams: c.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
         snapshot_count: c.snapshot_count.unwrap_or(d.snapshot_count),
         snapshot_catchup_entries: c
             .experimental_snapshot_catchup_entries
@@ -991,6 +1001,11 @@ impl Config {
             new_cluster,
             max_request_bytes: f.max_request_bytes,
             max_txn_ops: f.max_txn_ops as usize,
+            // grpc-go reads 0 as no limit.
+            max_concurrent_streams: match f.max_concurrent_streams {
+                0 => u32::MAX,
+                n => n,
+            },
             snapshot_count: f.snapshot_count,
             snapshot_catchup_entries: f.snapshot_catchup_entries,
             // As in etcd: 0 is the default quota, negative disables it (kept here as 0).
@@ -1052,6 +1067,10 @@ mod tests {
         );
         assert_eq!(c.max_request_bytes, 1536 * 1024);
         assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.max_concurrent_streams, u32::MAX);
+        // grpc-go reads 0 as no limit.
+        let c = parse(&["--max-concurrent-streams", "0"]).unwrap();
+        assert_eq!(c.max_concurrent_streams, u32::MAX);
     }
 
     #[test]
@@ -1088,9 +1107,10 @@ mod tests {
     fn config_file_uses_etcd_keys() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.yaml");
-        std::fs::write(&p, "name: m1\ndata-dir: /tmp/x\nmax-txn-ops: 7\ninitial-cluster: m1=http://localhost:2380\n").unwrap();
+        std::fs::write(&p, "name: m1\ndata-dir: /tmp/x\nmax-txn-ops: 7\nmax-concurrent-streams: 300\ninitial-cluster: m1=http://localhost:2380\n").unwrap();
         let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
         assert_eq!((c.name.as_str(), c.max_txn_ops), ("m1", 7));
+        assert_eq!(c.max_concurrent_streams, 300);
         std::fs::write(&p, "nme: typo\n").unwrap();
         assert!(parse(&["--config-file", p.to_str().unwrap()]).is_err());
     }

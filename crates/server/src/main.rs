@@ -185,13 +185,17 @@ async fn run(cfg: Config) -> Result<(), String> {
             keep,
         ));
     }
-    let app =
-        ballast_server::rpc::dispatch::MakeClient(ballast_server::client_service(server.clone()));
+    let app = ballast_server::client_service(server.clone());
+    let max_streams = server.cfg.max_concurrent_streams;
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();
         let listener = ballast_server::authority::Listener(listener);
-        tasks.spawn(async move { axum::serve(listener, app).await });
+        tasks.spawn(ballast_server::rpc::dispatch::serve(
+            listener,
+            app,
+            max_streams,
+        ));
     }
     for (addr, listener) in tls_listeners {
         let Some(tls) = client_tls.clone() else {
@@ -200,7 +204,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(address = %addr, "serving client traffic securely");
         let app = app.clone();
         let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
-        tasks.spawn(async move { axum::serve(listener, app).await });
+        tasks.spawn(ballast_server::rpc::dispatch::serve(
+            listener,
+            app,
+            max_streams,
+        ));
     }
     tracing::info!(
         member_id = %format!("{:x}", server.member_id()),

@@ -14,8 +14,11 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use tonic::body::Body as GrpcBody;
-use tower::Service;
+use tower::{Service, ServiceExt};
 
 use ballast_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -195,29 +198,38 @@ impl ConnPeer for ClientAddr {
     }
 }
 
-/// Hands each accepted connection its [`ClientService`] (for `axum::serve`).
-#[derive(Clone)]
-pub struct MakeClient(pub ClientService);
-
-impl<L> Service<axum::serve::IncomingStream<'_, L>> for MakeClient
+/// Serves the client port: HTTP/1 (the JSON gateway) and HTTP/2 (gRPC) on every accepted
+/// connection, each with its own [`ClientService`].
+///
+/// Not `axum::serve`: its HTTP/2 settings are hyper's, and hyper allows 200 concurrent streams
+/// per connection where etcd allows `--max-concurrent-streams` (2^32-1 by default). A client
+/// that multiplexes many watches over one connection (kube-apiserver does) would see the
+/// 201st stream wait forever.
+pub async fn serve<L>(mut listener: L, svc: ClientService, max_streams: u32) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: ConnPeer,
 {
-    type Response = ClientService;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<ClientService, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, s: axum::serve::IncomingStream<'_, L>) -> Self::Future {
-        let svc = match s.remote_addr().client_addr() {
-            Some(peer) => self.0.for_peer(peer),
-            None => self.0.clone(),
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(max_streams);
+    loop {
+        let (io, addr) = listener.accept().await;
+        let svc = match addr.client_addr() {
+            Some(peer) => svc.for_peer(peer),
+            None => svc.clone(),
         };
-        std::future::ready(Ok(svc))
+        let svc = TowerToHyperService::new(
+            svc.map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
+        );
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
     }
 }
 
