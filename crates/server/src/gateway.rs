@@ -137,11 +137,8 @@ async fn watch(server: Arc<EtcdServer>, headers: axum::http::HeaderMap, body: By
         token: token(&headers),
         cn: None,
     };
-    lines(crate::rpc::watch::serve(
-        server,
-        creds,
-        tokio_stream::iter(reqs),
-    ))
+    let stream = crate::rpc::watch::serve(server, creds, tokio_stream::iter(reqs));
+    lines(stream.map(|r| r.map(crate::watch::Frame::into_response)))
 }
 
 /// A server stream in grpc-gateway's format: each message as `{"result":...}` on its own

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use ballast_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use ballast_api::grpc::health::v1::health_server::HealthServer;
 use ballast_api::{
@@ -56,11 +56,10 @@ pub fn client_service(server: Arc<EtcdServer>) -> rpc::dispatch::ClientService {
         health: HealthServer::new(rpc::maintenance::HealthService {
             server: server.clone(),
         }),
-        watch: WatchServer::new(rpc::watch::WatchService {
+        watch: rpc::watch::WatchService {
             server: server.clone(),
-        })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX),
+            max_decoding: max,
+        },
         lease: LeaseServer::new(rpc::lease::LeaseService {
             server: server.clone(),
         })

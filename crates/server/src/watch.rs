@@ -20,6 +20,7 @@ use ballast_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader
 use ballast_api::mvccpb::{event::EventType, Event};
 use ballast_state::mvcc::{in_range, mod_rev};
 use ballast_state::{KvError, Mvcc};
+use prost::bytes::{BufMut, Bytes};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -27,7 +28,105 @@ use tonic::Status;
 /// Events read per catch-up step.
 const CATCH_UP_EVENTS: usize = 1000;
 
-pub type Sender = mpsc::Sender<Result<WatchResponse, Status>>;
+pub type Sender = mpsc::Sender<Result<Frame, Status>>;
+
+/// One response on a watch stream. Events that many watchers get alike (one key watched by
+/// hundreds) are encoded once per batch and shared; only the watch id is written per watcher.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Response(Box<WatchResponse>),
+    /// A `WatchResponse` encoded without its watch id (header and events).
+    Shared {
+        watch_id: i64,
+        body: Bytes,
+    },
+}
+
+impl From<WatchResponse> for Frame {
+    fn from(r: WatchResponse) -> Frame {
+        Frame::Response(Box::new(r))
+    }
+}
+
+impl Default for Frame {
+    fn default() -> Frame {
+        Frame::Response(Box::default())
+    }
+}
+
+impl Frame {
+    /// The response as a message (for the JSON gateway).
+    pub fn into_response(self) -> WatchResponse {
+        match self {
+            Frame::Response(r) => *r,
+            Frame::Shared { watch_id, body } => {
+                // The body was encoded here from a WatchResponse; it always decodes.
+                let mut r = WatchResponse::decode(body).unwrap_or_default();
+                r.watch_id = watch_id;
+                r
+            }
+        }
+    }
+}
+
+impl Message for Frame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            Frame::Response(r) => r.encode_raw(buf),
+            Frame::Shared { watch_id, body } => {
+                // Protobuf fields may come in any order: the id first, then the shared rest.
+                if *watch_id != 0 {
+                    prost::encoding::int64::encode(2, watch_id, buf);
+                }
+                buf.put_slice(body);
+            }
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if let Frame::Shared { .. } = self {
+            *self = Frame::from(std::mem::take(self).into_response());
+        }
+        match self {
+            Frame::Response(r) => r.merge_field(tag, wire_type, buf, ctx),
+            Frame::Shared { .. } => Ok(()),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Frame::Response(r) => r.encoded_len(),
+            Frame::Shared { watch_id, body } => {
+                let id = if *watch_id != 0 {
+                    prost::encoding::int64::encoded_len(2, watch_id)
+                } else {
+                    0
+                };
+                id + body.len()
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Frame::default();
+    }
+}
+
+/// What a synced watcher gets from one batch: permits reserved on its stream, so a revision
+/// is never half delivered.
+enum Ready<'a> {
+    One(mpsc::Permit<'a, Result<Frame, Status>>, Frame),
+    Many(
+        mpsc::PermitIterator<'a, Result<Frame, Status>>,
+        Vec<WatchResponse>,
+    ),
+}
 type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;
 
@@ -208,7 +307,7 @@ impl WatchHub {
     /// Queues a response that must not be lost: if the stream is full, it waits its turn.
     /// (Arriving after later events is fine: a progress revision is a lower bound.)
     fn deliver(&self, tx: Sender, resp: WatchResponse) {
-        if let Err(mpsc::error::TrySendError::Full(resp)) = tx.try_send(Ok(resp)) {
+        if let Err(mpsc::error::TrySendError::Full(resp)) = tx.try_send(Ok(resp.into())) {
             self.runtime.spawn(async move {
                 let _ = tx.send(resp).await;
             });
@@ -227,7 +326,7 @@ impl WatchHub {
     pub fn notify_progress(&self) {
         let hub = self.lock();
         for w in hub.synced.values().filter(|w| w.spec.progress_notify) {
-            let _ = w.tx.try_send(Ok(self.progress(hub.rev, w.watch_id)));
+            let _ = w.tx.try_send(Ok(self.progress(hub.rev, w.watch_id).into()));
         }
     }
 
@@ -249,31 +348,76 @@ impl WatchHub {
         // Everything is built before anything is sent, so the stream tasks wake in one burst
         // and their connections write many of them at a time.
         let mut ready = Vec::new();
+        // The whole batch, encoded once per prev_kv choice for every watcher that wants all
+        // of it (the common case: many watchers on one key or prefix).
+        let mut whole: [Option<Bytes>; 2] = [None, None];
         for (key, w) in hub.synced.iter_mut() {
-            let mine: Vec<Event> = events
-                .iter()
-                .filter(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
-                w.next_rev = w.next_rev.max(rev + 1);
-                continue;
-            }
-            let mine = with_prev(store.as_deref(), &w.spec, mine);
-            let resps = self.responses(w.watch_id, &w.spec, header, mine);
-            // All or nothing, so a revision is never half delivered on the fast path.
-            match w.tx.try_reserve_many(resps.len()) {
-                Ok(permits) => {
+            let all = !events.is_empty()
+                && events
+                    .iter()
+                    .all(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e));
+            let shared = if all {
+                let slot = &mut whole[usize::from(w.spec.prev_kv)];
+                let body = slot
+                    .get_or_insert_with(|| {
+                        let evs = with_prev(store.as_deref(), &w.spec, events.to_vec());
+                        let r = WatchResponse {
+                            header: Some(header),
+                            events: evs,
+                            ..Default::default()
+                        };
+                        Bytes::from(r.encode_to_vec())
+                    })
+                    .clone();
+                // A watcher that asked for fragments of a batch too large for one response
+                // gets its own, split.
+                (!w.spec.fragment || body.len() <= self.max_bytes).then_some(body)
+            } else {
+                None
+            };
+            let reserved = match shared {
+                Some(body) => w.tx.try_reserve().map(|p| {
+                    Ready::One(
+                        p,
+                        Frame::Shared {
+                            watch_id: w.watch_id,
+                            body,
+                        },
+                    )
+                }),
+                None => {
+                    let mine: Vec<Event> = events
+                        .iter()
+                        .filter(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e))
+                        .cloned()
+                        .collect();
+                    if mine.is_empty() {
+                        w.next_rev = w.next_rev.max(rev + 1);
+                        continue;
+                    }
+                    let mine = with_prev(store.as_deref(), &w.spec, mine);
+                    let resps = self.responses(w.watch_id, &w.spec, header, mine);
+                    w.tx.try_reserve_many(resps.len())
+                        .map(|p| Ready::Many(p, resps))
+                }
+            };
+            match reserved {
+                Ok(r) => {
                     w.next_rev = rev + 1;
-                    ready.push((permits, resps));
+                    ready.push(r);
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => behind.push(*key),
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*key),
             }
         }
-        for (permits, resps) in ready {
-            for (p, r) in permits.zip(resps) {
-                p.send(Ok(r));
+        for r in ready {
+            match r {
+                Ready::One(p, f) => p.send(Ok(f)),
+                Ready::Many(permits, resps) => {
+                    for (p, r) in permits.zip(resps) {
+                        p.send(Ok(r.into()));
+                    }
+                }
             }
         }
         for key in closed {
@@ -397,7 +541,7 @@ impl WatchHub {
                         compact_revision: compact_rev,
                         ..Default::default()
                     };
-                    let _ = w.tx.send(Ok(resp)).await;
+                    let _ = w.tx.send(Ok(resp.into())).await;
                     self.lock().cancel_flags.remove(&(w.stream, w.watch_id));
                     self.done_catching_up(w.stream);
                     return;
@@ -416,7 +560,7 @@ impl WatchHub {
             if !events.is_empty() {
                 let last = events.last().map(mod_rev).unwrap_or(covered);
                 for r in self.responses(w.watch_id, &w.spec, (self.header)(last), events) {
-                    if w.tx.send(Ok(r)).await.is_err() {
+                    if w.tx.send(Ok(r.into())).await.is_err() {
                         self.done_catching_up(w.stream);
                         return;
                     }
@@ -488,17 +632,15 @@ mod tests {
         )
     }
 
-    async fn revisions(
-        rx: &mut mpsc::Receiver<Result<WatchResponse, Status>>,
-        n: usize,
-    ) -> Vec<i64> {
+    async fn revisions(rx: &mut mpsc::Receiver<Result<Frame, Status>>, n: usize) -> Vec<i64> {
         let mut revs = Vec::new();
         while revs.len() < n {
             let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
                 .await
                 .expect("watch response in time")
                 .expect("stream open")
-                .expect("not an error");
+                .expect("not an error")
+                .into_response();
             revs.extend(r.events.iter().map(mod_rev));
             // A slow reader.
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -560,7 +702,8 @@ mod tests {
                 .await
                 .expect("progress answered in time")
                 .unwrap()
-                .unwrap();
+                .unwrap()
+                .into_response();
             if r.watch_id == -1 {
                 // The progress answer names the store revision, after every event before it.
                 assert_eq!(r.header.unwrap().revision, 51);
@@ -569,5 +712,84 @@ mod tests {
             revs.extend(r.events.iter().map(mod_rev));
         }
         assert_eq!(revs, (2..=51).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn a_shared_frame_encodes_as_the_whole_response() {
+        let r = WatchResponse {
+            header: Some(ResponseHeader {
+                revision: 9,
+                raft_term: 2,
+                ..Default::default()
+            }),
+            events: vec![Event {
+                kv: Some(ballast_api::mvccpb::KeyValue {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    mod_revision: 9,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let body = Bytes::from(r.encode_to_vec());
+        for watch_id in [0, 7, i64::MAX] {
+            let f = Frame::Shared {
+                watch_id,
+                body: body.clone(),
+            };
+            let bytes = f.encode_to_vec();
+            assert_eq!(bytes.len(), f.encoded_len());
+            let want = WatchResponse {
+                watch_id,
+                ..r.clone()
+            };
+            assert_eq!(WatchResponse::decode(bytes.as_slice()).unwrap(), want);
+            assert_eq!(f.into_response(), want);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_of_a_whole_batch_share_one_encoding() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        store.apply_batch(&[put(1, "k")], false).unwrap();
+        let hub = hub(store.clone());
+        let spec = |prev_kv| {
+            let mut s = Spec::new(&WatchCreateRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            });
+            s.prev_kv = prev_kv;
+            s
+        };
+        let mut rxs = Vec::new();
+        for (id, prev) in [(1, false), (2, false), (3, true)] {
+            let (tx, rx) = mpsc::channel(4);
+            hub.add(id as u64, id, spec(prev), 0, tx);
+            rxs.push(rx);
+        }
+        store.apply_batch(&[put(2, "k")], false).unwrap();
+        hub.publish(&store.take_events(), store.current_rev());
+        let mut bodies = Vec::new();
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let f = rx.recv().await.unwrap().unwrap();
+            let Frame::Shared { watch_id, body } = &f else {
+                panic!("watcher {i} got its own encoding");
+            };
+            assert_eq!(*watch_id, i as i64 + 1);
+            bodies.push(body.clone());
+            let r = f.into_response();
+            assert_eq!(r.events.len(), 1);
+            assert_eq!(
+                r.events[0].prev_kv.is_some(),
+                i == 2,
+                "prev_kv only when asked"
+            );
+        }
+        // The same bytes, not copies, for the two alike.
+        assert_eq!(bodies[0].as_ptr(), bodies[1].as_ptr());
+        assert_ne!(bodies[0], bodies[2]);
     }
 }

@@ -183,7 +183,7 @@ async fn next_event(
     tokio::pin!(stop);
     let out = loop {
         tokio::select! {
-            r = rx.recv() => match r {
+            r = rx.recv() => match r.map(|r| r.map(crate::watch::Frame::into_response)) {
                 Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
                 Some(Ok(r)) if !r.events.is_empty() => break Ok(true),
                 Some(Ok(_)) => continue,

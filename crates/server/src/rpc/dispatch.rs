@@ -22,7 +22,7 @@ use tower::{Service, ServiceExt};
 
 use ballast_api::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use ballast_api::grpc::health::v1::health_server::HealthServer;
 use ballast_api::{
@@ -35,7 +35,7 @@ use crate::tls::ClientAddr;
 /// The etcd gRPC services, built once and shared by every connection.
 pub struct GrpcServices {
     pub kv: KvServer<kv::KvService>,
-    pub watch: WatchServer<watch::WatchService>,
+    pub watch: watch::WatchService,
     pub lease: LeaseServer<lease::LeaseService>,
     pub cluster: ClusterServer<cluster::ClusterService>,
     pub maintenance: MaintenanceServer<maintenance::MaintenanceService>,

@@ -1,19 +1,22 @@
 //! The Watch service: one bidirectional stream carries many watchers.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use ballast_api::codec::SmallCodec;
 use ballast_api::etcdserverpb::watch_request::RequestUnion;
-use ballast_api::etcdserverpb::watch_server::Watch;
 use ballast_api::etcdserverpb::{WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
 use crate::server::EtcdServer;
-use crate::watch::{Sender, Spec};
+use crate::watch::{Frame, Sender, Spec};
 
 /// Responses buffered per stream (etcd's is 128); a watcher that would overflow it catches up
 /// from history instead.
@@ -21,24 +24,57 @@ const STREAM_BUFFER: usize = 128;
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
+/// The Watch gRPC service, written out rather than generated: its responses are [`Frame`]s,
+/// whose shared encodings the generated server (one message type per stream) cannot carry.
+#[derive(Clone)]
 pub struct WatchService {
     pub server: Arc<EtcdServer>,
+    /// The largest request accepted, as for every other service.
+    pub max_decoding: usize,
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    async fn watch(
-        &self,
-        req: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<WatchStream>, Status> {
+struct WatchCall(Arc<EtcdServer>);
+
+impl tonic::server::StreamingService<WatchRequest> for WatchCall {
+    type Response = Frame;
+    type ResponseStream = WatchStream;
+    type Future = std::future::Ready<Result<tonic::Response<WatchStream>, Status>>;
+
+    fn call(&mut self, req: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
         let creds = crate::auth::Credentials::of(&req);
-        Ok(Response::new(serve(
-            self.server.clone(),
+        std::future::ready(Ok(tonic::Response::new(serve(
+            self.0.clone(),
             creds,
             req.into_inner(),
-        )))
+        ))))
+    }
+}
+
+type CallFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl tower::Service<http::Request<axum::body::Body>> for WatchService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> CallFuture {
+        let server = self.server.clone();
+        let max = self.max_decoding;
+        Box::pin(async move {
+            if req.uri().path() != "/etcdserverpb.Watch/Watch" {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(SmallCodec::<Frame, WatchRequest>::default())
+                .apply_max_message_size_config(Some(max), Some(usize::MAX));
+            Ok(grpc.streaming(WatchCall(server), req).await)
+        })
     }
 }
 
@@ -135,7 +171,7 @@ async fn handle(
                     cancel_reason: reason,
                     ..Default::default()
                 };
-                return tx.send(Ok(resp)).await.is_ok();
+                return tx.send(Ok(resp.into())).await.is_ok();
             }
             let id = if c.watch_id == 0 {
                 while ids.contains(next_id) {
@@ -154,7 +190,7 @@ async fn handle(
                     cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
                     ..Default::default()
                 };
-                return tx.send(Ok(resp)).await.is_ok();
+                return tx.send(Ok(resp.into())).await.is_ok();
             }
             ids.insert(id);
             let created = WatchResponse {
@@ -163,7 +199,7 @@ async fn handle(
                 created: true,
                 ..Default::default()
             };
-            if tx.send(Ok(created)).await.is_err() {
+            if tx.send(Ok(created.into())).await.is_err() {
                 return false;
             }
             let start = if c.start_revision <= 0 {
@@ -182,7 +218,7 @@ async fn handle(
                 canceled: true,
                 ..Default::default()
             };
-            return tx.send(Ok(resp)).await.is_ok();
+            return tx.send(Ok(resp.into())).await.is_ok();
         }
         Some(RequestUnion::CancelRequest(_)) => {}
         Some(RequestUnion::ProgressRequest(_)) => hub.request_progress(stream, tx),
