@@ -178,31 +178,39 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let k = load::rand_bytes(a.key_size);
     let v = load::rand_bytes(a.val_size);
     let watchers = g.clients.max(1);
-    // Every watcher reports when each event reaches it.
-    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<Instant>();
+    // Each watcher keeps its own arrival times (by the event's revision) and only the last
+    // arrival of a put wakes the put loop: waking it per event cost the client a thread
+    // wake-up per event, CPU the servers under test compete with on a shared machine.
+    let arrived = Arc::new(Arrivals::default());
     let mut tasks = Vec::with_capacity(watchers);
     for w in 0..watchers {
         let ch = chans[w % chans.len()].clone();
         let (tx, mut stream) = open_watch(ch, vec![create_watch(k.clone(), 0)]).await?;
         // The created response comes first: the watcher is registered after it.
         stream.message().await.map_err(status_text)?;
-        let arrived_tx = arrived_tx.clone();
-        tasks.push(tokio::spawn(async move {
+        let arrived = arrived.clone();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::with_capacity(a.total)));
+        let mine = seen.clone();
+        let task = tokio::spawn(async move {
             let _keep_open = tx;
             while let Ok(Some(r)) = stream.message().await {
                 let now = Instant::now();
-                for _ in &r.events {
-                    if arrived_tx.send(now).is_err() {
-                        return;
+                for e in &r.events {
+                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    if let Ok(mut m) = mine.lock() {
+                        m.push((rev, now));
                     }
+                    arrived.one();
                 }
             }
-        }));
+        });
+        tasks.push((task, seen));
     }
     let mut kv = KvClient::new(chans[0].clone());
     let progress = Progress::start(a.total, g.progress);
     let start = Instant::now();
     let mut stats = Stats::default();
+    let mut sent = std::collections::HashMap::with_capacity(a.total);
     // As etcd's tool measures it: from just before the put until each watcher has the event,
     // and the next put only once every watcher has this one.
     for i in 0..a.total {
@@ -216,34 +224,74 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
             ..Default::default()
         };
         let st = Instant::now();
-        if let Err(e) = kv.put(req).await {
-            return Err(format!(
-                "Failed to Put for watch latency benchmark: {}",
-                e.message()
-            ));
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        for _ in 0..watchers {
-            match tokio::time::timeout_at(deadline, arrived.recv()).await {
-                Ok(Some(at)) => stats
-                    .lats
-                    .push(at.saturating_duration_since(st).as_secs_f64()),
-                _ => {
-                    *stats
-                        .errors
-                        .entry("watch event not received".into())
-                        .or_default() += 1
-                }
+        match kv.put(req).await {
+            Ok(r) => {
+                let rev = r.into_inner().header.map_or(0, |h| h.revision);
+                sent.insert(rev, st);
+            }
+            Err(e) => {
+                return Err(format!(
+                    "Failed to Put for watch latency benchmark: {}",
+                    e.message()
+                ))
             }
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        arrived.wait_for(watchers * (i + 1), deadline).await;
         progress.add(1);
     }
-    for t in tasks {
-        t.abort();
-    }
     let elapsed = start.elapsed();
+    for (task, seen) in tasks {
+        task.abort();
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        for (rev, at) in seen {
+            if let Some(st) = sent.get(&rev) {
+                stats
+                    .lats
+                    .push(at.saturating_duration_since(*st).as_secs_f64());
+            }
+        }
+    }
+    let missing = (watchers * a.total).saturating_sub(stats.lats.len());
+    if missing > 0 {
+        stats
+            .errors
+            .insert("watch event not received".into(), missing);
+    }
     progress.finish(a.total, elapsed);
     Ok(stats.finish(elapsed))
+}
+
+/// Events received by all watchers together, and a wake-up for the put loop.
+#[derive(Default)]
+struct Arrivals {
+    count: std::sync::atomic::AtomicUsize,
+    target: std::sync::atomic::AtomicUsize,
+    notify: tokio::sync::Notify,
+}
+
+impl Arrivals {
+    fn one(&self) {
+        use std::sync::atomic::Ordering;
+        let n = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.target.load(Ordering::Acquire) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Until `n` events have arrived, or the deadline.
+    async fn wait_for(&self, n: usize, deadline: tokio::time::Instant) {
+        use std::sync::atomic::Ordering;
+        self.target.store(n, Ordering::Release);
+        while self.count.load(Ordering::Acquire) < n {
+            if tokio::time::timeout_at(deadline, self.notify.notified())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 /// Each client keeps one lease alive over its own stream, one keep-alive per request.
