@@ -6,7 +6,7 @@
 //! serializable reads are served from this member's applied state at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,9 @@ pub struct EtcdServer {
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
     removed: watch::Receiver<bool>,
+    /// Whether this member is a learner, kept by the applier: every write asks, and the
+    /// store's index lock it would otherwise take is held by each apply.
+    learner: Arc<AtomicBool>,
     watch: Arc<WatchHub>,
     lessor: Arc<Lessor>,
     /// Shared with the applier: one replacement of the store's file at a time.
@@ -191,6 +194,7 @@ impl EtcdServer {
         let (removed_tx, removed_rx) = watch::channel(false);
         let member_id = node.member_id();
         let was_member = mvcc.members().iter().any(|m| m.id == member_id);
+        let learner = Arc::new(AtomicBool::new(mvcc.is_learner(member_id)));
         let last_compact = mvcc.applied_index();
         let mvcc: SharedMvcc = Arc::new(std::sync::RwLock::new(mvcc));
         let hub = {
@@ -287,6 +291,7 @@ impl EtcdServer {
             member_id,
             was_member,
             removed: removed_tx,
+            learner: learner.clone(),
             file_swap: file_swap.clone(),
             auth: auth.clone(),
         };
@@ -311,6 +316,7 @@ impl EtcdServer {
             next_id: AtomicU64::new(seed),
             applied: applied_rx,
             removed: removed_rx,
+            learner,
             watch: hub,
             lessor,
             leader_conn: Mutex::new(None),
@@ -391,7 +397,7 @@ impl EtcdServer {
 
     /// Whether this member is a learner (it serves only serializable reads).
     pub fn is_learner(&self) -> bool {
-        self.mvcc().is_learner(self.member_id())
+        self.learner.load(Ordering::Acquire)
     }
 
     /// Learners may not take writes or linearizable reads (etcd's rule).
@@ -705,6 +711,7 @@ struct Applier {
     /// Whether this member's own record has been applied (a joiner's comes later).
     was_member: bool,
     removed: watch::Sender<bool>,
+    learner: Arc<AtomicBool>,
     /// Held while the store's file is being replaced (snapshot install, defragmentation).
     file_swap: Arc<Mutex<()>>,
     auth: Arc<crate::auth::Authenticator>,
@@ -877,6 +884,7 @@ impl Applier {
         for m in &members {
             if m.id == self.member_id {
                 present = true;
+                self.learner.store(m.is_learner, Ordering::Release);
             } else {
                 self.transport.set_peer(m.id, m.peer_ur_ls.clone());
             }
