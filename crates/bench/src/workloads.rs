@@ -243,7 +243,10 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let elapsed = start.elapsed();
     for (task, seen) in tasks {
         task.abort();
-        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let seen = seen
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
         for (rev, at) in seen {
             if let Some(st) = sent.get(&rev) {
                 stats
