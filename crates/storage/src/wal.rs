@@ -402,9 +402,20 @@ impl Wal {
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
         crate::stats::WAL_FSYNC.observe(started.elapsed());
         if self.size >= SEGMENT_BYTES {
-            let next = Self::start_segment(&self.dir, self.seq + 1)?;
-            *self = next;
+            self.roll()?;
         }
+        Ok(())
+    }
+
+    /// Seals this segment at its last record and continues in the next one. The reserved
+    /// rest is cut first: only the last segment may end in zeros, so a sealed one that kept
+    /// them would read back as corrupt.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.out.flush().map_err(io_err(&self.path))?;
+        let f = self.out.get_ref();
+        f.set_len(self.size).map_err(io_err(&self.path))?;
+        f.sync_all().map_err(io_err(&self.path))?;
+        *self = Self::start_segment(&self.dir, self.seq + 1)?;
         Ok(())
     }
 
@@ -416,13 +427,7 @@ impl Wal {
     /// With [`Wal::remove_before`] this lets a caller rewrite everything still needed into the
     /// new segment and drop the old ones (log compaction).
     pub fn cut(&mut self) -> Result<u64, WalError> {
-        self.out.flush().map_err(io_err(&self.path))?;
-        // Sealed early: its preallocated rest goes, so a sealed segment ends at its last record.
-        let f = self.out.get_ref();
-        f.set_len(self.size).map_err(io_err(&self.path))?;
-        f.sync_all().map_err(io_err(&self.path))?;
-        let next = Self::start_segment(&self.dir, self.seq + 1)?;
-        *self = next;
+        self.roll()?;
         Ok(self.seq)
     }
 
@@ -581,6 +586,27 @@ mod tests {
         assert!(fs::metadata(seg0(d.path())).unwrap().len() < 100);
         let (_, recs, _) = Wal::open(d.path()).unwrap();
         assert_eq!(recs.len(), 2);
+    }
+
+    #[test]
+    fn a_full_segment_rolls_over_and_reopens() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::create(d.path()).unwrap();
+        // Records that do not end on a preallocation boundary, so the roll comes mid-step.
+        let rec = vec![7u8; (1 << 20) + 123];
+        let n = (SEGMENT_BYTES / rec.len() as u64) + 1;
+        for _ in 0..n {
+            w.append(1, &rec).unwrap();
+            w.sync().unwrap();
+        }
+        w.append(2, b"after").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        assert_eq!(Wal::segments(d.path()).unwrap().len(), 2);
+        let (_, recs, rep) = Wal::open(d.path()).unwrap();
+        assert!(rep.truncated.is_none());
+        assert_eq!(recs.len() as u64, n + 1);
+        assert_eq!(recs[n as usize].data, b"after");
     }
 
     #[test]
