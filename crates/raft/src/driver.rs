@@ -807,7 +807,19 @@ impl Driver {
         if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
             failpoint::crash("raft-before-save");
             self.log.save(rd.entries(), rd.hs())?;
-            self.log.sync()?;
+            // etcd's MustSync: entries, term and vote must be on disk before anything that
+            // depends on them is sent; a commit index need not (a restart learns it again,
+            // and the applier skips what the store already holds). A lone put otherwise paid
+            // a second fsync on every member just for its commit.
+            let prev = self.node.store().hard_state();
+            let must_sync = has_snapshot
+                || !rd.entries().is_empty()
+                || rd
+                    .hs()
+                    .is_some_and(|hs| hs.term != prev.term || hs.vote != prev.vote);
+            if must_sync {
+                self.log.sync()?;
+            }
             failpoint::crash("raft-after-save");
             let store = self.node.mut_store();
             store
