@@ -171,9 +171,8 @@ fn wal_fsyncs(c: &crate::cluster::Cluster) -> u64 {
         .iter()
         .map(|m| {
             let (_, text) = crate::cluster::http_get(m.port, "/metrics").unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("etcd_disk_wal_fsync_duration_seconds_count "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
+            let samples = crate::operations::parse_metrics(&text);
+            crate::operations::metric(&samples, "etcd_disk_wal_fsync_duration_seconds_count", "")
                 .unwrap() as u64
         })
         .sum()

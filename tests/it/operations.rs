@@ -531,7 +531,7 @@ fn defrag_under_writes_loses_nothing_and_shrinks_the_file() {
 
 /// Parses Prometheus text: every sample line is `name{labels} value` with a numeric value and
 /// belongs to a family declared by `# TYPE`. Returns the samples.
-fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+pub(crate) fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
     let mut families = std::collections::HashSet::new();
     let mut samples = Vec::new();
     for line in text.lines() {
@@ -570,7 +570,7 @@ fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
     samples
 }
 
-fn metric(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn metric(samples: &[(String, String, f64)], name: &str, labels: &str) -> Option<f64> {
     samples
         .iter()
         .find(|(n, l, _)| n == name && l.contains(labels))
