@@ -827,12 +827,11 @@ impl Applier {
             )
         });
         // Membership must survive a crash with the raft configuration it matches.
-        let durable = membership || self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL;
         failpoint::crash("apply-before");
-        let results = mvcc.apply_batch(&entries, durable)?;
+        let results = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
         self.watch.publish(&mvcc.take_events(), mvcc.current_rev());
-        if durable {
+        if membership {
             self.last_sync = Instant::now();
         }
         // Effects first, so a client that hears back can already use what it created.
@@ -862,6 +861,13 @@ impl Applier {
         self.applied.send_replace(last);
         if membership {
             self.sync_membership();
+        }
+        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
+        // batch's events and answers are out: inside the batch it held them for a whole
+        // fsync of the store.
+        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
+            mvcc.sync()?;
+            self.last_sync = Instant::now();
         }
         if last.saturating_sub(self.last_compact) >= self.snapshot_count {
             // The WAL may only drop what the store holds durably.
