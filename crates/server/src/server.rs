@@ -862,13 +862,6 @@ impl Applier {
         if membership {
             self.sync_membership();
         }
-        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
-        // batch's events and answers are out: inside the batch it held them for a whole
-        // fsync of the store.
-        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
-            mvcc.sync()?;
-            self.last_sync = Instant::now();
-        }
         if last.saturating_sub(self.last_compact) >= self.snapshot_count {
             // The WAL may only drop what the store holds durably.
             mvcc.sync()?;
@@ -879,6 +872,14 @@ impl Applier {
         } else if last.saturating_sub(self.last_trim) >= self.trim_every {
             self.last_trim = last;
             (self.compact)(last, false);
+        }
+        // After the snapshot's own sync (which resets the clock), so one batch never syncs twice.
+        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
+        // batch's events and answers are out: inside the batch it held them for a whole
+        // fsync of the store.
+        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
+            mvcc.sync()?;
+            self.last_sync = Instant::now();
         }
         Ok(())
     }
