@@ -864,8 +864,7 @@ impl Applier {
         }
         if last.saturating_sub(self.last_compact) >= self.snapshot_count {
             // The WAL may only drop what the store holds durably.
-            mvcc.sync()?;
-            self.last_sync = Instant::now();
+            self.sync_store(&mvcc)?;
             self.last_compact = last;
             self.last_trim = last;
             (self.compact)(last, true);
@@ -873,14 +872,18 @@ impl Applier {
             self.last_trim = last;
             (self.compact)(last, false);
         }
-        // After the snapshot's own sync (which resets the clock), so one batch never syncs twice.
         // The periodic sync only bounds how much WAL a restart replays, so it runs after the
-        // batch's events and answers are out: inside the batch it held them for a whole
-        // fsync of the store.
+        // batch's events and answers are out (inside the batch it held them for a whole fsync
+        // of the store), and after the snapshot's sync, which resets its clock.
         if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
-            mvcc.sync()?;
-            self.last_sync = Instant::now();
+            self.sync_store(&mvcc)?;
         }
+        Ok(())
+    }
+
+    fn sync_store(&mut self, mvcc: &Mvcc) -> Result<(), KvError> {
+        mvcc.sync()?;
+        self.last_sync = Instant::now();
         Ok(())
     }
 
