@@ -90,7 +90,7 @@ impl Stats {
             for p in PERCENTILES {
                 let v = self.percentile(p);
                 if v > 0.0 {
-                    let _ = writeln!(s, "  {p}% in {:.3} ms.", v * 1000.0);
+                    let _ = writeln!(s, "  {p}% in {} secs.", f(v));
                 }
             }
         }
@@ -158,10 +158,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\nLatency distribution:\n  10% in 11.000 ms.\n"),
+            text.contains("\nLatency distribution:\n  10% in 0.0110 secs.\n"),
             "{text}"
         );
-        assert!(text.contains("  99.9% in 100.000 ms.\n"), "{text}");
+        assert!(text.contains("  99.9% in 0.1000 secs.\n"), "{text}");
         assert!(
             text.contains("\nError distribution:\n  [2]\tboom\n"),
             "{text}"

@@ -211,8 +211,8 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let start = Instant::now();
     let mut stats = Stats::default();
     let mut sent = std::collections::HashMap::with_capacity(a.total);
-    // As etcd's tool measures it: from just before the put until each watcher has the event,
-    // and the next put only once every watcher has this one.
+    // As etcd's tool measures it: from the put's reply until each watcher has the event (an
+    // event that came first counts as 0), and the next put only once every watcher has it.
     for i in 0..a.total {
         if a.put_rate > 0 {
             let at = start + Duration::from_secs_f64(i as f64 / a.put_rate as f64);
@@ -223,11 +223,10 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
             value: v.clone(),
             ..Default::default()
         };
-        let st = Instant::now();
         match kv.put(req).await {
             Ok(r) => {
                 let rev = r.into_inner().header.map_or(0, |h| h.revision);
-                sent.insert(rev, st);
+                sent.insert(rev, Instant::now());
             }
             Err(e) => {
                 return Err(format!(
