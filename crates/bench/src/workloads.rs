@@ -178,34 +178,52 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let k = load::rand_bytes(a.key_size);
     let v = load::rand_bytes(a.val_size);
     let watchers = g.clients.max(1);
-    // Each watcher keeps its own arrival times (by the event's revision) and only the last
-    // arrival of a put wakes the put loop: waking it per event cost the client a thread
-    // wake-up per event, CPU the servers under test compete with on a shared machine.
+    // One task per connection reads all of its watchers' streams: a task per watcher cost the
+    // client a task wake-up and poll per event, CPU the servers under test compete with on a
+    // shared machine. Each event's arrival is still stamped as its own stream yields it, and
+    // only the last arrival of a put wakes the put loop.
     let arrived = Arc::new(Arrivals::default());
-    let mut tasks = Vec::with_capacity(watchers);
+    // A watch channel, not a Notify: a task busy with an event when the run ends still sees it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut per_conn: Vec<Vec<WatchStreamHandle>> = chans.iter().map(|_| Vec::new()).collect();
     for w in 0..watchers {
-        let ch = chans[w % chans.len()].clone();
-        let (tx, mut stream) = open_watch(ch, vec![create_watch(k.clone(), 0)]).await?;
+        let c = w % chans.len();
+        let (tx, mut stream) =
+            open_watch(chans[c].clone(), vec![create_watch(k.clone(), 0)]).await?;
         // The created response comes first: the watcher is registered after it.
         stream.message().await.map_err(status_text)?;
-        let arrived = arrived.clone();
-        let seen = Arc::new(std::sync::Mutex::new(Vec::with_capacity(a.total)));
-        let mine = seen.clone();
-        let task = tokio::spawn(async move {
-            let _keep_open = tx;
-            while let Ok(Some(r)) = stream.message().await {
-                let now = Instant::now();
-                for e in &r.events {
-                    let rev = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-                    if let Ok(mut m) = mine.lock() {
-                        m.push((rev, now));
-                    }
-                    arrived.one();
-                }
-            }
-        });
-        tasks.push((task, seen));
+        per_conn[c].push((tx, stream));
     }
+    let tasks: Vec<_> = per_conn
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|streams| {
+            let n = streams.len();
+            let (keep_open, streams): (Vec<_>, Vec<_>) = streams.into_iter().unzip();
+            let arrived = arrived.clone();
+            let mut stopped = stopped.clone();
+            let total = a.total;
+            tokio::spawn(async move {
+                let _keep_open = keep_open;
+                let mut seen = Vec::with_capacity(n * total);
+                let mut all = futures_util::stream::select_all(streams);
+                loop {
+                    let r = tokio::select! {
+                        biased;
+                        r = futures_util::StreamExt::next(&mut all) => r,
+                        _ = stopped.changed() => break,
+                    };
+                    let Some(Ok(r)) = r else { break };
+                    let now = Instant::now();
+                    for e in &r.events {
+                        seen.push((e.kv.as_ref().map_or(0, |kv| kv.mod_revision), now));
+                        arrived.one();
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
     let mut kv = KvClient::new(chans[0].clone());
     let progress = Progress::start(a.total, g.progress);
     let start = Instant::now();
@@ -240,13 +258,9 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
         progress.add(1);
     }
     let elapsed = start.elapsed();
-    for (task, seen) in tasks {
-        task.abort();
-        let seen = seen
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
-        for (rev, at) in seen {
+    let _ = stop.send(true);
+    for task in tasks {
+        for (rev, at) in task.await.unwrap_or_default() {
             if let Some(st) = sent.get(&rev) {
                 stats
                     .lats
@@ -654,6 +668,8 @@ fn create_watch(key: Vec<u8>, start_revision: i64) -> WatchRequest {
 }
 
 type WatchStream = tonic::Streaming<ballast_api::etcdserverpb::WatchResponse>;
+/// A watch stream and the request side that keeps it open.
+type WatchStreamHandle = (mpsc::Sender<WatchRequest>, WatchStream);
 
 /// Opens a watch stream on `ch` starting with `creates`. They are queued before the call:
 /// Go servers send response headers only with the first response, so the call completes
