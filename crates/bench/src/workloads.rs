@@ -213,7 +213,12 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
                         r = futures_util::StreamExt::next(&mut all) => r,
                         _ = stopped.changed() => break,
                     };
-                    let Some(Ok(r)) = r else { break };
+                    // A stream that failed ends after its error; the others keep going.
+                    let r = match r {
+                        Some(Ok(r)) => r,
+                        Some(Err(_)) => continue,
+                        None => break,
+                    };
                     let now = Instant::now();
                     for e in &r.events {
                         seen.push((e.kv.as_ref().map_or(0, |kv| kv.mod_revision), now));
@@ -674,10 +679,7 @@ type WatchStreamHandle = (mpsc::Sender<WatchRequest>, WatchStream);
 /// Opens a watch stream on `ch` starting with `creates`. They are queued before the call:
 /// Go servers send response headers only with the first response, so the call completes
 /// only once a request is on its way.
-async fn open_watch(
-    ch: Conn,
-    creates: Vec<WatchRequest>,
-) -> Result<(mpsc::Sender<WatchRequest>, WatchStream), String> {
+async fn open_watch(ch: Conn, creates: Vec<WatchRequest>) -> Result<WatchStreamHandle, String> {
     let (tx, rx) = mpsc::channel(creates.len().max(16));
     for c in creates {
         tx.send(c).await.map_err(|e| e.to_string())?;
