@@ -395,11 +395,11 @@ mod tests {
         use prost::Message;
         let ev = |rev| Event {
             kv: Some(KeyValue {
-                key: b"k".to_vec().into(),
+                key: b"k".to_vec(),
                 mod_revision: rev,
                 create_revision: 2,
                 version: 9,
-                value: vec![7; 40].into(),
+                value: vec![7; 40],
                 ..Default::default()
             }),
             ..Default::default()
