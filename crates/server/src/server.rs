@@ -830,7 +830,8 @@ impl Applier {
         failpoint::crash("apply-before");
         let results = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
-        self.watch.publish(&mvcc.take_events(), mvcc.current_rev());
+        self.watch
+            .publish_from_thread(mvcc.take_events(), mvcc.current_rev());
         if membership {
             self.last_sync = Instant::now();
         }

@@ -27,6 +27,9 @@ use tonic::Status;
 
 /// Events read per catch-up step.
 const CATCH_UP_EVENTS: usize = 1000;
+/// Synced watchers from which the applier hands a batch's fan-out to a runtime worker; below
+/// it a few cross-thread wake-ups cost less than the hand-off.
+const OFFLOAD_WATCHERS: usize = 32;
 
 pub type Sender = mpsc::Sender<Result<Frame, Status>>;
 
@@ -328,6 +331,26 @@ impl WatchHub {
         for w in hub.synced.values().filter(|w| w.spec.progress_notify) {
             let _ = w.tx.try_send(Ok(self.progress(hub.rev, w.watch_id).into()));
         }
+    }
+
+    /// `publish`, from a thread outside the runtime (the applier). Every event goes out
+    /// before it returns, as with `publish`; with many watchers the work runs on a runtime
+    /// worker instead, where waking a stream's task is a push onto that worker's own queue.
+    /// From here each wake-up crossed threads: under load the woken worker preempted the
+    /// applier, and the two took turns once per watcher, so the last watchers of a batch
+    /// waited for the scheduler more than for the work.
+    pub fn publish_from_thread(self: &Arc<Self>, events: Vec<Event>, rev: i64) {
+        if self.lock().synced.len() < OFFLOAD_WATCHERS {
+            return self.publish(&events, rev);
+        }
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            me.publish(&events, rev);
+            let _ = done.send(());
+        });
+        // Err only if the runtime dropped the task (shutting down): nothing waits for it then.
+        let _ = wait.recv();
     }
 
     /// Publishes the events of an applied batch that ends at revision `rev`.
@@ -646,6 +669,46 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         revs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn publishing_from_the_applier_thread_delivers_before_returning() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        let hub = hub(store.clone());
+        // Below and above the hand-off to a worker: both deliver everything before returning.
+        for watchers in [3, OFFLOAD_WATCHERS + 5] {
+            let mut rxs = Vec::new();
+            for id in 0..watchers {
+                let (tx, rx) = mpsc::channel(4);
+                let spec = Spec::new(&WatchCreateRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                });
+                hub.add(watchers as u64, id as i64, spec, 0, tx);
+                rxs.push(rx);
+            }
+            let rev = store.current_rev() + 1;
+            store.apply_batch(&[put(rev as u64, "k")], false).unwrap();
+            let (h, s) = (hub.clone(), store.clone());
+            tokio::task::spawn_blocking(move || {
+                h.publish_from_thread(s.take_events(), s.current_rev())
+            })
+            .await
+            .unwrap();
+            for rx in &mut rxs {
+                let r = rx.try_recv().expect("sent before publish returned");
+                let revs: Vec<i64> = r
+                    .unwrap()
+                    .into_response()
+                    .events
+                    .iter()
+                    .map(mod_rev)
+                    .collect();
+                assert_eq!(revs, vec![rev]);
+            }
+            hub.close_stream(watchers as u64);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,8 +121,10 @@ fn grpc_service(path: &str) -> Option<Grpc> {
     })
 }
 
+/// Responses carry tonic's body type: gRPC's, polled once per message sent, then reach hyper
+/// without another boxed layer; only the HTTP endpoints' bodies are wrapped.
 impl Service<Request<Body>> for ClientService {
-    type Response = Response<Body>;
+    type Response = Response<GrpcBody>;
     type Error = Infallible;
     type Future = ClientFuture;
 
@@ -156,7 +158,7 @@ pub enum ClientFuture {
 }
 
 impl Future for ClientFuture {
-    type Output = Result<Response<Body>, Infallible>;
+    type Output = Result<Response<GrpcBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every variant's fields are Unpin (boxed futures, axum's RouteFuture).
@@ -167,9 +169,11 @@ impl Future for ClientFuture {
                 if let Some(i) = *metric {
                     crate::metrics::grpc_handled(i, resp.headers());
                 }
-                Poll::Ready(Ok(resp.map(Body::new)))
+                Poll::Ready(Ok(resp))
             }
-            ClientFuture::Http(f) => Pin::new(f.as_mut()).poll(cx),
+            ClientFuture::Http(f) => Pin::new(f.as_mut())
+                .poll(cx)
+                .map(|r| r.map(|resp| resp.map(GrpcBody::new))),
         }
     }
 }
