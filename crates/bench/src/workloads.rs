@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use ballast_api::etcdserverpb::kv_client::KvClient;
 use ballast_api::etcdserverpb::lease_client::LeaseClient;
 use ballast_api::etcdserverpb::request_op::Request as OpRequest;
+use ballast_api::etcdserverpb::watch_client::WatchClient;
 use ballast_api::etcdserverpb::watch_request::RequestUnion;
 use ballast_api::etcdserverpb::{
     compare, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest,
@@ -13,10 +14,11 @@ use ballast_api::etcdserverpb::{
 };
 use ballast_api::v3lockpb::lock_client::LockClient;
 use ballast_api::v3lockpb::{LockRequest, UnlockRequest};
+use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, RawStream};
 use crate::load::{self, Global, Progress};
 use crate::report::Stats;
 
@@ -184,27 +186,31 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     let arrived = Arc::new(Arrivals::default());
     // A watch channel, not a Notify: a task busy with an event when the run ends still sees it.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut per_conn: Vec<Vec<WatchStreamHandle<EventRevisions>>> =
-        chans.iter().map(|_| Vec::new()).collect();
+    let create = create_watch(k.clone(), 0).encode_to_vec();
+    let mut per_conn: Vec<Vec<RawStream>> = chans.iter().map(|_| Vec::new()).collect();
     for w in 0..watchers {
         let c = w % chans.len();
-        let (tx, mut stream) =
-            open_watch(chans[c].clone(), vec![create_watch(k.clone(), 0)]).await?;
+        let mut stream = chans[c]
+            .open_raw_stream("/etcdserverpb.Watch/Watch", &create)
+            .await
+            .map_err(|e| format!("watch stream: {e}"))?;
         // The created response comes first: the watcher is registered after it.
-        stream.message().await.map_err(status_text)?;
-        per_conn[c].push((tx, stream));
+        match futures_util::StreamExt::next(&mut stream).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("watch stream: {e}")),
+            None => return Err("watch stream ended before it was created".into()),
+        }
+        per_conn[c].push(stream);
     }
     let tasks: Vec<_> = per_conn
         .into_iter()
         .filter(|s| !s.is_empty())
         .map(|streams| {
             let n = streams.len();
-            let (keep_open, streams): (Vec<_>, Vec<_>) = streams.into_iter().unzip();
             let arrived = arrived.clone();
             let mut stopped = stopped.clone();
             let total = a.total;
             tokio::spawn(async move {
-                let _keep_open = keep_open;
                 let mut seen = Vec::with_capacity(n * total);
                 let mut all = futures_util::stream::select_all(streams);
                 loop {
@@ -215,7 +221,7 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
                     };
                     // A stream that failed ends after its error; the others keep going.
                     let r = match r {
-                        Some(Ok(r)) => r,
+                        Some(Ok(msg)) => EventRevisions::decode(msg).unwrap_or_default(),
                         Some(Err(_)) => continue,
                         None => break,
                     };
@@ -515,8 +521,7 @@ pub async fn watch_get(g: &Global, a: &WatchGetArgs) -> Result<Stats, String> {
         let creates = (0..n)
             .map(|_| create_watch(b"watchkey".to_vec(), watch_rev))
             .collect();
-        let (tx, mut stream) =
-            open_watch::<WatchResponse>(chans[s % chans.len()].clone(), creates).await?;
+        let (tx, mut stream) = open_watch(chans[s % chans.len()].clone(), creates).await?;
         let want = n * a.events;
         let done = progress.handle();
         tasks.push(tokio::spawn(async move {
@@ -599,8 +604,7 @@ pub async fn watch(g: &Global, a: &WatchArgs) -> Result<(Stats, Stats), String> 
         let first = watched[(s * a.watch_per_stream) % watched.len()].clone();
         let t = Instant::now();
         let ch = chans[s % chans.len()].clone();
-        let (tx, mut stream) =
-            open_watch::<WatchResponse>(ch, vec![create_watch(first, 0)]).await?;
+        let (tx, mut stream) = open_watch(ch, vec![create_watch(first, 0)]).await?;
         for w in 0..a.watch_per_stream {
             let k = watched[(s * a.watch_per_stream + w) % watched.len()].clone();
             *watchers_on.entry(k.clone()).or_default() += 1;
@@ -709,7 +713,7 @@ fn create_watch(key: Vec<u8>, start_revision: i64) -> WatchRequest {
 }
 
 /// A watch stream and the request side that keeps it open.
-type WatchStreamHandle<R = WatchResponse> = (mpsc::Sender<WatchRequest>, tonic::Streaming<R>);
+type WatchStreamHandle = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResponse>);
 
 /// Of a watch response, only what watch-latency measures: each event's revision. Decoding
 /// no more than that (the rest is skipped on the wire) keeps the tool's own CPU, which the
@@ -735,24 +739,13 @@ struct KvRevision {
 /// Opens a watch stream on `ch` starting with `creates`. They are queued before the call:
 /// Go servers send response headers only with the first response, so the call completes
 /// only once a request is on its way.
-async fn open_watch<R>(ch: Conn, creates: Vec<WatchRequest>) -> Result<WatchStreamHandle<R>, String>
-where
-    R: prost::Message + Default + Send + 'static,
-{
+async fn open_watch(ch: Conn, creates: Vec<WatchRequest>) -> Result<WatchStreamHandle, String> {
     let (tx, rx) = mpsc::channel(creates.len().max(16));
     for c in creates {
         tx.send(c).await.map_err(|e| e.to_string())?;
     }
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready()
-        .await
-        .map_err(|e| format!("watch stream: {e}"))?;
-    let stream = grpc
-        .streaming(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            http::uri::PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
-            ballast_api::codec::SmallCodec::<WatchRequest, R>::default(),
-        )
+    let stream = WatchClient::new(ch)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(status_text)?
         .into_inner();
