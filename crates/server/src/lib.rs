@@ -13,6 +13,7 @@ pub mod ids;
 pub mod lease;
 pub mod membership;
 pub mod metrics;
+pub mod outbox;
 pub mod restore;
 pub mod rpc;
 pub mod server;

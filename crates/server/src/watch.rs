@@ -22,8 +22,9 @@ use ballast_state::mvcc::{in_range, mod_rev};
 use ballast_state::{KvError, Mvcc};
 use prost::bytes::{BufMut, Bytes};
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::Status;
+
+use crate::outbox::TrySendError;
 
 /// Events read per catch-up step.
 const CATCH_UP_EVENTS: usize = 1000;
@@ -31,7 +32,7 @@ const CATCH_UP_EVENTS: usize = 1000;
 /// it a few cross-thread wake-ups cost less than the hand-off.
 const OFFLOAD_WATCHERS: usize = 32;
 
-pub type Sender = mpsc::Sender<Result<Frame, Status>>;
+pub type Sender = crate::outbox::Sender;
 
 /// One response on a watch stream. Events that many watchers get alike (one key watched by
 /// hundreds) are encoded once per batch and shared; only the watch id is written per watcher.
@@ -121,15 +122,6 @@ impl Message for Frame {
     }
 }
 
-/// What a synced watcher gets from one batch: permits reserved on its stream, so a revision
-/// is never half delivered.
-enum Ready<'a> {
-    One(mpsc::Permit<'a, Result<Frame, Status>>, Frame),
-    Many(
-        mpsc::PermitIterator<'a, Result<Frame, Status>>,
-        Vec<WatchResponse>,
-    ),
-}
 type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;
 
@@ -310,7 +302,7 @@ impl WatchHub {
     /// Queues a response that must not be lost: if the stream is full, it waits its turn.
     /// (Arriving after later events is fine: a progress revision is a lower bound.)
     fn deliver(&self, tx: Sender, resp: WatchResponse) {
-        if let Err(mpsc::error::TrySendError::Full(resp)) = tx.try_send(Ok(resp.into())) {
+        if let Err(TrySendError::Full(resp)) = tx.try_send(Ok(resp.into())) {
             self.runtime.spawn(async move {
                 let _ = tx.send(resp).await;
             });
@@ -368,9 +360,10 @@ impl WatchHub {
         let header = (self.header)(rev);
         let mut behind = Vec::new();
         let mut closed = Vec::new();
-        // Everything is built before anything is sent, so the stream tasks wake in one burst
-        // and their connections write many of them at a time.
-        let mut ready = Vec::new();
+        // Everything is queued before any stream's task is woken, so they wake in one burst
+        // and their connections write many of them at a time. A watcher's responses for the
+        // batch are queued all together or not at all: a revision is never half delivered.
+        let mut wake = Vec::new();
         // The whole batch, encoded once per prev_kv choice for every watcher that wants all
         // of it (the common case: many watchers on one key or prefix).
         let mut whole: [Option<Bytes>; 2] = [None, None];
@@ -398,16 +391,11 @@ impl WatchHub {
             } else {
                 None
             };
-            let reserved = match shared {
-                Some(body) => w.tx.try_reserve().map(|p| {
-                    Ready::One(
-                        p,
-                        Frame::Shared {
-                            watch_id: w.watch_id,
-                            body,
-                        },
-                    )
-                }),
+            let queued = match shared {
+                Some(body) => w.tx.try_send_all([Ok(Frame::Shared {
+                    watch_id: w.watch_id,
+                    body,
+                })]),
                 None => {
                     let mine: Vec<Event> = events
                         .iter()
@@ -420,28 +408,20 @@ impl WatchHub {
                     }
                     let mine = with_prev(store.as_deref(), &w.spec, mine);
                     let resps = self.responses(w.watch_id, &w.spec, header, mine);
-                    w.tx.try_reserve_many(resps.len())
-                        .map(|p| Ready::Many(p, resps))
+                    w.tx.try_send_all(resps.into_iter().map(|r| Ok(r.into())))
                 }
             };
-            match reserved {
-                Ok(r) => {
+            match queued {
+                Ok(waiting) => {
                     w.next_rev = rev + 1;
-                    ready.push(r);
+                    wake.extend(waiting);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => behind.push(*key),
-                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*key),
+                Err(TrySendError::Full(())) => behind.push(*key),
+                Err(TrySendError::Closed(())) => closed.push(*key),
             }
         }
-        for r in ready {
-            match r {
-                Ready::One(p, f) => p.send(Ok(f)),
-                Ready::Many(permits, resps) => {
-                    for (p, r) in permits.zip(resps) {
-                        p.send(Ok(r.into()));
-                    }
-                }
-            }
+        for w in wake {
+            w.wake();
         }
         for key in closed {
             hub.synced.remove(&key);
@@ -625,6 +605,23 @@ fn with_prev(store: Option<&Mvcc>, spec: &Spec, mut events: Vec<Event>) -> Vec<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::ReceiverStream;
+    use std::task::{Context, Poll, Waker};
+    use tokio_stream::{Stream, StreamExt};
+
+    fn channel(n: usize) -> (Sender, ReceiverStream) {
+        let (tx, rx) = crate::outbox::channel(n);
+        (tx, ReceiverStream::new(rx))
+    }
+
+    /// What is queued now, without waiting.
+    fn try_next(rx: &mut ReceiverStream) -> Option<Result<Frame, Status>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match std::pin::Pin::new(rx).poll_next(&mut cx) {
+            Poll::Ready(i) => i,
+            Poll::Pending => None,
+        }
+    }
     use ballast_api::ballast::internal::{raft_request, RaftRequest};
     use ballast_api::etcdserverpb::{PutRequest, WatchCreateRequest};
 
@@ -655,10 +652,10 @@ mod tests {
         )
     }
 
-    async fn revisions(rx: &mut mpsc::Receiver<Result<Frame, Status>>, n: usize) -> Vec<i64> {
+    async fn revisions(rx: &mut ReceiverStream, n: usize) -> Vec<i64> {
         let mut revs = Vec::new();
         while revs.len() < n {
-            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next())
                 .await
                 .expect("watch response in time")
                 .expect("stream open")
@@ -680,7 +677,7 @@ mod tests {
         for watchers in [3, OFFLOAD_WATCHERS + 5] {
             let mut rxs = Vec::new();
             for id in 0..watchers {
-                let (tx, rx) = mpsc::channel(4);
+                let (tx, rx) = channel(4);
                 let spec = Spec::new(&WatchCreateRequest {
                     key: b"k".to_vec(),
                     ..Default::default()
@@ -697,7 +694,7 @@ mod tests {
             .await
             .unwrap();
             for rx in &mut rxs {
-                let r = rx.try_recv().expect("sent before publish returned");
+                let r = try_next(rx).expect("sent before publish returned");
                 let revs: Vec<i64> = r
                     .unwrap()
                     .into_response()
@@ -717,7 +714,7 @@ mod tests {
         let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
         let hub = hub(store.clone());
         // Room for two responses only: the third publish finds it full.
-        let (tx, mut rx) = mpsc::channel(2);
+        let (tx, mut rx) = channel(2);
         let spec = Spec::new(&WatchCreateRequest {
             key: b"k".to_vec(),
             range_end: b"l".to_vec(),
@@ -752,7 +749,7 @@ mod tests {
             store.apply_batch(&[put(i, "k")], false).unwrap();
         }
         let hub = hub(store.clone());
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = channel(1);
         let spec = Spec::new(&WatchCreateRequest {
             key: b"k".to_vec(),
             ..Default::default()
@@ -761,7 +758,7 @@ mod tests {
         hub.request_progress(7, &tx);
         let mut revs = Vec::new();
         loop {
-            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next())
                 .await
                 .expect("progress answered in time")
                 .unwrap()
@@ -829,7 +826,7 @@ mod tests {
         };
         let mut rxs = Vec::new();
         for (id, prev) in [(1, false), (2, false), (3, true)] {
-            let (tx, rx) = mpsc::channel(4);
+            let (tx, rx) = channel(4);
             hub.add(id as u64, id, spec(prev), 0, tx);
             rxs.push(rx);
         }
@@ -837,7 +834,7 @@ mod tests {
         hub.publish(&store.take_events(), store.current_rev());
         let mut bodies = Vec::new();
         for (i, rx) in rxs.iter_mut().enumerate() {
-            let f = rx.recv().await.unwrap().unwrap();
+            let f = rx.next().await.unwrap().unwrap();
             let Frame::Shared { watch_id, body } = &f else {
                 panic!("watcher {i} got its own encoding");
             };

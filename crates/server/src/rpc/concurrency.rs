@@ -177,13 +177,14 @@ async fn next_event(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<bool, Status> {
     let stream = NEXT_INTERNAL.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(16);
+    let (tx, rx) = crate::outbox::channel(16);
+    let mut rx = crate::outbox::ReceiverStream::new(rx);
     let hub = server.watch_hub();
     hub.add(stream, 0, Spec::new(&req), from_rev, tx);
     tokio::pin!(stop);
     let out = loop {
         tokio::select! {
-            r = rx.recv() => match r.map(|r| r.map(crate::watch::Frame::into_response)) {
+            r = tokio_stream::StreamExt::next(&mut rx) => match r.map(|r| r.map(crate::watch::Frame::into_response)) {
                 Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
                 Some(Ok(r)) if !r.events.is_empty() => break Ok(true),
                 Some(Ok(_)) => continue,

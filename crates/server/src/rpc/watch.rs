@@ -11,10 +11,13 @@ use std::task::{Context, Poll};
 use ballast_api::codec::SmallCodec;
 use ballast_api::etcdserverpb::watch_request::RequestUnion;
 use ballast_api::etcdserverpb::{WatchRequest, WatchResponse};
-use tokio::sync::mpsc;
+use prost::bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
 use tokio_stream::{Stream, StreamExt};
+use tonic::codec::Codec;
 use tonic::{Status, Streaming};
 
+use crate::outbox::{self, Receiver};
 use crate::server::EtcdServer;
 use crate::watch::{Frame, Sender, Spec};
 
@@ -27,29 +30,14 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
 /// The Watch gRPC service, written out rather than generated: its responses are [`Frame`]s,
-/// whose shared encodings the generated server (one message type per stream) cannot carry.
+/// whose shared encodings the generated server (one message type per stream) cannot carry,
+/// and they go from the stream's queue to HTTP/2 without a stream adapter and tonic's encoder
+/// in between ([`WatchBody`]).
 #[derive(Clone)]
 pub struct WatchService {
     pub server: Arc<EtcdServer>,
     /// The largest request accepted, as for every other service.
     pub max_decoding: usize,
-}
-
-struct WatchCall(Arc<EtcdServer>);
-
-impl tonic::server::StreamingService<WatchRequest> for WatchCall {
-    type Response = Frame;
-    type ResponseStream = WatchStream;
-    type Future = std::future::Ready<Result<tonic::Response<WatchStream>, Status>>;
-
-    fn call(&mut self, req: tonic::Request<Streaming<WatchRequest>>) -> Self::Future {
-        let creds = crate::auth::Credentials::of(&req);
-        std::future::ready(Ok(tonic::Response::new(serve(
-            self.0.clone(),
-            creds,
-            req.into_inner(),
-        ))))
-    }
 }
 
 type CallFuture =
@@ -71,50 +59,164 @@ impl tower::Service<http::Request<axum::body::Body>> for WatchService {
             if req.uri().path() != "/etcdserverpb.Watch/Watch" {
                 return Ok(Status::unimplemented("").into_http());
             }
-            let mut grpc = tonic::server::Grpc::new(SmallCodec::<Frame, WatchRequest>::default())
-                .apply_max_message_size_config(Some(max), Some(usize::MAX));
-            Ok(grpc.streaming(WatchCall(server), req).await)
+            // etcd's clients do not compress; what does is refused, as tonic's server would.
+            if let Some(enc) = req
+                .headers()
+                .get("grpc-encoding")
+                .filter(|e| *e != "identity")
+            {
+                let enc = enc.to_str().unwrap_or("?");
+                return Ok(Status::unimplemented(format!(
+                    "Content is compressed with `{enc}` which isn't supported"
+                ))
+                .into_http());
+            }
+            let (parts, body) = req.into_parts();
+            let decoder = SmallCodec::<Frame, WatchRequest>::default().decoder();
+            let inbound = Streaming::new_request(decoder, body, None, Some(max));
+            let meta = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+            let creds = crate::auth::Credentials::of(&meta);
+            let rx = serve_queue(server, creds, inbound);
+            let mut resp = http::Response::new(tonic::body::Body::new(WatchBody::new(rx)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            Ok(resp)
         })
     }
 }
 
-/// Runs one watch stream: requests from `inbound`, responses on the returned stream (gRPC's
-/// and the JSON gateway's `/v3/watch` alike).
+/// A watch stream's response body: whatever is queued when HTTP/2 asks, each response framed
+/// as a gRPC message, in one DATA frame; then the trailers with the stream's status.
+pub struct WatchBody {
+    rx: Receiver,
+    taken: Vec<outbox::Item>,
+    /// The error that ends the stream, after the data before it.
+    end: Option<Status>,
+    done: bool,
+}
+
+impl WatchBody {
+    fn new(rx: Receiver) -> WatchBody {
+        WatchBody {
+            rx,
+            taken: Vec::new(),
+            end: None,
+            done: false,
+        }
+    }
+
+    fn trailers(&mut self, status: &Status) -> http_body::Frame<Bytes> {
+        self.done = true;
+        let mut h = http::HeaderMap::new();
+        if status.add_header(&mut h).is_err() {
+            // Only a message that is not valid header text; the code alone still says it.
+            h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+        }
+        http_body::Frame::trailers(h)
+    }
+}
+
+impl http_body::Body for WatchBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let me = self.get_mut();
+        if me.done {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = me.end.take() {
+            return Poll::Ready(Some(Ok(me.trailers(&status))));
+        }
+        match me.rx.poll_drain(cx, &mut me.taken) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(false) => Poll::Ready(Some(Ok(me.trailers(&Status::ok(""))))),
+            Poll::Ready(true) => {
+                let len: usize = me
+                    .taken
+                    .iter()
+                    .map(|i| i.as_ref().map_or(0, |f| 5 + f.encoded_len()))
+                    .sum();
+                let mut out = BytesMut::with_capacity(len);
+                for item in me.taken.drain(..) {
+                    match item {
+                        Ok(f) => {
+                            let n = f.encoded_len();
+                            out.put_u8(0);
+                            // Bounded by the server's own response limit, far below 4 GiB.
+                            out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
+                            f.encode_raw(&mut out);
+                        }
+                        Err(status) => {
+                            // What follows an error is never sent: the stream ends there.
+                            me.end = Some(status);
+                            break;
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    return match me.end.take() {
+                        Some(status) => Poll::Ready(Some(Ok(me.trailers(&status)))),
+                        None => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new())))),
+                    };
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(out.freeze()))))
+            }
+        }
+    }
+}
+
+/// Runs one watch stream for the JSON gateway's `/v3/watch`: requests from `inbound`,
+/// responses on the returned stream.
 pub fn serve(
     server: Arc<EtcdServer>,
     creds: crate::auth::Credentials,
-    mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
 ) -> WatchStream {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    {
-        tokio::spawn(async move {
-            let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
-            let mut ids = HashSet::new();
-            let mut next_id = 0i64;
-            let mut half_closed = true;
-            while let Some(msg) = inbound.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx.send(Err(super::inbound_error(e))).await;
-                        half_closed = false;
-                        break;
-                    }
-                };
-                if !handle(&server, &creds, stream, &tx, &mut ids, &mut next_id, msg).await {
+    Box::pin(outbox::ReceiverStream::new(serve_queue(
+        server, creds, inbound,
+    )))
+}
+
+/// Runs one watch stream: requests from `inbound`, responses into the returned queue.
+fn serve_queue(
+    server: Arc<EtcdServer>,
+    creds: crate::auth::Credentials,
+    mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+) -> Receiver {
+    let (tx, rx) = outbox::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        let mut ids = HashSet::new();
+        let mut next_id = 0i64;
+        let mut half_closed = true;
+        while let Some(msg) = inbound.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = tx.send(Err(super::inbound_error(e))).await;
                     half_closed = false;
                     break;
                 }
+            };
+            if !handle(&server, &creds, stream, &tx, &mut ids, &mut next_id, msg).await {
+                half_closed = false;
+                break;
             }
-            // A client that only closed its sending side still gets events, as from etcd,
-            // until it goes away.
-            if half_closed {
-                tx.closed().await;
-            }
-            server.watch_hub().close_stream(stream);
-        });
-    }
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        }
+        // A client that only closed its sending side still gets events, as from etcd,
+        // until it goes away.
+        if half_closed {
+            tx.closed().await;
+        }
+        server.watch_hub().close_stream(stream);
+    });
+    rx
 }
 
 /// Why the caller may not watch what `c` asks for, in etcd's words (the whole gRPC error
