@@ -135,20 +135,37 @@ impl Sender {
     }
 
     /// Queues `item`, waiting for room; gives it back if the receiver is gone.
-    pub async fn send(&self, mut item: Item) -> Result<(), Item> {
+    pub async fn send(&self, item: Item) -> Result<(), Item> {
+        let mut item = Some(item);
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
-            // Registered before trying, so room made in between is not missed.
+            // Registered, and counted as waiting, under the same lock as the check: a reader
+            // that makes room after it signals this waiter.
             room.as_mut().enable();
-            match self.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Closed(i)) => return Err(i),
-                Err(TrySendError::Full(i)) => item = i,
-            }
-            self.0.lock().waiting += 1;
+            let waiting = {
+                let mut st = self.0.lock();
+                let Some(i) = item.take() else {
+                    return Ok(());
+                };
+                if !st.receiver_alive {
+                    return Err(i);
+                }
+                if st.items.len() < st.cap {
+                    st.items.push_back(i);
+                    let reader = st.reader.take();
+                    drop(st);
+                    if let Some(w) = reader {
+                        w.wake();
+                    }
+                    return Ok(());
+                }
+                item = Some(i);
+                st.waiting += 1;
+                Waiting(&self.0)
+            };
             room.await;
-            self.0.lock().waiting -= 1;
+            drop(waiting);
         }
     }
 
@@ -163,6 +180,15 @@ impl Sender {
             }
             closed.await;
         }
+    }
+}
+
+/// One sender counted in `waiting` until this is dropped (also when its `send` is).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -301,6 +327,47 @@ mod tests {
             .await
             .expect("sender sees the close");
         assert!(matches!(r, Ok(Err(()))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn senders_waiting_for_room_are_never_forgotten() {
+        // A tiny queue, senders always waiting, a reader on another thread: a room signal
+        // lost between a sender's check and its wait would stall this for good.
+        let (tx, rx) = channel(1);
+        let n = 20_000;
+        let senders: Vec<_> = (0..1)
+            .map(|s| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for i in 0..n {
+                        if tx.send(item(s * n + i)).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let read = async {
+            let mut s = ReceiverStream::new(rx);
+            let mut last = [-1i64; 1];
+            let mut count = 0;
+            while let Some(i) = s.next().await {
+                let v = id(i);
+                let who = (v / n) as usize;
+                assert!(v > last[who], "each sender's items in order");
+                last[who] = v;
+                count += 1;
+            }
+            count
+        };
+        let count = tokio::time::timeout(std::time::Duration::from_secs(30), read)
+            .await
+            .expect("no sender left waiting");
+        assert_eq!(count, n);
+        for s in senders {
+            s.await.unwrap();
+        }
     }
 
     #[tokio::test]
