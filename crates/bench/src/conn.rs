@@ -267,49 +267,35 @@ struct Splitter {
 impl Splitter {
     /// The next whole message from what has arrived.
     fn take(&mut self) -> Result<Option<Bytes>, BoxError> {
-        loop {
-            if self.partial.is_empty() {
-                if let Some(m) = split_message(&mut self.chunk)? {
-                    return Ok(Some(m));
-                }
+        if !self.partial.is_empty() {
+            self.partial
+                .extend_from_slice(&std::mem::take(&mut self.chunk));
+            let n = framed_len(&self.partial)?;
+            return Ok(n.map(|n| self.partial.split_to(n).freeze().slice(5..)));
+        }
+        match framed_len(&self.chunk)? {
+            Some(n) => Ok(Some(self.chunk.split_to(n).slice(5..))),
+            None => {
                 // The rest is the start of a message.
-                self.partial.extend_from_slice(&self.chunk);
-                self.chunk = Bytes::new();
-                return Ok(None);
+                self.partial
+                    .extend_from_slice(&std::mem::take(&mut self.chunk));
+                Ok(None)
             }
-            if self.chunk.is_empty() {
-                let mut whole = self.partial.split().freeze();
-                return match split_message(&mut whole)? {
-                    Some(m) => {
-                        self.partial.extend_from_slice(&whole);
-                        Ok(Some(m))
-                    }
-                    None => {
-                        self.partial.extend_from_slice(&whole);
-                        Ok(None)
-                    }
-                };
-            }
-            let c = std::mem::take(&mut self.chunk);
-            self.partial.extend_from_slice(&c);
         }
     }
 }
 
-/// Splits one framed message off the front of `b`, if all of it is there.
-fn split_message(b: &mut Bytes) -> Result<Option<Bytes>, BoxError> {
+/// The length, prefix included, of the framed message at the front of `b` if all of it is
+/// there.
+fn framed_len(b: &[u8]) -> Result<Option<usize>, BoxError> {
     if b.len() < 5 {
         return Ok(None);
     }
     if b[0] != 0 {
         return Err("compressed gRPC message (none was asked for)".into());
     }
-    let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
-    if b.len() < 5 + len {
-        return Ok(None);
-    }
-    let mut m = b.split_to(5 + len);
-    Ok(Some(m.split_off(5)))
+    let len = 5 + u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+    Ok((b.len() >= len).then_some(len))
 }
 
 impl futures_util::Stream for RawStream {
@@ -369,7 +355,6 @@ mod tests {
             assert_eq!(got, vec![&b"one"[..], b"", b"three!"], "cut at {cut}");
             assert!(s.partial.is_empty() && s.chunk.is_empty());
         }
-        let mut compressed = Bytes::from_static(&[1, 0, 0, 0, 0]);
-        assert!(split_message(&mut compressed).is_err());
+        assert!(framed_len(&[1, 0, 0, 0, 0]).is_err());
     }
 }

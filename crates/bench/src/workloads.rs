@@ -398,7 +398,6 @@ mod tests {
     fn event_revisions_read_a_full_watch_response() {
         use ballast_api::etcdserverpb::ResponseHeader;
         use ballast_api::mvccpb::{Event, KeyValue};
-        use prost::Message;
         let ev = |rev| Event {
             kv: Some(KeyValue {
                 key: b"k".to_vec(),

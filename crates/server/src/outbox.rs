@@ -38,6 +38,21 @@ struct State {
     waiting: usize,
 }
 
+impl State {
+    /// Queues `item` if the receiver is there and there is room. The reader's waker comes
+    /// back, to be woken once the lock is released.
+    fn push(&mut self, item: Item) -> Result<Option<Waker>, TrySendError<Item>> {
+        if !self.receiver_alive {
+            return Err(TrySendError::Closed(item));
+        }
+        if self.items.len() >= self.cap {
+            return Err(TrySendError::Full(item));
+        }
+        self.items.push_back(item);
+        Ok(self.reader.take())
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     room: Notify,
@@ -117,17 +132,7 @@ impl Sender {
 
     /// Queues `item` if there is room, and wakes the reader.
     pub fn try_send(&self, item: Item) -> Result<(), TrySendError<Item>> {
-        let reader = {
-            let mut st = self.0.lock();
-            if !st.receiver_alive {
-                return Err(TrySendError::Closed(item));
-            }
-            if st.items.len() >= st.cap {
-                return Err(TrySendError::Full(item));
-            }
-            st.items.push_back(item);
-            st.reader.take()
-        };
+        let reader = self.0.lock().push(item)?;
         if let Some(w) = reader {
             w.wake();
         }
@@ -135,8 +140,7 @@ impl Sender {
     }
 
     /// Queues `item`, waiting for room; gives it back if the receiver is gone.
-    pub async fn send(&self, item: Item) -> Result<(), Item> {
-        let mut item = Some(item);
+    pub async fn send(&self, mut item: Item) -> Result<(), Item> {
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
@@ -145,22 +149,17 @@ impl Sender {
             room.as_mut().enable();
             let waiting = {
                 let mut st = self.0.lock();
-                let Some(i) = item.take() else {
-                    return Ok(());
-                };
-                if !st.receiver_alive {
-                    return Err(i);
-                }
-                if st.items.len() < st.cap {
-                    st.items.push_back(i);
-                    let reader = st.reader.take();
-                    drop(st);
-                    if let Some(w) = reader {
-                        w.wake();
+                match st.push(item) {
+                    Ok(reader) => {
+                        drop(st);
+                        if let Some(w) = reader {
+                            w.wake();
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
+                    Err(TrySendError::Closed(i)) => return Err(i),
+                    Err(TrySendError::Full(i)) => item = i,
                 }
-                item = Some(i);
                 st.waiting += 1;
                 Waiting(&self.0)
             };

@@ -137,16 +137,13 @@ impl http_body::Body for WatchBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(false) => Poll::Ready(Some(Ok(me.trailers(&Status::ok(""))))),
             Poll::Ready(true) => {
-                let len: usize = me
-                    .taken
-                    .iter()
-                    .map(|i| i.as_ref().map_or(0, |f| 5 + f.encoded_len()))
-                    .sum();
-                let mut out = BytesMut::with_capacity(len);
+                // Not empty: a drain that returns true took at least one item.
+                let mut out = BytesMut::new();
                 for item in me.taken.drain(..) {
                     match item {
                         Ok(f) => {
                             let n = f.encoded_len();
+                            out.reserve(5 + n);
                             out.put_u8(0);
                             // Bounded by the server's own response limit, far below 4 GiB.
                             out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
@@ -159,11 +156,11 @@ impl http_body::Body for WatchBody {
                         }
                     }
                 }
+                // Nothing before the error: the trailers now.
                 if out.is_empty() {
-                    return match me.end.take() {
-                        Some(status) => Poll::Ready(Some(Ok(me.trailers(&status)))),
-                        None => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::new())))),
-                    };
+                    if let Some(status) = me.end.take() {
+                        return Poll::Ready(Some(Ok(me.trailers(&status))));
+                    }
                 }
                 Poll::Ready(Some(Ok(http_body::Frame::data(out.freeze()))))
             }
