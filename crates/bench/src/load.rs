@@ -25,7 +25,7 @@ pub struct Global {
 }
 
 /// `host:port` or a URL, as etcd's tool accepts them.
-fn url(endpoint: &str) -> String {
+pub fn url(endpoint: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
     } else {

@@ -4,6 +4,7 @@
 mod compare;
 mod conn;
 mod load;
+mod rawwatch;
 mod report;
 mod workloads;
 

@@ -18,8 +18,9 @@ use prost::Message;
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::conn::{Conn, RawStream};
+use crate::conn::Conn;
 use crate::load::{self, Global, Progress};
+use crate::rawwatch::{self, WatchConn};
 use crate::report::Stats;
 
 fn status_text(s: tonic::Status) -> String {
@@ -175,67 +176,55 @@ pub struct WatchLatencyArgs {
 /// One watcher per client on one key; each put's latency is measured per watcher from the
 /// put's acknowledgement to the event's arrival, as etcd's `watch-latency` does.
 pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, String> {
-    let chans = load::connect(g).await?;
     let k = load::rand_bytes(a.key_size);
     let v = load::rand_bytes(a.val_size);
     let watchers = g.clients.max(1);
-    // One task per connection reads all of its watchers' streams: a task per watcher cost the
-    // client a task wake-up and poll per event, CPU the servers under test compete with on a
-    // shared machine. Each event's arrival is still stamped as its own stream yields it, and
-    // only the last arrival of a put wakes the put loop.
+    let conns = g.conns.max(1).min(watchers);
+    // One task per connection reads all of its watchers' streams straight from the socket
+    // (see `rawwatch`): the client's CPU per event is what the servers under test compete
+    // with on a shared machine. Each batch of events is stamped as its read returns, and only
+    // the last arrival of a put wakes the put loop.
     let arrived = Arc::new(Arrivals::default());
     // A watch channel, not a Notify: a task busy with an event when the run ends still sees it.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let create = create_watch(k.clone(), 0).encode_to_vec();
-    let mut per_conn: Vec<Vec<RawStream>> = chans.iter().map(|_| Vec::new()).collect();
-    for w in 0..watchers {
-        let c = w % chans.len();
-        let mut stream = chans[c]
-            .open_raw_stream("/etcdserverpb.Watch/Watch", &create)
-            .await
-            .map_err(|e| format!("watch stream: {e}"))?;
-        // The created response comes first: the watcher is registered after it.
-        match futures_util::StreamExt::next(&mut stream).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("watch stream: {e}")),
-            None => return Err("watch stream ended before it was created".into()),
-        }
-        per_conn[c].push(stream);
-    }
-    let tasks: Vec<_> = per_conn
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .map(|streams| {
-            let n = streams.len();
-            let arrived = arrived.clone();
-            let mut stopped = stopped.clone();
-            let total = a.total;
-            tokio::spawn(async move {
-                let mut seen = Vec::with_capacity(n * total);
-                let mut all = futures_util::stream::select_all(streams);
-                loop {
-                    let r = tokio::select! {
-                        biased;
-                        r = futures_util::StreamExt::next(&mut all) => r,
-                        _ = stopped.changed() => break,
-                    };
-                    // A stream that failed ends after its error; the others keep going.
-                    let r = match r {
-                        Some(Ok(msg)) => EventRevisions::decode(msg).unwrap_or_default(),
-                        Some(Err(_)) => continue,
-                        None => break,
-                    };
-                    let now = Instant::now();
-                    for e in &r.events {
-                        seen.push((e.kv.as_ref().map_or(0, |kv| kv.mod_revision), now));
+    let open_timeout = g.dial_timeout.max(Duration::from_secs(30));
+    let mut tasks = Vec::with_capacity(conns);
+    for c in 0..conns {
+        let n = watchers / conns + usize::from(c < watchers % conns);
+        let url = load::url(&g.endpoints[c % g.endpoints.len()]);
+        let conn = WatchConn::open(
+            rawwatch::authority(&url)?,
+            "/etcdserverpb.Watch/Watch",
+            &create,
+            n,
+            open_timeout,
+        )
+        .await?;
+        let arrived = arrived.clone();
+        let stopped = stopped.clone();
+        let total = a.total;
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(n * total);
+            // A connection that fails ends its watchers; the others keep going, and what they
+            // miss is counted.
+            let _ = conn
+                .run(stopped, |msg, now| {
+                    for e in EventRevisions::decode(msg).unwrap_or_default().events {
+                        seen.push((e.kv.map_or(0, |kv| kv.mod_revision), now));
                         arrived.one();
                     }
-                }
-                seen
-            })
-        })
-        .collect();
-    let mut kv = KvClient::new(chans[0].clone());
+                })
+                .await;
+            seen
+        }));
+    }
+    let put_conn = load::connect(&Global {
+        conns: 1,
+        ..g.clone()
+    })
+    .await?;
+    let mut kv = KvClient::new(put_conn[0].clone());
     let progress = Progress::start(a.total, g.progress);
     let start = Instant::now();
     let mut stats = Stats::default();
@@ -265,7 +254,13 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        arrived.wait_for(watchers * (i + 1), deadline).await;
+        if !arrived.wait_for(watchers * (i + 1), deadline).await {
+            // Late events still count below; a stall must not pass unseen.
+            *stats
+                .errors
+                .entry("watch events still missing 10 s after the put".into())
+                .or_default() += 1;
+        }
         progress.add(1);
     }
     let elapsed = start.elapsed();
@@ -290,6 +285,12 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
 }
 
 /// Events received by all watchers together, and a wake-up for the put loop.
+///
+/// Sequentially consistent on purpose: the put loop stores the target and then reads the
+/// count, an arrival adds to the count and then reads the target. With acquire/release alone
+/// both may read the other's old value (a store may pass a later load), so the last event of
+/// a put went unnoticed and the loop slept to its 10 s deadline: a stall of one run in a few
+/// once the client read its events fast enough to race the put's reply.
 #[derive(Default)]
 struct Arrivals {
     count: std::sync::atomic::AtomicUsize,
@@ -299,25 +300,26 @@ struct Arrivals {
 
 impl Arrivals {
     fn one(&self) {
-        use std::sync::atomic::Ordering;
-        let n = self.count.fetch_add(1, Ordering::AcqRel) + 1;
-        if n == self.target.load(Ordering::Acquire) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.count.fetch_add(1, SeqCst) + 1;
+        if n == self.target.load(SeqCst) {
             self.notify.notify_one();
         }
     }
 
-    /// Until `n` events have arrived, or the deadline.
-    async fn wait_for(&self, n: usize, deadline: tokio::time::Instant) {
-        use std::sync::atomic::Ordering;
-        self.target.store(n, Ordering::Release);
-        while self.count.load(Ordering::Acquire) < n {
+    /// Until `n` events have arrived, or the deadline. Returns whether they did.
+    async fn wait_for(&self, n: usize, deadline: tokio::time::Instant) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.target.store(n, SeqCst);
+        while self.count.load(SeqCst) < n {
             if tokio::time::timeout_at(deadline, self.notify.notified())
                 .await
                 .is_err()
             {
-                return;
+                return false;
             }
         }
+        true
     }
 }
 
@@ -392,6 +394,34 @@ mod tests {
         assert_eq!(key(1, 4), vec![2, 0, 0, 0]);
         assert_eq!(key(64, 4), vec![0x80, 0x01, 0, 0]);
         assert_eq!(key(300, 3), vec![0xd8, 0x04, 0]);
+    }
+
+    /// Arrivals racing the put loop's target, as events race a put's reply: every wait ends
+    /// by its events, never by its deadline.
+    #[test]
+    fn arrivals_never_miss_the_last_event_of_a_put() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let arrived = Arc::new(Arrivals::default());
+            let (go, mut went) = tokio::sync::watch::channel(0usize);
+            let a = arrived.clone();
+            let events = tokio::spawn(async move {
+                while went.changed().await.is_ok() {
+                    a.one();
+                }
+            });
+            for i in 1..=20_000 {
+                go.send(i).unwrap();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                assert!(arrived.wait_for(i, deadline).await, "event {i} not seen");
+            }
+            drop(go);
+            events.await.unwrap();
+        });
     }
 
     #[test]
