@@ -241,30 +241,14 @@ impl WatchConn {
         match ty {
             DATA => {
                 let len = payload.len() as u32;
-                self.unacked += len;
-                if self.unacked >= TOP_UP {
-                    frame(
-                        &mut self.out,
-                        WINDOW_UPDATE,
-                        0,
-                        0,
-                        &self.unacked.to_be_bytes(),
-                    );
-                    self.unacked = 0;
-                }
+                give_back(&mut self.out, 0, &mut self.unacked, len);
                 let data = unpad(flags, payload)?;
-                let Some(s) = self.stream(id) else {
+                let Some(s) = stream_index(id).and_then(|i| self.streams.get_mut(i)) else {
                     return Ok(());
                 };
-                s.unacked += len;
-                let top_up = (s.unacked >= TOP_UP).then(|| std::mem::take(&mut s.unacked));
-                let first = !s.created;
-                let newly = s.messages(data, first, now, on_msg)?;
-                if newly {
+                give_back(&mut self.out, id, &mut s.unacked, len);
+                if s.messages(data, now, on_msg)? {
                     self.created += 1;
-                }
-                if let Some(n) = top_up {
-                    frame(&mut self.out, WINDOW_UPDATE, 0, id, &n.to_be_bytes());
                 }
                 if flags & END_STREAM != 0 {
                     self.end(id)?;
@@ -290,17 +274,10 @@ impl WatchConn {
         Ok(())
     }
 
-    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
-        if id.is_multiple_of(2) {
-            return None;
-        }
-        self.streams.get_mut((id / 2) as usize)
-    }
-
     /// A stream ended. Before its first response that is a refusal; after it, the others
     /// keep going and the events it misses are counted as missing.
-    fn end(&mut self, id: u32) -> Result<(), String> {
-        match self.stream(id) {
+    fn end(&self, id: u32) -> Result<(), String> {
+        match stream_index(id).and_then(|i| self.streams.get(i)) {
             Some(s) if !s.created => Err(format!("watch stream {id} refused by the server")),
             _ => Ok(()),
         }
@@ -313,17 +290,16 @@ impl Stream {
     fn messages(
         &mut self,
         data: &[u8],
-        mut first: bool,
         now: Instant,
         on_msg: &mut impl FnMut(&[u8], Instant),
     ) -> Result<bool, String> {
         let was = self.created;
+        let created = &mut self.created;
         let mut take = |m: &[u8]| {
-            if first {
-                first = false;
-                self.created = true;
-            } else {
+            if *created {
                 on_msg(m, now);
+            } else {
+                *created = true;
             }
         };
         if self.partial.is_empty() {
@@ -368,8 +344,23 @@ fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], String> {
         .ok_or_else(|| "padding longer than its frame".into())
 }
 
+/// Our streams are the odd ids, in the order they were opened.
 fn stream_id(i: usize) -> u32 {
     2 * i as u32 + 1
+}
+
+fn stream_index(id: u32) -> Option<usize> {
+    (id % 2 == 1).then_some((id / 2) as usize)
+}
+
+/// Counts `len` received bytes of stream `id` (0: the connection) against its window; once
+/// [`TOP_UP`] have come, queues a WINDOW_UPDATE giving them back.
+fn give_back(out: &mut Vec<u8>, id: u32, unacked: &mut u32, len: u32) {
+    *unacked += len;
+    if *unacked >= TOP_UP {
+        let n = std::mem::take(unacked);
+        frame(out, WINDOW_UPDATE, 0, id, &n.to_be_bytes());
+    }
 }
 
 fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, id: u32, payload: &[u8]) {
@@ -454,8 +445,7 @@ mod tests {
             let mut got: Vec<Vec<u8>> = Vec::new();
             let mut newly = 0;
             for part in [&wire[..cut], &wire[cut..]] {
-                let first = !s.created;
-                if s.messages(part, first, now, &mut |m, _| got.push(m.to_vec()))
+                if s.messages(part, now, &mut |m, _| got.push(m.to_vec()))
                     .unwrap()
                 {
                     newly += 1;
@@ -476,20 +466,37 @@ mod tests {
         assert!(unpad(PADDED, &[]).is_err());
     }
 
+    /// An `h2` server on a loopback port taking `max_streams` streams per connection; `serve`
+    /// gets its one connection.
+    async fn h2_server<F, Fut>(
+        max_streams: u32,
+        serve: F,
+    ) -> (String, tokio::task::JoinHandle<Fut::Output>)
+    where
+        F: FnOnce(h2::server::Connection<TcpStream, bytes::Bytes>) -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let conn = h2::server::Builder::new()
+                .max_concurrent_streams(max_streams)
+                .handshake::<_, bytes::Bytes>(sock)
+                .await
+                .unwrap();
+            serve(conn).await
+        });
+        (addr, task)
+    }
+
     /// Against a real HTTP/2 server (the `h2` crate's): the preface and settings are accepted,
     /// the request headers decode to a gRPC call, a PING is answered, and responses come back
     /// per stream.
     #[tokio::test]
     async fn speaks_enough_http2_to_a_real_server() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (sock, _) = l.accept().await.unwrap();
-            let mut conn = h2::server::Builder::new()
-                .max_concurrent_streams(10)
-                .handshake::<_, bytes::Bytes>(sock)
-                .await
-                .unwrap();
+        let (addr, server) = h2_server(10, |mut conn| async move {
             let ping = conn.ping_pong();
             let mut sends = Vec::new();
             for _ in 0..3 {
@@ -516,7 +523,8 @@ mod tests {
             }
             // Kept open: dropped, the streams would be reset.
             sends
-        });
+        })
+        .await;
         let c = WatchConn::open(
             &addr,
             "/etcdserverpb.Watch/Watch",
@@ -549,18 +557,14 @@ mod tests {
                 b"event 2".to_vec()
             ]
         );
-        // Too many streams for the server's limit is refused up front.
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let (sock, _) = l.accept().await.unwrap();
-            let mut conn = h2::server::Builder::new()
-                .max_concurrent_streams(2)
-                .handshake::<_, bytes::Bytes>(sock)
-                .await
-                .unwrap();
+    }
+
+    #[tokio::test]
+    async fn more_streams_than_the_server_takes_are_refused_up_front() {
+        let (addr, _server) = h2_server(2, |mut conn| async move {
             while conn.accept().await.is_some() {}
-        });
+        })
+        .await;
         let e = WatchConn::open(&addr, "/x", b"", 3, Duration::from_secs(10))
             .await
             .err()

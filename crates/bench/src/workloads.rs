@@ -253,13 +253,11 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
                 ))
             }
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + EVENT_WAIT;
         if !arrived.wait_for(watchers * (i + 1), deadline).await {
             // Late events still count below; a stall must not pass unseen.
-            *stats
-                .errors
-                .entry("watch events still missing 10 s after the put".into())
-                .or_default() += 1;
+            let e = format!("watch events still missing {EVENT_WAIT:?} after the put");
+            *stats.errors.entry(e).or_default() += 1;
         }
         progress.add(1);
     }
@@ -283,6 +281,9 @@ pub async fn watch_latency(g: &Global, a: &WatchLatencyArgs) -> Result<Stats, St
     progress.finish(a.total, elapsed);
     Ok(stats.finish(elapsed))
 }
+
+/// How long watch-latency waits for a put's events before it puts again.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
 
 /// Events received by all watchers together, and a wake-up for the put loop.
 ///

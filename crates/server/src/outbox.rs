@@ -39,17 +39,34 @@ struct State {
 }
 
 impl State {
+    /// Whether `n` more items may be queued now.
+    fn admit(&self, n: usize) -> Result<(), TrySendError<()>> {
+        if !self.receiver_alive {
+            return Err(TrySendError::Closed(()));
+        }
+        if self.items.len() + n > self.cap {
+            return Err(TrySendError::Full(()));
+        }
+        Ok(())
+    }
+
     /// Queues `item` if the receiver is there and there is room. The reader's waker comes
     /// back, to be woken once the lock is released.
     fn push(&mut self, item: Item) -> Result<Option<Waker>, TrySendError<Item>> {
-        if !self.receiver_alive {
-            return Err(TrySendError::Closed(item));
-        }
-        if self.items.len() >= self.cap {
-            return Err(TrySendError::Full(item));
+        if let Err(e) = self.admit(1) {
+            return Err(e.with(item));
         }
         self.items.push_back(item);
         Ok(self.reader.take())
+    }
+}
+
+impl TrySendError<()> {
+    fn with<T>(self, item: T) -> TrySendError<T> {
+        match self {
+            TrySendError::Full(()) => TrySendError::Full(item),
+            TrySendError::Closed(()) => TrySendError::Closed(item),
+        }
     }
 }
 
@@ -120,12 +137,7 @@ impl Sender {
     {
         let items = items.into_iter();
         let mut st = self.0.lock();
-        if !st.receiver_alive {
-            return Err(TrySendError::Closed(()));
-        }
-        if st.items.len() + items.len() > st.cap {
-            return Err(TrySendError::Full(()));
-        }
+        st.admit(items.len())?;
         st.items.extend(items);
         Ok(st.reader.take())
     }
@@ -194,7 +206,7 @@ impl Drop for Waiting<'_> {
 impl Receiver {
     /// Everything queued (appended to `out`); `Ready(false)` once the queue is empty and
     /// every sender gone.
-    pub fn poll_drain(&mut self, cx: &mut Context<'_>, out: &mut Vec<Item>) -> Poll<bool> {
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>, out: &mut impl Extend<Item>) -> Poll<bool> {
         let room = {
             let mut st = self.0.lock();
             if st.items.is_empty() {
@@ -234,7 +246,6 @@ impl Drop for Receiver {
 pub struct ReceiverStream {
     rx: Receiver,
     ready: VecDeque<Item>,
-    buf: Vec<Item>,
 }
 
 impl ReceiverStream {
@@ -242,7 +253,6 @@ impl ReceiverStream {
         ReceiverStream {
             rx,
             ready: VecDeque::new(),
-            buf: Vec::new(),
         }
     }
 }
@@ -255,13 +265,10 @@ impl tokio_stream::Stream for ReceiverStream {
         if let Some(i) = me.ready.pop_front() {
             return Poll::Ready(Some(i));
         }
-        match me.rx.poll_drain(cx, &mut me.buf) {
+        match me.rx.poll_drain(cx, &mut me.ready) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(false) => Poll::Ready(None),
-            Poll::Ready(true) => {
-                me.ready.extend(me.buf.drain(..));
-                Poll::Ready(me.ready.pop_front())
-            }
+            Poll::Ready(true) => Poll::Ready(me.ready.pop_front()),
         }
     }
 }
@@ -332,9 +339,10 @@ mod tests {
     async fn senders_waiting_for_room_are_never_forgotten() {
         // A tiny queue, senders always waiting, a reader on another thread: a room signal
         // lost between a sender's check and its wait would stall this for good.
+        const SENDERS: i64 = 2;
         let (tx, rx) = channel(1);
-        let n = 20_000;
-        let senders: Vec<_> = (0..1)
+        let n = 10_000;
+        let senders: Vec<_> = (0..SENDERS)
             .map(|s| {
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -349,7 +357,7 @@ mod tests {
         drop(tx);
         let read = async {
             let mut s = ReceiverStream::new(rx);
-            let mut last = [-1i64; 1];
+            let mut last = [-1i64; SENDERS as usize];
             let mut count = 0;
             while let Some(i) = s.next().await {
                 let v = id(i);
@@ -363,7 +371,7 @@ mod tests {
         let count = tokio::time::timeout(std::time::Duration::from_secs(30), read)
             .await
             .expect("no sender left waiting");
-        assert_eq!(count, n);
+        assert_eq!(count, SENDERS * n);
         for s in senders {
             s.await.unwrap();
         }

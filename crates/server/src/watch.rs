@@ -606,6 +606,8 @@ fn with_prev(store: Option<&Mvcc>, spec: &Spec, mut events: Vec<Event>) -> Vec<E
 mod tests {
     use super::*;
     use crate::outbox::ReceiverStream;
+    use ballast_api::ballast::internal::{raft_request, RaftRequest};
+    use ballast_api::etcdserverpb::{PutRequest, WatchCreateRequest};
     use std::task::{Context, Poll, Waker};
     use tokio_stream::{Stream, StreamExt};
 
@@ -622,8 +624,6 @@ mod tests {
             Poll::Pending => None,
         }
     }
-    use ballast_api::ballast::internal::{raft_request, RaftRequest};
-    use ballast_api::etcdserverpb::{PutRequest, WatchCreateRequest};
 
     fn put(index: u64, key: &str) -> (u64, Option<RaftRequest>) {
         let req = PutRequest {
