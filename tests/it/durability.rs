@@ -195,10 +195,11 @@ async fn a_commit_index_alone_is_not_fsynced() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let synced = wal_fsyncs(&c) - before;
-    // One per member per put, and a few to spare for a follower that gets two puts' entries
-    // in separate appends; syncing commit indexes too made it about twice that.
+    // About one per member per put. The leader and the follower that makes its quorum sync
+    // every put; the other follower may get two puts' entries in one append (one sync fewer)
+    // or one put's in two (one more). Syncing commit indexes too made it about twice that.
     assert!(
-        (puts * 3..=puts * 3 + puts / 2).contains(&synced),
+        (puts * 2..=puts * 3 + puts / 2).contains(&synced),
         "{synced} WAL fsyncs for {puts} puts on 3 members"
     );
     drop(client);
