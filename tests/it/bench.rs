@@ -83,6 +83,10 @@ fn bench_reports_parse_against_ballast_and_etcd() {
             assert_eq!(code, 0, "{kind:?} {args:?}: {err}");
             let (rps, n) = parse_report(&out);
             assert!(rps > 0.0, "{kind:?} {args:?}:\n{out}");
+            assert!(
+                !out.contains("Error distribution"),
+                "{kind:?} {args:?}:\n{out}"
+            );
             let total: usize = args
                 .iter()
                 .find_map(|a| a.strip_prefix("--total="))
@@ -108,6 +112,10 @@ fn bench_reports_parse_against_ballast_and_etcd() {
             .parse()
             .unwrap();
         assert_eq!(reads + writes, 40, "{out}");
+        assert!(
+            !out.contains("Error distribution"),
+            "{kind:?} txn-mixed:\n{out}"
+        );
         let (out, err, code) = bench(&[
             &ep,
             "watch-get",

@@ -486,9 +486,10 @@ pub async fn txn_mixed(g: &Global, a: &TxnMixedArgs) -> Result<(Stats, Stats), S
         let read = rand::thread_rng().gen_bool(a2.rw_ratio / (1.0 + a2.rw_ratio));
         let op = if read {
             // etcd's tool asks for the prefix of "" (every key), limited; its --end-key is
-            // overridden by that prefix, so it changes nothing here either.
+            // overridden by that prefix, so it changes nothing here either. Its client spells
+            // that prefix as key "\0", end "\0": an empty key is refused by the server.
             OpRequest::RequestRange(RangeRequest {
-                key: vec![],
+                key: vec![0],
                 range_end: vec![0],
                 limit: a2.limit,
                 serializable,
