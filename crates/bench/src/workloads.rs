@@ -449,7 +449,7 @@ mod tests {
             events: vec![ev(10), ev(12)],
             ..Default::default()
         };
-        let lite = EventRevisions::decode(full.encode_to_vec().as_slice()).unwrap_or_default();
+        let lite = EventRevisions::decode(full.encode_to_vec().as_slice()).unwrap();
         let revs: Vec<i64> = lite
             .events
             .iter()
