@@ -12,36 +12,22 @@
 
 use std::time::{Duration, Instant};
 
+use ballast_net::http2::flag::{ACK, END_HEADERS, END_STREAM, PADDED};
+use ballast_net::http2::frame::{DATA, GOAWAY, HEADERS, PING, RST_STREAM, SETTINGS, WINDOW_UPDATE};
+use ballast_net::http2::setting::{
+    ENABLE_PUSH as SETTINGS_ENABLE_PUSH, INITIAL_WINDOW_SIZE as SETTINGS_INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS as SETTINGS_MAX_CONCURRENT_STREAMS,
+};
+use ballast_net::http2::{self, DEFAULT_WINDOW, FRAME_HEADER, PREFACE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
 /// The largest frame a server may send us: HTTP/2's default, which we never raise.
-const MAX_FRAME: usize = 16_384;
-
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-
-const SETTINGS_ENABLE_PUSH: u16 = 2;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 3;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
+const MAX_FRAME: usize = http2::DEFAULT_MAX_FRAME;
 
 /// HTTP/2's largest window, for the connection and every stream: the server never waits on
 /// the client, and a top-up is due only every [`TOP_UP`] bytes.
-const WINDOW: u32 = (1 << 31) - 1;
-/// The window every connection starts with, before SETTINGS or WINDOW_UPDATE change it.
-const DEFAULT_WINDOW: u32 = 65_535;
+const WINDOW: u32 = http2::MAX_WINDOW;
 const TOP_UP: u32 = 1 << 24;
 
 /// One connection's watch streams.
@@ -209,18 +195,16 @@ impl WatchConn {
         let mut at = 0;
         let buf = std::mem::take(&mut self.buf);
         let res = loop {
-            let Some(h) = buf.get(at..at + FRAME_HEADER) else {
+            let Some((len, ty, flags, id)) = http2::parse_frame_header(&buf[at..]) else {
                 break Ok(at);
             };
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
             if len > MAX_FRAME {
                 break Err(format!("frame of {len} bytes (limit {MAX_FRAME})"));
             }
             let Some(payload) = buf.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
                 break Ok(at);
             };
-            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            if let Err(e) = self.frame(h[3], h[4], id, payload, now, on_msg) {
+            if let Err(e) = self.frame(ty, flags, id, payload, now, on_msg) {
                 break Err(e);
             }
             at += FRAME_HEADER + len;
@@ -365,11 +349,7 @@ fn give_back(out: &mut Vec<u8>, id: u32, unacked: &mut u32, len: u32) {
 
 fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, id: u32, payload: &[u8]) {
     debug_assert!(payload.len() <= MAX_FRAME);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(ty);
-    out.push(flags);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(payload);
+    http2::push_frame(out, ty, flags, id, payload);
 }
 
 fn grpc_message(msg: &[u8]) -> Vec<u8> {

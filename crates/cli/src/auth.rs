@@ -7,6 +7,7 @@ use std::time::Duration;
 use ballast_api::authpb::{permission::Type as PermType, Permission, UserAddOptions};
 use ballast_api::etcdserverpb::auth_client::AuthClient;
 use ballast_api::etcdserverpb::*;
+use ballast_net::keys::prefix_end;
 use base64::Engine;
 use clap::Subcommand;
 use serde_json::{Map, Value};
@@ -459,24 +460,12 @@ pub async fn user(cli: &Cli, p: &Printer, t: Duration, cmd: &UserCmd) -> Result<
     }
 }
 
-/// etcd's prefix end: the key with its last byte below 0xff incremented, `"\0"` if none.
-fn prefix_end(key: &str) -> Vec<u8> {
-    let mut end = key.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// The range end `--prefix`/`--from-key` or an explicit end key give a permission.
 fn perm_range_end(args: &[String], prefix: bool, from_key: bool) -> Result<Vec<u8>, Failure> {
     match args {
         [key] => match (prefix, from_key) {
             (true, true) => Err(bad("--from-key and --prefix flags are mutually exclusive")),
-            (true, false) => Ok(prefix_end(key)),
+            (true, false) => Ok(prefix_end(key.as_bytes())),
             (false, true) => Ok(vec![0]),
             (false, false) => Ok(vec![]),
         },
@@ -535,7 +524,7 @@ fn print_role(p: &Printer, name: &str, r: &AuthRoleGetResponse) -> Result<(), Fa
                 } else {
                     format!("\t[{key}, {end})")
                 };
-                if prefix_end(&String::from_utf8_lossy(&x.key)) == x.range_end {
+                if prefix_end(&x.key) == x.range_end {
                     s.push_str(&format!(" (prefix {key})"));
                 }
                 s

@@ -8,6 +8,7 @@ mod concurrency;
 mod lease;
 mod member;
 mod output;
+mod restore;
 mod snapshot;
 mod tls;
 mod txn;
@@ -22,6 +23,7 @@ use ballast_api::etcdserverpb::{
     range_request::SortTarget, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
     HashKvRequest, PutRequest, RangeRequest, StatusRequest,
 };
+use ballast_net::keys::prefix_end;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{table, Format, Printer};
 use tonic::transport::Channel;
@@ -378,17 +380,6 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// `--prefix` and `--from-key` as etcdctl applies them; an empty key means every key.
 fn widen(key: &mut Vec<u8>, end: &mut Vec<u8>, prefix: bool, from_key: bool) {
     if (prefix || from_key) && key.is_empty() {
@@ -551,10 +542,10 @@ async fn dial(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
         None => (tls.configured(), endpoint),
     };
     if secure {
-        let (host, port) = ballast_server::tls::host_port(hostport)
+        let (host, port) = ballast_net::tls::host_port(hostport)
             .ok_or_else(|| Failure::Other(format!("bad endpoint {endpoint:?}")))?;
         let cfg = tls::client_config(&tls).map_err(Failure::Other)?;
-        return ballast_server::tls::connect(host, port, std::sync::Arc::new(cfg), dial)
+        return ballast_net::tls::connect(host, port, std::sync::Arc::new(cfg), dial)
             .await
             .map_err(|_| Failure::Other("context deadline exceeded".into()));
     }
@@ -965,7 +956,7 @@ fn retry_warning(cli: &Cli, s: &tonic::Status) {
     "msg": "retrying of unary invoker failed",
     "target": format!("endpoint://client-{}/{ep}", client_uuid()),
     "attempt": 0,
-    "error": ballast_server::metrics::go_error_text(s),
+    "error": ballast_net::go::error_text(s),
     });
     eprintln!("{line}");
 }
@@ -973,7 +964,7 @@ fn retry_warning(cli: &Cli, s: &tonic::Status) {
 /// zap's ISO-8601 UTC timestamp with milliseconds, as etcdctl's client log prints it.
 fn zap_timestamp(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, day, h, mi, s) = ballast_server::backup::utc_civil(d.as_secs());
+    let (y, mo, day, h, mi, s) = ballast_net::time::utc_civil(d.as_secs());
     format!(
         "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
         d.subsec_millis()

@@ -7,9 +7,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::restore::{restore, RestoreArgs};
 use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use ballast_api::etcdserverpb::SnapshotRequest;
-use ballast_server::restore::{restore, RestoreArgs};
 use ballast_state::snapfile::{self, HASH_LEN};
 use sha2::{Digest, Sha256};
 

@@ -1,10 +1,10 @@
 //! etcdctl's client TLS: `--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`,
 //! `--insecure-transport`. An `https://` endpoint, or any of the certificate flags, means TLS
-//! (trusting `--cacert`). The connection itself is `ballast_server::tls::connect`.
+//! (trusting `--cacert`). The connection itself is `ballast_net::tls::connect`.
 
 use std::path::Path;
 
-use ballast_server::tls::Trust;
+use ballast_net::tls::Trust;
 use rustls::ClientConfig;
 
 /// The TLS flags of a ballastctl invocation.
@@ -38,5 +38,5 @@ pub fn client_config(t: &ClientTls) -> Result<ClientConfig, String> {
     };
     let identity =
         (!t.cert.is_empty() && !t.key.is_empty()).then(|| (Path::new(&t.cert), Path::new(&t.key)));
-    ballast_server::tls::client_config(trust, identity)
+    ballast_net::tls::client_config(trust, identity)
 }

@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ballast_net::peer::{self, Handshake, Kind, HANDSHAKE_LEN};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const HANDSHAKE_LEN: usize = 32;
-const MAGIC_MESSAGES: &[u8] = b"BALLAST1";
 /// Larger frames are not Ballast's; the connection is cut.
 const MAX_FRAME: usize = 64 << 20;
 /// Frames held back for a delay, per connection; beyond this they are dropped (loss).
@@ -91,21 +90,20 @@ async fn serve(
     net: Arc<Net>,
 ) -> std::io::Result<()> {
     let _ = down.set_nodelay(true);
-    let mut hs = [0u8; HANDSHAKE_LEN];
-    down.read_exact(&mut hs).await?;
-    let word = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&hs[8 + i * 8..16 + i * 8]);
-        u64::from_le_bytes(b)
+    let mut raw = [0u8; HANDSHAKE_LEN];
+    down.read_exact(&mut raw).await?;
+    // Not a member's greeting: nothing to forward.
+    let Some(hs) = Handshake::decode(&raw) else {
+        return Ok(());
     };
-    let (from, to) = (word(1), word(2));
+    let (from, to) = (hs.from, hs.to);
     if net.link(from, to).blocked {
         return Ok(());
     }
     let mut up = TcpStream::connect(upstream).await?;
     let _ = up.set_nodelay(true);
-    up.write_all(&hs).await?;
-    if &hs[..8] == MAGIC_MESSAGES {
+    up.write_all(&raw).await?;
+    if hs.kind == Kind::Messages {
         let (up_r, up_w) = up.into_split();
         let (down_r, down_w) = down.into_split();
         // Nothing flows back on a message connection, but a close must still propagate.
@@ -142,17 +140,17 @@ async fn forward_frames(
         let _ = up.shutdown().await;
     });
     loop {
-        let mut head = [0u8; 8];
+        let mut head = [0u8; peer::FRAME_HEADER_LEN];
         if down.read_exact(&mut head).await.is_err() {
             break;
         }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let (len, _) = peer::parse_frame_head(&head);
         if len > MAX_FRAME {
             break;
         }
-        let mut buf = vec![0u8; 8 + len];
-        buf[..8].copy_from_slice(&head);
-        if down.read_exact(&mut buf[8..]).await.is_err() {
+        let mut buf = vec![0u8; head.len() + len];
+        buf[..head.len()].copy_from_slice(&head);
+        if down.read_exact(&mut buf[head.len()..]).await.is_err() {
             break;
         }
         let link = net.link(from, to);

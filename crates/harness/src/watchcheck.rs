@@ -15,6 +15,7 @@ use ballast_api::etcdserverpb::{
     RangeRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use ballast_api::mvccpb::event::EventType;
+use ballast_net::keys::prefix_end;
 use tonic::transport::Channel;
 
 use crate::workload::Endpoints;
@@ -55,14 +56,6 @@ impl WatchLog {
             })
             .unwrap_or(self.start - 1)
     }
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
 }
 
 /// Watches `prefix` from `start` (0: from now), resuming elsewhere after failures, until

@@ -3,13 +3,11 @@
 //! Architecture invariant: entries are opaque bytes. This crate never decodes a client
 //! request; it orders them, makes them durable and hands committed ones to the applier.
 
-mod cn;
 mod driver;
 mod log;
 mod logger;
 mod store;
 mod transport;
 
-pub use cn::subject_cn;
 pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
 pub use transport::{fetch_membership, PeerTls, Transport};

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use ballast_storage::stats::Histogram;
 
+use ballast_net::peer::{self, frame_head, parse_frame_head, Handshake, Kind, HANDSHAKE_LEN};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -30,18 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-const MAGIC: &[u8; 8] = b"BALLAST1";
-/// A snapshot stream.
-const MAGIC_SNAPSHOT: &[u8; 8] = b"BALLASTS";
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// A one-shot membership query a joining member sends before it has an identity: the answer
-/// is one frame holding whatever [`Transport::set_membership`] provides.
-const MAGIC_MEMBERS: &[u8; 8] = b"BALLASTM";
-/// A member's one-shot question to another (after the usual handshake): one request frame,
-/// one answer frame from [`Transport::set_query`]. Members ask each other over the peer port,
-/// which client auth does not guard (etcd's peer HTTP endpoints likewise).
-const MAGIC_QUERY: &[u8; 8] = b"BALLASTQ";
-const HANDSHAKE_LEN: usize = 8 + 8 * 3;
 /// Messages waiting for one peer; beyond this they are dropped (raft tolerates loss).
 const PEER_QUEUE: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -229,7 +219,7 @@ impl Transport {
         let inner = self.inner.clone();
         let body = body.to_vec();
         tokio::time::timeout(timeout, async move {
-            let mut conn = dial(&inner, to, &urls, MAGIC_QUERY).await?;
+            let mut conn = dial(&inner, to, &urls, Kind::Query).await?;
             conn.write_all(&frame(&body)).await.ok()?;
             conn.flush().await.ok()?;
             read_frame(conn.get_mut(), inner.max_frame).await.ok()
@@ -339,7 +329,7 @@ impl Transport {
                                                 .1
                                                 .peer_certificates()
                                                 .and_then(|c| c.first())
-                                                .and_then(|c| crate::cn::subject_cn(c));
+                                                .and_then(|c| ballast_net::cn::subject_cn(c));
                                             if got.as_deref() != Some(want.as_str()) {
                                                 tracing::warn!(
                                                     remote = %addr,
@@ -378,16 +368,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `len u32 LE | crc32c u32 LE` for a frame body.
-fn frame_head(body: &[u8]) -> [u8; 8] {
-    let mut head = [0u8; 8];
-    head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    head[4..].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    head
-}
-
 fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(8 + body.len());
+    let mut f = Vec::with_capacity(peer::FRAME_HEADER_LEN + body.len());
     f.extend_from_slice(&frame_head(body));
     f.extend_from_slice(body);
     f
@@ -397,7 +379,7 @@ async fn stream_snapshot(inner: &Arc<Inner>, m: &Message, urls: &[String]) -> Re
     let source = lock(&inner.snapshot_source)
         .clone()
         .ok_or("no snapshot source")?;
-    let mut conn = dial(inner, m.to, urls, MAGIC_SNAPSHOT)
+    let mut conn = dial(inner, m.to, urls, Kind::Snapshot)
         .await
         .ok_or("peer unreachable")?;
     let body = m.write_to_bytes().map_err(|e| e.to_string())?;
@@ -495,10 +477,9 @@ async fn read_frame(
     stream: &mut (impl AsyncReadExt + Unpin),
     max: usize,
 ) -> Result<Vec<u8>, StreamError> {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; peer::FRAME_HEADER_LEN];
     stream.read_exact(&mut head).await?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let (len, crc) = parse_frame_head(&head);
     if len > max {
         return Err(StreamError::TooLarge(len));
     }
@@ -515,7 +496,14 @@ fn host_port(url: &str) -> Option<&str> {
     rest.split('/').next().filter(|h| !h.is_empty())
 }
 
-async fn dial(inner: &Inner, to: u64, urls: &[String], magic: &[u8; 8]) -> Option<BufWriter<Conn>> {
+async fn dial(inner: &Inner, to: u64, urls: &[String], kind: Kind) -> Option<BufWriter<Conn>> {
+    let hs = Handshake {
+        kind,
+        cluster: inner.cluster_id,
+        from: inner.member_id,
+        to,
+    }
+    .encode();
     for url in urls {
         let Some(addr) = host_port(url) else {
             continue;
@@ -525,11 +513,6 @@ async fn dial(inner: &Inner, to: u64, urls: &[String], magic: &[u8; 8]) -> Optio
             continue;
         };
         let mut w = BufWriter::with_capacity(64 * 1024, stream);
-        let mut hs = Vec::with_capacity(HANDSHAKE_LEN);
-        hs.extend_from_slice(magic);
-        hs.extend_from_slice(&inner.cluster_id.to_le_bytes());
-        hs.extend_from_slice(&inner.member_id.to_le_bytes());
-        hs.extend_from_slice(&to.to_le_bytes());
         if w.write_all(&hs).await.is_ok() {
             return Some(w);
         }
@@ -545,7 +528,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
     let stats = inner.stats(to);
     while let Some(first) = rx.recv().await {
         if conn.is_none() {
-            conn = dial(&inner, to, &urls, MAGIC).await;
+            conn = dial(&inner, to, &urls, Kind::Messages).await;
             if conn.is_none() {
                 if !reported {
                     tracing::warn!(peer = %format!("{to:x}"), "peer unreachable");
@@ -615,21 +598,16 @@ enum StreamError {
 async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> {
     let mut hs = [0u8; HANDSHAKE_LEN];
     stream.read_exact(&mut hs).await?;
-    let word = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&hs[8 + i * 8..16 + i * 8]);
-        u64::from_le_bytes(b)
+    let Some(hs) = Handshake::decode(&hs) else {
+        return Err(StreamError::Handshake("not a ballast peer".into()));
     };
-    if &hs[..8] == MAGIC_MEMBERS {
+    if hs.kind == Kind::Members {
         let f = lock(&inner.membership).clone();
         let body = f.map(|f| f()).unwrap_or_default();
         stream.write_all(&frame(&body)).await?;
         return Ok(());
     }
-    if &hs[..8] != MAGIC && &hs[..8] != MAGIC_SNAPSHOT && &hs[..8] != MAGIC_QUERY {
-        return Err(StreamError::Handshake("not a ballast peer".into()));
-    }
-    let (cluster, from, to) = (word(0), word(1), word(2));
+    let (cluster, from, to) = (hs.cluster, hs.from, hs.to);
     if cluster != inner.cluster_id || to != inner.member_id {
         tracing::warn!(
             remote_member = %format!("{from:x}"),
@@ -641,10 +619,10 @@ async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> 
             "cluster or member ID mismatch".into(),
         ));
     }
-    if &hs[..8] == MAGIC_SNAPSHOT {
+    if hs.kind == Kind::Snapshot {
         return receive_snapshot(&inner, stream, from).await;
     }
-    if &hs[..8] == MAGIC_QUERY {
+    if hs.kind == Kind::Query {
         let body = read_frame(&mut stream, inner.max_frame).await?;
         let f = lock(&inner.query).clone().ok_or(StreamError::Closed)?;
         let answer = tokio::task::spawn_blocking(move || f(&body))
@@ -715,14 +693,17 @@ pub fn fetch_membership(
                     Box::new(rustls::StreamOwned::new(conn, tcp))
                 }
             };
-            let mut hs = MAGIC_MEMBERS.to_vec();
-            hs.resize(HANDSHAKE_LEN, 0);
-            let mut head = [0u8; 8];
-            if s.write_all(&hs).is_err() || s.read_exact(&mut head).is_err() {
+            let hs = Handshake {
+                kind: Kind::Members,
+                cluster: 0,
+                from: 0,
+                to: 0,
+            };
+            let mut head = [0u8; peer::FRAME_HEADER_LEN];
+            if s.write_all(&hs.encode()).is_err() || s.read_exact(&mut head).is_err() {
                 continue;
             }
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let (len, crc) = parse_frame_head(&head);
             if len > max || len == 0 {
                 continue;
             }
@@ -802,11 +783,13 @@ mod tests {
             [4u32.to_le_bytes(), 1u32.to_le_bytes(), *b"abcd"].concat(),
         ] {
             let mut s = TcpStream::connect(addr).await.unwrap();
-            let mut hs = MAGIC.to_vec();
-            for w in [9u64, 1, 2] {
-                hs.extend_from_slice(&w.to_le_bytes());
-            }
-            s.write_all(&hs).await.unwrap();
+            let hs = Handshake {
+                kind: Kind::Messages,
+                cluster: 9,
+                from: 1,
+                to: 2,
+            };
+            s.write_all(&hs.encode()).await.unwrap();
             s.write_all(&frame).await.unwrap();
             let mut buf = [0u8; 1];
             // The receiver closes the connection rather than allocate or step anything.

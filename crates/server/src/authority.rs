@@ -14,17 +14,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use ballast_net::http2::{self, flag, frame, push_frame, FRAME_HEADER, PREFACE};
+
 use crate::coalesce::Coalesce;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
-const TYPE_HEADERS: u8 = 0x1;
-const TYPE_CONTINUATION: u8 = 0x9;
-const FLAG_END_HEADERS: u8 = 0x4;
-const FLAG_PADDED: u8 = 0x8;
-const FLAG_PRIORITY: u8 = 0x20;
 /// Frames we emit stay within HTTP/2's default maximum frame size.
-const MAX_OUT_FRAME: usize = 16_384;
+const MAX_OUT_FRAME: usize = http2::DEFAULT_MAX_FRAME;
 /// Header blocks larger than this are not ours to fix: pass them on for HTTP/2 to judge.
 const MAX_BLOCK: usize = 1 << 20;
 
@@ -113,22 +108,19 @@ impl<T> FixAuthority<T> {
 
     /// Handles one complete frame from `input`; false when none is complete yet.
     fn next_frame(&mut self) -> bool {
-        if self.input.len() < FRAME_HEADER {
+        let Some((len, kind, flags, stream)) = http2::parse_frame_header(&self.input) else {
             return false;
-        }
-        let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]]) as usize;
+        };
         if self.input.len() < FRAME_HEADER + len {
             return false;
         }
-        let frame: Vec<u8> = self.input.drain(..FRAME_HEADER + len).collect();
-        let (kind, flags) = (frame[3], frame[4]);
-        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
-        let payload = &frame[FRAME_HEADER..];
+        let bytes: Vec<u8> = self.input.drain(..FRAME_HEADER + len).collect();
+        let payload = &bytes[FRAME_HEADER..];
         match kind {
-            TYPE_HEADERS => {
+            frame::HEADERS => {
                 self.flush_block_raw();
                 let Some((priority, fragment)) = split_headers_payload(flags, payload) else {
-                    self.output.extend_from_slice(&frame);
+                    self.output.extend_from_slice(&bytes);
                     return true;
                 };
                 self.block = Some(Block {
@@ -136,26 +128,26 @@ impl<T> FixAuthority<T> {
                     flags,
                     priority,
                     fragment,
-                    raw: frame.clone(),
+                    raw: bytes.clone(),
                 });
             }
-            TYPE_CONTINUATION if self.block.as_ref().is_some_and(|b| b.stream == stream) => {
+            frame::CONTINUATION if self.block.as_ref().is_some_and(|b| b.stream == stream) => {
                 if let Some(b) = self.block.as_mut() {
                     b.fragment.extend_from_slice(payload);
-                    b.raw.extend_from_slice(&frame);
-                    b.flags |= flags & FLAG_END_HEADERS;
+                    b.raw.extend_from_slice(&bytes);
+                    b.flags |= flags & flag::END_HEADERS;
                 }
             }
             _ => {
                 self.flush_block_raw();
-                self.output.extend_from_slice(&frame);
+                self.output.extend_from_slice(&bytes);
                 return true;
             }
         }
         let complete = self
             .block
             .as_ref()
-            .is_some_and(|b| b.flags & FLAG_END_HEADERS != 0 || b.fragment.len() > MAX_BLOCK);
+            .is_some_and(|b| b.flags & flag::END_HEADERS != 0 || b.fragment.len() > MAX_BLOCK);
         if complete {
             if let Some(b) = self.block.take() {
                 self.finish_block(b);
@@ -210,15 +202,19 @@ impl<T> FixAuthority<T> {
         }
         let block = enc.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
         let mut first = b.priority;
-        let flags = b.flags & !(FLAG_PADDED | FLAG_END_HEADERS);
+        let flags = b.flags & !(flag::PADDED | flag::END_HEADERS);
         let mut rest: &[u8] = &block;
         let take = rest.len().min(MAX_OUT_FRAME - first.len());
         first.extend_from_slice(&rest[..take]);
         rest = &rest[take..];
-        let end = if rest.is_empty() { FLAG_END_HEADERS } else { 0 };
+        let end = if rest.is_empty() {
+            flag::END_HEADERS
+        } else {
+            0
+        };
         push_frame(
             &mut self.output,
-            TYPE_HEADERS,
+            frame::HEADERS,
             flags | end,
             b.stream,
             &first,
@@ -226,13 +222,13 @@ impl<T> FixAuthority<T> {
         while !rest.is_empty() {
             let take = rest.len().min(MAX_OUT_FRAME);
             let end = if take == rest.len() {
-                FLAG_END_HEADERS
+                flag::END_HEADERS
             } else {
                 0
             };
             push_frame(
                 &mut self.output,
-                TYPE_CONTINUATION,
+                frame::CONTINUATION,
                 end,
                 b.stream,
                 &rest[..take],
@@ -254,26 +250,17 @@ fn fixed_authority(v: &[u8]) -> Option<Vec<u8>> {
 fn split_headers_payload(flags: u8, payload: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut p = payload;
     let mut pad = 0usize;
-    if flags & FLAG_PADDED != 0 {
+    if flags & flag::PADDED != 0 {
         pad = *p.first()? as usize;
         p = &p[1..];
     }
     let mut priority = Vec::new();
-    if flags & FLAG_PRIORITY != 0 {
+    if flags & flag::PRIORITY != 0 {
         priority = p.get(..5)?.to_vec();
         p = &p[5..];
     }
     let end = p.len().checked_sub(pad)?;
     Some((priority, p[..end].to_vec()))
-}
-
-fn push_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for FixAuthority<T> {
@@ -383,7 +370,7 @@ mod tests {
 
     fn headers_frame(stream: u32, block: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
-        push_frame(&mut f, TYPE_HEADERS, FLAG_END_HEADERS, stream, block);
+        push_frame(&mut f, frame::HEADERS, flag::END_HEADERS, stream, block);
         f
     }
 
@@ -421,15 +408,15 @@ mod tests {
         let mut seen = Vec::new();
         while !rest.is_empty() {
             let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
-            let (frame, tail) = rest.split_at(FRAME_HEADER + len);
-            if frame[3] == TYPE_HEADERS {
-                for (n, v) in server.decode(&frame[FRAME_HEADER..]).unwrap() {
+            let (f, tail) = rest.split_at(FRAME_HEADER + len);
+            if f[3] == frame::HEADERS {
+                for (n, v) in server.decode(&f[FRAME_HEADER..]).unwrap() {
                     if n == b":authority" || n == b":path" {
                         seen.push(String::from_utf8(v).unwrap());
                     }
                 }
             } else {
-                assert_eq!(frame, [0, 0, 1, 0, 0, 0, 0, 0, 1, 7]);
+                assert_eq!(f, [0, 0, 1, 0, 0, 0, 0, 0, 1, 7]);
             }
             rest = tail;
         }

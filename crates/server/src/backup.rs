@@ -24,25 +24,9 @@ pub struct BackupStats {
 const PREFIX: &str = "ballast-";
 const SUFFIX: &str = ".db";
 
-/// The UTC calendar date and time of a Unix time: (year, month, day, hour, minute, second),
-/// by Howard Hinnant's civil-from-days algorithm.
-pub fn utc_civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// `YYYYMMDDTHHMMSSZ` for a Unix time.
 fn utc_stamp(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc_civil(secs);
+    let (y, mo, d, h, mi, s) = ballast_net::time::utc_civil(secs);
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 

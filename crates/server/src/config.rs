@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ballast_net::urls::{
+    check_local_member, parse_initial_cluster, parse_url, split_urls, FlagError,
+};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -17,17 +20,11 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 pub enum ConfigError {
     #[error("{0}")]
     Flags(String),
-    #[error("invalid value {value:?} for {flag}: {reason}")]
-    Invalid {
-        flag: &'static str,
-        value: String,
-        reason: String,
-    },
-    /// A message etcd prints word for word.
-    #[error("{0}")]
-    Etcd(String),
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
+    /// A flag's value refused (in etcd's words where etcd has them).
+    #[error(transparent)]
+    Flag(#[from] FlagError),
 }
 
 /// etcd's server flags, with `ETCD_*` environment fallbacks.
@@ -520,7 +517,7 @@ fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, Config
             Ok(n) if n > 0 => Ok(AutoCompaction::Revision(n)),
             _ => Err(bad("must be a number of revisions")),
         },
-        other => Err(ConfigError::Etcd(format!(
+        other => Err(etcd_error(format!(
             "unknown auto-compaction-mode {other:?}"
         ))),
     }
@@ -540,47 +537,16 @@ fn simple_duration(s: &str) -> Option<Duration> {
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+    ConfigError::Flag(FlagError::Invalid {
         flag,
         value: value.to_string(),
         reason: reason.into(),
-    }
+    })
 }
 
-fn split_urls(flag: &'static str, s: &str) -> Result<Vec<String>, ConfigError> {
-    let urls: Vec<String> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(String::from)
-        .collect();
-    if urls.is_empty() {
-        return Err(invalid(flag, s, "no URL given"));
-    }
-    for u in &urls {
-        parse_url(flag, u)?;
-    }
-    Ok(urls)
-}
-
-/// Splits `scheme://host:port[/]` into its parts; etcd accepts only http and https here.
-fn parse_url(flag: &'static str, u: &str) -> Result<(String, u16), ConfigError> {
-    let rest = u
-        .strip_prefix("http://")
-        .or_else(|| u.strip_prefix("https://"))
-        .ok_or_else(|| invalid(flag, u, "URL scheme must be http or https"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(flag, u, "URL must include a port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| invalid(flag, u, "port is not a number"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(invalid(flag, u, "URL has no host"));
-    }
-    Ok((host.to_string(), port))
+/// A message etcd prints word for word.
+fn etcd_error(msg: String) -> ConfigError {
+    ConfigError::Flag(FlagError::Etcd(msg))
 }
 
 fn listen_addr(flag: &'static str, u: &str) -> Result<SocketAddr, ConfigError> {
@@ -598,24 +564,6 @@ fn listen_addr(flag: &'static str, u: &str) -> Result<SocketAddr, ConfigError> {
         )
     })?;
     Ok(SocketAddr::new(ip, port))
-}
-
-fn parse_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, url) = part
-            .split_once('=')
-            .ok_or_else(|| invalid("--initial-cluster", s, format!("{part:?} is not name=url")))?;
-        parse_url("--initial-cluster", url)?;
-        match out.iter_mut().find(|(n, _)| n == name) {
-            Some((_, urls)) => urls.push(url.to_string()),
-            None => out.push((name.to_string(), vec![url.to_string()])),
-        }
-    }
-    if out.is_empty() {
-        return Err(invalid("--initial-cluster", s, "no members given"));
-    }
-    Ok(out)
 }
 
 fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
@@ -755,7 +703,7 @@ impl Config {
             let addr = listen_addr("--listen-client-urls", u)?;
             if u.starts_with("https://") {
                 if !has_cert && !f.auto_tls {
-                    return Err(ConfigError::Etcd(format!(
+                    return Err(etcd_error(format!(
                         "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
                     )));
                 }
@@ -782,7 +730,7 @@ impl Config {
             max_version: f.tls_max_version.clone(),
         });
         if let Some(t) = &client_tls {
-            crate::tls::validate(t).map_err(|e| ConfigError::Etcd(e.to_string()))?;
+            crate::tls::validate(t).map_err(|e| etcd_error(e.to_string()))?;
         }
         if f.client_cert_auth && f.trusted_ca_file.is_empty() && has_cert {
             return Err(invalid(
@@ -810,7 +758,7 @@ impl Config {
         let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
         if let Some(u) = peer_urls.iter().find(|u| u.starts_with("https://")) {
             if !peer_has_cert && !f.peer_auto_tls {
-                return Err(ConfigError::Etcd(format!(
+                return Err(etcd_error(format!(
                     "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
                 )));
             }
@@ -839,35 +787,10 @@ impl Config {
             &f.initial_advertise_peer_urls,
         )?;
         let initial_cluster = match &f.initial_cluster {
-            Some(s) => parse_cluster(s)?,
+            Some(s) => parse_initial_cluster(s)?,
             None => vec![(f.name.clone(), advertise_peer_urls.clone())],
         };
-        // etcd's own words, which etcd and etcdctl's restore both print.
-        match initial_cluster.iter().find(|(n, _)| *n == f.name) {
-            None => {
-                return Err(ConfigError::Etcd(format!(
-                    "couldn't find local name {:?} in the initial cluster configuration",
-                    f.name
-                )))
-            }
-            Some((_, urls)) => {
-                let mut a = urls.clone();
-                let mut b = advertise_peer_urls.clone();
-                a.sort();
-                b.sort();
-                if a != b {
-                    return Err(ConfigError::Etcd(format!(
-                        "--initial-cluster has {}={} but missing from \
-                         --initial-advertise-peer-urls={} (resolved urls: {:?} != {:?})",
-                        f.name,
-                        a.join(","),
-                        b.join(","),
-                        b.join(","),
-                        a.join(",")
-                    )));
-                }
-            }
-        }
+        check_local_member(&f.name, &initial_cluster, &advertise_peer_urls)?;
         let new_cluster = match f.initial_cluster_state.as_str() {
             "new" => true,
             "existing" => false,

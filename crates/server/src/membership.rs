@@ -7,17 +7,14 @@
 
 use std::time::Duration;
 
-use ballast_api::ballast::internal::{
-    member_change::Kind, raft_request, MemberChange, RaftRequest,
-};
+use ballast_api::ballast::internal::{member_change::Kind, raft_request, MemberChange};
 use ballast_api::etcdserverpb::{Member, MemberListResponse, ResponseHeader};
+use ballast_net::ids;
 use ballast_raft::ConfKind;
 use ballast_state::Applied;
 use prost::Message;
-use sha1::{Digest, Sha1};
 
 use crate::config::Config;
-use crate::ids;
 use crate::server::{EtcdServer, ServerError};
 
 /// How this member learns its identity and the first configuration.
@@ -36,51 +33,20 @@ fn sorted(urls: &[String]) -> Vec<String> {
     v
 }
 
-/// The change that adds `m`, as the context of its configuration entry.
-fn add_context(m: Member) -> Vec<u8> {
-    RaftRequest {
-        id: 0,
-        request: Some(raft_request::Request::MemberChange(MemberChange {
-            kind: Kind::Add as i32,
-            member: Some(m),
-        })),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
 /// Resolves identity for a first start. (Restarts read it back from the log instead.)
 pub fn startup(cfg: &Config) -> Result<Startup, ServerError> {
     let token = &cfg.initial_cluster_token;
     let member_id = ids::member_id(&cfg.advertise_peer_urls, token);
-    let initial: Vec<(u64, &String, &Vec<String>)> = cfg
-        .initial_cluster
-        .iter()
-        .map(|(name, urls)| (ids::member_id(urls, token), name, urls))
-        .collect();
+    let initial = ids::initial_members(&cfg.initial_cluster, token);
     let peers: Vec<(u64, Vec<String>)> = initial
         .iter()
-        .map(|(id, _, urls)| (*id, (*urls).clone()))
+        .map(|(id, _, urls)| (*id, urls.clone()))
         .collect();
     if cfg.new_cluster {
-        let ids: Vec<u64> = initial.iter().map(|(id, _, _)| *id).collect();
-        let bootstrap = initial
-            .iter()
-            .map(|(id, name, urls)| {
-                let m = Member {
-                    id: *id,
-                    name: (*name).clone(),
-                    peer_ur_ls: (*urls).clone(),
-                    client_ur_ls: vec![],
-                    is_learner: false,
-                };
-                (*id, add_context(m))
-            })
-            .collect();
         return Ok(Startup {
             member_id,
-            cluster_id: ids::cluster_id(&ids),
-            bootstrap,
+            cluster_id: ids::cluster_id(&initial.iter().map(|m| m.0).collect::<Vec<_>>()),
+            bootstrap: ballast_state::members::bootstrap(&initial),
             peers,
         });
     }
@@ -126,20 +92,13 @@ pub fn startup(cfg: &Config) -> Result<Startup, ServerError> {
     })
 }
 
-/// A new member's id, as etcd makes one: a hash of its peer URLs, the cluster token and the
-/// time, so re-adding the same URLs later gets a fresh id.
+/// A new member's id, as etcd makes one (see [`ids::added_member_id`]).
 fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut b = sorted(peer_urls).concat().into_bytes();
-    b.extend_from_slice(token.as_bytes());
-    b.extend_from_slice(now.to_string().as_bytes());
-    let h = Sha1::digest(&b);
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&h[..8]);
-    u64::from_be_bytes(id)
+    ids::added_member_id(peer_urls, token, now)
 }
 
 fn valid_urls(urls: &[String]) -> bool {

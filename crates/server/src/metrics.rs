@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock};
 
 use axum::extract::State;
 use axum::response::IntoResponse;
+use ballast_net::go::CODES;
 use ballast_storage::stats::{HistogramSnapshot, BACKEND_COMMIT, WAL_FSYNC};
 
 use crate::server::EtcdServer;
@@ -68,41 +69,6 @@ const METHODS: &[(&str, &str, &str)] = &[
     ("grpc.health.v1.Health", "Check", "unary"),
     ("grpc.health.v1.Health", "Watch", "server_stream"),
 ];
-
-/// gRPC status code names, by number.
-const CODES: [&str; 17] = [
-    "OK",
-    "Canceled",
-    "Unknown",
-    "InvalidArgument",
-    "DeadlineExceeded",
-    "NotFound",
-    "AlreadyExists",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "FailedPrecondition",
-    "Aborted",
-    "OutOfRange",
-    "Unimplemented",
-    "Internal",
-    "Unavailable",
-    "DataLoss",
-    "Unauthenticated",
-];
-
-/// grpc-go's name for a status code (as in "rpc error: code = NotFound desc = ...").
-pub fn code_name(c: tonic::Code) -> &'static str {
-    CODES.get(c as usize).copied().unwrap_or("Unknown")
-}
-
-/// A status as grpc-go prints it (`err.Error()`), which etcd and etcdctl show in places.
-pub fn go_error_text(s: &tonic::Status) -> String {
-    format!(
-        "rpc error: code = {} desc = {}",
-        code_name(s.code()),
-        s.message()
-    )
-}
 
 /// Per-method gRPC counters, lock-free: the path is looked up in a table built once.
 struct GrpcCounters {

@@ -11,16 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+pub use ballast_net::tls::TlsError;
+use ballast_net::tls::{client_config, host_port, read_certs, Trust};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    SupportedCipherSuite,
-};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -31,20 +27,6 @@ use crate::coalesce::Coalesce;
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("open {0}: no such file or directory")]
-    Missing(String),
-    #[error("{0}: {1}")]
-    Pem(String, String),
-    #[error("tls: {0}")]
-    Rustls(String),
-    #[error("unexpected TLS cipher suite {0:?}")]
-    Cipher(String),
-    #[error("unexpected TLS version {0:?} (supported: TLS1.2, TLS1.3)")]
-    Version(String),
-}
 
 /// What the TLS flags of one port say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -122,21 +104,6 @@ pub fn validate(f: &TlsFiles) -> Result<(), TlsError> {
     Ok(())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let shown = path.display().to_string();
-    if !path.exists() {
-        return Err(TlsError::Missing(shown));
-    }
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Pem(shown.clone(), e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem(shown, "no certificate found".into()));
-    }
-    Ok(certs)
-}
-
-/// Builds the rustls configuration the flags describe, reading every file now.
 pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
     validate(f)?;
     let certs = read_certs(&f.cert)?;
@@ -298,7 +265,7 @@ impl TlsListener {
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(|c| ballast_raft::subject_cn(c));
+                                .and_then(|c| ballast_net::cn::subject_cn(c));
                             let _ = tx
                                 .send((
                                     FixAuthority::new(Coalesce::new(s)),
@@ -387,107 +354,6 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     })
 }
 
-/// Accepts any server certificate (`--insecure-skip-tls-verify`), still checking signatures.
-#[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl SkipVerify {
-    fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> SkipVerify {
-        SkipVerify(provider)
-    }
-}
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `host` and `port` of a scheme-less `host:port` (IPv6 hosts in brackets), for dialling.
-pub fn host_port(hostport: &str) -> Option<(&str, u16)> {
-    let (h, p) = hostport.trim_end_matches('/').rsplit_once(':')?;
-    Some((h.trim_matches(|c| c == '[' || c == ']'), p.parse().ok()?))
-}
-
-type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-type Dialling = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TlsIo>> + Send>>;
-
-/// A tonic connector that dials `host:port` and completes a TLS handshake with `cfg`.
-fn connector(
-    host: &str,
-    port: u16,
-    cfg: Arc<ClientConfig>,
-) -> Result<tower::util::ServiceFn<impl Fn(http::Uri) -> Dialling + Clone>, String> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let addr = format!("{host}:{port}");
-    Ok(tower::service_fn(move |_: http::Uri| -> Dialling {
-        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&addr).await?;
-            let _ = tcp.set_nodelay(true);
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
-        })
-    }))
-}
-
-/// A gRPC channel to `host:port` over TLS.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    cfg: Arc<ClientConfig>,
-    timeout: Duration,
-) -> Result<tonic::transport::Channel, String> {
-    let dial = connector(host, port, cfg)?;
-    tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(timeout)
-        .connect_with_connector(dial)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// A lazily connected channel to another member's client URL, for the calls members make to
 /// each other (forwarding to the leader, corruption checks). `https` URLs are dialled with
 /// this member's own certificate as client identity, trusting `--trusted-ca-file` (with
@@ -507,60 +373,8 @@ pub fn member_channel(
             .map_err(|e| e.to_string());
     };
     let (host, port) = host_port(rest).ok_or_else(|| format!("bad member URL {url:?}"))?;
-    let dial = connector(host, port, Arc::new(member_client_config(tls)?))?;
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .connect_with_connector_lazy(dial),
-    )
-}
-
-/// Whose certificates a TLS client accepts.
-pub enum Trust<'a> {
-    /// Those issued by the CA bundle at this path (none at all without one).
-    Roots(Option<&'a Path>),
-    /// Any (`--insecure-skip-tls-verify`, auto TLS): signatures are still checked.
-    Anyone,
-}
-
-/// A rustls client configuration for gRPC over TLS (ALPN h2), presenting `identity`
-/// (certificate and key files) if given. Shared by ballastctl and members dialling members.
-pub fn client_config(
-    trust: Trust<'_>,
-    identity: Option<(&Path, &Path)>,
-) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match trust {
-        Trust::Roots(ca) => {
-            let mut roots = RootCertStore::empty();
-            if let Some(ca) = ca {
-                for c in read_certs(ca).map_err(|e| e.to_string())? {
-                    roots.add(c).map_err(|e| e.to_string())?;
-                }
-            }
-            builder.with_root_certificates(roots)
-        }
-        Trust::Anyone => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SkipVerify::new(provider))),
-    };
-    let mut cfg = match identity {
-        Some((cert, key)) => {
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("open {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(read_certs(cert).map_err(|e| e.to_string())?, key)
-                .map_err(|e| e.to_string())?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(cfg)
+    let cfg = Arc::new(member_client_config(tls)?);
+    ballast_net::tls::connect_lazy(host, port, cfg, Duration::from_secs(2), timeout)
 }
 
 /// How a member dials other members over TLS: its own certificate as client identity,

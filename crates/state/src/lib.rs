@@ -9,6 +9,7 @@ pub mod auth;
 pub mod check;
 pub mod error;
 mod key;
+pub mod members;
 pub mod mvcc;
 pub mod snapfile;
 

@@ -20,6 +20,7 @@ use ballast_api::v3electionpb::{
 };
 use ballast_api::v3lockpb::lock_server::Lock;
 use ballast_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use ballast_net::keys::prefix_end;
 use ballast_state::Applied;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -31,17 +32,6 @@ use crate::watch::Spec;
 
 /// Internal watchers use stream ids far from client streams'.
 static NEXT_INTERNAL: AtomicU64 = AtomicU64::new(1 << 62);
-
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut end = p.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
 
 /// `<name>/<lease in hex>`, as etcd's concurrency package names owner keys.
 fn owner_key(name: &[u8], lease: i64) -> Vec<u8> {

@@ -241,7 +241,7 @@ async fn refused(
         KvError::InvalidAuthToken | KvError::AuthOldRevision | KvError::UserEmpty => err,
         _ => KvError::PermissionDenied,
     };
-    Some(crate::metrics::go_error_text(&super::kv_status(err)))
+    Some(ballast_net::go::error_text(&super::kv_status(err)))
 }
 
 /// One request from the client; false once the response side is gone.

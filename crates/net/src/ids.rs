@@ -19,6 +19,28 @@ pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     first_u64(&b)
 }
 
+/// The id etcd gives a member added at run time (`member add`): its peer URLs, the cluster
+/// token and the Unix time in seconds, so re-adding the same URLs later gets a fresh id.
+pub fn added_member_id(peer_urls: &[String], token: &str, unix_secs: u64) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut b = urls.concat().into_bytes();
+    b.extend_from_slice(token.as_bytes());
+    b.extend_from_slice(unix_secs.to_string().as_bytes());
+    first_u64(&b)
+}
+
+/// The members `--initial-cluster` names, each as `(id, name, peer URLs)`, in its order.
+pub fn initial_members(
+    initial_cluster: &[(String, Vec<String>)],
+    token: &str,
+) -> Vec<(u64, String, Vec<String>)> {
+    initial_cluster
+        .iter()
+        .map(|(name, urls)| (member_id(urls, token), name.clone(), urls.clone()))
+        .collect()
+}
+
 pub fn cluster_id(member_ids: &[u64]) -> u64 {
     let mut ids = member_ids.to_vec();
     ids.sort_unstable();
@@ -36,5 +58,13 @@ mod tests {
         let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
         assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
         assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+    }
+
+    #[test]
+    fn added_members_differ_by_time() {
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let a = added_member_id(&urls, "t", 1);
+        assert_ne!(a, added_member_id(&urls, "t", 2));
+        assert_eq!(a, added_member_id(&urls, "t", 1));
     }
 }
