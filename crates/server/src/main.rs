@@ -171,7 +171,15 @@ async fn run(cfg: Config) -> Result<(), String> {
         return Err(f);
     }
     let lessor = server.lessor().clone();
-    tokio::spawn(lessor.run(server.clone(), server.cfg.lease_checkpoint_interval));
+    let proposer = server.clone();
+    tokio::spawn(lessor.run(move |req| {
+        let s = proposer.clone();
+        async move {
+            s.propose(req, &ballast_server::auth::member())
+                .await
+                .map(|_| ())
+        }
+    }));
     let mut removed = server.removed_watch();
     tokio::select! {
         _ = server.publish_attributes() => {}

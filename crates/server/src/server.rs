@@ -256,6 +256,7 @@ impl EtcdServer {
                 node.status_watch(),
                 Box::new(move || current(&store)),
                 cfg.heartbeat * cfg.election_ticks as u32,
+                cfg.lease_checkpoint_interval,
             ))
         };
         let file_swap: Arc<Mutex<()>> = Arc::default();
@@ -828,10 +829,10 @@ impl Applier {
         });
         // Membership must survive a crash with the raft configuration it matches.
         failpoint::crash("apply-before");
-        let results = mvcc.apply_batch(&entries, membership)?;
+        let applied = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
-        self.watch
-            .publish_from_thread(mvcc.take_events(), mvcc.current_rev());
+        let results = applied.results;
+        self.watch.publish_from_thread(applied.events, applied.rev);
         if membership {
             self.last_sync = Instant::now();
         }

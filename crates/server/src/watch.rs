@@ -16,9 +16,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ballast_api::etcdserverpb::{watch_create_request::FilterType, ResponseHeader, WatchResponse};
-use ballast_api::mvccpb::{event::EventType, Event};
-use ballast_state::mvcc::{in_range, mod_rev};
+use ballast_api::etcdserverpb::{ResponseHeader, WatchResponse};
+use ballast_api::mvccpb::Event;
+use ballast_state::mvcc::mod_rev;
+pub use ballast_state::watch::Spec;
+use ballast_state::watch::{fragments, Selection};
 use ballast_state::{KvError, Mvcc};
 use prost::bytes::{BufMut, Bytes};
 use prost::Message;
@@ -124,46 +126,6 @@ impl Message for Frame {
 
 type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;
-
-/// What a client asked to watch.
-#[derive(Clone)]
-pub struct Spec {
-    pub key: Vec<u8>,
-    pub range_end: Vec<u8>,
-    pub prev_kv: bool,
-    pub no_put: bool,
-    pub no_delete: bool,
-    pub progress_notify: bool,
-    pub fragment: bool,
-}
-
-impl Spec {
-    pub fn new(r: &ballast_api::etcdserverpb::WatchCreateRequest) -> Spec {
-        let mut key = r.key.clone();
-        if key.is_empty() {
-            // The smallest key, as etcd does.
-            key = vec![0];
-        }
-        Spec {
-            key,
-            range_end: r.range_end.clone(),
-            prev_kv: r.prev_kv,
-            no_put: r.filters.contains(&(FilterType::Noput as i32)),
-            no_delete: r.filters.contains(&(FilterType::Nodelete as i32)),
-            progress_notify: r.progress_notify,
-            fragment: r.fragment,
-        }
-    }
-
-    fn wants(&self, e: &Event) -> bool {
-        let Some(kv) = e.kv.as_ref() else {
-            return false;
-        };
-        let put = e.r#type == EventType::Put as i32;
-        in_range(&kv.key, &self.key, &self.range_end)
-            && if put { !self.no_put } else { !self.no_delete }
-    }
-}
 
 struct Watcher {
     stream: u64,
@@ -368,11 +330,8 @@ impl WatchHub {
         // of it (the common case: many watchers on one key or prefix).
         let mut whole: [Option<Bytes>; 2] = [None, None];
         for (key, w) in hub.synced.iter_mut() {
-            let all = !events.is_empty()
-                && events
-                    .iter()
-                    .all(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e));
-            let shared = if all {
+            let selection = w.spec.select(events, w.next_rev);
+            let shared = if matches!(selection, Selection::All) {
                 let slot = &mut whole[usize::from(w.spec.prev_kv)];
                 let body = slot
                     .get_or_insert_with(|| {
@@ -397,15 +356,14 @@ impl WatchHub {
                     body,
                 })]),
                 None => {
-                    let mine: Vec<Event> = events
-                        .iter()
-                        .filter(|e| mod_rev(e) >= w.next_rev && w.spec.wants(e))
-                        .cloned()
-                        .collect();
-                    if mine.is_empty() {
-                        w.next_rev = w.next_rev.max(rev + 1);
-                        continue;
-                    }
+                    let mine = match selection {
+                        Selection::Nothing => {
+                            w.next_rev = w.next_rev.max(rev + 1);
+                            continue;
+                        }
+                        Selection::All => events.to_vec(),
+                        Selection::Some(mine) => mine,
+                    };
                     let mine = with_prev(store.as_deref(), &w.spec, mine);
                     let resps = self.responses(w.watch_id, &w.spec, header, mine);
                     w.tx.try_send_all(resps.into_iter().map(|r| Ok(r.into())))
@@ -466,20 +424,8 @@ impl WatchHub {
             return vec![whole];
         }
         // Split at event boundaries; all but the last response say `fragment`.
-        let mut out = Vec::new();
-        let mut cur = Vec::new();
-        let mut size = 0;
-        for e in whole.events {
-            let n = e.encoded_len() + 8;
-            if !cur.is_empty() && size + n > self.max_bytes {
-                out.push(std::mem::take(&mut cur));
-                size = 0;
-            }
-            size += n;
-            cur.push(e);
-        }
-        out.push(cur);
-        let last = out.len() - 1;
+        let out = fragments(whole.events, self.max_bytes);
+        let last = out.len().saturating_sub(1);
         out.into_iter()
             .enumerate()
             .map(|(i, events)| WatchResponse {
@@ -686,13 +632,11 @@ mod tests {
                 rxs.push(rx);
             }
             let rev = store.current_rev() + 1;
-            store.apply_batch(&[put(rev as u64, "k")], false).unwrap();
-            let (h, s) = (hub.clone(), store.clone());
-            tokio::task::spawn_blocking(move || {
-                h.publish_from_thread(s.take_events(), s.current_rev())
-            })
-            .await
-            .unwrap();
+            let b = store.apply_batch(&[put(rev as u64, "k")], false).unwrap();
+            let h = hub.clone();
+            tokio::task::spawn_blocking(move || h.publish_from_thread(b.events, b.rev))
+                .await
+                .unwrap();
             for rx in &mut rxs {
                 let r = try_next(rx).expect("sent before publish returned");
                 let revs: Vec<i64> = r
@@ -722,17 +666,17 @@ mod tests {
         });
         hub.add(1, 0, spec, 0, tx);
         for i in 1..=300u64 {
-            store
+            let b = store
                 .apply_batch(&[put(i, &format!("k{}", i % 7))], false)
                 .unwrap();
-            hub.publish(&store.take_events(), store.current_rev());
+            hub.publish(&b.events, b.rev);
         }
         let revs = revisions(&mut rx, 300).await;
         assert_eq!(revs, (2..=301).collect::<Vec<i64>>());
         // Back in sync: new writes arrive through the fast path.
         for i in 301..=305u64 {
-            store.apply_batch(&[put(i, "k1")], false).unwrap();
-            hub.publish(&store.take_events(), store.current_rev());
+            let b = store.apply_batch(&[put(i, "k1")], false).unwrap();
+            hub.publish(&b.events, b.rev);
         }
         assert_eq!(
             revisions(&mut rx, 5).await,
@@ -830,8 +774,8 @@ mod tests {
             hub.add(id as u64, id, spec(prev), 0, tx);
             rxs.push(rx);
         }
-        store.apply_batch(&[put(2, "k")], false).unwrap();
-        hub.publish(&store.take_events(), store.current_rev());
+        let b = store.apply_batch(&[put(2, "k")], false).unwrap();
+        hub.publish(&b.events, b.rev);
         let mut bodies = Vec::new();
         for (i, rx) in rxs.iter_mut().enumerate() {
             let f = rx.next().await.unwrap().unwrap();

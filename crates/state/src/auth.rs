@@ -748,7 +748,7 @@ mod apply_tests {
                 .m
                 .apply_batch(&[(self.index, Some(req))], false)
                 .unwrap();
-            out.remove(0)
+            out.results.remove(0)
         }
 
         fn admin(&mut self, r: Request) -> Result<Applied, KvError> {

@@ -9,9 +9,11 @@ pub mod auth;
 pub mod check;
 pub mod error;
 mod key;
+pub mod lease_clock;
 pub mod members;
 pub mod mvcc;
 pub mod snapfile;
+pub mod watch;
 
 pub use auth::{AuthEffect, AuthInfo, AuthState};
 pub use error::KvError;

@@ -229,6 +229,7 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
                 i % 3 == 0,
             )
             .unwrap()
+            .results
             .pop()
             .unwrap();
         if is_compact {
@@ -280,10 +281,11 @@ fn replayed_entries_are_skipped() {
         store
             .apply_batch(std::slice::from_ref(&e), true)
             .unwrap()
+            .results
             .len(),
         1
     );
-    assert_eq!(store.apply_batch(&[e], true).unwrap().len(), 0);
+    assert_eq!(store.apply_batch(&[e], true).unwrap().results.len(), 0);
     assert_eq!(store.current_rev(), 2);
 }
 
@@ -307,7 +309,7 @@ fn nospace_alarm_caps_growth_until_disarmed() {
                 ..Default::default()
             }),
         );
-        store.apply_batch(&[e], true).unwrap().remove(0)
+        store.apply_batch(&[e], true).unwrap().results.remove(0)
     };
     let alarm = |action: AlarmAction| {
         Request::Alarm(AlarmRequest {

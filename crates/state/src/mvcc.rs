@@ -86,6 +86,17 @@ pub struct LeaseTtl {
     pub remaining: i64,
 }
 
+/// What one [`Mvcc::apply_batch`] did.
+#[derive(Debug)]
+pub struct AppliedBatch {
+    /// One result per entry past the applied index, in log order.
+    pub results: Vec<Result<Applied, KvError>>,
+    /// The changes to keys, in revision order, for watchers.
+    pub events: Vec<Event>,
+    /// The store's revision after the batch.
+    pub rev: i64,
+}
+
 /// etcd's bound on lease TTLs (seconds).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
@@ -835,7 +846,7 @@ impl Mvcc {
         &self,
         entries: &[(u64, Option<RaftRequest>)],
         durable: bool,
-    ) -> Result<Vec<Result<Applied, KvError>>, KvError> {
+    ) -> Result<AppliedBatch, KvError> {
         let mut idx = self.write();
         let idx = &mut *idx;
         idx.events.clear();
@@ -876,7 +887,14 @@ impl Mvcc {
         });
         self.auth_enabled
             .store(idx.auth.enabled(), std::sync::atomic::Ordering::Relaxed);
-        out
+        // The next batch is likely as large: room for it now rather than regrown per event.
+        let room = Vec::with_capacity(idx.events.len());
+        let events = std::mem::replace(&mut idx.events, room);
+        Ok(AppliedBatch {
+            results: out?,
+            events,
+            rev: idx.rev,
+        })
     }
 
     fn apply_one(
@@ -1032,14 +1050,6 @@ impl Mvcc {
     /// A lease with the keys attached to it.
     pub fn lease(&self, id: i64) -> Option<Lease> {
         self.read().leases.get(&id).cloned()
-    }
-
-    /// Takes the events of the last [`Mvcc::apply_batch`] (in revision order).
-    pub fn take_events(&self) -> Vec<Event> {
-        // The next batch is likely as large: room for it now rather than regrown per event.
-        let mut idx = self.write();
-        let room = Vec::with_capacity(idx.events.len());
-        std::mem::replace(&mut idx.events, room)
     }
 
     /// Changes to keys in `[key, range_end)` at revisions `from..=to`, in revision order, at
@@ -1276,7 +1286,7 @@ mod tests {
                 change(5, Kind::Promote, 9),
             ];
             let res = s.apply_batch(&batch, true).unwrap();
-            assert!(res.iter().all(|r| r.is_ok()));
+            assert!(res.results.iter().all(|r| r.is_ok()));
             assert_eq!(s.members().len(), 1);
             assert!(s.is_removed(2) && !s.is_removed(1));
         }
@@ -1328,6 +1338,43 @@ mod hash_tests {
         assert_ne!(sb.hash_kv(0).unwrap().0, sc.hash_kv(0).unwrap().0);
         assert_ne!(sa.hash_kv(3).unwrap().0, h3);
         assert!(matches!(sa.hash_kv(5), Err(KvError::FutureRev)));
+    }
+
+    #[test]
+    fn a_batch_returns_its_events_in_revision_order_and_replays_return_none() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Mvcc::open(&d.path().join("db")).unwrap();
+        let del = RaftRequest {
+            request: Some(raft_request::Request::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let batch = [put(1, "a", "1"), put(2, "b", "2"), (3, Some(del))];
+        let b = s.apply_batch(&batch, false).unwrap();
+        let got: Vec<(i32, Vec<u8>, i64)> = b
+            .events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.clone().unwrap_or_default();
+                (e.r#type, kv.key, kv.mod_revision)
+            })
+            .collect();
+        let (put_t, del_t) = (EventType::Put as i32, EventType::Delete as i32);
+        assert_eq!(
+            got,
+            vec![
+                (put_t, b"a".to_vec(), 2),
+                (put_t, b"b".to_vec(), 3),
+                (del_t, b"a".to_vec(), 4)
+            ]
+        );
+        assert_eq!((b.rev, b.results.len()), (4, 3));
+        // Entries already applied change nothing and report nothing.
+        let again = s.apply_batch(&batch, false).unwrap();
+        assert!(again.events.is_empty() && again.results.is_empty());
+        assert_eq!(again.rev, 4);
     }
 }
 
