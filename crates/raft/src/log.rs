@@ -19,6 +19,8 @@ pub enum LogError {
     Decode { kind: u8, reason: String },
     #[error("wal has no member record; the data dir is not a Ballast member")]
     NoMember,
+    #[error("cannot encode a wal record of kind {kind}: {reason}")]
+    Encode { kind: u8, reason: String },
 }
 
 /// Identity written once when a member's log is created.
@@ -50,9 +52,21 @@ fn decode<M: protobuf::Message>(rec: &Record) -> Result<M, LogError> {
     })
 }
 
-fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    // Writing a well-formed in-memory message into a Vec cannot fail.
-    m.write_to_bytes().unwrap_or_default()
+/// A message as a record's data. An encode error is returned, never written as an empty
+/// record (which would read back as a default message).
+fn encode<M: protobuf::Message>(kind: u8, m: &M) -> Result<Vec<u8>, LogError> {
+    m.write_to_bytes().map_err(|e| LogError::Encode {
+        kind,
+        reason: e.to_string(),
+    })
+}
+
+/// The identity record: member ID, cluster ID, u64 LE each.
+fn member_bytes(member: MemberRecord) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[..8].copy_from_slice(&member.member_id.to_le_bytes());
+    m[8..].copy_from_slice(&member.cluster_id.to_le_bytes());
+    m
 }
 
 impl RaftLog {
@@ -62,11 +76,8 @@ impl RaftLog {
 
     pub fn create(dir: &Path, member: MemberRecord, cs: &ConfState) -> Result<RaftLog, LogError> {
         let mut wal = Wal::create(dir)?;
-        let mut m = Vec::with_capacity(16);
-        m.extend_from_slice(&member.member_id.to_le_bytes());
-        m.extend_from_slice(&member.cluster_id.to_le_bytes());
-        wal.append(KIND_MEMBER, &m)?;
-        wal.append(KIND_CONF_STATE, &encode(cs))?;
+        wal.append(KIND_MEMBER, &member_bytes(member))?;
+        wal.append(KIND_CONF_STATE, &encode(KIND_CONF_STATE, cs)?)?;
         wal.sync()?;
         Ok(RaftLog { wal })
     }
@@ -136,17 +147,17 @@ impl RaftLog {
     /// Appends entries and hard state; durable only after [`RaftLog::sync`].
     pub fn save(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), LogError> {
         for e in entries {
-            self.wal.append(KIND_ENTRY, &encode(e))?;
+            self.wal.append(KIND_ENTRY, &encode(KIND_ENTRY, e)?)?;
         }
         if let Some(hs) = hs {
-            self.wal.append(KIND_HARD_STATE, &encode(hs))?;
+            self.wal.append(KIND_HARD_STATE, &encode(KIND_HARD_STATE, hs)?)?;
         }
         Ok(())
     }
 
     /// Records a received snapshot's position; durable only after [`RaftLog::sync`].
     pub fn save_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogError> {
-        self.wal.append(KIND_SNAPSHOT, &encode(meta))?;
+        self.wal.append(KIND_SNAPSHOT, &encode(KIND_SNAPSHOT, meta)?)?;
         Ok(())
     }
 
@@ -161,17 +172,25 @@ impl RaftLog {
         snapshot: &SnapshotMetadata,
         entries: &[Entry],
     ) -> Result<(), LogError> {
+        // Encode everything before the cut, so a failure leaves the log as it was.
+        let records = [
+            (KIND_CONF_STATE, encode(KIND_CONF_STATE, cs)?),
+            (KIND_SNAPSHOT, encode(KIND_SNAPSHOT, snapshot)?),
+        ];
+        let encoded: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| encode(KIND_ENTRY, e))
+            .collect::<Result<_, _>>()?;
+        let hard = encode(KIND_HARD_STATE, hs)?;
         let seq = self.wal.cut()?;
-        let mut m = Vec::with_capacity(16);
-        m.extend_from_slice(&member.member_id.to_le_bytes());
-        m.extend_from_slice(&member.cluster_id.to_le_bytes());
-        self.wal.append(KIND_MEMBER, &m)?;
-        self.wal.append(KIND_CONF_STATE, &encode(cs))?;
-        self.wal.append(KIND_SNAPSHOT, &encode(snapshot))?;
-        for e in entries {
-            self.wal.append(KIND_ENTRY, &encode(e))?;
+        self.wal.append(KIND_MEMBER, &member_bytes(member))?;
+        for (kind, data) in &records {
+            self.wal.append(*kind, data)?;
         }
-        self.wal.append(KIND_HARD_STATE, &encode(hs))?;
+        for e in &encoded {
+            self.wal.append(KIND_ENTRY, e)?;
+        }
+        self.wal.append(KIND_HARD_STATE, &hard)?;
         self.wal.sync()?;
         self.wal.remove_before(seq)?;
         Ok(())
@@ -179,7 +198,7 @@ impl RaftLog {
 
     /// Records a configuration raft has applied; durable only after [`RaftLog::sync`].
     pub fn save_conf_state(&mut self, cs: &ConfState) -> Result<(), LogError> {
-        self.wal.append(KIND_CONF_STATE, &encode(cs))?;
+        self.wal.append(KIND_CONF_STATE, &encode(KIND_CONF_STATE, cs)?)?;
         Ok(())
     }
 

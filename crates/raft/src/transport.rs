@@ -1,20 +1,14 @@
-//! The peer transport: raft messages between members over plain TCP streams.
+//! The peer transport: raft messages between members over TCP (or TLS for `https` peer URLs).
+//! The protocol — handshake, frames, snapshot and query connections — is `docs/peer-protocol.md`;
+//! its wire layout is `ballast_net::peer`.
 //!
-//! A connection is one-way: the sender dials the peer's advertised peer URL, writes a
-//! handshake, then frames. Each frame is `len u32 LE | crc32c u32 LE | raft Message bytes`.
-//!
-//! - Handshake: `BALLAST1` magic, cluster id, sender id, receiver id (u64 LE each). A receiver
-//!   drops connections naming another cluster or another member, so a misconfigured member
-//!   cannot inject messages.
 //! - Frames larger than `max_frame` are refused before anything is allocated for them (the
 //!   protobuf 2 decoder raft-rs uses is not trusted with unbounded input) and end the stream.
 //! - Each peer has its own writer task and a bounded queue: a slow or partitioned peer loses
 //!   messages (raft retransmits) and is reported unreachable, but never blocks the driver or
 //!   other peers. Reconnection backs off from 50 ms to 1 s.
-//! - Snapshots go on a connection of their own (`BALLASTS`): the `MsgSnapshot` frame, then the
-//!   state machine's export in CRC-checked chunks of at most 1 MiB produced on demand (bounded
-//!   memory at both ends), then an empty frame. The receiver stages the data in a file, fsyncs
-//!   it, acknowledges with one byte and only then hands the message to raft.
+//! - A snapshot is staged in a file and fsynced before the receiver acknowledges it and hands
+//!   the message to raft.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
