@@ -150,14 +150,16 @@ impl RaftLog {
             self.wal.append(KIND_ENTRY, &encode(KIND_ENTRY, e)?)?;
         }
         if let Some(hs) = hs {
-            self.wal.append(KIND_HARD_STATE, &encode(KIND_HARD_STATE, hs)?)?;
+            self.wal
+                .append(KIND_HARD_STATE, &encode(KIND_HARD_STATE, hs)?)?;
         }
         Ok(())
     }
 
     /// Records a received snapshot's position; durable only after [`RaftLog::sync`].
     pub fn save_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogError> {
-        self.wal.append(KIND_SNAPSHOT, &encode(KIND_SNAPSHOT, meta)?)?;
+        self.wal
+            .append(KIND_SNAPSHOT, &encode(KIND_SNAPSHOT, meta)?)?;
         Ok(())
     }
 
@@ -198,7 +200,8 @@ impl RaftLog {
 
     /// Records a configuration raft has applied; durable only after [`RaftLog::sync`].
     pub fn save_conf_state(&mut self, cs: &ConfState) -> Result<(), LogError> {
-        self.wal.append(KIND_CONF_STATE, &encode(KIND_CONF_STATE, cs)?)?;
+        self.wal
+            .append(KIND_CONF_STATE, &encode(KIND_CONF_STATE, cs)?)?;
         Ok(())
     }
 

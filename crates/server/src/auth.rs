@@ -12,6 +12,7 @@ use ballast_state::{AuthEffect, AuthInfo, KvError};
 use tokio::sync::Semaphore;
 
 use crate::config::AuthTokenConfig;
+use crate::limits::AUTH_TRACKED_USERS;
 
 /// A request's claimed identity before it is resolved.
 #[derive(Debug, Default, Clone)]
@@ -68,8 +69,6 @@ const FREE_FAILURES: u32 = 3;
 /// The slowdown doubles per failure from this, up to [`MAX_DELAY`].
 const BASE_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
-/// User names remembered by the guard; beyond this the stalest are forgotten.
-const MAX_TRACKED: usize = 10_000;
 
 pub struct Authenticator {
     simple: Mutex<HashMap<String, SimpleToken>>,
@@ -264,7 +263,7 @@ impl Authenticator {
             f.remove(user);
             return Ok(());
         }
-        if f.len() >= MAX_TRACKED && !f.contains_key(user) {
+        if f.len() >= AUTH_TRACKED_USERS && !f.contains_key(user) {
             if let Some(stalest) = f.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| k.clone()) {
                 f.remove(&stalest);
             }

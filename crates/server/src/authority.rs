@@ -17,11 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ballast_net::http2::{self, flag, frame, push_frame, FRAME_HEADER, PREFACE};
 
 use crate::coalesce::Coalesce;
+use crate::limits::AUTHORITY_MAX_HEADER_BLOCK;
 
 /// Frames we emit stay within HTTP/2's default maximum frame size.
 const MAX_OUT_FRAME: usize = http2::DEFAULT_MAX_FRAME;
-/// Header blocks larger than this are not ours to fix: pass them on for HTTP/2 to judge.
-const MAX_BLOCK: usize = 1 << 20;
 
 enum Mode {
     /// Waiting for enough bytes to tell HTTP/2 from HTTP/1.
@@ -144,10 +143,9 @@ impl<T> FixAuthority<T> {
                 return true;
             }
         }
-        let complete = self
-            .block
-            .as_ref()
-            .is_some_and(|b| b.flags & flag::END_HEADERS != 0 || b.fragment.len() > MAX_BLOCK);
+        let complete = self.block.as_ref().is_some_and(|b| {
+            b.flags & flag::END_HEADERS != 0 || b.fragment.len() > AUTHORITY_MAX_HEADER_BLOCK
+        });
         if complete {
             if let Some(b) = self.block.take() {
                 self.finish_block(b);

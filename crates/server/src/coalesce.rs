@@ -20,8 +20,7 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes held before a write goes straight through without waiting for a flush.
-const MAX_HELD: usize = 64 * 1024;
+use crate::limits::CONNECTION_HELD_BYTES;
 
 /// The waker a flush's yield is polled with: it tells whether the runtime has woken the
 /// yield (other wake-ups of the connection must not end the wait early).
@@ -84,7 +83,7 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
 
     /// Makes room for `incoming` more bytes: a full buffer is written out first.
     fn poll_room(&mut self, cx: &mut Context<'_>, incoming: usize) -> Poll<io::Result<()>> {
-        if self.held.len() + incoming > MAX_HELD && !self.held.is_empty() {
+        if self.held.len() + incoming > CONNECTION_HELD_BYTES && !self.held.is_empty() {
             ready!(self.poll_drain(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -109,7 +108,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_room(cx, buf.len()))?;
-        if buf.len() > MAX_HELD {
+        if buf.len() > CONNECTION_HELD_BYTES {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         this.held.extend_from_slice(buf);
@@ -124,7 +123,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
         let this = self.get_mut();
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         ready!(this.poll_room(cx, total))?;
-        if total > MAX_HELD {
+        if total > CONNECTION_HELD_BYTES {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -212,17 +211,19 @@ mod tests {
     async fn a_full_buffer_goes_out_without_a_flush_and_shutdown_drains() {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut w = Coalesce::new(a);
-        let big = vec![7u8; MAX_HELD];
+        let big = vec![7u8; CONNECTION_HELD_BYTES];
         w.write_all(&big).await.unwrap();
         w.write_all(b"x").await.unwrap();
-        let mut got = vec![0u8; MAX_HELD];
+        let mut got = vec![0u8; CONNECTION_HELD_BYTES];
         b.read_exact(&mut got).await.unwrap();
         assert_eq!(got, big);
-        w.write_all(&vec![1u8; 3 * MAX_HELD]).await.unwrap();
+        w.write_all(&vec![1u8; 3 * CONNECTION_HELD_BYTES])
+            .await
+            .unwrap();
         w.shutdown().await.unwrap();
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest.len(), 1 + 3 * MAX_HELD);
+        assert_eq!(rest.len(), 1 + 3 * CONNECTION_HELD_BYTES);
         assert_eq!(rest[0], b'x');
     }
 }

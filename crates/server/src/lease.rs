@@ -16,10 +16,10 @@ use ballast_state::lease_clock::LeaseClock;
 use ballast_state::Mvcc;
 use tokio::sync::watch;
 
+use crate::limits::LEASE_CHECKPOINT_BATCH;
+
 /// How often the leader looks for expired leases.
 const TICK: Duration = Duration::from_millis(250);
-/// Checkpoints per raft entry.
-const CHECKPOINT_BATCH: usize = 1000;
 
 type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;
 
@@ -109,7 +109,7 @@ impl Lessor {
                     me.lock(Instant::now()).revoke_done(id);
                 });
             }
-            for chunk in due.checkpoints.chunks(CHECKPOINT_BATCH) {
+            for chunk in due.checkpoints.chunks(LEASE_CHECKPOINT_BATCH) {
                 let req = Request::LeaseCheckpoint(LeaseCheckpointRequest {
                     checkpoints: chunk.to_vec(),
                 });

@@ -10,6 +10,8 @@ pub mod corrupt;
 pub mod gateway;
 pub mod http;
 pub mod lease;
+pub mod limits;
+pub mod member;
 pub mod membership;
 pub mod metrics;
 pub mod outbox;
@@ -30,10 +32,8 @@ use ballast_api::{
     v3electionpb::election_server::ElectionServer, v3lockpb::lock_server::LockServer,
 };
 
+use crate::limits::GRPC_OVERHEAD_BYTES;
 use crate::server::EtcdServer;
-
-/// gRPC's framing overhead allowed on top of `--max-request-bytes`, as etcd allows.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Every client-port route: the etcd gRPC services and the HTTP endpoints.
 pub fn client_service(server: Arc<EtcdServer>) -> rpc::dispatch::ClientService {

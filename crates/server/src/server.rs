@@ -5,7 +5,6 @@
 //! Read path: linearizable reads get a ReadIndex from raft and wait until that index is applied;
 //! serializable reads are served from this member's applied state at once.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,10 +21,11 @@ use ballast_raft::{
 use ballast_state::{Applied, AuthInfo, KvError, Mvcc};
 use ballast_storage::failpoint;
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::lease::Lessor;
+use crate::limits::MAX_MERGED_ENTRIES;
 use crate::membership;
 use crate::watch::WatchHub;
 
@@ -70,7 +70,7 @@ pub enum ServerError {
     LeaderTransferTimeout,
 }
 
-type Waiter = oneshot::Sender<Result<Applied, ServerError>>;
+type Waiters = crate::member::waiters::Waiters<Result<Applied, ServerError>>;
 
 /// The state machine, replaced whole when a snapshot from the leader is installed.
 type SharedMvcc = Arc<std::sync::RwLock<Arc<Mvcc>>>;
@@ -105,7 +105,7 @@ pub struct EtcdServer {
     pub cfg: Config,
     node: Node,
     mvcc: SharedMvcc,
-    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    waiters: Arc<Waiters>,
     next_id: AtomicU64,
     applied: watch::Receiver<u64>,
     removed: watch::Receiver<bool>,
@@ -179,16 +179,10 @@ impl EtcdServer {
                 }
             });
         }
-        let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
+        let waiters: Arc<Waiters> = Arc::default();
         let dropped = waiters.clone();
         node.set_drop_handler(Arc::new(move |id, e| {
-            let w = dropped
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            if let Some(w) = w {
-                let _ = w.send(Err(ServerError::from(e)));
-            }
+            dropped.answer(id, Err(ServerError::from(e)))
         }));
         let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
         let (removed_tx, removed_rx) = watch::channel(false);
@@ -457,7 +451,7 @@ impl EtcdServer {
 
     /// Proposals made here and not yet applied or failed.
     pub fn pending_proposals(&self) -> usize {
-        self.lock_waiters().len()
+        self.waiters.len()
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -613,8 +607,10 @@ impl EtcdServer {
         if data.len() as u64 > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }
-        let (tx, rx) = oneshot::channel();
-        self.lock_waiters().insert(id, tx);
+        let rx = self
+            .waiters
+            .register(id)
+            .map_err(|_| ServerError::Raft(RaftError::TooManyRequests))?;
         // One channel per proposal: the applier completes it, or the driver's drop handler
         // fails it when raft refuses the proposal.
         let proposed = match conf {
@@ -623,14 +619,14 @@ impl EtcdServer {
         };
         let out = match proposed {
             Err(e) => {
-                self.lock_waiters().remove(&id);
+                self.waiters.cancel(id);
                 Err(e.into())
             }
             Ok(()) => match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
                 // Whoever answered (the applier or the drop handler) took the waiter out.
                 Ok(r) => r.unwrap_or(Err(ServerError::Stopped)),
                 Err(_) => {
-                    self.lock_waiters().remove(&id);
+                    self.waiters.cancel(id);
                     Err(ServerError::Timeout)
                 }
             },
@@ -645,10 +641,6 @@ impl EtcdServer {
                 .fetch_add(1, Ordering::Relaxed);
         }
         out
-    }
-
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until a ReadIndex round confirms this member may serve an up-to-date read.
@@ -704,7 +696,7 @@ struct Applier {
     compact: Box<dyn Fn(u64, bool) + Send>,
     watch: Arc<WatchHub>,
     lessor: Arc<Lessor>,
-    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    waiters: Arc<Waiters>,
     applied: watch::Sender<u64>,
     last_sync: Instant,
     transport: Transport,
@@ -717,9 +709,6 @@ struct Applier {
     file_swap: Arc<Mutex<()>>,
     auth: Arc<crate::auth::Authenticator>,
 }
-
-/// Most entries one store transaction takes when the applier merges queued batches.
-const MAX_MERGED_ENTRIES: usize = 4096;
 
 impl Applier {
     fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
@@ -848,18 +837,10 @@ impl Applier {
                 _ => {}
             }
         }
-        // Take the waiters under the lock, answer them after it: each answer may wake a task,
-        // and request tasks registering new proposals must not queue behind those wake-ups.
-        let done: Vec<_> = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiters.answer_all(
             ids.into_iter()
-                .zip(results)
-                .filter_map(|(id, res)| Some((waiters.remove(&id?)?, res)))
-                .collect()
-        };
-        for (w, res) in done {
-            let _ = w.send(res.map_err(ServerError::from));
-        }
+                .zip(results.into_iter().map(|r| r.map_err(ServerError::from))),
+        );
         self.applied.send_replace(last);
         if membership {
             self.sync_membership();

@@ -26,10 +26,9 @@ use prost::bytes::{BufMut, Bytes};
 use prost::Message;
 use tonic::Status;
 
+use crate::limits::CATCH_UP_EVENTS;
 use crate::outbox::TrySendError;
 
-/// Events read per catch-up step.
-const CATCH_UP_EVENTS: usize = 1000;
 /// Synced watchers from which the applier hands a batch's fan-out to a runtime worker; below
 /// it a few cross-thread wake-ups cost less than the hand-off.
 const OFFLOAD_WATCHERS: usize = 32;
@@ -145,6 +144,10 @@ struct Hub {
     /// Catching-up watchers per stream, and streams owed a progress response.
     catching_up: HashMap<u64, usize>,
     deferred_progress: HashMap<u64, Sender>,
+    /// Progress answers waiting for room on a full stream: one slot per stream, holding the
+    /// newest (a progress revision is a lower bound, so a newer one replaces an older), and
+    /// one task per slot sending it.
+    owed_progress: HashMap<u64, WatchResponse>,
     cancel_flags: HashMap<(u64, i64), Arc<AtomicBool>>,
 }
 
@@ -171,6 +174,7 @@ impl WatchHub {
                 synced: HashMap::new(),
                 catching_up: HashMap::new(),
                 deferred_progress: HashMap::new(),
+                owed_progress: HashMap::new(),
                 cancel_flags: HashMap::new(),
             }),
             header,
@@ -248,27 +252,52 @@ impl WatchHub {
             *s != stream
         });
         hub.deferred_progress.remove(&stream);
+        hub.owed_progress.remove(&stream);
     }
 
     /// Answers a progress request: now if every watcher of the stream is synced, otherwise as
     /// soon as the last one catches up (etcd 3.5+).
-    pub fn request_progress(&self, stream: u64, tx: &Sender) {
+    pub fn request_progress(self: &Arc<Self>, stream: u64, tx: &Sender) {
         let mut hub = self.lock();
         if hub.catching_up.get(&stream).copied().unwrap_or(0) == 0 {
-            self.deliver(tx.clone(), self.progress(hub.rev, -1));
+            let resp = self.progress(hub.rev, -1);
+            self.deliver(&mut hub, stream, tx.clone(), resp);
         } else {
             hub.deferred_progress.insert(stream, tx.clone());
         }
     }
 
-    /// Queues a response that must not be lost: if the stream is full, it waits its turn.
-    /// (Arriving after later events is fine: a progress revision is a lower bound.)
-    fn deliver(&self, tx: Sender, resp: WatchResponse) {
-        if let Err(TrySendError::Full(resp)) = tx.try_send(Ok(resp.into())) {
-            self.runtime.spawn(async move {
-                let _ = tx.send(resp).await;
-            });
+    /// Queues a progress answer that must not be lost: if the stream is full, it waits its
+    /// turn in the stream's slot, where a newer answer replaces it. (Arriving after later
+    /// events is fine: a progress revision is a lower bound.)
+    fn deliver(self: &Arc<Self>, hub: &mut Hub, stream: u64, tx: Sender, resp: WatchResponse) {
+        if let Some(owed) = hub.owed_progress.get_mut(&stream) {
+            // A task already waits for room on this stream; it sends the newest.
+            *owed = resp;
+            return;
         }
+        let Err(TrySendError::Full(_)) = tx.try_send(Ok(resp.clone().into())) else {
+            return;
+        };
+        hub.owed_progress.insert(stream, resp);
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            loop {
+                let Some(resp) = me.lock().owed_progress.get(&stream).cloned() else {
+                    return;
+                };
+                if tx.send(Ok(resp.clone().into())).await.is_err() {
+                    me.lock().owed_progress.remove(&stream);
+                    return;
+                }
+                let mut hub = me.lock();
+                if hub.owed_progress.get(&stream) == Some(&resp) {
+                    hub.owed_progress.remove(&stream);
+                    return;
+                }
+                // Replaced while this one waited: send the newer too.
+            }
+        });
     }
 
     fn progress(&self, rev: i64, watch_id: i64) -> WatchResponse {
@@ -519,7 +548,7 @@ impl WatchHub {
         }
     }
 
-    fn done_catching_up(&self, stream: u64) {
+    fn done_catching_up(self: &Arc<Self>, stream: u64) {
         let mut hub = self.lock();
         let left = match hub.catching_up.get_mut(&stream) {
             Some(n) => {
@@ -531,7 +560,8 @@ impl WatchHub {
         if left == 0 {
             hub.catching_up.remove(&stream);
             if let Some(tx) = hub.deferred_progress.remove(&stream) {
-                self.deliver(tx, self.progress(hub.rev, -1));
+                let resp = self.progress(hub.rev, -1);
+                self.deliver(&mut hub, stream, tx, resp);
             }
         }
     }
@@ -716,6 +746,42 @@ mod tests {
             revs.extend(r.events.iter().map(mod_rev));
         }
         assert_eq!(revs, (2..=51).collect::<Vec<i64>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn progress_owed_to_a_full_stream_waits_in_one_slot_and_the_newest_wins() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        let hub = hub(store.clone());
+        let (tx, mut rx) = channel(1);
+        tx.try_send(Ok(WatchResponse::default().into())).unwrap();
+        for rev in 1..=100 {
+            hub.publish(&[], rev);
+            hub.request_progress(3, &tx);
+        }
+        // One slot, one task, however many answers were owed.
+        assert_eq!(hub.lock().owed_progress.len(), 1);
+        let mut progress = Vec::new();
+        while progress.last() != Some(&100) {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx.next())
+                .await
+                .expect("owed progress sent once there is room")
+                .unwrap()
+                .unwrap()
+                .into_response();
+            if r.watch_id == -1 {
+                progress.push(r.header.map(|h| h.revision).unwrap_or(0));
+            }
+        }
+        assert!(progress.len() <= 2, "{progress:?}");
+        // The task clears the slot right after its last send.
+        for _ in 0..500 {
+            if hub.lock().owed_progress.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(hub.lock().owed_progress.is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status;
+use crate::limits::SNAPSHOT_CHUNK;
 use crate::server::{EtcdServer, ServerError};
 use crate::version::ETCD_API_VERSION;
 use ballast_api::ballast::internal::raft_request;
@@ -91,9 +92,6 @@ impl std::io::Write for Chunks<'_> {
 
 type SnapshotStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
-
-/// Blob size of a snapshot chunk, as etcd sends.
-const SNAPSHOT_CHUNK: usize = 32 << 10;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {

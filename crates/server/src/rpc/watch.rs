@@ -17,13 +17,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::codec::Codec;
 use tonic::{Status, Streaming};
 
+use crate::limits::{MAX_WATCHERS_PER_STREAM, WATCH_STREAM_BUFFER};
 use crate::outbox::{self, Receiver};
 use crate::server::EtcdServer;
 use crate::watch::{Frame, Sender, Spec};
-
-/// Responses buffered per stream (etcd's is 128); a watcher that would overflow it catches up
-/// from history instead.
-const STREAM_BUFFER: usize = 128;
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
@@ -186,7 +183,7 @@ fn serve_queue(
     creds: crate::auth::Credentials,
     mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
 ) -> Receiver {
-    let (tx, rx) = outbox::channel(STREAM_BUFFER);
+    let (tx, rx) = outbox::channel(WATCH_STREAM_BUFFER);
     tokio::spawn(async move {
         let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
         let mut ids = HashSet::new();
@@ -244,6 +241,32 @@ async fn refused(
     Some(ballast_net::go::error_text(&super::kv_status(err)))
 }
 
+/// Picks and records the id of a new watcher on a stream that has `ids`: the one the client
+/// asked for, or (0) the next free one from `next_id`. Refused, with the cancel reason, for an
+/// id in use or negative (etcd's words), or when the stream already has `limit` watchers.
+fn choose_id(
+    ids: &mut HashSet<i64>,
+    next_id: &mut i64,
+    requested: i64,
+    limit: usize,
+) -> Result<i64, &'static str> {
+    if ids.len() >= limit {
+        return Err("etcdserver: too many watchers on one watch stream");
+    }
+    let id = if requested == 0 {
+        while ids.contains(next_id) {
+            *next_id += 1;
+        }
+        *next_id
+    } else {
+        requested
+    };
+    if id < 0 || !ids.insert(id) {
+        return Err("mvcc: duplicate watch ID provided on the WatchStream");
+    }
+    Ok(id)
+}
+
 /// One request from the client; false once the response side is gone.
 async fn handle(
     server: &Arc<EtcdServer>,
@@ -272,26 +295,20 @@ async fn handle(
                 };
                 return tx.send(Ok(resp.into())).await.is_ok();
             }
-            let id = if c.watch_id == 0 {
-                while ids.contains(next_id) {
-                    *next_id += 1;
+            let id = match choose_id(ids, next_id, c.watch_id, MAX_WATCHERS_PER_STREAM) {
+                Ok(id) => id,
+                Err(reason) => {
+                    let resp = WatchResponse {
+                        header: Some(server.header(rev)),
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: reason.into(),
+                        ..Default::default()
+                    };
+                    return tx.send(Ok(resp.into())).await.is_ok();
                 }
-                *next_id
-            } else {
-                c.watch_id
             };
-            if ids.contains(&id) || id < 0 {
-                let resp = WatchResponse {
-                    header: Some(server.header(rev)),
-                    watch_id: -1,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
-                    ..Default::default()
-                };
-                return tx.send(Ok(resp.into())).await.is_ok();
-            }
-            ids.insert(id);
             let created = WatchResponse {
                 header: Some(server.header(rev)),
                 watch_id: id,
@@ -324,4 +341,27 @@ async fn handle(
         None => {}
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_ids_are_chosen_unique_and_bounded() {
+        let (mut ids, mut next) = (HashSet::new(), 0);
+        assert_eq!(choose_id(&mut ids, &mut next, 0, 4), Ok(0));
+        assert_eq!(choose_id(&mut ids, &mut next, 1, 4), Ok(1));
+        // The next free id skips the ones the client chose.
+        assert_eq!(choose_id(&mut ids, &mut next, 0, 4), Ok(2));
+        let dup = "mvcc: duplicate watch ID provided on the WatchStream";
+        assert_eq!(choose_id(&mut ids, &mut next, 1, 4), Err(dup));
+        assert_eq!(choose_id(&mut ids, &mut next, -3, 4), Err(dup));
+        assert_eq!(choose_id(&mut ids, &mut next, 7, 4), Ok(7));
+        assert_eq!(
+            choose_id(&mut ids, &mut next, 0, 4),
+            Err("etcdserver: too many watchers on one watch stream")
+        );
+        assert_eq!(ids.len(), 4);
+    }
 }

@@ -1,0 +1,42 @@
+//! Every bound the server keeps on queues, maps, buffers and batches, in one place, so memory
+//! never grows with the data set or with what clients ask for. Each module names the limit
+//! it applies from here.
+
+/// Proposals made on this member and not yet applied or failed (the waiter map). Beyond it a
+/// write is refused with `etcdserver: too many requests`, as etcd refuses when its applier
+/// falls too far behind.
+pub const MAX_PENDING_PROPOSALS: usize = 65_536;
+
+/// Committed entries one store transaction takes when the applier merges queued batches.
+pub const MAX_MERGED_ENTRIES: usize = 4096;
+
+/// Responses buffered per watch stream (etcd's is 128); a watcher that would overflow it
+/// catches up from history instead.
+pub const WATCH_STREAM_BUFFER: usize = 128;
+
+/// Watchers on one watch stream. etcd has no limit; this one only stops a client from
+/// growing the hub without bound, far above what real clients open on one stream.
+pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
+
+/// Events read from history per catch-up step of a watcher.
+pub const CATCH_UP_EVENTS: usize = 1000;
+
+/// Lease checkpoints per raft entry.
+pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
+
+/// Blob size of a snapshot chunk, as etcd sends.
+pub const SNAPSHOT_CHUNK: usize = 32 << 10;
+
+/// gRPC's framing overhead allowed on top of `--max-request-bytes`, as etcd allows.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// User names the password-guessing guard remembers; beyond this the stalest are forgotten.
+pub const AUTH_TRACKED_USERS: usize = 10_000;
+
+/// Bytes a client connection holds before a write goes straight through without waiting for
+/// a flush.
+pub const CONNECTION_HELD_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 header blocks the `:authority` shim decodes; larger ones pass on untouched, for
+/// HTTP/2 to judge.
+pub const AUTHORITY_MAX_HEADER_BLOCK: usize = 1 << 20;
