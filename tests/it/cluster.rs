@@ -58,6 +58,8 @@ pub struct Server {
     pub args: Vec<String>,
     /// Set for members of a multi-member cluster.
     pub member: Option<Member>,
+    /// `BALLAST_FAILPOINTS` for a Ballast built with failpoints (`ballast-failpoints`).
+    pub failpoints: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -87,9 +89,28 @@ impl Server {
             data_dir,
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: None,
+            failpoints: None,
             _tmp: Some(tmp),
         };
         s.spawn();
+        s
+    }
+
+    /// A single Ballast member built with failpoints, armed with `failpoints`; launched, not
+    /// waited for (an armed point may stop it at any time).
+    pub fn launch_with_failpoints(failpoints: &str, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            kind: Kind::Ballast,
+            child: None,
+            port: free_port(),
+            data_dir: tmp.path().join("data"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            member: None,
+            failpoints: Some(failpoints.to_string()),
+            _tmp: Some(tmp),
+        };
+        s.launch();
         s
     }
 
@@ -103,6 +124,7 @@ impl Server {
             data_dir: tmp.path().join("data"),
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: Some(member),
+            failpoints: None,
             _tmp: Some(tmp),
         }
     }
@@ -134,16 +156,21 @@ impl Server {
                 "new",
             ),
         };
-        let bin: PathBuf = match self.kind {
-            Kind::Ballast => ballast_bin(),
-            Kind::Etcd => "etcd".into(),
+        let bin: PathBuf = match (self.kind, &self.failpoints) {
+            (Kind::Ballast, None) => ballast_bin(),
+            (Kind::Ballast, Some(_)) => bin_dir().join("ballast-failpoints"),
+            (Kind::Etcd, _) => "etcd".into(),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(f) = &self.failpoints {
+            cmd.env("BALLAST_FAILPOINTS", f);
+        }
+        let child = cmd
             .args(["--name", &name, "--data-dir"])
             .arg(&self.data_dir)
             .args([

@@ -24,6 +24,13 @@ fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> FlagEr
     }
 }
 
+/// URLs in sorted order: how etcd compares a member's URL sets.
+pub fn sorted(urls: &[String]) -> Vec<String> {
+    let mut v = urls.to_vec();
+    v.sort();
+    v
+}
+
 /// Splits `scheme://host:port[/]` into host and port; etcd accepts only http and https here.
 pub fn parse_url(flag: &'static str, u: &str) -> Result<(String, u16), FlagError> {
     let rest = u
@@ -92,10 +99,7 @@ pub fn check_local_member(
             "couldn't find local name {name:?} in the initial cluster configuration"
         )));
     };
-    let mut a = urls.clone();
-    let mut b = advertise_peer_urls.to_vec();
-    a.sort();
-    b.sort();
+    let (a, b) = (sorted(urls), sorted(advertise_peer_urls));
     if a != b {
         return Err(FlagError::Etcd(format!(
             "--initial-cluster has {name}={} but missing from \

@@ -2,14 +2,12 @@
 
 pub mod auth;
 pub mod authority;
-pub mod backup;
+pub mod background;
 pub mod coalesce;
-pub mod compactor;
 pub mod config;
-pub mod corrupt;
+pub mod frame;
 pub mod gateway;
 pub mod http;
-pub mod lease;
 pub mod limits;
 pub mod member;
 pub mod membership;

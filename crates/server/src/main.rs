@@ -6,6 +6,7 @@ use std::io::Write;
 
 use std::sync::Arc;
 
+use ballast_server::background::{backup, compactor, corrupt};
 use ballast_server::config::{Config, LogFormat, LogOutput};
 use ballast_server::server::EtcdServer;
 use ballast_server::tls::{self, Reloading, TlsListener};
@@ -86,6 +87,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Why the member stops when its applier did (a storage failure).
+fn applier_stopped(reason: Option<String>) -> String {
+    reason.unwrap_or_else(|| "the applier stopped".into())
 }
 
 /// Request work runs on tokio's workers; the raft driver and the applier are threads of their
@@ -171,18 +177,22 @@ async fn run(cfg: Config) -> Result<(), String> {
         return Err(f);
     }
     let lessor = server.lessor().clone();
-    let proposer = server.clone();
+    let proposer = server.proposer().clone();
     tokio::spawn(lessor.run(move |req| {
-        let s = proposer.clone();
+        let p = proposer.clone();
         async move {
-            s.propose(req, &ballast_server::auth::member())
+            p.propose(req, &ballast_server::auth::member())
                 .await
                 .map(|_| ())
         }
     }));
     let mut removed = server.removed_watch();
+    let mut apply_failed = server.apply_failed_watch();
     tokio::select! {
         _ = server.publish_attributes() => {}
+        r = apply_failed.wait_for(|f| f.is_some()) => {
+            return Err(applier_stopped(r.ok().and_then(|f| f.clone())));
+        }
         _ = status.wait_for(|s| s.fatal.is_some()) => {
             return Err("raft driver stopped on a storage failure".into());
         }
@@ -190,19 +200,31 @@ async fn run(cfg: Config) -> Result<(), String> {
             return Err("this member was removed from the cluster".into());
         }
     }
+    let checker = corrupt::Checker {
+        store: server.store().clone(),
+        transport: server.transport(),
+        member_id: server.member_id(),
+        proposer: server.proposer().clone(),
+        status: server.raft_status_watch(),
+    };
     if server.cfg.initial_corrupt_check {
-        ballast_server::corrupt::initial_check(&server).await?;
+        corrupt::initial_check(&checker).await?;
     }
     if let Some(every) = server.cfg.corrupt_check {
-        tokio::spawn(ballast_server::corrupt::run(server.clone(), every));
+        tokio::spawn(corrupt::run(checker, every));
     }
-    tokio::spawn(ballast_server::compactor::run(server.clone()));
+    tokio::spawn(compactor::run(
+        server.cfg.auto_compaction,
+        server.proposer().clone(),
+        server.store().clone(),
+        server.raft_status_watch(),
+    ));
     if let Some((dir, every, keep)) = server.cfg.backup.clone() {
-        tokio::spawn(ballast_server::backup::run(
-            server.clone(),
-            dir,
-            every,
-            keep,
+        tokio::spawn(backup::run(
+            backup::Schedule { dir, every, keep },
+            server.store().clone(),
+            server.raft_status_watch(),
+            server.backup_stats().clone(),
         ));
     }
     let app = ballast_server::client_service(server.clone());
@@ -245,6 +267,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
         _ = status.wait_for(|s| s.fatal.is_some()) => {
             return Err("raft driver stopped on a storage failure".into());
+        }
+        r = apply_failed.wait_for(|f| f.is_some()) => {
+            return Err(applier_stopped(r.ok().and_then(|f| f.clone())));
         }
         _ = removed.wait_for(|r| *r) => {
             // Let the reply to the MemberRemove that removed us leave before stopping.

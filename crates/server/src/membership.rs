@@ -1,4 +1,5 @@
-//! Cluster membership: who the members are at startup, and the Cluster API's changes.
+//! Cluster membership: the Cluster API's changes. (Who the members are at start-up is
+//! `member::bootstrap`.)
 //!
 //! Member records live in the state machine (applied from the log, so every member agrees);
 //! raft's own configuration follows from the same log entries. A change is validated here
@@ -14,83 +15,7 @@ use ballast_raft::ConfKind;
 use ballast_state::Applied;
 use prost::Message;
 
-use crate::config::Config;
 use crate::server::{EtcdServer, ServerError};
-
-/// How this member learns its identity and the first configuration.
-pub struct Startup {
-    pub member_id: u64,
-    pub cluster_id: u64,
-    /// Initial members' configuration entries (new cluster only).
-    pub bootstrap: Vec<(u64, Vec<u8>)>,
-    /// Other members to connect to at once.
-    pub peers: Vec<(u64, Vec<String>)>,
-}
-
-fn sorted(urls: &[String]) -> Vec<String> {
-    let mut v = urls.to_vec();
-    v.sort();
-    v
-}
-
-/// Resolves identity for a first start. (Restarts read it back from the log instead.)
-pub fn startup(cfg: &Config) -> Result<Startup, ServerError> {
-    let token = &cfg.initial_cluster_token;
-    let member_id = ids::member_id(&cfg.advertise_peer_urls, token);
-    let initial = ids::initial_members(&cfg.initial_cluster, token);
-    let peers: Vec<(u64, Vec<String>)> = initial
-        .iter()
-        .map(|(id, _, urls)| (*id, urls.clone()))
-        .collect();
-    if cfg.new_cluster {
-        return Ok(Startup {
-            member_id,
-            cluster_id: ids::cluster_id(&initial.iter().map(|m| m.0).collect::<Vec<_>>()),
-            bootstrap: ballast_state::members::bootstrap(&initial),
-            peers,
-        });
-    }
-    // Joining: the running members know our id (chosen by MemberAdd) and the cluster's.
-    let others: Vec<String> = cfg
-        .initial_cluster
-        .iter()
-        .filter(|(name, _)| *name != cfg.name)
-        .flat_map(|(_, urls)| urls.clone())
-        .collect();
-    let tls = crate::tls::peer_tls(cfg).map_err(ServerError::Startup)?;
-    let body =
-        ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20, tls.as_ref())
-            .ok_or_else(|| {
-                ServerError::Startup(format!(
-                    "cannot fetch cluster info from peer urls {others:?}; \
-                 is --initial-cluster-state existing right?"
-                ))
-            })?;
-    let list = MemberListResponse::decode(body.as_slice())
-        .map_err(|e| ServerError::Startup(format!("bad cluster info from peers: {e}")))?;
-    let cluster_id = list.header.map(|h| h.cluster_id).unwrap_or(0);
-    let me = sorted(&cfg.advertise_peer_urls);
-    let found = list
-        .members
-        .iter()
-        .find(|m| sorted(&m.peer_ur_ls) == me)
-        .ok_or_else(|| {
-            ServerError::Startup(format!(
-                "no member in the running cluster has peer URLs {me:?}; add it first with \
-                 `member add`"
-            ))
-        })?;
-    Ok(Startup {
-        member_id: found.id,
-        cluster_id,
-        bootstrap: vec![],
-        peers: list
-            .members
-            .iter()
-            .map(|m| (m.id, m.peer_ur_ls.clone()))
-            .collect(),
-    })
-}
 
 /// A new member's id, as etcd makes one (see [`ids::added_member_id`]).
 fn new_member_id(peer_urls: &[String], token: &str) -> u64 {
@@ -189,6 +114,7 @@ impl EtcdServer {
             ConfKind::AddVoter
         };
         let applied = self
+            .proposer()
             .propose_conf(change(Kind::Add, m.clone()), kind, id)
             .await?;
         Ok((m, members_of(applied)?))
@@ -206,7 +132,8 @@ impl EtcdServer {
             return Err(ServerError::NotEnoughStarted);
         }
         members_of(
-            self.propose_conf(change(Kind::Remove, m), ConfKind::Remove, id)
+            self.proposer()
+                .propose_conf(change(Kind::Remove, m), ConfKind::Remove, id)
                 .await?,
         )
     }
@@ -235,7 +162,8 @@ impl EtcdServer {
             return Err(ServerError::LearnerNotReady);
         }
         members_of(
-            self.propose_conf(change(Kind::Promote, m), ConfKind::AddVoter, id)
+            self.proposer()
+                .propose_conf(change(Kind::Promote, m), ConfKind::AddVoter, id)
                 .await?,
         )
     }

@@ -112,13 +112,6 @@ pub fn grpc_handled(i: usize, headers: &axum::http::HeaderMap) {
     }
 }
 
-/// Server-wide counters the gauges cannot derive.
-#[derive(Default)]
-pub struct ServerCounters {
-    pub leader_changes: AtomicU64,
-    pub proposals_failed: AtomicU64,
-}
-
 struct Out(String);
 
 impl Out {

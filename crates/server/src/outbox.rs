@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 use tonic::Status;
 
-use crate::watch::Frame;
+use crate::frame::Frame;
 
 pub type Item = Result<Frame, Status>;
 

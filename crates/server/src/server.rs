@@ -1,113 +1,44 @@
-//! The member: ties the raft node, the applier and the MVCC store together.
+//! The assembled member, as the edge (gRPC services, gateway, HTTP endpoints, metrics,
+//! `main`) sees it: the raft node, the store, the proposer, the applier thread, the watch
+//! hub, the lessor and the authenticator, built by [`EtcdServer::start`] from small builders.
 //!
-//! Write path: validate → encode `RaftRequest` with a fresh id → propose → (driver: WAL fsync,
-//! commit) → applier thread applies the batch to MVCC → completes the waiter with that id → reply.
-//! Read path: linearizable reads get a ReadIndex from raft and wait until that index is applied;
-//! serializable reads are served from this member's applied state at once.
+//! Write path: validate → `member::proposer` (id, quota, size, waiter) → raft (WAL fsync,
+//! commit) → `member::applier` applies the batch, publishes its events, answers the waiter.
+//! Read path: linearizable reads get a ReadIndex from raft and wait until that index is
+//! applied; serializable reads are served from this member's applied state at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ballast_api::ballast::internal::{raft_request, RaftRequest};
-use ballast_api::etcdserverpb::alarm_request::AlarmAction;
+use ballast_api::ballast::internal::raft_request;
 use ballast_api::etcdserverpb::{
-    AlarmRequest, AlarmType, HashKvRequest, HashKvResponse, RangeRequest, RangeResponse,
-    ResponseHeader,
+    HashKvRequest, HashKvResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
-use ballast_raft::{
-    Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus, Transport,
-};
+use ballast_raft::{Node, NodeConfig, RaftError, RaftStatus, Transport};
 use ballast_state::{Applied, AuthInfo, KvError, Mvcc};
 use ballast_storage::failpoint;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::background::lease::Lessor;
 use crate::config::Config;
-use crate::lease::Lessor;
-use crate::limits::MAX_MERGED_ENTRIES;
-use crate::membership;
+use crate::member::applier::Applier;
+use crate::member::bootstrap;
+use crate::member::counters::{BackupStats, ServerCounters};
+use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
+use crate::member::store::Store;
+pub use crate::member::ServerError;
 use crate::watch::WatchHub;
-
-/// How often applied state is forced to disk; the WAL covers anything newer after a crash.
-const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Kv(#[from] KvError),
-    #[error(transparent)]
-    Raft(#[from] RaftError),
-    #[error("etcdserver: request timed out")]
-    Timeout,
-    #[error("etcdserver: request is too large")]
-    RequestTooLarge,
-    #[error("etcdserver: server stopped")]
-    Stopped,
-    #[error("{0}")]
-    Startup(String),
-    #[error("etcdserver: member not found")]
-    MemberNotFound,
-    #[error("etcdserver: member ID already exist")]
-    MemberExists,
-    #[error("etcdserver: Peer URLs already exists")]
-    PeerUrlExists,
-    #[error("etcdserver: given member URLs are invalid")]
-    BadUrls,
-    #[error("etcdserver: can only promote a learner member")]
-    MemberNotLearner,
-    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
-    LearnerNotReady,
-    #[error("etcdserver: too many learner members in cluster")]
-    TooManyLearners,
-    #[error("etcdserver: re-configuration failed due to not enough started members")]
-    NotEnoughStarted,
-    #[error("etcdserver: rpc not supported for learner")]
-    NotSupportedForLearner,
-    #[error("etcdserver: bad leader transferee")]
-    BadLeaderTransferee,
-    #[error("etcdserver: request timed out, leader transfer took too long")]
-    LeaderTransferTimeout,
-}
-
-type Waiters = crate::member::waiters::Waiters<Result<Applied, ServerError>>;
-
-/// The state machine, replaced whole when a snapshot from the leader is installed.
-type SharedMvcc = Arc<std::sync::RwLock<Arc<Mvcc>>>;
-
-/// Snapshot files a crash left half-received or never installed: the leader sends again.
-fn remove_staging_files(snap_dir: &std::path::Path) {
-    let Ok(rd) = std::fs::read_dir(snap_dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".snap") || name.ends_with(".tmp") || name == "db.new" {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// A request ID as a lease ID: the top bit cleared, as etcd clears it (a member whose low ID
-/// bits start with a 1 would otherwise hand out negative IDs etcdctl cannot parse back); never 0.
-fn lease_id(seq: u64) -> i64 {
-    match seq & (u64::MAX >> 1) {
-        0 => 1,
-        id => id as i64,
-    }
-}
-
-fn current(m: &SharedMvcc) -> Arc<Mvcc> {
-    m.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
 
 pub struct EtcdServer {
     pub cfg: Config,
-    node: Node,
-    mvcc: SharedMvcc,
-    waiters: Arc<Waiters>,
-    next_id: AtomicU64,
+    node: Arc<Node>,
+    store: Store,
+    proposer: Proposer,
     applied: watch::Receiver<u64>,
+    /// Set (and the applier stopped) when applying failed on a storage error.
+    apply_failed: watch::Receiver<Option<String>>,
     removed: watch::Receiver<bool>,
     /// Whether this member is a learner, kept by the applier: every write asks, and the
     /// store's index lock it would otherwise take is held by each apply.
@@ -116,43 +47,24 @@ pub struct EtcdServer {
     lessor: Arc<Lessor>,
     /// Shared with the applier: one replacement of the store's file at a time.
     file_swap: Arc<Mutex<()>>,
-    counters: Arc<crate::metrics::ServerCounters>,
-    backups: crate::backup::BackupStats,
+    counters: Arc<ServerCounters>,
+    backups: Arc<BackupStats>,
     /// A connection to the leader's client URL, for what only the leader can answer.
     leader_conn: Mutex<Option<(String, tonic::transport::Channel)>>,
     auth: Arc<crate::auth::Authenticator>,
 }
 
 impl EtcdServer {
+    /// Starts the member: its store and identity, the raft node, the applier thread and
+    /// the tasks that keep tokens, watch progress and counters; serves nothing yet.
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, ServerError> {
-        let member_dir = cfg.data_dir.join("member");
-        let snap_dir = member_dir.join("snap");
-        std::fs::create_dir_all(&snap_dir).map_err(|e| {
-            ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display()))
-        })?;
-        remove_staging_files(&snap_dir);
+        let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
-        let start = if Node::log_exists(&cfg.wal_dir) {
-            // A restart: identity comes from the log and peers from the applied members; the
-            // --initial-cluster flags only ever describe a first start, as in etcd.
-            membership::Startup {
-                member_id: 0,
-                cluster_id: 0,
-                bootstrap: vec![],
-                peers: mvcc
-                    .members()
-                    .into_iter()
-                    .map(|m| (m.id, m.peer_ur_ls))
-                    .collect(),
-            }
-        } else {
-            membership::startup(&cfg)?
-        };
+        let start = bootstrap::identity(&cfg, &mvcc)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| ServerError::Startup(format!("no runtime for the peer transport: {e}")))?;
-        let peer_tls = crate::tls::peer_tls(&cfg).map_err(ServerError::Startup)?;
         let (node, committed) = Node::start(NodeConfig {
-            peer_tls,
+            peer_tls: bootstrap::peer_tls(&cfg).map_err(ServerError::Startup)?,
             member_id: start.member_id,
             cluster_id: start.cluster_id,
             bootstrap: start.bootstrap,
@@ -166,111 +78,36 @@ impl EtcdServer {
             applied: mvcc.applied_index(),
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
-        let auth = Arc::new(
-            crate::auth::Authenticator::new(&cfg.auth_token, cfg.auth_token_ttl, cfg.bcrypt_cost)
-                .map_err(ServerError::Startup)?,
-        );
-        {
-            let auth = auth.clone();
-            runtime.spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    auth.expire();
-                }
-            });
-        }
-        let waiters: Arc<Waiters> = Arc::default();
+        let node = Arc::new(node);
+        let member_id = node.member_id();
+        let auth = start_authenticator(&cfg, &runtime)?;
+        let store = Store::new(mvcc.clone());
+        let hub = start_watch_hub(&cfg, &node, &store, &runtime);
+        answer_peer_queries(&node, &store);
+        let lessor = Arc::new(Lessor::new(
+            node.status_watch(),
+            {
+                let store = store.clone();
+                Box::new(move || store.current())
+            },
+            cfg.heartbeat * cfg.election_ticks as u32,
+            cfg.lease_checkpoint_interval,
+        ));
+        let counters: Arc<ServerCounters> = Arc::default();
+        count_leader_changes(&node, &counters, &runtime);
+        let waiters: Arc<ProposalWaiters> = Arc::default();
         let dropped = waiters.clone();
         node.set_drop_handler(Arc::new(move |id, e| {
             dropped.answer(id, Err(ServerError::from(e)))
         }));
         let (applied_tx, applied_rx) = watch::channel(mvcc.applied_index());
         let (removed_tx, removed_rx) = watch::channel(false);
-        let member_id = node.member_id();
-        let was_member = mvcc.members().iter().any(|m| m.id == member_id);
+        let (failed_tx, failed_rx) = watch::channel(None);
         let learner = Arc::new(AtomicBool::new(mvcc.is_learner(member_id)));
-        let last_compact = mvcc.applied_index();
-        let mvcc: SharedMvcc = Arc::new(std::sync::RwLock::new(mvcc));
-        let hub = {
-            let status = node.status_watch();
-            let (cluster_id, member_id) = (node.cluster_id(), member_id);
-            let store = mvcc.clone();
-            WatchHub::new(
-                current(&mvcc).current_rev(),
-                Box::new(move |revision| ResponseHeader {
-                    cluster_id,
-                    member_id,
-                    revision,
-                    raft_term: status.borrow().term,
-                }),
-                Box::new(move || current(&store)),
-                runtime.clone(),
-                cfg.max_request_bytes as usize,
-            )
-        };
-        let ticker = hub.clone();
-        let every = cfg.watch_progress_interval;
-        runtime.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                ticker.notify_progress();
-            }
-        });
-        {
-            // Other members' corruption checks ask for this member's HashKV over the peer
-            // port (client auth does not apply there, as with etcd's peer endpoints).
-            let store = mvcc.clone();
-            node.transport().set_query(move |body| {
-                let rev = HashKvRequest::decode(body)
-                    .map(|r| r.revision)
-                    .unwrap_or(-1);
-                match current(&store).hash_kv(rev) {
-                    Ok((hash, compact_revision, hash_revision)) => HashKvResponse {
-                        header: Some(ResponseHeader {
-                            revision: hash_revision,
-                            ..Default::default()
-                        }),
-                        hash,
-                        compact_revision,
-                        hash_revision,
-                    }
-                    .encode_to_vec(),
-                    // Not there yet, or compacted away: an empty answer, skipped by the asker.
-                    Err(_) => Vec::new(),
-                }
-            });
-        }
-        let source = mvcc.clone();
-        node.transport().set_snapshot_source(Arc::new(move |out| {
-            current(&source).export(out).map_err(|e| e.to_string())
-        }));
-        let lessor = {
-            let store = mvcc.clone();
-            Arc::new(Lessor::new(
-                node.status_watch(),
-                Box::new(move || current(&store)),
-                cfg.heartbeat * cfg.election_ticks as u32,
-                cfg.lease_checkpoint_interval,
-            ))
-        };
         let file_swap: Arc<Mutex<()>> = Arc::default();
-        let counters: Arc<crate::metrics::ServerCounters> = Arc::default();
-        {
-            // Every new leader this member sees, the first one included (as etcd counts).
-            let (mut status, counters) = (node.status_watch(), counters.clone());
-            runtime.spawn(async move {
-                let mut last = 0;
-                while status.changed().await.is_ok() {
-                    let leader = status.borrow_and_update().leader;
-                    if leader != 0 && leader != last {
-                        counters.leader_changes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last = leader;
-                }
-            });
-        }
+        let last_compact = mvcc.applied_index();
         let applier = Applier {
-            mvcc: mvcc.clone(),
+            store: store.clone(),
             snap_dir,
             snapshot_count: cfg.snapshot_count,
             last_compact,
@@ -284,40 +121,48 @@ impl EtcdServer {
             last_sync: Instant::now(),
             transport: node.transport(),
             member_id,
-            was_member,
+            was_member: mvcc.members().iter().any(|m| m.id == member_id),
             removed: removed_tx,
             learner: learner.clone(),
             file_swap: file_swap.clone(),
             auth: auth.clone(),
+            failed: failed_tx,
         };
         std::thread::Builder::new()
             .name("applier".into())
             .spawn(move || applier.run(committed))
             .map_err(|e| ServerError::Startup(e.to_string()))?;
-        // Ids only need to be unique among this member's in-flight proposals; seeding from the
-        // clock keeps a restarted member from matching an old entry to a new waiter.
-        // etcd's request-ID scheme (also its lease IDs): the member ID's low 16 bits, then
-        // the start time in milliseconds and a counter in the low 48 bits.
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
-        let seed = ((member_id & 0xffff) << 48) | ((millis << 8) & ((1 << 48) - 1));
+        let proposer = Proposer::new(
+            node.clone(),
+            store.clone(),
+            waiters,
+            counters.clone(),
+            ProposeLimits {
+                max_request_bytes: cfg.max_request_bytes,
+                quota_backend_bytes: cfg.quota_backend_bytes,
+                request_timeout: cfg.request_timeout(),
+            },
+            first_request_id(member_id, millis),
+        );
         let server = Arc::new(EtcdServer {
             cfg,
             node,
-            mvcc,
-            waiters,
-            next_id: AtomicU64::new(seed),
+            store,
+            proposer,
             applied: applied_rx,
+            apply_failed: failed_rx,
             removed: removed_rx,
             learner,
             watch: hub,
             lessor,
             leader_conn: Mutex::new(None),
             file_swap,
-            counters: counters.clone(),
-            backups: Default::default(),
+            counters,
+            backups: Arc::default(),
             auth,
         });
         let weak = Arc::downgrade(&server);
@@ -333,10 +178,24 @@ impl EtcdServer {
         &self.lessor
     }
 
-    /// A lease ID for a grant that did not name one, from the request-ID sequence as etcd
-    /// does (so IDs look like etcd's: this member's low ID bits first).
+    /// A lease ID for a grant that did not name one (see [`Proposer::new_lease_id`]).
     pub fn new_lease_id(&self) -> i64 {
-        lease_id(self.next_id.fetch_add(1, Ordering::Relaxed).wrapping_add(1))
+        self.proposer.new_lease_id()
+    }
+
+    /// How this member proposes: what background tasks are given instead of the server.
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
+    }
+
+    /// The member's store handle (the current store, across snapshot installs).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Fires with the reason if applying stopped on a storage failure.
+    pub fn apply_failed_watch(&self) -> watch::Receiver<Option<String>> {
+        self.apply_failed.clone()
     }
 
     /// Drops the cached leader connection (it failed; the leader may be gone).
@@ -438,20 +297,20 @@ impl EtcdServer {
     }
 
     pub fn mvcc(&self) -> Arc<Mvcc> {
-        current(&self.mvcc)
+        self.store.current()
     }
 
-    pub fn counters(&self) -> &crate::metrics::ServerCounters {
+    pub fn counters(&self) -> &ServerCounters {
         &self.counters
     }
 
-    pub fn backup_stats(&self) -> &crate::backup::BackupStats {
+    pub fn backup_stats(&self) -> &Arc<BackupStats> {
         &self.backups
     }
 
     /// Proposals made here and not yet applied or failed.
     pub fn pending_proposals(&self) -> usize {
-        self.waiters.len()
+        self.proposer.pending()
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -475,7 +334,7 @@ impl EtcdServer {
         req: raft_request::Request,
         who: &AuthInfo,
     ) -> Result<Applied, ServerError> {
-        self.propose_via(req, None, who).await
+        self.proposer.propose(req, who).await
     }
 
     pub fn authenticator(&self) -> &crate::auth::Authenticator {
@@ -556,93 +415,6 @@ impl EtcdServer {
         .map_err(|_| ServerError::Stopped)?
     }
 
-    /// etcd's quota check before proposing: a request that could grow the store past
-    /// `--quota-backend-bytes` raises NOSPACE for this member (through raft, so every member
-    /// stops taking such writes) and is refused.
-    async fn check_quota(&self, req: &raft_request::Request) -> Result<(), ServerError> {
-        let cost = ballast_state::check::quota_cost(req);
-        let quota = self.cfg.quota_backend_bytes;
-        if cost == 0 || quota == 0 || self.mvcc().db_size() + cost <= quota {
-            return Ok(());
-        }
-        let raise = raft_request::Request::Alarm(AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: self.member_id(),
-            alarm: AlarmType::Nospace as i32,
-        });
-        tracing::warn!(quota, "backend quota exceeded; raising NOSPACE");
-        // An alarm costs nothing, so this does not come back here.
-        if let Err(e) = Box::pin(self.propose(raise, &crate::auth::member())).await {
-            tracing::warn!(error = %e, "raising NOSPACE failed");
-        }
-        Err(ServerError::Kv(KvError::NoSpace))
-    }
-
-    /// Proposes a membership change as a raft configuration change.
-    pub async fn propose_conf(
-        &self,
-        req: raft_request::Request,
-        kind: ConfKind,
-        node_id: u64,
-    ) -> Result<Applied, ServerError> {
-        self.propose_via(req, Some((kind, node_id)), &crate::auth::member())
-            .await
-    }
-
-    async fn propose_via(
-        &self,
-        req: raft_request::Request,
-        conf: Option<(ConfKind, u64)>,
-        who: &AuthInfo,
-    ) -> Result<Applied, ServerError> {
-        self.check_quota(&req).await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = RaftRequest {
-            id,
-            request: Some(req),
-            username: who.user.clone(),
-            auth_revision: who.revision,
-        }
-        .encode_to_vec();
-        if data.len() as u64 > self.cfg.max_request_bytes {
-            return Err(ServerError::RequestTooLarge);
-        }
-        let rx = self
-            .waiters
-            .register(id)
-            .map_err(|_| ServerError::Raft(RaftError::TooManyRequests))?;
-        // One channel per proposal: the applier completes it, or the driver's drop handler
-        // fails it when raft refuses the proposal.
-        let proposed = match conf {
-            None => self.node.propose(data, id),
-            Some((kind, node)) => self.node.propose_conf_change(kind, node, data, id),
-        };
-        let out = match proposed {
-            Err(e) => {
-                self.waiters.cancel(id);
-                Err(e.into())
-            }
-            Ok(()) => match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
-                // Whoever answered (the applier or the drop handler) took the waiter out.
-                Ok(r) => r.unwrap_or(Err(ServerError::Stopped)),
-                Err(_) => {
-                    self.waiters.cancel(id);
-                    Err(ServerError::Timeout)
-                }
-            },
-        };
-        // Failed to commit, as etcd counts it (not a request the state machine refused).
-        if matches!(
-            out,
-            Err(ServerError::Raft(_) | ServerError::Timeout | ServerError::Stopped)
-        ) {
-            self.counters
-                .proposals_failed
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        out
-    }
-
     /// Waits until a ReadIndex round confirms this member may serve an up-to-date read.
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
         if failpoint::enabled("break-local-reads") {
@@ -681,226 +453,103 @@ impl EtcdServer {
     }
 }
 
-/// Applies committed entries in log order on its own thread, so applying never blocks the
-/// driver's next fsync.
-struct Applier {
-    mvcc: SharedMvcc,
-    snap_dir: std::path::PathBuf,
-    snapshot_count: u64,
-    /// Applied index at the last log compaction (WAL rewrite).
-    last_compact: u64,
-    /// Applied index at the last trim of the in-memory log, and how often to trim: the raft
-    /// log would otherwise hold up to `snapshot_count` entries in memory.
-    last_trim: u64,
-    trim_every: u64,
-    compact: Box<dyn Fn(u64, bool) + Send>,
-    watch: Arc<WatchHub>,
-    lessor: Arc<Lessor>,
-    waiters: Arc<Waiters>,
-    applied: watch::Sender<u64>,
-    last_sync: Instant,
-    transport: Transport,
-    member_id: u64,
-    /// Whether this member's own record has been applied (a joiner's comes later).
-    was_member: bool,
-    removed: watch::Sender<bool>,
-    learner: Arc<AtomicBool>,
-    /// Held while the store's file is being replaced (snapshot install, defragmentation).
-    file_swap: Arc<Mutex<()>>,
-    auth: Arc<crate::auth::Authenticator>,
+fn start_authenticator(
+    cfg: &Config,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Arc<crate::auth::Authenticator>, ServerError> {
+    let auth = Arc::new(
+        crate::auth::Authenticator::new(&cfg.auth_token, cfg.auth_token_ttl, cfg.bcrypt_cost)
+            .map_err(ServerError::Startup)?,
+    );
+    let expiring = auth.clone();
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            expiring.expire();
+        }
+    });
+    Ok(auth)
 }
 
-impl Applier {
-    fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
-        let mut next = None;
-        while let Some(work) = next.take().or_else(|| committed.recv().ok()) {
-            let res = match work {
-                Apply::Entries(mut batch) => {
-                    // Batches that queued up meanwhile share one store transaction: each
-                    // commit copies the B-tree pages it touched, so fewer commits do less.
-                    while batch.len() < MAX_MERGED_ENTRIES {
-                        match committed.try_recv() {
-                            Ok(Apply::Entries(more)) => batch.extend(more),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.apply(batch)
-                }
-                Apply::Snapshot { index, path, done } => {
-                    let r = self.install(index, &path);
-                    let _ = std::fs::remove_file(&path);
-                    let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                    r
-                }
-            };
-            if let Err(e) = res {
-                // The disk failed: stop acknowledging anything, and stop the member.
-                tracing::error!(error = %e, "apply failed; stopping");
-                std::process::exit(1);
-            }
+/// The watch hub, publishing from the store's revision, with progress notifications every
+/// `--experimental-watch-progress-notify-interval`.
+fn start_watch_hub(
+    cfg: &Config,
+    node: &Node,
+    store: &Store,
+    runtime: &tokio::runtime::Handle,
+) -> Arc<WatchHub> {
+    let status = node.status_watch();
+    let (cluster_id, member_id) = (node.cluster_id(), node.member_id());
+    let reader = store.clone();
+    let hub = WatchHub::new(
+        store.current().current_rev(),
+        Box::new(move |revision| ResponseHeader {
+            cluster_id,
+            member_id,
+            revision,
+            raft_term: status.borrow().term,
+        }),
+        Box::new(move || reader.current()),
+        runtime.clone(),
+        cfg.max_request_bytes as usize,
+    );
+    let ticker = hub.clone();
+    let every = cfg.watch_progress_interval;
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            ticker.notify_progress();
         }
-        if let Err(e) = current(&self.mvcc).sync() {
-            tracing::error!(error = %e, "final backend sync failed");
-        }
-    }
-
-    /// Replaces the state machine with a received snapshot: build a new store beside the
-    /// old, fsync it, rename it into place, then switch readers over.
-    fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
-        let swap = self.file_swap.clone();
-        let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
-        let db = self.snap_dir.join("db");
-        let fresh = self.snap_dir.join("db.new");
-        let file = std::fs::File::open(path)
-            .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
-        Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
-        let installed = Mvcc::open(&fresh)?;
-        if installed.applied_index() < index {
-            return Err(KvError::Corrupt(format!(
-                "snapshot data covers index {} but raft sent it for {index}",
-                installed.applied_index()
-            )));
-        }
-        drop(installed);
-        std::fs::rename(&fresh, &db)
-            .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
-            .map_err(|e| KvError::Corrupt(format!("installing snapshot: {e}")))?;
-        let m = Arc::new(Mvcc::open(&db)?);
-        let applied = m.applied_index();
-        *self.mvcc.write().unwrap_or_else(|p| p.into_inner()) = m;
-        self.last_compact = applied;
-        self.last_trim = applied;
-        self.applied.send_replace(applied);
-        self.watch.resync(current(&self.mvcc).current_rev());
-        self.sync_membership();
-        Ok(())
-    }
-
-    fn apply(&mut self, batch: Vec<Committed>) -> Result<(), KvError> {
-        let Some(last) = batch.last().map(|c| c.index) else {
-            return Ok(());
-        };
-        let mvcc = current(&self.mvcc);
-        let mut ids = Vec::with_capacity(batch.len());
-        let entries: Vec<(u64, Option<RaftRequest>)> = batch
-            .into_iter()
-            .map(|c| {
-                let req = if c.rejected || c.data.is_empty() {
-                    None
-                } else {
-                    match RaftRequest::decode(c.data.as_slice()) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            // Every member decodes the same bytes the same way, so skipping
-                            // keeps members identical.
-                            tracing::error!(index = c.index, error = %e, "undecodable entry skipped");
-                            None
-                        }
-                    }
-                };
-                (c.index, req)
-            })
-            .collect();
-        for (index, req) in &entries {
-            if *index > mvcc.applied_index() {
-                ids.push(req.as_ref().map(|r| r.id));
-            }
-        }
-        let membership = entries.iter().any(|(_, r)| {
-            matches!(
-                r.as_ref().and_then(|r| r.request.as_ref()),
-                Some(raft_request::Request::MemberChange(_))
-            )
-        });
-        // Membership must survive a crash with the raft configuration it matches.
-        failpoint::crash("apply-before");
-        let applied = mvcc.apply_batch(&entries, membership)?;
-        failpoint::crash("apply-after");
-        let results = applied.results;
-        self.watch.publish_from_thread(applied.events, applied.rev);
-        if membership {
-            self.last_sync = Instant::now();
-        }
-        // Effects first, so a client that hears back can already use what it created.
-        for res in results.iter().flatten() {
-            match res {
-                Applied::LeaseGrant(g) => self.lessor.granted(g.id, g.ttl),
-                // Every member learns every simple token, so any member accepts it.
-                Applied::Authenticated { user, token } if !token.is_empty() => {
-                    self.auth.assign(token.clone(), user.clone())
-                }
-                Applied::Auth(effect) => self.auth.apply_effect(effect),
-                _ => {}
-            }
-        }
-        self.waiters.answer_all(
-            ids.into_iter()
-                .zip(results.into_iter().map(|r| r.map_err(ServerError::from))),
-        );
-        self.applied.send_replace(last);
-        if membership {
-            self.sync_membership();
-        }
-        if last.saturating_sub(self.last_compact) >= self.snapshot_count {
-            // The WAL may only drop what the store holds durably.
-            self.sync_store(&mvcc)?;
-            self.last_compact = last;
-            self.last_trim = last;
-            (self.compact)(last, true);
-        } else if last.saturating_sub(self.last_trim) >= self.trim_every {
-            self.last_trim = last;
-            (self.compact)(last, false);
-        }
-        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
-        // batch's events and answers are out (inside the batch it held them for a whole fsync
-        // of the store), and after the snapshot's sync, which resets its clock.
-        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
-            self.sync_store(&mvcc)?;
-        }
-        Ok(())
-    }
-
-    fn sync_store(&mut self, mvcc: &Mvcc) -> Result<(), KvError> {
-        mvcc.sync()?;
-        self.last_sync = Instant::now();
-        Ok(())
-    }
-
-    /// Points the transport at the applied members and notices this member's own removal.
-    fn sync_membership(&mut self) {
-        let members = current(&self.mvcc).members();
-        let mut present = false;
-        for m in &members {
-            if m.id == self.member_id {
-                present = true;
-                self.learner.store(m.is_learner, Ordering::Release);
-            } else {
-                self.transport.set_peer(m.id, m.peer_ur_ls.clone());
-            }
-        }
-        self.transport
-            .retain_peers(|id| members.iter().any(|m| m.id == id));
-        if self.was_member && !present {
-            tracing::warn!("the member has been permanently removed from the cluster");
-            self.removed.send_replace(true);
-        }
-        self.was_member |= present;
-    }
+    });
+    hub
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lease_ids_are_positive_like_etcds() {
-        assert_eq!(
-            super::lease_id(0x9935_a209_abd4_e702),
-            0x1935_a209_abd4_e702
-        );
-        assert_eq!(super::lease_id(1 << 63), 1);
-        assert_eq!(super::lease_id(42), 42);
-    }
+/// What other members ask over the peer port: this member's HashKV (for their corruption
+/// checks; client auth does not apply there, as with etcd's peer endpoints) and the store's
+/// export (for a follower that needs a snapshot).
+fn answer_peer_queries(node: &Node, store: &Store) {
+    let hashes = store.clone();
+    node.transport().set_query(move |body| {
+        let rev = HashKvRequest::decode(body)
+            .map(|r| r.revision)
+            .unwrap_or(-1);
+        match hashes.current().hash_kv(rev) {
+            Ok((hash, compact_revision, hash_revision)) => HashKvResponse {
+                header: Some(ResponseHeader {
+                    revision: hash_revision,
+                    ..Default::default()
+                }),
+                hash,
+                compact_revision,
+                hash_revision,
+            }
+            .encode_to_vec(),
+            // Not there yet, or compacted away: an empty answer, skipped by the asker.
+            Err(_) => Vec::new(),
+        }
+    });
+    let source = store.clone();
+    node.transport().set_snapshot_source(Arc::new(move |out| {
+        source.current().export(out).map_err(|e| e.to_string())
+    }));
+}
+
+/// Counts every new leader this member sees, the first one included (as etcd counts).
+fn count_leader_changes(
+    node: &Node,
+    counters: &Arc<ServerCounters>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let (mut status, counters) = (node.status_watch(), counters.clone());
+    runtime.spawn(async move {
+        let mut last = 0;
+        while status.changed().await.is_ok() {
+            let leader = status.borrow_and_update().leader;
+            if leader != 0 && leader != last {
+                counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            last = leader;
+        }
+    });
 }

@@ -387,32 +387,3 @@ pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, Stri
     };
     client_config(trust, tls.map(|t| (t.cert.as_path(), t.key.as_path())))
 }
-
-/// The peer port's TLS (`--peer-*`, or `--peer-auto-tls` kept in `<data-dir>/fixtures/peer`),
-/// when the peer URLs are `https`. The same certificate serves and identifies this member.
-pub fn peer_tls(cfg: &crate::config::Config) -> Result<Option<ballast_raft::PeerTls>, String> {
-    if !cfg.peer_https {
-        return Ok(None);
-    }
-    let dir = cfg.data_dir.join("fixtures").join("peer");
-    let Some(files) = port_files(
-        cfg.peer_tls.as_ref(),
-        cfg.peer_auto_tls,
-        &dir,
-        &cfg.listen_peer,
-    )
-    .map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    let server = Arc::new(Reloading::new(files.clone()).map_err(|e| e.to_string())?);
-    // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.
-    let mut client = member_client_config(Some(&files))?;
-    // The peer protocol is Ballast's own, not HTTP.
-    client.alpn_protocols.clear();
-    Ok(Some(ballast_raft::PeerTls {
-        client: Arc::new(client),
-        server: Arc::new(move || server.current()),
-        allowed_cn: cfg.peer_cert_allowed_cn.clone(),
-    }))
-}

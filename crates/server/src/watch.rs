@@ -22,7 +22,7 @@ use ballast_state::mvcc::mod_rev;
 pub use ballast_state::watch::Spec;
 use ballast_state::watch::{fragments, Selection};
 use ballast_state::{KvError, Mvcc};
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::Bytes;
 use prost::Message;
 use tonic::Status;
 
@@ -33,95 +33,8 @@ use crate::outbox::TrySendError;
 /// it a few cross-thread wake-ups cost less than the hand-off.
 const OFFLOAD_WATCHERS: usize = 32;
 
+pub use crate::frame::Frame;
 pub type Sender = crate::outbox::Sender;
-
-/// One response on a watch stream. Events that many watchers get alike (one key watched by
-/// hundreds) are encoded once per batch and shared; only the watch id is written per watcher.
-#[derive(Debug, Clone)]
-pub enum Frame {
-    Response(Box<WatchResponse>),
-    /// A `WatchResponse` encoded without its watch id (header and events).
-    Shared {
-        watch_id: i64,
-        body: Bytes,
-    },
-}
-
-impl From<WatchResponse> for Frame {
-    fn from(r: WatchResponse) -> Frame {
-        Frame::Response(Box::new(r))
-    }
-}
-
-impl Default for Frame {
-    fn default() -> Frame {
-        Frame::Response(Box::default())
-    }
-}
-
-impl Frame {
-    /// The response as a message (for the JSON gateway).
-    pub fn into_response(self) -> WatchResponse {
-        match self {
-            Frame::Response(r) => *r,
-            Frame::Shared { watch_id, body } => {
-                // The body was encoded here from a WatchResponse; it always decodes.
-                let mut r = WatchResponse::decode(body).unwrap_or_default();
-                r.watch_id = watch_id;
-                r
-            }
-        }
-    }
-}
-
-impl Message for Frame {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        match self {
-            Frame::Response(r) => r.encode_raw(buf),
-            Frame::Shared { watch_id, body } => {
-                // Protobuf fields may come in any order: the id first, then the shared rest.
-                if *watch_id != 0 {
-                    prost::encoding::int64::encode(2, watch_id, buf);
-                }
-                buf.put_slice(body);
-            }
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        if let Frame::Shared { .. } = self {
-            *self = Frame::from(std::mem::take(self).into_response());
-        }
-        match self {
-            Frame::Response(r) => r.merge_field(tag, wire_type, buf, ctx),
-            Frame::Shared { .. } => Ok(()),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        match self {
-            Frame::Response(r) => r.encoded_len(),
-            Frame::Shared { watch_id, body } => {
-                let id = if *watch_id != 0 {
-                    prost::encoding::int64::encoded_len(2, watch_id)
-                } else {
-                    0
-                };
-                id + body.len()
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = Frame::default();
-    }
-}
 
 type HeaderFn = Box<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 type StoreFn = Box<dyn Fn() -> Arc<Mvcc> + Send + Sync>;

@@ -276,6 +276,8 @@ impl Backend {
             Durability::None
         })?;
         let started = Instant::now();
+        crate::failpoint::io("backend-commit")
+            .map_err(|e| BackendError::Db(format!("commit: {e}")))?;
         tx.commit()?;
         crate::stats::BACKEND_COMMIT.observe(started.elapsed());
         self.refresh_size();

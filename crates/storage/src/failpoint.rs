@@ -9,7 +9,7 @@
 //! I/O call at that point fails with that error), `on` (a switch, for the `break-*` names).
 //! `@n` makes the action fire from the n-th pass through the point on (default: the first).
 //!
-//! Points: `wal-write`, `wal-fsync` (I/O); `raft-before-save`, `raft-after-save`,
+//! Points: `wal-write`, `wal-fsync`, `backend-commit` (I/O); `raft-before-save`, `raft-after-save`,
 //! `raft-before-snapshot`, `raft-after-snapshot`, `apply-before`, `apply-after` (crash);
 //! `break-skip-wal-sync` (acknowledge before the WAL reaches the OS), `break-local-reads`
 //! (linearizable reads served without ReadIndex), `break-corrupt-writes` (stored values get a

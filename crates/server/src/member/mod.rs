@@ -1,4 +1,14 @@
-//! The member's core, without gRPC or HTTP: what the request path and the applier share.
-//! (The rest of `EtcdServer` moves here piece by piece: proposer, applier, read path.)
+//! The member's core, without gRPC services or HTTP: where it starts from (`bootstrap`), its
+//! store handle (`store`), proposing (`proposer`, `waiters`), applying (`applier`), and the
+//! counters it keeps (`counters`). The edge (`rpc`, `gateway`, `http`, `metrics`, `main`) and
+//! the background tasks use these through the assembled `EtcdServer` or narrow handles.
 
+pub mod applier;
+pub mod bootstrap;
+pub mod counters;
+mod error;
+pub mod proposer;
+pub mod store;
 pub mod waiters;
+
+pub use error::ServerError;

@@ -9,15 +9,29 @@
 //! Peers whose compacted revision differs, or that have not reached the revision yet, are
 //! skipped that round, as in etcd.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_api::ballast::internal::raft_request;
 use ballast_api::etcdserverpb::alarm_request::AlarmAction;
 use ballast_api::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest, HashKvResponse};
+use ballast_raft::{RaftStatus, Transport};
 use prost::Message;
+use tokio::sync::watch;
 
-use crate::server::{EtcdServer, ServerError};
+use crate::member::proposer::Proposer;
+use crate::member::store::Store;
+use crate::member::ServerError;
+
+/// What the checks need: the store to hash, the peer transport to ask with, and (for the
+/// leader's periodic check) a proposer to raise alarms and raft's status.
+#[derive(Clone)]
+pub struct Checker {
+    pub store: Store,
+    pub transport: Transport,
+    pub member_id: u64,
+    pub proposer: Proposer,
+    pub status: watch::Receiver<RaftStatus>,
+}
 
 /// A peer whose history disagrees with ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +55,9 @@ impl Mismatch {
 }
 
 /// A peer's HashKV at `revision`, asked over the peer port.
-async fn peer_hash(s: &EtcdServer, member: u64, revision: i64) -> Option<(u32, i64)> {
+async fn peer_hash(transport: &Transport, member: u64, revision: i64) -> Option<(u32, i64)> {
     let ask = HashKvRequest { revision }.encode_to_vec();
-    let answer = s.transport().query(member, &ask, ROUND).await?;
+    let answer = transport.query(member, &ask, ROUND).await?;
     if answer.is_empty() {
         return None;
     }
@@ -56,14 +70,14 @@ async fn peer_hash(s: &EtcdServer, member: u64, revision: i64) -> Option<(u32, i
 const ROUND: Duration = Duration::from_secs(2);
 
 /// Compares this member's history with every other member's that answers within [`ROUND`].
-pub async fn compare_with_peers(s: &Arc<EtcdServer>) -> Result<Vec<Mismatch>, ServerError> {
-    let mvcc = s.mvcc();
+pub async fn compare_with_peers(c: &Checker) -> Result<Vec<Mismatch>, ServerError> {
+    let mvcc = c.store.current();
     let (ours, compacted, revision) = mvcc.hash_kv(mvcc.current_rev())?;
     let mut asks = tokio::task::JoinSet::new();
     for m in mvcc.members() {
-        if m.id != s.member_id() {
-            let s = s.clone();
-            asks.spawn(async move { (m.id, peer_hash(&s, m.id, revision).await) });
+        if m.id != c.member_id {
+            let transport = c.transport.clone();
+            asks.spawn(async move { (m.id, peer_hash(&transport, m.id, revision).await) });
         }
     }
     let mut out = Vec::new();
@@ -89,11 +103,11 @@ pub async fn compare_with_peers(s: &Arc<EtcdServer>) -> Result<Vec<Mismatch>, Se
 
 /// The start-up check: an error means this member's data disagrees with a peer's. A member
 /// with no keyspace history yet has nothing to compare.
-pub async fn initial_check(s: &Arc<EtcdServer>) -> Result<(), String> {
-    if s.mvcc().current_rev() <= 1 {
+pub async fn initial_check(c: &Checker) -> Result<(), String> {
+    if c.store.current().current_rev() <= 1 {
         return Ok(());
     }
-    let found = compare_with_peers(s).await.map_err(|e| e.to_string())?;
+    let found = compare_with_peers(c).await.map_err(|e| e.to_string())?;
     if let Some(m) = found.first() {
         m.report("found data inconsistency with peers");
         return Err(format!(
@@ -106,13 +120,13 @@ pub async fn initial_check(s: &Arc<EtcdServer>) -> Result<(), String> {
 }
 
 /// The leader's periodic check.
-pub async fn run(s: Arc<EtcdServer>, every: Duration) {
+pub async fn run(c: Checker, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        if !s.raft_status().is_leader {
+        if !c.status.borrow().is_leader {
             continue;
         }
-        let found = match compare_with_peers(&s).await {
+        let found = match compare_with_peers(&c).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "corruption check failed");
@@ -120,8 +134,9 @@ pub async fn run(s: Arc<EtcdServer>, every: Duration) {
             }
         };
         for m in found {
-            let raised = s
-                .mvcc()
+            let raised = c
+                .store
+                .current()
                 .alarms()
                 .iter()
                 .any(|a| a.member_id == m.member && a.alarm == AlarmType::Corrupt as i32);
@@ -134,7 +149,7 @@ pub async fn run(s: Arc<EtcdServer>, every: Duration) {
                 member_id: m.member,
                 alarm: AlarmType::Corrupt as i32,
             });
-            if let Err(e) = s.propose(req, &crate::auth::member()).await {
+            if let Err(e) = c.proposer.propose(req, &crate::auth::member()).await {
                 tracing::warn!(error = %e, "raising CORRUPT failed");
             }
         }

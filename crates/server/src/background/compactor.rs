@@ -5,14 +5,17 @@
 //! * revision: every 5 minutes, compact to `current - retention`.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_api::ballast::internal::raft_request;
 use ballast_api::etcdserverpb::CompactionRequest;
 
+use ballast_raft::RaftStatus;
+use tokio::sync::watch;
+
 use crate::config::AutoCompaction;
-use crate::server::EtcdServer;
+use crate::member::proposer::Proposer;
+use crate::member::store::Store;
 
 /// etcd's revision-mode interval.
 const REVISION_INTERVAL: Duration = Duration::from_secs(300);
@@ -46,8 +49,8 @@ pub fn revision_target(current: i64, compacted: i64, retention: i64) -> Option<i
     (target > 0 && target > compacted).then_some(target)
 }
 
-async fn compact(s: &EtcdServer, rev: i64) {
-    if rev <= s.mvcc().compact_rev() {
+async fn compact(proposer: &Proposer, store: &Store, rev: i64) {
+    if rev <= store.current().compact_rev() {
         return;
     }
     tracing::info!(revision = rev, "starting auto-compaction");
@@ -55,21 +58,28 @@ async fn compact(s: &EtcdServer, rev: i64) {
         revision: rev,
         physical: false,
     });
-    match s.propose(req, &crate::auth::member()).await {
+    match proposer.propose(req, &crate::auth::member()).await {
         Ok(_) => tracing::info!(revision = rev, "finished auto-compaction"),
         Err(e) => tracing::warn!(revision = rev, error = %e, "auto-compaction failed"),
     }
 }
 
-pub async fn run(s: Arc<EtcdServer>) {
-    match s.cfg.auto_compaction {
+/// Compacts as `mode` says while this member leads; runs for the member's life.
+pub async fn run(
+    mode: AutoCompaction,
+    proposer: Proposer,
+    store: Store,
+    status: watch::Receiver<RaftStatus>,
+) {
+    let leading = || status.borrow().is_leader;
+    match mode {
         AutoCompaction::Off => {}
         AutoCompaction::Revision(keep) => loop {
             tokio::time::sleep(REVISION_INTERVAL).await;
-            if s.raft_status().is_leader {
-                let m = s.mvcc();
+            if leading() {
+                let m = store.current();
                 if let Some(rev) = revision_target(m.current_rev(), m.compact_rev(), keep) {
-                    compact(&s, rev).await;
+                    compact(&proposer, &store, rev).await;
                 }
             }
         },
@@ -80,12 +90,12 @@ pub async fn run(s: Arc<EtcdServer>) {
             let mut last = Instant::now();
             loop {
                 let now = Instant::now();
-                samples.record(now, s.mvcc().current_rev(), retention);
+                samples.record(now, store.current().current_rev(), retention);
                 if now >= last + interval {
                     last = now;
                     let target = samples.target(now, retention);
-                    if let (true, Some(rev)) = (s.raft_status().is_leader, target) {
-                        compact(&s, rev).await;
+                    if let (true, Some(rev)) = (leading(), target) {
+                        compact(&proposer, &store, rev).await;
                     }
                 }
                 tokio::time::sleep(tick).await;

@@ -5,21 +5,17 @@
 //! format `snapshot save` writes, so `snapshot restore` takes them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ballast_raft::RaftStatus;
 use ballast_state::snapfile;
+use ballast_state::Mvcc;
+use tokio::sync::watch;
 
-use crate::server::EtcdServer;
-
-/// What `/metrics` reports about backups.
-#[derive(Default)]
-pub struct BackupStats {
-    /// Unix seconds of the last verified backup (0: none yet).
-    pub last_success: AtomicU64,
-    pub failures: AtomicU64,
-}
+use crate::member::counters::BackupStats;
+use crate::member::store::Store;
 
 const PREFIX: &str = "ballast-";
 const SUFFIX: &str = ".db";
@@ -49,13 +45,13 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Writes one verified backup into `dir`; returns its path.
-pub fn write_one(s: &EtcdServer, dir: &Path, now: SystemTime) -> Result<PathBuf, String> {
+pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(".backup.tmp");
     let result = (|| {
         let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        snapfile::write(&s.mvcc(), &mut |_| Ok(()), &mut out).map_err(|e| e.to_string())?;
+        snapfile::write(store, &mut |_| Ok(()), &mut out).map_err(|e| e.to_string())?;
         let file = out.into_inner().map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
         // Read back what reached the disk before trusting it.
@@ -91,21 +87,36 @@ pub fn rotate(dir: &Path, keep: usize) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn run(s: Arc<EtcdServer>, dir: PathBuf, every: Duration, keep: usize) {
+/// Where, how often and how many backups the leader keeps (`--backup-*`).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub dir: PathBuf,
+    pub every: Duration,
+    pub keep: usize,
+}
+
+/// Writes a verified backup every interval while this member leads, keeping the newest
+/// `keep`; runs for the member's life.
+pub async fn run(
+    schedule: Schedule,
+    store: Store,
+    status: watch::Receiver<RaftStatus>,
+    stats: Arc<BackupStats>,
+) {
+    let Schedule { dir, every, keep } = schedule;
     loop {
         tokio::time::sleep(every).await;
-        if !s.raft_status().is_leader {
+        if !status.borrow().is_leader {
             continue;
         }
-        let (server, d) = (s.clone(), dir.clone());
+        let (mvcc, d) = (store.current(), dir.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let path = write_one(&server, &d, SystemTime::now())?;
+            let path = write_one(&mvcc, &d, SystemTime::now())?;
             rotate(&d, keep)?;
             Ok::<_, String>(path)
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-        let stats = s.backup_stats();
         match done {
             Ok(path) => {
                 let now = SystemTime::now()

@@ -1,0 +1,246 @@
+//! The applier: one thread applies committed entries in log order, so applying never blocks
+//! the driver's next fsync. Per batch: apply to the store in one transaction, publish the
+//! events to the watch hub, apply side effects (lease clocks, tokens), answer the waiters,
+//! then, when due, make the store durable and let the driver compact the log.
+//!
+//! Invariants: entries apply in log order, each once (the store skips what it already
+//! applied); a waiter is answered only after its entry's events are published; the log is
+//! compacted only to an index the store holds durably; a storage failure stops the member
+//! rather than acknowledge anything.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ballast_api::ballast::internal::{raft_request, RaftRequest};
+use ballast_raft::{Apply, Committed, Transport};
+use ballast_state::{Applied, KvError, Mvcc};
+use ballast_storage::failpoint;
+use prost::Message;
+use tokio::sync::watch;
+
+use super::proposer::ProposalWaiters;
+use super::store::Store;
+use super::ServerError;
+use crate::background::lease::Lessor;
+use crate::limits::MAX_MERGED_ENTRIES;
+use crate::watch::WatchHub;
+
+/// How often applied state is forced to disk; the WAL covers anything newer after a crash.
+const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Applies committed entries in log order on its own thread, so applying never blocks the
+/// driver's next fsync.
+pub struct Applier {
+    pub(crate) store: Store,
+    pub(crate) snap_dir: std::path::PathBuf,
+    pub(crate) snapshot_count: u64,
+    /// Applied index at the last log compaction (WAL rewrite).
+    pub(crate) last_compact: u64,
+    /// Applied index at the last trim of the in-memory log, and how often to trim: the raft
+    /// log would otherwise hold up to `snapshot_count` entries in memory.
+    pub(crate) last_trim: u64,
+    pub(crate) trim_every: u64,
+    pub(crate) compact: Box<dyn Fn(u64, bool) + Send>,
+    pub(crate) watch: Arc<WatchHub>,
+    pub(crate) lessor: Arc<Lessor>,
+    pub(crate) waiters: Arc<ProposalWaiters>,
+    pub(crate) applied: watch::Sender<u64>,
+    pub(crate) last_sync: Instant,
+    pub(crate) transport: Transport,
+    pub(crate) member_id: u64,
+    /// Whether this member's own record has been applied (a joiner's comes later).
+    pub(crate) was_member: bool,
+    pub(crate) removed: watch::Sender<bool>,
+    pub(crate) learner: Arc<AtomicBool>,
+    /// Held while the store's file is being replaced (snapshot install, defragmentation).
+    pub(crate) file_swap: Arc<Mutex<()>>,
+    pub(crate) auth: Arc<crate::auth::Authenticator>,
+    /// Why applying stopped (a storage failure); the process exits on it.
+    pub(crate) failed: watch::Sender<Option<String>>,
+}
+
+impl Applier {
+    /// Applies until the driver stops, or a storage failure stops it first (reported on
+    /// `failed`; nothing after it is applied or answered).
+    pub fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
+        let mut next = None;
+        while let Some(work) = next.take().or_else(|| committed.recv().ok()) {
+            let res = match work {
+                Apply::Entries(mut batch) => {
+                    // Batches that queued up meanwhile share one store transaction: each
+                    // commit copies the B-tree pages it touched, so fewer commits do less.
+                    while batch.len() < MAX_MERGED_ENTRIES {
+                        match committed.try_recv() {
+                            Ok(Apply::Entries(more)) => batch.extend(more),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch)
+                }
+                Apply::Snapshot { index, path, done } => {
+                    let r = self.install(index, &path);
+                    let _ = std::fs::remove_file(&path);
+                    let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    r
+                }
+            };
+            if let Err(e) = res {
+                // The disk failed: stop acknowledging anything, and stop the member.
+                tracing::error!(error = %e, "apply failed; stopping");
+                self.failed.send_replace(Some(format!("apply failed: {e}")));
+                return;
+            }
+        }
+        if let Err(e) = self.store.current().sync() {
+            tracing::error!(error = %e, "final backend sync failed");
+        }
+    }
+
+    /// Replaces the state machine with a received snapshot: build a new store beside the
+    /// old, fsync it, rename it into place, then switch readers over.
+    fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
+        let swap = self.file_swap.clone();
+        let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.snap_dir.join("db");
+        let fresh = self.snap_dir.join("db.new");
+        let file = std::fs::File::open(path)
+            .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
+        Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
+        let installed = Mvcc::open(&fresh)?;
+        if installed.applied_index() < index {
+            return Err(KvError::Corrupt(format!(
+                "snapshot data covers index {} but raft sent it for {index}",
+                installed.applied_index()
+            )));
+        }
+        drop(installed);
+        std::fs::rename(&fresh, &db)
+            .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
+            .map_err(|e| KvError::Corrupt(format!("installing snapshot: {e}")))?;
+        let m = Arc::new(Mvcc::open(&db)?);
+        let applied = m.applied_index();
+        self.store.replace(m);
+        self.last_compact = applied;
+        self.last_trim = applied;
+        self.applied.send_replace(applied);
+        self.watch.resync(self.store.current().current_rev());
+        self.sync_membership();
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: Vec<Committed>) -> Result<(), KvError> {
+        let Some(last) = batch.last().map(|c| c.index) else {
+            return Ok(());
+        };
+        let mvcc = self.store.current();
+        let mut ids = Vec::with_capacity(batch.len());
+        let entries: Vec<(u64, Option<RaftRequest>)> = batch
+            .into_iter()
+            .map(|c| {
+                let req = if c.rejected || c.data.is_empty() {
+                    None
+                } else {
+                    match RaftRequest::decode(c.data.as_slice()) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            // Every member decodes the same bytes the same way, so skipping
+                            // keeps members identical.
+                            tracing::error!(index = c.index, error = %e, "undecodable entry skipped");
+                            None
+                        }
+                    }
+                };
+                (c.index, req)
+            })
+            .collect();
+        for (index, req) in &entries {
+            if *index > mvcc.applied_index() {
+                ids.push(req.as_ref().map(|r| r.id));
+            }
+        }
+        let membership = entries.iter().any(|(_, r)| {
+            matches!(
+                r.as_ref().and_then(|r| r.request.as_ref()),
+                Some(raft_request::Request::MemberChange(_))
+            )
+        });
+        // Membership must survive a crash with the raft configuration it matches.
+        failpoint::crash("apply-before");
+        let applied = mvcc.apply_batch(&entries, membership)?;
+        failpoint::crash("apply-after");
+        let results = applied.results;
+        self.watch.publish_from_thread(applied.events, applied.rev);
+        if membership {
+            self.last_sync = Instant::now();
+        }
+        // Effects first, so a client that hears back can already use what it created.
+        for res in results.iter().flatten() {
+            match res {
+                Applied::LeaseGrant(g) => self.lessor.granted(g.id, g.ttl),
+                // Every member learns every simple token, so any member accepts it.
+                Applied::Authenticated { user, token } if !token.is_empty() => {
+                    self.auth.assign(token.clone(), user.clone())
+                }
+                Applied::Auth(effect) => self.auth.apply_effect(effect),
+                _ => {}
+            }
+        }
+        self.waiters.answer_all(
+            ids.into_iter()
+                .zip(results.into_iter().map(|r| r.map_err(ServerError::from))),
+        );
+        self.applied.send_replace(last);
+        if membership {
+            self.sync_membership();
+        }
+        if last.saturating_sub(self.last_compact) >= self.snapshot_count {
+            // The WAL may only drop what the store holds durably.
+            self.sync_store(&mvcc)?;
+            self.last_compact = last;
+            self.last_trim = last;
+            (self.compact)(last, true);
+        } else if last.saturating_sub(self.last_trim) >= self.trim_every {
+            self.last_trim = last;
+            (self.compact)(last, false);
+        }
+        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
+        // batch's events and answers are out (inside the batch it held them for a whole fsync
+        // of the store), and after the snapshot's sync, which resets its clock.
+        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
+            self.sync_store(&mvcc)?;
+        }
+        Ok(())
+    }
+
+    fn sync_store(&mut self, mvcc: &Mvcc) -> Result<(), KvError> {
+        mvcc.sync()?;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Points the transport at the applied members and notices this member's own removal.
+    fn sync_membership(&mut self) {
+        let members = self.store.current().members();
+        let mut present = false;
+        for m in &members {
+            if m.id == self.member_id {
+                present = true;
+                self.learner.store(m.is_learner, Ordering::Release);
+            } else {
+                self.transport.set_peer(m.id, m.peer_ur_ls.clone());
+            }
+        }
+        self.transport
+            .retain_peers(|id| members.iter().any(|m| m.id == id));
+        if self.was_member && !present {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            self.removed.send_replace(true);
+        }
+        self.was_member |= present;
+    }
+}
