@@ -24,7 +24,6 @@ use ballast_state::watch::{fragments, Selection};
 use ballast_state::{KvError, Mvcc};
 use prost::bytes::Bytes;
 use prost::Message;
-use tonic::Status;
 
 use crate::limits::CATCH_UP_EVENTS;
 use crate::outbox::TrySendError;
@@ -438,7 +437,8 @@ impl WatchHub {
                     return;
                 }
                 Ok(Err((e, _))) => {
-                    let _ = w.tx.send(Err(Status::internal(e.to_string()))).await;
+                    let err = crate::rpc::kv_status(e);
+                    let _ = w.tx.send(Err(err)).await;
                     self.done_catching_up(w.stream);
                     return;
                 }
@@ -506,7 +506,7 @@ mod tests {
     }
 
     /// What is queued now, without waiting.
-    fn try_next(rx: &mut ReceiverStream) -> Option<Result<Frame, Status>> {
+    fn try_next(rx: &mut ReceiverStream) -> Option<Result<Frame, tonic::Status>> {
         let mut cx = Context::from_waker(Waker::noop());
         match std::pin::Pin::new(rx).poll_next(&mut cx) {
             Poll::Ready(i) => i,

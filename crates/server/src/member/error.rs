@@ -39,4 +39,22 @@ pub enum ServerError {
     BadLeaderTransferee,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: unknown downgrade action")]
+    UnknownDowngradeAction,
+    /// A watch the member made for itself (lock and election waits) was cancelled.
+    #[error("watch cancelled")]
+    WatchCancelled,
+    /// A method or encoding this server does not serve (tonic's own words).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Something that cannot happen did (an apply result of the wrong kind, a failed
+    /// export): reported to the client, never panicked on.
+    #[error("{0}")]
+    Internal(String),
 }

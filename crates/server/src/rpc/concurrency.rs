@@ -27,7 +27,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{status, unexpected};
-use crate::server::EtcdServer;
+use crate::server::{EtcdServer, ServerError};
 use crate::watch::Spec;
 
 /// Internal watchers use stream ids far from client streams'.
@@ -175,11 +175,11 @@ async fn next_event(
     let out = loop {
         tokio::select! {
             r = tokio_stream::StreamExt::next(&mut rx) => match r.map(|r| r.map(crate::watch::Frame::into_response)) {
-                Some(Ok(r)) if r.canceled => break Err(Status::unavailable("watch cancelled")),
+                Some(Ok(r)) if r.canceled => break Err(status(ServerError::WatchCancelled)),
                 Some(Ok(r)) if !r.events.is_empty() => break Ok(true),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Err(e),
-                None => break Err(Status::unavailable("etcdserver: server stopped")),
+                None => break Err(status(ServerError::Stopped)),
             },
             _ = &mut stop => break Ok(false),
         }

@@ -181,7 +181,7 @@ impl Future for ClientFuture {
 /// What the client port answers for paths nobody serves: gRPC's Unimplemented, as tonic's
 /// router did.
 pub async fn unimplemented() -> Response<Body> {
-    tonic::Status::unimplemented("").into_http::<Body>()
+    super::status(crate::server::ServerError::Unimplemented(String::new())).into_http::<Body>()
 }
 
 /// What a listener knows of a connection's peer: a TLS listener the verified certificate's CN,

@@ -19,7 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request as Req, Response, Status, Streaming};
 
 use super::{kv_status, status, unexpected};
-use crate::server::EtcdServer;
+use crate::server::{EtcdServer, ServerError};
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
@@ -74,7 +74,7 @@ async fn forward_keep_alive(server: &Arc<EtcdServer>, id: i64) -> Result<i64, St
         .into_inner();
     match out.next().await {
         Some(r) => Ok(r?.ttl),
-        None => Err(Status::unavailable("etcdserver: no leader")),
+        None => Err(status(ServerError::Raft(ballast_raft::RaftError::NoLeader))),
     }
 }
 

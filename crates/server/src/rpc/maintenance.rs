@@ -125,7 +125,7 @@ impl Maintenance for MaintenanceService {
             .and_then(|()| out.finish().map_err(|e| KvError::Corrupt(e.to_string())));
             if let Err(e) = written {
                 tracing::warn!(error = %e, "snapshot stream failed");
-                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                let _ = tx.blocking_send(Err(status(ServerError::Internal(e.to_string()))));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -167,7 +167,7 @@ impl Maintenance for MaintenanceService {
                 resp.header = Some(s.header(s.mvcc().current_rev()));
                 Ok(Response::new(resp))
             }
-            _ => Err(Status::internal("alarm applied as another request")),
+            other => Err(super::unexpected(other)),
         }
     }
 
@@ -194,28 +194,22 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DowngradeResponse>, Status> {
         use ballast_api::etcdserverpb::downgrade_request::DowngradeAction;
         let r = req.into_inner();
-        match DowngradeAction::try_from(r.action) {
-            Ok(DowngradeAction::Cancel) => Err(Status::failed_precondition(
-                "etcdserver: no inflight downgrade job",
-            )),
+        let refusal = match DowngradeAction::try_from(r.action) {
+            Ok(DowngradeAction::Cancel) => ServerError::NoInflightDowngrade,
             Ok(_) => {
                 let parts: Vec<&str> = r.version.split('.').collect();
                 let numeric = parts
                     .iter()
                     .all(|p| !p.is_empty() && p.parse::<u64>().is_ok());
                 if !(2..=3).contains(&parts.len()) || !numeric {
-                    return Err(Status::invalid_argument(
-                        "etcdserver: wrong downgrade target version format",
-                    ));
+                    ServerError::WrongDowngradeVersionFormat
+                } else {
+                    ServerError::InvalidDowngradeTargetVersion
                 }
-                Err(Status::invalid_argument(
-                    "etcdserver: invalid downgrade target version",
-                ))
             }
-            Err(_) => Err(Status::invalid_argument(
-                "etcdserver: unknown downgrade action",
-            )),
-        }
+            Err(_) => ServerError::UnknownDowngradeAction,
+        };
+        Err(status(refusal))
     }
 
     /// A hash of the whole key-value history this member stores.

@@ -149,13 +149,22 @@ pub fn status(e: ServerError) -> Status {
         ServerError::NotSupportedForLearner | ServerError::BadLeaderTransferee => {
             Code::FailedPrecondition
         }
+        ServerError::NoInflightDowngrade => Code::FailedPrecondition,
+        ServerError::WrongDowngradeVersionFormat
+        | ServerError::InvalidDowngradeTargetVersion
+        | ServerError::UnknownDowngradeAction => Code::InvalidArgument,
+        ServerError::WatchCancelled => Code::Unavailable,
+        ServerError::Internal(_) => Code::Internal,
+        ServerError::Unimplemented(_) => Code::Unimplemented,
     };
     Status::new(code, e.to_string())
 }
 
 /// An apply result of the wrong kind for the request: a bug, reported rather than panicked on.
 pub fn unexpected(a: ballast_state::Applied) -> Status {
-    Status::internal(format!("unexpected apply result {a:?}"))
+    status(ServerError::Internal(format!(
+        "unexpected apply result {a:?}"
+    )))
 }
 
 pub fn kv_status(e: KvError) -> Status {

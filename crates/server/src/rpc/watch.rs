@@ -17,9 +17,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::codec::Codec;
 use tonic::{Status, Streaming};
 
+use super::status;
 use crate::limits::{MAX_WATCHERS_PER_STREAM, WATCH_STREAM_BUFFER};
 use crate::outbox::{self, Receiver};
-use crate::server::EtcdServer;
+use crate::server::{EtcdServer, ServerError};
 use crate::watch::{Frame, Sender, Spec};
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
@@ -54,7 +55,7 @@ impl tower::Service<http::Request<axum::body::Body>> for WatchService {
         let max = self.max_decoding;
         Box::pin(async move {
             if req.uri().path() != "/etcdserverpb.Watch/Watch" {
-                return Ok(Status::unimplemented("").into_http());
+                return Ok(status(ServerError::Unimplemented(String::new())).into_http());
             }
             // etcd's clients do not compress; what does is refused, as tonic's server would.
             if let Some(enc) = req
@@ -63,9 +64,9 @@ impl tower::Service<http::Request<axum::body::Body>> for WatchService {
                 .filter(|e| *e != "identity")
             {
                 let enc = enc.to_str().unwrap_or("?");
-                return Ok(Status::unimplemented(format!(
+                return Ok(status(ServerError::Unimplemented(format!(
                     "Content is compressed with `{enc}` which isn't supported"
-                ))
+                )))
                 .into_http());
             }
             let (parts, body) = req.into_parts();
