@@ -67,7 +67,7 @@ fn lower_priority() {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RaftError {
     #[error("etcdserver: too many requests")]
     TooManyRequests,
@@ -79,15 +79,45 @@ pub enum RaftError {
     LeaderChanged,
     #[error("etcdserver: not leader")]
     NotLeader,
+    /// The WAL failed (shared: a fatal error reaches every waiting proposal).
     #[error("raft storage: {0}")]
-    Storage(String),
+    Log(Arc<LogError>),
+    /// raft-rs refused (its configuration, its in-memory log, a campaign).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(Arc<raft::Error>),
+    /// A raft message failed to encode.
+    #[error("raft: {0}")]
+    Encode(Arc<protobuf::ProtobufError>),
+    #[error("cannot start the raft driver thread: {0}")]
+    Thread(Arc<std::io::Error>),
+    #[error("raft storage: snapshot {0} accepted but not staged")]
+    SnapshotNotStaged(u64),
+    /// The state machine could not install a received snapshot (its own words).
+    #[error("raft storage: {0}")]
+    SnapshotInstall(String),
 }
 
 impl From<LogError> for RaftError {
     fn from(e: LogError) -> Self {
-        RaftError::Storage(e.to_string())
+        RaftError::Log(Arc::new(e))
+    }
+}
+
+impl From<raft::Error> for RaftError {
+    fn from(e: raft::Error) -> Self {
+        RaftError::Raft(Arc::new(e))
+    }
+}
+
+impl From<raft::StorageError> for RaftError {
+    fn from(e: raft::StorageError) -> Self {
+        RaftError::Raft(Arc::new(raft::Error::Store(e)))
+    }
+}
+
+impl From<protobuf::ProtobufError> for RaftError {
+    fn from(e: protobuf::ProtobufError) -> Self {
+        RaftError::Encode(Arc::new(e))
     }
 }
 
@@ -225,9 +255,7 @@ impl Node {
                 storage.apply_snapshot(rec.snapshot);
                 storage.set_conf_state(rec.conf_state);
             }
-            storage
-                .append(&rec.entries)
-                .map_err(|e| RaftError::Storage(e.to_string()))?;
+            storage.append(&rec.entries)?;
             let mut hs = rec.hard_state;
             hs.commit = hs.commit.max(storage.hard_state().commit);
             storage.set_hard_state(hs);
@@ -254,11 +282,8 @@ impl Node {
             max_inflight_msgs: 256,
             ..Default::default()
         };
-        raft_cfg
-            .validate()
-            .map_err(|e| RaftError::Raft(e.to_string()))?;
-        let node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())
-            .map_err(|e| RaftError::Raft(e.to_string()))?;
+        raft_cfg.validate()?;
+        let node = RawNode::new(&raft_cfg, storage, &crate::logger::logger())?;
         let voters = node
             .raft
             .prs()
@@ -318,7 +343,7 @@ impl Node {
                 lower_priority();
                 driver.run()
             })
-            .map_err(|e| RaftError::Raft(e.to_string()))?;
+            .map_err(|e| RaftError::Thread(Arc::new(e)))?;
         Ok((
             Node {
                 tx,
@@ -625,9 +650,10 @@ impl Driver {
     /// A snapshot from the leader: the state machine takes it first (durably), then the log
     /// records it, so a crash in between only means receiving it again.
     fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), RaftError> {
-        let path = self.transport.take_received(meta.index).ok_or_else(|| {
-            RaftError::Storage(format!("snapshot {} accepted but not staged", meta.index))
-        })?;
+        let path = self
+            .transport
+            .take_received(meta.index)
+            .ok_or_else(|| RaftError::SnapshotNotStaged(meta.index))?;
         let (tx, rx) = std_mpsc::sync_channel(1);
         self.apply_tx
             .send(Apply::Snapshot {
@@ -638,7 +664,7 @@ impl Driver {
             .map_err(|_| RaftError::Stopped)?;
         rx.recv()
             .map_err(|_| RaftError::Stopped)?
-            .map_err(RaftError::Storage)?;
+            .map_err(RaftError::SnapshotInstall)?;
         self.conf_history
             .push((meta.index, meta.get_conf_state().clone()));
         self.log.save_snapshot(&meta)?;
@@ -822,9 +848,7 @@ impl Driver {
             }
             failpoint::crash("raft-after-save");
             let store = self.node.mut_store();
-            store
-                .append(rd.entries())
-                .map_err(|e| RaftError::Storage(e.to_string()))?;
+            store.append(rd.entries())?;
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs.clone());
             }
@@ -841,9 +865,7 @@ impl Driver {
         if self.lone_voter && log.applied >= log.committed {
             self.lone_voter = false;
             if self.node.raft.state != StateRole::Leader {
-                self.node
-                    .campaign()
-                    .map_err(|e| RaftError::Raft(e.to_string()))?;
+                self.node.campaign()?;
             }
         }
         self.publish_status();
@@ -940,9 +962,7 @@ fn create_log(
     if !entries.is_empty() {
         l.save(&entries, Some(&hs))?;
         l.sync()?;
-        storage
-            .append(&entries)
-            .map_err(|e| RaftError::Storage(e.to_string()))?;
+        storage.append(&entries)?;
         storage.set_hard_state(hs);
     }
     Ok((l, storage))
@@ -961,10 +981,7 @@ fn bootstrap_entries(members: &[(u64, Vec<u8>)]) -> Result<(Vec<Entry>, HardStat
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = 1;
         e.index = i as u64 + 1;
-        e.data = cc
-            .write_to_bytes()
-            .map_err(|e| RaftError::Raft(e.to_string()))?
-            .into();
+        e.data = cc.write_to_bytes()?.into();
         entries.push(e);
     }
     let mut hs = HardState::default();

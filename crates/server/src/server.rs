@@ -28,7 +28,7 @@ use crate::member::bootstrap;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
 use crate::member::store::Store;
-pub use crate::member::ServerError;
+pub use crate::member::{ServerError, StartupError};
 use crate::watch::WatchHub;
 
 pub struct EtcdServer {
@@ -57,14 +57,13 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts the member: its store and identity, the raft node, the applier thread and
     /// the tasks that keep tokens, watch progress and counters; serves nothing yet.
-    pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, ServerError> {
+    pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartupError> {
         let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
         let start = bootstrap::identity(&cfg, &mvcc)?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| ServerError::Startup(format!("no runtime for the peer transport: {e}")))?;
+        let runtime = tokio::runtime::Handle::try_current()?;
         let (node, committed) = Node::start(NodeConfig {
-            peer_tls: bootstrap::peer_tls(&cfg).map_err(ServerError::Startup)?,
+            peer_tls: bootstrap::peer_tls(&cfg).map_err(StartupError::PeerTls)?,
             member_id: start.member_id,
             cluster_id: start.cluster_id,
             bootstrap: start.bootstrap,
@@ -131,7 +130,7 @@ impl EtcdServer {
         std::thread::Builder::new()
             .name("applier".into())
             .spawn(move || applier.run(committed))
-            .map_err(|e| ServerError::Startup(e.to_string()))?;
+            .map_err(StartupError::Applier)?;
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -456,10 +455,10 @@ impl EtcdServer {
 fn start_authenticator(
     cfg: &Config,
     runtime: &tokio::runtime::Handle,
-) -> Result<Arc<crate::auth::Authenticator>, ServerError> {
+) -> Result<Arc<crate::auth::Authenticator>, StartupError> {
     let auth = Arc::new(
         crate::auth::Authenticator::new(&cfg.auth_token, cfg.auth_token_ttl, cfg.bcrypt_cost)
-            .map_err(ServerError::Startup)?,
+            .map_err(StartupError::AuthToken)?,
     );
     let expiring = auth.clone();
     runtime.spawn(async move {

@@ -72,25 +72,35 @@ pub enum BackendError {
         source: redb::DatabaseError,
     },
     #[error("backend: {0}")]
-    Db(String),
+    Transaction(#[from] redb::TransactionError),
+    #[error("backend: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("backend: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("backend: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("backend: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
+    /// A file operation around the database (export, defragmentation, injected faults).
+    #[error("backend: {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot stream that is not whole or not Ballast's.
+    #[error("backend: snapshot import: {0}")]
+    BadSnapshot(String),
     #[error("backend value at revision {0:?} is malformed")]
     Malformed(Rev),
+    #[error("backend: lease {0} is malformed")]
+    MalformedLease(i64),
 }
 
-macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for BackendError {
-            fn from(e: $t) -> Self { BackendError::Db(e.to_string()) }
-        }
-    )*};
+/// An I/O error while doing `what`.
+fn io_error(what: &'static str) -> impl Fn(std::io::Error) -> BackendError + Copy {
+    move |source| BackendError::Io { what, source }
 }
-db_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 /// An MVCC revision: `main` is the store revision, `sub` orders changes within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -276,8 +286,7 @@ impl Backend {
             Durability::None
         })?;
         let started = Instant::now();
-        crate::failpoint::io("backend-commit")
-            .map_err(|e| BackendError::Db(format!("commit: {e}")))?;
+        crate::failpoint::io("backend-commit").map_err(io_error("commit"))?;
         tx.commit()?;
         crate::stats::BACKEND_COMMIT.observe(started.elapsed());
         self.refresh_size();
@@ -352,7 +361,7 @@ impl Backend {
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), BackendError> {
         let tx = self.begin_read_all()?;
-        let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
+        let io = io_error("snapshot export");
         let mut total = 9 + 8 + 4;
         walk(&tx, &mut |_, k, v| {
             total += 9 + k.len() as u64 + v.len() as u64;
@@ -503,7 +512,7 @@ impl Backend {
         }
         tx.commit()?;
         drop(src);
-        let io = |e: std::io::Error| BackendError::Db(format!("defragment: {e}"));
+        let io = io_error("defragment");
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
             crate::wal::sync_dir(dir).map_err(io)?;
@@ -522,10 +531,7 @@ impl Backend {
             let (k, v) = row?;
             let v = v.value();
             let (Some(ttl), Some(rem)) = (v.get(..8), v.get(8..16)) else {
-                return Err(BackendError::Db(format!(
-                    "lease {} is malformed",
-                    k.value()
-                )));
+                return Err(BackendError::MalformedLease(k.value()));
             };
             let word = |b: &[u8]| {
                 let mut a = [0u8; 8];
@@ -1134,7 +1140,7 @@ type RowVisitor<'a> = dyn FnMut(u8, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
 /// Visits every row of every table as raw snapshot fields, in the order the stream holds them.
 fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), BackendError> {
-    let io = |e: std::io::Error| BackendError::Db(format!("snapshot export: {e}"));
+    let io = io_error("snapshot export");
     for row in tx.open_table(KV)?.iter()? {
         let (k, v) = row?;
         f(SNAP_KV, k.value(), v.value()).map_err(io)?;
@@ -1225,7 +1231,10 @@ impl<R: std::io::Read> SnapshotReader<R> {
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(e) => Err(BackendError::Db(format!("snapshot import: {e}"))),
+            Err(e) => Err(BackendError::Io {
+                what: "snapshot import",
+                source: e,
+            }),
         }
     }
 
@@ -1302,7 +1311,7 @@ impl<R: std::io::Read> SnapshotReader<R> {
 }
 
 fn bad(what: &str) -> BackendError {
-    BackendError::Db(format!("snapshot import: {what}"))
+    BackendError::BadSnapshot(what.to_string())
 }
 
 fn create_db(path: &Path) -> Result<Database, BackendError> {

@@ -16,7 +16,7 @@ use ballast_raft::Node;
 use ballast_state::Mvcc;
 use prost::Message;
 
-use super::ServerError;
+use super::StartupError;
 use crate::config::Config;
 
 /// How this member learns its identity and the first configuration.
@@ -31,10 +31,12 @@ pub struct Startup {
 
 /// Creates `<data-dir>/member/snap` and removes what a crash left there half-received or
 /// never installed (the leader sends it again).
-pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, ServerError> {
+pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, StartupError> {
     let snap_dir = data_dir.join("member").join("snap");
-    std::fs::create_dir_all(&snap_dir)
-        .map_err(|e| ServerError::Startup(format!("cannot create {}: {e}", snap_dir.display())))?;
+    std::fs::create_dir_all(&snap_dir).map_err(|source| StartupError::CreateDir {
+        path: snap_dir.clone(),
+        source,
+    })?;
     if let Ok(rd) = std::fs::read_dir(&snap_dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -47,7 +49,7 @@ pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, ServerError> {
 }
 
 /// This member's identity and first configuration.
-pub fn identity(cfg: &Config, store: &Mvcc) -> Result<Startup, ServerError> {
+pub fn identity(cfg: &Config, store: &Mvcc) -> Result<Startup, StartupError> {
     if !Node::log_exists(&cfg.wal_dir) {
         return first_start(cfg);
     }
@@ -64,7 +66,7 @@ pub fn identity(cfg: &Config, store: &Mvcc) -> Result<Startup, ServerError> {
 }
 
 /// Resolves identity for a first start. (Restarts read it back from the log instead.)
-fn first_start(cfg: &Config) -> Result<Startup, ServerError> {
+fn first_start(cfg: &Config) -> Result<Startup, StartupError> {
     let token = &cfg.initial_cluster_token;
     let member_id = ids::member_id(&cfg.advertise_peer_urls, token);
     let initial = ids::initial_members(&cfg.initial_cluster, token);
@@ -87,29 +89,18 @@ fn first_start(cfg: &Config) -> Result<Startup, ServerError> {
         .filter(|(name, _)| *name != cfg.name)
         .flat_map(|(_, urls)| urls.clone())
         .collect();
-    let tls = peer_tls(cfg).map_err(ServerError::Startup)?;
+    let tls = peer_tls(cfg).map_err(StartupError::PeerTls)?;
     let body =
         ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20, tls.as_ref())
-            .ok_or_else(|| {
-                ServerError::Startup(format!(
-                    "cannot fetch cluster info from peer urls {others:?}; \
-                 is --initial-cluster-state existing right?"
-                ))
-            })?;
-    let list = MemberListResponse::decode(body.as_slice())
-        .map_err(|e| ServerError::Startup(format!("bad cluster info from peers: {e}")))?;
+            .ok_or_else(|| StartupError::NoPeerAnswered(others.clone()))?;
+    let list = MemberListResponse::decode(body.as_slice())?;
     let cluster_id = list.header.map(|h| h.cluster_id).unwrap_or(0);
     let me = sorted(&cfg.advertise_peer_urls);
     let found = list
         .members
         .iter()
         .find(|m| sorted(&m.peer_ur_ls) == me)
-        .ok_or_else(|| {
-            ServerError::Startup(format!(
-                "no member in the running cluster has peer URLs {me:?}; add it first with \
-                 `member add`"
-            ))
-        })?;
+        .ok_or_else(|| StartupError::NotAdded(me.clone()))?;
     Ok(Startup {
         member_id: found.id,
         cluster_id,

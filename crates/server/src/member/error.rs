@@ -15,8 +15,6 @@ pub enum ServerError {
     RequestTooLarge,
     #[error("etcdserver: server stopped")]
     Stopped,
-    #[error("{0}")]
-    Startup(String),
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: member ID already exist")]
@@ -57,4 +55,35 @@ pub enum ServerError {
     /// export): reported to the client, never panicked on.
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why a member could not start. `main` prints it and exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no runtime for the peer transport: {0}")]
+    NoRuntime(#[from] tokio::runtime::TryCurrentError),
+    #[error("peer TLS: {0}")]
+    PeerTls(String),
+    #[error("{0}")]
+    AuthToken(String),
+    #[error("cannot fetch cluster info from peer urls {0:?}; is --initial-cluster-state existing right?")]
+    NoPeerAnswered(Vec<String>),
+    #[error("bad cluster info from peers: {0}")]
+    BadClusterInfo(#[from] prost::DecodeError),
+    #[error(
+        "no member in the running cluster has peer URLs {0:?}; add it first with `member add`"
+    )]
+    NotAdded(Vec<String>),
+    #[error("cannot start the applier thread: {0}")]
+    Applier(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] KvError),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
 }

@@ -11,4 +11,4 @@ pub mod proposer;
 pub mod store;
 pub mod waiters;
 
-pub use error::ServerError;
+pub use error::{ServerError, StartupError};

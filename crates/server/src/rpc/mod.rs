@@ -131,11 +131,15 @@ pub fn status(e: ServerError) -> Status {
                 Code::Unavailable
             }
             RaftError::NotLeader => Code::FailedPrecondition,
-            RaftError::Storage(_) | RaftError::Raft(_) => Code::Internal,
+            RaftError::Log(_)
+            | RaftError::Raft(_)
+            | RaftError::Encode(_)
+            | RaftError::Thread(_)
+            | RaftError::SnapshotNotStaged(_)
+            | RaftError::SnapshotInstall(_) => Code::Internal,
         },
         ServerError::Timeout | ServerError::Stopped => Code::Unavailable,
         ServerError::RequestTooLarge => Code::InvalidArgument,
-        ServerError::Startup(_) => Code::Internal,
         ServerError::MemberNotFound => Code::NotFound,
         ServerError::MemberExists
         | ServerError::PeerUrlExists
