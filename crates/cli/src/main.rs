@@ -544,7 +544,7 @@ async fn dial(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
     if secure {
         let (host, port) = ballast_net::tls::host_port(hostport)
             .ok_or_else(|| Failure::Other(format!("bad endpoint {endpoint:?}")))?;
-        let cfg = tls::client_config(&tls).map_err(Failure::Other)?;
+        let cfg = tls::client_config(&tls).map_err(|e| Failure::Other(e.to_string()))?;
         return ballast_net::tls::connect(host, port, std::sync::Arc::new(cfg), dial)
             .await
             .map_err(|_| Failure::Other("context deadline exceeded".into()));

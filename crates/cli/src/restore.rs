@@ -43,20 +43,48 @@ struct Plan {
     bootstrap: Vec<(u64, Vec<u8>)>,
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+/// Why a restore failed, in the words etcdctl's restore uses where it has them.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Flag(#[from] urls::FlagError),
+    #[error("data-dir {0:?} exists")]
+    Exists(String),
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot sync {path}: {source}")]
+    Sync {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] snapfile::SnapFileError),
+    #[error(transparent)]
+    Log(#[from] ballast_raft::RaftError),
 }
 
-fn plan(a: &RestoreArgs) -> Result<Plan, String> {
+fn sync_dir(dir: &Path) -> Result<(), RestoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RestoreError::Sync {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+fn plan(a: &RestoreArgs) -> Result<Plan, RestoreError> {
     if a.name.is_empty() {
         return Err(urls::FlagError::Invalid {
             flag: "--name",
             value: String::new(),
             reason: "name must not be empty".into(),
         }
-        .to_string());
+        .into());
     }
     let data_dir = PathBuf::from(
         a.data_dir
@@ -73,10 +101,9 @@ fn plan(a: &RestoreArgs) -> Result<Plan, String> {
     let advertise = urls::split_urls(
         "--initial-advertise-peer-urls",
         &a.initial_advertise_peer_urls,
-    )
-    .map_err(|e| e.to_string())?;
-    let initial = urls::parse_initial_cluster(&a.initial_cluster).map_err(|e| e.to_string())?;
-    urls::check_local_member(&a.name, &initial, &advertise).map_err(|e| e.to_string())?;
+    )?;
+    let initial = urls::parse_initial_cluster(&a.initial_cluster)?;
+    urls::check_local_member(&a.name, &initial, &advertise)?;
     let token = &a.initial_cluster_token;
     let members = ids::initial_members(&initial, token);
     let all: Vec<u64> = members.iter().map(|m| m.0).collect();
@@ -91,13 +118,10 @@ fn plan(a: &RestoreArgs) -> Result<Plan, String> {
 
 /// Restores `a.snapshot` into a new data directory, which must not exist yet. On failure
 /// nothing is left behind.
-pub fn restore(a: &RestoreArgs) -> Result<Restored, String> {
+pub fn restore(a: &RestoreArgs) -> Result<Restored, RestoreError> {
     let plan = plan(a)?;
     if plan.data_dir.exists() {
-        return Err(format!(
-            "data-dir {:?} exists",
-            plan.data_dir.display().to_string()
-        ));
+        return Err(RestoreError::Exists(plan.data_dir.display().to_string()));
     }
     let result = build(&plan, a);
     if result.is_err() {
@@ -116,15 +140,15 @@ pub fn restore(a: &RestoreArgs) -> Result<Restored, String> {
     })
 }
 
-fn build(p: &Plan, a: &RestoreArgs) -> Result<SnapStatus, String> {
+fn build(p: &Plan, a: &RestoreArgs) -> Result<SnapStatus, RestoreError> {
     let snap_dir = p.data_dir.join("member").join("snap");
-    std::fs::create_dir_all(&snap_dir)
-        .map_err(|e| format!("cannot create {}: {e}", snap_dir.display()))?;
-    let status = snapfile::restore(&a.snapshot, &snap_dir.join("db"), a.skip_hash_check)
-        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&snap_dir).map_err(|source| RestoreError::CreateDir {
+        path: snap_dir.display().to_string(),
+        source,
+    })?;
+    let status = snapfile::restore(&a.snapshot, &snap_dir.join("db"), a.skip_hash_check)?;
     sync_dir(&snap_dir)?;
-    Node::bootstrap_log(&p.wal_dir, p.member_id, p.cluster_id, &p.bootstrap)
-        .map_err(|e| e.to_string())?;
+    Node::bootstrap_log(&p.wal_dir, p.member_id, p.cluster_id, &p.bootstrap)?;
     for dir in [&p.data_dir.join("member"), &p.data_dir] {
         sync_dir(dir)?;
     }

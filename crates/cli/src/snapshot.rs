@@ -114,7 +114,7 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
                 skip_hash_check: f.skip_hash_check,
             };
             log("restoring snapshot", serde_json::json!({"path": file}));
-            let r = restore(&a).map_err(Failure::Other)?;
+            let r = restore(&a).map_err(|e| Failure::Other(e.to_string()))?;
             log(
                 "restored snapshot",
                 serde_json::json!({

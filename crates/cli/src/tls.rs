@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ballast_net::tls::Trust;
+use ballast_net::tls::{TlsError, Trust};
 use rustls::ClientConfig;
 
 /// The TLS flags of a ballastctl invocation.
@@ -30,7 +30,7 @@ impl ClientTls {
 }
 
 /// The rustls client configuration the flags describe.
-pub fn client_config(t: &ClientTls) -> Result<ClientConfig, String> {
+pub fn client_config(t: &ClientTls) -> Result<ClientConfig, TlsError> {
     let trust = if t.skip_verify {
         Trust::Anyone
     } else {

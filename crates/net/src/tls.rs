@@ -19,7 +19,30 @@ pub enum TlsError {
     #[error("{0}: {1}")]
     Pem(String, String),
     #[error("tls: {0}")]
-    Rustls(String),
+    Rustls(#[from] rustls::Error),
+    #[error("tls: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("open {path}: {source}")]
+    Key {
+        path: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{0}")]
+    ServerName(#[from] rustls::pki_types::InvalidDnsNameError),
+    #[error("{0}")]
+    Dial(#[from] tonic::transport::Error),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad member URL {0:?}")]
+    BadUrl(String),
+    /// Making `--auto-tls`'s certificate failed.
+    #[error("tls: {0}")]
+    Generate(String),
     #[error("unexpected TLS cipher suite {0:?}")]
     Cipher(String),
     #[error("unexpected TLS version {0:?} (supported: TLS1.2, TLS1.3)")]
@@ -110,8 +133,8 @@ pub fn connector(
     host: &str,
     port: u16,
     cfg: Arc<ClientConfig>,
-) -> Result<tower::util::ServiceFn<impl Fn(http::Uri) -> Dialling + Clone>, String> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+) -> Result<tower::util::ServiceFn<impl Fn(http::Uri) -> Dialling + Clone>, TlsError> {
+    let name = ServerName::try_from(host.to_string())?;
     let addr = format!("{host}:{port}");
     Ok(tower::service_fn(move |_: http::Uri| -> Dialling {
         let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
@@ -132,14 +155,14 @@ pub async fn connect(
     port: u16,
     cfg: Arc<ClientConfig>,
     timeout: Duration,
-) -> Result<tonic::transport::Channel, String> {
+) -> Result<tonic::transport::Channel, TlsError> {
     let dial = connector(host, port, cfg)?;
-    tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(timeout)
-        .connect_with_connector(dial)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))?
+            .connect_timeout(timeout)
+            .connect_with_connector(dial)
+            .await?,
+    )
 }
 
 /// A lazily connected gRPC channel to `host:port` over TLS, for calls that should not wait
@@ -150,11 +173,10 @@ pub fn connect_lazy(
     cfg: Arc<ClientConfig>,
     connect_timeout: Duration,
     timeout: Duration,
-) -> Result<tonic::transport::Channel, String> {
+) -> Result<tonic::transport::Channel, TlsError> {
     let dial = connector(host, port, cfg)?;
     Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-            .map_err(|e| e.to_string())?
+        tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))?
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .connect_with_connector_lazy(dial),
@@ -174,17 +196,16 @@ pub enum Trust<'a> {
 pub fn client_config(
     trust: Trust<'_>,
     identity: Option<(&Path, &Path)>,
-) -> Result<ClientConfig, String> {
+) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .with_safe_default_protocol_versions()?;
     let builder = match trust {
         Trust::Roots(ca) => {
             let mut roots = RootCertStore::empty();
             if let Some(ca) = ca {
-                for c in read_certs(ca).map_err(|e| e.to_string())? {
-                    roots.add(c).map_err(|e| e.to_string())?;
+                for c in read_certs(ca)? {
+                    roots.add(c)?;
                 }
             }
             builder.with_root_certificates(roots)
@@ -195,11 +216,11 @@ pub fn client_config(
     };
     let mut cfg = match identity {
         Some((cert, key)) => {
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("open {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(read_certs(cert).map_err(|e| e.to_string())?, key)
-                .map_err(|e| e.to_string())?
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+                path: key.display().to_string(),
+                source,
+            })?;
+            builder.with_client_auth_cert(read_certs(cert)?, key)?
         }
         None => builder.with_no_client_auth(),
     };

@@ -63,7 +63,7 @@ impl EtcdServer {
         let start = bootstrap::identity(&cfg, &mvcc)?;
         let runtime = tokio::runtime::Handle::try_current()?;
         let (node, committed) = Node::start(NodeConfig {
-            peer_tls: bootstrap::peer_tls(&cfg).map_err(StartupError::PeerTls)?,
+            peer_tls: bootstrap::peer_tls(&cfg)?,
             member_id: start.member_id,
             cluster_id: start.cluster_id,
             bootstrap: start.bootstrap,

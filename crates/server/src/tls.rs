@@ -142,14 +142,13 @@ pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
         versions.push(&rustls::version::TLS13);
     }
     let provider = Arc::new(provider);
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = if f.client_cert_auth {
         let mut roots = RootCertStore::empty();
         if let Some(ca) = &f.trusted_ca {
             for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Rustls(e.to_string()))?;
+                roots.add(c)?;
             }
         }
         let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -163,14 +162,12 @@ pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
                 .map_err(|e| TlsError::Pem(shown, e.to_string()))?;
             v = v.with_crls(crls);
         }
-        let verifier = v.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let verifier = v.build()?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut cfg = builder.with_single_cert(certs, key)?;
     // gRPC needs h2; curl against /health may speak HTTP/1.1.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
@@ -328,11 +325,14 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if !(cert.exists() && key.exists()) {
-        std::fs::create_dir_all(dir).map_err(|e| TlsError::Rustls(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::File {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut names: Vec<String> = hosts.to_vec();
         names.push("localhost".into());
         let generated = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
         let write = |p: &Path, data: String| {
             use std::io::Write;
             let mut o = std::fs::OpenOptions::new();
@@ -342,7 +342,10 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
                 .truncate(true)
                 .open(p)
                 .and_then(|mut f| f.write_all(data.as_bytes()).and_then(|()| f.sync_all()))
-                .map_err(|e| TlsError::Rustls(format!("{}: {e}", p.display())))
+                .map_err(|source| TlsError::File {
+                    path: p.display().to_string(),
+                    source,
+                })
         };
         write(&key, generated.key_pair.serialize_pem())?;
         write(&cert, generated.cert.pem())?;
@@ -362,17 +365,14 @@ pub fn member_channel(
     url: &str,
     tls: Option<&TlsFiles>,
     timeout: Duration,
-) -> Result<tonic::transport::Channel, String> {
+) -> Result<tonic::transport::Channel, TlsError> {
     let Some(rest) = url.strip_prefix("https://") else {
-        return tonic::transport::Endpoint::from_shared(url.to_string())
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(2))
-                    .timeout(timeout)
-                    .connect_lazy()
-            })
-            .map_err(|e| e.to_string());
+        return Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .connect_lazy());
     };
-    let (host, port) = host_port(rest).ok_or_else(|| format!("bad member URL {url:?}"))?;
+    let (host, port) = host_port(rest).ok_or_else(|| TlsError::BadUrl(url.to_string()))?;
     let cfg = Arc::new(member_client_config(tls)?);
     ballast_net::tls::connect_lazy(host, port, cfg, Duration::from_secs(2), timeout)
 }
@@ -380,7 +380,7 @@ pub fn member_channel(
 /// How a member dials other members over TLS: its own certificate as client identity,
 /// trusting the CA of `tls` (with none — auto TLS — certificates are not verified, as etcd
 /// does for auto TLS).
-pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, String> {
+pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, TlsError> {
     let trust = match tls.and_then(|t| t.trusted_ca.as_deref()) {
         Some(ca) => Trust::Roots(Some(ca)),
         None => Trust::Anyone,

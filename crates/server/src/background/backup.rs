@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ballast_raft::RaftStatus;
 use ballast_state::snapfile;
-use ballast_state::Mvcc;
+use ballast_state::{KvError, Mvcc};
 use tokio::sync::watch;
 
 use crate::member::counters::BackupStats;
@@ -44,18 +44,42 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// Why a scheduled backup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] KvError),
+    #[error("verifying: {0}")]
+    Verify(#[from] snapfile::SnapFileError),
+    #[error("the backup task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 /// Writes one verified backup into `dir`; returns its path.
-pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, BackupError> {
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
     let tmp = dir.join(".backup.tmp");
     let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        snapfile::write(store, &mut |_| Ok(()), &mut out).map_err(|e| e.to_string())?;
-        let file = out.into_inner().map_err(|e| e.to_string())?;
-        file.sync_all().map_err(|e| e.to_string())?;
+        snapfile::write(store, &mut |_| Ok(()), &mut out)?;
+        let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_at(&tmp))?;
         // Read back what reached the disk before trusting it.
-        let st = snapfile::status(&tmp).map_err(|e| format!("verifying: {e}"))?;
+        let st = snapfile::status(&tmp)?;
         let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let name = format!(
             "{PREFIX}{}-rev{:012}-{:08x}{SUFFIX}",
@@ -64,8 +88,8 @@ pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, S
             st.hash
         );
         let path = dir.join(name);
-        std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
-        ballast_storage::wal::sync_dir(dir).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        ballast_storage::wal::sync_dir(dir).map_err(io_at(dir))?;
         Ok(path)
     })();
     if result.is_err() {
@@ -75,14 +99,14 @@ pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, S
 }
 
 /// Deletes all but the newest `keep` backups.
-pub fn rotate(dir: &Path, keep: usize) -> Result<(), String> {
+pub fn rotate(dir: &Path, keep: usize) -> Result<(), BackupError> {
     let all = list(dir);
     let excess = all.len().saturating_sub(keep);
     for old in &all[..excess] {
-        std::fs::remove_file(old).map_err(|e| format!("{}: {e}", old.display()))?;
+        std::fs::remove_file(old).map_err(io_at(old))?;
     }
     if excess > 0 {
-        ballast_storage::wal::sync_dir(dir).map_err(|e| e.to_string())?;
+        ballast_storage::wal::sync_dir(dir).map_err(io_at(dir))?;
     }
     Ok(())
 }
@@ -113,10 +137,10 @@ pub async fn run(
         let done = tokio::task::spawn_blocking(move || {
             let path = write_one(&mvcc, &d, SystemTime::now())?;
             rotate(&d, keep)?;
-            Ok::<_, String>(path)
+            Ok::<_, BackupError>(path)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .unwrap_or_else(|e| Err(e.into()));
         match done {
             Ok(path) => {
                 let now = SystemTime::now()

@@ -18,6 +18,7 @@ use prost::Message;
 
 use super::StartupError;
 use crate::config::Config;
+use crate::tls::TlsError;
 
 /// How this member learns its identity and the first configuration.
 pub struct Startup {
@@ -89,7 +90,7 @@ fn first_start(cfg: &Config) -> Result<Startup, StartupError> {
         .filter(|(name, _)| *name != cfg.name)
         .flat_map(|(_, urls)| urls.clone())
         .collect();
-    let tls = peer_tls(cfg).map_err(StartupError::PeerTls)?;
+    let tls = peer_tls(cfg)?;
     let body =
         ballast_raft::fetch_membership(&others, Duration::from_secs(2), 16 << 20, tls.as_ref())
             .ok_or_else(|| StartupError::NoPeerAnswered(others.clone()))?;
@@ -115,7 +116,7 @@ fn first_start(cfg: &Config) -> Result<Startup, StartupError> {
 
 /// The peer port's TLS (`--peer-*`, or `--peer-auto-tls` kept in `<data-dir>/fixtures/peer`),
 /// when the peer URLs are `https`. The same certificate serves and identifies this member.
-pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, String> {
+pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError> {
     if !cfg.peer_https {
         return Ok(None);
     }
@@ -125,12 +126,11 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, String> {
         cfg.peer_auto_tls,
         &dir,
         &cfg.listen_peer,
-    )
-    .map_err(|e| e.to_string())?
+    )?
     else {
         return Ok(None);
     };
-    let server = Arc::new(crate::tls::Reloading::new(files.clone()).map_err(|e| e.to_string())?);
+    let server = Arc::new(crate::tls::Reloading::new(files.clone())?);
     // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.
     let mut client = crate::tls::member_client_config(Some(&files))?;
     // The peer protocol is Ballast's own, not HTTP.
