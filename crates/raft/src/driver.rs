@@ -36,17 +36,11 @@ use tokio::time::Instant;
 
 use ballast_storage::failpoint;
 
+use crate::limits::{APPLY_QUEUE, CMD_QUEUE, INBOUND_QUEUE};
 use crate::log::{LogError, MemberRecord, RaftLog};
 use crate::store::LogStore;
 use crate::transport::{Inbound, Transport};
 
-/// Commands queued for the driver; bounded so a flood of clients gets an error, not OOM.
-const CMD_QUEUE: usize = 8192;
-/// Messages from peers waiting for the driver; kept apart from client commands so a client
-/// flood cannot starve heartbeats.
-const INBOUND_QUEUE: usize = 4096;
-/// Committed batches queued for the applier; when full, the driver waits (back-pressure).
-const APPLY_QUEUE: usize = 256;
 /// How many nice levels below the rest of the process the driver runs.
 const DRIVER_NICE: i32 = 5;
 

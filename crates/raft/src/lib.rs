@@ -4,6 +4,7 @@
 //! request; it orders them, makes them durable and hands committed ones to the applier.
 
 mod driver;
+pub mod limits;
 mod log;
 mod logger;
 mod store;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ballast_storage::stats::Histogram;
 
+use crate::limits::{PEER_QUEUE, SNAPSHOT_CHUNK};
 use ballast_net::peer::{self, frame_head, parse_frame_head, Handshake, Kind, HANDSHAKE_LEN};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
@@ -25,9 +26,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// Messages waiting for one peer; beyond this they are dropped (raft tolerates loss).
-const PEER_QUEUE: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);

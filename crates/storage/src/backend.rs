@@ -15,8 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::limits::{HOLD_BYTES, HOLD_FOR, HOLD_WRITES, IMPORT_BATCH_BYTES, MAX_SNAPSHOT_FIELD};
 use crate::overlay::Rows;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -50,18 +51,6 @@ const SNAP_END: u8 = 0xff;
 /// Streams are zero-padded after the end record to a multiple of this: etcdctl takes a
 /// snapshot's last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
 const SNAP_ALIGN: u64 = 512;
-/// Records per import transaction are capped by size, so memory stays bounded.
-const IMPORT_BATCH_BYTES: usize = 16 << 20;
-/// No key or value in a snapshot can be larger than a WAL record.
-const MAX_SNAPSHOT_FIELD: usize = 64 << 20;
-/// Longest a write transaction is held open across non-durable updates (etcd's
-/// `--backend-batch-interval` default).
-pub const HOLD_FOR: Duration = Duration::from_millis(100);
-/// Most row writes a held transaction takes before it commits (etcd's `--backend-batch-limit`).
-pub const HOLD_WRITES: usize = 10_000;
-/// Most row bytes it holds (large values would otherwise be kept twice, in redb's dirty pages
-/// and for readers, until the interval ends).
-pub const HOLD_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -2,6 +2,7 @@
 //!
 //! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
 //! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
+//! * [`limits`]: every bound this layer keeps.
 //! * [`stats`]: latency histograms of WAL fsyncs and backend commits, for `/metrics`.
 //! * [`failpoint`]: crash, I/O-error and safety-breaking switches for fault injection (only
 //!   with the `failpoints` feature).
@@ -11,6 +12,7 @@
 
 pub mod backend;
 pub mod failpoint;
+pub mod limits;
 mod overlay;
 pub mod stats;
 pub mod wal;

@@ -7,10 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::backend::Rev;
-
-/// Room kept across [`Rows::clear`]: more is given back, so one burst of large values does
-/// not stay resident.
-const KEEP_BYTES: usize = 1 << 20;
+use crate::limits::OVERLAY_KEEP_BYTES;
 
 #[derive(Default)]
 pub(crate) struct Rows {
@@ -104,9 +101,9 @@ impl Rows {
 
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
-        self.bytes.shrink_to(KEEP_BYTES);
+        self.bytes.shrink_to(OVERLAY_KEEP_BYTES);
         self.index.clear();
-        self.index.shrink_to(KEEP_BYTES / 64);
+        self.index.shrink_to(OVERLAY_KEEP_BYTES / 64);
         self.gone.clear();
         self.meta.clear();
     }

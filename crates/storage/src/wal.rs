@@ -19,11 +19,8 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::failpoint;
+use crate::limits::{MAX_RECORD_BYTES, SEGMENT_BYTES};
 
-/// Largest record accepted on write or read; anything bigger in a file is damage.
-pub const MAX_RECORD_BYTES: usize = 64 << 20;
-/// A segment is closed and a new one started once it grows past this size.
-pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Zeros written at a time to reserve a segment's space (the file length stays a multiple).
 pub const RESERVE_STEP: u64 = 256 << 10;
 /// How far ahead of the records the reserved space reaches.

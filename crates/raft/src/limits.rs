@@ -1,0 +1,15 @@
+//! Every bound the consensus layer keeps, in one place. Frame sizes are flags
+//! (`--max-request-bytes`), passed in as `NodeConfig::max_msg_bytes`.
+
+/// Commands queued for the driver; bounded so a flood of clients gets `etcdserver: too many
+/// requests`, not OOM.
+pub const CMD_QUEUE: usize = 8192;
+/// Messages from peers waiting for the driver; kept apart from client commands so a client
+/// flood cannot starve heartbeats.
+pub const INBOUND_QUEUE: usize = 4096;
+/// Committed batches queued for the applier; when full, the driver waits (back-pressure).
+pub const APPLY_QUEUE: usize = 256;
+/// Messages waiting for one peer; beyond this they are dropped (raft tolerates loss).
+pub const PEER_QUEUE: usize = 4096;
+/// Largest data frame of a snapshot stream, and so what either end buffers of it.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;

@@ -1,0 +1,23 @@
+//! Every bound the storage layer keeps, in one place.
+
+use std::time::Duration;
+
+/// Largest WAL record accepted on write or read; anything bigger in a file is damage.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
+/// A WAL segment is closed and a new one started once it grows past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Longest a write transaction is held open across non-durable updates (etcd's
+/// `--backend-batch-interval` default).
+pub const HOLD_FOR: Duration = Duration::from_millis(100);
+/// Most row writes a held transaction takes before it commits (etcd's `--backend-batch-limit`).
+pub const HOLD_WRITES: usize = 10_000;
+/// Most row bytes it holds (large values would otherwise be kept twice, in redb's dirty pages
+/// and for readers, until the interval ends).
+pub const HOLD_BYTES: usize = 8 << 20;
+/// Room the held transaction's overlay keeps across commits: more is given back, so one
+/// burst of large values does not stay resident.
+pub const OVERLAY_KEEP_BYTES: usize = 1 << 20;
+/// Records per snapshot import transaction are capped by size, so memory stays bounded.
+pub const IMPORT_BATCH_BYTES: usize = 16 << 20;
+/// No key or value in a snapshot can be larger than a WAL record.
+pub const MAX_SNAPSHOT_FIELD: usize = MAX_RECORD_BYTES;
