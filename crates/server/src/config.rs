@@ -549,6 +549,284 @@ fn etcd_error(msg: String) -> ConfigError {
     ConfigError::Flag(FlagError::Etcd(msg))
 }
 
+/// The client side's listeners, TLS and advertised URLs.
+struct ClientSide {
+    listen: Vec<SocketAddr>,
+    listen_https: Vec<SocketAddr>,
+    tls: Option<crate::tls::TlsFiles>,
+    advertise: Vec<String>,
+    listen_metrics: Vec<SocketAddr>,
+}
+
+fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
+    let client_urls = split_urls("--listen-client-urls", &f.listen_client_urls)?;
+    let mut listen_client = Vec::new();
+    let mut listen_client_https = Vec::new();
+    let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
+    for u in &client_urls {
+        let addr = listen_addr("--listen-client-urls", u)?;
+        if u.starts_with("https://") {
+            if !has_cert && !f.auto_tls {
+                return Err(etcd_error(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                )));
+            }
+            listen_client_https.push(addr);
+        } else {
+            listen_client.push(addr);
+        }
+    }
+    let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let client_tls = has_cert.then(|| crate::tls::TlsFiles {
+        cert: PathBuf::from(&f.cert_file),
+        key: PathBuf::from(&f.key_file),
+        trusted_ca: opt(&f.trusted_ca_file),
+        client_cert_auth: f.client_cert_auth,
+        crl: opt(&f.client_crl_file),
+        cipher_suites: f
+            .cipher_suites
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        min_version: f.tls_min_version.clone(),
+        max_version: f.tls_max_version.clone(),
+    });
+    if let Some(t) = &client_tls {
+        crate::tls::validate(t).map_err(|e| etcd_error(e.to_string()))?;
+    }
+    if f.client_cert_auth && f.trusted_ca_file.is_empty() && has_cert {
+        return Err(invalid(
+            "--client-cert-auth",
+            "true",
+            "needs --trusted-ca-file to verify client certificates",
+        ));
+    }
+    let advertise_client_urls = split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
+    let listen_metrics = if f.listen_metrics_urls.is_empty() {
+        vec![]
+    } else {
+        split_urls("--listen-metrics-urls", &f.listen_metrics_urls)?
+            .iter()
+            .map(|u| listen_addr("--listen-metrics-urls", u))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    Ok(ClientSide {
+        listen: listen_client,
+        listen_https: listen_client_https,
+        tls: client_tls,
+        advertise: advertise_client_urls,
+        listen_metrics,
+    })
+}
+
+/// The peer side's listeners and TLS.
+struct PeerSide {
+    listen: Vec<SocketAddr>,
+    https: bool,
+    tls: Option<crate::tls::TlsFiles>,
+}
+
+fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
+    let peer_urls = split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
+    let listen_peer = peer_urls
+        .iter()
+        .map(|u| listen_addr("--listen-peer-urls", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let peer_has_cert = !f.peer_cert_file.is_empty() && !f.peer_key_file.is_empty();
+    let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
+    if let Some(u) = peer_urls.iter().find(|u| u.starts_with("https://")) {
+        if !peer_has_cert && !f.peer_auto_tls {
+            return Err(etcd_error(format!(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
+            )));
+        }
+    }
+    if !f.peer_cert_allowed_cn.is_empty() && !f.peer_client_cert_auth {
+        // Without client certificates there is no name to check.
+        return Err(invalid(
+            "--peer-cert-allowed-cn",
+            &f.peer_cert_allowed_cn,
+            "needs --peer-client-cert-auth",
+        ));
+    }
+    let peer_tls = peer_has_cert.then(|| crate::tls::TlsFiles {
+        cert: PathBuf::from(&f.peer_cert_file),
+        key: PathBuf::from(&f.peer_key_file),
+        trusted_ca: (!f.peer_trusted_ca_file.is_empty())
+            .then(|| PathBuf::from(&f.peer_trusted_ca_file)),
+        client_cert_auth: f.peer_client_cert_auth,
+        crl: (!f.peer_crl_file.is_empty()).then(|| PathBuf::from(&f.peer_crl_file)),
+        cipher_suites: vec![],
+        min_version: String::new(),
+        max_version: String::new(),
+    });
+    Ok(PeerSide {
+        listen: listen_peer,
+        https: peer_https,
+        tls: peer_tls,
+    })
+}
+
+/// Who this member is among the first members, and whether the cluster is new.
+struct Cluster {
+    advertise_peer_urls: Vec<String>,
+    initial_cluster: Vec<(String, Vec<String>)>,
+    new_cluster: bool,
+}
+
+fn cluster(f: &Flags) -> Result<Cluster, ConfigError> {
+    let advertise_peer_urls = split_urls(
+        "--initial-advertise-peer-urls",
+        &f.initial_advertise_peer_urls,
+    )?;
+    let initial_cluster = match &f.initial_cluster {
+        Some(s) => parse_initial_cluster(s)?,
+        None => vec![(f.name.clone(), advertise_peer_urls.clone())],
+    };
+    check_local_member(&f.name, &initial_cluster, &advertise_peer_urls)?;
+    let new_cluster = match f.initial_cluster_state.as_str() {
+        "new" => true,
+        "existing" => false,
+        other => {
+            return Err(invalid(
+                "--initial-cluster-state",
+                other,
+                "must be \"new\" or \"existing\"",
+            ))
+        }
+    };
+    Ok(Cluster {
+        advertise_peer_urls,
+        initial_cluster,
+        new_cluster,
+    })
+}
+
+/// Sizes and timings that must be positive, and etcd's election-to-heartbeat rule.
+fn check_sizes(f: &Flags) -> Result<(), ConfigError> {
+    if f.max_request_bytes == 0 {
+        return Err(invalid("--max-request-bytes", "0", "must be positive"));
+    }
+    if f.snapshot_count == 0 {
+        return Err(invalid("--snapshot-count", "0", "must be positive"));
+    }
+    if f.max_txn_ops == 0 {
+        return Err(invalid("--max-txn-ops", "0", "must be positive"));
+    }
+    if f.heartbeat_interval == 0 {
+        return Err(invalid("--heartbeat-interval", "0", "must be positive"));
+    }
+    if f.election_timeout < 5 * f.heartbeat_interval {
+        return Err(invalid(
+            "--election-timeout",
+            &f.election_timeout.to_string(),
+            "must be at least 5 times --heartbeat-interval",
+        ));
+    }
+    Ok(())
+}
+
+/// The watch progress and lease checkpoint intervals.
+fn intervals(f: &Flags) -> Result<(Duration, Duration), ConfigError> {
+    let watch_progress_interval = simple_duration(&f.watch_progress_notify_interval)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                "--experimental-watch-progress-notify-interval",
+                &f.watch_progress_notify_interval,
+                "must be a positive duration such as 10m or 500ms",
+            )
+        })?;
+    let lease_checkpoint_interval = simple_duration(&f.lease_checkpoint_interval)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                "--experimental-lease-checkpoint-interval",
+                &f.lease_checkpoint_interval,
+                "must be a positive duration such as 5s",
+            )
+        })?;
+    Ok((watch_progress_interval, lease_checkpoint_interval))
+}
+
+/// `--backup-dir`, `--backup-interval`, `--backup-retention`.
+fn backup(f: &Flags) -> Result<Option<(PathBuf, Duration, usize)>, ConfigError> {
+    let backup = if f.backup_dir.is_empty() {
+        None
+    } else {
+        let every = simple_duration(&f.backup_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "--backup-interval",
+                    &f.backup_interval,
+                    "must be a positive duration such as 30m",
+                )
+            })?;
+        if f.backup_retention == 0 {
+            return Err(invalid("--backup-retention", "0", "must be positive"));
+        }
+        Some((PathBuf::from(&f.backup_dir), every, f.backup_retention))
+    };
+    Ok(backup)
+}
+
+/// `--experimental-corrupt-check-time` (0: off).
+fn corrupt_check(f: &Flags) -> Result<Option<Duration>, ConfigError> {
+    let corrupt_check = match f.corrupt_check_time.as_str() {
+        "0" => None,
+        t => Some(simple_duration(t).ok_or_else(|| {
+            invalid(
+                "--experimental-corrupt-check-time",
+                t,
+                "must be a duration such as 5m, or 0",
+            )
+        })?),
+    }
+    .filter(|d| !d.is_zero());
+    Ok(corrupt_check)
+}
+
+/// `--log-level`, `--log-outputs`, `--logger`.
+fn logging(f: &Flags) -> Result<(tracing::Level, LogFormat, Vec<LogOutput>), ConfigError> {
+    let log_level = match f.log_level.as_str() {
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        "error" | "panic" | "fatal" => tracing::Level::ERROR,
+        other => {
+            return Err(invalid(
+                "--log-level",
+                other,
+                "must be debug, info, warn, error, panic or fatal",
+            ))
+        }
+    };
+    let mut log_outputs: Vec<LogOutput> = f
+        .log_outputs
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|o| match o {
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => LogOutput::File(PathBuf::from(path)),
+        })
+        .collect();
+    log_outputs.dedup();
+    if log_outputs.is_empty() {
+        log_outputs.push(LogOutput::Stderr);
+    }
+    let log_format = match f.logger.as_str() {
+        "zap" => LogFormat::Json,
+        "capnslog" | "text" => LogFormat::Text,
+        other => return Err(invalid("--logger", other, "must be zap or capnslog")),
+    };
+    Ok((log_level, log_format, log_outputs))
+}
+
 fn listen_addr(flag: &'static str, u: &str) -> Result<SocketAddr, ConfigError> {
     let (host, port) = parse_url(flag, u)?;
     let host = if host == "localhost" {
@@ -695,233 +973,32 @@ impl Config {
             .clone()
             .map(PathBuf::from)
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
-        let client_urls = split_urls("--listen-client-urls", &f.listen_client_urls)?;
-        let mut listen_client = Vec::new();
-        let mut listen_client_https = Vec::new();
-        let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
-        for u in &client_urls {
-            let addr = listen_addr("--listen-client-urls", u)?;
-            if u.starts_with("https://") {
-                if !has_cert && !f.auto_tls {
-                    return Err(etcd_error(format!(
-                        "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
-                    )));
-                }
-                listen_client_https.push(addr);
-            } else {
-                listen_client.push(addr);
-            }
-        }
-        let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
-        let client_tls = has_cert.then(|| crate::tls::TlsFiles {
-            cert: PathBuf::from(&f.cert_file),
-            key: PathBuf::from(&f.key_file),
-            trusted_ca: opt(&f.trusted_ca_file),
-            client_cert_auth: f.client_cert_auth,
-            crl: opt(&f.client_crl_file),
-            cipher_suites: f
-                .cipher_suites
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-            min_version: f.tls_min_version.clone(),
-            max_version: f.tls_max_version.clone(),
-        });
-        if let Some(t) = &client_tls {
-            crate::tls::validate(t).map_err(|e| etcd_error(e.to_string()))?;
-        }
-        if f.client_cert_auth && f.trusted_ca_file.is_empty() && has_cert {
-            return Err(invalid(
-                "--client-cert-auth",
-                "true",
-                "needs --trusted-ca-file to verify client certificates",
-            ));
-        }
-        let advertise_client_urls =
-            split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
-        let listen_metrics = if f.listen_metrics_urls.is_empty() {
-            vec![]
-        } else {
-            split_urls("--listen-metrics-urls", &f.listen_metrics_urls)?
-                .iter()
-                .map(|u| listen_addr("--listen-metrics-urls", u))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let peer_urls = split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
-        let listen_peer = peer_urls
-            .iter()
-            .map(|u| listen_addr("--listen-peer-urls", u))
-            .collect::<Result<Vec<_>, _>>()?;
-        let peer_has_cert = !f.peer_cert_file.is_empty() && !f.peer_key_file.is_empty();
-        let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
-        if let Some(u) = peer_urls.iter().find(|u| u.starts_with("https://")) {
-            if !peer_has_cert && !f.peer_auto_tls {
-                return Err(etcd_error(format!(
-                    "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
-                )));
-            }
-        }
-        if !f.peer_cert_allowed_cn.is_empty() && !f.peer_client_cert_auth {
-            // Without client certificates there is no name to check.
-            return Err(invalid(
-                "--peer-cert-allowed-cn",
-                &f.peer_cert_allowed_cn,
-                "needs --peer-client-cert-auth",
-            ));
-        }
-        let peer_tls = peer_has_cert.then(|| crate::tls::TlsFiles {
-            cert: PathBuf::from(&f.peer_cert_file),
-            key: PathBuf::from(&f.peer_key_file),
-            trusted_ca: (!f.peer_trusted_ca_file.is_empty())
-                .then(|| PathBuf::from(&f.peer_trusted_ca_file)),
-            client_cert_auth: f.peer_client_cert_auth,
-            crl: (!f.peer_crl_file.is_empty()).then(|| PathBuf::from(&f.peer_crl_file)),
-            cipher_suites: vec![],
-            min_version: String::new(),
-            max_version: String::new(),
-        });
-        let advertise_peer_urls = split_urls(
-            "--initial-advertise-peer-urls",
-            &f.initial_advertise_peer_urls,
-        )?;
-        let initial_cluster = match &f.initial_cluster {
-            Some(s) => parse_initial_cluster(s)?,
-            None => vec![(f.name.clone(), advertise_peer_urls.clone())],
-        };
-        check_local_member(&f.name, &initial_cluster, &advertise_peer_urls)?;
-        let new_cluster = match f.initial_cluster_state.as_str() {
-            "new" => true,
-            "existing" => false,
-            other => {
-                return Err(invalid(
-                    "--initial-cluster-state",
-                    other,
-                    "must be \"new\" or \"existing\"",
-                ))
-            }
-        };
-        if f.max_request_bytes == 0 {
-            return Err(invalid("--max-request-bytes", "0", "must be positive"));
-        }
-        if f.snapshot_count == 0 {
-            return Err(invalid("--snapshot-count", "0", "must be positive"));
-        }
-        if f.max_txn_ops == 0 {
-            return Err(invalid("--max-txn-ops", "0", "must be positive"));
-        }
-        if f.heartbeat_interval == 0 {
-            return Err(invalid("--heartbeat-interval", "0", "must be positive"));
-        }
-        if f.election_timeout < 5 * f.heartbeat_interval {
-            return Err(invalid(
-                "--election-timeout",
-                &f.election_timeout.to_string(),
-                "must be at least 5 times --heartbeat-interval",
-            ));
-        }
-        let watch_progress_interval = simple_duration(&f.watch_progress_notify_interval)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                invalid(
-                    "--experimental-watch-progress-notify-interval",
-                    &f.watch_progress_notify_interval,
-                    "must be a positive duration such as 10m or 500ms",
-                )
-            })?;
-        let lease_checkpoint_interval = simple_duration(&f.lease_checkpoint_interval)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                invalid(
-                    "--experimental-lease-checkpoint-interval",
-                    &f.lease_checkpoint_interval,
-                    "must be a positive duration such as 5s",
-                )
-            })?;
-        let auto_compaction =
-            auto_compaction(&f.auto_compaction_mode, &f.auto_compaction_retention)?;
-        let backup = if f.backup_dir.is_empty() {
-            None
-        } else {
-            let every = simple_duration(&f.backup_interval)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    invalid(
-                        "--backup-interval",
-                        &f.backup_interval,
-                        "must be a positive duration such as 30m",
-                    )
-                })?;
-            if f.backup_retention == 0 {
-                return Err(invalid("--backup-retention", "0", "must be positive"));
-            }
-            Some((PathBuf::from(&f.backup_dir), every, f.backup_retention))
-        };
-        let corrupt_check = match f.corrupt_check_time.as_str() {
-            "0" => None,
-            t => Some(simple_duration(t).ok_or_else(|| {
-                invalid(
-                    "--experimental-corrupt-check-time",
-                    t,
-                    "must be a duration such as 5m, or 0",
-                )
-            })?),
-        }
-        .filter(|d| !d.is_zero());
-        let log_level = match f.log_level.as_str() {
-            "debug" => tracing::Level::DEBUG,
-            "info" => tracing::Level::INFO,
-            "warn" => tracing::Level::WARN,
-            "error" | "panic" | "fatal" => tracing::Level::ERROR,
-            other => {
-                return Err(invalid(
-                    "--log-level",
-                    other,
-                    "must be debug, info, warn, error, panic or fatal",
-                ))
-            }
-        };
-        let mut log_outputs: Vec<LogOutput> = f
-            .log_outputs
-            .split(',')
-            .map(str::trim)
-            .filter(|o| !o.is_empty())
-            .map(|o| match o {
-                "default" | "stderr" => LogOutput::Stderr,
-                "stdout" => LogOutput::Stdout,
-                path => LogOutput::File(PathBuf::from(path)),
-            })
-            .collect();
-        log_outputs.dedup();
-        if log_outputs.is_empty() {
-            log_outputs.push(LogOutput::Stderr);
-        }
-        let log_format = match f.logger.as_str() {
-            "zap" => LogFormat::Json,
-            "capnslog" | "text" => LogFormat::Text,
-            other => return Err(invalid("--logger", other, "must be zap or capnslog")),
-        };
+        let client = client_side(&f)?;
+        let peer = peer_side(&f)?;
+        let cluster = cluster(&f)?;
+        check_sizes(&f)?;
+        let (watch_progress_interval, lease_checkpoint_interval) = intervals(&f)?;
+        let logging = logging(&f)?;
         Ok(Config {
-            name: f.name,
+            name: f.name.clone(),
             data_dir,
             wal_dir,
-            listen_client,
-            listen_client_https,
-            client_tls,
+            listen_client: client.listen,
+            listen_client_https: client.listen_https,
+            client_tls: client.tls,
             auto_tls: f.auto_tls,
-            listen_metrics,
-            listen_peer,
-            peer_https,
-            peer_tls,
+            listen_metrics: client.listen_metrics,
+            listen_peer: peer.listen,
+            peer_https: peer.https,
+            peer_tls: peer.tls,
             peer_auto_tls: f.peer_auto_tls,
             peer_cert_allowed_cn: (!f.peer_cert_allowed_cn.is_empty())
                 .then(|| f.peer_cert_allowed_cn.clone()),
-            advertise_client_urls,
-            advertise_peer_urls,
-            initial_cluster,
-            initial_cluster_token: f.initial_cluster_token,
-            new_cluster,
+            advertise_client_urls: client.advertise,
+            advertise_peer_urls: cluster.advertise_peer_urls,
+            initial_cluster: cluster.initial_cluster,
+            initial_cluster_token: f.initial_cluster_token.clone(),
+            new_cluster: cluster.new_cluster,
             max_request_bytes: f.max_request_bytes,
             max_txn_ops: f.max_txn_ops as usize,
             // grpc-go reads 0 as no limit.
@@ -940,14 +1017,17 @@ impl Config {
             heartbeat: Duration::from_millis(f.heartbeat_interval),
             watch_progress_interval,
             lease_checkpoint_interval,
-            auto_compaction,
-            backup,
+            auto_compaction: auto_compaction(
+                &f.auto_compaction_mode,
+                &f.auto_compaction_retention,
+            )?,
+            backup: backup(&f)?,
             initial_corrupt_check: f.initial_corrupt_check,
-            corrupt_check,
+            corrupt_check: corrupt_check(&f)?,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
-            log_level,
-            log_format,
-            log_outputs,
+            log_level: logging.0,
+            log_format: logging.1,
+            log_outputs: logging.2,
             auth_token: auth_token(&f.auth_token)?,
             auth_token_ttl: Duration::from_secs(f.auth_token_ttl.max(1)),
             bcrypt_cost: match f.bcrypt_cost {
