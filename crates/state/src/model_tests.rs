@@ -373,3 +373,62 @@ fn nospace_alarm_caps_growth_until_disarmed() {
     assert!(store.alarms().is_empty());
     assert!(apply(&store, Request::Put(put_req(0, 3))).is_ok());
 }
+
+#[test]
+fn corrupt_alarm_stops_every_keyspace_change_until_disarmed() {
+    use ballast_api::etcdserverpb::{
+        alarm_request::AlarmAction, AlarmRequest, AlarmType, LeaseGrantRequest, LeaseRevokeRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mvcc::open(&dir.path().join("db")).unwrap();
+    let mut index = 0;
+    let mut apply = |r: Request| {
+        index += 1;
+        let e = (
+            index,
+            Some(RaftRequest {
+                id: index,
+                request: Some(r),
+                ..Default::default()
+            }),
+        );
+        store.apply_batch(&[e], true).unwrap().results.remove(0)
+    };
+    let corrupt = |action: AlarmAction| {
+        Request::Alarm(AlarmRequest {
+            action: action as i32,
+            member_id: 9,
+            alarm: AlarmType::Corrupt as i32,
+        })
+    };
+    assert!(apply(Request::Put(put_req(0, 1))).is_ok());
+    assert!(apply(corrupt(AlarmAction::Activate)).is_ok());
+    let rev = store.current_rev();
+    let refused = |r: Result<Applied, KvError>| matches!(r, Err(KvError::CorruptCluster));
+    assert!(refused(apply(Request::Put(put_req(0, 2)))));
+    assert!(refused(apply(Request::DeleteRange(DeleteRangeRequest {
+        key: key(0),
+        ..Default::default()
+    }))));
+    assert!(refused(apply(Request::Txn(TxnRequest::default()))));
+    assert!(refused(apply(Request::Compaction(CompactionRequest {
+        revision: 1,
+        physical: false
+    }))));
+    assert!(refused(apply(Request::LeaseGrant(LeaseGrantRequest {
+        ttl: 10,
+        id: 5
+    }))));
+    assert!(refused(apply(Request::LeaseRevoke(LeaseRevokeRequest {
+        id: 5
+    }))));
+    assert_eq!(
+        store.current_rev(),
+        rev,
+        "refused requests take no revision"
+    );
+    // Alarms still apply, so the cluster can recover; then writes do again.
+    assert!(apply(corrupt(AlarmAction::Deactivate)).is_ok());
+    assert!(apply(Request::Put(put_req(0, 3))).is_ok());
+    assert_eq!(store.current_rev(), rev + 1);
+}

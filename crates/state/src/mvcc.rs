@@ -362,6 +362,57 @@ fn compare_path<R: RevRead>(
     Ok(())
 }
 
+/// etcd's appliers ahead of the apply, outermost first; each may refuse a request before
+/// anything changes: auth (permissions checked again as the entry applies, against the auth
+/// state every member has at this point of the log), quota (etcd's capped applier) and
+/// corruption (etcd's corrupt applier).
+///
+/// Invariant: a request a layer refuses changes nothing and takes no revision, on every
+/// member alike.
+fn admit(idx: &Index, r: &raft_request::Request, who: &AuthInfo) -> Result<(), KvError> {
+    auth_layer(idx, r, who)?;
+    quota_layer(idx, r)?;
+    corrupt_layer(idx, r)
+}
+
+fn auth_layer(idx: &Index, r: &raft_request::Request, who: &AuthInfo) -> Result<(), KvError> {
+    if idx.auth.enabled() {
+        check_permissions(idx, r, who)?;
+    }
+    Ok(())
+}
+
+fn alarm_raised(idx: &Index, alarm: AlarmType) -> bool {
+    idx.alarms.values().any(|b| b & alarm_bit(alarm) != 0)
+}
+
+/// With NOSPACE raised, nothing that can grow the store applies; deletes, compaction and
+/// reads still do, so space can be freed.
+fn quota_layer(idx: &Index, r: &raft_request::Request) -> Result<(), KvError> {
+    if crate::check::quota_cost(r) > 0 && alarm_raised(idx, AlarmType::Nospace) {
+        return Err(KvError::NoSpace);
+    }
+    Ok(())
+}
+
+/// With CORRUPT raised, no request changes the keyspace; alarms, membership, auth and lease
+/// checkpoints still apply so the cluster can recover.
+fn corrupt_layer(idx: &Index, r: &raft_request::Request) -> Result<(), KvError> {
+    let changes_keys = matches!(
+        r,
+        raft_request::Request::Put(_)
+            | raft_request::Request::DeleteRange(_)
+            | raft_request::Request::Txn(_)
+            | raft_request::Request::Compaction(_)
+            | raft_request::Request::LeaseGrant(_)
+            | raft_request::Request::LeaseRevoke(_)
+    );
+    if changes_keys && alarm_raised(idx, AlarmType::Corrupt) {
+        return Err(KvError::CorruptCluster);
+    }
+    Ok(())
+}
+
 /// The checks etcd's auth applier makes before a request applies (auth is on).
 fn check_permissions(
     idx: &Index,
@@ -904,11 +955,7 @@ impl Mvcc {
         who: &AuthInfo,
         index: u64,
     ) -> Result<Applied, KvError> {
-        // etcd's auth applier: permissions are checked again as the entry applies, against
-        // the auth state every member has at this point of the log.
-        if idx.auth.enabled() {
-            check_permissions(idx, r, who)?;
-        }
+        admit(idx, r, who)?;
         match r {
             raft_request::Request::Authenticate(a) => {
                 idx.auth.authenticate(a)?;
@@ -932,37 +979,6 @@ impl Mvcc {
             begin,
             changes: 0,
         };
-        // With NOSPACE raised, nothing that can grow the store applies (etcd's capped applier);
-        // deletes, compaction and reads still do, so space can be freed.
-        if ctx
-            .idx
-            .alarms
-            .values()
-            .any(|b| b & alarm_bit(AlarmType::Nospace) != 0)
-            && crate::check::quota_cost(r) > 0
-        {
-            return Err(KvError::NoSpace);
-        }
-        // With CORRUPT raised, no request changes the keyspace (etcd's corrupt applier);
-        // alarms, membership and lease checkpoints still apply so the cluster can recover.
-        let changes_keys = matches!(
-            r,
-            raft_request::Request::Put(_)
-                | raft_request::Request::DeleteRange(_)
-                | raft_request::Request::Txn(_)
-                | raft_request::Request::Compaction(_)
-                | raft_request::Request::LeaseGrant(_)
-                | raft_request::Request::LeaseRevoke(_)
-        );
-        if changes_keys
-            && ctx
-                .idx
-                .alarms
-                .values()
-                .any(|b| b & alarm_bit(AlarmType::Corrupt) != 0)
-        {
-            return Err(KvError::CorruptCluster);
-        }
         let out = match r {
             raft_request::Request::Alarm(a) => Applied::Alarm(apply_alarm(ctx.idx, ctx.w, a)?),
             raft_request::Request::Put(p) => Applied::Put(ctx.put(p)?),
