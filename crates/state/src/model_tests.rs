@@ -289,6 +289,20 @@ fn replayed_entries_are_skipped() {
     assert_eq!(store.current_rev(), 2);
 }
 
+/// Applies `r` durably as the entry after `index`, which it advances; the request's result.
+fn apply_next(store: &Mvcc, index: &mut u64, r: Request) -> Result<Applied, KvError> {
+    *index += 1;
+    let e = (
+        *index,
+        Some(RaftRequest {
+            id: *index,
+            request: Some(r),
+            ..Default::default()
+        }),
+    );
+    store.apply_batch(&[e], true).unwrap().results.remove(0)
+}
+
 /// NOSPACE caps the store as etcd's capped applier does: nothing that could grow it applies,
 /// deletes and compaction still do; alarms survive reopening; disarming lifts the cap.
 #[test]
@@ -299,18 +313,7 @@ fn nospace_alarm_caps_growth_until_disarmed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     let mut index = 0;
-    let mut apply = |store: &Mvcc, r: Request| {
-        index += 1;
-        let e = (
-            index,
-            Some(RaftRequest {
-                id: index,
-                request: Some(r),
-                ..Default::default()
-            }),
-        );
-        store.apply_batch(&[e], true).unwrap().results.remove(0)
-    };
+    let mut apply = |store: &Mvcc, r: Request| apply_next(store, &mut index, r);
     let alarm = |action: AlarmAction| {
         Request::Alarm(AlarmRequest {
             action: action as i32,
@@ -382,18 +385,7 @@ fn corrupt_alarm_stops_every_keyspace_change_until_disarmed() {
     let dir = tempfile::tempdir().unwrap();
     let store = Mvcc::open(&dir.path().join("db")).unwrap();
     let mut index = 0;
-    let mut apply = |r: Request| {
-        index += 1;
-        let e = (
-            index,
-            Some(RaftRequest {
-                id: index,
-                request: Some(r),
-                ..Default::default()
-            }),
-        );
-        store.apply_batch(&[e], true).unwrap().results.remove(0)
-    };
+    let mut apply = |r: Request| apply_next(&store, &mut index, r);
     let corrupt = |action: AlarmAction| {
         Request::Alarm(AlarmRequest {
             action: action as i32,
