@@ -33,7 +33,7 @@ impl Credentials {
             .map(String::from);
         let cn = req
             .extensions()
-            .get::<axum::extract::ConnectInfo<crate::tls::ClientAddr>>()
+            .get::<axum::extract::ConnectInfo<crate::conn::tls::ClientAddr>>()
             .and_then(|c| c.0.cn.clone());
         Credentials { token, cn }
     }

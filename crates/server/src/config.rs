@@ -388,13 +388,13 @@ pub struct Config {
     /// HTTPS client listeners (served with `client_tls`).
     pub listen_client_https: Vec<SocketAddr>,
     /// The client port's TLS, if any (`--auto-tls` is resolved at start, in the data dir).
-    pub client_tls: Option<crate::tls::TlsFiles>,
+    pub client_tls: Option<crate::conn::tls::TlsFiles>,
     pub auto_tls: bool,
     pub listen_metrics: Vec<SocketAddr>,
     pub listen_peer: Vec<SocketAddr>,
     /// Whether the peer listeners are `https` (then `peer_tls` or `peer_auto_tls` is set).
     pub peer_https: bool,
-    pub peer_tls: Option<crate::tls::TlsFiles>,
+    pub peer_tls: Option<crate::conn::tls::TlsFiles>,
     pub peer_auto_tls: bool,
     /// `--peer-cert-allowed-cn`, if set.
     pub peer_cert_allowed_cn: Option<String>,
@@ -553,7 +553,7 @@ fn etcd_error(msg: String) -> ConfigError {
 struct ClientSide {
     listen: Vec<SocketAddr>,
     listen_https: Vec<SocketAddr>,
-    tls: Option<crate::tls::TlsFiles>,
+    tls: Option<crate::conn::tls::TlsFiles>,
     advertise: Vec<String>,
     listen_metrics: Vec<SocketAddr>,
 }
@@ -577,7 +577,7 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
         }
     }
     let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
-    let client_tls = has_cert.then(|| crate::tls::TlsFiles {
+    let client_tls = has_cert.then(|| crate::conn::tls::TlsFiles {
         cert: PathBuf::from(&f.cert_file),
         key: PathBuf::from(&f.key_file),
         trusted_ca: opt(&f.trusted_ca_file),
@@ -594,7 +594,7 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
         max_version: f.tls_max_version.clone(),
     });
     if let Some(t) = &client_tls {
-        crate::tls::validate(t).map_err(|e| etcd_error(e.to_string()))?;
+        crate::conn::tls::validate(t).map_err(|e| etcd_error(e.to_string()))?;
     }
     if f.client_cert_auth && f.trusted_ca_file.is_empty() && has_cert {
         return Err(invalid(
@@ -625,7 +625,7 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
 struct PeerSide {
     listen: Vec<SocketAddr>,
     https: bool,
-    tls: Option<crate::tls::TlsFiles>,
+    tls: Option<crate::conn::tls::TlsFiles>,
 }
 
 fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
@@ -651,7 +651,7 @@ fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
             "needs --peer-client-cert-auth",
         ));
     }
-    let peer_tls = peer_has_cert.then(|| crate::tls::TlsFiles {
+    let peer_tls = peer_has_cert.then(|| crate::conn::tls::TlsFiles {
         cert: PathBuf::from(&f.peer_cert_file),
         key: PathBuf::from(&f.peer_key_file),
         trusted_ca: (!f.peer_trusted_ca_file.is_empty())

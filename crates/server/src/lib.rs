@@ -1,10 +1,9 @@
 //! The `ballast` server: configuration, the member, and its client-facing services.
 
 pub mod auth;
-pub mod authority;
 pub mod background;
-pub mod coalesce;
 pub mod config;
+pub mod conn;
 pub mod frame;
 pub mod gateway;
 pub mod http;
@@ -15,7 +14,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rpc;
 pub mod server;
-pub mod tls;
+pub mod status;
 pub mod version;
 pub mod watch;
 
@@ -79,3 +78,6 @@ pub fn client_service(server: Arc<EtcdServer>) -> rpc::dispatch::ClientService {
         .fallback(rpc::dispatch::unimplemented);
     rpc::dispatch::ClientService::new(Arc::new(grpc), http)
 }
+
+#[cfg(test)]
+mod layering_tests;

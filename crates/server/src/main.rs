@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use ballast_server::background::{backup, compactor, corrupt};
 use ballast_server::config::{Config, LogFormat, LogOutput};
+use ballast_server::conn::tls::{self, Reloading, TlsListener};
 use ballast_server::server::EtcdServer;
-use ballast_server::tls::{self, Reloading, TlsListener};
 use ballast_server::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
 /// Every `--log-outputs` destination; a line goes to each.
@@ -232,7 +232,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     for (addr, listener) in listeners {
         tracing::info!(address = %addr, "serving client traffic insecurely");
         let app = app.clone();
-        let listener = ballast_server::authority::Listener(listener);
+        let listener = ballast_server::conn::authority::Listener(listener);
         tasks.spawn(ballast_server::rpc::dispatch::serve(
             listener,
             app,

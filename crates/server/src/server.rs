@@ -17,7 +17,6 @@ use ballast_api::etcdserverpb::{
 };
 use ballast_raft::{Node, NodeConfig, RaftError, RaftStatus, Transport};
 use ballast_state::{Applied, AuthInfo, KvError, Mvcc};
-use ballast_storage::failpoint;
 use prost::Message;
 use tokio::sync::watch;
 
@@ -27,6 +26,7 @@ use crate::member::applier::Applier;
 use crate::member::bootstrap;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
+use crate::member::read::Reader;
 use crate::member::store::Store;
 pub use crate::member::{ServerError, StartupError};
 use crate::watch::WatchHub;
@@ -36,6 +36,7 @@ pub struct EtcdServer {
     node: Arc<Node>,
     store: Store,
     proposer: Proposer,
+    reader: Reader,
     applied: watch::Receiver<u64>,
     /// Set (and the applier stopped) when applying failed on a storage error.
     apply_failed: watch::Receiver<Option<String>>,
@@ -147,11 +148,18 @@ impl EtcdServer {
             },
             first_request_id(member_id, millis),
         );
+        let reader = Reader::new(
+            node.clone(),
+            store.clone(),
+            applied_rx.clone(),
+            cfg.request_timeout(),
+        );
         let server = Arc::new(EtcdServer {
             cfg,
             node,
             store,
             proposer,
+            reader,
             applied: applied_rx,
             apply_failed: failed_rx,
             removed: removed_rx,
@@ -222,7 +230,7 @@ impl EtcdServer {
                 return Ok(ch.clone());
             }
         }
-        let ch = crate::tls::member_channel(
+        let ch = crate::conn::tls::member_channel(
             &url,
             self.cfg.client_tls.as_ref(),
             self.cfg.request_timeout(),
@@ -416,36 +424,16 @@ impl EtcdServer {
 
     /// Waits until a ReadIndex round confirms this member may serve an up-to-date read.
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
-        if failpoint::enabled("break-local-reads") {
-            return Ok(());
-        }
-        let deadline = self.cfg.request_timeout();
-        tokio::time::timeout(deadline, async {
-            let index = self.node.read_index().await?;
-            let mut applied = self.applied.clone();
-            applied
-                .wait_for(|a| *a >= index)
-                .await
-                .map_err(|_| ServerError::Stopped)?;
-            Ok(())
-        })
-        .await
-        .map_err(|_| ServerError::Timeout)?
+        self.reader.barrier().await
     }
 
+    /// A range as `who`, with the header filled as etcd fills it.
     pub async fn range(
         &self,
         req: &RangeRequest,
         who: &AuthInfo,
     ) -> Result<RangeResponse, ServerError> {
-        if !req.serializable {
-            self.linearizable_barrier().await?;
-        }
-        let mvcc = self.mvcc();
-        if mvcc.auth_enabled() {
-            mvcc.with_auth(|a| a.check(who, &req.key, &req.range_end, false))?;
-        }
-        let mut resp = mvcc.range(req)?;
+        let mut resp = self.reader.range(req, who).await?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
         resp.header = Some(self.header(rev));
         Ok(resp)

@@ -437,7 +437,7 @@ impl WatchHub {
                     return;
                 }
                 Ok(Err((e, _))) => {
-                    let err = crate::rpc::kv_status(e);
+                    let err = crate::status::kv_status(e);
                     let _ = w.tx.send(Err(err)).await;
                     self.done_catching_up(w.stream);
                     return;

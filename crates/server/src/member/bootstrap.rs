@@ -18,7 +18,7 @@ use prost::Message;
 
 use super::StartupError;
 use crate::config::Config;
-use crate::tls::TlsError;
+use crate::conn::tls::TlsError;
 
 /// How this member learns its identity and the first configuration.
 pub struct Startup {
@@ -121,7 +121,7 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError>
         return Ok(None);
     }
     let dir = cfg.data_dir.join("fixtures").join("peer");
-    let Some(files) = crate::tls::port_files(
+    let Some(files) = crate::conn::tls::port_files(
         cfg.peer_tls.as_ref(),
         cfg.peer_auto_tls,
         &dir,
@@ -130,9 +130,9 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError>
     else {
         return Ok(None);
     };
-    let server = Arc::new(crate::tls::Reloading::new(files.clone())?);
+    let server = Arc::new(crate::conn::tls::Reloading::new(files.clone())?);
     // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.
-    let mut client = crate::tls::member_client_config(Some(&files))?;
+    let mut client = crate::conn::tls::member_client_config(Some(&files))?;
     // The peer protocol is Ballast's own, not HTTP.
     client.alpn_protocols.clear();
     Ok(Some(ballast_raft::PeerTls {

@@ -69,7 +69,7 @@ pub enum StartupError {
     #[error("no runtime for the peer transport: {0}")]
     NoRuntime(#[from] tokio::runtime::TryCurrentError),
     #[error("peer TLS: {0}")]
-    PeerTls(#[from] crate::tls::TlsError),
+    PeerTls(#[from] crate::conn::tls::TlsError),
     #[error("{0}")]
     AuthToken(String),
     #[error("cannot fetch cluster info from peer urls {0:?}; is --initial-cluster-state existing right?")]

@@ -30,7 +30,7 @@ use ballast_api::{
 };
 
 use super::{auth, cluster, concurrency, kv, lease, maintenance, watch};
-use crate::tls::ClientAddr;
+use crate::conn::tls::ClientAddr;
 
 /// The etcd gRPC services, built once and shared by every connection.
 pub struct GrpcServices {

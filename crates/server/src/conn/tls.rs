@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::authority::FixAuthority;
-use crate::coalesce::Coalesce;
+use crate::conn::authority::FixAuthority;
+use crate::conn::coalesce::Coalesce;
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use ballast_net::http2::{self, flag, frame, push_frame, FRAME_HEADER, PREFACE};
 
-use crate::coalesce::Coalesce;
+use crate::conn::coalesce::Coalesce;
 use crate::limits::AUTHORITY_MAX_HEADER_BLOCK;
 
 /// Frames we emit stay within HTTP/2's default maximum frame size.
