@@ -864,7 +864,7 @@ fn defrag_offline(data_dir: &str) -> Result<(), Failure> {
             db.display()
         )));
     }
-    ballast_storage::Backend::open(&db)
+    ballast_storage::Backend::open(&db, ballast_state::schema::TABLES)
         .and_then(|b| b.defragment())
         .map(|_| ())
         .map_err(|e| Failure::Other(e.to_string()))

@@ -16,8 +16,10 @@ use ballast_api::etcdserverpb::{
     AuthUserDeleteRequest, AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, RequestOp,
     TxnRequest,
 };
-use ballast_storage::backend::{WriteTx, AUTH_ROLE, AUTH_USER};
+use ballast_storage::backend::WriteTx;
 use ballast_storage::BackendError;
+
+use crate::schema::{self, AUTH_ROLE, AUTH_USER};
 use prost::Message;
 
 use crate::KvError;
@@ -123,7 +125,7 @@ pub struct AuthState {
 impl AuthState {
     /// Loads the auth store from its backend rows and the two meta values.
     pub(crate) fn load(
-        rows: ballast_storage::backend::AuthRows,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
         enabled: Option<u64>,
         revision: Option<u64>,
     ) -> Result<AuthState, KvError> {
@@ -389,14 +391,14 @@ impl AuthState {
     }
 
     fn put_user(&mut self, w: &mut WriteTx<'_>, u: User) -> Result<(), BackendError> {
-        w.put_auth(AUTH_USER, &u.name, Some(&u.encode_to_vec()))?;
+        schema::put_auth(w, AUTH_USER, &u.name, Some(&u.encode_to_vec()))?;
         self.users
             .insert(String::from_utf8_lossy(&u.name).into_owned(), u);
         Ok(())
     }
 
     fn put_role(&mut self, w: &mut WriteTx<'_>, r: Role) -> Result<(), BackendError> {
-        w.put_auth(AUTH_ROLE, &r.name, Some(&r.encode_to_vec()))?;
+        schema::put_auth(w, AUTH_ROLE, &r.name, Some(&r.encode_to_vec()))?;
         self.roles
             .insert(String::from_utf8_lossy(&r.name).into_owned(), r);
         Ok(())
@@ -437,7 +439,7 @@ impl AuthState {
         if self.users.remove(&d.name).is_none() {
             return Err(KvError::UserNotFound);
         }
-        w.put_auth(AUTH_USER, d.name.as_bytes(), None)?;
+        schema::put_auth(w, AUTH_USER, d.name.as_bytes(), None)?;
         Ok(())
     }
 
@@ -578,7 +580,7 @@ impl AuthState {
         if self.roles.remove(&d.role).is_none() {
             return Err(KvError::RoleNotFound);
         }
-        w.put_auth(AUTH_ROLE, d.role.as_bytes(), None)?;
+        schema::put_auth(w, AUTH_ROLE, d.role.as_bytes(), None)?;
         let holders: Vec<User> = self
             .users
             .values()

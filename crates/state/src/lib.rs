@@ -12,6 +12,7 @@ mod key;
 pub mod lease_clock;
 pub mod members;
 pub mod mvcc;
+pub mod schema;
 pub mod snapfile;
 pub mod watch;
 

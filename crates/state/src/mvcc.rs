@@ -28,6 +28,7 @@ use prost::Message;
 
 use crate::auth::{self, AuthEffect, AuthInfo, AuthState};
 use crate::key::Key;
+use crate::schema;
 use crate::KvError;
 
 pub(crate) const META_APPLIED: &str = "consistent_index";
@@ -551,7 +552,7 @@ impl WriteCtx<'_, '_, '_> {
         if self.idx.leases.contains_key(&g.id) {
             return Err(KvError::LeaseExist);
         }
-        self.w.put_lease(g.id, g.ttl, 0)?;
+        schema::put_lease(self.w, g.id, g.ttl, 0)?;
         self.idx.leases.insert(
             g.id,
             Lease {
@@ -584,7 +585,7 @@ impl WriteCtx<'_, '_, '_> {
             })?;
         }
         self.idx.leases.remove(&r.id);
-        self.w.delete_lease(r.id)?;
+        schema::delete_lease(self.w, r.id)?;
         Ok(LeaseRevokeResponse {
             header: Some(ResponseHeader {
                 revision: self.view_rev(),
@@ -597,7 +598,7 @@ impl WriteCtx<'_, '_, '_> {
         for cp in &c.checkpoints {
             if let Some(l) = self.idx.leases.get_mut(&cp.id) {
                 l.remaining = cp.remaining_ttl;
-                self.w.put_lease(cp.id, l.ttl, l.remaining)?;
+                schema::put_lease(self.w, cp.id, l.ttl, l.remaining)?;
             }
         }
         Ok(())
@@ -796,21 +797,33 @@ impl WriteCtx<'_, '_, '_> {
 impl Mvcc {
     /// Opens (or creates) the store at `path` and rebuilds the key index from it.
     pub fn open(path: &Path) -> Result<Mvcc, KvError> {
-        let backend = Backend::open(path)?;
+        let backend = Backend::open(path, schema::TABLES)?;
         let mut idx = Index {
             keys: BTreeMap::new(),
             rev: 1,
             compact_rev: -1,
             applied: 0,
             members: BTreeMap::new(),
-            removed: backend.removed_members()?.into_iter().collect(),
+            removed: backend
+                .rows(schema::MEMBERS_REMOVED)?
+                .iter()
+                .map(|(k, _)| schema::decode_id(schema::MEMBERS_REMOVED, k))
+                .collect::<Result<_, _>>()?,
             events: Vec::new(),
             leases: BTreeMap::new(),
             key_lease: std::collections::HashMap::new(),
-            alarms: backend.alarms()?.into_iter().collect(),
+            alarms: backend
+                .rows(schema::ALARMS)?
+                .iter()
+                .map(|(k, v)| {
+                    let id = schema::decode_id(schema::ALARMS, k)?;
+                    Ok((id, schema::decode_word(schema::ALARMS, k, v)?))
+                })
+                .collect::<Result<_, KvError>>()?,
             auth: AuthState::default(),
         };
-        for (id, ttl, remaining) in backend.leases()? {
+        for (k, v) in backend.rows(schema::LEASES)? {
+            let (id, ttl, remaining) = schema::decode_lease(&k, &v)?;
             idx.leases.insert(
                 id,
                 Lease {
@@ -821,12 +834,13 @@ impl Mvcc {
                 },
             );
         }
-        for (id, bytes) in backend.members()? {
+        for (k, bytes) in backend.rows(schema::MEMBERS)? {
+            let id = schema::decode_id(schema::MEMBERS, &k)?;
             let m = Member::decode(bytes.as_slice())
                 .map_err(|e| KvError::Corrupt(format!("member {id:x}: {e}")))?;
             idx.members.insert(id, m);
         }
-        let auth_rows = backend.auth_rows()?;
+        let auth_rows = backend.rows(schema::AUTH)?;
         backend.view(|r| {
             idx.auth = AuthState::load(
                 auth_rows,
@@ -1050,7 +1064,7 @@ impl Mvcc {
 
     /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.
     pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), KvError> {
-        Ok(Backend::import(path, input)?)
+        Ok(Backend::import(path, schema::TABLES, input)?)
     }
 
     /// Every lease, in id order.
@@ -1224,9 +1238,13 @@ fn apply_member(
         (Kind::Add, _) => Some(m.clone()),
         (Kind::Remove, Some(_)) => {
             idx.members.remove(&m.id);
-            w.delete_member(m.id)?;
+            w.delete(schema::MEMBERS, &schema::id_key(m.id))?;
             idx.removed.insert(m.id);
-            w.mark_removed(m.id)?;
+            w.put(
+                schema::MEMBERS_REMOVED,
+                &schema::id_key(m.id),
+                &0u64.to_le_bytes(),
+            )?;
             None
         }
         (Kind::Promote, Some(old)) => Some(Member {
@@ -1245,7 +1263,7 @@ fn apply_member(
         (_, None) => None,
     };
     if let Some(u) = updated {
-        w.put_member(u.id, &u.encode_to_vec())?;
+        w.put(schema::MEMBERS, &schema::id_key(u.id), &u.encode_to_vec())?;
         idx.members.insert(u.id, u);
     }
     Ok(idx.members.values().cloned().collect())
@@ -1449,7 +1467,7 @@ fn apply_alarm(
             }
             let bits = idx.alarms.entry(a.member_id).or_insert(0);
             *bits |= alarm_bit(t);
-            w.set_alarms(a.member_id, *bits)?;
+            schema::set_alarms(w, a.member_id, *bits)?;
             resp.alarms.push(one);
         }
         AlarmAction::Deactivate => {
@@ -1460,7 +1478,7 @@ fn apply_alarm(
                 return Ok(resp);
             }
             *bits &= !alarm_bit(t);
-            w.set_alarms(a.member_id, *bits)?;
+            schema::set_alarms(w, a.member_id, *bits)?;
             if *bits == 0 {
                 idx.alarms.remove(&a.member_id);
             }

@@ -130,7 +130,7 @@ fn data_len(path: &Path, f: &mut File, skip_hash_check: bool) -> Result<u64, Sna
 fn scan(f: &mut File, len: u64) -> Result<SnapStatus, SnapFileError> {
     f.seek(SeekFrom::Start(0))
         .map_err(|e| SnapFileError::Io(e.to_string()))?;
-    let mut r = SnapshotReader::new(BufReader::new(&mut *f).take(len));
+    let mut r = SnapshotReader::new(BufReader::new(&mut *f).take(len), crate::schema::TABLES);
     let (mut keys, mut max_rev, mut meta_rev) = (0u64, 0i64, None);
     while let Some(rec) = r
         .next_record()
@@ -170,9 +170,11 @@ pub fn restore(path: &Path, db: &Path, skip_hash_check: bool) -> Result<SnapStat
     let status = scan(&mut f, len)?;
     f.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
     let input = BufReader::with_capacity(1 << 20, f).take(len);
-    Backend::import_filtered(db, input, &mut |rec| match rec {
+    use crate::schema::{ALARMS, MEMBERS, MEMBERS_REMOVED, TABLES};
+    let old_members = [MEMBERS.tag, MEMBERS_REMOVED.tag, ALARMS.tag];
+    Backend::import_filtered(db, TABLES, input, &mut |rec| match rec {
         // Alarms belong to the old members.
-        SnapRecord::Member(..) | SnapRecord::Removed(..) | SnapRecord::Alarms(..) => None,
+        SnapRecord::Row(tag, ..) if old_members.contains(&tag) => None,
         SnapRecord::Meta(ref name, _) if name == META_APPLIED => None,
         other => Some(other),
     })
@@ -187,12 +189,12 @@ mod tests {
 
     fn write_snapshot(dir: &Path) -> std::path::PathBuf {
         let db = dir.join("src.db");
-        let b = Backend::open(&db).expect("open");
+        let b = Backend::open(&db, crate::schema::TABLES).expect("open");
         b.update(true, |w| {
             w.put_rev(ballast_storage::Rev::new(2, 0), false, b"kv")?;
             w.set_meta(META_REV, 2)?;
             w.set_meta(META_APPLIED, 7)?;
-            w.put_member(9, b"m")
+            w.put(crate::schema::MEMBERS, &crate::schema::id_key(9), b"m")
         })
         .expect("update");
         let mut body = Vec::new();
@@ -216,8 +218,9 @@ mod tests {
         assert_eq!((st.revision, st.total_keys), (2, 4));
         let out = dir.path().join("restored.db");
         assert_eq!(restore(&path, &out, false).expect("restore"), st);
-        let b = Backend::open(&out).expect("open");
-        assert!(b.members().expect("members").is_empty());
+        let b = Backend::open(&out, crate::schema::TABLES).expect("open");
+        let members = b.rows(crate::schema::MEMBERS).expect("members");
+        assert!(members.is_empty());
         let applied = b.view(|r| {
             use ballast_storage::backend::RevRead;
             r.meta(META_APPLIED)

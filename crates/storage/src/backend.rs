@@ -1,15 +1,16 @@
 //! The MVCC backend: a redb database holding every stored revision and the apply metadata.
 //!
-//! Table `kv`: 16-byte big-endian `(main, sub)` revision -> `flags: u8 | encoded KeyValue`
-//! (flag bit 0 marks a tombstone). Table `meta`: name -> u64 (e.g. the consistent index).
+//! Table `kv`: 16-byte big-endian `(main, sub)` revision -> `flags: u8 | encoded value`
+//! (flag bit 0 marks a tombstone). Table `meta`: name -> u64 (e.g. the consistent index). Any
+//! other table is one the caller names ([`Table`]): bytes under bytes, whose meaning is the
+//! caller's (the state machine's schema lives in `ballast-state`).
 //!
 //! All mutation goes through [`Backend::update`]: the closure's writes commit together or not at
 //! all, so an error part-way through a request never leaves half of it applied.
 //!
 //! Like etcd's batched bbolt transaction, non-durable updates share one write transaction for
 //! up to [`HOLD_FOR`] or [`HOLD_WRITES`] writes: each redb commit copies the B-tree pages it
-//! touched and records their freeing, a fifth of the applier's time when every apply batch
-//! committed. Readers see committed state only, so the rows and metadata written by the held
+//! touched and records their freeing. Readers see committed state only, so the rows and metadata written by the held
 //! transaction are kept in an overlay too (`overlay::Rows`), and views read through it.
 
 use std::path::{Path, PathBuf};
@@ -23,31 +24,31 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
-/// IDs of removed members (id -> 0): never reused, as in etcd.
-const REMOVED: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
-/// Leases: id -> granted TTL and last checkpointed remaining TTL (seconds, 16 bytes LE).
-const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
-/// Active alarms: member id -> bit set of alarm types (bit n = etcd's AlarmType n).
-const ALARMS: TableDefinition<u64, u64> = TableDefinition::new("alarms");
-/// Users and roles: a kind byte ([`AUTH_USER`] or [`AUTH_ROLE`]) then the name, to the
-/// encoded `authpb.User` / `authpb.Role`.
-const AUTH: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth");
-pub const AUTH_USER: u8 = b'u';
-/// Auth rows as stored: (kind byte + name, encoded record).
-pub type AuthRows = Vec<(Vec<u8>, Vec<u8>)>;
-pub const AUTH_ROLE: u8 = b'r';
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
-const SNAP_MEMBERS: u8 = 2;
-const SNAP_REMOVED: u8 = 3;
-const SNAP_LEASES: u8 = 4;
-const SNAP_ALARMS: u8 = 5;
-const SNAP_AUTH: u8 = 6;
 /// The last record: key = number of records before it (u64 LE), value = CRC32C of every byte
 /// before it (u32 LE). A stream without it, or with anything after it, is rejected.
 const SNAP_END: u8 = 0xff;
+/// A table the caller names: bytes under bytes. `tag` identifies its rows in snapshot streams
+/// (0, 1 and 0xff are the backend's own: `kv`, `meta` and the end record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    pub tag: u8,
+}
+
+/// The rows of a caller's table: (key, value) pairs.
+pub type TableRows = Vec<(Vec<u8>, Vec<u8>)>;
+
+type BytesTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
+
+impl Table {
+    fn def(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
 /// Streams are zero-padded after the end record to a multiple of this: etcdctl takes a
 /// snapshot's last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
 const SNAP_ALIGN: u64 = 512;
@@ -82,8 +83,8 @@ pub enum BackendError {
     BadSnapshot(String),
     #[error("backend value at revision {0:?} is malformed")]
     Malformed(Rev),
-    #[error("backend: lease {0} is malformed")]
-    MalformedLease(i64),
+    #[error("backend: table {0:?} is not usable: its tag is reserved or taken")]
+    BadTable(&'static str),
 }
 
 /// An I/O error while doing `what`.
@@ -148,6 +149,8 @@ struct Held {
 pub struct Backend {
     /// Replaced whole by [`Backend::defragment`]; readers hold their own `Arc` meanwhile.
     db: RwLock<Arc<Database>>,
+    /// The caller's tables besides `kv` and `meta`.
+    tables: &'static [Table],
     path: PathBuf,
     /// Taken by every write transaction and by the last phase of a defragmentation; guards
     /// the transaction held open between updates.
@@ -164,19 +167,33 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn open(path: &Path) -> Result<Backend, BackendError> {
+    /// Opens (or creates) the database at `path` with the caller's `tables` besides `kv` and
+    /// `meta`.
+    pub fn open(path: &Path, tables: &'static [Table]) -> Result<Backend, BackendError> {
+        for (i, t) in tables.iter().enumerate() {
+            let reserved = [SNAP_KV, SNAP_META, SNAP_END].contains(&t.tag);
+            let taken = tables[..i]
+                .iter()
+                .any(|o| o.tag == t.tag || o.name == t.name);
+            if reserved || taken || t.name == "kv" || t.name == "meta" {
+                return Err(BackendError::BadTable(t.name));
+            }
+        }
         let db = create_db(path)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(META)?;
-        tx.open_table(MEMBERS)?;
-        tx.open_table(REMOVED)?;
-        tx.open_table(LEASES)?;
-        tx.open_table(ALARMS)?;
-        tx.open_table(AUTH)?;
+        for t in tables {
+            match tx.open_table(t.def()) {
+                Ok(_) => {}
+                Err(redb::TableError::TableTypeMismatch { .. }) => upgrade_table(&tx, *t)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
         tx.commit()?;
         let b = Backend {
             db: RwLock::new(Arc::new(db)),
+            tables,
             path: path.to_path_buf(),
             writer: Mutex::new(None),
             recent: RwLock::default(),
@@ -256,11 +273,11 @@ impl Backend {
         let mut w = WriteTx {
             kv: tx.open_table(KV).map_err(BackendError::from)?,
             meta: tx.open_table(META).map_err(BackendError::from)?,
-            members: tx.open_table(MEMBERS).map_err(BackendError::from)?,
-            removed: tx.open_table(REMOVED).map_err(BackendError::from)?,
-            leases: tx.open_table(LEASES).map_err(BackendError::from)?,
-            alarms: tx.open_table(ALARMS).map_err(BackendError::from)?,
-            auth: tx.open_table(AUTH).map_err(BackendError::from)?,
+            tables: self
+                .tables
+                .iter()
+                .map(|t| Ok((t.name, tx.open_table(t.def())?)))
+                .collect::<Result<_, BackendError>>()?,
             staged: Rows::default(),
             removals: &self.removals,
         };
@@ -320,14 +337,14 @@ impl Backend {
         })
     }
 
-    /// Every member record (id, encoded member), in id order.
-    pub fn members(&self) -> Result<Vec<(u64, Vec<u8>)>, BackendError> {
+    /// Every row of `table`, in key order (sees every update made so far).
+    pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
         let tx = self.begin_read_all()?;
-        let t = tx.open_table(MEMBERS)?;
+        let t = tx.open_table(table.def())?;
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
+            out.push((k.value().to_vec(), v.value().to_vec()));
         }
         Ok(out)
     }
@@ -352,7 +369,7 @@ impl Backend {
         let tx = self.begin_read_all()?;
         let io = io_error("snapshot export");
         let mut total = 9 + 8 + 4;
-        walk(&tx, &mut |_, k, v| {
+        walk(&tx, self.tables, &mut |_, k, v| {
             total += 9 + k.len() as u64 + v.len() as u64;
             Ok(())
         })?;
@@ -380,7 +397,7 @@ impl Backend {
             }
             out(&rec)
         };
-        walk(&tx, &mut |table, k, v| put(table, k, v))?;
+        walk(&tx, self.tables, &mut |table, k, v| put(table, k, v))?;
         put(SNAP_END, &[], &[]).map_err(io)?;
         out(&vec![0u8; padding as usize]).map_err(io)
     }
@@ -388,20 +405,25 @@ impl Backend {
     /// Builds a new database at `path` from an [`Backend::export`] stream, committing in
     /// batches (bounded memory) and durably at the end. Malformed input is an error, never a
     /// partial database left in use: the caller swaps the file in only on success.
-    pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), BackendError> {
-        Backend::import_filtered(path, input, &mut |r| Some(r))
+    pub fn import(
+        path: &Path,
+        tables: &'static [Table],
+        input: impl std::io::Read,
+    ) -> Result<(), BackendError> {
+        Backend::import_filtered(path, tables, input, &mut |r| Some(r))
     }
 
     /// [`Backend::import`], passing each record through `keep`, which may drop or rewrite it
     /// (a restore drops the old membership).
     pub fn import_filtered(
         path: &Path,
+        tables: &'static [Table],
         input: impl std::io::Read,
         keep: &mut dyn FnMut(SnapRecord) -> Option<SnapRecord>,
     ) -> Result<(), BackendError> {
         let _ = std::fs::remove_file(path);
-        let b = Backend::open(path)?;
-        let mut reader = SnapshotReader::new(input);
+        let b = Backend::open(path, tables)?;
+        let mut reader = SnapshotReader::new(input, tables);
         let mut done = false;
         while !done {
             let mut tx = b.db().begin_write()?;
@@ -409,11 +431,10 @@ impl Backend {
             {
                 let mut kv = tx.open_table(KV)?;
                 let mut meta = tx.open_table(META)?;
-                let mut members = tx.open_table(MEMBERS)?;
-                let mut removed = tx.open_table(REMOVED)?;
-                let mut leases = tx.open_table(LEASES)?;
-                let mut alarms = tx.open_table(ALARMS)?;
-                let mut auth = tx.open_table(AUTH)?;
+                let mut small = Vec::with_capacity(tables.len());
+                for t in tables {
+                    small.push((t.tag, tx.open_table(t.def())?));
+                }
                 let start = reader.bytes;
                 while reader.bytes - start < IMPORT_BATCH_BYTES as u64 {
                     let Some(rec) = reader.next_record()? else {
@@ -428,20 +449,13 @@ impl Backend {
                         Some(SnapRecord::Meta(name, v)) => {
                             meta.insert(name.as_str(), v)?;
                         }
-                        Some(SnapRecord::Member(id, v)) => {
-                            members.insert(id, v.as_slice())?;
-                        }
-                        Some(SnapRecord::Lease(id, v)) => {
-                            leases.insert(id, v.as_slice())?;
-                        }
-                        Some(SnapRecord::Removed(id, at)) => {
-                            removed.insert(id, at)?;
-                        }
-                        Some(SnapRecord::Alarms(id, bits)) => {
-                            alarms.insert(id, bits)?;
-                        }
-                        Some(SnapRecord::Auth(k, v)) => {
-                            auth.insert(k.as_slice(), v.as_slice())?;
+                        Some(SnapRecord::Row(tag, k, v)) => {
+                            let t = small
+                                .iter_mut()
+                                .find(|(t, _)| *t == tag)
+                                .map(|(_, t)| t)
+                                .ok_or_else(|| bad("unknown table"))?;
+                            t.insert(k.as_slice(), v.as_slice())?;
                         }
                     }
                 }
@@ -493,11 +507,9 @@ impl Backend {
                 }
             }
             replace_table(&src, &mut tx, META)?;
-            replace_table(&src, &mut tx, MEMBERS)?;
-            replace_table(&src, &mut tx, REMOVED)?;
-            replace_table(&src, &mut tx, LEASES)?;
-            replace_table(&src, &mut tx, ALARMS)?;
-            replace_table(&src, &mut tx, AUTH)?;
+            for t in self.tables {
+                replace_table(&src, &mut tx, t.def())?;
+            }
         }
         tx.commit()?;
         drop(src);
@@ -509,62 +521,6 @@ impl Backend {
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dst);
         self.refresh_size();
         Ok((before, self.size()))
-    }
-
-    /// Every lease: (id, granted TTL, checkpointed remaining TTL or 0).
-    pub fn leases(&self) -> Result<Vec<(i64, i64, i64)>, BackendError> {
-        let tx = self.begin_read_all()?;
-        let t = tx.open_table(LEASES)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            let v = v.value();
-            let (Some(ttl), Some(rem)) = (v.get(..8), v.get(8..16)) else {
-                return Err(BackendError::MalformedLease(k.value()));
-            };
-            let word = |b: &[u8]| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                i64::from_le_bytes(a)
-            };
-            out.push((k.value(), word(ttl), word(rem)));
-        }
-        Ok(out)
-    }
-
-    /// Active alarms: (member id, bit set of alarm types).
-    pub fn alarms(&self) -> Result<Vec<(u64, u64)>, BackendError> {
-        let tx = self.begin_read_all()?;
-        let t = tx.open_table(ALARMS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), v.value()));
-        }
-        Ok(out)
-    }
-
-    /// Every auth row (kind byte + name, encoded user or role), in key order.
-    pub fn auth_rows(&self) -> Result<AuthRows, BackendError> {
-        let tx = self.begin_read_all()?;
-        let t = tx.open_table(AUTH)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
-    }
-
-    /// IDs of members removed from the cluster.
-    pub fn removed_members(&self) -> Result<Vec<u64>, BackendError> {
-        let tx = self.begin_read_all()?;
-        let t = tx.open_table(REMOVED)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            out.push(row?.0.value());
-        }
-        Ok(out)
     }
 
     /// Bytes the database file occupies on disk, as of the last commit.
@@ -603,66 +559,27 @@ pub struct WriteTx<'a> {
     staged: Rows,
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
-    members: redb::Table<'a, u64, &'static [u8]>,
-    removed: redb::Table<'a, u64, u64>,
-    leases: redb::Table<'a, i64, &'static [u8]>,
-    alarms: redb::Table<'a, u64, u64>,
-    auth: redb::Table<'a, &'static [u8], &'static [u8]>,
+    /// The caller's tables, by name.
+    tables: Vec<(&'static str, BytesTable<'a>)>,
 }
 
 impl WriteTx<'_> {
-    /// Sets a member's active alarms (an empty set removes its row).
-    pub fn set_alarms(&mut self, member: u64, bits: u64) -> Result<(), BackendError> {
-        if bits == 0 {
-            self.alarms.remove(member)?;
-        } else {
-            self.alarms.insert(member, bits)?;
-        }
-        Ok(())
-    }
-
-    /// Stores (or, with `None`, removes) an auth row; `kind` is [`AUTH_USER`] or [`AUTH_ROLE`].
-    pub fn put_auth(
-        &mut self,
-        kind: u8,
-        name: &[u8],
-        value: Option<&[u8]>,
-    ) -> Result<(), BackendError> {
-        let mut k = Vec::with_capacity(name.len() + 1);
-        k.push(kind);
-        k.extend_from_slice(name);
-        match value {
-            Some(v) => self.auth.insert(k.as_slice(), v)?,
-            None => self.auth.remove(k.as_slice())?,
+    /// Stores `value` under `key` in the caller's table `t`.
+    pub fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
+        match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
+            Some((_, table)) => table.insert(key, value)?,
+            // A table the backend was not opened with: the caller's mistake, not a panic.
+            None => return Err(BackendError::BadTable(t.name)),
         };
         Ok(())
     }
 
-    pub fn put_lease(&mut self, id: i64, ttl: i64, remaining: i64) -> Result<(), BackendError> {
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&ttl.to_le_bytes());
-        v[8..].copy_from_slice(&remaining.to_le_bytes());
-        self.leases.insert(id, v.as_slice())?;
-        Ok(())
-    }
-
-    pub fn delete_lease(&mut self, id: i64) -> Result<(), BackendError> {
-        self.leases.remove(id)?;
-        Ok(())
-    }
-
-    pub fn mark_removed(&mut self, id: u64) -> Result<(), BackendError> {
-        self.removed.insert(id, 0)?;
-        Ok(())
-    }
-
-    pub fn put_member(&mut self, id: u64, member: &[u8]) -> Result<(), BackendError> {
-        self.members.insert(id, member)?;
-        Ok(())
-    }
-
-    pub fn delete_member(&mut self, id: u64) -> Result<(), BackendError> {
-        self.members.remove(id)?;
+    /// Removes `key` from the caller's table `t` (nothing if absent).
+    pub fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), BackendError> {
+        match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
+            Some((_, table)) => table.remove(key)?,
+            None => return Err(BackendError::BadTable(t.name)),
+        };
         Ok(())
     }
 
@@ -818,10 +735,25 @@ impl RevRead for ReadTx<'_> {
 mod tests {
     use super::*;
 
+    // Tables a caller might name, as the state machine names its own.
+    const MEMBERS: Table = Table {
+        name: "members",
+        tag: 2,
+    };
+    const REMOVED: Table = Table {
+        name: "members_removed",
+        tag: 3,
+    };
+    const LEASES: Table = Table {
+        name: "leases",
+        tag: 4,
+    };
+    const T: &[Table] = &[MEMBERS, REMOVED, LEASES];
+
     #[test]
     fn revisions_roundtrip_and_failed_update_is_rolled_back() {
         let d = tempfile::tempdir().unwrap();
-        let b = Backend::open(&d.path().join("db")).unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(true, |w| {
             w.put_rev(Rev::new(2, 0), false, b"v")?;
             w.set_meta("ci", 7)?;
@@ -859,7 +791,7 @@ mod tests {
     #[test]
     fn views_see_what_a_held_transaction_wrote() {
         let d = tempfile::tempdir().unwrap();
-        let b = Backend::open(&d.path().join("db")).unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(true, |w| {
             (1..=4).try_for_each(|m| w.put_rev(Rev::new(m, 0), false, b"old"))?;
             w.set_meta("rev", 4)
@@ -908,7 +840,7 @@ mod tests {
         .unwrap();
         assert_eq!(seen, 2);
         // Reading the other tables commits it first; then nothing is left in `recent`.
-        b.members().unwrap();
+        b.rows(MEMBERS).unwrap();
         assert!(b.lock_writer().is_none());
         assert_eq!(b.recent().len(), 0);
         assert_eq!(all(&b), [1, 3, 4, 5, 6]);
@@ -918,7 +850,7 @@ mod tests {
     fn a_held_transaction_commits_on_a_durable_update_its_limits_and_drop() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("db");
-        let b = Backend::open(&path).unwrap();
+        let b = Backend::open(&path, T).unwrap();
         b.update(false, |w| w.put_rev(Rev::new(1, 0), false, b"a"))
             .unwrap();
         assert!(b.lock_writer().is_some());
@@ -944,7 +876,7 @@ mod tests {
         b.update(false, |w| w.put_rev(Rev::new(20_002, 0), false, b"last"))
             .unwrap();
         drop(b);
-        let b = Backend::open(&path).unwrap();
+        let b = Backend::open(&path, T).unwrap();
         assert_eq!(revs_in(&b, 20_000, 30_000).len(), 3);
         assert_eq!(revs_in(&b, 0, 2).len(), 1);
     }
@@ -953,7 +885,7 @@ mod tests {
     #[test]
     fn a_failed_update_drops_the_held_writes_from_views_too() {
         let d = tempfile::tempdir().unwrap();
-        let b = Backend::open(&d.path().join("db")).unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(false, |w| w.put_rev(Rev::new(1, 0), false, b"a"))
             .unwrap();
         let r: Result<(), BackendError> = b.update(false, |w| {
@@ -980,7 +912,7 @@ mod tests {
     fn defragment_under_concurrent_writes_keeps_exactly_the_live_rows() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("db");
-        let b = Arc::new(Backend::open(&path).unwrap());
+        let b = Arc::new(Backend::open(&path, T).unwrap());
         let big = vec![7u8; 4096];
         for main in 1..=2000 {
             b.update(false, |w| w.put_rev(Rev::new(main, 0), false, &big))
@@ -1022,27 +954,69 @@ mod tests {
         assert_eq!(b.view(|r| r.meta("rev")).unwrap(), Some(2300));
         let snapshot = dump(&b);
         drop(b);
-        let reopened = Backend::open(&path).unwrap();
+        let reopened = Backend::open(&path, T).unwrap();
         assert_eq!(live(&reopened), expected);
         assert_eq!(dump(&reopened), snapshot);
     }
 
     #[test]
+    fn integer_keyed_tables_of_earlier_builds_are_upgraded_to_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            // As builds before named tables wrote them.
+            let db = create_db(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            let members: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+            let removed: TableDefinition<u64, u64> = TableDefinition::new("members_removed");
+            let leases: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+            tx.open_table(members)
+                .unwrap()
+                .insert(7, b"m".as_slice())
+                .unwrap();
+            tx.open_table(removed).unwrap().insert(9, 0).unwrap();
+            tx.open_table(leases)
+                .unwrap()
+                .insert(-3, [1u8; 16].as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let b = Backend::open(&path, T).unwrap();
+        let le = |x: u64| x.to_le_bytes().to_vec();
+        assert_eq!(b.rows(MEMBERS).unwrap(), vec![(le(7), b"m".to_vec())]);
+        assert_eq!(b.rows(REMOVED).unwrap(), vec![(le(9), le(0))]);
+        assert_eq!(
+            b.rows(LEASES).unwrap(),
+            vec![((-3i64).to_le_bytes().to_vec(), vec![1u8; 16])]
+        );
+        drop(b);
+        // Once upgraded, the file opens as it is.
+        assert_eq!(
+            Backend::open(&path, T)
+                .unwrap()
+                .rows(MEMBERS)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
     fn export_import_roundtrip_and_garbage_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let b = Backend::open(&d.path().join("db")).unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(true, |w| {
             w.put_rev(Rev::new(2, 0), false, b"v2")?;
             w.put_rev(Rev::new(3, 1), true, b"v3")?;
             w.set_meta("consistent_index", 42)?;
-            w.put_member(7, b"m")?;
+            w.put(MEMBERS, &7u64.to_le_bytes(), b"m")?;
             Ok::<_, BackendError>(())
         })
         .unwrap();
         let stream = export_bytes(&b);
         let copy = d.path().join("copy");
-        Backend::import(&copy, stream.as_slice()).unwrap();
-        let c = Backend::open(&copy).unwrap();
+        Backend::import(&copy, T, stream.as_slice()).unwrap();
+        let c = Backend::open(&copy, T).unwrap();
         c.view(|r| {
             assert_eq!(r.get_rev(Rev::new(2, 0))?.unwrap().kv, b"v2");
             assert!(r.get_rev(Rev::new(3, 1))?.unwrap().tombstone);
@@ -1050,25 +1024,31 @@ mod tests {
             Ok::<_, BackendError>(())
         })
         .unwrap();
-        assert_eq!(c.members().unwrap(), vec![(7, b"m".to_vec())]);
-        let cut = &stream[..stream.len() - 1];
-        assert!(Backend::import(&d.path().join("bad"), cut).is_err());
-        assert!(
-            Backend::import(&d.path().join("bad2"), &[9u8, 0, 0, 0, 0, 0, 0, 0, 0][..]).is_err()
+        assert_eq!(
+            c.rows(MEMBERS).unwrap(),
+            vec![(7u64.to_le_bytes().to_vec(), b"m".to_vec())]
         );
+        let cut = &stream[..stream.len() - 1];
+        assert!(Backend::import(&d.path().join("bad"), T, cut).is_err());
+        assert!(Backend::import(
+            &d.path().join("bad2"),
+            T,
+            &[9u8, 0, 0, 0, 0, 0, 0, 0, 0][..]
+        )
+        .is_err());
     }
 
     fn sample_export() -> Vec<u8> {
         let d = tempfile::tempdir().unwrap();
-        let b = Backend::open(&d.path().join("db")).unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(true, |w| {
             for i in 1..20 {
                 w.put_rev(Rev::new(i, 0), i % 5 == 0, format!("value {i}").as_bytes())?;
             }
             w.set_meta("consistent_index", 19)?;
-            w.put_member(7, b"m")?;
-            w.put_lease(3, 10, 0)?;
-            w.mark_removed(9)?;
+            w.put(MEMBERS, &7u64.to_le_bytes(), b"m")?;
+            w.put(LEASES, &3i64.to_le_bytes(), &[1; 16])?;
+            w.put(REMOVED, &9u64.to_le_bytes(), &0u64.to_le_bytes())?;
             Ok::<_, BackendError>(())
         })
         .unwrap();
@@ -1094,7 +1074,7 @@ mod tests {
             let stream = sample_export();
             let cut = cut % stream.len();
             let d = tempfile::tempdir().unwrap();
-            proptest::prop_assert!(Backend::import(&d.path().join("db"), &stream[..cut]).is_err());
+            proptest::prop_assert!(Backend::import(&d.path().join("db"), T, &stream[..cut]).is_err());
         }
 
         /// Any single flipped byte is refused (the end record's checksum covers every byte).
@@ -1104,14 +1084,14 @@ mod tests {
             let at = at % stream.len();
             stream[at] ^= flip;
             let d = tempfile::tempdir().unwrap();
-            proptest::prop_assert!(Backend::import(&d.path().join("db"), stream.as_slice()).is_err());
+            proptest::prop_assert!(Backend::import(&d.path().join("db"), T, stream.as_slice()).is_err());
         }
 
         /// Random bytes never panic the decoder.
         #[test]
         fn random_snapshot_bytes_never_panic(junk in proptest::collection::vec(0u8..=255, 0..512)) {
             let d = tempfile::tempdir().unwrap();
-            let _ = Backend::import(&d.path().join("db"), junk.as_slice());
+            let _ = Backend::import(&d.path().join("db"), T, junk.as_slice());
         }
     }
 
@@ -1128,7 +1108,11 @@ mod tests {
 type RowVisitor<'a> = dyn FnMut(u8, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
 /// Visits every row of every table as raw snapshot fields, in the order the stream holds them.
-fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), BackendError> {
+fn walk(
+    tx: &redb::ReadTransaction,
+    tables: &[Table],
+    f: &mut RowVisitor<'_>,
+) -> Result<(), BackendError> {
     let io = io_error("snapshot export");
     for row in tx.open_table(KV)?.iter()? {
         let (k, v) = row?;
@@ -1138,27 +1122,11 @@ fn walk(tx: &redb::ReadTransaction, f: &mut RowVisitor<'_>) -> Result<(), Backen
         let (k, v) = row?;
         f(SNAP_META, k.value().as_bytes(), &v.value().to_le_bytes()).map_err(io)?;
     }
-    for row in tx.open_table(MEMBERS)?.iter()? {
-        let (k, v) = row?;
-        f(SNAP_MEMBERS, &k.value().to_le_bytes(), v.value()).map_err(io)?;
-    }
-    for row in tx.open_table(LEASES)?.iter()? {
-        let (k, v) = row?;
-        f(SNAP_LEASES, &k.value().to_le_bytes(), v.value()).map_err(io)?;
-    }
-    for row in tx.open_table(REMOVED)?.iter()? {
-        let (k, v) = row?;
-        let (id, at) = (k.value().to_le_bytes(), v.value().to_le_bytes());
-        f(SNAP_REMOVED, &id, &at).map_err(io)?;
-    }
-    for row in tx.open_table(ALARMS)?.iter()? {
-        let (k, v) = row?;
-        let (id, bits) = (k.value().to_le_bytes(), v.value().to_le_bytes());
-        f(SNAP_ALARMS, &id, &bits).map_err(io)?;
-    }
-    for row in tx.open_table(AUTH)?.iter()? {
-        let (k, v) = row?;
-        f(SNAP_AUTH, k.value(), v.value()).map_err(io)?;
+    for t in tables {
+        for row in tx.open_table(t.def())?.iter()? {
+            let (k, v) = row?;
+            f(t.tag, k.value(), v.value()).map_err(io)?;
+        }
     }
     Ok(())
 }
@@ -1169,13 +1137,8 @@ pub enum SnapRecord {
     /// A stored revision: the 16-byte revision key and the flagged value.
     Kv(Vec<u8>, Vec<u8>),
     Meta(String, u64),
-    Member(u64, Vec<u8>),
-    Lease(i64, Vec<u8>),
-    Removed(u64, u64),
-    /// A member's active alarms (bit set of alarm types).
-    Alarms(u64, u64),
-    /// A user or role (kind byte + name, encoded record).
-    Auth(Vec<u8>, Vec<u8>),
+    /// A row of the caller's table with this tag.
+    Row(u8, Vec<u8>, Vec<u8>),
 }
 
 impl SnapRecord {
@@ -1192,6 +1155,8 @@ impl SnapRecord {
 /// record's count and checksum; anything after the end record is an error.
 pub struct SnapshotReader<R> {
     input: R,
+    /// The caller's tables: rows with any other tag are refused.
+    tables: &'static [Table],
     count: u64,
     crc: u32,
     /// Bytes consumed so far.
@@ -1199,9 +1164,10 @@ pub struct SnapshotReader<R> {
 }
 
 impl<R: std::io::Read> SnapshotReader<R> {
-    pub fn new(input: R) -> Self {
+    pub fn new(input: R, tables: &'static [Table]) -> Self {
         SnapshotReader {
             input,
+            tables,
             count: 0,
             crc: 0,
             bytes: 0,
@@ -1281,17 +1247,7 @@ impl<R: std::io::Read> SnapshotReader<R> {
                 let name = String::from_utf8(k).map_err(|_| bad("meta name"))?;
                 SnapRecord::Meta(name, u64::from_le_bytes(word8(v, "meta value")?))
             }
-            SNAP_MEMBERS => SnapRecord::Member(u64::from_le_bytes(word8(k, "member id")?), v),
-            SNAP_LEASES => SnapRecord::Lease(i64::from_le_bytes(word8(k, "lease id")?), v),
-            SNAP_REMOVED => SnapRecord::Removed(
-                u64::from_le_bytes(word8(k, "member id")?),
-                u64::from_le_bytes(word8(v, "removal")?),
-            ),
-            SNAP_ALARMS => SnapRecord::Alarms(
-                u64::from_le_bytes(word8(k, "member id")?),
-                u64::from_le_bytes(word8(v, "alarms")?),
-            ),
-            SNAP_AUTH => SnapRecord::Auth(k, v),
+            tag if self.tables.iter().any(|t| t.tag == tag) => SnapRecord::Row(tag, k, v),
             _ => return Err(bad("unknown table")),
         };
         self.count += 1;
@@ -1301,6 +1257,60 @@ impl<R: std::io::Read> SnapshotReader<R> {
 
 fn bad(what: &str) -> BackendError {
     BackendError::BadSnapshot(what.to_string())
+}
+
+/// Builds before the caller named its tables kept some with integer keys and values; such a
+/// table is rewritten in place as bytes, integers little endian (as snapshot streams have
+/// always carried them), in the transaction that opens the database.
+fn upgrade_table(tx: &redb::WriteTransaction, t: Table) -> Result<(), BackendError> {
+    fn rows<K, V>(
+        tx: &redb::WriteTransaction,
+        name: &'static str,
+        key: impl Fn(K::SelfType<'_>) -> Vec<u8>,
+        value: impl Fn(V::SelfType<'_>) -> Vec<u8>,
+    ) -> Result<Option<TableRows>, BackendError>
+    where
+        K: redb::Key + 'static,
+        V: redb::Value + 'static,
+    {
+        let def: TableDefinition<K, V> = TableDefinition::new(name);
+        let table = match tx.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableTypeMismatch { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((key(k.value()), value(v.value())));
+        }
+        drop(table);
+        tx.delete_table(def)?;
+        Ok(Some(out))
+    }
+    let le_u64 = |x: u64| x.to_le_bytes().to_vec();
+    let le_i64 = |x: i64| x.to_le_bytes().to_vec();
+    let bytes = |x: &[u8]| x.to_vec();
+    let found = match rows::<u64, &[u8]>(tx, t.name, le_u64, bytes)? {
+        Some(r) => Some(r),
+        None => match rows::<u64, u64>(tx, t.name, le_u64, le_u64)? {
+            Some(r) => Some(r),
+            None => rows::<i64, &[u8]>(tx, t.name, le_i64, bytes)?,
+        },
+    };
+    let Some(found) = found else {
+        return Err(BackendError::BadTable(t.name));
+    };
+    let mut table = tx.open_table(t.def())?;
+    for (k, v) in &found {
+        table.insert(k.as_slice(), v.as_slice())?;
+    }
+    tracing::info!(
+        table = t.name,
+        rows = found.len(),
+        "upgraded an integer-keyed table to bytes"
+    );
+    Ok(())
 }
 
 fn create_db(path: &Path) -> Result<Database, BackendError> {

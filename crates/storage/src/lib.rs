@@ -8,7 +8,8 @@
 //!   with the `failpoints` feature).
 //!
 //! Architecture invariant: this crate knows nothing of gRPC, Raft or etcd semantics; it stores
-//! bytes under keys it is given and says exactly where the disk lied to it.
+//! bytes under keys it is given (revisions, named counters, the caller's named tables) and says
+//! exactly where the disk lied to it.
 
 pub mod backend;
 pub mod failpoint;
