@@ -41,8 +41,33 @@ pub enum Inbound {
 }
 
 /// Writes the state machine's export through the given sink.
-pub type SnapshotSource =
-    Arc<dyn Fn(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), String> + Send + Sync>;
+pub type SnapshotSource = Arc<
+    dyn Fn(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), SourceError> + Send + Sync,
+>;
+
+/// Why the state machine could not export a snapshot (its own error, kept as the source).
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why sending a snapshot to a peer failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("no snapshot source")]
+    NoSource,
+    #[error("peer unreachable")]
+    Unreachable,
+    #[error("cannot encode the snapshot message: {0}")]
+    Encode(#[from] protobuf::ProtobufError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("snapshot export: {0}")]
+    Source(SourceError),
+    #[error("snapshot export task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("snapshot stream closed")]
+    Closed,
+    #[error("no acknowledgement")]
+    NoAck,
+}
 
 #[derive(Clone)]
 pub struct Transport {
@@ -367,17 +392,19 @@ fn frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
-async fn stream_snapshot(inner: &Arc<Inner>, m: &Message, urls: &[String]) -> Result<(), String> {
+async fn stream_snapshot(
+    inner: &Arc<Inner>,
+    m: &Message,
+    urls: &[String],
+) -> Result<(), SendError> {
     let source = lock(&inner.snapshot_source)
         .clone()
-        .ok_or("no snapshot source")?;
+        .ok_or(SendError::NoSource)?;
     let mut conn = dial(inner, m.to, urls, Kind::Snapshot)
         .await
-        .ok_or("peer unreachable")?;
-    let body = m.write_to_bytes().map_err(|e| e.to_string())?;
-    conn.write_all(&frame(&body))
-        .await
-        .map_err(|e| e.to_string())?;
+        .ok_or(SendError::Unreachable)?;
+    let body = m.write_to_bytes()?;
+    conn.write_all(&frame(&body)).await?;
     // The export runs on a blocking thread; a small channel bounds what is in memory.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
@@ -391,34 +418,28 @@ async fn stream_snapshot(inner: &Arc<Inner>, m: &Message, urls: &[String]) -> Re
             }
             Ok(())
         };
-        source(&mut sink)?;
+        source(&mut sink).map_err(SendError::Source)?;
         if !buf.is_empty() {
-            tx.blocking_send(buf)
-                .map_err(|_| "snapshot stream closed".to_string())?;
+            tx.blocking_send(buf).map_err(|_| SendError::Closed)?;
         }
-        Ok::<(), String>(())
+        Ok::<(), SendError>(())
     });
     let mut sent = 0usize;
     while let Some(chunk) = rx.recv().await {
         // Records can exceed a chunk; split so every frame stays within the receiver's limit.
         for part in chunk.chunks(SNAPSHOT_CHUNK) {
-            conn.write_all(&frame(part))
-                .await
-                .map_err(|e| e.to_string())?;
+            conn.write_all(&frame(part)).await?;
             sent += part.len();
         }
     }
-    producer.await.map_err(|e| e.to_string())??;
-    conn.write_all(&frame(&[]))
-        .await
-        .map_err(|e| e.to_string())?;
-    conn.flush().await.map_err(|e| e.to_string())?;
+    producer.await??;
+    conn.write_all(&frame(&[])).await?;
+    conn.flush().await?;
     let mut ack = [0u8; 1];
     let stream = conn.get_mut();
     tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut ack))
         .await
-        .map_err(|_| "no acknowledgement".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SendError::NoAck)??;
     tracing::info!(peer = %format!("{:x}", m.to), bytes = sent, "sent snapshot");
     Ok(())
 }

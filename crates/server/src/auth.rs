@@ -87,8 +87,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why `--auth-token`'s JWT keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthTokenError {
+    #[error("auth: invalid auth signature method {0:?}")]
+    Method(String),
+    #[error("auth: cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("auth: bad key for {method}: {source}")]
+    Key {
+        method: String,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
 impl Authenticator {
-    pub fn new(cfg: &AuthTokenConfig, ttl: Duration, bcrypt_cost: u32) -> Result<Self, String> {
+    pub fn new(
+        cfg: &AuthTokenConfig,
+        ttl: Duration,
+        bcrypt_cost: u32,
+    ) -> Result<Self, AuthTokenError> {
         let jwt = match cfg {
             AuthTokenConfig::Simple => None,
             AuthTokenConfig::Jwt {
@@ -303,15 +326,21 @@ fn jwt_keys(
     private: Option<&std::path::Path>,
     method: &str,
     ttl: Duration,
-) -> Result<Jwt, String> {
+) -> Result<Jwt, AuthTokenError> {
     use jsonwebtoken::{Algorithm as A, DecodingKey, EncodingKey};
     let algorithm: A = method
         .parse()
-        .map_err(|_| format!("auth: invalid auth signature method {method:?}"))?;
+        .map_err(|_| AuthTokenError::Method(method.to_string()))?;
     let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| format!("auth: cannot read {}: {e}", p.display()))
+        std::fs::read(p).map_err(|source| AuthTokenError::Read {
+            path: p.display().to_string(),
+            source,
+        })
     };
-    let bad = |e: jsonwebtoken::errors::Error| format!("auth: bad key for {method}: {e}");
+    let bad = |source| AuthTokenError::Key {
+        method: method.to_string(),
+        source,
+    };
     let pem = read(public)?;
     let decode = match algorithm {
         A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
@@ -319,7 +348,7 @@ fn jwt_keys(
         }
         A::ES256 | A::ES384 => DecodingKey::from_ec_pem(&pem),
         A::EdDSA => DecodingKey::from_ed_pem(&pem),
-        _ => return Err(format!("auth: invalid auth signature method {method:?}")),
+        _ => return Err(AuthTokenError::Method(method.to_string())),
     }
     .map_err(bad)?;
     let encode = match private {

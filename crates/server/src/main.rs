@@ -208,7 +208,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         status: server.raft_status_watch(),
     };
     if server.cfg.initial_corrupt_check {
-        corrupt::initial_check(&checker).await?;
+        corrupt::initial_check(&checker)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     if let Some(every) = server.cfg.corrupt_check {
         tokio::spawn(corrupt::run(checker, every));

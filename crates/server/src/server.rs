@@ -518,7 +518,7 @@ fn answer_peer_queries(node: &Node, store: &Store) {
     });
     let source = store.clone();
     node.transport().set_snapshot_source(Arc::new(move |out| {
-        source.current().export(out).map_err(|e| e.to_string())
+        source.current().export(out).map_err(Into::into)
     }));
 }
 

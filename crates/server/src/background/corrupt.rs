@@ -33,6 +33,15 @@ pub struct Checker {
     pub status: watch::Receiver<RaftStatus>,
 }
 
+/// Why the start-up check refuses to start the member.
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptError {
+    #[error("found data inconsistency with peers (member {member:x} at revision {revision})")]
+    Inconsistent { member: u64, revision: i64 },
+    #[error(transparent)]
+    Hash(#[from] ServerError),
+}
+
 /// A peer whose history disagrees with ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
@@ -103,17 +112,17 @@ pub async fn compare_with_peers(c: &Checker) -> Result<Vec<Mismatch>, ServerErro
 
 /// The start-up check: an error means this member's data disagrees with a peer's. A member
 /// with no keyspace history yet has nothing to compare.
-pub async fn initial_check(c: &Checker) -> Result<(), String> {
+pub async fn initial_check(c: &Checker) -> Result<(), CorruptError> {
     if c.store.current().current_rev() <= 1 {
         return Ok(());
     }
-    let found = compare_with_peers(c).await.map_err(|e| e.to_string())?;
+    let found = compare_with_peers(c).await?;
     if let Some(m) = found.first() {
         m.report("found data inconsistency with peers");
-        return Err(format!(
-            "found data inconsistency with peers (member {:x} at revision {})",
-            m.member, m.revision
-        ));
+        return Err(CorruptError::Inconsistent {
+            member: m.member,
+            revision: m.revision,
+        });
     }
     tracing::info!("initial corruption check passed");
     Ok(())

@@ -70,8 +70,8 @@ pub enum StartupError {
     NoRuntime(#[from] tokio::runtime::TryCurrentError),
     #[error("peer TLS: {0}")]
     PeerTls(#[from] crate::conn::tls::TlsError),
-    #[error("{0}")]
-    AuthToken(String),
+    #[error(transparent)]
+    AuthToken(#[from] crate::auth::AuthTokenError),
     #[error("cannot fetch cluster info from peer urls {0:?}; is --initial-cluster-state existing right?")]
     NoPeerAnswered(Vec<String>),
     #[error("bad cluster info from peers: {0}")]
