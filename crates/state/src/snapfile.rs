@@ -17,19 +17,34 @@ use crate::mvcc::{META_APPLIED, META_REV};
 /// Bytes of the trailing SHA-256.
 pub const HASH_LEN: usize = 32;
 
-/// Writes a snapshot of `mvcc` to `out`: one consistent export, then its SHA-256. `size`
-/// learns the total length (trailer included) before the first byte is written.
+/// The stream is zero-padded to a multiple of this before its hash: etcdctl takes a file's
+/// last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
+const ALIGN: u64 = 512;
+
+/// Writes a snapshot of `mvcc` to `out`: one consistent export, zero padding to [`ALIGN`],
+/// then the SHA-256 of both. `size` learns the total length (trailer included) before the
+/// first byte is written.
 pub fn write(
     mvcc: &crate::Mvcc,
     size: &mut dyn FnMut(u64) -> std::io::Result<()>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), crate::KvError> {
     let mut hasher = Sha256::new();
-    mvcc.export_sized(&mut |n| size(n + HASH_LEN as u64), &mut |rec| {
-        hasher.update(rec);
-        out.write_all(rec)
-    })?;
+    let mut padding = 0;
+    mvcc.export_sized(
+        &mut |n| {
+            padding = n.next_multiple_of(ALIGN) - n;
+            size(n + padding + HASH_LEN as u64)
+        },
+        &mut |rec| {
+            hasher.update(rec);
+            out.write_all(rec)
+        },
+    )?;
     let io = |e: std::io::Error| crate::KvError::Corrupt(format!("writing snapshot: {e}"));
+    let zeros = vec![0u8; padding as usize];
+    hasher.update(&zeros);
+    out.write_all(&zeros).map_err(io)?;
     out.write_all(&hasher.finalize()).map_err(io)?;
     out.flush().map_err(io)
 }
@@ -226,6 +241,34 @@ mod tests {
             r.meta(META_APPLIED)
         });
         assert_eq!(applied.expect("meta"), None);
+    }
+
+    #[test]
+    fn written_files_are_whole_512_byte_pages_before_their_hash() {
+        let d = tempfile::tempdir().expect("tmp");
+        let m = crate::Mvcc::open(&d.path().join("db")).expect("open");
+        let mut announced = 0;
+        let mut out = Vec::new();
+        write(
+            &m,
+            &mut |n| {
+                announced = n;
+                Ok(())
+            },
+            &mut out,
+        )
+        .expect("write");
+        assert_eq!(announced, out.len() as u64);
+        let body = out.len() - HASH_LEN;
+        assert_eq!(
+            body % 512,
+            0,
+            "etcdctl reads the trailer only after whole pages"
+        );
+        assert_eq!(Sha256::digest(&out[..body]).as_slice(), &out[body..]);
+        let path = d.path().join("snap.db");
+        std::fs::write(&path, &out).expect("save");
+        assert!(status(&path).is_ok());
     }
 
     #[test]

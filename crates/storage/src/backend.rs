@@ -49,10 +49,6 @@ impl Table {
     }
 }
 
-/// Streams are zero-padded after the end record to a multiple of this: etcdctl takes a
-/// snapshot's last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
-const SNAP_ALIGN: u64 = 512;
-
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("backend {path}: {source}")]
@@ -373,8 +369,7 @@ impl Backend {
             total += 9 + k.len() as u64 + v.len() as u64;
             Ok(())
         })?;
-        let padding = total.next_multiple_of(SNAP_ALIGN) - total;
-        size(total + padding).map_err(io)?;
+        size(total).map_err(io)?;
         let mut rec = Vec::new();
         let (mut count, mut crc) = (0u64, 0u32);
         let mut put = |table: u8, k: &[u8], v: &[u8]| {
@@ -398,8 +393,7 @@ impl Backend {
             out(&rec)
         };
         walk(&tx, self.tables, &mut |table, k, v| put(table, k, v))?;
-        put(SNAP_END, &[], &[]).map_err(io)?;
-        out(&vec![0u8; padding as usize]).map_err(io)
+        put(SNAP_END, &[], &[]).map_err(io)
     }
 
     /// Builds a new database at `path` from an [`Backend::export`] stream, committing in
@@ -1231,13 +1225,18 @@ impl<R: std::io::Read> SnapshotReader<R> {
                 if u64::from_le_bytes(n) != count || u32::from_le_bytes(sum) != crc {
                     return Err(bad("checksum mismatch"));
                 }
-                let mut pad = [0u8; SNAP_ALIGN as usize];
-                let want = (self.bytes.next_multiple_of(SNAP_ALIGN) - self.bytes) as usize;
-                if !self.read_exact(&mut pad[..want])? || pad.iter().any(|b| *b != 0) {
-                    return Err(bad("bad padding after the end record"));
-                }
-                if self.read_exact(&mut [0u8; 1])? {
-                    return Err(bad("data after the end record"));
+                // Zeros may follow (a file padded to a block size); anything else may not.
+                let mut rest = [0u8; 4096];
+                loop {
+                    let n = match self.input.read(&mut rest) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(io_error("snapshot import")(e)),
+                    };
+                    if rest[..n].iter().any(|b| *b != 0) {
+                        return Err(bad("data after the end record"));
+                    }
                 }
                 self.crc = crc;
                 return Ok(None);
