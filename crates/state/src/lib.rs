@@ -6,6 +6,7 @@
 //! lives in [`mvcc`].
 
 pub mod auth;
+pub mod bbolt;
 pub mod check;
 pub mod error;
 mod key;
