@@ -110,7 +110,7 @@ pub enum BucketRef {
 
 impl BucketRef {
     /// The bucket a leaf value describes.
-    fn from_value(v: &[u8]) -> Result<BucketRef, BoltError> {
+    pub fn from_value(v: &[u8]) -> Result<BucketRef, BoltError> {
         let root = u64_at(v, 0).ok_or_else(|| invalid("bucket value too short"))?;
         if root != 0 {
             return Ok(BucketRef::Page(root));

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bbolt;
 pub mod check;
 pub mod error;
+pub mod etcd_db;
 mod key;
 pub mod lease_clock;
 pub mod members;

@@ -33,7 +33,7 @@ use crate::KvError;
 
 pub(crate) const META_APPLIED: &str = "consistent_index";
 pub(crate) const META_REV: &str = "current_rev";
-const META_COMPACT: &str = "compact_rev";
+pub(crate) const META_COMPACT: &str = "compact_rev";
 
 /// The result of applying one log entry.
 #[derive(Debug, Clone, PartialEq)]

@@ -130,7 +130,7 @@ fn data_len(path: &Path, f: &mut File, skip_hash_check: bool) -> Result<u64, Sna
         }
         // A well-formed body with a wrong trailer is a hash mismatch; anything else is a
         // file without a hash (or a damaged one, which the scan then reports).
-        if scan(f, body).is_ok() {
+        if scan_any(f, body).is_ok() {
             return Err(SnapFileError::HashMismatch { expected, got });
         }
     }
@@ -170,10 +170,21 @@ fn scan(f: &mut File, len: u64) -> Result<SnapStatus, SnapFileError> {
 }
 
 /// Checks a snapshot file end to end and reports what it holds.
+/// Ballast's own snapshot files and etcd's (a bbolt database, as `etcdctl snapshot save`
+/// writes it or a stopped member's `member/snap/db`) alike.
 pub fn status(path: &Path) -> Result<SnapStatus, SnapFileError> {
     let mut f = open(path)?;
     let len = data_len(path, &mut f, true)?;
-    scan(&mut f, len)
+    scan_any(&mut f, len)
+}
+
+/// [`scan`] for Ballast's files, etcdctl's status for etcd's.
+fn scan_any(f: &mut File, len: u64) -> Result<SnapStatus, SnapFileError> {
+    if crate::etcd_db::is_etcd_db(f).map_err(|e| SnapFileError::Io(e.to_string()))? {
+        crate::etcd_db::status(f, len)
+    } else {
+        scan(f, len)
+    }
 }
 
 /// Builds a store at `db` from a snapshot file for a member of a new cluster: keys, history
@@ -182,7 +193,11 @@ pub fn status(path: &Path) -> Result<SnapStatus, SnapFileError> {
 pub fn restore(path: &Path, db: &Path, skip_hash_check: bool) -> Result<SnapStatus, SnapFileError> {
     let mut f = open(path)?;
     let len = data_len(path, &mut f, skip_hash_check)?;
-    let status = scan(&mut f, len)?;
+    let status = scan_any(&mut f, len)?;
+    if crate::etcd_db::is_etcd_db(&mut f).map_err(|e| io(path, e))? {
+        crate::etcd_db::restore(&mut f, len, db)?;
+        return Ok(status);
+    }
     f.seek(SeekFrom::Start(0)).map_err(|e| io(path, e))?;
     let input = BufReader::with_capacity(1 << 20, f).take(len);
     use crate::schema::{ALARMS, MEMBERS, MEMBERS_REMOVED, TABLES};
