@@ -620,3 +620,81 @@ fn gateway_auth_session_matches_etcd() {
     assert!(got[8].starts_with("/v3/kv/put 200"), "{}", got[8]);
     assert!(got[5].starts_with("/v3/kv/put 400"), "{}", got[5]);
 }
+
+/// Users, roles, permissions and the enabled flag come along when an etcd snapshot is
+/// restored into Ballast: the restored member answers the same auth questions as etcd did.
+#[test]
+fn an_etcd_snapshot_brings_its_users_roles_and_permissions() {
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ep = etcd.endpoint();
+    let setup: &[&[&str]] = &[
+        &["user", "add", "root:pw"],
+        &["role", "add", "ro"],
+        &["role", "grant-permission", "ro", "read", "--prefix", "pub/"],
+        &["role", "grant-permission", "ro", "readwrite", "mine"],
+        &["user", "add", "alice:x"],
+        &["user", "grant-role", "alice", "ro"],
+        &["put", "pub/a", "1"],
+        &["auth", "enable"],
+    ];
+    for args in setup {
+        let out = etcdctl(&ep, args, None);
+        assert_eq!(out.2, 0, "{args:?}: {out:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etcd.db");
+    let file_s = file.to_str().unwrap();
+    let saved = etcdctl(&ep, &[ROOT, "snapshot", "save", file_s], None);
+    assert_eq!(saved.2, 0, "{saved:?}");
+    // What etcd answers, asked as root and as alice.
+    let questions: &[&[&str]] = &[
+        &[ROOT, "user", "list"],
+        &[ROOT, "user", "get", "alice"],
+        &[ROOT, "role", "get", "ro"],
+        &[ALICE, "get", "pub/a", "--print-value-only"],
+        &[ALICE, "put", "mine", "v"],
+        &[ALICE, "put", "pub/a", "2"],
+        &["get", "pub/a"],
+    ];
+    let answers = |e: &str| -> Vec<(String, String, i32)> {
+        questions
+            .iter()
+            .map(|q| {
+                let (out, err, code) = etcdctl(e, q, None);
+                // The last line of an error carries etcd's message; the rest is client noise.
+                let err = err.lines().last().unwrap_or("").to_string();
+                (out, err, code)
+            })
+            .collect()
+    };
+    let want = answers(&ep);
+    drop(etcd);
+
+    let ports = [(crate::cluster::free_port(), crate::cluster::free_port())];
+    let mut members = Cluster::unstarted(Kind::Ballast, "m", &ports, &[]);
+    let initial = members[0].member.as_ref().unwrap().initial_cluster.clone();
+    let out = ballastctl(
+        "",
+        &[
+            "snapshot",
+            "restore",
+            file_s,
+            "--name",
+            "m0",
+            "--data-dir",
+            members[0].data_dir.to_str().unwrap(),
+            "--initial-cluster",
+            &initial,
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{}", ports[0].1),
+        ],
+        None,
+    );
+    assert_eq!(out.2, 0, "{out:?}");
+    members[0].launch();
+    members[0].wait_healthy(Duration::from_secs(20));
+    let got = answers(&members[0].endpoint());
+    for ((q, w), g) in questions.iter().zip(&want).zip(&got) {
+        assert_eq!(g, w, "{q:?}");
+    }
+}
