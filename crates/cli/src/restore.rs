@@ -22,6 +22,9 @@ pub struct RestoreArgs {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: String,
     pub skip_hash_check: bool,
+    /// `--bump-revision` (with `--mark-compacted`): move the latest revision this far ahead
+    /// and compact everything before it.
+    pub bump_revision: u64,
 }
 
 /// Where the restored member's data went.
@@ -66,6 +69,10 @@ pub enum RestoreError {
     Snapshot(#[from] snapfile::SnapFileError),
     #[error(transparent)]
     Log(#[from] ballast_raft::RaftError),
+    #[error(transparent)]
+    Store(#[from] ballast_state::KvError),
+    #[error("--bump-revision is larger than any revision")]
+    BumpTooLarge,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RestoreError> {
@@ -146,7 +153,12 @@ fn build(p: &Plan, a: &RestoreArgs) -> Result<SnapStatus, RestoreError> {
         path: snap_dir.display().to_string(),
         source,
     })?;
-    let status = snapfile::restore(&a.snapshot, &snap_dir.join("db"), a.skip_hash_check)?;
+    let db = snap_dir.join("db");
+    let mut status = snapfile::restore(&a.snapshot, &db, a.skip_hash_check)?;
+    if a.bump_revision > 0 {
+        let bump = i64::try_from(a.bump_revision).map_err(|_| RestoreError::BumpTooLarge)?;
+        status.revision = ballast_state::Mvcc::open(&db)?.bump_and_compact(bump)?;
+    }
     sync_dir(&snap_dir)?;
     Node::bootstrap_log(&p.wal_dir, p.member_id, p.cluster_id, &p.bootstrap)?;
     for dir in [&p.data_dir.join("member"), &p.data_dir] {

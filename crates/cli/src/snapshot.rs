@@ -58,6 +58,12 @@ pub struct RestoreFlags {
     /// Ignore snapshot integrity hash value (required if copied from data directory)
     #[arg(long = "skip-hash-check")]
     skip_hash_check: bool,
+    /// How much to increase the latest revision after restore
+    #[arg(long = "bump-revision", default_value_t = 0)]
+    bump_revision: u64,
+    /// Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)
+    #[arg(long = "mark-compacted")]
+    mark_compacted: bool,
     args: Vec<String>,
 }
 
@@ -103,6 +109,12 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
                     "snapshot restore requires exactly one argument".into(),
                 ));
             };
+            if (f.bump_revision == 0) == f.mark_compacted {
+                // etcdutl's own words, flag name included.
+                return Err(Failure::BadArgs(
+                    "--mark-compacted required if --revision-bump > 0".into(),
+                ));
+            }
             let a = RestoreArgs {
                 snapshot: PathBuf::from(file),
                 name: f.name.clone(),
@@ -112,6 +124,7 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
                 initial_cluster_token: f.initial_cluster_token.clone(),
                 initial_advertise_peer_urls: f.initial_advertise_peer_urls.clone(),
                 skip_hash_check: f.skip_hash_check,
+                bump_revision: f.bump_revision,
             };
             log("restoring snapshot", serde_json::json!({"path": file}));
             let r = restore(&a).map_err(|e| Failure::Other(e.to_string()))?;
