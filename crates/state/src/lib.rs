@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod bbolt;
+pub mod bbolt_write;
 pub mod check;
 pub mod error;
 pub mod etcd_db;

@@ -1107,6 +1107,11 @@ impl Mvcc {
         Ok(rev)
     }
 
+    /// A consistent read-only snapshot of the store, for exports that walk it more than once.
+    pub fn read_snapshot(&self) -> Result<ballast_storage::backend::ReadSnapshot, KvError> {
+        Ok(self.backend.read_snapshot()?)
+    }
+
     /// A lease with the keys attached to it.
     pub fn lease(&self, id: i64) -> Option<Lease> {
         self.read().leases.get(&id).cloned()

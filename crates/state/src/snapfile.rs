@@ -17,34 +17,36 @@ use crate::mvcc::{META_APPLIED, META_REV};
 /// Bytes of the trailing SHA-256.
 pub const HASH_LEN: usize = 32;
 
-/// The stream is zero-padded to a multiple of this before its hash: etcdctl takes a file's
-/// last 32 bytes as its hash only if the rest is a whole number of 512-byte pages.
-const ALIGN: u64 = 512;
-
-/// Writes a snapshot of `mvcc` to `out`: one consistent export, zero padding to [`ALIGN`],
-/// then the SHA-256 of both. `size` learns the total length (trailer included) before the
-/// first byte is written.
+/// Writes a snapshot of `mvcc` to `out` as etcd's own snapshot files are: the store as an
+/// etcd database (bbolt, etcd's schema; whole 4 KiB pages, so etcdctl finds the hash after
+/// whole 512-byte pages), then the SHA-256 of it. etcd's tools take it, and so does Ballast's
+/// restore. `size` learns the total length (trailer included) before the first byte.
 pub fn write(
     mvcc: &crate::Mvcc,
     size: &mut dyn FnMut(u64) -> std::io::Result<()>,
     out: &mut dyn std::io::Write,
 ) -> Result<(), crate::KvError> {
-    let mut hasher = Sha256::new();
-    let mut padding = 0;
-    mvcc.export_sized(
-        &mut |n| {
-            padding = n.next_multiple_of(ALIGN) - n;
-            size(n + padding + HASH_LEN as u64)
-        },
-        &mut |rec| {
-            hasher.update(rec);
-            out.write_all(rec)
-        },
-    )?;
+    struct Hashing<'a> {
+        out: &'a mut dyn std::io::Write,
+        hasher: Sha256,
+    }
+    impl std::io::Write for Hashing<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(b)?;
+            self.hasher.update(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let mut w = Hashing {
+        out,
+        hasher: Sha256::new(),
+    };
+    crate::etcd_db::write(mvcc, &mut |n| size(n + HASH_LEN as u64), &mut w)?;
     let io = |e: std::io::Error| crate::KvError::Corrupt(format!("writing snapshot: {e}"));
-    let zeros = vec![0u8; padding as usize];
-    hasher.update(&zeros);
-    out.write_all(&zeros).map_err(io)?;
+    let Hashing { out, hasher } = w;
     out.write_all(&hasher.finalize()).map_err(io)?;
     out.flush().map_err(io)
 }

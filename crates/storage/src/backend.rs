@@ -333,6 +333,14 @@ impl Backend {
         })
     }
 
+    /// A read-only snapshot of everything written so far, which can be walked any number of
+    /// times and always shows the same rows (writers are not blocked meanwhile).
+    pub fn read_snapshot(&self) -> Result<ReadSnapshot, BackendError> {
+        Ok(ReadSnapshot {
+            tx: self.begin_read_all()?,
+        })
+    }
+
     /// Every row of `table`, in key order (sees every update made so far).
     pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
         let tx = self.begin_read_all()?;
@@ -545,6 +553,45 @@ impl Drop for Backend {
         // Dropping the held transaction would abort it: commit it, as it would have been.
         let mut writer = self.lock_writer();
         let _ = self.flush_held(&mut writer);
+    }
+}
+
+/// What a walk over stored revisions hands each one: revision, tombstone flag, stored value.
+pub type SnapshotRevVisitor<'a> = dyn FnMut(Rev, bool, &[u8]) -> std::io::Result<()> + 'a;
+
+/// See [`Backend::read_snapshot`].
+pub struct ReadSnapshot {
+    tx: redb::ReadTransaction,
+}
+
+impl ReadSnapshot {
+    /// Every stored revision in order: revision, tombstone flag, the stored value.
+    pub fn for_each_rev(&self, f: &mut SnapshotRevVisitor<'_>) -> Result<(), BackendError> {
+        let table = self.tx.open_table(KV)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+            let (&flags, kv) = v
+                .value()
+                .split_first()
+                .ok_or(BackendError::Malformed(rev))?;
+            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("snapshot export"))?;
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        Ok(self.tx.open_table(META)?.get(name)?.map(|g| g.value()))
+    }
+
+    /// Every row of the caller's `table`, in key order.
+    pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
+        let mut out = Vec::new();
+        for row in self.tx.open_table(table.def())?.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }
 
