@@ -44,6 +44,46 @@ fn fill(ep: &str) {
     ctl_ok(etcdctl(ep, &["put", "leased", "v", "--lease", &id], None));
 }
 
+/// A filled server's snapshot saved with the real etcdctl into `dir`, after checking that
+/// ballastctl and etcdctl report the same status for it. Returns the file, the revision and
+/// every key as `get --prefix -w json` shows it now and at revision 10.
+fn save_for_migration(
+    ep: &str,
+    dir: &Path,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    i64,
+    serde_json::Value,
+    serde_json::Value,
+) {
+    fill(ep);
+    let rev = revision(ep);
+    let file = dir.join(name);
+    let file_s = file.to_str().unwrap();
+    ctl_ok(etcdctl(ep, &["snapshot", "save", file_s], None));
+    let status = |out: (String, String, i32)| {
+        serde_json::from_str::<serde_json::Value>(&ctl_ok(out)).unwrap()
+    };
+    let args = ["snapshot", "status", "-w", "json", file_s];
+    let theirs = status(etcdctl("", &args, None));
+    assert_eq!(
+        status(ballastctl("", &args, None)),
+        theirs,
+        "snapshot status"
+    );
+    assert_eq!(theirs["revision"].as_i64(), Some(rev));
+    (file, rev, all_kvs(ep, &[]), all_kvs(ep, &["--rev", "10"]))
+}
+
+/// Every key as `etcdctl get "" --prefix -w json` prints them.
+fn all_kvs(ep: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["get", "", "--prefix", "-w", "json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str::<serde_json::Value>(&ctl_ok(etcdctl(ep, &args, None))).unwrap()["kvs"]
+        .clone()
+}
+
 /// etcd's own snapshot file, taken from a real etcd with `etcdctl snapshot save`: ballastctl
 /// reports the same status as etcdctl, and restores it into a Ballast member that serves
 /// every key with its create/mod revision and version, the same current and compacted
@@ -51,32 +91,9 @@ fn fill(ep: &str) {
 #[test]
 fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
     let etcd = Server::start(Kind::Etcd, &[]);
-    let ep = etcd.endpoint();
-    fill(&ep);
-    let rev = revision(&ep);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("etcd.db");
+    let (file, rev, before, at_ten) = save_for_migration(&etcd.endpoint(), dir.path(), "etcd.db");
     let file_s = file.to_str().unwrap();
-    ctl_ok(etcdctl(&ep, &["snapshot", "save", file_s], None));
-    let theirs = ctl_ok(etcdctl(
-        "",
-        &["snapshot", "status", "-w", "json", file_s],
-        None,
-    ));
-    let ours = ctl_ok(ballastctl(
-        "",
-        &["snapshot", "status", "-w", "json", file_s],
-        None,
-    ));
-    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-    assert_eq!(json(&ours), json(&theirs), "status of an etcd snapshot");
-    let all = |e: &str, extra: &[&str]| {
-        let mut args = vec!["get", "", "--prefix", "-w", "json"];
-        args.extend_from_slice(extra);
-        json(&ctl_ok(etcdctl(e, &args, None)))["kvs"].clone()
-    };
-    let before = all(&ep, &[]);
-    let at_ten = all(&ep, &["--rev", "10"]);
 
     let ports = [(free_port(), free_port())];
     let mut members = crate::cluster::Cluster::unstarted(Kind::Ballast, "m", &ports, &[]);
@@ -104,12 +121,12 @@ fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
     let b = members[0].endpoint();
     assert_eq!(revision(&b), rev);
     assert_eq!(
-        all(&b, &[]),
+        all_kvs(&b, &[]),
         before,
         "every key, value, revision and version"
     );
     assert_eq!(
-        all(&b, &["--rev", "10"]),
+        all_kvs(&b, &["--rev", "10"]),
         at_ten,
         "history before the snapshot"
     );
@@ -132,37 +149,9 @@ fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
 #[test]
 fn a_ballast_snapshot_restores_into_a_real_etcd() {
     let src = Server::start(Kind::Ballast, &[]);
-    let ep = src.endpoint();
-    fill(&ep);
-    let rev = revision(&ep);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ballast.db");
+    let (file, rev, before, at_ten) = save_for_migration(&src.endpoint(), dir.path(), "b.db");
     let file_s = file.to_str().unwrap();
-    ctl_ok(etcdctl(&ep, &["snapshot", "save", file_s], None));
-    let theirs = ctl_ok(etcdctl(
-        "",
-        &["snapshot", "status", "-w", "json", file_s],
-        None,
-    ));
-    let ours = ctl_ok(ballastctl(
-        "",
-        &["snapshot", "status", "-w", "json", file_s],
-        None,
-    ));
-    let json = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
-    assert_eq!(
-        json(&ours),
-        json(&theirs),
-        "etcdctl reads the file as ballastctl does"
-    );
-    assert_eq!(json(&theirs)["revision"].as_i64(), Some(rev));
-    let all = |e: &str, extra: &[&str]| {
-        let mut args = vec!["get", "", "--prefix", "-w", "json"];
-        args.extend_from_slice(extra);
-        json(&ctl_ok(etcdctl(e, &args, None)))["kvs"].clone()
-    };
-    let before = all(&ep, &[]);
-    let at_ten = all(&ep, &["--rev", "10"]);
 
     let data = dir.path().join("etcd-data");
     let out = etcdctl(
@@ -204,7 +193,11 @@ fn a_ballast_snapshot_restores_into_a_real_etcd() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let served = (revision(&e), all(&e, &[]), all(&e, &["--rev", "10"]));
+    let served = (
+        revision(&e),
+        all_kvs(&e, &[]),
+        all_kvs(&e, &["--rev", "10"]),
+    );
     let leases = ctl_ok(etcdctl(&e, &["lease", "list"], None));
     ctl_ok(etcdctl(&e, &["put", "after", "x"], None));
     let next = revision(&e);
