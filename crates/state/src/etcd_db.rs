@@ -259,15 +259,21 @@ impl Rows for KeyRows<'_> {
     fn for_each(&mut self, visit: &mut RowVisitor<'_>) -> std::io::Result<()> {
         let mut last = 0;
         let mut key = Vec::with_capacity(18);
+        let mut value = Vec::new();
         self.snap
             .for_each_rev(&mut |rev, tomb, kv| {
                 key.clear();
                 key.extend_from_slice(&rev_key(rev.main, rev.sub));
-                if tomb {
-                    key.push(b't');
-                }
                 last = rev.main;
-                visit(&key, kv)
+                if !tomb {
+                    return visit(&key, kv);
+                }
+                key.push(b't');
+                // etcd's tombstones hold only the key.
+                let stored = KeyValue::decode(kv).map_err(std::io::Error::other)?;
+                value.clear();
+                tombstone_value(&stored.key, &mut value);
+                visit(&key, &value)
             })
             .map_err(|e| match e {
                 BackendError::Io { source, .. } => source,
@@ -280,8 +286,17 @@ impl Rows for KeyRows<'_> {
     }
 }
 
+/// How etcd stores a tombstone's value: a `KeyValue` holding only the key.
+pub(crate) fn tombstone_value(key: &[u8], out: &mut Vec<u8>) {
+    let kv = KeyValue {
+        key: key.to_vec(),
+        ..Default::default()
+    };
+    out.extend_from_slice(&kv.encode_to_vec());
+}
+
 /// etcd's revision key: main (8 bytes BE), `_`, sub (8 bytes BE).
-fn rev_key(main: i64, sub: i64) -> [u8; 17] {
+pub(crate) fn rev_key(main: i64, sub: i64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[..8].copy_from_slice(&main.to_be_bytes());
     k[8] = b'_';

@@ -1166,26 +1166,61 @@ impl Mvcc {
     /// identical on members that applied the same log. Returns (hash, compact revision, the
     /// revision hashed).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), KvError> {
-        let (cur, compact) = {
+        // The index is read under its lock together with a read snapshot of the rows, so the
+        // two agree; the lock is released before the rows are hashed.
+        let (snap, keep, compact, at) = {
             let idx = self.read();
-            (idx.rev, idx.compact_rev)
+            let (cur, compact) = (idx.rev, idx.compact_rev);
+            if rev > cur {
+                return Err(KvError::FutureRev);
+            }
+            if rev > 0 && rev < compact {
+                return Err(KvError::Compacted);
+            }
+            let at = if rev <= 0 { cur } else { rev };
+            // etcd's `kvindex.Keep(at)` for the revisions at or below the compaction: the
+            // latest revision of each key at `at`, if that is not a tombstone.
+            let keep: std::collections::HashSet<Rev> = if compact > 0 {
+                idx.keys
+                    .values()
+                    .filter_map(|h| {
+                        let pos = h.revs.partition_point(|(r, _)| r.main <= at);
+                        let (r, tomb) = *h.revs.get(pos.checked_sub(1)?)?;
+                        (r.main <= compact && !tomb).then_some(r)
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
+            (self.backend.read_snapshot()?, keep, compact, at)
         };
-        if rev > cur {
-            return Err(KvError::FutureRev);
-        }
-        if rev > 0 && rev < compact {
-            return Err(KvError::Compacted);
-        }
-        let at = if rev <= 0 { cur } else { rev };
+        // etcd's HashByRev: CRC-32C of the bucket name `key`, then of each stored revision up
+        // to `at` as etcd stores it (its revision key, then its KeyValue; a tombstone's holds
+        // only the key), skipping what a compaction at or below `at` drops, and a tombstone at
+        // the compaction revision itself (etcd versions disagree on keeping it).
         let mut h = crc32c::crc32c(b"key");
-        self.backend.view(|r| {
-            r.for_each_rev_between(Rev::new(0, 0), Rev::new(at + 1, 0), |rev, stored| {
-                h = crc32c::crc32c_append(h, &rev.to_bytes());
-                h = crc32c::crc32c_append(h, &[u8::from(stored.tombstone)]);
-                h = crc32c::crc32c_append(h, &stored.kv);
-                Ok(true)
-            })?;
-            Ok::<_, KvError>(())
+        let mut tomb_value = Vec::new();
+        snap.for_each_rev(&mut |r, tomb, kv| {
+            if r.main > at {
+                return Ok(());
+            }
+            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+                return Ok(());
+            }
+            if r.main == compact && tomb {
+                return Ok(());
+            }
+            h = crc32c::crc32c_append(h, &crate::etcd_db::rev_key(r.main, r.sub));
+            if tomb {
+                h = crc32c::crc32c_append(h, b"t");
+                let kv = decode_kv(kv).map_err(std::io::Error::other)?;
+                tomb_value.clear();
+                crate::etcd_db::tombstone_value(&kv.key, &mut tomb_value);
+                h = crc32c::crc32c_append(h, &tomb_value);
+            } else {
+                h = crc32c::crc32c_append(h, kv);
+            }
+            Ok(())
         })?;
         Ok((h, compact, at))
     }
