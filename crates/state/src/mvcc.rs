@@ -1168,7 +1168,7 @@ impl Mvcc {
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), KvError> {
         // The index is read under its lock together with a read snapshot of the rows, so the
         // two agree; the lock is released before the rows are hashed.
-        let (snap, keep, compact, at) = {
+        let (snap, keep, any_live, compact, at) = {
             let idx = self.read();
             let (cur, compact) = (idx.rev, idx.compact_rev);
             if rev > cur {
@@ -1180,19 +1180,23 @@ impl Mvcc {
             let at = if rev <= 0 { cur } else { rev };
             // etcd's `kvindex.Keep(at)` for the revisions at or below the compaction: the
             // latest revision of each key at `at`, if that is not a tombstone.
-            let keep: std::collections::HashSet<Rev> = if compact > 0 {
-                idx.keys
-                    .values()
-                    .filter_map(|h| {
-                        let pos = h.revs.partition_point(|(r, _)| r.main <= at);
-                        let (r, tomb) = *h.revs.get(pos.checked_sub(1)?)?;
-                        (r.main <= compact && !tomb).then_some(r)
-                    })
-                    .collect()
-            } else {
-                Default::default()
-            };
-            (self.backend.read_snapshot()?, keep, compact, at)
+            // etcd filters only when its keep map is not empty, i.e. when some key is live at
+            // `at`; only the kept revisions at or below the compaction need remembering.
+            let mut any_live = false;
+            let mut keep: std::collections::HashSet<Rev> = Default::default();
+            if compact > 0 {
+                for h in idx.keys.values() {
+                    let pos = h.revs.partition_point(|(r, _)| r.main <= at);
+                    let Some(&(r, tomb)) = pos.checked_sub(1).and_then(|i| h.revs.get(i)) else {
+                        continue;
+                    };
+                    any_live |= !tomb;
+                    if r.main <= compact && !tomb {
+                        keep.insert(r);
+                    }
+                }
+            }
+            (self.backend.read_snapshot()?, keep, any_live, compact, at)
         };
         // etcd's HashByRev: CRC-32C of the bucket name `key`, then of each stored revision up
         // to `at` as etcd stores it (its revision key, then its KeyValue; a tombstone's holds
@@ -1204,7 +1208,7 @@ impl Mvcc {
             if r.main > at {
                 return Ok(());
             }
-            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+            if r.main <= compact && any_live && !keep.contains(&r) {
                 return Ok(());
             }
             if r.main == compact && tomb {
