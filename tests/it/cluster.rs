@@ -357,3 +357,33 @@ impl Cluster {
         self.members.iter().map(Server::endpoint).collect()
     }
 }
+
+/// A single Ballast member restored from `snapshot` with ballastctl (`extra` flags added to
+/// the restore), started and serving.
+pub fn restored_member(snapshot: &Path, extra: &[&str]) -> Server {
+    let ports = [(free_port(), free_port())];
+    let mut members = Cluster::unstarted(Kind::Ballast, "m", &ports, &[]);
+    let mut m = members.remove(0);
+    let initial = m.member.as_ref().unwrap().initial_cluster.clone();
+    let peer = format!("http://127.0.0.1:{}", ports[0].1);
+    let data_dir = m.data_dir.to_str().unwrap().to_string();
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        snapshot.to_str().unwrap(),
+        "--name",
+        "m0",
+        "--data-dir",
+        &data_dir,
+        "--initial-cluster",
+        &initial,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ];
+    args.extend_from_slice(extra);
+    let out = crate::differential::ballastctl("", &args, None);
+    assert_eq!(out.2, 0, "restore: {out:?}");
+    m.launch();
+    m.wait_healthy(Duration::from_secs(20));
+    m
+}

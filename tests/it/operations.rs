@@ -93,32 +93,9 @@ fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
     let etcd = Server::start(Kind::Etcd, &[]);
     let dir = tempfile::tempdir().unwrap();
     let (file, rev, before, at_ten) = save_for_migration(&etcd.endpoint(), dir.path(), "etcd.db");
-    let file_s = file.to_str().unwrap();
 
-    let ports = [(free_port(), free_port())];
-    let mut members = crate::cluster::Cluster::unstarted(Kind::Ballast, "m", &ports, &[]);
-    let initial = members[0].member.as_ref().unwrap().initial_cluster.clone();
-    let out = ballastctl(
-        "",
-        &[
-            "snapshot",
-            "restore",
-            file_s,
-            "--name",
-            "m0",
-            "--data-dir",
-            members[0].data_dir.to_str().unwrap(),
-            "--initial-cluster",
-            &initial,
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{}", ports[0].1),
-        ],
-        None,
-    );
-    assert_eq!(out.2, 0, "{out:?}");
-    members[0].launch();
-    members[0].wait_healthy(Duration::from_secs(20));
-    let b = members[0].endpoint();
+    let restored = crate::cluster::restored_member(&file, &[]);
+    let b = restored.endpoint();
     assert_eq!(revision(&b), rev);
     assert_eq!(
         all_kvs(&b, &[]),
@@ -175,30 +152,8 @@ fn hashkv_is_etcds() {
         &["snapshot", "save", file.to_str().unwrap()],
         None,
     ));
-    let ports = [(free_port(), free_port())];
-    let mut members = crate::cluster::Cluster::unstarted(Kind::Ballast, "h", &ports, &[]);
-    let initial = members[0].member.as_ref().unwrap().initial_cluster.clone();
-    let out = ballastctl(
-        "",
-        &[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--name",
-            "h0",
-            "--data-dir",
-            members[0].data_dir.to_str().unwrap(),
-            "--initial-cluster",
-            &initial,
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{}", ports[0].1),
-        ],
-        None,
-    );
-    assert_eq!(out.2, 0, "{out:?}");
-    members[0].launch();
-    members[0].wait_healthy(Duration::from_secs(20));
-    let restored = members[0].endpoint();
+    let member = crate::cluster::restored_member(&file, &[]);
+    let restored = member.endpoint();
     for at in [10, 53, 54, rev - 1, rev] {
         assert_eq!(hashkv(&restored, at), hashkv(&e, at), "migrated, at {at}");
     }
@@ -298,33 +253,9 @@ fn restore_can_bump_the_revision_past_what_clients_saw() {
         );
         assert!(!target.exists(), "nothing written for refused flags");
     }
-    let ports = [(free_port(), free_port())];
-    let mut members = crate::cluster::Cluster::unstarted(Kind::Ballast, "b", &ports, &[]);
-    let initial = members[0].member.as_ref().unwrap().initial_cluster.clone();
-    let out = ballastctl(
-        "",
-        &[
-            "snapshot",
-            "restore",
-            file_s,
-            "--name",
-            "b0",
-            "--data-dir",
-            members[0].data_dir.to_str().unwrap(),
-            "--initial-cluster",
-            &initial,
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{}", ports[0].1),
-            "--bump-revision",
-            "1000",
-            "--mark-compacted",
-        ],
-        None,
-    );
-    assert_eq!(out.2, 0, "{out:?}");
-    members[0].launch();
-    members[0].wait_healthy(Duration::from_secs(20));
-    let b = members[0].endpoint();
+    let restored =
+        crate::cluster::restored_member(&file, &["--bump-revision", "1000", "--mark-compacted"]);
+    let b = restored.endpoint();
     assert_eq!(revision(&b), rev + 1000);
     let old = etcdctl(&b, &["get", "k00", "--rev", &rev.to_string()], None);
     assert!(
