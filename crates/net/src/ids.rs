@@ -11,21 +11,23 @@ fn first_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+/// Sorted peer URLs, concatenated, then the cluster token: what etcd hashes for a member id.
+fn urls_and_token(peer_urls: &[String], token: &str) -> Vec<u8> {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
     let mut b = urls.concat().into_bytes();
     b.extend_from_slice(token.as_bytes());
-    first_u64(&b)
+    b
+}
+
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    first_u64(&urls_and_token(peer_urls, token))
 }
 
 /// The id etcd gives a member added at run time (`member add`): its peer URLs, the cluster
 /// token and the Unix time in seconds, so re-adding the same URLs later gets a fresh id.
 pub fn added_member_id(peer_urls: &[String], token: &str, unix_secs: u64) -> u64 {
-    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
-    urls.sort_unstable();
-    let mut b = urls.concat().into_bytes();
-    b.extend_from_slice(token.as_bytes());
+    let mut b = urls_and_token(peer_urls, token);
     b.extend_from_slice(unix_secs.to_string().as_bytes());
     first_u64(&b)
 }

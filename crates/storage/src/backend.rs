@@ -343,14 +343,7 @@ impl Backend {
 
     /// Every row of `table`, in key order (sees every update made so far).
     pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
-        let tx = self.begin_read_all()?;
-        let t = tx.open_table(table.def())?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.read_snapshot()?.rows(table)
     }
 
     /// Streams every table as snapshot records (`table u8 | klen u32 | key | vlen u32 | value`,
