@@ -11,20 +11,21 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-const MAGIC: u32 = 0xED0C_DAED;
-const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
+pub(crate) const MAGIC: u32 = 0xED0C_DAED;
+pub(crate) const VERSION: u32 = 2;
+pub(crate) const PAGE_HEADER: usize = 16;
+pub(crate) const ELEMENT: usize = 16;
 /// The meta struct: magic, version, page size, flags, root bucket (16), freelist, high-water
 /// page id, txid, then the FNV-1a checksum of everything before it.
-const META_CHECKED: usize = 56;
+pub(crate) const META_CHECKED: usize = 56;
 const META_LEN: usize = META_CHECKED + 8;
 /// A bucket's value starts with its root page id and sequence.
 const BUCKET_HEADER: usize = 16;
 
-const FLAG_BRANCH: u16 = 0x01;
-const FLAG_LEAF: u16 = 0x02;
-const LEAF_BUCKET: u32 = 0x01;
+pub(crate) const FLAG_BRANCH: u16 = 0x01;
+pub(crate) const FLAG_LEAF: u16 = 0x02;
+pub(crate) const FLAG_META: u16 = 0x04;
+pub(crate) const LEAF_BUCKET: u32 = 0x01;
 
 /// Smallest and largest page sizes accepted.
 const MIN_PAGE: u64 = 512;
@@ -60,7 +61,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// 64-bit FNV-1a, bbolt's meta checksum.
-fn fnv1a64(b: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
         (h ^ u64::from(*x)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -12,13 +12,11 @@
 
 use std::io::Write;
 
-const PAGE_HEADER: usize = 16;
-const ELEMENT: usize = 16;
-const FLAG_BRANCH: u16 = 0x01;
-const FLAG_LEAF: u16 = 0x02;
-const FLAG_META: u16 = 0x04;
-const LEAF_BUCKET: u32 = 0x01;
-const MAGIC: u32 = 0xED0C_DAED;
+use crate::bbolt::{
+    fnv1a64, ELEMENT, FLAG_BRANCH, FLAG_LEAF, FLAG_META, LEAF_BUCKET, MAGIC, META_CHECKED,
+    PAGE_HEADER, VERSION,
+};
+
 /// Transaction id both meta pages carry (bbolt's `Tx.WriteTo` writes the same meta twice).
 const TXID: u64 = 1;
 
@@ -65,19 +63,38 @@ impl Layout {
     }
 }
 
-/// Packs elements of `sizes` (bytes each, header included) into pages: groups of indexes.
-fn pack(sizes: impl Iterator<Item = usize>, page: usize) -> Vec<(usize, usize)> {
-    // (first index, bytes used) per page.
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    let mut used = 0;
-    for (i, size) in sizes.enumerate() {
-        if out.is_empty() || (used > PAGE_HEADER && used + size > page) {
-            out.push((i, 0));
-            used = PAGE_HEADER;
+/// The one packing rule every page follows, so the layout walk and the write walk agree:
+/// elements fill a page in order, and one that would overflow a non-empty page starts the
+/// next (an element larger than a page gets a page run of its own).
+#[derive(Default)]
+struct Fill {
+    /// Bytes of the current page so far, header included; 0 before the first element.
+    used: usize,
+}
+
+impl Fill {
+    /// Adds an element of `size` bytes; true if it starts a new page.
+    fn add(&mut self, size: usize, page: usize) -> bool {
+        let starts = self.used == 0 || self.used + size > page;
+        if starts {
+            self.used = PAGE_HEADER;
         }
-        used += size;
+        self.used += size;
+        starts
+    }
+}
+
+/// Packs elements of `sizes` (bytes each, header included) into pages: per page, the index
+/// of its first element and the bytes it uses.
+fn pack(sizes: impl Iterator<Item = usize>, page: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut fill = Fill::default();
+    for (i, size) in sizes.enumerate() {
+        if fill.add(size, page) {
+            out.push((i, 0));
+        }
         if let Some(last) = out.last_mut() {
-            last.1 = used;
+            last.1 = fill.used;
         }
     }
     out
@@ -101,21 +118,18 @@ fn branch_levels(mut below: Vec<(u64, usize)>, page: usize) -> Vec<Vec<(u64, usi
 /// The leaf page boundaries of one walk: for each page, its span and first key's length.
 fn lay_out(rows: &mut dyn Rows, page: usize) -> std::io::Result<Layout> {
     let mut leaves: Vec<(u64, usize)> = Vec::new();
-    let mut used = 0usize;
+    let mut fill = Fill::default();
     let mut last: Option<Vec<u8>> = None;
     rows.for_each(&mut |k, v| {
         if last.as_deref().is_some_and(|l| l >= k) {
             return Err(invalid("bucket keys out of order"));
         }
         last = Some(k.to_vec());
-        let size = ELEMENT + k.len() + v.len();
-        if leaves.is_empty() || (used > PAGE_HEADER && used + size > page) {
+        if fill.add(ELEMENT + k.len() + v.len(), page) {
             leaves.push((1, k.len()));
-            used = PAGE_HEADER;
         }
-        used += size;
         if let Some(l) = leaves.last_mut() {
-            l.0 = span(used, page);
+            l.0 = span(fill.used, page);
         }
         Ok(())
     })?;
@@ -169,9 +183,10 @@ fn write_bucket(
     let mut firsts: Vec<(u64, Vec<u8>)> = Vec::with_capacity(layout.leaves.len());
     let mut elements: Vec<u8> = Vec::new();
     let mut buf = PageBuf::new();
-    let mut in_page = 0usize;
-    let mut used = 0usize;
-    let flush = |buf: &mut PageBuf,
+    let mut fill = Fill::default();
+    // Writes the rows of one leaf page, which must be the page the layout walk counted.
+    let flush = |pending: &mut Vec<(Vec<u8>, Vec<u8>)>,
+                 buf: &mut PageBuf,
                  elements: &mut Vec<u8>,
                  next: &mut u64,
                  leaf_index: &mut usize,
@@ -181,6 +196,7 @@ fn write_bucket(
             .leaves
             .get(*leaf_index)
             .ok_or_else(|| invalid("rows changed between the two walks"))?;
+        write_leaf(buf, elements, pending);
         let bytes = buf.finish(*next, FLAG_LEAF, elements, page);
         if bytes.len() as u64 != want.0 * page as u64 {
             return Err(invalid("rows changed between the two walks"));
@@ -188,6 +204,7 @@ fn write_bucket(
         out.write_all(bytes)?;
         *next += want.0;
         *leaf_index += 1;
+        pending.clear();
         elements.clear();
         buf.data.clear();
         buf.count = 0;
@@ -195,25 +212,31 @@ fn write_bucket(
     };
     let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     rows.for_each(&mut |k, v| {
-        let size = ELEMENT + k.len() + v.len();
-        if in_page > 0 && used + size > page {
-            write_leaf(&mut buf, &mut elements, &pending);
-            pending.clear();
-            flush(&mut buf, &mut elements, &mut next, &mut leaf_index, out)?;
-            in_page = 0;
-        }
-        if in_page == 0 {
+        if fill.add(ELEMENT + k.len() + v.len(), page) {
+            if !pending.is_empty() {
+                flush(
+                    &mut pending,
+                    &mut buf,
+                    &mut elements,
+                    &mut next,
+                    &mut leaf_index,
+                    out,
+                )?;
+            }
             firsts.push((next, k.to_vec()));
-            used = PAGE_HEADER;
         }
         pending.push((k.to_vec(), v.to_vec()));
-        in_page += 1;
-        used += size;
         Ok(())
     })?;
-    if in_page > 0 {
-        write_leaf(&mut buf, &mut elements, &pending);
-        flush(&mut buf, &mut elements, &mut next, &mut leaf_index, out)?;
+    if !pending.is_empty() {
+        flush(
+            &mut pending,
+            &mut buf,
+            &mut elements,
+            &mut next,
+            &mut leaf_index,
+            out,
+        )?;
     }
     if leaf_index != layout.leaves.len() {
         return Err(invalid("rows changed between the two walks"));
@@ -270,19 +293,13 @@ fn write_leaf(buf: &mut PageBuf, elements: &mut Vec<u8>, rows: &[(Vec<u8>, Vec<u
     buf.count = rows.len();
 }
 
-fn fnv1a64(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
-        (h ^ u64::from(*x)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn meta_page(id: u64, page: usize, root: u64, high_water: u64) -> Vec<u8> {
     let mut p = vec![0u8; page];
     p[..8].copy_from_slice(&id.to_le_bytes());
     p[8..10].copy_from_slice(&FLAG_META.to_le_bytes());
     let mut m = Vec::with_capacity(64);
     m.extend_from_slice(&MAGIC.to_le_bytes());
-    m.extend_from_slice(&2u32.to_le_bytes());
+    m.extend_from_slice(&VERSION.to_le_bytes());
     m.extend_from_slice(&(page as u32).to_le_bytes());
     m.extend_from_slice(&0u32.to_le_bytes());
     m.extend_from_slice(&root.to_le_bytes());
@@ -290,6 +307,7 @@ fn meta_page(id: u64, page: usize, root: u64, high_water: u64) -> Vec<u8> {
     m.extend_from_slice(&u64::MAX.to_le_bytes());
     m.extend_from_slice(&high_water.to_le_bytes());
     m.extend_from_slice(&TXID.to_le_bytes());
+    debug_assert_eq!(m.len(), META_CHECKED);
     let sum = fnv1a64(&m);
     m.extend_from_slice(&sum.to_le_bytes());
     p[PAGE_HEADER..PAGE_HEADER + m.len()].copy_from_slice(&m);

@@ -57,7 +57,7 @@ pub fn is_etcd_db(f: &mut File) -> std::io::Result<bool> {
     if f.read(&mut head)? < head.len() {
         return Ok(false);
     }
-    Ok(head[..8] == [0; 8] && head[16..20] == 0xED0C_DAEDu32.to_le_bytes())
+    Ok(head[..8] == [0; 8] && head[16..20] == crate::bbolt::MAGIC.to_le_bytes())
 }
 
 fn open(f: &mut File, len: u64) -> Result<BoltReader<&mut File>, SnapFileError> {
