@@ -670,7 +670,7 @@ fn an_etcd_snapshot_brings_its_users_roles_and_permissions() {
     let want = answers(&ep);
     drop(etcd);
 
-    let restored = crate::cluster::restored_member(&file, &[]);
+    let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
     let got = answers(&restored.endpoint());
     for ((q, w), g) in questions.iter().zip(&want).zip(&got) {
         assert_eq!(g, w, "{q:?}");

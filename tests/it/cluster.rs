@@ -358,11 +358,11 @@ impl Cluster {
     }
 }
 
-/// A single Ballast member restored from `snapshot` with ballastctl (`extra` flags added to
-/// the restore), started and serving.
-pub fn restored_member(snapshot: &Path, extra: &[&str]) -> Server {
+/// A single member of `kind` restored from `snapshot` with that kind's ctl (`extra` flags
+/// added to the restore), started and serving.
+pub fn restored_member(kind: Kind, snapshot: &Path, extra: &[&str]) -> Server {
     let ports = [(free_port(), free_port())];
-    let mut members = Cluster::unstarted(Kind::Ballast, "m", &ports, &[]);
+    let mut members = Cluster::unstarted(kind, "m", &ports, &[]);
     let mut m = members.remove(0);
     let initial = m.member.as_ref().unwrap().initial_cluster.clone();
     let peer = format!("http://127.0.0.1:{}", ports[0].1);
@@ -381,8 +381,11 @@ pub fn restored_member(snapshot: &Path, extra: &[&str]) -> Server {
         &peer,
     ];
     args.extend_from_slice(extra);
-    let out = crate::differential::ballastctl("", &args, None);
-    assert_eq!(out.2, 0, "restore: {out:?}");
+    let out = match kind {
+        Kind::Ballast => crate::differential::ballastctl("", &args, None),
+        Kind::Etcd => etcdctl("", &args, None),
+    };
+    assert_eq!(out.2, 0, "{kind:?} restores the snapshot: {out:?}");
     m.launch();
     m.wait_healthy(Duration::from_secs(20));
     m

@@ -94,7 +94,7 @@ fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let (file, rev, before, at_ten) = save_for_migration(&etcd.endpoint(), dir.path(), "etcd.db");
 
-    let restored = crate::cluster::restored_member(&file, &[]);
+    let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
     let b = restored.endpoint();
     assert_eq!(revision(&b), rev);
     assert_eq!(
@@ -152,7 +152,7 @@ fn hashkv_is_etcds() {
         &["snapshot", "save", file.to_str().unwrap()],
         None,
     ));
-    let member = crate::cluster::restored_member(&file, &[]);
+    let member = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
     let restored = member.endpoint();
     for at in [10, 53, 54, rev - 1, rev] {
         assert_eq!(hashkv(&restored, at), hashkv(&e, at), "migrated, at {at}");
@@ -167,48 +167,8 @@ fn a_ballast_snapshot_restores_into_a_real_etcd() {
     let src = Server::start(Kind::Ballast, &[]);
     let dir = tempfile::tempdir().unwrap();
     let (file, rev, before, at_ten) = save_for_migration(&src.endpoint(), dir.path(), "b.db");
-    let file_s = file.to_str().unwrap();
-
-    let data = dir.path().join("etcd-data");
-    let out = etcdctl(
-        "",
-        &[
-            "snapshot",
-            "restore",
-            file_s,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(out.2, 0, "etcdctl restores Ballast's snapshot: {out:?}");
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut etcd = std::process::Command::new("etcd")
-        .args(["--data-dir", data.to_str().unwrap()])
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{}", free_port()),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let e = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while etcdctl(&e, &["endpoint", "health"], None).2 != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the restored etcd never became healthy"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let etcd = crate::cluster::restored_member(Kind::Etcd, &file, &[]);
+    let e = etcd.endpoint();
     let served = (
         revision(&e),
         all_kvs(&e, &[]),
@@ -217,8 +177,6 @@ fn a_ballast_snapshot_restores_into_a_real_etcd() {
     let leases = ctl_ok(etcdctl(&e, &["lease", "list"], None));
     ctl_ok(etcdctl(&e, &["put", "after", "x"], None));
     let next = revision(&e);
-    let _ = etcd.kill();
-    let _ = etcd.wait();
     assert_eq!(served.0, rev);
     assert_eq!(served.1, before, "every key, value, revision and version");
     assert_eq!(served.2, at_ten, "history");
@@ -253,8 +211,11 @@ fn restore_can_bump_the_revision_past_what_clients_saw() {
         );
         assert!(!target.exists(), "nothing written for refused flags");
     }
-    let restored =
-        crate::cluster::restored_member(&file, &["--bump-revision", "1000", "--mark-compacted"]);
+    let restored = crate::cluster::restored_member(
+        Kind::Ballast,
+        &file,
+        &["--bump-revision", "1000", "--mark-compacted"],
+    );
     let b = restored.endpoint();
     assert_eq!(revision(&b), rev + 1000);
     let old = etcdctl(&b, &["get", "k00", "--rev", &rev.to_string()], None);
