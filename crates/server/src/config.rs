@@ -544,6 +544,23 @@ fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Config
     })
 }
 
+/// A duration flag that must be positive; `example` completes the error's hint.
+fn positive_duration(
+    flag: &'static str,
+    value: &str,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    simple_duration(value)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                flag,
+                value,
+                format!("must be a positive duration such as {example}"),
+            )
+        })
+}
+
 /// A message etcd prints word for word.
 fn etcd_error(msg: String) -> ConfigError {
     ConfigError::Flag(FlagError::Etcd(msg))
@@ -730,24 +747,16 @@ fn check_sizes(f: &Flags) -> Result<(), ConfigError> {
 
 /// The watch progress and lease checkpoint intervals.
 fn intervals(f: &Flags) -> Result<(Duration, Duration), ConfigError> {
-    let watch_progress_interval = simple_duration(&f.watch_progress_notify_interval)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            invalid(
-                "--experimental-watch-progress-notify-interval",
-                &f.watch_progress_notify_interval,
-                "must be a positive duration such as 10m or 500ms",
-            )
-        })?;
-    let lease_checkpoint_interval = simple_duration(&f.lease_checkpoint_interval)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            invalid(
-                "--experimental-lease-checkpoint-interval",
-                &f.lease_checkpoint_interval,
-                "must be a positive duration such as 5s",
-            )
-        })?;
+    let watch_progress_interval = positive_duration(
+        "--experimental-watch-progress-notify-interval",
+        &f.watch_progress_notify_interval,
+        "10m or 500ms",
+    )?;
+    let lease_checkpoint_interval = positive_duration(
+        "--experimental-lease-checkpoint-interval",
+        &f.lease_checkpoint_interval,
+        "5s",
+    )?;
     Ok((watch_progress_interval, lease_checkpoint_interval))
 }
 
@@ -756,15 +765,7 @@ fn backup(f: &Flags) -> Result<Option<(PathBuf, Duration, usize)>, ConfigError> 
     let backup = if f.backup_dir.is_empty() {
         None
     } else {
-        let every = simple_duration(&f.backup_interval)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                invalid(
-                    "--backup-interval",
-                    &f.backup_interval,
-                    "must be a positive duration such as 30m",
-                )
-            })?;
+        let every = positive_duration("--backup-interval", &f.backup_interval, "30m")?;
         if f.backup_retention == 0 {
             return Err(invalid("--backup-retention", "0", "must be positive"));
         }
