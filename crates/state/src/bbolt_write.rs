@@ -170,6 +170,48 @@ impl PageBuf {
     }
 }
 
+/// The leaf pages of one bucket as they are written: the rows of the page being filled, and
+/// where the next page goes.
+struct Leaves<'a> {
+    layout: &'a Layout,
+    page: usize,
+    next: u64,
+    index: usize,
+    pending: Vec<(Vec<u8>, Vec<u8>)>,
+    elements: Vec<u8>,
+    buf: PageBuf,
+}
+
+impl Leaves<'_> {
+    /// Writes the pending rows as one leaf page, which must be the page the layout walk
+    /// counted; nothing when no row is pending.
+    fn flush(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let want = self
+            .layout
+            .leaves
+            .get(self.index)
+            .ok_or_else(|| invalid("rows changed between the two walks"))?;
+        write_leaf(&mut self.buf, &mut self.elements, &self.pending);
+        let bytes = self
+            .buf
+            .finish(self.next, FLAG_LEAF, &self.elements, self.page);
+        if bytes.len() as u64 != want.0 * self.page as u64 {
+            return Err(invalid("rows changed between the two walks"));
+        }
+        out.write_all(bytes)?;
+        self.next += want.0;
+        self.index += 1;
+        self.pending.clear();
+        self.elements.clear();
+        self.buf.data.clear();
+        self.buf.count = 0;
+        Ok(())
+    }
+}
+
 /// Writes one bucket's pages from `first` on; returns its root page id.
 fn write_bucket(
     out: &mut dyn Write,
@@ -178,69 +220,30 @@ fn write_bucket(
     first: u64,
     page: usize,
 ) -> std::io::Result<u64> {
-    let mut next = first;
-    let mut leaf_index = 0usize;
     let mut firsts: Vec<(u64, Vec<u8>)> = Vec::with_capacity(layout.leaves.len());
-    let mut elements: Vec<u8> = Vec::new();
-    let mut buf = PageBuf::new();
     let mut fill = Fill::default();
-    // Writes the rows of one leaf page, which must be the page the layout walk counted.
-    let flush = |pending: &mut Vec<(Vec<u8>, Vec<u8>)>,
-                 buf: &mut PageBuf,
-                 elements: &mut Vec<u8>,
-                 next: &mut u64,
-                 leaf_index: &mut usize,
-                 out: &mut dyn Write|
-     -> std::io::Result<()> {
-        let want = layout
-            .leaves
-            .get(*leaf_index)
-            .ok_or_else(|| invalid("rows changed between the two walks"))?;
-        write_leaf(buf, elements, pending);
-        let bytes = buf.finish(*next, FLAG_LEAF, elements, page);
-        if bytes.len() as u64 != want.0 * page as u64 {
-            return Err(invalid("rows changed between the two walks"));
-        }
-        out.write_all(bytes)?;
-        *next += want.0;
-        *leaf_index += 1;
-        pending.clear();
-        elements.clear();
-        buf.data.clear();
-        buf.count = 0;
-        Ok(())
+    let mut leaves = Leaves {
+        layout,
+        page,
+        next: first,
+        index: 0,
+        pending: Vec::new(),
+        elements: Vec::new(),
+        buf: PageBuf::new(),
     };
-    let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     rows.for_each(&mut |k, v| {
         if fill.add(ELEMENT + k.len() + v.len(), page) {
-            if !pending.is_empty() {
-                flush(
-                    &mut pending,
-                    &mut buf,
-                    &mut elements,
-                    &mut next,
-                    &mut leaf_index,
-                    out,
-                )?;
-            }
-            firsts.push((next, k.to_vec()));
+            leaves.flush(out)?;
+            firsts.push((leaves.next, k.to_vec()));
         }
-        pending.push((k.to_vec(), v.to_vec()));
+        leaves.pending.push((k.to_vec(), v.to_vec()));
         Ok(())
     })?;
-    if !pending.is_empty() {
-        flush(
-            &mut pending,
-            &mut buf,
-            &mut elements,
-            &mut next,
-            &mut leaf_index,
-            out,
-        )?;
-    }
-    if leaf_index != layout.leaves.len() {
+    leaves.flush(out)?;
+    if leaves.index != layout.leaves.len() {
         return Err(invalid("rows changed between the two walks"));
     }
+    let mut next = leaves.next;
     // Branch levels, bottom up, packed as the layout packed them.
     let mut below = firsts;
     for level in &layout.levels {
