@@ -395,6 +395,13 @@ mod tests {
         File::open(&p).expect("open")
     }
 
+    /// The fixture restored into a store under `dir`.
+    fn restored_fixture(dir: &Path) -> crate::Mvcc {
+        let db = dir.join("db");
+        restore(&mut fixture(dir), ETCD_34.len() as u64 - 32, &db).expect("restore");
+        crate::Mvcc::open(&db).expect("open")
+    }
+
     #[test]
     fn status_is_etcdctls() {
         let d = tempfile::tempdir().expect("tmp");
@@ -409,10 +416,7 @@ mod tests {
     #[test]
     fn restore_keeps_every_revision_lease_and_the_current_revision() {
         let d = tempfile::tempdir().expect("tmp");
-        let mut f = fixture(d.path());
-        let db = d.path().join("db");
-        restore(&mut f, ETCD_34.len() as u64 - 32, &db).expect("restore");
-        let m = crate::Mvcc::open(&db).expect("open");
+        let m = restored_fixture(d.path());
         assert_eq!(m.current_rev(), 6);
         let get = |key: &str, revision: i64| {
             m.range(&ballast_api::etcdserverpb::RangeRequest {
@@ -436,10 +440,7 @@ mod tests {
     #[test]
     fn a_store_written_as_an_etcd_database_reads_back_the_same() {
         let d = tempfile::tempdir().expect("tmp");
-        let mut f = fixture(d.path());
-        let db = d.path().join("db");
-        restore(&mut f, ETCD_34.len() as u64 - 32, &db).expect("restore");
-        let m = crate::Mvcc::open(&db).expect("open");
+        let m = restored_fixture(d.path());
         let path = d.path().join("out.db");
         let mut out = std::io::BufWriter::new(File::create(&path).expect("create"));
         let n = write(&m, &mut |_| Ok(()), &mut out).expect("write");
