@@ -258,22 +258,12 @@ struct KeyRows<'a> {
 impl Rows for KeyRows<'_> {
     fn for_each(&mut self, visit: &mut RowVisitor<'_>) -> std::io::Result<()> {
         let mut last = 0;
-        let mut key = Vec::with_capacity(18);
-        let mut value = Vec::new();
+        let mut row = EtcdRow::default();
         self.snap
             .for_each_rev(&mut |rev, tomb, kv| {
-                key.clear();
-                key.extend_from_slice(&rev_key(rev.main, rev.sub));
                 last = rev.main;
-                if !tomb {
-                    return visit(&key, kv);
-                }
-                key.push(b't');
-                // etcd's tombstones hold only the key.
-                let stored = KeyValue::decode(kv).map_err(std::io::Error::other)?;
-                value.clear();
-                tombstone_value(&stored.key, &mut value);
-                visit(&key, &value)
+                let (key, value) = row.of(rev, tomb, kv)?;
+                visit(key, value)
             })
             .map_err(|e| match e {
                 BackendError::Io { source, .. } => source,
@@ -286,13 +276,39 @@ impl Rows for KeyRows<'_> {
     }
 }
 
-/// How etcd stores a tombstone's value: a `KeyValue` holding only the key.
-pub(crate) fn tombstone_value(key: &[u8], out: &mut Vec<u8>) {
-    let kv = KeyValue {
-        key: key.to_vec(),
-        ..Default::default()
-    };
-    out.extend_from_slice(&kv.encode_to_vec());
+/// One stored revision as a row of etcd's `key` bucket, in buffers reused from row to row.
+#[derive(Default)]
+pub(crate) struct EtcdRow {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl EtcdRow {
+    /// The row of revision `rev` holding `kv` (an encoded `KeyValue`): its revision key, with
+    /// `t` after it for a tombstone, and the value; etcd's tombstones hold only the key.
+    pub(crate) fn of<'a>(
+        &'a mut self,
+        rev: Rev,
+        tomb: bool,
+        kv: &'a [u8],
+    ) -> std::io::Result<(&'a [u8], &'a [u8])> {
+        self.key.clear();
+        self.key.extend_from_slice(&rev_key(rev.main, rev.sub));
+        if !tomb {
+            return Ok((&self.key, kv));
+        }
+        self.key.push(b't');
+        let stored = KeyValue::decode(kv).map_err(std::io::Error::other)?;
+        let only_key = KeyValue {
+            key: stored.key,
+            ..Default::default()
+        };
+        self.value.clear();
+        only_key
+            .encode(&mut self.value)
+            .map_err(std::io::Error::other)?;
+        Ok((&self.key, &self.value))
+    }
 }
 
 /// etcd's revision key: main (8 bytes BE), `_`, sub (8 bytes BE).

@@ -1203,7 +1203,7 @@ impl Mvcc {
         // only the key), skipping what a compaction at or below `at` drops, and a tombstone at
         // the compaction revision itself (etcd versions disagree on keeping it).
         let mut h = crc32c::crc32c(b"key");
-        let mut tomb_value = Vec::new();
+        let mut row = crate::etcd_db::EtcdRow::default();
         snap.for_each_rev(&mut |r, tomb, kv| {
             if r.main > at {
                 return Ok(());
@@ -1214,16 +1214,8 @@ impl Mvcc {
             if r.main == compact && tomb {
                 return Ok(());
             }
-            h = crc32c::crc32c_append(h, &crate::etcd_db::rev_key(r.main, r.sub));
-            if tomb {
-                h = crc32c::crc32c_append(h, b"t");
-                let kv = decode_kv(kv).map_err(std::io::Error::other)?;
-                tomb_value.clear();
-                crate::etcd_db::tombstone_value(&kv.key, &mut tomb_value);
-                h = crc32c::crc32c_append(h, &tomb_value);
-            } else {
-                h = crc32c::crc32c_append(h, kv);
-            }
+            let (key, value) = row.of(r, tomb, kv)?;
+            h = crc32c::crc32c_append(crc32c::crc32c_append(h, key), value);
             Ok(())
         })?;
         Ok((h, compact, at))
