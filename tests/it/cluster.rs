@@ -46,7 +46,42 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Ballast,
+    /// etcd 3.4 from Debian, on the PATH.
     Etcd,
+    /// etcd 3.7 built from the Go module proxy by `scripts/reference-etcd`.
+    Etcd37,
+}
+
+/// The directory holding etcd 3.7's `etcd`, `etcdctl` and `etcdutl`: `$BALLAST_ETCD37` when
+/// set (scripts/test sets it), otherwise built or found in the cache by the same script.
+pub fn etcd37_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("BALLAST_ETCD37") {
+            return PathBuf::from(d);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference-etcd");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/reference-etcd");
+        assert!(out.status.success(), "scripts/reference-etcd failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// The client a kind's operators use: Debian's etcdctl, etcd 3.7's, or ballastctl.
+pub fn ctl_of(kind: Kind) -> PathBuf {
+    match kind {
+        Kind::Ballast => bin_dir().join("ballastctl"),
+        Kind::Etcd => "etcdctl".into(),
+        Kind::Etcd37 => etcd37_tool("etcdctl"),
+    }
+}
+
+/// etcd 3.7's `etcdctl` or `etcdutl`.
+pub fn etcd37_tool(name: &str) -> PathBuf {
+    etcd37_dir().join(name)
 }
 
 /// One server process with its own data dir and client port.
@@ -160,6 +195,7 @@ impl Server {
             (Kind::Ballast, None) => ballast_bin(),
             (Kind::Ballast, Some(_)) => bin_dir().join("ballast-failpoints"),
             (Kind::Etcd, _) => "etcd".into(),
+            (Kind::Etcd37, _) => etcd37_tool("etcd"),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -231,7 +267,8 @@ impl Drop for Server {
     }
 }
 
-/// Runs the real `etcdctl` against `endpoint`; returns (stdout, stderr, exit code).
+/// Runs the real `etcdctl` (3.4) against `endpoint` (none for offline commands when empty);
+/// returns (stdout, stderr, exit code).
 pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String, String, i32) {
     run_ctl("etcdctl".into(), endpoint, args, stdin)
 }
@@ -242,9 +279,13 @@ pub fn run_ctl(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (String, String, i32) {
-    let mut child = Command::new(bin)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
+    let mut cmd = Command::new(bin);
+    cmd.env("ETCDCTL_API", "3");
+    // Offline commands get no endpoint: etcdutl has no such flag.
+    if !endpoint.is_empty() {
+        cmd.arg(format!("--endpoints={endpoint}"));
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -362,31 +403,48 @@ impl Cluster {
 /// added to the restore), started and serving.
 pub fn restored_member(kind: Kind, snapshot: &Path, extra: &[&str]) -> Server {
     let ports = [(free_port(), free_port())];
-    let mut members = Cluster::unstarted(kind, "m", &ports, &[]);
-    let mut m = members.remove(0);
-    let initial = m.member.as_ref().unwrap().initial_cluster.clone();
-    let peer = format!("http://127.0.0.1:{}", ports[0].1);
-    let data_dir = m.data_dir.to_str().unwrap().to_string();
-    let mut args = vec![
-        "snapshot",
-        "restore",
-        snapshot.to_str().unwrap(),
-        "--name",
-        "m0",
-        "--data-dir",
-        &data_dir,
-        "--initial-cluster",
-        &initial,
-        "--initial-advertise-peer-urls",
-        &peer,
-    ];
-    args.extend_from_slice(extra);
-    let out = match kind {
-        Kind::Ballast => crate::differential::ballastctl("", &args, None),
-        Kind::Etcd => etcdctl("", &args, None),
-    };
-    assert_eq!(out.2, 0, "{kind:?} restores the snapshot: {out:?}");
-    m.launch();
-    m.wait_healthy(Duration::from_secs(20));
-    m
+    restored_cluster(kind, snapshot, &ports, extra).remove(0)
+}
+
+/// A cluster of `kind` on `ports` (members `m0`, `m1`, ...), each member restored from
+/// `snapshot` with that kind's tool as an operator does it (same names, peer URLs and
+/// `--initial-cluster` on every member), then started together and serving.
+pub fn restored_cluster(
+    kind: Kind,
+    snapshot: &Path,
+    ports: &[(u16, u16)],
+    extra: &[&str],
+) -> Vec<Server> {
+    let mut members = Cluster::unstarted(kind, "m", ports, &[]);
+    for (m, (_, peer_port)) in members.iter().zip(ports) {
+        let member = m.member.as_ref().unwrap();
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let data_dir = m.data_dir.to_str().unwrap().to_string();
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            snapshot.to_str().unwrap(),
+            "--name",
+            &member.name,
+            "--data-dir",
+            &data_dir,
+            "--initial-cluster",
+            &member.initial_cluster,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ];
+        args.extend_from_slice(extra);
+        let out = match kind {
+            Kind::Ballast => crate::differential::ballastctl("", &args, None),
+            Kind::Etcd => etcdctl("", &args, None),
+            // etcdctl 3.6 gave `snapshot restore` to etcdutl.
+            Kind::Etcd37 => run_ctl(etcd37_tool("etcdutl"), "", &args, None),
+        };
+        assert_eq!(out.2, 0, "{kind:?} restores the snapshot: {out:?}");
+    }
+    members.iter_mut().for_each(Server::launch);
+    for m in &mut members {
+        m.wait_healthy(Duration::from_secs(20));
+    }
+    members
 }

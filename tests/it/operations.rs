@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{etcdctl, free_port, Kind, Server};
+use crate::cluster::{ctl_of, etcd37_tool, etcdctl, free_port, run_ctl, Kind, Server};
 use crate::differential::ballastctl;
 
 fn ctl_ok(out: (String, String, i32)) -> String {
@@ -44,10 +44,13 @@ fn fill(ep: &str) {
     ctl_ok(etcdctl(ep, &["put", "leased", "v", "--lease", &id], None));
 }
 
-/// A filled server's snapshot saved with the real etcdctl into `dir`, after checking that
-/// ballastctl and etcdctl report the same status for it. Returns the file, the revision and
-/// every key as `get --prefix -w json` shows it now and at revision 10.
+/// A filled server's snapshot saved into `dir` by `kind`'s own client (etcdctl 3.4 or 3.7,
+/// ballastctl), after checking that ballastctl reports the same status for it as etcdctl 3.4,
+/// and the same hash, revision and size as etcdutl 3.7 (which counts only live keys).
+/// Returns the file, the revision and every key as `get --prefix -w json` shows it now and
+/// at revision 10.
 fn save_for_migration(
+    kind: Kind,
     ep: &str,
     dir: &Path,
     name: &str,
@@ -61,17 +64,26 @@ fn save_for_migration(
     let rev = revision(ep);
     let file = dir.join(name);
     let file_s = file.to_str().unwrap();
-    ctl_ok(etcdctl(ep, &["snapshot", "save", file_s], None));
+    ctl_ok(run_ctl(
+        ctl_of(kind),
+        ep,
+        &["snapshot", "save", file_s],
+        None,
+    ));
     let status = |out: (String, String, i32)| {
         serde_json::from_str::<serde_json::Value>(&ctl_ok(out)).unwrap()
     };
     let args = ["snapshot", "status", "-w", "json", file_s];
     let theirs = status(etcdctl("", &args, None));
-    assert_eq!(
-        status(ballastctl("", &args, None)),
-        theirs,
-        "snapshot status"
-    );
+    let ours = status(ballastctl("", &args, None));
+    assert_eq!(ours, theirs, "snapshot status");
+    let utl = status(run_ctl(etcd37_tool("etcdutl"), "", &args, None));
+    for field in ["hash", "revision", "totalSize"] {
+        assert_eq!(
+            ours[field], utl[field],
+            "etcdutl 3.7's snapshot status {field}"
+        );
+    }
     assert_eq!(theirs["revision"].as_i64(), Some(rev));
     (file, rev, all_kvs(ep, &[]), all_kvs(ep, &["--rev", "10"]))
 }
@@ -84,49 +96,58 @@ fn all_kvs(ep: &str, extra: &[&str]) -> serde_json::Value {
         .clone()
 }
 
-/// etcd's own snapshot file, taken from a real etcd with `etcdctl snapshot save`: ballastctl
-/// reports the same status as etcdctl, and restores it into a Ballast member that serves
-/// every key with its create/mod revision and version, the same current and compacted
-/// revision, and the lease.
+/// etcd's own snapshot file, taken from a real etcd (3.4 and 3.7) with its own
+/// `etcdctl snapshot save`: ballastctl reports the same status as etcd's tools, and restores
+/// it into a Ballast member that serves every key with its create/mod revision and version,
+/// the same current and compacted revision, and the lease.
 #[test]
 fn an_etcd_snapshot_restores_into_ballast_with_its_revisions() {
-    let etcd = Server::start(Kind::Etcd, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (file, rev, before, at_ten) = save_for_migration(&etcd.endpoint(), dir.path(), "etcd.db");
+    for kind in [Kind::Etcd, Kind::Etcd37] {
+        let etcd = Server::start(kind, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let (file, rev, before, at_ten) =
+            save_for_migration(kind, &etcd.endpoint(), dir.path(), "etcd.db");
 
-    let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
-    let b = restored.endpoint();
-    assert_eq!(revision(&b), rev);
-    assert_eq!(
-        all_kvs(&b, &[]),
-        before,
-        "every key, value, revision and version"
-    );
-    assert_eq!(
-        all_kvs(&b, &["--rev", "10"]),
-        at_ten,
-        "history before the snapshot"
-    );
-    // Revision 5 was compacted in etcd: still compacted here.
-    let old = etcdctl(&b, &["get", "k00", "--rev", "4"], None);
-    assert!(
-        old.1.contains("required revision has been compacted"),
-        "{old:?}"
-    );
-    let leases = ctl_ok(etcdctl(&b, &["lease", "list"], None));
-    assert!(leases.starts_with("found 1 leases"), "{leases}");
-    // The restored member takes writes after the restored revisions.
-    ctl_ok(etcdctl(&b, &["put", "after", "x"], None));
-    assert_eq!(revision(&b), rev + 1);
+        let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
+        let b = restored.endpoint();
+        assert_eq!(revision(&b), rev, "{kind:?}");
+        assert_eq!(
+            all_kvs(&b, &[]),
+            before,
+            "{kind:?}: every key, value, revision and version"
+        );
+        assert_eq!(
+            all_kvs(&b, &["--rev", "10"]),
+            at_ten,
+            "{kind:?}: history before the snapshot"
+        );
+        // Revision 5 was compacted in etcd: still compacted here.
+        let old = etcdctl(&b, &["get", "k00", "--rev", "4"], None);
+        assert!(
+            old.1.contains("required revision has been compacted"),
+            "{kind:?}: {old:?}"
+        );
+        let leases = ctl_ok(etcdctl(&b, &["lease", "list"], None));
+        assert!(leases.starts_with("found 1 leases"), "{kind:?}: {leases}");
+        // The restored member takes writes after the restored revisions.
+        ctl_ok(etcdctl(&b, &["put", "after", "x"], None));
+        assert_eq!(revision(&b), rev + 1, "{kind:?}");
+    }
 }
 
-/// `HashKV` is etcd's: the same history (puts, overwrites, deletes, a compaction) gives the
-/// same hash on etcd and on Ballast at the revisions asked, and after an etcd snapshot moves
+/// `HashKV` is etcd's (3.4 and 3.7): the same history (puts, overwrites, deletes, a
+/// compaction) gives the same hash on etcd and on Ballast at the revisions asked, and after an etcd snapshot moves
 /// into Ballast the hashes agree again, the lease's included, so a migration can be verified
 /// with `endpoint hashkv`.
 #[test]
 fn hashkv_is_etcds() {
-    let etcd = Server::start(Kind::Etcd, &[]);
+    for kind in [Kind::Etcd, Kind::Etcd37] {
+        hashkv_matches(kind);
+    }
+}
+
+fn hashkv_matches(kind: Kind) {
+    let etcd = Server::start(kind, &[]);
     let ballast = Server::start(Kind::Ballast, &[]);
     let (e, b) = (etcd.endpoint(), ballast.endpoint());
     for ep in [&e, &b] {
@@ -142,46 +163,54 @@ fn hashkv_is_etcds() {
     );
     // Up to the lease: the two servers chose different lease IDs, which the hash covers.
     for at in [6, 10, 52, 53] {
-        assert_eq!(hashkv(&b, at), hashkv(&e, at), "HashKV at revision {at}");
+        assert_eq!(hashkv(&b, at), hashkv(&e, at), "{kind:?}: HashKV at {at}");
     }
     // The same hash after the store moves from etcd into Ballast.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("etcd.db");
-    ctl_ok(etcdctl(
-        &e,
-        &["snapshot", "save", file.to_str().unwrap()],
-        None,
-    ));
+    let save = ["snapshot", "save", file.to_str().unwrap()];
+    ctl_ok(run_ctl(ctl_of(kind), &e, &save, None));
     let member = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
     let restored = member.endpoint();
     for at in [10, 53, 54, rev - 1, rev] {
-        assert_eq!(hashkv(&restored, at), hashkv(&e, at), "migrated, at {at}");
+        assert_eq!(
+            hashkv(&restored, at),
+            hashkv(&e, at),
+            "{kind:?}: migrated, at {at}"
+        );
     }
 }
 
-/// The other way: a snapshot saved from Ballast is etcd's format. The real etcdctl reports
-/// its status and restores it, and a real etcd started on the result serves every key with
-/// the revisions, versions and history Ballast had, the lease, and takes writes after them.
+/// The other way: a snapshot saved from Ballast is etcd's format. etcd's tools (etcdctl 3.4,
+/// etcdutl 3.7) report its status and restore it, and a real etcd of either version started
+/// on the result serves every key with the revisions, versions and history Ballast had, the
+/// lease, and takes writes after them.
 #[test]
 fn a_ballast_snapshot_restores_into_a_real_etcd() {
     let src = Server::start(Kind::Ballast, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let (file, rev, before, at_ten) = save_for_migration(&src.endpoint(), dir.path(), "b.db");
-    let etcd = crate::cluster::restored_member(Kind::Etcd, &file, &[]);
-    let e = etcd.endpoint();
-    let served = (
-        revision(&e),
-        all_kvs(&e, &[]),
-        all_kvs(&e, &["--rev", "10"]),
-    );
-    let leases = ctl_ok(etcdctl(&e, &["lease", "list"], None));
-    ctl_ok(etcdctl(&e, &["put", "after", "x"], None));
-    let next = revision(&e);
-    assert_eq!(served.0, rev);
-    assert_eq!(served.1, before, "every key, value, revision and version");
-    assert_eq!(served.2, at_ten, "history");
-    assert!(leases.starts_with("found 1 leases"), "{leases}");
-    assert_eq!(next, rev + 1);
+    let (file, rev, before, at_ten) =
+        save_for_migration(Kind::Ballast, &src.endpoint(), dir.path(), "b.db");
+    for kind in [Kind::Etcd, Kind::Etcd37] {
+        let etcd = crate::cluster::restored_member(kind, &file, &[]);
+        let e = etcd.endpoint();
+        let served = (
+            revision(&e),
+            all_kvs(&e, &[]),
+            all_kvs(&e, &["--rev", "10"]),
+        );
+        let leases = ctl_ok(etcdctl(&e, &["lease", "list"], None));
+        ctl_ok(etcdctl(&e, &["put", "after", "x"], None));
+        let next = revision(&e);
+        assert_eq!(served.0, rev, "{kind:?}");
+        assert_eq!(
+            served.1, before,
+            "{kind:?}: every key, value, revision and version"
+        );
+        assert_eq!(served.2, at_ten, "{kind:?}: history");
+        assert!(leases.starts_with("found 1 leases"), "{kind:?}: {leases}");
+        assert_eq!(next, rev + 1, "{kind:?}");
+    }
 }
 
 /// `--bump-revision N --mark-compacted`, as etcdutl 3.6 restores: the restored member's
