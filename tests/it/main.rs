@@ -14,6 +14,7 @@ mod kv;
 mod lease;
 mod malformed;
 mod membership;
+mod migration;
 mod operations;
 mod raft_cluster;
 mod reliability;
