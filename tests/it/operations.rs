@@ -690,7 +690,7 @@ fn defrag_under_writes_loses_nothing_and_shrinks_the_file() {
         &["compaction", &revision(&ep).to_string()],
         None,
     ));
-    let db = s.data_dir.join("member/snap/db");
+    let db = s.data_dir.join("member/snap/ballast.db");
     let before = db.metadata().unwrap().len();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

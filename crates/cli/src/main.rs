@@ -854,7 +854,7 @@ async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Fail
 
 /// `defrag --data-dir`: a stopped member's store, in place.
 fn defrag_offline(data_dir: &str) -> Result<(), Failure> {
-    let db = std::path::Path::new(data_dir).join("member/snap/db");
+    let db = ballast_state::layout::store_path(std::path::Path::new(data_dir));
     if let Err(e) = std::fs::metadata(&db) {
         let e = e.to_string();
         let e = e.split(" (os error").next().unwrap_or(&e).to_lowercase();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ballast_net::{ids, urls};
 use ballast_raft::Node;
+use ballast_state::layout;
 use ballast_state::snapfile::{self, SnapStatus};
 
 /// The flags of `snapshot restore`, named as etcdctl names them.
@@ -148,12 +149,12 @@ pub fn restore(a: &RestoreArgs) -> Result<Restored, RestoreError> {
 }
 
 fn build(p: &Plan, a: &RestoreArgs) -> Result<SnapStatus, RestoreError> {
-    let snap_dir = p.data_dir.join("member").join("snap");
+    let snap_dir = layout::snap_dir(&p.data_dir);
     std::fs::create_dir_all(&snap_dir).map_err(|source| RestoreError::CreateDir {
         path: snap_dir.display().to_string(),
         source,
     })?;
-    let db = snap_dir.join("db");
+    let db = snap_dir.join(layout::STORE_FILE);
     let mut status = snapfile::restore(&a.snapshot, &db, a.skip_hash_check)?;
     if a.bump_revision > 0 {
         let bump = i64::try_from(a.bump_revision).map_err(|_| RestoreError::BumpTooLarge)?;

@@ -11,4 +11,4 @@ mod store;
 mod transport;
 
 pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
-pub use transport::{fetch_membership, PeerTls, Transport};
+pub use transport::{fetch_membership, is_received_snapshot_file, PeerTls, Transport};

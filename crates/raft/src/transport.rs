@@ -21,6 +21,16 @@ use crate::limits::{PEER_QUEUE, SNAPSHOT_CHUNK};
 use ballast_net::peer::{self, frame_head, parse_frame_head, Handshake, Kind, HANDSHAKE_LEN};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+
+/// The extension of a snapshot received from the leader (`<index>-<from>.ballast-snap`,
+/// `.ballast-snap.tmp` while it arrives): not etcd's `.snap`, which may sit in the same
+/// directory on a member converted from etcd.
+const SNAPSHOT_EXT: &str = "ballast-snap";
+
+/// Whether `name` is a received snapshot, whole or partial, in the snap directory.
+pub fn is_received_snapshot_file(name: &str) -> bool {
+    name.ends_with(&format!(".{SNAPSHOT_EXT}")) || name.ends_with(&format!(".{SNAPSHOT_EXT}.tmp"))
+}
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -460,8 +470,8 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
     let index = m.get_snapshot().get_metadata().index;
     let path = inner
         .snap_dir
-        .join(format!("{index:016x}-{from:016x}.snap"));
-    let tmp = path.with_extension("tmp");
+        .join(format!("{index:016x}-{from:016x}.{SNAPSHOT_EXT}"));
+    let tmp = path.with_extension(format!("{SNAPSHOT_EXT}.tmp"));
     let mut file = tokio::fs::File::create(&tmp).await?;
     let mut total = 0usize;
     loop {

@@ -16,7 +16,7 @@ use ballast_api::etcdserverpb::{
     HashKvRequest, HashKvResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
 use ballast_raft::{Node, NodeConfig, RaftError, RaftStatus, Transport};
-use ballast_state::{Applied, AuthInfo, KvError, Mvcc};
+use ballast_state::{layout, Applied, AuthInfo, KvError, Mvcc};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -60,7 +60,7 @@ impl EtcdServer {
     /// the tasks that keep tokens, watch progress and counters; serves nothing yet.
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartupError> {
         let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
-        let mvcc = Arc::new(Mvcc::open(&snap_dir.join("db"))?);
+        let mvcc = Arc::new(Mvcc::open(&snap_dir.join(layout::STORE_FILE))?);
         let start = bootstrap::identity(&cfg, &mvcc)?;
         let runtime = tokio::runtime::Handle::try_current()?;
         let (node, committed) = Node::start(NodeConfig {

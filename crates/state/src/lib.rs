@@ -12,6 +12,7 @@ pub mod check;
 pub mod error;
 pub mod etcd_db;
 mod key;
+pub mod layout;
 pub mod lease_clock;
 pub mod members;
 pub mod mvcc;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ballast_api::ballast::internal::{raft_request, RaftRequest};
 use ballast_raft::{Apply, Committed, Transport};
-use ballast_state::{Applied, KvError, Mvcc};
+use ballast_state::{layout, Applied, KvError, Mvcc};
 use ballast_storage::failpoint;
 use prost::Message;
 use tokio::sync::watch;
@@ -106,8 +106,8 @@ impl Applier {
     fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
         let swap = self.file_swap.clone();
         let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
-        let db = self.snap_dir.join("db");
-        let fresh = self.snap_dir.join("db.new");
+        let db = self.snap_dir.join(layout::STORE_FILE);
+        let fresh = self.snap_dir.join(layout::STORE_FILE_NEW);
         let file = std::fs::File::open(path)
             .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
         Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;

@@ -13,7 +13,7 @@ use ballast_api::etcdserverpb::MemberListResponse;
 use ballast_net::ids;
 use ballast_net::urls::sorted;
 use ballast_raft::Node;
-use ballast_state::Mvcc;
+use ballast_state::{layout, Mvcc};
 use prost::Message;
 
 use super::StartupError;
@@ -31,9 +31,10 @@ pub struct Startup {
 }
 
 /// Creates `<data-dir>/member/snap` and removes what a crash left there half-received or
-/// never installed (the leader sends it again).
+/// never installed (the leader sends it again). Only Ballast's own names: etcd's files there
+/// (a converted etcd member's `db` and `*.snap`) stay untouched.
 pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, StartupError> {
-    let snap_dir = data_dir.join("member").join("snap");
+    let snap_dir = layout::snap_dir(data_dir);
     std::fs::create_dir_all(&snap_dir).map_err(|source| StartupError::CreateDir {
         path: snap_dir.clone(),
         source,
@@ -41,7 +42,7 @@ pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, StartupError> {
     if let Ok(rd) = std::fs::read_dir(&snap_dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".snap") || name.ends_with(".tmp") || name == "db.new" {
+            if ballast_raft::is_received_snapshot_file(&name) || name == layout::STORE_FILE_NEW {
                 let _ = std::fs::remove_file(e.path());
             }
         }
