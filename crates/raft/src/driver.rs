@@ -167,6 +167,32 @@ pub enum Apply {
     },
 }
 
+/// A converted member's raft state (see [`Node::import_log`]).
+#[derive(Debug, Clone, Default)]
+pub struct ImportedLog {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The last index the store holds, its term, and the configuration at that index.
+    pub applied_index: u64,
+    pub applied_term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The entries after `applied_index`, contiguous.
+    pub entries: Vec<ImportedEntry>,
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+/// One entry of an [`ImportedLog`]: normal data, or a configuration change and its context.
+#[derive(Debug, Clone)]
+pub struct ImportedEntry {
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+    pub conf: Option<(ConfKind, u64)>,
+}
+
 /// Membership changes raft itself knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfKind {
@@ -234,6 +260,65 @@ impl Node {
             cluster_id,
         };
         create_log(wal_dir, member, bootstrap).map(|_| ())
+    }
+
+    /// Writes the log of a member converted from another raft implementation (an etcd
+    /// member): its identity, the configuration and position its store holds as a snapshot
+    /// point, the entries after it, and its hard state, all fsynced. The caller marks the
+    /// conversion as unfinished until this returns, and removes a partial log to redo it.
+    pub fn import_log(wal_dir: &std::path::Path, log: &ImportedLog) -> Result<(), RaftError> {
+        let member = MemberRecord {
+            member_id: log.member_id,
+            cluster_id: log.cluster_id,
+        };
+        let cs = ConfState::from((log.voters.clone(), log.learners.clone()));
+        let mut l = RaftLog::create(wal_dir, member, &cs)?;
+        let mut meta = SnapshotMetadata {
+            index: log.applied_index,
+            term: log.applied_term,
+            ..Default::default()
+        };
+        meta.set_conf_state(cs);
+        l.save_snapshot(&meta)?;
+        let mut entries = Vec::with_capacity(log.entries.len());
+        for e in &log.entries {
+            let mut entry = Entry {
+                index: e.index,
+                term: e.term,
+                ..Default::default()
+            };
+            match e.conf {
+                None => entry.data = e.data.clone().into(),
+                Some((kind, node_id)) => {
+                    let mut cc = ConfChange::default();
+                    cc.set_change_type(match kind {
+                        ConfKind::AddVoter => ConfChangeType::AddNode,
+                        ConfKind::AddLearner => ConfChangeType::AddLearnerNode,
+                        ConfKind::Remove => ConfChangeType::RemoveNode,
+                    });
+                    cc.node_id = node_id;
+                    cc.context = e.data.clone().into();
+                    entry.set_entry_type(EntryType::EntryConfChange);
+                    entry.data = cc.write_to_bytes()?.into();
+                }
+            }
+            entries.push(entry);
+        }
+        let hs = HardState {
+            term: log.term,
+            vote: log.vote,
+            commit: log.commit,
+            ..Default::default()
+        };
+        l.save(&entries, Some(&hs))?;
+        l.sync()?;
+        Ok(())
+    }
+
+    /// Removes a member's log from `wal_dir` (a conversion that did not finish), leaving any
+    /// other file there alone.
+    pub fn remove_log(wal_dir: &std::path::Path) -> Result<(), RaftError> {
+        Ok(RaftLog::remove(wal_dir)?)
     }
 
     /// Opens (or creates) the member's log and starts the driver thread. Returns the node and

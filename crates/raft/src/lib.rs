@@ -10,5 +10,7 @@ mod logger;
 mod store;
 mod transport;
 
-pub use driver::{Apply, Committed, ConfKind, Node, NodeConfig, RaftError, RaftStatus};
+pub use driver::{
+    Apply, Committed, ConfKind, ImportedEntry, ImportedLog, Node, NodeConfig, RaftError, RaftStatus,
+};
 pub use transport::{fetch_membership, is_received_snapshot_file, PeerTls, Transport};

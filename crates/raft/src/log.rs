@@ -82,6 +82,12 @@ impl RaftLog {
         Ok(RaftLog { wal })
     }
 
+    /// Removes the log in `dir`, and nothing else there.
+    pub fn remove(dir: &Path) -> Result<(), LogError> {
+        Wal::remove_all(dir)?;
+        Ok(())
+    }
+
     pub fn open(dir: &Path) -> Result<(RaftLog, Recovered), LogError> {
         let (wal, records, _) = Wal::open(dir)?;
         let mut member = None;

@@ -309,15 +309,9 @@ impl Authenticator {
             .acquire()
             .await
             .map_err(|_| KvError::AuthFailed)?;
-        let hashed = tokio::task::spawn_blocking(move || {
-            bcrypt::hash_with_result(password, cost)
-                .map(|h| h.format_for_version(bcrypt::Version::TwoA))
-        })
-        .await
-        .map_err(|_| KvError::AuthFailed)?
-        .map_err(|e| KvError::Corrupt(format!("bcrypt: {e}")))?;
-        use base64::Engine;
-        Ok(base64::engine::general_purpose::STANDARD.encode(hashed))
+        tokio::task::spawn_blocking(move || hash_password(&password, cost))
+            .await
+            .map_err(|_| KvError::AuthFailed)?
     }
 }
 
@@ -385,6 +379,16 @@ pub fn member() -> AuthInfo {
         user: "root".into(),
         revision: u64::MAX,
     }
+}
+
+/// bcrypt as etcd stores it (`$2a$`), base64 as etcd proposes `hashedPassword`. Slow by
+/// design: call it off the async runtime.
+pub fn hash_password(password: &str, cost: u32) -> Result<String, KvError> {
+    let hashed = bcrypt::hash_with_result(password, cost)
+        .map(|h| h.format_for_version(bcrypt::Version::TwoA))
+        .map_err(|e| KvError::Corrupt(format!("bcrypt: {e}")))?;
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::STANDARD.encode(hashed))
 }
 
 #[cfg(test)]

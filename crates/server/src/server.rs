@@ -23,11 +23,11 @@ use tokio::sync::watch;
 use crate::background::lease::Lessor;
 use crate::config::Config;
 use crate::member::applier::Applier;
-use crate::member::bootstrap;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
 use crate::member::read::Reader;
 use crate::member::store::Store;
+use crate::member::{bootstrap, convert};
 pub use crate::member::{ServerError, StartupError};
 use crate::watch::WatchHub;
 
@@ -59,6 +59,20 @@ impl EtcdServer {
     /// Starts the member: its store and identity, the raft node, the applier thread and
     /// the tasks that keep tokens, watch progress and counters; serves nothing yet.
     pub fn start(cfg: Config) -> Result<Arc<EtcdServer>, StartupError> {
+        if let Some(c) = convert::convert_if_etcd(&cfg)? {
+            tracing::info!(
+                member_id = %format!("{:x}", c.member_id),
+                cluster_id = %format!("{:x}", c.cluster_id),
+                etcd_version = %c.etcd_version,
+                consistent_index = c.consistent_index,
+                replayed_entries = c.replayed,
+                commit = c.commit,
+                members = c.members,
+                "converted etcd data directory; etcd's own files are left unchanged beside Ballast's \
+                 (member/snap/db, member/snap/*.snap, member/wal/*-*.wal): remove them once the \
+                 cluster is verified"
+            );
+        }
         let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join(layout::STORE_FILE))?);
         let start = bootstrap::identity(&cfg, &mvcc)?;

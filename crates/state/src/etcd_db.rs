@@ -4,7 +4,8 @@
 //! What a restore keeps, as etcd's own restore does: every revision of every key (create and
 //! mod revisions, versions, tombstones), the current and compacted revisions, leases with
 //! their TTLs, auth (enabled flag, revision, users, roles). What it drops: membership, alarms
-//! and the applied index, which belong to the old cluster.
+//! and the applied index, which belong to the old cluster. Converting an etcd member in place
+//! (`convert_member`) keeps those too, since the member itself carries on.
 //!
 //! Invariant: the file is untrusted; a row that does not parse is refused with what was wrong,
 //! and memory stays bounded by one batch of rows, not by the file.
@@ -13,6 +14,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use ballast_api::etcdserverpb::Member;
 use ballast_api::mvccpb::KeyValue;
 use ballast_storage::backend::ReadSnapshot;
 use ballast_storage::{Backend, BackendError, Rev};
@@ -123,8 +125,112 @@ fn meta_revision(v: &[u8]) -> Option<i64> {
     revision_of(v.get(..17)?).map(|(r, _)| r.main)
 }
 
-/// Builds a Ballast store at `db` from the etcd database in the first `len` bytes of `f`.
+/// What etcd's backend records about the member it belongs to: read when converting that
+/// member in place, where (unlike a restore) membership, alarms and the applied index carry on.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberState {
+    /// `meta/consistent_index`: the last raft index the backend holds.
+    pub applied: u64,
+    /// `members` (etcd's JSON records) and `members_removed`.
+    pub members: Vec<Member>,
+    pub removed: Vec<u64>,
+    /// `alarm`: (member, alarm type).
+    pub alarms: Vec<(u64, i32)>,
+    /// `cluster/clusterVersion` and `meta/storageVersion` (etcd 3.6+), when set.
+    pub cluster_version: Option<String>,
+    pub storage_version: Option<String>,
+}
+
+/// `etcdserverpb.AlarmMember`, the key of etcd's `alarm` bucket.
+#[derive(Clone, PartialEq, Message)]
+struct AlarmMember {
+    #[prost(uint64, tag = "1")]
+    member_id: u64,
+    #[prost(int32, tag = "2")]
+    alarm: i32,
+}
+
+/// Reads [`MemberState`] from the etcd database in the first `len` bytes of `f`.
+pub fn member_state(f: &mut File, len: u64) -> Result<MemberState, SnapFileError> {
+    let mut r = open(f, len)?;
+    let root = r.root();
+    let mut st = MemberState::default();
+    let text = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    if let Some(meta) = r.bucket(&root, b"meta")? {
+        r.for_each(&meta, &mut |k, v, _| {
+            match k {
+                b"consistent_index" => {
+                    let v: [u8; 8] = v
+                        .try_into()
+                        .map_err(|_| BoltError::Invalid("bad consistent_index".into()))?;
+                    st.applied = u64::from_be_bytes(v);
+                }
+                b"storageVersion" => st.storage_version = Some(text(v)),
+                _ => {}
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(b) = r.bucket(&root, b"cluster")? {
+        r.for_each(&b, &mut |k, v, _| {
+            if k == b"clusterVersion" {
+                st.cluster_version = Some(text(v));
+            }
+            Ok(())
+        })?;
+    }
+    if let Some(b) = r.bucket(&root, b"members")? {
+        r.for_each(&b, &mut |_, v, _| {
+            let m = crate::etcd_log::member_from_json(v)
+                .map_err(|e| BoltError::Invalid(e.to_string()))?;
+            st.members.push(m);
+            Ok(())
+        })?;
+    }
+    if let Some(b) = r.bucket(&root, b"members_removed")? {
+        r.for_each(&b, &mut |k, _, _| {
+            let id = std::str::from_utf8(k)
+                .ok()
+                .and_then(|k| u64::from_str_radix(k, 16).ok())
+                .ok_or_else(|| BoltError::Invalid(format!("bad removed member {k:02x?}")))?;
+            st.removed.push(id);
+            Ok(())
+        })?;
+    }
+    if let Some(b) = r.bucket(&root, b"alarm")? {
+        r.for_each(&b, &mut |k, _, _| {
+            let a =
+                AlarmMember::decode(k).map_err(|e| BoltError::Invalid(format!("alarm: {e}")))?;
+            st.alarms.push((a.member_id, a.alarm));
+            Ok(())
+        })?;
+    }
+    Ok(st)
+}
+
+/// Builds a Ballast store at `db` from the etcd database in the first `len` bytes of `f`, for
+/// a member of a new cluster (`snapshot restore`).
 pub fn restore(f: &mut File, len: u64, db: &Path) -> Result<(), SnapFileError> {
+    import(f, len, db, None)
+}
+
+/// Builds a Ballast store at `db` for the etcd member whose backend `f` is, carrying on with
+/// `member`'s membership, alarms and applied index (conversion in place).
+pub fn convert_member(
+    f: &mut File,
+    len: u64,
+    db: &Path,
+    member: &MemberState,
+) -> Result<(), SnapFileError> {
+    import(f, len, db, Some(member))
+}
+
+fn import(
+    f: &mut File,
+    len: u64,
+    db: &Path,
+    member: Option<&MemberState>,
+) -> Result<(), SnapFileError> {
     let _ = std::fs::remove_file(db);
     let store = Backend::open(db, TABLES).map_err(corrupt)?;
     let mut r = open(f, len)?;
@@ -240,6 +346,29 @@ pub fn restore(f: &mut File, len: u64, db: &Path) -> Result<(), SnapFileError> {
             }
             for (k, v) in &auth_rows {
                 w.put(schema::AUTH, k, v)?;
+            }
+            if let Some(m) = member {
+                for record in &m.members {
+                    let row = schema::id_key(record.id);
+                    w.put(schema::MEMBERS, &row, &record.encode_to_vec())?;
+                }
+                for id in &m.removed {
+                    w.put(
+                        schema::MEMBERS_REMOVED,
+                        &schema::id_key(*id),
+                        &0u64.to_le_bytes(),
+                    )?;
+                }
+                let mut alarms = std::collections::BTreeMap::<u64, u64>::new();
+                for (id, kind) in &m.alarms {
+                    if (0..64).contains(kind) {
+                        *alarms.entry(*id).or_default() |= 1 << kind;
+                    }
+                }
+                for (id, bits) in alarms {
+                    schema::set_alarms(w, id, bits)?;
+                }
+                w.set_meta(crate::mvcc::META_APPLIED, m.applied)?;
             }
             Ok::<_, ballast_storage::BackendError>(())
         })

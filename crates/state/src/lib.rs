@@ -11,6 +11,8 @@ pub mod bbolt_write;
 pub mod check;
 pub mod error;
 pub mod etcd_db;
+pub mod etcd_log;
+pub mod etcd_wal;
 mod key;
 pub mod layout;
 pub mod lease_clock;

@@ -446,6 +446,20 @@ impl Wal {
 
     /// Deletes every segment numbered below `seq`. The caller must have made everything they
     /// held that is still needed durable in a later segment first.
+    /// Deletes every segment of the log in `dir` (and a segment left half-created), touching
+    /// no other file there.
+    pub fn remove_all(dir: &Path) -> Result<(), WalError> {
+        for (seq, path) in Self::segments(dir)? {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            let _ = fs::remove_file(dir.join(format!("{}.tmp", segment_name(seq))));
+        }
+        let _ = fs::remove_file(dir.join(format!("{}.tmp", segment_name(0))));
+        if dir.exists() {
+            sync_dir(dir).map_err(io_err(dir))?;
+        }
+        Ok(())
+    }
+
     pub fn remove_before(&self, seq: u64) -> Result<usize, WalError> {
         let mut removed = 0;
         for (s, path) in Self::segments(&self.dir)? {

@@ -85,5 +85,7 @@ pub enum StartupError {
     #[error(transparent)]
     Store(#[from] KvError),
     #[error(transparent)]
+    Convert(#[from] super::convert::ConvertError),
+    #[error(transparent)]
     Raft(#[from] RaftError),
 }

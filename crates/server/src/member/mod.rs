@@ -1,11 +1,13 @@
-//! The member's core, without gRPC services or HTTP: where it starts from (`bootstrap`), its
-//! store handle (`store`), proposing (`proposer`, `waiters`), applying (`applier`), reading
-//! (`read`), and the counters it keeps (`counters`). The edge (`rpc`, `gateway`, `http`,
+//! The member's core, without gRPC services or HTTP: where it starts from (`bootstrap`, and
+//! `convert` for an etcd member's data directory), its store handle (`store`), proposing
+//! (`proposer`, `waiters`), applying (`applier`), reading (`read`), and the counters it keeps
+//! (`counters`). The edge (`rpc`, `gateway`, `http`,
 //! `metrics`, `main`) and the background tasks use these through the assembled `EtcdServer`
 //! or narrow handles.
 
 pub mod applier;
 pub mod bootstrap;
+pub mod convert;
 pub mod counters;
 mod error;
 pub mod proposer;
