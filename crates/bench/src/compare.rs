@@ -23,13 +23,13 @@ pub struct CompareArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Etcd,
     Ballast,
 }
 
-struct Member {
-    child: Child,
+pub(crate) struct Member {
+    pub(crate) child: Child,
     client_port: u16,
 }
 
@@ -40,8 +40,8 @@ impl Drop for Member {
     }
 }
 
-struct Cluster {
-    members: Vec<Member>,
+pub(crate) struct Cluster {
+    pub(crate) members: Vec<Member>,
     _dir: tempfile::TempDir,
 }
 
@@ -54,6 +54,16 @@ fn free_port() -> Result<u16, String> {
 
 impl Cluster {
     fn start(kind: Kind, n: usize, a: &CompareArgs) -> Result<Cluster, String> {
+        Cluster::start_with(kind, n, a, &[])
+    }
+
+    /// [`Cluster::start`] with flags added for both kinds.
+    pub(crate) fn start_with(
+        kind: Kind,
+        n: usize,
+        a: &CompareArgs,
+        extra: &[&str],
+    ) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut ports = Vec::new();
         for _ in 0..n {
@@ -90,6 +100,7 @@ impl Cluster {
                 .arg("--snapshot-count=100000")
                 .arg("--heartbeat-interval=100")
                 .arg("--election-timeout=1000")
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -105,7 +116,7 @@ impl Cluster {
         Ok(c)
     }
 
-    fn endpoints(&self) -> Vec<String> {
+    pub(crate) fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
@@ -236,7 +247,7 @@ impl Plan {
     }
 }
 
-fn global(endpoints: Vec<String>, conns: usize, clients: usize) -> Global {
+pub(crate) fn global(endpoints: Vec<String>, conns: usize, clients: usize) -> Global {
     Global {
         endpoints,
         conns,
@@ -260,7 +271,7 @@ fn put_args(total: usize) -> PutArgs {
 
 /// Lets the machine settle before a measured run: what the previous run left dirty in the page
 /// cache is written back now, not during the next run (whose fsyncs would queue behind it).
-fn settle() {
+pub(crate) fn settle() {
     let _ = Command::new("sync").status();
     std::thread::sleep(Duration::from_secs(1));
 }
@@ -396,11 +407,11 @@ pub async fn run(a: &CompareArgs) -> Result<bool, String> {
     Ok(all_met || a.dry_run)
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -416,7 +427,7 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model})")
 }
 
-fn etcd_version(etcd: &Path) -> String {
+pub(crate) fn etcd_version(etcd: &Path) -> String {
     Command::new(etcd)
         .arg("--version")
         .output()

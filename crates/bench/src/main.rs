@@ -6,6 +6,7 @@ mod conn;
 mod load;
 mod rawwatch;
 mod report;
+mod snapshot;
 mod workloads;
 
 use std::path::PathBuf;
@@ -248,6 +249,37 @@ enum Cmd {
         #[arg(long = "out-dir", default_value = "docs/benchmarks")]
         out_dir: PathBuf,
     },
+    /// Fill a fresh etcd and a fresh Ballast with the same data, then time a snapshot of each
+    /// and measure how much its resident memory grows while it streams
+    #[command(name = "snapshot-compare")]
+    SnapshotCompare {
+        /// The reference etcd binary
+        #[arg(long, default_value = "etcd")]
+        etcd: PathBuf,
+        /// The ballast binary (default: beside this one)
+        #[arg(long)]
+        ballast: Option<PathBuf>,
+        /// MiB of values written before the snapshot
+        #[arg(long = "data-mib", default_value_t = 1024)]
+        data_mib: u64,
+        /// Bytes per value
+        #[arg(long = "value-size", default_value_t = 65536)]
+        value_size: usize,
+        /// Also write the table here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The ballast binary: as given, or beside this one.
+fn ballast_bin(given: &Option<PathBuf>) -> PathBuf {
+    match given {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("ballast")))
+            .unwrap_or_else(|| PathBuf::from("ballast")),
+    }
 }
 
 /// Go's duration syntax for the common cases: `500ms`, `5s`, `1m`, `0`.
@@ -440,18 +472,11 @@ fn main() {
                 ballast,
                 out_dir,
             } => {
-                let ballast = match ballast {
-                    Some(b) => b.clone(),
-                    None => std::env::current_exe()
-                        .ok()
-                        .and_then(|e| e.parent().map(|d| d.join("ballast")))
-                        .unwrap_or_else(|| PathBuf::from("ballast")),
-                };
                 let a = compare::CompareArgs {
                     quick: *quick,
                     dry_run: *dry_run,
                     etcd: etcd.clone(),
-                    ballast,
+                    ballast: ballast_bin(ballast),
                     out_dir: out_dir.clone(),
                 };
                 match compare::run(&a).await {
@@ -459,6 +484,22 @@ fn main() {
                     Ok(false) => Err("not every target was met".to_string()),
                     Err(e) => Err(e),
                 }
+            }
+            Cmd::SnapshotCompare {
+                etcd,
+                ballast,
+                data_mib,
+                value_size,
+                out,
+            } => {
+                let a = snapshot::SnapshotArgs {
+                    etcd: etcd.clone(),
+                    ballast: ballast_bin(ballast),
+                    data_mib: *data_mib,
+                    value_size: *value_size,
+                    out: out.clone(),
+                };
+                snapshot::run(&a).await
             }
         }
     });

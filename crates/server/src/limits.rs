@@ -24,8 +24,10 @@ pub const CATCH_UP_EVENTS: usize = 1000;
 /// Lease checkpoints per raft entry.
 pub const LEASE_CHECKPOINT_BATCH: usize = 1000;
 
-/// Blob size of a snapshot chunk, as etcd sends.
-pub const SNAPSHOT_CHUNK: usize = 32 << 10;
+/// Blob size of a snapshot chunk. etcd sends 32 KiB; 256 KiB costs the streaming thread an
+/// eighth of the hand-offs (1 GiB was 32k wake-ups) and stays far below the 4 MiB that gRPC
+/// clients accept by default. With the 4-chunk queue, 1 MiB in flight at most.
+pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 /// gRPC's framing overhead allowed on top of `--max-request-bytes`, as etcd allows.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

@@ -139,34 +139,50 @@ fn lay_out(rows: &mut dyn Rows, page: usize) -> std::io::Result<Layout> {
 
 /// A page: header, element table, then keys and values in element order.
 struct PageBuf {
-    bytes: Vec<u8>,
     count: usize,
     data: Vec<u8>,
 }
 
+/// Zeros to pad pages with.
+static PAD: [u8; 4096] = [0; 4096];
+
 impl PageBuf {
     fn new() -> PageBuf {
         PageBuf {
-            bytes: Vec::new(),
             count: 0,
             data: Vec::new(),
         }
     }
 
-    fn finish(&mut self, id: u64, flags: u16, elements: &[u8], page: usize) -> &[u8] {
-        let total = PAGE_HEADER + elements.len() + self.data.len();
-        let pages = span(total, page);
-        self.bytes.clear();
-        self.bytes.extend_from_slice(&id.to_le_bytes());
-        self.bytes.extend_from_slice(&flags.to_le_bytes());
-        self.bytes
-            .extend_from_slice(&(self.count as u16).to_le_bytes());
-        self.bytes
-            .extend_from_slice(&((pages - 1) as u32).to_le_bytes());
-        self.bytes.extend_from_slice(elements);
-        self.bytes.extend_from_slice(&self.data);
-        self.bytes.resize(pages as usize * page, 0);
-        &self.bytes
+    /// Writes the page (spanning as many pages as it needs, zero-padded) to `out` in pieces,
+    /// never assembled: values are the bulk of a snapshot and are copied once, into `data`.
+    /// Returns its size in bytes.
+    fn write_to(
+        &self,
+        out: &mut dyn Write,
+        id: u64,
+        flags: u16,
+        elements: &[u8],
+        page: usize,
+    ) -> std::io::Result<u64> {
+        let used = PAGE_HEADER + elements.len() + self.data.len();
+        let pages = span(used, page);
+        let mut head = [0u8; PAGE_HEADER];
+        head[..8].copy_from_slice(&id.to_le_bytes());
+        head[8..10].copy_from_slice(&flags.to_le_bytes());
+        head[10..12].copy_from_slice(&(self.count as u16).to_le_bytes());
+        head[12..16].copy_from_slice(&((pages - 1) as u32).to_le_bytes());
+        out.write_all(&head)?;
+        out.write_all(elements)?;
+        out.write_all(&self.data)?;
+        let total = pages * page as u64;
+        let mut pad = total - used as u64;
+        while pad > 0 {
+            let n = pad.min(PAD.len() as u64);
+            out.write_all(&PAD[..n as usize])?;
+            pad -= n;
+        }
+        Ok(total)
     }
 }
 
@@ -177,7 +193,8 @@ struct Leaves<'a> {
     page: usize,
     next: u64,
     index: usize,
-    pending: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Key and value lengths of the rows whose bytes are in `buf.data`.
+    pending: Vec<(usize, usize)>,
     elements: Vec<u8>,
     buf: PageBuf,
 }
@@ -194,14 +211,14 @@ impl Leaves<'_> {
             .leaves
             .get(self.index)
             .ok_or_else(|| invalid("rows changed between the two walks"))?;
-        write_leaf(&mut self.buf, &mut self.elements, &self.pending);
-        let bytes = self
-            .buf
-            .finish(self.next, FLAG_LEAF, &self.elements, self.page);
-        if bytes.len() as u64 != want.0 * self.page as u64 {
+        leaf_elements(&mut self.elements, &self.pending);
+        self.buf.count = self.pending.len();
+        let used = PAGE_HEADER + self.elements.len() + self.buf.data.len();
+        if span(used, self.page) != want.0 {
             return Err(invalid("rows changed between the two walks"));
         }
-        out.write_all(bytes)?;
+        self.buf
+            .write_to(out, self.next, FLAG_LEAF, &self.elements, self.page)?;
         self.next += want.0;
         self.index += 1;
         self.pending.clear();
@@ -236,7 +253,9 @@ fn write_bucket(
             leaves.flush(out)?;
             firsts.push((leaves.next, k.to_vec()));
         }
-        leaves.pending.push((k.to_vec(), v.to_vec()));
+        leaves.pending.push((k.len(), v.len()));
+        leaves.buf.data.extend_from_slice(k);
+        leaves.buf.data.extend_from_slice(v);
         Ok(())
     })?;
     leaves.flush(out)?;
@@ -265,13 +284,13 @@ fn write_bucket(
                 elements.extend_from_slice(&pgid.to_le_bytes());
                 data.extend_from_slice(key);
             }
-            let mut b = PageBuf::new();
-            b.count = children.len();
-            b.data = data;
-            let bytes = b.finish(next, FLAG_BRANCH, &elements, page);
-            out.write_all(bytes)?;
+            let b = PageBuf {
+                count: children.len(),
+                data,
+            };
+            let bytes = b.write_to(out, next, FLAG_BRANCH, &elements, page)?;
             above.push((next, children[0].1.clone()));
-            next += span(bytes.len(), page);
+            next += bytes / page as u64;
         }
         below = above;
     }
@@ -281,19 +300,19 @@ fn write_bucket(
         .ok_or_else(|| invalid("empty bucket written as pages"))
 }
 
-/// Fills `buf` and `elements` with a leaf page's rows.
-fn write_leaf(buf: &mut PageBuf, elements: &mut Vec<u8>, rows: &[(Vec<u8>, Vec<u8>)]) {
+/// A leaf page's element table for rows of these (key, value) lengths, whose bytes follow
+/// the table in order.
+fn leaf_elements(elements: &mut Vec<u8>, rows: &[(usize, usize)]) {
     let table = rows.len() * ELEMENT;
+    let mut data = 0;
     for (i, (k, v)) in rows.iter().enumerate() {
-        let pos = table - i * ELEMENT + buf.data.len();
+        let pos = table - i * ELEMENT + data;
         elements.extend_from_slice(&0u32.to_le_bytes());
         elements.extend_from_slice(&(pos as u32).to_le_bytes());
-        elements.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        elements.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        buf.data.extend_from_slice(k);
-        buf.data.extend_from_slice(v);
+        elements.extend_from_slice(&(*k as u32).to_le_bytes());
+        elements.extend_from_slice(&(*v as u32).to_le_bytes());
+        data += k + v;
     }
-    buf.count = rows.len();
 }
 
 fn meta_page(id: u64, page: usize, root: u64, high_water: u64) -> Vec<u8> {
@@ -343,8 +362,7 @@ pub fn write_db(
         let mut v = Vec::with_capacity(32);
         if layout.leaves.is_empty() {
             v.extend_from_slice(&[0u8; 16]);
-            let mut empty = PageBuf::new();
-            v.extend_from_slice(&empty.finish(0, FLAG_LEAF, &[], PAGE_HEADER)[..PAGE_HEADER]);
+            PageBuf::new().write_to(&mut v, 0, FLAG_LEAF, &[], PAGE_HEADER)?;
         } else {
             // The bucket's root is its last page (the top branch, or its only leaf).
             let root = next + layout.pages() - last_span(layout);
@@ -355,16 +373,22 @@ pub fn write_db(
         root_rows.push((name.to_vec(), v));
     }
     let mut root_elements = Vec::new();
-    let mut root_buf = PageBuf::new();
-    write_leaf(&mut root_buf, &mut root_elements, &root_rows);
+    let lens: Vec<(usize, usize)> = root_rows.iter().map(|(k, v)| (k.len(), v.len())).collect();
+    leaf_elements(&mut root_elements, &lens);
+    let root_buf = PageBuf {
+        count: root_rows.len(),
+        data: root_rows
+            .iter()
+            .flat_map(|(k, v)| [&k[..], &v[..]].concat())
+            .collect(),
+    };
     // Mark every element a bucket.
     for i in 0..root_rows.len() {
         root_elements[i * ELEMENT..i * ELEMENT + 4].copy_from_slice(&LEAF_BUCKET.to_le_bytes());
     }
     let root_id = 2 + data_pages;
-    let root_page = root_buf
-        .finish(root_id, FLAG_LEAF, &root_elements, page)
-        .to_vec();
+    let mut root_page = Vec::with_capacity(page);
+    root_buf.write_to(&mut root_page, root_id, FLAG_LEAF, &root_elements, page)?;
     let high_water = root_id + span(root_page.len(), page);
     size(high_water * page as u64)?;
 
