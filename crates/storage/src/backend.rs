@@ -1354,7 +1354,7 @@ fn upgrade_table(tx: &redb::WriteTransaction, t: Table) -> Result<(), BackendErr
 
 fn create_db(path: &Path) -> Result<Database, BackendError> {
     Database::builder()
-        .set_cache_size(64 << 20)
+        .set_cache_size(crate::limits::STORE_CACHE_BYTES)
         .create(path)
         .map_err(|source| BackendError::Open {
             path: path.to_path_buf(),
