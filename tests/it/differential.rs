@@ -73,6 +73,38 @@ const KV_SESSION: &[Step] = &[
     (&["get", "foo", "--rev", "2"], None),
     (&["get", "foo", "--rev", "1000"], None),
     (&["get", "foo", "--rev", "3", "-w", "json"], None),
+    // Ties keep ascending key order whichever way the sort goes.
+    (&["put", "p/b", "same"], None),
+    (&["put", "p/a", "same"], None),
+    (&["put", "p/c", "same"], None),
+    (
+        &[
+            "get",
+            "p",
+            "--prefix",
+            "--sort-by=VERSION",
+            "--order=DESCEND",
+        ],
+        None,
+    ),
+    (
+        &["get", "p", "--prefix", "--sort-by=VALUE", "--order=DESCEND"],
+        None,
+    ),
+    (
+        &[
+            "get",
+            "p",
+            "--prefix",
+            "--sort-by=CREATE",
+            "--order=DESCEND",
+        ],
+        None,
+    ),
+    (
+        &["get", "p", "--prefix", "--sort-by=VALUE", "--order=ASCEND"],
+        None,
+    ),
     (&["endpoint", "health"], None),
 ];
 

@@ -252,15 +252,16 @@ fn range_view<R: RevRead>(
         order
     };
     if order != SortOrder::None {
+        // A stable sort on the comparison (reversed for descending), as etcd's reversed
+        // sorter leaves ties: in the ascending key order the range produced.
+        let descend = order == SortOrder::Descend;
+        let by = |o: std::cmp::Ordering| if descend { o.reverse() } else { o };
         match target {
-            SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-            SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-            SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-            SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-            SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-        }
-        if order == SortOrder::Descend {
-            kvs.reverse();
+            SortTarget::Key => kvs.sort_by(|a, b| by(a.key.cmp(&b.key))),
+            SortTarget::Version => kvs.sort_by(|a, b| by(a.version.cmp(&b.version))),
+            SortTarget::Create => kvs.sort_by(|a, b| by(a.create_revision.cmp(&b.create_revision))),
+            SortTarget::Mod => kvs.sort_by(|a, b| by(a.mod_revision.cmp(&b.mod_revision))),
+            SortTarget::Value => kvs.sort_by(|a, b| by(a.value.cmp(&b.value))),
         }
     }
     let mut more = false;
