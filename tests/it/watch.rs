@@ -62,7 +62,13 @@ fn scenario(kind: Kind, ctl: &std::path::Path) -> Vec<(String, (String, String, 
     let printed = finish(exec);
     let ran = std::fs::read_to_string(&exec_log).unwrap_or_default();
     out.push(("exec mode".into(), (printed.0, ran, printed.2)));
+    // History replayed to a new watcher: the header names the store's revision, not the
+    // last event's.
+    let replay = watch_bg(ctl, &ep, &["foo", "--rev", "2", "-w", "json"], 1.0);
+    out.push(("foo --rev 2 -w json (replay)".into(), finish(replay)));
     assert_eq!(etcdctl(&ep, &["compaction", "5"], None).2, 0);
+    let compacted = watch_bg(ctl, &ep, &["foo", "--rev", "2", "-w", "json"], 2.0);
+    out.push(("foo --rev 2 -w json (compacted)".into(), finish(compacted)));
     let compacted = watch_bg(ctl, &ep, &["foo", "--rev", "2"], 2.0);
     out.push(("foo --rev 2 (compacted)".into(), finish(compacted)));
     let future = watch_bg(ctl, &ep, &["foo", "--rev", "100"], 1.0);

@@ -161,6 +161,9 @@ async fn follow(
         if r.created && r.events.is_empty() && !r.canceled {
             continue;
         }
+        // As etcdctl: the cancel reason or the progress line first, then the response as
+        // the format shows it (`simple` shows events only; `json` and `fields` all of it).
+        let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
         if r.canceled {
             let why = if r.compact_revision != 0 {
                 "etcdserver: mvcc: required revision has been compacted".to_string()
@@ -168,16 +171,13 @@ async fn follow(
                 r.cancel_reason.clone()
             };
             eprintln!("watch was canceled ({why})");
-            break;
-        }
-        if r.events.is_empty() {
-            // A progress notification.
-            let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        } else if r.events.is_empty() && !r.created && r.compact_revision == 0 && rev != 0 {
             println!("progress notify: {rev}");
-            continue;
         }
         print_response(p, &r);
-        let rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        if r.canceled {
+            break;
+        }
         for e in &r.events {
             exec(command, rev, e);
         }

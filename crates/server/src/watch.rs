@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ballast_api::etcdserverpb::{ResponseHeader, WatchResponse};
 use ballast_api::mvccpb::Event;
-use ballast_state::mvcc::mod_rev;
 pub use ballast_state::watch::Spec;
 use ballast_state::watch::{fragments, Selection};
 use ballast_state::{KvError, Mvcc};
@@ -424,8 +423,9 @@ impl WatchHub {
             let (events, covered) = match read {
                 Ok(Ok((events, covered, _))) => (events, covered),
                 Ok(Err((KvError::Compacted, compact_rev))) => {
+                    // etcd's compaction notice carries no revision (0 in the header).
                     let resp = WatchResponse {
-                        header: Some((self.header)(target)),
+                        header: Some((self.header)(0)),
                         watch_id: w.watch_id,
                         canceled: true,
                         compact_revision: compact_rev,
@@ -449,8 +449,9 @@ impl WatchHub {
                 }
             };
             if !events.is_empty() {
-                let last = events.last().map(mod_rev).unwrap_or(covered);
-                for r in self.responses(w.watch_id, &w.spec, (self.header)(last), events) {
+                // As etcd's sync of unsynced watchers: the store's revision when read, not the
+                // last event's.
+                for r in self.responses(w.watch_id, &w.spec, (self.header)(target), events) {
                     if w.tx.send(Ok(r.into())).await.is_err() {
                         self.done_catching_up(w.stream);
                         return;
