@@ -498,6 +498,7 @@ mod tests {
     use crate::outbox::ReceiverStream;
     use ballast_api::ballast::internal::{raft_request, RaftRequest};
     use ballast_api::etcdserverpb::{PutRequest, WatchCreateRequest};
+    use ballast_state::mvcc::mod_rev;
     use std::task::{Context, Poll, Waker};
     use tokio_stream::{Stream, StreamExt};
 
