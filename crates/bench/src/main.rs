@@ -265,6 +265,12 @@ enum Cmd {
         /// Bytes per value
         #[arg(long = "value-size", default_value_t = 65536)]
         value_size: usize,
+        /// The etcdctl that saves the snapshots
+        #[arg(long, default_value = "etcdctl")]
+        etcdctl: PathBuf,
+        /// Snapshots of each server, alternating
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Also write the table here
         #[arg(long)]
         out: Option<PathBuf>,
@@ -490,6 +496,8 @@ fn main() {
                 ballast,
                 data_mib,
                 value_size,
+                etcdctl,
+                rounds,
                 out,
             } => {
                 let a = snapshot::SnapshotArgs {
@@ -497,6 +505,8 @@ fn main() {
                     ballast: ballast_bin(ballast),
                     data_mib: *data_mib,
                     value_size: *value_size,
+                    etcdctl: etcdctl.clone(),
+                    rounds: *rounds,
                     out: out.clone(),
                 };
                 snapshot::run(&a).await

@@ -1,18 +1,13 @@
 //! `snapshot-compare`: the same data in a fresh etcd and a fresh Ballast (one member each),
-//! then `Maintenance.Snapshot` streamed to a file from each, as `etcdctl snapshot save` does:
-//! how long it takes and how much the member's resident memory grows while it streams.
+//! then the real `etcdctl snapshot save` of each, in alternating rounds: how long it takes,
+//! the member's CPU time, and how much its resident memory grows while it streams.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use ballast_api::etcdserverpb::SnapshotRequest;
-
 use crate::compare::{self, Cluster, CompareArgs, Kind};
-use crate::load::connect;
 use crate::workloads::{self, PutArgs};
 
 pub struct SnapshotArgs {
@@ -21,14 +16,20 @@ pub struct SnapshotArgs {
     /// Data written before the snapshot, in MiB of values.
     pub data_mib: u64,
     pub value_size: usize,
+    /// The client that saves the snapshot (etcd's `etcdctl`).
+    pub etcdctl: PathBuf,
+    /// Snapshots of each server, alternating.
+    pub rounds: usize,
     /// Where the table goes (none: stdout only).
     pub out: Option<PathBuf>,
 }
 
-/// What one server did.
+/// What one snapshot took.
 struct Measured {
     bytes: u64,
     secs: f64,
+    /// The member's CPU time (user + system) during the snapshot.
+    cpu_secs: f64,
     rss_before: u64,
     rss_peak: u64,
 }
@@ -46,6 +47,19 @@ fn vm_rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// utime + stime of `pid`, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
 async fn fill(c: &Cluster, a: &SnapshotArgs) -> Result<(), String> {
     let total = (a.data_mib << 20) as usize / a.value_size.max(1);
     let put = PutArgs {
@@ -60,9 +74,15 @@ async fn fill(c: &Cluster, a: &SnapshotArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn measure(c: &Cluster, file: PathBuf) -> Result<Measured, String> {
+/// One `etcdctl snapshot save` of `c`'s member into `file` (removed afterwards).
+fn measure(
+    c: &Cluster,
+    etcdctl: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<Measured, String> {
     let pid = c.members[0].child.id();
     let rss_before = vm_rss(pid);
+    let cpu_before = cpu_ticks(pid);
     let peak = Arc::new(AtomicU64::new(rss_before));
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -74,35 +94,29 @@ async fn measure(c: &Cluster, file: PathBuf) -> Result<Measured, String> {
             }
         })
     };
-    let g = compare::global(c.endpoints(), 1, 1);
-    let conn = connect(&g).await?.remove(0);
     let started = Instant::now();
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?,
-    );
-    let mut stream = MaintenanceClient::new(conn)
-        .max_decoding_message_size(64 << 20)
-        .snapshot(SnapshotRequest {})
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.message().await.map_err(|e| e.to_string())? {
-        bytes += chunk.blob.len() as u64;
-        out.write_all(&chunk.blob).map_err(|e| e.to_string())?;
-    }
-    // etcdctl makes the file durable before it reports success.
-    out.into_inner()
-        .map_err(|e| e.to_string())?
-        .sync_all()
-        .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.endpoints()[0]))
+        .args(["snapshot", "save"])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("{}: {e}", etcdctl.display()))?;
     let secs = started.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
-    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        return Err(format!(
+            "snapshot save failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(file);
     Ok(Measured {
         bytes,
         secs,
+        cpu_secs: cpu_ticks(pid).saturating_sub(cpu_before) as f64 / 100.0,
         rss_before,
         rss_peak: peak.load(Ordering::Relaxed),
     })
@@ -110,6 +124,12 @@ async fn measure(c: &Cluster, file: PathBuf) -> Result<Measured, String> {
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// The median of a few figures.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 pub async fn run(a: &SnapshotArgs) -> Result<String, String> {
@@ -123,37 +143,64 @@ pub async fn run(a: &SnapshotArgs) -> Result<String, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     // Room for the data under both servers' quotas.
     let quota = format!("--quota-backend-bytes={}", (a.data_mib * 4 + 1024) << 20);
-    let mut rows = Vec::new();
+    let mut servers = Vec::new();
     for kind in [Kind::Etcd, Kind::Ballast] {
         let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
         eprintln!("snapshot: filling {kind:?} with {} MiB ...", a.data_mib);
         fill(&cluster, a).await?;
-        compare::settle();
-        eprintln!("snapshot: {kind:?} ...");
-        rows.push((
-            kind,
-            measure(&cluster, scratch.path().join("snap.db")).await?,
-        ));
+        servers.push((kind, cluster, Vec::new()));
+    }
+    // Alternating rounds, each after the machine settles, so neither server always runs
+    // behind the other's writeback.
+    for round in 0..a.rounds.max(1) {
+        for (kind, cluster, runs) in servers.iter_mut() {
+            compare::settle();
+            eprintln!("snapshot: round {round}, {kind:?} ...");
+            runs.push(measure(
+                cluster,
+                &a.etcdctl,
+                &scratch.path().join("snap.db"),
+            )?);
+        }
     }
     let mut t = String::new();
     t.push_str(&format!(
-        "Snapshot of {} MiB of values ({}-byte values, 16-byte keys), one member each, on {}; \
-         etcd: {}.\n\n",
+        "`etcdctl snapshot save` of {} MiB of values ({}-byte values, 16-byte keys), one \
+         member each, {} alternating rounds, on {}; etcd: {}.\n\n",
         a.data_mib,
         a.value_size,
+        a.rounds.max(1),
         compare::machine(),
         compare::etcd_version(&a.etcd)
     ));
-    t.push_str("| server | file | time | RSS before | peak RSS while streaming | growth |\n");
+    t.push_str(
+        "| server | file | time (median; all) | member CPU (median) | RSS before | RSS growth while streaming (max) |\n",
+    );
     t.push_str("|---|---|---|---|---|---|\n");
-    for (kind, m) in &rows {
+    let mut medians = Vec::new();
+    for (kind, _, runs) in &servers {
+        let secs: Vec<f64> = runs.iter().map(|m| m.secs).collect();
+        let all: Vec<String> = secs.iter().map(|s| format!("{s:.2}")).collect();
+        let growth = runs
+            .iter()
+            .map(|m| m.rss_peak.saturating_sub(m.rss_before))
+            .max()
+            .unwrap_or(0);
+        let time = median(secs.clone());
+        medians.push(time);
         t.push_str(&format!(
-            "| {kind:?} | {} | {:.2} s | {} | {} | {} |\n",
-            mib(m.bytes),
-            m.secs,
-            mib(m.rss_before),
-            mib(m.rss_peak),
-            mib(m.rss_peak.saturating_sub(m.rss_before)),
+            "| {kind:?} | {} | {time:.2} s; {} | {:.2} s | {} | {} |\n",
+            mib(runs.first().map_or(0, |m| m.bytes)),
+            all.join(", "),
+            median(runs.iter().map(|m| m.cpu_secs).collect()),
+            mib(runs.first().map_or(0, |m| m.rss_before)),
+            mib(growth),
+        ));
+    }
+    if let [etcd, ballast] = medians[..] {
+        t.push_str(&format!(
+            "\nBallast's time as a share of etcd's: {:.2}x.\n",
+            ballast / etcd.max(f64::MIN_POSITIVE)
         ));
     }
     if let Some(out) = &a.out {
