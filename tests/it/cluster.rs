@@ -115,20 +115,25 @@ impl Server {
     /// Starts a single member. Both kinds get the same advertised peer URL, so etcd and Ballast
     /// derive the same member and cluster IDs.
     pub fn start(kind: Kind, extra: &[&str]) -> Server {
+        let mut s = Server::unstarted(kind, extra);
+        s.spawn();
+        s
+    }
+
+    /// The single member [`Server::start`] starts, not started yet (its data directory can be
+    /// filled first).
+    pub fn unstarted(kind: Kind, extra: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
-        let mut s = Server {
+        Server {
             kind,
             child: None,
             port: free_port(),
-            data_dir,
+            data_dir: tmp.path().join("data"),
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: None,
             failpoints: None,
             _tmp: Some(tmp),
-        };
-        s.spawn();
-        s
+        }
     }
 
     /// A single Ballast member built with failpoints, armed with `failpoints`; launched, not
