@@ -439,7 +439,20 @@ pub fn restored_cluster(
     ports: &[(u16, u16)],
     extra: &[&str],
 ) -> Vec<Server> {
-    let mut members = Cluster::unstarted(kind, "m", ports, &[]);
+    restored_cluster_by(kind, kind, snapshot, ports, extra)
+}
+
+/// [`restored_cluster`] restored with `tool`'s restore command and run as `server`: etcd's
+/// `snapshot restore` output started as Ballast is the seeds' procedure on Ballast.
+pub fn restored_cluster_by(
+    tool: Kind,
+    server: Kind,
+    snapshot: &Path,
+    ports: &[(u16, u16)],
+    extra: &[&str],
+) -> Vec<Server> {
+    let kind = tool;
+    let mut members = Cluster::unstarted(server, "m", ports, &[]);
     for (m, (_, peer_port)) in members.iter().zip(ports) {
         let member = m.member.as_ref().unwrap();
         let peer = format!("http://127.0.0.1:{peer_port}");

@@ -463,3 +463,47 @@ fn etcd_35_and_36_files_convert_and_restore() {
         check(&restored.endpoint(), "restored from member/snap/db");
     }
 }
+
+/// The seeds' procedure with Ballast as the server: `etcdctl snapshot restore` (3.4) or
+/// `etcdutl snapshot restore` (3.7) of an etcd snapshot into three directories, then Ballast
+/// started on them with etcd's flags. etcd 3.4's restore leaves the old cluster's member in
+/// the database and writes the new ones to its log only: Ballast takes the new ones.
+#[test]
+fn etcds_own_restore_output_starts_as_ballast() {
+    for kind in [Kind::Etcd, Kind::Etcd37] {
+        let etcd = Server::start(kind, &[]);
+        let ep = etcd.endpoint();
+        for i in 0..30 {
+            ctl_plain(&ep, &["put", &format!("k{i:02}"), &format!("v{i}")]);
+        }
+        ctl_plain(&ep, &["del", "k03"]);
+        ctl_plain(&ep, &["compaction", "10"]);
+        let served = json_plain(&ep, &["get", "", "--prefix"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("etcd.db");
+        ctl_plain(&ep, &["snapshot", "save", file.to_str().unwrap()]);
+        drop(etcd);
+
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let members = crate::cluster::restored_cluster_by(kind, Kind::Ballast, &file, &ports, &[]);
+        for m in &members {
+            let got = json_plain(&m.endpoint(), &["get", "", "--prefix"]);
+            assert_eq!(got["kvs"], served["kvs"], "{kind:?}");
+            assert_eq!(
+                got["header"]["revision"], served["header"]["revision"],
+                "{kind:?}"
+            );
+        }
+        let list = ctl_plain(&members[0].endpoint(), &["member", "list"]);
+        let names: Vec<&str> = list.lines().filter_map(|l| l.split(", ").nth(2)).collect();
+        assert_eq!(names.len(), 3, "{kind:?}: {list}");
+        assert!(names.iter().all(|n| n.starts_with('m')), "{kind:?}: {list}");
+        ctl_plain(&members[1].endpoint(), &["put", "after", "x"]);
+    }
+}
+
+fn json_plain(ep: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-w", "json"]);
+    serde_json::from_str(&ctl_plain(ep, &all)).unwrap()
+}
