@@ -1408,3 +1408,70 @@ fn check_perf_and_datascale_match_etcdctl() {
         );
     }
 }
+
+/// Every directory and file of a member's data is owner-only (0700 / 0600), as etcd makes
+/// them: the store is every key, secrets among them. Checked on etcd too, then on a fresh
+/// Ballast member, one restored by ballastctl, and its scheduled backups.
+#[test]
+fn data_directories_and_files_are_owner_only_as_etcds() {
+    use std::os::unix::fs::PermissionsExt;
+    fn modes(dir: &Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        out.push((dir.to_path_buf(), mode));
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                modes(&p, out);
+            } else {
+                let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                out.push((p, m));
+            }
+        }
+    }
+    // At least the directory, `member`, `snap`, `wal`, the store and a WAL file.
+    let check = |what: &str, dir: &Path, at_least: usize| {
+        let mut all = Vec::new();
+        modes(dir, &mut all);
+        assert!(all.len() >= at_least, "{what}: {all:?}");
+        for (p, m) in all {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(m, want, "{what}: {} is {m:o}", p.display());
+        }
+    };
+    let etcd = Server::start(Kind::Etcd, &[]);
+    ctl_ok(etcdctl(&etcd.endpoint(), &["put", "k", "v"], None));
+    check("etcd", etcd.data_path(), 6);
+
+    let backups = tempfile::tempdir().unwrap();
+    let backup_dir = backups.path().join("b");
+    let b = Server::start(
+        Kind::Ballast,
+        &[
+            "--backup-dir",
+            backup_dir.to_str().unwrap(),
+            "--backup-interval",
+            "1s",
+        ],
+    );
+    ctl_ok(etcdctl(&b.endpoint(), &["put", "k", "v"], None));
+    check("ballast", b.data_path(), 6);
+    let start = Instant::now();
+    while std::fs::read_dir(&backup_dir).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no backup written"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check("backups", &backup_dir, 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.db");
+    ctl_ok(ballastctl(
+        &b.endpoint(),
+        &["snapshot", "save", file.to_str().unwrap()],
+        None,
+    ));
+    let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
+    check("restored", restored.data_path(), 6);
+}

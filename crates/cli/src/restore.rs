@@ -150,9 +150,11 @@ pub fn restore(a: &RestoreArgs) -> Result<Restored, RestoreError> {
 
 fn build(p: &Plan, a: &RestoreArgs) -> Result<SnapStatus, RestoreError> {
     let snap_dir = layout::snap_dir(&p.data_dir);
-    std::fs::create_dir_all(&snap_dir).map_err(|source| RestoreError::CreateDir {
-        path: snap_dir.display().to_string(),
-        source,
+    ballast_storage::private::create_dir_all(&snap_dir).map_err(|source| {
+        RestoreError::CreateDir {
+            path: snap_dir.display().to_string(),
+            source,
+        }
     })?;
     let db = snap_dir.join(layout::STORE_FILE);
     let mut status = snapfile::restore(&a.snapshot, &db, a.skip_hash_check)?;

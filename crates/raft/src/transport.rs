@@ -472,7 +472,13 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.{SNAPSHOT_EXT}"));
     let tmp = path.with_extension(format!("{SNAPSHOT_EXT}.tmp"));
-    let mut file = tokio::fs::File::create(&tmp).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(ballast_storage::private::FILE_MODE)
+        .open(&tmp)
+        .await?;
     let mut total = 0usize;
     loop {
         let chunk = read_frame(&mut stream, SNAPSHOT_CHUNK).await?;

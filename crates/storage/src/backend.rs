@@ -1353,6 +1353,11 @@ fn upgrade_table(tx: &redb::WriteTransaction, t: Table) -> Result<(), BackendErr
 }
 
 fn create_db(path: &Path) -> Result<Database, BackendError> {
+    // redb creates its file world-readable; made first, it is owner-only.
+    crate::private::touch(path).map_err(|e| BackendError::Open {
+        path: path.to_path_buf(),
+        source: redb::StorageError::from(e).into(),
+    })?;
     Database::builder()
         .set_cache_size(crate::limits::STORE_CACHE_BYTES)
         .create(path)

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod failpoint;
 pub mod limits;
 mod overlay;
+pub mod private;
 pub mod stats;
 pub mod wal;
 

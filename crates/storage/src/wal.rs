@@ -221,7 +221,7 @@ impl Wal {
 
     /// Creates a new, empty log in `dir` (which must not hold one).
     pub fn create(dir: &Path) -> Result<Wal, WalError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::private::create_dir_all(dir).map_err(io_err(dir))?;
         let wal = Self::start_segment(dir, 0)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent).map_err(io_err(parent))?;
@@ -232,7 +232,7 @@ impl Wal {
     fn start_segment(dir: &Path, seq: u64) -> Result<Wal, WalError> {
         let path = dir.join(segment_name(seq));
         let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut f = crate::private::create_file(&tmp).map_err(io_err(&tmp))?;
         let mut buf = Vec::new();
         encode_into(&mut buf, KIND_SEGMENT_HEADER, SEGMENT_MAGIC);
         f.write_all(&buf).map_err(io_err(&tmp))?;

@@ -70,10 +70,10 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
 
 /// Writes one verified backup into `dir`; returns its path.
 pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, BackupError> {
-    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    ballast_storage::private::create_dir_all(dir).map_err(io_at(dir))?;
     let tmp = dir.join(".backup.tmp");
     let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
+        let file = ballast_storage::private::create_file(&tmp).map_err(io_at(&tmp))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         snapfile::write(store, &mut |_| Ok(()), &mut out)?;
         let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;

@@ -325,7 +325,7 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if !(cert.exists() && key.exists()) {
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::File {
+        ballast_storage::private::create_dir_all(dir).map_err(|source| TlsError::File {
             path: dir.display().to_string(),
             source,
         })?;

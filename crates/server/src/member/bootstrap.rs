@@ -35,9 +35,11 @@ pub struct Startup {
 /// (a converted etcd member's `db` and `*.snap`) stay untouched.
 pub fn prepare_snap_dir(data_dir: &Path) -> Result<PathBuf, StartupError> {
     let snap_dir = layout::snap_dir(data_dir);
-    std::fs::create_dir_all(&snap_dir).map_err(|source| StartupError::CreateDir {
-        path: snap_dir.clone(),
-        source,
+    ballast_storage::private::create_dir_all(&snap_dir).map_err(|source| {
+        StartupError::CreateDir {
+            path: snap_dir.clone(),
+            source,
+        }
     })?;
     if let Ok(rd) = std::fs::read_dir(&snap_dir) {
         for e in rd.flatten() {
