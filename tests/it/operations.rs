@@ -1475,3 +1475,24 @@ fn data_directories_and_files_are_owner_only_as_etcds() {
     let restored = crate::cluster::restored_member(Kind::Ballast, &file, &[]);
     check("restored", restored.data_path(), 6);
 }
+
+/// etcdctl 3.7's `endpoint status -w json` shows the same fields for Ballast as for etcd 3.7
+/// (`storageVersion`, `dbSizeQuota`, `downgradeInfo` included).
+#[test]
+fn endpoint_status_has_etcd_37s_fields() {
+    let fields = |kind: Kind| {
+        let s = Server::start(kind, &[]);
+        let out = ctl_ok(run_ctl(
+            etcd37_tool("etcdctl"),
+            &s.endpoint(),
+            &["endpoint", "status", "-w", "json"],
+            None,
+        ));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let status = v[0]["Status"].as_object().cloned().unwrap_or_default();
+        let mut keys: Vec<String> = status.keys().cloned().collect();
+        keys.sort();
+        (keys, status["downgradeInfo"].clone())
+    };
+    assert_eq!(fields(Kind::Ballast), fields(Kind::Etcd37));
+}

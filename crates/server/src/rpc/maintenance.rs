@@ -148,7 +148,8 @@ impl Maintenance for MaintenanceService {
             is_learner: s.is_learner(),
             storage_version: ETCD_API_VERSION.to_string(),
             db_size_quota: s.cfg.quota_backend_bytes as i64,
-            downgrade_info: None,
+            // etcd 3.6+ always reports it; Ballast has no downgrade in progress.
+            downgrade_info: Some(Default::default()),
         }))
     }
 
