@@ -965,7 +965,8 @@ fn metrics_and_health_endpoints() {
     let (code, body) = crate::cluster::http_get(c.members[0].port, "/readyz?verbose").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("[-]linearizable_read failed"), "{body}");
-    assert!(body.ends_with("readyz check failed\n"), "{body}");
+    // Every check's line, then Go's http.Error newline, as etcd words it.
+    assert!(body.ends_with("[+]non_learner ok\n\n"), "{body}");
     let (code, body) = crate::cluster::http_get(c.members[0].port, "/livez?verbose").unwrap();
     assert_eq!(
         (code, body.as_str()),
@@ -1495,4 +1496,115 @@ fn endpoint_status_has_etcd_37s_fields() {
         (keys, status["downgradeInfo"].clone())
     };
     assert_eq!(fields(Kind::Ballast), fields(Kind::Etcd37));
+}
+
+/// A raw HTTP/1.1 request: (status, content type, body).
+fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    // A chunked body (axum's) or a plain one (Go's), read as its text.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    (code, content_type, body)
+}
+
+/// `/health`, `/livez` and `/readyz` answer as etcd 3.7's do: the same checks (`non_learner`
+/// included), `?exclude=` and `?verbose`, each check's own path, `?serializable=true`, an
+/// excluded alarm, etcd's failure text, and 405 for anything but GET. etcd orders the checks
+/// at random, so lines are compared as sets.
+#[test]
+fn health_endpoints_match_etcd_37() {
+    let paths = [
+        "/health",
+        "/health?serializable=true",
+        "/livez",
+        "/livez?verbose",
+        "/readyz",
+        "/readyz?verbose",
+        "/readyz?exclude=data_corruption&verbose",
+        "/readyz?exclude=nonexistent&verbose",
+        "/livez/serializable_read",
+        "/readyz/non_learner?verbose",
+        "/readyz/linearizable_read",
+    ];
+    let observe = |kind: Kind| {
+        let s = Server::start(kind, &[]);
+        let mut out = Vec::new();
+        for path in paths {
+            let (code, ctype, body) = http(s.port, "GET", path);
+            let mut lines: Vec<String> = body.split('\n').map(str::to_string).collect();
+            lines.sort();
+            out.push((path.to_string(), code, ctype, lines));
+        }
+        for path in ["/health", "/readyz", "/livez/serializable_read"] {
+            let (code, _, body) = http(s.port, "POST", path);
+            out.push((format!("POST {path}"), code, String::new(), vec![body]));
+        }
+        // A NOSPACE alarm fails /health unless excluded; the ready checks ignore it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([s.endpoint()], None)
+                .await
+                .unwrap();
+            let id = c.status().await.unwrap().header().unwrap().member_id();
+            let mut o = etcd_client::AlarmOptions::new();
+            o.with_member(id);
+            c.alarm(
+                etcd_client::AlarmAction::Activate,
+                etcd_client::AlarmType::Nospace,
+                Some(o),
+            )
+            .await
+            .unwrap();
+        });
+        for path in ["/health", "/health?exclude=NOSPACE", "/readyz"] {
+            let (code, ctype, body) = http(s.port, "GET", path);
+            out.push((format!("NOSPACE {path}"), code, ctype, vec![body]));
+        }
+        out
+    };
+    let (etcd, ballast) = (observe(Kind::Etcd37), observe(Kind::Ballast));
+    let alarmed = etcd.iter().find(|o| o.0 == "NOSPACE /health").unwrap();
+    assert_eq!(alarmed.1, 503, "the alarm was raised: {alarmed:?}");
+    assert_eq!(etcd.len(), ballast.len());
+    for (e, b) in etcd.iter().zip(&ballast) {
+        assert_eq!(b, e, "Ballast, then etcd 3.7");
+    }
 }

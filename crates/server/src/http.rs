@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use ballast_api::etcdserverpb::AlarmType;
 use serde_json::json;
@@ -14,10 +14,7 @@ use crate::server::EtcdServer;
 use crate::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
 pub fn router(server: Arc<EtcdServer>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
+    health_routes(Router::new())
         .route("/version", get(version))
         .route("/metrics", get(crate::metrics::metrics))
         .with_state(server)
@@ -25,37 +22,102 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
 
 /// What `--listen-metrics-urls` serve: metrics and the health endpoints, nothing else.
 pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
+    health_routes(Router::new())
         .route("/metrics", get(crate::metrics::metrics))
         .with_state(server)
 }
 
-/// etcd's `/livez`/`/readyz` answer: `ok`, or each check's outcome and a 503.
-fn checks(
-    kind: &str,
-    results: Vec<(&str, Result<(), String>)>,
-    verbose: bool,
-) -> (StatusCode, String) {
-    let failed = results.iter().any(|(_, r)| r.is_err());
-    let mut body = String::new();
-    if verbose || failed {
-        for (name, r) in &results {
-            match r {
-                Ok(()) => body.push_str(&format!("[+]{name} ok\n")),
-                Err(e) => body.push_str(&format!("[-]{name} failed: {e}\n")),
-            }
+/// `/health`, `/livez`, `/readyz` and each check's own path (`/readyz/non_learner`), as etcd
+/// 3.7 registers them; anything but GET gets etcd's 405.
+fn health_routes(r: Router<Arc<EtcdServer>>) -> Router<Arc<EtcdServer>> {
+    let mut r = r
+        .route("/health", any(health))
+        .route("/livez", any(livez))
+        .route("/readyz", any(readyz));
+    for name in LIVEZ {
+        r = r.route(
+            &format!("/livez/{name}"),
+            any(move |s, q, m| livez_one(s, q, m, name)),
+        );
+    }
+    for name in READYZ {
+        r = r.route(
+            &format!("/readyz/{name}"),
+            any(move |s, q, m| readyz_one(s, q, m, name)),
+        );
+    }
+    r
+}
+
+/// etcd's checks, in a fixed order (etcd's own order is its map's, different each time).
+const LIVEZ: [&str; 1] = ["serializable_read"];
+const READYZ: [&str; 4] = [
+    "data_corruption",
+    "serializable_read",
+    "linearizable_read",
+    "non_learner",
+];
+
+type Query = axum::extract::RawQuery;
+
+/// The values of a query parameter, as Go's `URL.Query()[name]` reads them.
+fn query_values(q: &Query, name: &str) -> Vec<String> {
+    let Some(q) = q.0.as_deref() else {
+        return Vec::new();
+    };
+    q.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| v.to_string())
+        })
+        .collect()
+}
+
+fn has_param(q: &Query, name: &str) -> bool {
+    q.0.as_deref()
+        .is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some(name)))
+}
+
+/// etcd's answer to anything but GET.
+fn method_not_allowed() -> axum::response::Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [
+            (header::ALLOW, "GET"),
+            (header::CONTENT_TYPE, TEXT),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "Method Not Allowed\n",
+    )
+        .into_response()
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// etcd's `/livez`/`/readyz` answer: `ok` (each check's line first with `?verbose`), or, when
+/// one fails, every check's line and a 503 (Go's `http.Error` adds the last newline).
+fn checks(results: Vec<(&str, Result<(), String>)>, verbose: bool) -> axum::response::Response {
+    let mut lines = String::new();
+    for (name, r) in &results {
+        match r {
+            Ok(()) => lines.push_str(&format!("[+]{name} ok\n")),
+            Err(e) => lines.push_str(&format!("[-]{name} failed: {e}\n")),
         }
     }
-    if failed {
-        body.push_str(&format!("{kind} check failed\n"));
-        (StatusCode::SERVICE_UNAVAILABLE, body)
-    } else {
-        body.push_str("ok\n");
-        (StatusCode::OK, body)
+    let headers = [
+        (header::CONTENT_TYPE, TEXT),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    if results.iter().any(|(_, r)| r.is_err()) {
+        lines.push('\n');
+        return (StatusCode::SERVICE_UNAVAILABLE, headers, lines).into_response();
     }
+    let body = if verbose {
+        lines + "ok\n"
+    } else {
+        "ok\n".into()
+    };
+    (StatusCode::OK, headers, body).into_response()
 }
 
 fn serializable_read(s: &EtcdServer) -> Result<(), String> {
@@ -79,66 +141,132 @@ async fn quick_barrier(s: &EtcdServer) -> Result<(), String> {
 
 const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Alive: the process answers and its store can be read locally.
-async fn livez(State(s): State<Arc<EtcdServer>>, q: axum::extract::RawQuery) -> impl IntoResponse {
-    let verbose = q.0.is_some_and(|q| q.contains("verbose"));
-    checks(
-        "livez",
-        vec![("serializable_read", serializable_read(&s))],
-        verbose,
-    )
-}
-
-/// Ready: no corruption alarm, local reads work, and a linearizable read completes.
-async fn readyz(State(s): State<Arc<EtcdServer>>, q: axum::extract::RawQuery) -> impl IntoResponse {
-    let verbose = q.0.is_some_and(|q| q.contains("verbose"));
-    let corrupt = s
-        .mvcc()
-        .alarms()
-        .iter()
-        .any(|a| a.alarm == AlarmType::Corrupt as i32);
-    let results = vec![
-        (
-            "data_corruption",
+/// One named check, as etcd 3.7 words its failures.
+async fn run_check(s: &EtcdServer, name: &str) -> Result<(), String> {
+    match name {
+        "serializable_read" => serializable_read(s),
+        "linearizable_read" => quick_barrier(s).await,
+        "data_corruption" => {
+            let corrupt = s
+                .mvcc()
+                .alarms()
+                .iter()
+                .any(|a| a.alarm == AlarmType::Corrupt as i32);
             if corrupt {
-                Err("alarm activated: CORRUPT".to_string())
+                Err("alarm activated: CORRUPT".into())
             } else {
                 Ok(())
-            },
-        ),
-        ("serializable_read", serializable_read(&s)),
-        ("linearizable_read", quick_barrier(&s).await),
-    ];
-    checks("readyz", results, verbose)
+            }
+        }
+        "non_learner" if s.is_learner() => Err("not supported for learner".into()),
+        _ => Ok(()),
+    }
 }
 
-async fn health(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
-    let alarm = s.mvcc().alarms().first().map(|a| {
-        let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
-        format!("ALARM {name}")
-    });
-    let (code, healthy, reason) = if let Some(reason) = alarm {
-        (StatusCode::SERVICE_UNAVAILABLE, "false", reason)
-    } else if s.raft_status().leader == 0 {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "false",
-            "RAFT NO LEADER".into(),
-        )
-    } else {
-        match quick_barrier(&s).await {
-            Ok(()) => (StatusCode::OK, "true", String::new()),
-            Err(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "false",
-                "QGET ERROR".into(),
-            ),
+/// The registry's checks less those `?exclude=` names (names it does not have are ignored,
+/// as etcd ignores them).
+async fn run_all(
+    s: &EtcdServer,
+    names: &[&'static str],
+    q: &Query,
+) -> Vec<(&'static str, Result<(), String>)> {
+    let excluded = query_values(q, "exclude");
+    let mut out = Vec::new();
+    for name in names {
+        if !excluded.iter().any(|e| e == name) {
+            out.push((*name, run_check(s, name).await));
         }
-    };
-    (
-        code,
-        axum::Json(json!({"health": healthy, "reason": reason})),
+    }
+    out
+}
+
+/// Alive: the process answers and its store can be read locally.
+async fn livez(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::response::Response {
+    if m != Method::GET {
+        return method_not_allowed();
+    }
+    checks(run_all(&s, &LIVEZ, &q).await, has_param(&q, "verbose"))
+}
+
+/// Ready: no corruption alarm, local and linearizable reads work, not a learner.
+async fn readyz(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::response::Response {
+    if m != Method::GET {
+        return method_not_allowed();
+    }
+    checks(run_all(&s, &READYZ, &q).await, has_param(&q, "verbose"))
+}
+
+async fn livez_one(
+    State(s): State<Arc<EtcdServer>>,
+    q: Query,
+    m: Method,
+    name: &'static str,
+) -> axum::response::Response {
+    one(&s, &q, &m, name).await
+}
+
+async fn readyz_one(
+    State(s): State<Arc<EtcdServer>>,
+    q: Query,
+    m: Method,
+    name: &'static str,
+) -> axum::response::Response {
+    one(&s, &q, &m, name).await
+}
+
+async fn one(s: &EtcdServer, q: &Query, m: &Method, name: &str) -> axum::response::Response {
+    if *m != Method::GET {
+        return method_not_allowed();
+    }
+    checks(
+        vec![(name, run_check(s, name).await)],
+        has_param(q, "verbose"),
     )
+}
+
+/// etcd's `/health`: alarms first (`?exclude=NOSPACE` ignores one), then a leader (skipped
+/// with `?serializable=true`), then a read (local with `?serializable=true`).
+async fn health(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::response::Response {
+    if m != Method::GET {
+        return method_not_allowed();
+    }
+    let excluded = query_values(&q, "exclude");
+    let serializable = query_values(&q, "serializable").first().map(String::as_str) == Some("true");
+    let alarm = s.mvcc().alarms().iter().find_map(|a| {
+        let name = AlarmType::try_from(a.alarm).map_or("UNKNOWN", |t| t.as_str_name());
+        (!excluded.iter().any(|e| e == name)).then(|| match a.alarm {
+            x if x == AlarmType::Nospace as i32 => "ALARM NOSPACE".to_string(),
+            x if x == AlarmType::Corrupt as i32 => "ALARM CORRUPT".to_string(),
+            _ => "ALARM UNKNOWN".to_string(),
+        })
+    });
+    let failure = if let Some(reason) = alarm {
+        Some(reason)
+    } else if !serializable && s.raft_status().leader == 0 {
+        Some("RAFT NO LEADER".to_string())
+    } else {
+        let read = if serializable {
+            serializable_read(&s)
+        } else {
+            quick_barrier(&s).await
+        };
+        read.err().map(|e| format!("RANGE ERROR:{e}"))
+    };
+    let body = json!({"health": if failure.is_some() { "false" } else { "true" }, "reason": failure.clone().unwrap_or_default()})
+        .to_string();
+    match failure {
+        // Go's http.Error: text, nosniff, and a newline after the JSON.
+        Some(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::CONTENT_TYPE, TEXT),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            body + "\n",
+        )
+            .into_response(),
+        None => (StatusCode::OK, [(header::CONTENT_TYPE, TEXT)], body).into_response(),
+    }
 }
 
 async fn version() -> impl IntoResponse {
