@@ -66,3 +66,40 @@ fn bad_flags_and_values_exit_1_before_touching_disk() {
         assert!(!wrote, "{args:?} created the data dir");
     }
 }
+
+/// A config file written for etcd (its sample's layout: `*-transport-security` sections,
+/// empty values, keys for features Ballast does not have) starts a member that serves, and
+/// the log names each key that has no effect.
+#[test]
+fn an_etcd_config_file_starts_ballast() {
+    let mut m = crate::cluster::Server::unstarted(crate::cluster::Kind::Ballast, &[]);
+    let peer = crate::cluster::free_port();
+    let path = m.data_dir.with_extension("yml");
+    let url = format!("http://127.0.0.1:{}", m.port);
+    std::fs::write(
+        &path,
+        format!(
+            "name: 'default'\ndata-dir: {}\nwal-dir:\nsnapshot-count: 10000\n\
+             listen-peer-urls: http://127.0.0.1:{peer}\nlisten-client-urls: {url}\n\
+             advertise-client-urls: {url}\ninitial-advertise-peer-urls: http://127.0.0.1:2380\n\
+             initial-cluster: default=http://127.0.0.1:2380\nmax-snapshots: 5\nmax-wals: 5\n\
+             cors:\nstrict-reconfig-check: false\nenable-v2: true\nproxy: 'off'\n\
+             client-transport-security:\n  cert-file:\n  key-file:\n  client-cert-auth: false\n\
+             peer-transport-security:\n  cert-file:\n  auto-tls: false\n\
+             log-level: info\nlogger: zap\nlog-outputs: [stderr]\n",
+            m.data_dir.display()
+        ),
+    )
+    .unwrap();
+    m.args = vec!["--config-file".into(), path.display().to_string()];
+    m.spawn();
+    let out = crate::cluster::etcdctl(&m.endpoint(), &["put", "k", "v"], None);
+    assert_eq!(out.2, 0, "{out:?}");
+    let log = m.log();
+    for key in ["max-snapshots", "strict-reconfig-check", "proxy"] {
+        assert!(
+            log.contains(&format!(r#"config key \"{key}\" has no effect in Ballast"#)),
+            "{key}: {log}"
+        );
+    }
+}

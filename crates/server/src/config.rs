@@ -304,11 +304,153 @@ pub struct Flags {
     pub log_outputs: String,
     #[arg(long = "config-file", env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<String>,
+    /// What the config file held that Ballast does not use, for the log.
+    #[arg(skip)]
+    pub file_warnings: Vec<String>,
 }
 
-/// etcd's YAML config file keys (a subset grows with the features).
+/// Every top-level key etcd 3.4 to 3.7 reads from a config file (from their `embed.Config`
+/// and 3.4's flags). A key here that Ballast does not read is accepted with a warning; etcd
+/// itself ignores any key it does not know, so an unknown one is only warned about too.
+const ETCD_FILE_KEYS: &[&str] = &[
+    "-",
+    "advertise-client-urls",
+    "auth-token",
+    "auth-token-ttl",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "backend-batch-interval",
+    "backend-batch-limit",
+    "backend-bbolt-freelist-type",
+    "bcrypt-cost",
+    "bootstrap-defrag-threshold-megabytes",
+    "cipher-suites",
+    "client-transport-security",
+    "compact-hash-check-time",
+    "compaction-batch-limit",
+    "compaction-sleep-interval",
+    "corrupt-check-time",
+    "cors",
+    "data-dir",
+    "debug",
+    "discovery",
+    "discovery-config",
+    "discovery-fallback",
+    "discovery-proxy",
+    "discovery-srv",
+    "discovery-srv-name",
+    "distributed-tracing-address",
+    "distributed-tracing-instance-id",
+    "distributed-tracing-sampling-rate",
+    "distributed-tracing-service-name",
+    "downgrade-check-time",
+    "election-timeout",
+    "enable-distributed-tracing",
+    "enable-grpc-gateway",
+    "enable-log-rotation",
+    "enable-pprof",
+    "enable-v2",
+    "experimental-backend-bbolt-freelist-type",
+    "experimental-bootstrap-defrag-threshold-megabytes",
+    "experimental-compact-hash-check-enabled",
+    "experimental-compact-hash-check-time",
+    "experimental-compaction-batch-limit",
+    "experimental-compaction-sleep-interval",
+    "experimental-corrupt-check-time",
+    "experimental-distributed-tracing-address",
+    "experimental-distributed-tracing-instance-id",
+    "experimental-distributed-tracing-sampling-rate",
+    "experimental-distributed-tracing-service-name",
+    "experimental-downgrade-check-time",
+    "experimental-enable-distributed-tracing",
+    "experimental-enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint-persist",
+    "experimental-enable-v2v3",
+    "experimental-initial-corrupt-check",
+    "experimental-memory-mlock",
+    "experimental-peer-skip-client-san-verification",
+    "experimental-snapshot-catch-up-entries",
+    "experimental-stop-grpc-service-on-defrag",
+    "experimental-txn-mode-write-with-shared-buffer",
+    "experimental-warning-apply-duration",
+    "experimental-warning-unary-request-duration",
+    "experimental-watch-progress-notify-interval",
+    "feature-gates",
+    "force-new-cluster",
+    "grpc-additional-server-options",
+    "grpc-keepalive-interval",
+    "grpc-keepalive-min-time",
+    "grpc-keepalive-timeout",
+    "heartbeat-interval",
+    "host-whitelist",
+    "initial-advertise-peer-urls",
+    "initial-cluster",
+    "initial-cluster-state",
+    "initial-cluster-token",
+    "initial-election-tick-advance",
+    "listen-client-http-urls",
+    "listen-client-urls",
+    "listen-metrics-urls",
+    "listen-peer-urls",
+    "log-format",
+    "log-level",
+    "log-output",
+    "log-outputs",
+    "log-package-levels",
+    "log-rotation-config-json",
+    "logger",
+    "max-concurrent-streams",
+    "max-learners",
+    "max-request-bytes",
+    "max-snapshots",
+    "max-txn-ops",
+    "max-wals",
+    "memory-mlock",
+    "metrics",
+    "name",
+    "peer-transport-security",
+    "pre-vote",
+    "proxy",
+    "proxy-dial-timeout",
+    "proxy-failure-wait",
+    "proxy-read-timeout",
+    "proxy-refresh-interval",
+    "proxy-write-timeout",
+    "quota-backend-bytes",
+    "self-signed-cert-validity",
+    "snapshot-catchup-entries",
+    "snapshot-count",
+    "socket-options",
+    "strict-reconfig-check",
+    "tls-max-version",
+    "tls-min-version",
+    "unsafe-no-fsync",
+    "v2-deprecation",
+    "wal-dir",
+    "warning-apply-duration",
+    "warning-unary-request-duration",
+    "watch-progress-notify-interval",
+];
+
+/// etcd's `client-transport-security` / `peer-transport-security` sections.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
+struct SecurityConfig {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_cert_auth: Option<bool>,
+    trusted_ca_file: Option<String>,
+    auto_tls: Option<bool>,
+    /// A name (etcd 3.4) or a list of names (3.5+); Ballast checks one.
+    allowed_cn: Option<serde_yaml::Value>,
+    crl_file: Option<String>,
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde_yaml::Value>,
+}
+
+/// etcd's YAML config file: the keys Ballast reads; the rest are collected in `other`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 struct FileConfig {
     name: Option<String>,
     data_dir: Option<String>,
@@ -360,6 +502,47 @@ struct FileConfig {
     log_level: Option<String>,
     logger: Option<String>,
     log_outputs: Option<Vec<String>>,
+    client_transport_security: Option<SecurityConfig>,
+    peer_transport_security: Option<SecurityConfig>,
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde_yaml::Value>,
+}
+
+/// What a config file held that Ballast does not use, as warnings for the log.
+fn unused_keys(c: &FileConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in &c.other {
+        if v.is_null() {
+            continue;
+        }
+        out.push(if ETCD_FILE_KEYS.contains(&k.as_str()) {
+            format!("config key {k:?} has no effect in Ballast; ignored")
+        } else {
+            format!("unknown config key {k:?}; ignored, as etcd ignores it")
+        });
+    }
+    for (section, s) in [
+        ("client-transport-security", &c.client_transport_security),
+        ("peer-transport-security", &c.peer_transport_security),
+    ] {
+        for (k, v) in s.iter().flat_map(|s| &s.other) {
+            if !v.is_null() {
+                out.push(format!(
+                    "config key {section}.{k} has no effect in Ballast; ignored"
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The first name of an `allowed-cn` value (a string, or a list of them).
+fn first_name(v: &Option<serde_yaml::Value>) -> Option<String> {
+    match v.as_ref()? {
+        serde_yaml::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_yaml::Value::Sequence(l) => l.iter().find_map(|x| x.as_str().map(str::to_string)),
+        _ => None,
+    }
 }
 
 /// One `--log-outputs` destination.
@@ -432,6 +615,8 @@ pub struct Config {
     /// Simple tokens expire this long after their last use.
     pub auth_token_ttl: Duration,
     pub bcrypt_cost: u32,
+    /// Config file keys accepted but not used, logged once the logger is up.
+    pub warnings: Vec<String>,
 }
 
 /// `--auth-token`, parsed as etcd parses it (the key files are read at start).
@@ -854,6 +1039,15 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         path: path.to_string(),
         reason: e.to_string(),
     })?;
+    let mut file_warnings = unused_keys(&c);
+    let cs = c.client_transport_security.unwrap_or_default();
+    let ps = c.peer_transport_security.unwrap_or_default();
+    if first_name(&cs.allowed_cn).is_some() {
+        file_warnings.push(
+            "config key client-transport-security.allowed-cn has no effect in Ballast; ignored"
+                .into(),
+        );
+    }
     // As in etcd, a config file replaces flags and environment entirely.
     let d = Flags::parse_from(["ballast"]);
     *f = Flags {
@@ -882,19 +1076,40 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
         auto_compaction_mode: c.auto_compaction_mode.unwrap_or(d.auto_compaction_mode),
         backup_dir: c.backup_dir.unwrap_or(d.backup_dir),
-        cert_file: c.cert_file.unwrap_or(d.cert_file),
-        peer_cert_file: c.peer_cert_file.unwrap_or(d.peer_cert_file),
-        peer_key_file: c.peer_key_file.unwrap_or(d.peer_key_file),
-        peer_trusted_ca_file: c.peer_trusted_ca_file.unwrap_or(d.peer_trusted_ca_file),
-        peer_client_cert_auth: c.peer_client_cert_auth.unwrap_or(d.peer_client_cert_auth),
-        peer_auto_tls: c.peer_auto_tls.unwrap_or(d.peer_auto_tls),
-        peer_crl_file: c.peer_crl_file.unwrap_or(d.peer_crl_file),
-        peer_cert_allowed_cn: c.peer_cert_allowed_cn.unwrap_or(d.peer_cert_allowed_cn),
-        key_file: c.key_file.unwrap_or(d.key_file),
-        trusted_ca_file: c.trusted_ca_file.unwrap_or(d.trusted_ca_file),
-        client_cert_auth: c.client_cert_auth.unwrap_or(d.client_cert_auth),
-        auto_tls: c.auto_tls.unwrap_or(d.auto_tls),
-        client_crl_file: c.client_crl_file.unwrap_or(d.client_crl_file),
+        // etcd's sections first; the flat names are Ballast's own earlier spelling.
+        cert_file: cs.cert_file.or(c.cert_file).unwrap_or(d.cert_file),
+        peer_cert_file: ps
+            .cert_file
+            .or(c.peer_cert_file)
+            .unwrap_or(d.peer_cert_file),
+        peer_key_file: ps.key_file.or(c.peer_key_file).unwrap_or(d.peer_key_file),
+        peer_trusted_ca_file: ps
+            .trusted_ca_file
+            .or(c.peer_trusted_ca_file)
+            .unwrap_or(d.peer_trusted_ca_file),
+        peer_client_cert_auth: ps
+            .client_cert_auth
+            .or(c.peer_client_cert_auth)
+            .unwrap_or(d.peer_client_cert_auth),
+        peer_auto_tls: ps.auto_tls.or(c.peer_auto_tls).unwrap_or(d.peer_auto_tls),
+        peer_crl_file: ps.crl_file.or(c.peer_crl_file).unwrap_or(d.peer_crl_file),
+        peer_cert_allowed_cn: first_name(&ps.allowed_cn)
+            .or(c.peer_cert_allowed_cn)
+            .unwrap_or(d.peer_cert_allowed_cn),
+        key_file: cs.key_file.or(c.key_file).unwrap_or(d.key_file),
+        trusted_ca_file: cs
+            .trusted_ca_file
+            .or(c.trusted_ca_file)
+            .unwrap_or(d.trusted_ca_file),
+        client_cert_auth: cs
+            .client_cert_auth
+            .or(c.client_cert_auth)
+            .unwrap_or(d.client_cert_auth),
+        auto_tls: cs.auto_tls.or(c.auto_tls).unwrap_or(d.auto_tls),
+        client_crl_file: cs
+            .crl_file
+            .or(c.client_crl_file)
+            .unwrap_or(d.client_crl_file),
         cipher_suites: c
             .cipher_suites
             .map(|v| v.join(","))
@@ -925,6 +1140,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         logger: c.logger.unwrap_or(d.logger),
         log_outputs: c.log_outputs.map(|v| v.join(",")).unwrap_or(d.log_outputs),
         config_file: Some(path.to_string()),
+        file_warnings,
     };
     Ok(())
 }
@@ -1035,6 +1251,7 @@ impl Config {
                 4..=31 => f.bcrypt_cost,
                 c => return Err(invalid("--bcrypt-cost", &c.to_string(), "must be 4 to 31")),
             },
+            warnings: f.file_warnings.clone(),
         })
     }
 
@@ -1115,7 +1332,101 @@ mod tests {
         let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
         assert_eq!((c.name.as_str(), c.max_txn_ops), ("m1", 7));
         assert_eq!(c.max_concurrent_streams, 300);
+        // etcd ignores a key it does not know; Ballast warns about it.
         std::fs::write(&p, "nme: typo\n").unwrap();
-        assert!(parse(&["--config-file", p.to_str().unwrap()]).is_err());
+        let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![r#"unknown config key "nme"; ignored, as etcd ignores it"#.to_string()]
+        );
+    }
+
+    /// A config file laid out as etcd's sample is: every key etcd 3.4 knows, TLS in the
+    /// `*-transport-security` sections, empty values left out. It starts Ballast, the TLS
+    /// settings apply, and what Ballast does not use is named in warnings.
+    #[test]
+    fn an_etcd_style_config_file_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("etcd.conf.yml");
+        let yaml = r#"name: 'default'
+data-dir:
+wal-dir:
+snapshot-count: 10000
+heartbeat-interval: 100
+election-timeout: 1000
+quota-backend-bytes: 0
+listen-peer-urls: https://localhost:2380
+listen-client-urls: https://localhost:2379
+max-snapshots: 5
+max-wals: 5
+cors:
+initial-advertise-peer-urls: https://localhost:2380
+advertise-client-urls: https://localhost:2379
+discovery:
+discovery-fallback: 'proxy'
+discovery-proxy:
+discovery-srv:
+initial-cluster: default=https://localhost:2380
+initial-cluster-token: 'etcd-cluster'
+initial-cluster-state: 'new'
+strict-reconfig-check: false
+enable-v2: true
+enable-pprof: true
+proxy: 'off'
+proxy-failure-wait: 5000
+proxy-refresh-interval: 30000
+proxy-dial-timeout: 1000
+proxy-write-timeout: 5000
+proxy-read-timeout: 0
+client-transport-security:
+  cert-file: /c/server.crt
+  key-file: /c/server.key
+  client-cert-auth: true
+  trusted-ca-file: /c/ca.crt
+  auto-tls: false
+peer-transport-security:
+  cert-file: /c/peer.crt
+  key-file: /c/peer.key
+  client-cert-auth: true
+  trusted-ca-file: /c/ca.crt
+  auto-tls: false
+  allowed-cn: member
+self-signed-cert-validity: 1
+log-level: debug
+logger: zap
+log-outputs: [stderr]
+force-new-cluster: false
+auto-compaction-mode: periodic
+auto-compaction-retention: "1"
+"#;
+        std::fs::write(&p, yaml).unwrap();
+        let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
+        let client = c.client_tls.as_ref().expect("client TLS from the section");
+        assert_eq!(client.cert, PathBuf::from("/c/server.crt"));
+        assert!(client.client_cert_auth);
+        let peer = c.peer_tls.as_ref().expect("peer TLS from the section");
+        assert_eq!(peer.key, PathBuf::from("/c/peer.key"));
+        assert_eq!(c.peer_cert_allowed_cn.as_deref(), Some("member"));
+        assert_eq!(c.snapshot_count, 10000);
+        for key in [
+            "max-snapshots",
+            "enable-v2",
+            "proxy",
+            "strict-reconfig-check",
+        ] {
+            assert!(
+                c.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("{key:?} has no effect"))),
+                "{key}: {:?}",
+                c.warnings
+            );
+        }
+        // Empty values (`cors:`) warn about nothing.
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("cors")),
+            "{:?}",
+            c.warnings
+        );
     }
 }

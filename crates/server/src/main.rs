@@ -66,6 +66,9 @@ fn main() -> ExitCode {
         eprintln!("ballast: {e}");
         return ExitCode::from(1);
     }
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
     // tokio's own variable still decides when set.
