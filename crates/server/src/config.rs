@@ -27,6 +27,312 @@ pub enum ConfigError {
     Flag(#[from] FlagError),
 }
 
+/// etcd 3.4–3.7 server flags Ballast accepts without acting on them, their `ETCD_*` variables,
+/// and whether each takes a value (Go's booleans are `--flag` or `--flag=false`). Given, each
+/// is named in a warning. Refused rather than ignored: `--force-new-cluster` (ignoring it would
+/// start the old membership where the operator asked for a new one) and restrictions Ballast
+/// does not enforce (`--*-cert-allowed-hostname`, `--host-whitelist`, `--cors` other than `*`).
+const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
+    (
+        "backend-batch-interval",
+        "ETCD_BACKEND_BATCH_INTERVAL",
+        true,
+    ),
+    ("backend-batch-limit", "ETCD_BACKEND_BATCH_LIMIT", true),
+    (
+        "backend-bbolt-freelist-type",
+        "ETCD_BACKEND_BBOLT_FREELIST_TYPE",
+        true,
+    ),
+    (
+        "bootstrap-defrag-threshold-megabytes",
+        "ETCD_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES",
+        true,
+    ),
+    (
+        "client-cert-allowed-hostname",
+        "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME",
+        true,
+    ),
+    ("client-cert-file", "ETCD_CLIENT_CERT_FILE", true),
+    ("client-key-file", "ETCD_CLIENT_KEY_FILE", true),
+    (
+        "compact-hash-check-time",
+        "ETCD_COMPACT_HASH_CHECK_TIME",
+        true,
+    ),
+    (
+        "compaction-batch-limit",
+        "ETCD_COMPACTION_BATCH_LIMIT",
+        true,
+    ),
+    (
+        "compaction-sleep-interval",
+        "ETCD_COMPACTION_SLEEP_INTERVAL",
+        true,
+    ),
+    ("cors", "ETCD_CORS", true),
+    ("debug", "ETCD_DEBUG", false),
+    ("discovery", "ETCD_DISCOVERY", true),
+    ("discovery-cacert", "ETCD_DISCOVERY_CACERT", true),
+    ("discovery-cert", "ETCD_DISCOVERY_CERT", true),
+    (
+        "discovery-dial-timeout",
+        "ETCD_DISCOVERY_DIAL_TIMEOUT",
+        true,
+    ),
+    ("discovery-endpoints", "ETCD_DISCOVERY_ENDPOINTS", true),
+    ("discovery-fallback", "ETCD_DISCOVERY_FALLBACK", true),
+    (
+        "discovery-insecure-skip-tls-verify",
+        "ETCD_DISCOVERY_INSECURE_SKIP_TLS_VERIFY",
+        false,
+    ),
+    (
+        "discovery-insecure-transport",
+        "ETCD_DISCOVERY_INSECURE_TRANSPORT",
+        false,
+    ),
+    (
+        "discovery-keepalive-time",
+        "ETCD_DISCOVERY_KEEPALIVE_TIME",
+        true,
+    ),
+    (
+        "discovery-keepalive-timeout",
+        "ETCD_DISCOVERY_KEEPALIVE_TIMEOUT",
+        true,
+    ),
+    ("discovery-key", "ETCD_DISCOVERY_KEY", true),
+    ("discovery-password", "ETCD_DISCOVERY_PASSWORD", true),
+    ("discovery-proxy", "ETCD_DISCOVERY_PROXY", true),
+    (
+        "discovery-request-timeout",
+        "ETCD_DISCOVERY_REQUEST_TIMEOUT",
+        true,
+    ),
+    ("discovery-srv", "ETCD_DISCOVERY_SRV", true),
+    ("discovery-srv-name", "ETCD_DISCOVERY_SRV_NAME", true),
+    ("discovery-token", "ETCD_DISCOVERY_TOKEN", true),
+    ("discovery-user", "ETCD_DISCOVERY_USER", true),
+    (
+        "distributed-tracing-address",
+        "ETCD_DISTRIBUTED_TRACING_ADDRESS",
+        true,
+    ),
+    (
+        "distributed-tracing-instance-id",
+        "ETCD_DISTRIBUTED_TRACING_INSTANCE_ID",
+        true,
+    ),
+    (
+        "distributed-tracing-sampling-rate",
+        "ETCD_DISTRIBUTED_TRACING_SAMPLING_RATE",
+        true,
+    ),
+    (
+        "distributed-tracing-service-name",
+        "ETCD_DISTRIBUTED_TRACING_SERVICE_NAME",
+        true,
+    ),
+    ("downgrade-check-time", "ETCD_DOWNGRADE_CHECK_TIME", true),
+    (
+        "enable-distributed-tracing",
+        "ETCD_ENABLE_DISTRIBUTED_TRACING",
+        false,
+    ),
+    ("enable-grpc-gateway", "ETCD_ENABLE_GRPC_GATEWAY", false),
+    ("enable-log-rotation", "ETCD_ENABLE_LOG_ROTATION", false),
+    ("enable-pprof", "ETCD_ENABLE_PPROF", false),
+    ("enable-v2", "ETCD_ENABLE_V2", false),
+    (
+        "experimental-backend-bbolt-freelist-type",
+        "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE",
+        true,
+    ),
+    (
+        "experimental-compaction-batch-limit",
+        "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT",
+        true,
+    ),
+    (
+        "experimental-enable-lease-checkpoint",
+        "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT",
+        false,
+    ),
+    (
+        "experimental-enable-v2v3",
+        "ETCD_EXPERIMENTAL_ENABLE_V2V3",
+        true,
+    ),
+    (
+        "experimental-peer-skip-client-san-verification",
+        "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+        false,
+    ),
+    (
+        "experimental-warning-apply-duration",
+        "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
+        true,
+    ),
+    ("feature-gates", "ETCD_FEATURE_GATES", true),
+    ("force-new-cluster", "ETCD_FORCE_NEW_CLUSTER", false),
+    (
+        "grpc-keepalive-interval",
+        "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        true,
+    ),
+    (
+        "grpc-keepalive-min-time",
+        "ETCD_GRPC_KEEPALIVE_MIN_TIME",
+        true,
+    ),
+    (
+        "grpc-keepalive-timeout",
+        "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        true,
+    ),
+    ("host-whitelist", "ETCD_HOST_WHITELIST", true),
+    (
+        "initial-election-tick-advance",
+        "ETCD_INITIAL_ELECTION_TICK_ADVANCE",
+        false,
+    ),
+    (
+        "listen-client-http-urls",
+        "ETCD_LISTEN_CLIENT_HTTP_URLS",
+        true,
+    ),
+    ("log-format", "ETCD_LOG_FORMAT", true),
+    ("log-package-levels", "ETCD_LOG_PACKAGE_LEVELS", true),
+    (
+        "log-rotation-config-json",
+        "ETCD_LOG_ROTATION_CONFIG_JSON",
+        true,
+    ),
+    ("max-learners", "ETCD_MAX_LEARNERS", true),
+    ("max-snapshots", "ETCD_MAX_SNAPSHOTS", true),
+    ("max-wals", "ETCD_MAX_WALS", true),
+    ("memory-mlock", "ETCD_MEMORY_MLOCK", false),
+    ("metrics", "ETCD_METRICS", true),
+    (
+        "peer-cert-allowed-hostname",
+        "ETCD_PEER_CERT_ALLOWED_HOSTNAME",
+        true,
+    ),
+    ("peer-client-cert-file", "ETCD_PEER_CLIENT_CERT_FILE", true),
+    ("peer-client-key-file", "ETCD_PEER_CLIENT_KEY_FILE", true),
+    (
+        "peer-skip-client-san-verification",
+        "ETCD_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+        false,
+    ),
+    ("pre-vote", "ETCD_PRE_VOTE", false),
+    ("proxy", "ETCD_PROXY", true),
+    ("proxy-dial-timeout", "ETCD_PROXY_DIAL_TIMEOUT", true),
+    ("proxy-failure-wait", "ETCD_PROXY_FAILURE_WAIT", true),
+    ("proxy-read-timeout", "ETCD_PROXY_READ_TIMEOUT", true),
+    (
+        "proxy-refresh-interval",
+        "ETCD_PROXY_REFRESH_INTERVAL",
+        true,
+    ),
+    ("proxy-write-timeout", "ETCD_PROXY_WRITE_TIMEOUT", true),
+    ("raft-read-timeout", "ETCD_RAFT_READ_TIMEOUT", true),
+    ("raft-write-timeout", "ETCD_RAFT_WRITE_TIMEOUT", true),
+    (
+        "self-signed-cert-validity",
+        "ETCD_SELF_SIGNED_CERT_VALIDITY",
+        true,
+    ),
+    ("socket-reuse-address", "ETCD_SOCKET_REUSE_ADDRESS", false),
+    ("socket-reuse-port", "ETCD_SOCKET_REUSE_PORT", false),
+    ("strict-reconfig-check", "ETCD_STRICT_RECONFIG_CHECK", false),
+    ("unsafe-no-fsync", "ETCD_UNSAFE_NO_FSYNC", false),
+    ("v2-deprecation", "ETCD_V2_DEPRECATION", true),
+    (
+        "warning-apply-duration",
+        "ETCD_WARNING_APPLY_DURATION",
+        true,
+    ),
+    (
+        "warning-unary-request-duration",
+        "ETCD_WARNING_UNARY_REQUEST_DURATION",
+        true,
+    ),
+];
+
+/// `IGNORED_FLAGS` as arguments of the parser, each with its `ETCD_*` variable.
+fn with_ignored_flags(mut cmd: clap::Command) -> clap::Command {
+    for (name, env, takes_value) in IGNORED_FLAGS {
+        let mut arg = clap::Arg::new(*name)
+            .long(*name)
+            .env(*env)
+            .help("Accepted for etcd compatibility; no effect in Ballast");
+        if !takes_value {
+            arg = arg
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true");
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// Warnings for the ignored flags that were given; an error for a forced new cluster.
+fn ignored_given(m: &clap::ArgMatches) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, _, _) in IGNORED_FLAGS {
+        let given = matches!(
+            m.value_source(name),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        if !given {
+            continue;
+        }
+        let value = m.get_one::<String>(name).cloned().unwrap_or_default();
+        // Restrictions Ballast does not enforce are refused: ignoring one would let in what
+        // the operator meant to keep out.
+        let any = value.is_empty() || value == "*";
+        let restriction = match *name {
+            "peer-cert-allowed-hostname" if !value.is_empty() => {
+                Some("--peer-cert-allowed-hostname")
+            }
+            "client-cert-allowed-hostname" if !value.is_empty() => {
+                Some("--client-cert-allowed-hostname")
+            }
+            "host-whitelist" if !any => Some("--host-whitelist"),
+            "cors" if !any => Some("--cors"),
+            _ => None,
+        };
+        if let Some(flag) = restriction {
+            return Err(invalid(
+                flag,
+                &value,
+                "not enforced by Ballast yet, so not accepted",
+            ));
+        }
+        match (*name, value.as_str()) {
+            ("force-new-cluster", "true") => {
+                return Err(invalid(
+                    "--force-new-cluster",
+                    &value,
+                    "not supported by Ballast: restore a snapshot into a new cluster instead",
+                ))
+            }
+            ("pre-vote", "false") => {
+                out.push("flag --pre-vote=false has no effect: Ballast always uses pre-vote".into())
+            }
+            ("unsafe-no-fsync", "true") => {
+                out.push("flag --unsafe-no-fsync has no effect: Ballast always fsyncs".into())
+            }
+            _ => out.push(format!("flag --{name} has no effect in Ballast; ignored")),
+        }
+    }
+    Ok(out)
+}
+
 /// etcd's server flags, with `ETCD_*` environment fallbacks.
 #[derive(Debug, Parser)]
 #[command(
@@ -105,6 +411,7 @@ pub struct Flags {
     pub snapshot_count: u64,
     #[arg(
         long = "experimental-snapshot-catchup-entries",
+        alias = "snapshot-catchup-entries",
         env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
         default_value_t = 5000
     )]
@@ -129,6 +436,7 @@ pub struct Flags {
     pub election_timeout: u64,
     #[arg(
         long = "experimental-watch-progress-notify-interval",
+        alias = "watch-progress-notify-interval",
         env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
         default_value = "10m"
     )]
@@ -165,6 +473,7 @@ pub struct Flags {
     /// How often the leader compares histories; 0 turns it off.
     #[arg(
         long = "experimental-corrupt-check-time",
+        alias = "corrupt-check-time",
         env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
         default_value = "5m"
     )]
@@ -1161,7 +1470,8 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 
 impl Config {
     pub fn from_args(args: Vec<String>) -> Result<Config, ConfigError> {
-        let mut f = Flags::try_parse_from(normalize_args(args)).map_err(|e| {
+        use clap::{CommandFactory, FromArgMatches};
+        let flag_error = |e: clap::Error| {
             if matches!(
                 e.kind(),
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
@@ -1169,9 +1479,17 @@ impl Config {
                 e.exit()
             }
             ConfigError::Flags(e.to_string().trim_end().to_string())
-        })?;
+        };
+        let matches = with_ignored_flags(Flags::command())
+            .try_get_matches_from(normalize_args(args))
+            .map_err(flag_error)?;
+        let mut f = Flags::from_arg_matches(&matches).map_err(flag_error)?;
+        let ignored = ignored_given(&matches)?;
         if let Some(path) = f.config_file.clone() {
+            // A config file replaces every flag, the ignored ones too.
             apply_file(&mut f, &path)?;
+        } else {
+            f.file_warnings = ignored;
         }
         Self::resolve(f)
     }
@@ -1428,5 +1746,60 @@ auto-compaction-retention: "1"
             "{:?}",
             c.warnings
         );
+    }
+
+    /// Every etcd 3.4/3.7 flag Ballast does not act on is accepted, named in a warning, in
+    /// Go's spellings (`--flag`, `--flag=false`, `--flag value`, `-flag`); 3.6's plain names
+    /// reach the flags they renamed; what ignoring would make unsafe is refused.
+    #[test]
+    fn etcds_other_flags_are_accepted_with_a_warning() {
+        let c = parse(&[
+            "--strict-reconfig-check=false",
+            "--enable-pprof",
+            "--max-snapshots",
+            "3",
+            "-max-wals=2",
+            "--pre-vote=false",
+            "--proxy",
+            "off",
+            "--log-format",
+            "console",
+            "--snapshot-catchup-entries",
+            "7",
+            "--cors",
+            "*",
+        ])
+        .unwrap();
+        assert_eq!(c.snapshot_catchup_entries, 7);
+        for flag in [
+            "strict-reconfig-check",
+            "enable-pprof",
+            "max-snapshots",
+            "max-wals",
+        ] {
+            assert!(
+                c.warnings
+                    .contains(&format!("flag --{flag} has no effect in Ballast; ignored")),
+                "{flag}: {:?}",
+                c.warnings
+            );
+        }
+        assert!(c
+            .warnings
+            .iter()
+            .any(|w| w.contains("always uses pre-vote")));
+        assert!(parse(&["--force-new-cluster=false"]).is_ok());
+        for refused in [
+            &["--force-new-cluster"][..],
+            &["--peer-cert-allowed-hostname", "peer.example"],
+            &["--host-whitelist", "example.com"],
+            &["--cors", "http://example.com"],
+        ] {
+            let e = parse(refused).expect_err("refused").to_string();
+            assert!(e.contains(refused[0]), "{e}");
+        }
+        // A boolean takes its value only after `=`, as Go's flag package has it.
+        assert!(parse(&["--enable-pprof", "false"]).is_err());
+        assert!(parse(&["--no-such-flag"]).is_err());
     }
 }
