@@ -654,7 +654,10 @@ fn quota_raises_nospace_and_compaction_defrag_disarm_recover() {
     fill_to_nospace(&ballast.endpoint());
     let (code, body) = crate::cluster::http_get(ballast.port, "/health").unwrap();
     assert_eq!(code, 503);
-    assert_eq!(body, "{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}\n");
+    assert_eq!(
+        body,
+        "{\"health\":\"false\",\"reason\":\"ALARM NOSPACE\"}\n"
+    );
     // The alarm in the status table's ERRORS cell is wrapped the way etcdctl wraps it.
     let status = ["endpoint", "status", "-w", "table"];
     let by_etcdctl = etcdctl(&ballast.endpoint(), &status, None);
