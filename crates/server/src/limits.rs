@@ -42,3 +42,10 @@ pub const CONNECTION_HELD_BYTES: usize = 64 * 1024;
 /// HTTP/2 header blocks the `:authority` shim decodes; larger ones pass on untouched, for
 /// HTTP/2 to judge.
 pub const AUTHORITY_MAX_HEADER_BLOCK: usize = 1 << 20;
+
+/// Chunks of a range stream queued for its client: the reader stays at most this far ahead,
+/// so a slow client holds a few chunks (each near `--max-request-bytes`), never the range.
+pub const RANGE_STREAM_QUEUE: usize = 2;
+
+/// Keys in a range stream's first chunk, as etcd 3.7 starts (`initialStreamChunkLimit`).
+pub const RANGE_STREAM_FIRST_CHUNK: i64 = 10;

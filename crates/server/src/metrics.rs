@@ -19,6 +19,7 @@ use crate::version::{BALLAST_VERSION, ETCD_API_VERSION};
 /// labels them.
 const METHODS: &[(&str, &str, &str)] = &[
     ("etcdserverpb.KV", "Range", "unary"),
+    ("etcdserverpb.KV", "RangeStream", "server_stream"),
     ("etcdserverpb.KV", "Put", "unary"),
     ("etcdserverpb.KV", "DeleteRange", "unary"),
     ("etcdserverpb.KV", "Txn", "unary"),

@@ -442,6 +442,15 @@ impl EtcdServer {
     }
 
     /// A range as `who`, with the header filled as etcd fills it.
+    /// The store a range stream reads (see [`Reader::range_stream`]).
+    pub async fn range_stream_store(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+    ) -> Result<Arc<Mvcc>, ServerError> {
+        self.reader.range_stream(req, who).await
+    }
+
     pub async fn range(
         &self,
         req: &RangeRequest,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ballast_api::etcdserverpb::{RangeRequest, RangeResponse};
 use ballast_raft::Node;
-use ballast_state::AuthInfo;
+use ballast_state::{AuthInfo, Mvcc};
 use ballast_storage::failpoint;
 use tokio::sync::watch;
 
@@ -68,10 +68,27 @@ impl Reader {
         if !req.serializable {
             self.barrier().await?;
         }
+        Ok(self.readable(req, who)?.range(req)?)
+    }
+
+    /// The store a range stream reads its chunks from: the read barrier and the permission
+    /// check done once, as etcd does them before the first chunk.
+    pub async fn range_stream(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+    ) -> Result<Arc<Mvcc>, ServerError> {
+        if !req.serializable {
+            self.barrier().await?;
+        }
+        self.readable(req, who)
+    }
+
+    fn readable(&self, req: &RangeRequest, who: &AuthInfo) -> Result<Arc<Mvcc>, ServerError> {
         let mvcc = self.store.current();
         if mvcc.auth_enabled() {
             mvcc.with_auth(|a| a.check(who, &req.key, &req.range_end, false))?;
         }
-        Ok(mvcc.range(req)?)
+        Ok(mvcc)
     }
 }

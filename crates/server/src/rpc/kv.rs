@@ -4,14 +4,18 @@ use std::sync::Arc;
 
 use ballast_api::ballast::internal::raft_request::Request;
 use ballast_api::etcdserverpb::kv_server::Kv;
+use ballast_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use ballast_api::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
 };
 use ballast_state::{check, Applied, AuthInfo};
 use tonic::{Request as Req, Response, Status};
 
 use super::{kv_status, status, unexpected};
+use crate::limits::{RANGE_STREAM_FIRST_CHUNK, RANGE_STREAM_QUEUE};
+use crate::member::ServerError;
 use crate::server::EtcdServer;
 
 pub struct KvService {
@@ -30,8 +34,138 @@ impl KvService {
     }
 }
 
+type RangeStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
+
+/// etcd 3.7's next chunk size: double below half the target, halve above twice it, never 0.
+fn next_chunk_limit(last: i64, last_size: usize, target: usize) -> i64 {
+    let next = if last_size < target / 2 {
+        last.saturating_mul(2)
+    } else if last_size > target.saturating_mul(2) {
+        last / 2
+    } else {
+        last
+    };
+    next.max(1)
+}
+
+/// etcd 3.7's RangeStream: chunks at the revision of the first, each a disjoint slice of the
+/// keys; the last one carries the header (revision = that pinned revision), `more` and
+/// `count`. Sends on `tx` until done, an error, or the client leaves.
+fn stream_chunks(
+    mvcc: &ballast_state::Mvcc,
+    mut r: RangeRequest,
+    target: usize,
+    header: &dyn Fn(i64) -> ResponseHeader,
+    tx: &tokio::sync::mpsc::Sender<Result<RangeStreamResponse, Status>>,
+) -> Result<(), Status> {
+    let send = |resp: RangeResponse| {
+        tx.blocking_send(Ok(RangeStreamResponse {
+            range_response: Some(resp),
+        }))
+        .map_err(|_| Status::cancelled("client went away"))
+    };
+    if r.count_only {
+        let resp = mvcc.range(&r).map_err(kv_status)?;
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        return send(RangeResponse {
+            header: Some(header(rev)),
+            count: resp.count,
+            ..Default::default()
+        });
+    }
+    let total = if r.limit > 0 { r.limit } else { i64::MAX };
+    r.limit = RANGE_STREAM_FIRST_CHUNK.min(total);
+    let (mut count, mut pinned) = (0i64, 0i64);
+    loop {
+        let resp = mvcc.range(&r).map_err(kv_status)?;
+        if pinned == 0 {
+            pinned = resp.header.as_ref().map_or(0, |h| h.revision);
+            if r.revision == 0 {
+                r.revision = pinned;
+            }
+        }
+        let size = prost::Message::encoded_len(&resp);
+        count += resp.kvs.len() as i64;
+        let next_key = resp.more.then(|| {
+            let mut k = resp.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+            k.push(0);
+            k
+        });
+        let done = !resp.more || count == total;
+        let mut out = RangeResponse {
+            kvs: resp.kvs,
+            ..Default::default()
+        };
+        if done {
+            out.header = Some(header(pinned));
+            out.more = resp.more;
+            out.count = count;
+            if let Some(from) = &next_key {
+                let rest = RangeRequest {
+                    key: from.clone(),
+                    range_end: r.range_end.clone(),
+                    revision: r.revision,
+                    count_only: true,
+                    ..Default::default()
+                };
+                out.count += mvcc.range(&rest).map_err(kv_status)?.count;
+            }
+        }
+        send(out)?;
+        if done {
+            return Ok(());
+        }
+        r.key = next_key.unwrap_or_default();
+        r.limit = next_chunk_limit(r.limit, size, target).min(total - count);
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
+    async fn range_stream(&self, req: Req<RangeRequest>) -> Result<Response<RangeStream>, Status> {
+        let who = self.server.caller(&req).await.map_err(status)?;
+        let r = req.into_inner();
+        check::range(&r).map_err(kv_status)?;
+        let default_order = r.sort_order == SortOrder::None as i32
+            || (r.sort_target == SortTarget::Key as i32
+                && r.sort_order == SortOrder::Ascend as i32);
+        if !default_order {
+            return Err(status(ServerError::Unimplemented(
+                "RangeStream does not support custom sort orders".into(),
+            )));
+        }
+        if r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0
+        {
+            return Err(status(ServerError::Unimplemented(
+                "RangeStream does not support revision filters".into(),
+            )));
+        }
+        if !r.serializable {
+            self.server.refuse_learner().map_err(status)?;
+        }
+        let mvcc = self
+            .server
+            .range_stream_store(&r, &who)
+            .await
+            .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(RANGE_STREAM_QUEUE);
+        let server = self.server.clone();
+        let target = self.server.cfg.max_request_bytes as usize;
+        tokio::task::spawn_blocking(move || {
+            let header = |rev| server.header(rev);
+            if let Err(e) = stream_chunks(&mvcc, r, target, &header, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn range(&self, req: Req<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let who = self.server.caller(&req).await.map_err(status)?;
         let r = req.into_inner();

@@ -95,7 +95,7 @@ type SnapshotStream =
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// Streams one consistent export of the store in 32 KiB chunks, then its SHA-256 as a last
+    /// Streams one consistent export of the store in `SNAPSHOT_CHUNK` chunks, then its SHA-256 as a last
     /// blob (etcd appends the hash the same way). Writers are never blocked; memory is bounded
     /// by the channel; a client that goes away stops the export.
     async fn snapshot(
