@@ -277,7 +277,7 @@ async fn kv_semantics_and_errors() {
 
     // Status reports the etcd API version and the raft state.
     let st = c.status().await.unwrap();
-    assert_eq!(st.version(), "3.6.0");
+    assert_eq!(st.version(), "3.7.0");
     assert_eq!(st.leader(), st.header().unwrap().member_id());
     assert!(st.raft_index() >= 1);
 }
@@ -292,7 +292,7 @@ async fn http_endpoints_and_the_auth_service() {
     );
     let (_, body) = crate::cluster::http_get(s.port, "/version").unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["etcdserver"], "3.6.0");
+    assert_eq!(v["etcdserver"], "3.7.0");
     assert!(v["ballast"].is_string());
     let mut c = client(&s).await;
     // Every service is implemented: Auth answers with etcd's error for an unknown role.

@@ -576,7 +576,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Role { cmd } => auth::role(cli, p, timeout, cmd).await,
         Cmd::Version => {
             println!("ballastctl version: {}", env!("CARGO_PKG_VERSION"));
-            println!("API version: 3.6");
+            println!("API version: 3.7");
             Ok(())
         }
         Cmd::Get(a) => {

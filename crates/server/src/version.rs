@@ -1,5 +1,6 @@
 //! Versions Ballast reports. Clients gate features on the etcd API version (Kubernetes uses
-//! watch progress requests only from 3.5.13), so report the etcd API Ballast implements.
+//! watch progress requests only from 3.5.13, and RangeStream from 3.7), so report the etcd
+//! API Ballast implements: 3.7's, RangeStream included.
 
-pub const ETCD_API_VERSION: &str = "3.6.0";
+pub const ETCD_API_VERSION: &str = "3.7.0";
 pub const BALLAST_VERSION: &str = env!("CARGO_PKG_VERSION");
