@@ -103,3 +103,60 @@ fn an_etcd_config_file_starts_ballast() {
         );
     }
 }
+
+/// etcd checks `--initial-cluster` against `--initial-advertise-peer-urls` only when a member
+/// bootstraps: restarted with flags that disagree (a member's log says who it is), etcd 3.7
+/// and Ballast both start; on a first start both refuse.
+#[test]
+fn initial_cluster_flags_are_checked_on_the_first_start_only() {
+    use crate::cluster::{etcd37_tool, free_port, http_get, Kind, Server};
+    use std::time::{Duration, Instant};
+    for kind in [Kind::Etcd37, Kind::Ballast] {
+        let mut m = Server::start(kind, &[]);
+        m.terminate();
+        let bin = match kind {
+            Kind::Ballast => ballast_bin(),
+            _ => etcd37_tool("etcd"),
+        };
+        let url = format!("http://127.0.0.1:{}", m.port);
+        let disagreeing = |dir: &std::path::Path| {
+            Command::new(&bin)
+                .arg("--data-dir")
+                .arg(dir)
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", free_port()),
+                ])
+                .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2399"])
+                .args(["--initial-cluster", "default=http://127.0.0.1:2380"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = disagreeing(&m.data_dir);
+        let start = Instant::now();
+        let healthy = loop {
+            if let Some((200, _)) = http_get(m.port, "/health") {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(healthy, "{kind:?} restarts with flags that disagree");
+
+        let fresh = tempfile::tempdir().unwrap();
+        let status = disagreeing(&fresh.path().join("d")).wait().unwrap();
+        assert!(!status.success(), "{kind:?} refuses them on a first start");
+    }
+}

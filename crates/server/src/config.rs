@@ -1189,7 +1189,7 @@ struct Cluster {
     new_cluster: bool,
 }
 
-fn cluster(f: &Flags) -> Result<Cluster, ConfigError> {
+fn cluster(f: &Flags, bootstrapping: bool) -> Result<Cluster, ConfigError> {
     let advertise_peer_urls = split_urls(
         "--initial-advertise-peer-urls",
         &f.initial_advertise_peer_urls,
@@ -1198,7 +1198,9 @@ fn cluster(f: &Flags) -> Result<Cluster, ConfigError> {
         Some(s) => parse_initial_cluster(s)?,
         None => vec![(f.name.clone(), advertise_peer_urls.clone())],
     };
-    check_local_member(&f.name, &initial_cluster, &advertise_peer_urls)?;
+    if bootstrapping {
+        check_local_member(&f.name, &initial_cluster, &advertise_peer_urls)?;
+    }
     let new_cluster = match f.initial_cluster_state.as_str() {
         "new" => true,
         "existing" => false,
@@ -1512,7 +1514,12 @@ impl Config {
             .unwrap_or_else(|| data_dir.join("member").join("wal"));
         let client = client_side(&f)?;
         let peer = peer_side(&f)?;
-        let cluster = cluster(&f)?;
+        // As etcd's VerifyBootstrap: the initial cluster is checked against this member's
+        // peer URLs only when it bootstraps; a member with a log (or an etcd directory to
+        // convert) takes its identity from disk and may be restarted with other flags.
+        let has_member = ballast_raft::Node::log_exists(&wal_dir)
+            || ballast_state::layout::etcd_db_path(&data_dir).exists();
+        let cluster = cluster(&f, !has_member)?;
         check_sizes(&f)?;
         let (watch_progress_interval, lease_checkpoint_interval) = intervals(&f)?;
         let logging = logging(&f)?;
