@@ -1214,6 +1214,27 @@ fn log_outputs_write_json_logs_to_files() {
         s.log().contains("ready to serve client requests"),
         "stderr too"
     );
+    // `--log-format console`: plain text, no terminal colour codes in a file.
+    let text_file = dir.path().join("text.log");
+    let t = Server::start(
+        Kind::Ballast,
+        &[
+            "--log-format",
+            "console",
+            "--log-outputs",
+            text_file.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&text_file).unwrap();
+    let ready = text
+        .lines()
+        .find(|l| l.contains("ready to serve client requests"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        ready.contains(" INFO ") && !ready.contains('\u{1b}'),
+        "{ready:?}"
+    );
+    drop(t);
 }
 
 /// Scheduled backups: the leader writes verified snapshots on schedule, keeps the newest

@@ -49,7 +49,13 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
         .with_writer(writer);
     match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        // Colour codes only for a terminal: log files and journald get plain text.
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            let terminal =
+                cfg.log_outputs == [LogOutput::Stderr] && std::io::stderr().is_terminal();
+            builder.with_ansi(terminal).init()
+        }
     }
     Ok(())
 }
