@@ -803,7 +803,11 @@ async fn disk_fault(setup: &Setup, name: &str, fault: &str) -> Result<Figures, E
     }
     let log = r.cluster.nodes[f[0]].log_tail(20);
     if !log.contains("stopping") && !log.contains("storage failure") {
-        r.problem(format!("no storage failure reported in the log:\n{log}"));
+        // The exit status tells a logged failure that scrolled away from a silent death.
+        let status = r.cluster.nodes[f[0]].exited();
+        r.problem(format!(
+            "no storage failure reported in the log (exit {status:?}):\n{log}"
+        ));
     }
     r.cluster.restart(f[0], "")?;
     r.sleep(1500).await;
