@@ -1633,3 +1633,46 @@ fn health_endpoints_match_etcd_37() {
         assert_eq!(b, e, "Ballast, then etcd 3.7");
     }
 }
+
+/// The health metrics count as etcd 3.7's do: `etcd_server_health_success`/`_failures` per
+/// `/health` answer, and per `/livez`/`/readyz` check `etcd_server_healthcheck` (the last
+/// result) and `etcd_server_healthchecks_total` (by status), each listed once it has run.
+#[test]
+fn health_metrics_count_as_etcd_37s() {
+    let family_lines = |port: u16| -> (Vec<String>, f64) {
+        let body = crate::cluster::http_get(port, "/metrics").unwrap().1;
+        let mut lines: Vec<String> = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("etcd_server_healthcheck") || l.contains(" etcd_server_healthcheck")
+            })
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        let success = body
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd_server_health_success "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0);
+        (lines, success)
+    };
+    let observe = |kind: Kind| {
+        let s = Server::start(kind, &[]);
+        let (_, before) = family_lines(s.port);
+        for path in [
+            "/health",
+            "/health",
+            "/livez",
+            "/readyz?exclude=non_learner",
+            "/readyz/linearizable_read",
+        ] {
+            assert_eq!(crate::cluster::http_get(s.port, path).unwrap().0, 200);
+        }
+        let (lines, after) = family_lines(s.port);
+        (lines, after - before)
+    };
+    let (etcd, ballast) = (observe(Kind::Etcd37), observe(Kind::Ballast));
+    assert_eq!(etcd.1, 2.0, "two /health answers counted by etcd");
+    assert!(!etcd.0.is_empty());
+    assert_eq!(ballast, etcd, "Ballast, then etcd 3.7");
+}

@@ -167,6 +167,7 @@ async fn run_check(s: &EtcdServer, name: &str) -> Result<(), String> {
 /// as etcd ignores them).
 async fn run_all(
     s: &EtcdServer,
+    kind: &str,
     names: &[&'static str],
     q: &Query,
 ) -> Vec<(&'static str, Result<(), String>)> {
@@ -174,10 +175,17 @@ async fn run_all(
     let mut out = Vec::new();
     for name in names {
         if !excluded.iter().any(|e| e == name) {
-            out.push((*name, run_check(s, name).await));
+            out.push((*name, counted_check(s, kind, name).await));
         }
     }
     out
+}
+
+/// A check run and recorded for `/metrics`, as etcd records each.
+async fn counted_check(s: &EtcdServer, kind: &str, name: &str) -> Result<(), String> {
+    let r = run_check(s, name).await;
+    s.counters().check_ran(kind, name, r.is_ok());
+    r
 }
 
 /// Alive: the process answers and its store can be read locally.
@@ -185,7 +193,10 @@ async fn livez(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::r
     if m != Method::GET {
         return method_not_allowed();
     }
-    checks(run_all(&s, &LIVEZ, &q).await, has_param(&q, "verbose"))
+    checks(
+        run_all(&s, "livez", &LIVEZ, &q).await,
+        has_param(&q, "verbose"),
+    )
 }
 
 /// Ready: no corruption alarm, local and linearizable reads work, not a learner.
@@ -193,7 +204,10 @@ async fn readyz(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::
     if m != Method::GET {
         return method_not_allowed();
     }
-    checks(run_all(&s, &READYZ, &q).await, has_param(&q, "verbose"))
+    checks(
+        run_all(&s, "readyz", &READYZ, &q).await,
+        has_param(&q, "verbose"),
+    )
 }
 
 async fn livez_one(
@@ -202,7 +216,7 @@ async fn livez_one(
     m: Method,
     name: &'static str,
 ) -> axum::response::Response {
-    one(&s, &q, &m, name).await
+    one(&s, &q, &m, "livez", name).await
 }
 
 async fn readyz_one(
@@ -211,17 +225,21 @@ async fn readyz_one(
     m: Method,
     name: &'static str,
 ) -> axum::response::Response {
-    one(&s, &q, &m, name).await
+    one(&s, &q, &m, "readyz", name).await
 }
 
-async fn one(s: &EtcdServer, q: &Query, m: &Method, name: &str) -> axum::response::Response {
+async fn one(
+    s: &EtcdServer,
+    q: &Query,
+    m: &Method,
+    kind: &str,
+    name: &str,
+) -> axum::response::Response {
     if *m != Method::GET {
         return method_not_allowed();
     }
-    checks(
-        vec![(name, run_check(s, name).await)],
-        has_param(q, "verbose"),
-    )
+    let r = counted_check(s, kind, name).await;
+    checks(vec![(name, r)], has_param(q, "verbose"))
 }
 
 /// etcd's `/health`: alarms first (`?exclude=NOSPACE` ignores one), then a leader (skipped
@@ -252,6 +270,11 @@ async fn health(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::
         };
         read.err().map(|e| format!("RANGE ERROR:{e}"))
     };
+    let counter = match failure {
+        Some(_) => &s.counters().health_failures,
+        None => &s.counters().health_success,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let body = json!({"health": if failure.is_some() { "false" } else { "true" }, "reason": failure.clone().unwrap_or_default()})
         .to_string();
     match failure {

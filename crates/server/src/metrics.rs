@@ -200,6 +200,7 @@ pub fn render(s: &EtcdServer) -> String {
         "The total number of failed proposals seen.",
         c.proposals_failed.load(Ordering::Relaxed) as f64,
     );
+    health_metrics(&mut o, c);
     o.head(
         "etcd_server_id",
         "gauge",
@@ -350,6 +351,65 @@ pub fn render(s: &EtcdServer) -> String {
 }
 
 /// The standard `process_*` metrics, from /proc as the Prometheus client libraries read them.
+/// etcd's health metrics: `/health` answers, then each `/livez`/`/readyz` check, listed once
+/// it has run (as etcd's labelled families appear once observed).
+fn health_metrics(o: &mut Out, c: &crate::member::counters::ServerCounters) {
+    use crate::member::counters::HEALTH_CHECKS;
+    o.one(
+        "etcd_server_health_success",
+        "counter",
+        "The total number of successful health checks",
+        c.health_success.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "etcd_server_health_failures",
+        "counter",
+        "The total number of failed health checks",
+        c.health_failures.load(Ordering::Relaxed) as f64,
+    );
+    let ran: Vec<_> = HEALTH_CHECKS
+        .iter()
+        .zip(&c.checks)
+        .map(|(l, n)| {
+            let (ok, err) = (
+                n.success.load(Ordering::Relaxed),
+                n.error.load(Ordering::Relaxed),
+            );
+            (l, ok, err, n.last_ok.load(Ordering::Relaxed))
+        })
+        .filter(|(_, ok, err, _)| ok + err > 0)
+        .collect();
+    if ran.is_empty() {
+        return;
+    }
+    o.head(
+        "etcd_server_healthcheck",
+        "gauge",
+        "The result of each kind of healthcheck.",
+    );
+    for ((kind, name), _, _, last) in &ran {
+        let _ = writeln!(
+            o.0,
+            "etcd_server_healthcheck{{name=\"{name}\",type=\"{kind}\"}} {last}"
+        );
+    }
+    o.head(
+        "etcd_server_healthchecks_total",
+        "counter",
+        "The total number of each kind of healthcheck.",
+    );
+    for ((kind, name), ok, err, _) in &ran {
+        for (status, n) in [("error", err), ("success", ok)] {
+            if *n > 0 {
+                let _ = writeln!(
+                    o.0,
+                    "etcd_server_healthchecks_total{{name=\"{name}\",status=\"{status}\",type=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
+}
+
 fn process(o: &mut Out) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which may itself contain spaces.
