@@ -193,6 +193,19 @@ pub struct ImportedEntry {
     pub conf: Option<(ConfKind, u64)>,
 }
 
+/// raft-rs's configuration change for `kind` of `node_id`, carrying `context`.
+fn conf_change(kind: ConfKind, node_id: u64, context: Vec<u8>) -> ConfChange {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(match kind {
+        ConfKind::AddVoter => ConfChangeType::AddNode,
+        ConfKind::AddLearner => ConfChangeType::AddLearnerNode,
+        ConfKind::Remove => ConfChangeType::RemoveNode,
+    });
+    cc.node_id = node_id;
+    cc.context = context.into();
+    cc
+}
+
 /// Membership changes raft itself knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfKind {
@@ -290,14 +303,7 @@ impl Node {
             match e.conf {
                 None => entry.data = e.data.clone().into(),
                 Some((kind, node_id)) => {
-                    let mut cc = ConfChange::default();
-                    cc.set_change_type(match kind {
-                        ConfKind::AddVoter => ConfChangeType::AddNode,
-                        ConfKind::AddLearner => ConfChangeType::AddLearnerNode,
-                        ConfKind::Remove => ConfChangeType::RemoveNode,
-                    });
-                    cc.node_id = node_id;
-                    cc.context = e.data.clone().into();
+                    let cc = conf_change(kind, node_id, e.data.clone());
                     entry.set_entry_type(EntryType::EntryConfChange);
                     entry.data = cc.write_to_bytes()?.into();
                 }
@@ -479,15 +485,7 @@ impl Node {
         context: Vec<u8>,
         token: u64,
     ) -> Result<(), RaftError> {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(match kind {
-            ConfKind::AddVoter => ConfChangeType::AddNode,
-            ConfKind::AddLearner => ConfChangeType::AddLearnerNode,
-            ConfKind::Remove => ConfChangeType::RemoveNode,
-        });
-        cc.node_id = node_id;
-        cc.context = context.into();
-        self.send(Cmd::ProposeConf(cc, token))
+        self.send(Cmd::ProposeConf(conf_change(kind, node_id, context), token))
     }
 
     /// On the leader: whether learner `id` has caught up enough to be promoted (its match
@@ -1052,10 +1050,7 @@ fn create_log(
 fn bootstrap_entries(members: &[(u64, Vec<u8>)]) -> Result<(Vec<Entry>, HardState), RaftError> {
     let mut entries = Vec::with_capacity(members.len());
     for (i, (id, context)) in members.iter().enumerate() {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = *id;
-        cc.context = context.clone().into();
+        let cc = conf_change(ConfKind::AddVoter, *id, context.clone());
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = 1;
