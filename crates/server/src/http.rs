@@ -30,21 +30,19 @@ pub fn metrics_router(server: Arc<EtcdServer>) -> Router {
 /// `/health`, `/livez`, `/readyz` and each check's own path (`/readyz/non_learner`), as etcd
 /// 3.7 registers them; anything but GET gets etcd's 405.
 fn health_routes(r: Router<Arc<EtcdServer>>) -> Router<Arc<EtcdServer>> {
-    let mut r = r
-        .route("/health", any(health))
-        .route("/livez", any(livez))
-        .route("/readyz", any(readyz));
-    for name in LIVEZ {
+    let mut r = r.route("/health", any(health));
+    for (kind, names) in [("livez", &LIVEZ[..]), ("readyz", &READYZ[..])] {
         r = r.route(
-            &format!("/livez/{name}"),
-            any(move |s, q, m| livez_one(s, q, m, name)),
+            &format!("/{kind}"),
+            any(move |s, q, m| registry(s, q, m, kind, names, true)),
         );
-    }
-    for name in READYZ {
-        r = r.route(
-            &format!("/readyz/{name}"),
-            any(move |s, q, m| readyz_one(s, q, m, name)),
-        );
+        for name in names {
+            let one = std::slice::from_ref(name);
+            r = r.route(
+                &format!("/{kind}/{name}"),
+                any(move |s, q, m| registry(s, q, m, kind, one, false)),
+            );
+        }
     }
     r
 }
@@ -163,83 +161,34 @@ async fn run_check(s: &EtcdServer, name: &str) -> Result<(), String> {
     }
 }
 
-/// The registry's checks less those `?exclude=` names (names it does not have are ignored,
-/// as etcd ignores them).
-async fn run_all(
-    s: &EtcdServer,
-    kind: &str,
-    names: &[&'static str],
-    q: &Query,
-) -> Vec<(&'static str, Result<(), String>)> {
-    let excluded = query_values(q, "exclude");
-    let mut out = Vec::new();
+/// A `/livez` or `/readyz` path: its checks, each run and recorded for `/metrics` as etcd
+/// records them; on the root path less those `?exclude=` names (names it does not have are
+/// ignored, as etcd ignores them).
+async fn registry(
+    State(s): State<Arc<EtcdServer>>,
+    q: Query,
+    m: Method,
+    kind: &'static str,
+    names: &'static [&'static str],
+    root: bool,
+) -> axum::response::Response {
+    if m != Method::GET {
+        return method_not_allowed();
+    }
+    let excluded = if root {
+        query_values(&q, "exclude")
+    } else {
+        Vec::new()
+    };
+    let mut results = Vec::new();
     for name in names {
         if !excluded.iter().any(|e| e == name) {
-            out.push((*name, counted_check(s, kind, name).await));
+            let r = run_check(&s, name).await;
+            s.counters().check_ran(kind, name, r.is_ok());
+            results.push((*name, r));
         }
     }
-    out
-}
-
-/// A check run and recorded for `/metrics`, as etcd records each.
-async fn counted_check(s: &EtcdServer, kind: &str, name: &str) -> Result<(), String> {
-    let r = run_check(s, name).await;
-    s.counters().check_ran(kind, name, r.is_ok());
-    r
-}
-
-/// Alive: the process answers and its store can be read locally.
-async fn livez(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::response::Response {
-    if m != Method::GET {
-        return method_not_allowed();
-    }
-    checks(
-        run_all(&s, "livez", &LIVEZ, &q).await,
-        has_param(&q, "verbose"),
-    )
-}
-
-/// Ready: no corruption alarm, local and linearizable reads work, not a learner.
-async fn readyz(State(s): State<Arc<EtcdServer>>, q: Query, m: Method) -> axum::response::Response {
-    if m != Method::GET {
-        return method_not_allowed();
-    }
-    checks(
-        run_all(&s, "readyz", &READYZ, &q).await,
-        has_param(&q, "verbose"),
-    )
-}
-
-async fn livez_one(
-    State(s): State<Arc<EtcdServer>>,
-    q: Query,
-    m: Method,
-    name: &'static str,
-) -> axum::response::Response {
-    one(&s, &q, &m, "livez", name).await
-}
-
-async fn readyz_one(
-    State(s): State<Arc<EtcdServer>>,
-    q: Query,
-    m: Method,
-    name: &'static str,
-) -> axum::response::Response {
-    one(&s, &q, &m, "readyz", name).await
-}
-
-async fn one(
-    s: &EtcdServer,
-    q: &Query,
-    m: &Method,
-    kind: &str,
-    name: &str,
-) -> axum::response::Response {
-    if *m != Method::GET {
-        return method_not_allowed();
-    }
-    let r = counted_check(s, kind, name).await;
-    checks(vec![(name, r)], has_param(q, "verbose"))
+    checks(results, has_param(&q, "verbose"))
 }
 
 /// etcd's `/health`: alarms first (`?exclude=NOSPACE` ignores one), then a leader (skipped
