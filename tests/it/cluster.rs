@@ -451,7 +451,6 @@ pub fn restored_cluster_by(
     ports: &[(u16, u16)],
     extra: &[&str],
 ) -> Vec<Server> {
-    let kind = tool;
     let mut members = Cluster::unstarted(server, "m", ports, &[]);
     for (m, (_, peer_port)) in members.iter().zip(ports) {
         let member = m.member.as_ref().unwrap();
@@ -471,13 +470,13 @@ pub fn restored_cluster_by(
             &peer,
         ];
         args.extend_from_slice(extra);
-        let out = match kind {
+        let out = match tool {
             Kind::Ballast => crate::differential::ballastctl("", &args, None),
             Kind::Etcd => etcdctl("", &args, None),
             // etcdctl 3.6 gave `snapshot restore` to etcdutl.
             Kind::Etcd37 => run_ctl(etcd37_tool("etcdutl"), "", &args, None),
         };
-        assert_eq!(out.2, 0, "{kind:?} restores the snapshot: {out:?}");
+        assert_eq!(out.2, 0, "{tool:?} restores the snapshot: {out:?}");
     }
     members.iter_mut().for_each(Server::launch);
     for m in &mut members {

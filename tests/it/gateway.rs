@@ -14,14 +14,28 @@ fn post(port: u16, path: &str, body: &str) -> (u16, String) {
 
 /// [`post`] with an `Authorization` header carrying a token from `/v3/auth/authenticate`.
 pub fn post_as(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token
         .map(|t| format!("Authorization: {t}\r\n"))
         .unwrap_or_default();
+    let headers = format!("Content-Type: application/json\r\n{auth}");
+    let (code, _, body) = request(port, "POST", path, &headers, body);
+    (code, body)
+}
+
+/// One HTTP/1.1 request on its own connection, `headers` each ending in CRLF: (status, the
+/// response's head, its body with any chunked encoding removed).
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -34,7 +48,7 @@ pub fn post_as(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, 
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        // One JSON chunk is all either server sends; trailers are dropped.
+        // Trailers are dropped.
         let mut out = String::new();
         let mut rest = rest;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -49,7 +63,7 @@ pub fn post_as(port: u16, path: &str, body: &str, token: Option<&str>) -> (u16, 
     } else {
         rest.to_string()
     };
-    (code, body)
+    (code, head.to_string(), body)
 }
 
 /// Replaces what differs between two clusters (IDs, terms, URLs, sizes) with placeholders.

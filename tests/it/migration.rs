@@ -15,7 +15,12 @@ const ROOT: &str = "--user=root:pw";
 
 /// etcd 3.7's etcdctl, the operator's client for both servers, as root: stdout on success.
 fn ctl(ep: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut all = vec![ROOT];
+    ctl_as(Some(ROOT), ep, args, stdin)
+}
+
+/// etcdctl 3.7 with `user` (`--user=...`) when given, or none for a server without auth.
+fn ctl_as(user: Option<&str>, ep: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let mut all: Vec<&str> = user.into_iter().collect();
     all.extend_from_slice(args);
     let out = run_ctl(etcd37_tool("etcdctl"), ep, &all, stdin);
     assert_eq!(out.2, 0, "etcdctl {args:?}: {out:?}");
@@ -23,9 +28,14 @@ fn ctl(ep: &str, args: &[&str], stdin: Option<&str>) -> String {
 }
 
 fn json(ep: &str, args: &[&str]) -> serde_json::Value {
+    json_as(Some(ROOT), ep, args)
+}
+
+/// [`ctl_as`] with `-w json`, parsed.
+fn json_as(user: Option<&str>, ep: &str, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend_from_slice(&["-w", "json"]);
-    serde_json::from_str(&ctl(ep, &all, None)).unwrap()
+    serde_json::from_str(&ctl_as(user, ep, &all, None)).unwrap()
 }
 
 /// What a migration must keep, read from one cluster: every key with its revisions now and
@@ -396,9 +406,7 @@ fn a_damaged_etcd_directory_is_refused_untouched() {
 
 /// etcdctl without credentials, for a server without auth.
 fn ctl_plain(ep: &str, args: &[&str]) -> String {
-    let out = run_ctl(etcd37_tool("etcdctl"), ep, args, None);
-    assert_eq!(out.2, 0, "etcdctl {args:?}: {out:?}");
-    out.0
+    ctl_as(None, ep, args, None)
 }
 
 /// A fixture made by `scripts/make-etcd-fixture` from a real etcd of `version`.
@@ -503,7 +511,5 @@ fn etcds_own_restore_output_starts_as_ballast() {
 }
 
 fn json_plain(ep: &str, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["-w", "json"]);
-    serde_json::from_str(&ctl_plain(ep, &all)).unwrap()
+    json_as(None, ep, args)
 }

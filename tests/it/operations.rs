@@ -1523,20 +1523,9 @@ fn endpoint_status_has_etcd_37s_fields() {
     assert_eq!(fields(Kind::Ballast), fields(Kind::Etcd37));
 }
 
-/// A raw HTTP/1.1 request: (status, content type, body).
+/// A raw HTTP/1.1 request without a body: (status, content type, body).
 fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (code, head, body) = crate::gateway::request(port, method, path, "", "");
     let content_type = head
         .lines()
         .find_map(|l| {
@@ -1545,25 +1534,6 @@ fn http(port: u16, method: &str, path: &str) -> (u16, String, String) {
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    // A chunked body (axum's) or a plain one (Go's), read as its text.
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = &after[n + 2..];
-        }
-        out
-    } else {
-        body.to_string()
-    };
     (code, content_type, body)
 }
 
