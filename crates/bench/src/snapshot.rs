@@ -38,13 +38,7 @@ struct Measured {
 const RSS_SAMPLE: Duration = Duration::from_millis(10);
 
 fn vm_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+    compare::proc_status_bytes(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// utime + stime of `pid`, in clock ticks (1/100 s on Linux).

@@ -350,7 +350,6 @@ pub fn render(s: &EtcdServer) -> String {
     o.0
 }
 
-/// The standard `process_*` metrics, from /proc as the Prometheus client libraries read them.
 /// etcd's health metrics: `/health` answers, then each `/livez`/`/readyz` check, listed once
 /// it has run (as etcd's labelled families appear once observed).
 fn health_metrics(o: &mut Out, c: &crate::member::counters::ServerCounters) {
@@ -410,6 +409,7 @@ fn health_metrics(o: &mut Out, c: &crate::member::counters::ServerCounters) {
     }
 }
 
+/// The standard `process_*` metrics, from /proc as the Prometheus client libraries read them.
 fn process(o: &mut Out) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which may itself contain spaces.

@@ -145,10 +145,9 @@ fn remove_if_present(path: &Path) -> Result<(), ConvertError> {
     }
 }
 
+/// fsync a file, or a directory's entries (storage's `sync_dir` does either).
 fn sync(path: &Path) -> Result<(), ConvertError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io(path))
+    ballast_storage::wal::sync_dir(path).map_err(io(path))
 }
 
 struct Plan {
