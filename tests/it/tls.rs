@@ -293,13 +293,13 @@ fn tls_member(
     dir: &Path,
     p: &Pki,
     name: &str,
-    ports: (u16, u16),
+    ports: (u16, &[u16]),
     initial: &str,
     state: &str,
     extra: &[&str],
 ) -> Member {
     let url = format!("https://127.0.0.1:{}", ports.0);
-    let peer_url = format!("https://127.0.0.1:{}", ports.1);
+    let peer_url = peer_urls(ports.1);
     let log = dir.join(format!("{name}.log"));
     let mut cmd = Command::new(ballast_bin());
     cmd.args(["--name", name, "--data-dir"])
@@ -336,27 +336,46 @@ fn tls_member(
     Member::spawn(cmd, url, log)
 }
 
-/// A new cluster of `n` TLS members named `<prefix>0..`; returns them and `--initial-cluster`.
+/// `https://127.0.0.1:<port>` for each port, comma-separated.
+fn peer_urls(ports: &[u16]) -> String {
+    // The second URL names the host differently, as operators' configurations often do.
+    let urls: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("https://{}:{p}", ["127.0.0.1", "localhost"][i % 2]))
+        .collect();
+    urls.join(",")
+}
+
+/// A new cluster of `n` TLS members named `<prefix>0..`, each listening on `peers` peer URLs;
+/// returns them and `--initial-cluster`.
 fn tls_cluster(
     dir: &Path,
     p: &Pki,
     prefix: &str,
-    n: usize,
+    (n, peers): (usize, usize),
     extra: &[&str],
 ) -> (Vec<Member>, String) {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let ports: Vec<(u16, Vec<u16>)> = (0..n)
+        .map(|_| (free_port(), (0..peers).map(|_| free_port()).collect()))
+        .collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| format!("{prefix}{i}=https://127.0.0.1:{peer}"))
+        .flat_map(|(i, (_, peer))| {
+            peer_urls(peer)
+                .split(',')
+                .map(|url| format!("{prefix}{i}={url}"))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let initial = initial.join(",");
     let members = ports
         .iter()
         .enumerate()
-        .map(|(i, ports)| {
+        .map(|(i, (client, peer))| {
             let name = format!("{prefix}{i}");
-            tls_member(dir, p, &name, *ports, &initial, "new", extra)
+            tls_member(dir, p, &name, (*client, peer), &initial, "new", extra)
         })
         .collect();
     (members, initial)
@@ -371,8 +390,13 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "c");
     // The members' certificates are all issued to "server".
-    let (members, initial) =
-        tls_cluster(dir.path(), &p, "t", 3, &["--peer-cert-allowed-cn=server"]);
+    let (members, initial) = tls_cluster(
+        dir.path(),
+        &p,
+        "t",
+        (3, 1),
+        &["--peer-cert-allowed-cn=server"],
+    );
     let creds = [
         format!("--cacert={}", p.ca.display()),
         format!("--cert={}", p.client_cert.display()),
@@ -412,8 +436,9 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
 
     // A fourth member, added properly but holding a certificate from another CA.
     let stranger = pki(dir.path(), "d");
-    let ports4 = (free_port(), free_port());
-    let peer4 = format!("https://127.0.0.1:{}", ports4.1);
+    let peer_port4 = [free_port()];
+    let ports4 = (free_port(), &peer_port4[..]);
+    let peer4 = peer_urls(&peer_port4);
     let added = etcdctl(
         &eps[0],
         &tls,
@@ -449,13 +474,48 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     assert_eq!(etcdctl(&eps[2], &tls, &["put", "after", "x"]).0, "OK\n");
 }
 
+/// Members that each listen on two https peer URLs, with peer client-certificate auth and an
+/// allowed CN, elect a leader and replicate (etcd dials whichever of a peer's URLs answers).
+#[test]
+fn members_with_two_peer_urls_elect_a_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "u");
+    let (members, _) = tls_cluster(
+        dir.path(),
+        &p,
+        "w",
+        (3, 2),
+        &["--peer-cert-allowed-cn=server"],
+    );
+    let creds = [
+        format!("--cacert={}", p.ca.display()),
+        format!("--cert={}", p.client_cert.display()),
+        format!("--key={}", p.client_key.display()),
+    ];
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    for m in &members {
+        wait_serving(m, &tls);
+    }
+    assert_eq!(etcdctl(&members[0].url, &tls, &["put", "k", "v"]).0, "OK\n");
+    let got = etcdctl(&members[2].url, &tls, &["get", "k", "--print-value-only"]);
+    assert_eq!(got.0, "v\n", "{got:?}");
+    let list = etcdctl(&members[1].url, &tls, &["member", "list"]).0;
+    assert_eq!(list.matches("started").count(), 3, "{list}");
+}
+
 /// `--peer-cert-allowed-cn`: peers whose certificate names someone else are turned away, so
 /// two members that only accept "nobody" never form a cluster.
 #[test]
 fn peer_cert_allowed_cn_turns_other_names_away() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "e");
-    let (members, _) = tls_cluster(dir.path(), &p, "n", 2, &["--peer-cert-allowed-cn=nobody"]);
+    let (members, _) = tls_cluster(
+        dir.path(),
+        &p,
+        "n",
+        (2, 1),
+        &["--peer-cert-allowed-cn=nobody"],
+    );
     std::thread::sleep(Duration::from_secs(3));
     let logs: String = members
         .iter()
@@ -562,4 +622,223 @@ fn client_certificate_cn_is_the_user_under_client_cert_auth() {
         with_user.push("--user=root:rootpw");
         assert_eq!(ok(c(&m.url, &with_user, &["put", "b", "x"])), "OK\n");
     }
+}
+
+/// Runs `openssl args...` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A P-256 key `<name>.key` and a certificate `<name>.pem` for CN `name` with `exts`
+/// (`-addext` values): self-signed, or signed by `ca.pem`/`ca.key` in `dir`.
+fn openssl_cert(dir: &Path, name: &str, exts: &[&str], self_signed: bool) {
+    let (key, pem, csr) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("{name}.csr"),
+    );
+    let subj = format!("/CN={name}");
+    let mut req = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-subj",
+        &subj,
+        "-days",
+        "2",
+    ];
+    for e in exts {
+        req.extend_from_slice(&["-addext", e]);
+    }
+    if self_signed {
+        req.extend_from_slice(&["-x509", "-out", &pem]);
+        return openssl(dir, &req);
+    }
+    req.extend_from_slice(&["-new", "-out", &csr]);
+    openssl(dir, &req);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// `--client-crl-file` with a CRL made by openssl's CA: the revoked client certificate is
+/// refused at the handshake, a valid one from the same CA is served.
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl_cert(
+        d,
+        "ca",
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=keyCertSign,cRLSign",
+        ],
+        true,
+    );
+    let leaf = [
+        "subjectAltName=IP:127.0.0.1",
+        "extendedKeyUsage=serverAuth,clientAuth",
+    ];
+    for name in ["server", "good", "bad"] {
+        openssl_cert(d, name, &leaf, false);
+    }
+    std::fs::write(
+        d.join("ca.cnf"),
+        "[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\ncrlnumber=crlnumber\ndefault_md=sha256\ndefault_crl_days=2\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("index.txt"), "").unwrap();
+    std::fs::write(d.join("crlnumber"), "01\n").unwrap();
+    let ca = ["-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem"];
+    openssl(d, &[&["ca"][..], &ca, &["-revoke", "bad.pem"]].concat());
+    openssl(
+        d,
+        &[&["ca"][..], &ca, &["-gencrl", "-out", "crl.pem"]].concat(),
+    );
+
+    let f = |name: &str| d.join(name).display().to_string();
+    let m = start(
+        d,
+        &[
+            &format!("--cert-file={}", f("server.pem")),
+            &format!("--key-file={}", f("server.key")),
+            &format!("--trusted-ca-file={}", f("ca.pem")),
+            "--client-cert-auth",
+            &format!("--client-crl-file={}", f("crl.pem")),
+        ],
+    );
+    let creds = |who: &str| {
+        vec![
+            format!("--cacert={}", f("ca.pem")),
+            format!("--cert={}", f(&format!("{who}.pem"))),
+            format!("--key={}", f(&format!("{who}.key"))),
+        ]
+    };
+    let good = creds("good");
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    wait_serving(&m, &good);
+    assert_eq!(etcdctl(&m.url, &good, &["put", "k", "v"]).0, "OK\n");
+    let bad = creds("bad");
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    for c in [
+        etcdctl as fn(&str, &[&str], &[&str]) -> (String, String, i32),
+        ballastctl,
+    ] {
+        let out = c(&m.url, &bad, &["get", "k"]);
+        assert_ne!(out.2, 0, "a revoked certificate was served: {out:?}");
+    }
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(log.contains("Revoked"), "{log}");
+}
+
+/// One self-signed certificate with CN `root` as server certificate, CA and client
+/// certificate (a common test and small-site setup; Go accepts a trusted CA presented as the
+/// leaf): `user add root --interactive=false` takes the password from stdin, and with auth on
+/// several etcdctl and ballastctl processes add and delete users and keys at once.
+#[test]
+fn a_self_signed_root_certificate_serves_concurrent_admin_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl_cert(
+        d,
+        "root",
+        &[
+            "basicConstraints=critical,CA:TRUE",
+            "keyUsage=digitalSignature,keyCertSign",
+            "subjectAltName=IP:127.0.0.1",
+            "extendedKeyUsage=serverAuth,clientAuth",
+        ],
+        true,
+    );
+    let (pem, key) = (
+        d.join("root.pem").display().to_string(),
+        d.join("root.key").display().to_string(),
+    );
+    let m = start(
+        d,
+        &[
+            &format!("--cert-file={pem}"),
+            &format!("--key-file={key}"),
+            &format!("--trusted-ca-file={pem}"),
+            "--client-cert-auth",
+        ],
+    );
+    let creds = [
+        format!("--cacert={pem}"),
+        format!("--cert={pem}"),
+        format!("--key={key}"),
+        "--command-timeout=10s".to_string(),
+    ];
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    wait_serving(&m, &tls);
+    let with_stdin = |bin: PathBuf, args: &[&str], input: &str| {
+        let mut all = tls.clone();
+        all.extend_from_slice(args);
+        run_ctl(bin, &m.url, &all, Some(input))
+    };
+    let added = with_stdin(
+        "etcdctl".into(),
+        &["user", "add", "root", "--interactive=false"],
+        "rootpw\n",
+    );
+    assert_eq!(added.0, "User root created\n", "{added:?}");
+    assert_eq!(
+        etcdctl(&m.url, &tls, &["auth", "enable"]).0,
+        "Authentication Enabled\n"
+    );
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let with_stdin = &with_stdin;
+            s.spawn(move || {
+                let bin: PathBuf = if t % 2 == 0 {
+                    "etcdctl".into()
+                } else {
+                    bin_dir().join("ballastctl")
+                };
+                for i in 0..4 {
+                    let (user, k) = (format!("u{t}-{i}"), format!("k{t}-{i}"));
+                    let steps: [(&[&str], &str); 4] = [
+                        (&["user", "add", &user, "--interactive=false"], "pw\n"),
+                        (&["put", &k, "v"], ""),
+                        (&["user", "delete", &user], ""),
+                        (&["del", &k], ""),
+                    ];
+                    for (args, input) in steps {
+                        let out = with_stdin(bin.clone(), args, input);
+                        assert_eq!(out.2, 0, "{bin:?} {args:?}: {out:?}");
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(etcdctl(&m.url, &tls, &["user", "list"]).0, "root\n");
+    let left = etcdctl(&m.url, &tls, &["get", "k", "--prefix", "--keys-only"]);
+    assert_eq!(left, (String::new(), String::new(), 0));
 }

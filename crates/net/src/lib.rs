@@ -5,7 +5,7 @@
 //! Invariant: no server state and no storage here; the crates that only talk to members
 //! (`ballastctl`, the harness, the benchmark) depend on this, never on `ballast-server`.
 
-pub mod cn;
+pub mod cert;
 pub mod go;
 pub mod http2;
 pub mod ids;

@@ -17,6 +17,19 @@ pub fn utc_civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// The Unix time of a UTC calendar date and time (the inverse of `utc_civil`, by Howard
+/// Hinnant's days-from-civil algorithm); the caller checks the fields' ranges.
+pub fn unix_of_civil(year: i64, month: i64, day: i64, h: i64, m: i64, s: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3600 + m * 60 + s
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -24,5 +37,15 @@ mod tests {
         assert_eq!(super::utc_civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(super::utc_civil(951_782_400), (2000, 2, 29, 0, 0, 0));
         assert_eq!(super::utc_civil(1_798_761_599), (2026, 12, 31, 23, 59, 59));
+    }
+
+    #[test]
+    fn civil_round_trips() {
+        for t in [0u64, 951_782_400, 1_798_761_599, 4_102_444_800] {
+            let (y, mo, d, h, mi, s) = super::utc_civil(t);
+            let back = super::unix_of_civil(y, mo, d, h as i64, mi as i64, s as i64);
+            assert_eq!(back, t as i64);
+        }
+        assert_eq!(super::unix_of_civil(1950, 1, 1, 0, 0, 0), -631_152_000);
     }
 }

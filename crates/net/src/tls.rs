@@ -7,9 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_name, WebPkiServerVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +124,151 @@ impl ServerCertVerifier for SkipVerify {
     }
 }
 
+/// A trusted CA certificate presented as the leaf itself: a self-signed certificate that is at
+/// once CA, server and client certificate. Go's verifier accepts it; webpki refuses it as
+/// `CaUsedAsEndEntity`. The wrappers below accept exactly that case: a leaf byte-identical to a
+/// configured root, without intermediates, inside its validity period; everything else is
+/// webpki's verdict.
+#[derive(Debug, Clone)]
+pub struct RootAsLeaf(Vec<CertificateDer<'static>>);
+
+impl RootAsLeaf {
+    pub fn new(roots: &[CertificateDer<'static>]) -> RootAsLeaf {
+        RootAsLeaf(roots.to_vec())
+    }
+
+    fn admits(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> bool {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        intermediates.is_empty()
+            && self.0.iter().any(|r| r.as_ref() == leaf.as_ref())
+            && crate::cert::validity(leaf).is_some_and(|(from, to)| from <= now && now <= to)
+    }
+}
+
+/// webpki's server verification, plus a trusted root presented as the server's own
+/// certificate (its names are still checked against the one dialled).
+#[derive(Debug)]
+struct ServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    root_as_leaf: RootAsLeaf,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .webpki
+            .verify_server_cert(leaf, intermediates, name, ocsp, now)
+        {
+            Err(_) if self.root_as_leaf.admits(leaf, intermediates, now) => {
+                verify_server_name(&ParsedCertificate::try_from(leaf)?, name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// webpki's client-certificate verification (roots, CRLs), plus a trusted root presented as
+/// the client's own certificate.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    root_as_leaf: RootAsLeaf,
+}
+
+impl ClientVerifier {
+    pub fn new(webpki: Arc<dyn ClientCertVerifier>, root_as_leaf: RootAsLeaf) -> ClientVerifier {
+        ClientVerifier {
+            webpki,
+            root_as_leaf,
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.webpki.verify_client_cert(leaf, intermediates, now) {
+            Err(_) if self.root_as_leaf.admits(leaf, intermediates, now) => {
+                Ok(ClientCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
 /// `host` and `port` of a scheme-less `host:port` (IPv6 hosts in brackets), for dialling.
 pub fn host_port(hostport: &str) -> Option<(&str, u16)> {
     let (h, p) = hostport.trim_end_matches('/').rsplit_once(':')?;
@@ -203,17 +353,38 @@ pub fn client_config(
     let builder = match trust {
         Trust::Roots(ca) => {
             let mut roots = RootCertStore::empty();
-            if let Some(ca) = ca {
-                for c in read_certs(ca)? {
-                    roots.add(c)?;
-                }
+            let certs = match ca {
+                Some(ca) => read_certs(ca)?,
+                None => Vec::new(),
+            };
+            for c in &certs {
+                roots.add(c.clone())?;
             }
-            builder.with_root_certificates(roots)
+            if certs.is_empty() {
+                // webpki's builder refuses an empty store; nothing can verify either way.
+                return finish(builder.with_root_certificates(roots), identity);
+            }
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                    webpki,
+                    root_as_leaf: RootAsLeaf::new(&certs),
+                }))
         }
         Trust::Anyone => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SkipVerify::new(provider))),
     };
+    finish(builder, identity)
+}
+
+/// The client configuration from its verifier on: the identity presented, ALPN h2.
+fn finish(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
     let mut cfg = match identity {
         Some((cert, key)) => {
             let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {

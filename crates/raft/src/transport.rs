@@ -356,7 +356,7 @@ impl Transport {
                                                 .1
                                                 .peer_certificates()
                                                 .and_then(|c| c.first())
-                                                .and_then(|c| ballast_net::cn::subject_cn(c));
+                                                .and_then(|c| ballast_net::cert::subject_cn(c));
                                             if got.as_deref() != Some(want.as_str()) {
                                                 tracing::warn!(
                                                     remote = %addr,

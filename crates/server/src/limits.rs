@@ -32,6 +32,10 @@ pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 /// gRPC's framing overhead allowed on top of `--max-request-bytes`, as etcd allows.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// Times a write is proposed when auth changes keep landing between resolving its user and
+/// applying it (etcd retries until the request times out).
+pub const AUTH_RETRY_LIMIT: usize = 16;
+
 /// User names the password-guessing guard remembers; beyond this the stalest are forgotten.
 pub const AUTH_TRACKED_USERS: usize = 10_000;
 

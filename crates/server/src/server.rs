@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::background::lease::Lessor;
 use crate::config::Config;
+use crate::limits::AUTH_RETRY_LIMIT;
 use crate::member::applier::Applier;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
@@ -349,13 +350,34 @@ impl EtcdServer {
     }
 
     /// Proposes a write on behalf of `who` (permissions are checked as it applies) and
-    /// waits until it is applied here.
+    /// waits until it is applied here. An auth change applied between resolving `who` and
+    /// applying the write fails it with "revision of auth store is old"; as etcd's
+    /// `raftRequest` does, the write is proposed again at the new auth revision (a simple
+    /// token or a certificate stands for the user's current permissions; a JWT carries its
+    /// own revision and is not renewed).
     pub async fn propose(
         &self,
         req: raft_request::Request,
         who: &AuthInfo,
     ) -> Result<Applied, ServerError> {
-        self.proposer.propose(req, who).await
+        let renewable = who.revision != 0 && who.revision != u64::MAX && !self.auth.is_jwt();
+        if !renewable {
+            return self.proposer.propose(req, who).await;
+        }
+        let mut who = who.clone();
+        for _ in 1..AUTH_RETRY_LIMIT {
+            match self.proposer.propose(req.clone(), &who).await {
+                Err(ServerError::Kv(KvError::AuthOldRevision)) => {
+                    let now = self.mvcc().with_auth(|a| a.revision());
+                    if now <= who.revision {
+                        return Err(ServerError::Kv(KvError::AuthOldRevision));
+                    }
+                    who.revision = now;
+                }
+                other => return other,
+            }
+        }
+        self.proposer.propose(req, &who).await
     }
 
     pub fn authenticator(&self) -> &crate::auth::Authenticator {

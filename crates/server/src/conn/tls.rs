@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub use ballast_net::tls::TlsError;
-use ballast_net::tls::{client_config, host_port, read_certs, Trust};
+use ballast_net::tls::{client_config, host_port, read_certs, ClientVerifier, RootAsLeaf, Trust};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -162,10 +162,12 @@ pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
         ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = if f.client_cert_auth {
         let mut roots = RootCertStore::empty();
-        if let Some(ca) = &f.trusted_ca {
-            for c in read_certs(ca)? {
-                roots.add(c)?;
-            }
+        let cas = match &f.trusted_ca {
+            Some(ca) => read_certs(ca)?,
+            None => Vec::new(),
+        };
+        for c in &cas {
+            roots.add(c.clone())?;
         }
         let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         if let Some(crl) = &f.crl {
@@ -178,8 +180,8 @@ pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
                 .map_err(|e| TlsError::Pem(shown, e.to_string()))?;
             v = v.with_crls(crls);
         }
-        let verifier = v.build()?;
-        builder.with_client_cert_verifier(verifier)
+        let verifier = ClientVerifier::new(v.build()?, RootAsLeaf::new(&cas));
+        builder.with_client_cert_verifier(Arc::new(verifier))
     } else {
         builder.with_no_client_auth()
     };
@@ -278,7 +280,7 @@ impl TlsListener {
                                 .1
                                 .peer_certificates()
                                 .and_then(|c| c.first())
-                                .and_then(|c| ballast_net::cn::subject_cn(c));
+                                .and_then(|c| ballast_net::cert::subject_cn(c));
                             let _ = tx
                                 .send((
                                     FixAuthority::new(Coalesce::new(s)),
