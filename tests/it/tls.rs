@@ -522,12 +522,97 @@ fn peer_cert_allowed_cn_turns_other_names_away() {
         .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
         .collect();
     assert!(
-        logs.contains("certificate common name is not the allowed one"),
+        logs.contains("client certificate authentication failed"),
         "{logs}"
     );
     assert!(
         !logs.contains("became leader"),
         "a leader was elected: {logs}"
+    );
+}
+
+/// `--peer-cert-allowed-hostname`, a comma-separated list as in etcd 3.7: a peer whose
+/// certificate has a SAN matching one of the names is admitted (both ways: dialling and
+/// dialled), others are turned away.
+#[test]
+fn peer_cert_allowed_hostname_checks_the_certificates_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "h");
+    // The members' certificates name 127.0.0.1 and localhost.
+    let (members, _) = tls_cluster(
+        dir.path(),
+        &p,
+        "h",
+        (2, 1),
+        &["--peer-cert-allowed-hostname=peer.example,localhost"],
+    );
+    let creds = [
+        format!("--cacert={}", p.ca.display()),
+        format!("--cert={}", p.client_cert.display()),
+        format!("--key={}", p.client_key.display()),
+    ];
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    for m in &members {
+        wait_serving(m, &tls);
+    }
+    assert_eq!(etcdctl(&members[1].url, &tls, &["put", "k", "v"]).0, "OK\n");
+
+    let (others, _) = tls_cluster(
+        dir.path(),
+        &p,
+        "o",
+        (2, 1),
+        &["--peer-cert-allowed-hostname=peer.example"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let logs: String = others
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("client certificate authentication failed"),
+        "{logs}"
+    );
+    assert!(!logs.contains("became leader"), "{logs}");
+}
+
+/// `--client-cert-allowed-hostname`: under `--client-cert-auth`, only client certificates
+/// with a matching SAN are served, as in etcd.
+#[test]
+fn client_cert_allowed_hostname_admits_matching_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path(), "a");
+    let m = start(
+        dir.path(),
+        &[
+            &format!("--cert-file={}", p.server_cert.display()),
+            &format!("--key-file={}", p.server_key.display()),
+            &format!("--trusted-ca-file={}", p.ca.display()),
+            "--client-cert-auth",
+            "--client-cert-allowed-hostname=localhost",
+        ],
+    );
+    let with = |cert: &Path, key: &Path| {
+        vec![
+            format!("--cacert={}", p.ca.display()),
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+        ]
+    };
+    // The server certificate names localhost and may act as a client.
+    let named = with(&p.server_cert, &p.server_key);
+    let named: Vec<&str> = named.iter().map(String::as_str).collect();
+    wait_serving(&m, &named);
+    assert_eq!(etcdctl(&m.url, &named, &["put", "k", "v"]).0, "OK\n");
+    // The client certificate has no SAN at all.
+    let unnamed = with(&p.client_cert, &p.client_key);
+    let unnamed: Vec<&str> = unnamed.iter().map(String::as_str).collect();
+    let out = etcdctl(&m.url, &unnamed, &["get", "k"]);
+    assert_ne!(out.2, 0, "{out:?}");
+    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(
+        log.contains("client certificate authentication failed"),
+        "{log}"
     );
 }
 

@@ -150,12 +150,70 @@ impl RootAsLeaf {
     }
 }
 
+/// Which verified certificates a port admits besides trusting their CA: etcd's `allowed-cn`
+/// (subject CN in the list) and `allowed-hostname` (a SAN matching one of the names, as Go's
+/// `VerifyHostname`), which etcd makes mutually exclusive. A peer port applies it to peers
+/// dialling in and to the peers it dials, as etcd's `TLSInfo` does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Allowed {
+    #[default]
+    Anyone,
+    Cns(Vec<String>),
+    Hostnames(Vec<String>),
+}
+
+impl Allowed {
+    /// etcd's lists: both given is its start-up error, word for word.
+    pub fn from_lists(cns: Vec<String>, hostnames: Vec<String>) -> Result<Allowed, String> {
+        match (cns.is_empty(), hostnames.is_empty()) {
+            (true, true) => Ok(Allowed::Anyone),
+            (false, true) => Ok(Allowed::Cns(cns)),
+            (true, false) => Ok(Allowed::Hostnames(hostnames)),
+            (false, false) => Err(format!(
+                "AllowedCNs and AllowedHostnames are mutually exclusive (cns={}, hostnames={})",
+                go_quoted(&cns),
+                go_quoted(&hostnames)
+            )),
+        }
+    }
+
+    fn admits(&self, leaf: &CertificateDer<'_>) -> bool {
+        match self {
+            Allowed::Anyone => true,
+            Allowed::Cns(cns) => crate::cert::subject_cn(leaf).is_some_and(|cn| cns.contains(&cn)),
+            Allowed::Hostnames(names) => ParsedCertificate::try_from(leaf).is_ok_and(|cert| {
+                names.iter().any(|n| {
+                    ServerName::try_from(n.as_str())
+                        .is_ok_and(|name| verify_server_name(&cert, &name).is_ok())
+                })
+            }),
+        }
+    }
+
+    /// etcd's refusal of a verified certificate the list does not name.
+    fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.admits(leaf) {
+            return Ok(());
+        }
+        Err(rustls::Error::General(
+            "client certificate authentication failed".into(),
+        ))
+    }
+}
+
+/// A string list as Go's `%q` prints a `[]string`.
+fn go_quoted(l: &[String]) -> String {
+    let q: Vec<String> = l.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", q.join(" "))
+}
+
 /// webpki's server verification, plus a trusted root presented as the server's own
-/// certificate (its names are still checked against the one dialled).
+/// certificate (its names are still checked against the one dialled), then `Allowed`.
 #[derive(Debug)]
 struct ServerVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     root_as_leaf: RootAsLeaf,
+    allowed: Allowed,
 }
 
 impl ServerCertVerifier for ServerVerifier {
@@ -167,16 +225,18 @@ impl ServerCertVerifier for ServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
+        let verified = match self
             .webpki
             .verify_server_cert(leaf, intermediates, name, ocsp, now)
         {
             Err(_) if self.root_as_leaf.admits(leaf, intermediates, now) => {
                 verify_server_name(&ParsedCertificate::try_from(leaf)?, name)?;
-                Ok(ServerCertVerified::assertion())
+                ServerCertVerified::assertion()
             }
-            other => other,
-        }
+            other => other?,
+        };
+        self.allowed.check(leaf)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -203,18 +263,24 @@ impl ServerCertVerifier for ServerVerifier {
 }
 
 /// webpki's client-certificate verification (roots, CRLs), plus a trusted root presented as
-/// the client's own certificate.
+/// the client's own certificate, then `Allowed`.
 #[derive(Debug)]
 pub struct ClientVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     root_as_leaf: RootAsLeaf,
+    allowed: Allowed,
 }
 
 impl ClientVerifier {
-    pub fn new(webpki: Arc<dyn ClientCertVerifier>, root_as_leaf: RootAsLeaf) -> ClientVerifier {
+    pub fn new(
+        webpki: Arc<dyn ClientCertVerifier>,
+        root_as_leaf: RootAsLeaf,
+        allowed: Allowed,
+    ) -> ClientVerifier {
         ClientVerifier {
             webpki,
             root_as_leaf,
+            allowed,
         }
     }
 }
@@ -238,12 +304,14 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.webpki.verify_client_cert(leaf, intermediates, now) {
+        let verified = match self.webpki.verify_client_cert(leaf, intermediates, now) {
             Err(_) if self.root_as_leaf.admits(leaf, intermediates, now) => {
-                Ok(ClientCertVerified::assertion())
+                ClientCertVerified::assertion()
             }
-            other => other,
-        }
+            other => other?,
+        };
+        self.allowed.check(leaf)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -347,6 +415,16 @@ pub fn client_config(
     trust: Trust<'_>,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TlsError> {
+    client_config_allowing(trust, identity, Allowed::Anyone)
+}
+
+/// `client_config` admitting only servers whose certificate `allowed` names (members dialling
+/// peers under `--peer-cert-allowed-cn`/`-hostname`).
+pub fn client_config_allowing(
+    trust: Trust<'_>,
+    identity: Option<(&Path, &Path)>,
+    allowed: Allowed,
+) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -371,6 +449,7 @@ pub fn client_config(
                 .with_custom_certificate_verifier(Arc::new(ServerVerifier {
                     webpki,
                     root_as_leaf: RootAsLeaf::new(&certs),
+                    allowed,
                 }))
         }
         Trust::Anyone => builder

@@ -95,8 +95,6 @@ type Conn = Box<dyn PeerIo>;
 pub struct PeerTls {
     pub client: Arc<rustls::ClientConfig>,
     pub server: Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>,
-    /// `--peer-cert-allowed-cn`: only peers whose certificate has this common name.
-    pub allowed_cn: Option<String>,
 }
 
 /// How long a peer may take to finish its TLS handshake.
@@ -349,26 +347,7 @@ impl Transport {
                                 match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream))
                                     .await
                                 {
-                                    Ok(Ok(s)) => {
-                                        if let Some(want) = &tls.allowed_cn {
-                                            let got = s
-                                                .get_ref()
-                                                .1
-                                                .peer_certificates()
-                                                .and_then(|c| c.first())
-                                                .and_then(|c| ballast_net::cert::subject_cn(c));
-                                            if got.as_deref() != Some(want.as_str()) {
-                                                tracing::warn!(
-                                                    remote = %addr,
-                                                    common_name = ?got,
-                                                    allowed = %want,
-                                                    "rejected peer connection: certificate common name is not the allowed one"
-                                                );
-                                                return;
-                                            }
-                                        }
-                                        Box::new(s)
-                                    }
+                                    Ok(Ok(s)) => Box::new(s),
                                     Ok(Err(e)) => {
                                         tracing::warn!(remote = %addr, error = %e, "rejected peer connection");
                                         return;

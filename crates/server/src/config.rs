@@ -31,7 +31,7 @@ pub enum ConfigError {
 /// and whether each takes a value (Go's booleans are `--flag` or `--flag=false`). Given, each
 /// is named in a warning. Refused rather than ignored: `--force-new-cluster` (ignoring it would
 /// start the old membership where the operator asked for a new one) and restrictions Ballast
-/// does not enforce (`--*-cert-allowed-hostname`, `--host-whitelist`, `--cors` other than `*`).
+/// does not enforce (`--host-whitelist`, `--cors` other than `*`).
 const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     (
         "backend-batch-interval",
@@ -47,11 +47,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     (
         "bootstrap-defrag-threshold-megabytes",
         "ETCD_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES",
-        true,
-    ),
-    (
-        "client-cert-allowed-hostname",
-        "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME",
         true,
     ),
     ("client-cert-file", "ETCD_CLIENT_CERT_FILE", true),
@@ -214,11 +209,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     ("max-wals", "ETCD_MAX_WALS", true),
     ("memory-mlock", "ETCD_MEMORY_MLOCK", false),
     ("metrics", "ETCD_METRICS", true),
-    (
-        "peer-cert-allowed-hostname",
-        "ETCD_PEER_CERT_ALLOWED_HOSTNAME",
-        true,
-    ),
     ("peer-client-cert-file", "ETCD_PEER_CLIENT_CERT_FILE", true),
     ("peer-client-key-file", "ETCD_PEER_CLIENT_KEY_FILE", true),
     (
@@ -295,12 +285,6 @@ fn ignored_given(m: &clap::ArgMatches) -> Result<Vec<String>, ConfigError> {
         // the operator meant to keep out.
         let any = value.is_empty() || value == "*";
         let restriction = match *name {
-            "peer-cert-allowed-hostname" if !value.is_empty() => {
-                Some("--peer-cert-allowed-hostname")
-            }
-            "client-cert-allowed-hostname" if !value.is_empty() => {
-                Some("--client-cert-allowed-hostname")
-            }
             "host-whitelist" if !any => Some("--host-whitelist"),
             "cors" if !any => Some("--cors"),
             _ => None,
@@ -583,6 +567,21 @@ pub struct Flags {
         default_value = ""
     )]
     pub peer_cert_allowed_cn: String,
+    #[arg(
+        long = "peer-cert-allowed-hostname",
+        env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME",
+        default_value = ""
+    )]
+    pub peer_cert_allowed_hostname: String,
+    #[arg(
+        long = "client-cert-allowed-hostname",
+        env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME",
+        default_value = ""
+    )]
+    pub client_cert_allowed_hostname: String,
+    /// `client-transport-security.allowed-cn`: a config-file key only, as in etcd.
+    #[arg(skip)]
+    pub client_cert_allowed_cn: String,
     /// Where the leader writes scheduled backups (Ballast's own flag; empty = none).
     #[arg(long = "backup-dir", env = "BALLAST_BACKUP_DIR", default_value = "")]
     pub backup_dir: String,
@@ -752,8 +751,9 @@ struct SecurityConfig {
     client_cert_auth: Option<bool>,
     trusted_ca_file: Option<String>,
     auto_tls: Option<bool>,
-    /// A name (etcd 3.4) or a list of names (3.5+); Ballast checks one.
+    /// A name (etcd 3.4) or a list of names (3.5+); likewise `allowed-hostname`.
     allowed_cn: Option<serde_yaml::Value>,
+    allowed_hostname: Option<serde_yaml::Value>,
     crl_file: Option<String>,
     #[serde(flatten)]
     other: std::collections::BTreeMap<String, serde_yaml::Value>,
@@ -794,6 +794,8 @@ struct FileConfig {
     peer_auto_tls: Option<bool>,
     peer_crl_file: Option<String>,
     peer_cert_allowed_cn: Option<String>,
+    peer_cert_allowed_hostname: Option<String>,
+    client_cert_allowed_hostname: Option<String>,
     key_file: Option<String>,
     trusted_ca_file: Option<String>,
     client_cert_auth: Option<bool>,
@@ -848,13 +850,29 @@ fn unused_keys(c: &FileConfig) -> Vec<String> {
     out
 }
 
-/// The first name of an `allowed-cn` value (a string, or a list of them).
-fn first_name(v: &Option<serde_yaml::Value>) -> Option<String> {
+/// An `allowed-cn`/`allowed-hostname` value (a string, or a list of them) as the flag's
+/// comma-separated form.
+fn names(v: &Option<serde_yaml::Value>) -> Option<String> {
     match v.as_ref()? {
         serde_yaml::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_yaml::Value::Sequence(l) => l.iter().find_map(|x| x.as_str().map(str::to_string)),
+        serde_yaml::Value::Sequence(l) => {
+            let l: Vec<&str> = l.iter().filter_map(|x| x.as_str()).collect();
+            (!l.is_empty()).then(|| l.join(","))
+        }
         _ => None,
     }
+}
+
+/// etcd's allowed-CN and allowed-hostname lists (comma-separated flags) as one `Allowed`.
+fn allowed(cns: &str, hostnames: &str) -> Result<ballast_net::tls::Allowed, ConfigError> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    ballast_net::tls::Allowed::from_lists(list(cns), list(hostnames)).map_err(etcd_error)
 }
 
 /// One `--log-outputs` destination.
@@ -891,8 +909,8 @@ pub struct Config {
     pub peer_https: bool,
     pub peer_tls: Option<crate::conn::tls::TlsFiles>,
     pub peer_auto_tls: bool,
-    /// `--peer-cert-allowed-cn`, if set.
-    pub peer_cert_allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname`.
+    pub peer_allowed: ballast_net::tls::Allowed,
     pub advertise_client_urls: Vec<String>,
     pub advertise_peer_urls: Vec<String>,
     /// (name, peer URLs) of every initial member, in flag order.
@@ -1099,7 +1117,9 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
         .map(String::from)
         .collect();
     crate::conn::tls::validate_cipher_suites(&suites).map_err(|e| etcd_error(e.to_string()))?;
+    let client_allowed = allowed(&f.client_cert_allowed_cn, &f.client_cert_allowed_hostname)?;
     let client_tls = has_cert.then(|| crate::conn::tls::TlsFiles {
+        allowed: client_allowed,
         cert: PathBuf::from(&f.cert_file),
         key: PathBuf::from(&f.key_file),
         trusted_ca: opt(&f.trusted_ca_file),
@@ -1142,6 +1162,7 @@ struct PeerSide {
     listen: Vec<SocketAddr>,
     https: bool,
     tls: Option<crate::conn::tls::TlsFiles>,
+    allowed: ballast_net::tls::Allowed,
 }
 
 fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
@@ -1159,14 +1180,7 @@ fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
             )));
         }
     }
-    if !f.peer_cert_allowed_cn.is_empty() && !f.peer_client_cert_auth {
-        // Without client certificates there is no name to check.
-        return Err(invalid(
-            "--peer-cert-allowed-cn",
-            &f.peer_cert_allowed_cn,
-            "needs --peer-client-cert-auth",
-        ));
-    }
+    let peer_allowed = allowed(&f.peer_cert_allowed_cn, &f.peer_cert_allowed_hostname)?;
     let peer_tls = peer_has_cert.then(|| crate::conn::tls::TlsFiles {
         cert: PathBuf::from(&f.peer_cert_file),
         key: PathBuf::from(&f.peer_key_file),
@@ -1177,11 +1191,13 @@ fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
         cipher_suites: vec![],
         min_version: String::new(),
         max_version: String::new(),
+        allowed: peer_allowed.clone(),
     });
     Ok(PeerSide {
         listen: listen_peer,
         https: peer_https,
         tls: peer_tls,
+        allowed: peer_allowed,
     })
 }
 
@@ -1361,15 +1377,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         path: path.to_string(),
         reason: e.to_string(),
     })?;
-    let mut file_warnings = unused_keys(&c);
+    let file_warnings = unused_keys(&c);
     let cs = c.client_transport_security.unwrap_or_default();
     let ps = c.peer_transport_security.unwrap_or_default();
-    if first_name(&cs.allowed_cn).is_some() {
-        file_warnings.push(
-            "config key client-transport-security.allowed-cn has no effect in Ballast; ignored"
-                .into(),
-        );
-    }
     // As in etcd, a config file replaces flags and environment entirely.
     let d = Flags::parse_from(["ballast"]);
     *f = Flags {
@@ -1415,9 +1425,16 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .unwrap_or(d.peer_client_cert_auth),
         peer_auto_tls: ps.auto_tls.or(c.peer_auto_tls).unwrap_or(d.peer_auto_tls),
         peer_crl_file: ps.crl_file.or(c.peer_crl_file).unwrap_or(d.peer_crl_file),
-        peer_cert_allowed_cn: first_name(&ps.allowed_cn)
+        peer_cert_allowed_cn: names(&ps.allowed_cn)
             .or(c.peer_cert_allowed_cn)
             .unwrap_or(d.peer_cert_allowed_cn),
+        peer_cert_allowed_hostname: names(&ps.allowed_hostname)
+            .or(c.peer_cert_allowed_hostname)
+            .unwrap_or(d.peer_cert_allowed_hostname),
+        client_cert_allowed_hostname: names(&cs.allowed_hostname)
+            .or(c.client_cert_allowed_hostname)
+            .unwrap_or(d.client_cert_allowed_hostname),
+        client_cert_allowed_cn: names(&cs.allowed_cn).unwrap_or_default(),
         key_file: cs.key_file.or(c.key_file).unwrap_or(d.key_file),
         trusted_ca_file: cs
             .trusted_ca_file
@@ -1546,8 +1563,7 @@ impl Config {
             peer_https: peer.https,
             peer_tls: peer.tls,
             peer_auto_tls: f.peer_auto_tls,
-            peer_cert_allowed_cn: (!f.peer_cert_allowed_cn.is_empty())
-                .then(|| f.peer_cert_allowed_cn.clone()),
+            peer_allowed: peer.allowed,
             advertise_client_urls: client.advertise,
             advertise_peer_urls: cluster.advertise_peer_urls,
             initial_cluster: cluster.initial_cluster,
@@ -1743,7 +1759,10 @@ auto-compaction-retention: "1"
         assert!(client.client_cert_auth);
         let peer = c.peer_tls.as_ref().expect("peer TLS from the section");
         assert_eq!(peer.key, PathBuf::from("/c/peer.key"));
-        assert_eq!(c.peer_cert_allowed_cn.as_deref(), Some("member"));
+        assert_eq!(
+            c.peer_allowed,
+            ballast_net::tls::Allowed::Cns(vec!["member".into()])
+        );
         assert_eq!(c.snapshot_count, 10000);
         for key in [
             "max-snapshots",
@@ -1810,13 +1829,25 @@ auto-compaction-retention: "1"
         assert!(parse(&["--force-new-cluster=false"]).is_ok());
         for refused in [
             &["--force-new-cluster"][..],
-            &["--peer-cert-allowed-hostname", "peer.example"],
             &["--host-whitelist", "example.com"],
             &["--cors", "http://example.com"],
         ] {
             let e = parse(refused).expect_err("refused").to_string();
             assert!(e.contains(refused[0]), "{e}");
         }
+        // etcd 3.7's lists; names and CNs exclude each other, in etcd's words.
+        let c = parse(&["--peer-cert-allowed-hostname=a.example,b.example"]).unwrap();
+        assert_eq!(
+            c.peer_allowed,
+            ballast_net::tls::Allowed::Hostnames(vec!["a.example".into(), "b.example".into()])
+        );
+        let e = parse(&["--peer-cert-allowed-cn=a", "--peer-cert-allowed-hostname=b"])
+            .expect_err("exclusive")
+            .to_string();
+        assert!(
+            e.contains(r#"AllowedCNs and AllowedHostnames are mutually exclusive (cns=["a"], hostnames=["b"])"#),
+            "{e}"
+        );
         // A boolean takes its value only after `=`, as Go's flag package has it.
         assert!(parse(&["--enable-pprof", "false"]).is_err());
         assert!(parse(&["--no-such-flag"]).is_err());

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub use ballast_net::tls::TlsError;
-use ballast_net::tls::{client_config, host_port, read_certs, ClientVerifier, RootAsLeaf, Trust};
+use ballast_net::tls::{
+    client_config_allowing, host_port, read_certs, Allowed, ClientVerifier, RootAsLeaf, Trust,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -41,6 +43,8 @@ pub struct TlsFiles {
     /// `TLS1.2` / `TLS1.3`; empty means no limit.
     pub min_version: String,
     pub max_version: String,
+    /// Which verified client certificates are admitted (`allowed-cn`, `allowed-hostname`).
+    pub allowed: Allowed,
 }
 
 /// Go's names of TLS 1.2 suites etcd accepts but rustls does not implement (CBC, RC4, 3DES):
@@ -180,7 +184,7 @@ pub fn server_config(f: &TlsFiles) -> Result<ServerConfig, TlsError> {
                 .map_err(|e| TlsError::Pem(shown, e.to_string()))?;
             v = v.with_crls(crls);
         }
-        let verifier = ClientVerifier::new(v.build()?, RootAsLeaf::new(&cas));
+        let verifier = ClientVerifier::new(v.build()?, RootAsLeaf::new(&cas), f.allowed.clone());
         builder.with_client_cert_verifier(Arc::new(verifier))
     } else {
         builder.with_no_client_auth()
@@ -369,6 +373,7 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
         write(&cert, generated.cert.pem())?;
     }
     Ok(TlsFiles {
+        allowed: Allowed::Anyone,
         cert,
         key,
         ..Default::default()
@@ -391,17 +396,24 @@ pub fn member_channel(
             .connect_lazy());
     };
     let (host, port) = host_port(rest).ok_or_else(|| TlsError::BadUrl(url.to_string()))?;
-    let cfg = Arc::new(member_client_config(tls)?);
+    let cfg = Arc::new(member_client_config(tls, Allowed::Anyone)?);
     ballast_net::tls::connect_lazy(host, port, cfg, Duration::from_secs(2), timeout)
 }
 
 /// How a member dials other members over TLS: its own certificate as client identity,
 /// trusting the CA of `tls` (with none — auto TLS — certificates are not verified, as etcd
-/// does for auto TLS).
-pub fn member_client_config(tls: Option<&TlsFiles>) -> Result<ClientConfig, TlsError> {
+/// does for auto TLS), admitting the servers `allowed` names.
+pub fn member_client_config(
+    tls: Option<&TlsFiles>,
+    allowed: Allowed,
+) -> Result<ClientConfig, TlsError> {
     let trust = match tls.and_then(|t| t.trusted_ca.as_deref()) {
         Some(ca) => Trust::Roots(Some(ca)),
         None => Trust::Anyone,
     };
-    client_config(trust, tls.map(|t| (t.cert.as_path(), t.key.as_path())))
+    client_config_allowing(
+        trust,
+        tls.map(|t| (t.cert.as_path(), t.key.as_path())),
+        allowed,
+    )
 }

@@ -124,7 +124,7 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError>
         return Ok(None);
     }
     let dir = cfg.data_dir.join("fixtures").join("peer");
-    let Some(files) = crate::conn::tls::port_files(
+    let Some(mut files) = crate::conn::tls::port_files(
         cfg.peer_tls.as_ref(),
         cfg.peer_auto_tls,
         &dir,
@@ -133,14 +133,15 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError>
     else {
         return Ok(None);
     };
+    files.allowed = cfg.peer_allowed.clone();
     let server = Arc::new(crate::conn::tls::Reloading::new(files.clone())?);
     // Auto TLS files name no CA: peers' certificates are then not verified, as in etcd.
-    let mut client = crate::conn::tls::member_client_config(Some(&files))?;
+    let mut client =
+        crate::conn::tls::member_client_config(Some(&files), cfg.peer_allowed.clone())?;
     // The peer protocol is Ballast's own, not HTTP.
     client.alpn_protocols.clear();
     Ok(Some(ballast_raft::PeerTls {
         client: Arc::new(client),
         server: Arc::new(move || server.current()),
-        allowed_cn: cfg.peer_cert_allowed_cn.clone(),
     }))
 }
