@@ -148,6 +148,12 @@ struct Inner {
 /// What `/metrics` reports per peer (etcd's `etcd_network_peer_*`).
 pub struct PeerStats {
     pub sent_bytes: AtomicU64,
+    /// Frame bytes read from the peer's message stream.
+    pub received_bytes: AtomicU64,
+    /// 1 while this member's message stream to the peer is connected.
+    pub active: AtomicU64,
+    /// Heartbeats that could not be queued for the peer.
+    pub heartbeat_failures: AtomicU64,
     /// Heartbeat to heartbeat response, measured by whoever leads.
     pub round_trip: Histogram,
     heartbeat_sent: Mutex<Option<Instant>>,
@@ -160,6 +166,9 @@ impl Inner {
             .or_insert_with(|| {
                 Arc::new(PeerStats {
                     sent_bytes: AtomicU64::new(0),
+                    received_bytes: AtomicU64::new(0),
+                    active: AtomicU64::new(0),
+                    heartbeat_failures: AtomicU64::new(0),
                     round_trip: Histogram::exponential(0.0001, 2.0, 14),
                     heartbeat_sent: Mutex::new(None),
                 })
@@ -301,7 +310,14 @@ impl Transport {
                 self.send_snapshot(m, urls);
                 continue;
             }
+            let heartbeat = m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat;
             let ok = peers.get(&to).is_some_and(|p| p.queue.try_send(m).is_ok());
+            if !ok && heartbeat {
+                self.inner
+                    .stats(to)
+                    .heartbeat_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             if !ok && !unreachable.contains(&to) {
                 unreachable.push(to);
             }
@@ -553,6 +569,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
                 tracing::info!(peer = %format!("{to:x}"), "peer connection established");
                 reported = false;
             }
+            stats.active.store(1, Ordering::Relaxed);
             backoff = BACKOFF_MIN;
         }
         let Some(w) = conn.as_mut() else { continue };
@@ -568,6 +585,7 @@ async fn writer(inner: Arc<Inner>, to: u64, urls: Vec<String>, mut rx: mpsc::Rec
         let ok = sent.is_some();
         if !ok || w.flush().await.is_err() {
             conn = None;
+            stats.active.store(0, Ordering::Relaxed);
             let _ = inner.inbound.try_send(Inbound::Unreachable(to));
         }
     }
@@ -641,8 +659,13 @@ async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> 
         return Ok(());
     }
     let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
+    let stats = inner.stats(from);
     loop {
         let body = read_frame(&mut stream, inner.max_frame).await?;
+        stats.received_bytes.fetch_add(
+            (ballast_net::peer::FRAME_HEADER_LEN + body.len()) as u64,
+            Ordering::Relaxed,
+        );
         let m = Message::parse_from_bytes(&body).map_err(|e| StreamError::Decode(e.to_string()))?;
         if m.from != from || m.to != inner.member_id {
             return Err(StreamError::Handshake(
@@ -650,7 +673,6 @@ async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> 
             ));
         }
         if m.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeatResponse {
-            let stats = inner.stats(from);
             let sent = lock(&stats.heartbeat_sent).take();
             if let Some(t) = sent {
                 stats.round_trip.observe(t.elapsed());

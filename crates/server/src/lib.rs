@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod rpc;
 pub mod server;
+pub mod stats;
 pub mod status;
 pub mod version;
 pub mod watch;

@@ -36,6 +36,10 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// applying it (etcd retries until the request times out).
 pub const AUTH_RETRY_LIMIT: usize = 16;
 
+/// Distinct `client-api-version` values `etcd_server_client_requests_total` keeps a series
+/// for; later ones count as "unknown" (the header is the client's to choose).
+pub const MAX_CLIENT_VERSIONS: usize = 32;
+
 /// User names the password-guessing guard remembers; beyond this the stalest are forgotten.
 pub const AUTH_TRACKED_USERS: usize = 10_000;
 

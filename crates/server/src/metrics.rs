@@ -2,16 +2,21 @@
 //! built for etcd read Ballast unchanged. Counters live where the work happens (atomics);
 //! gauges are read from the server when scraped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::extract::State;
 use axum::response::IntoResponse;
 use ballast_net::go::CODES;
-use ballast_storage::stats::{HistogramSnapshot, BACKEND_COMMIT, WAL_FSYNC};
+use ballast_storage::stats::{
+    Histogram, HistogramSnapshot, BACKEND_COMMIT, WAL_FSYNC, WAL_WRITE, WAL_WRITE_BYTES,
+};
 
+use crate::stats::{get, Counter};
+
+use crate::limits::MAX_CLIENT_VERSIONS;
 use crate::server::EtcdServer;
 use crate::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
@@ -113,6 +118,35 @@ pub fn grpc_handled(i: usize, headers: &axum::http::HeaderMap) {
     }
 }
 
+/// `etcd_server_client_requests_total`: calls by client API version, unary (0) or stream (1).
+static CLIENT_REQUESTS: LazyLock<Mutex<[BTreeMap<String, u64>; 2]>> =
+    LazyLock::new(|| Mutex::new([BTreeMap::new(), BTreeMap::new()]));
+
+/// Counts a call by the `client-api-version` its client sent ("unknown" without one), as
+/// etcd's interceptors do.
+pub fn client_request(i: usize, headers: &axum::http::HeaderMap) {
+    let kind = match METHODS.get(i) {
+        Some((_, _, "unary")) => 0,
+        _ => 1,
+    };
+    let version = headers
+        .get("client-api-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    let mut m = CLIENT_REQUESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let by = &mut m[kind];
+    if let Some(n) = by.get_mut(version) {
+        *n += 1;
+        return;
+    }
+    let version = if by.len() < MAX_CLIENT_VERSIONS {
+        version
+    } else {
+        "unknown"
+    };
+    *by.entry(version.to_string()).or_insert(0) += 1;
+}
+
 struct Out(String);
 
 impl Out {
@@ -123,6 +157,12 @@ impl Out {
     fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
         self.head(name, kind, help);
         let _ = writeln!(self.0, "{name} {v}");
+    }
+
+    /// A family with one unlabelled histogram.
+    fn hist(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.head(name, "histogram", help);
+        self.histogram(name, "", &h.snapshot());
     }
 
     fn histogram(&mut self, name: &str, labels: &str, h: &HistogramSnapshot) {
@@ -333,6 +373,10 @@ pub fn render(s: &EtcdServer) -> String {
             let _ = writeln!(o.0, "grpc_server_handled_total{{grpc_code=\"{name}\",grpc_method=\"{m}\",grpc_service=\"{svc}\",grpc_type=\"{t}\"}} {n}");
         }
     }
+    mvcc_metrics(&mut o, s);
+    server_metrics(&mut o, s);
+    network_metrics(&mut o, s);
+    disk_metrics(&mut o);
     let b = s.backup_stats();
     o.one(
         "ballast_backup_last_success_timestamp_seconds",
@@ -348,6 +392,368 @@ pub fn render(s: &EtcdServer) -> String {
     );
     process(&mut o);
     o.0
+}
+
+/// The store's counters, watch gauges, leases and compaction, under etcd 3.7's names and
+/// 3.4's `etcd_debugging_` ones where they moved.
+fn mvcc_metrics(o: &mut Out, s: &EtcdServer) {
+    let mvcc = s.mvcc();
+    for (what, c) in [
+        ("puts", Counter::Put),
+        ("ranges", Counter::Range),
+        ("deletes", Counter::Delete),
+        ("txns", Counter::Txn),
+    ] {
+        let short = &what[..what.len() - 1];
+        for prefix in ["etcd_mvcc", "etcd_debugging_mvcc"] {
+            o.one(
+                &format!("{prefix}_{short}_total"),
+                "counter",
+                &format!("Total number of {what} seen by this member."),
+                get(c) as f64,
+            );
+        }
+    }
+    o.one(
+        "etcd_debugging_mvcc_total_put_size_in_bytes",
+        "gauge",
+        "The total size of put kv pairs seen by this member.",
+        get(Counter::PutBytes) as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        mvcc.db_size() as f64,
+    );
+    o.one(
+        "etcd_debugging_auth_revision",
+        "gauge",
+        "The current revision of auth store.",
+        mvcc.with_auth(|a| a.revision()) as f64,
+    );
+    let (watchers, slow) = s.watch_hub().counts();
+    o.one(
+        "etcd_debugging_mvcc_watcher_total",
+        "gauge",
+        "Total number of watchers.",
+        watchers as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_slow_watcher_total",
+        "gauge",
+        "Total number of unsynced slow watchers.",
+        slow as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_watch_stream_total",
+        "gauge",
+        "Total number of watch streams.",
+        crate::stats::WATCH_STREAMS.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "etcd_debugging_mvcc_events_total",
+        "counter",
+        "Total number of events sent by this member.",
+        get(Counter::EventsSent) as f64,
+    );
+    for (name, help, c) in [
+        (
+            "etcd_debugging_lease_granted_total",
+            "The total number of granted leases.",
+            Counter::LeaseGranted,
+        ),
+        (
+            "etcd_debugging_lease_renewed_total",
+            "The number of renewed leases seen by the leader.",
+            Counter::LeaseRenewed,
+        ),
+        (
+            "etcd_debugging_lease_revoked_total",
+            "The total number of revoked leases.",
+            Counter::LeaseRevoked,
+        ),
+        (
+            "etcd_debugging_server_lease_expired_total",
+            "The total number of expired leases.",
+            Counter::LeaseExpired,
+        ),
+        (
+            "etcd_debugging_mvcc_db_compaction_keys_total",
+            "Total number of db keys compacted.",
+            Counter::CompactionKeys,
+        ),
+    ] {
+        o.one(name, "counter", help, get(c) as f64);
+    }
+    o.hist(
+        "etcd_debugging_lease_ttl_total",
+        "Bucketed histogram of lease TTLs.",
+        crate::stats::LEASE_TTL.get(),
+    );
+    o.one(
+        "etcd_debugging_mvcc_db_compaction_last",
+        "gauge",
+        "The unix time of the last db compaction. Resets to 0 on start.",
+        crate::stats::COMPACTION_LAST.load(Ordering::Relaxed) as f64,
+    );
+    o.hist(
+        "etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds",
+        "Bucketed histogram of db compaction pause duration.",
+        crate::stats::COMPACTION_PAUSE_MS.get(),
+    );
+    o.hist(
+        "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds",
+        "Bucketed histogram of db compaction total duration.",
+        crate::stats::COMPACTION_TOTAL_MS.get(),
+    );
+    o.hist(
+        "etcd_mvcc_hash_duration_seconds",
+        "The latency distribution of storage hash operation.",
+        crate::stats::HASH.get(),
+    );
+    o.hist(
+        "etcd_mvcc_hash_rev_duration_seconds",
+        "The latency distribution of storage hash by revision operation.",
+        crate::stats::HASH_REV.get(),
+    );
+}
+
+/// etcd 3.7's feature gates (`--feature-gates`) with Ballast's behaviour for each: what it
+/// always does is enabled, what it never does is not.
+fn feature_gates(s: &EtcdServer) -> [(&'static str, &'static str, bool); 11] {
+    [
+        ("AllAlpha", "ALPHA", false),
+        ("AllBeta", "BETA", false),
+        ("CompactHashCheck", "ALPHA", false),
+        ("FastLeaseKeepAlive", "BETA", true),
+        ("InitialCorruptCheck", "ALPHA", s.cfg.initial_corrupt_check),
+        ("LeaseCheckpoint", "ALPHA", true),
+        ("LeaseCheckpointPersist", "ALPHA", true),
+        ("PriorityRequest", "ALPHA", false),
+        ("SetMemberLocalAddr", "ALPHA", false),
+        // Ballast keeps serving during a defragmentation.
+        ("StopGRPCServiceOnDefrag", "ALPHA", false),
+        ("TxnModeWriteWithSharedBuffer", "BETA", true),
+    ]
+}
+
+/// Labelled latency histograms: one series per (label value, success), then `extra` labels
+/// (etcd orders labels by name).
+fn labelled(
+    o: &mut Out,
+    (name, help): (&str, &str),
+    label: &str,
+    extra: &str,
+    h: &crate::stats::Labelled,
+) {
+    o.head(name, "histogram", help);
+    for ((kind, ok), h) in h.each() {
+        let labels = if label.is_empty() {
+            format!("success=\"{ok}\"{extra}")
+        } else {
+            format!("{label}=\"{kind}\",success=\"{ok}\"{extra}")
+        };
+        o.histogram(name, &labels, &h.snapshot());
+    }
+}
+
+fn server_metrics(o: &mut Out, s: &EtcdServer) {
+    for (name, help, c) in [
+        (
+            "etcd_server_read_indexes_failed_total",
+            "The total number of failed read indexes seen.",
+            Counter::ReadIndexFailed,
+        ),
+        (
+            "etcd_server_slow_read_indexes_total",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
+            Counter::SlowReadIndex,
+        ),
+        (
+            "etcd_server_slow_apply_total",
+            "The total number of slow apply requests (likely overloaded from slow disk).",
+            Counter::SlowApply,
+        ),
+        (
+            "etcd_server_learner_promote_successes",
+            "The total number of successful learner promotions while this member is leader.",
+            Counter::LearnerPromoted,
+        ),
+    ] {
+        o.one(name, "counter", help, get(c) as f64);
+    }
+    let heartbeat_failures: u64 = s
+        .transport()
+        .peer_stats()
+        .iter()
+        .map(|(_, p)| p.heartbeat_failures.load(Ordering::Relaxed))
+        .sum();
+    o.one(
+        "etcd_server_heartbeat_send_failures_total",
+        "counter",
+        "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+        heartbeat_failures as f64,
+    );
+    o.one(
+        "etcd_server_snapshot_apply_in_progress_total",
+        "gauge",
+        "1 if the server is applying the incoming snapshot. 0 if none.",
+        crate::stats::SNAPSHOT_APPLYING.load(Ordering::Relaxed) as f64,
+    );
+    o.head(
+        "etcd_server_feature_enabled",
+        "gauge",
+        "Whether or not a feature is enabled. 1 is enabled, 0 is not.",
+    );
+    for (name, stage, on) in feature_gates(s) {
+        let _ = writeln!(
+            o.0,
+            "etcd_server_feature_enabled{{name=\"{name}\",stage=\"{stage}\"}} {}",
+            u8::from(on)
+        );
+    }
+    o.head(
+        "etcd_server_client_requests_total",
+        "counter",
+        "The total number of client requests per client version.",
+    );
+    {
+        let m = CLIENT_REQUESTS.lock().unwrap_or_else(|p| p.into_inner());
+        for (kind, by) in ["unary", "stream"].iter().zip(m.iter()) {
+            for (v, n) in by {
+                let v = v.escape_debug();
+                let _ = writeln!(
+                    o.0,
+                    "etcd_server_client_requests_total{{client_api_version=\"{v}\",type=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
+    labelled(
+        o,
+        (
+            "etcd_server_apply_duration_seconds",
+            "The latency distributions of v2 apply called by backend.",
+        ),
+        "op",
+        ",version=\"v3\"",
+        &crate::stats::APPLY,
+    );
+    labelled(
+        o,
+        (
+            "etcd_server_request_duration_seconds",
+            "Response latency distribution in seconds for each type.",
+        ),
+        "type",
+        "",
+        &crate::stats::REQUEST,
+    );
+    labelled(
+        o,
+        (
+            "etcd_server_range_duration_seconds",
+            "The latency distributions of txn.Range",
+        ),
+        "",
+        "",
+        &crate::stats::RANGE,
+    );
+}
+
+fn network_metrics(o: &mut Out, s: &EtcdServer) {
+    let me = format!("{:x}", s.member_id());
+    let members = s.mvcc().members();
+    o.head(
+        "etcd_network_known_peers",
+        "gauge",
+        "The current number of known peers.",
+    );
+    for m in &members {
+        let _ = writeln!(
+            o.0,
+            "etcd_network_known_peers{{Local=\"{me}\",Remote=\"{:x}\"}} 1",
+            m.id
+        );
+    }
+    let peers = s.transport().peer_stats();
+    o.head(
+        "etcd_network_active_peers",
+        "gauge",
+        "The current number of active peer connections.",
+    );
+    for (id, p) in &peers {
+        let _ = writeln!(
+            o.0,
+            "etcd_network_active_peers{{Local=\"{me}\",Remote=\"{id:x}\"}} {}",
+            p.active.load(Ordering::Relaxed)
+        );
+    }
+    o.head(
+        "etcd_network_peer_received_bytes_total",
+        "counter",
+        "The total number of bytes received from peers.",
+    );
+    for (id, p) in &peers {
+        let _ = writeln!(
+            o.0,
+            "etcd_network_peer_received_bytes_total{{From=\"{id:x}\"}} {}",
+            p.received_bytes.load(Ordering::Relaxed)
+        );
+    }
+    o.one(
+        "etcd_network_client_grpc_sent_bytes_total",
+        "counter",
+        "The total number of bytes sent to grpc clients.",
+        ballast_api::codec::SENT_BYTES.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "etcd_network_client_grpc_received_bytes_total",
+        "counter",
+        "The total number of bytes received from grpc clients.",
+        ballast_api::codec::RECEIVED_BYTES.load(Ordering::Relaxed) as f64,
+    );
+}
+
+fn disk_metrics(o: &mut Out) {
+    o.hist(
+        "etcd_disk_wal_write_duration_seconds",
+        "The latency distributions of write called by WAL.",
+        &WAL_WRITE,
+    );
+    o.one(
+        "etcd_disk_wal_write_bytes_total",
+        "gauge",
+        "Total number of bytes written in WAL.",
+        WAL_WRITE_BYTES.load(Ordering::Relaxed) as f64,
+    );
+    o.hist(
+        "etcd_disk_backend_defrag_duration_seconds",
+        "The latency distribution of backend defragmentation.",
+        crate::stats::DEFRAG.get(),
+    );
+    o.one(
+        "etcd_disk_defrag_inflight",
+        "gauge",
+        "Whether or not defrag is active on the member. 1 means active, 0 means not.",
+        crate::stats::DEFRAG_INFLIGHT.load(Ordering::Relaxed) as f64,
+    );
+    o.hist(
+        "etcd_disk_backend_snapshot_duration_seconds",
+        "The latency distribution of backend snapshots.",
+        crate::stats::BACKEND_SNAPSHOT.get(),
+    );
+    o.hist(
+        "etcd_snap_db_fsync_duration_seconds",
+        "The latency distributions of fsyncing .snap.db file",
+        crate::stats::SNAP_DB_FSYNC.get(),
+    );
+    o.hist(
+        "etcd_snap_db_save_total_duration_seconds",
+        "The total latency distributions of v3 snapshot save",
+        crate::stats::SNAP_DB_SAVE.get(),
+    );
 }
 
 /// etcd's health metrics: `/health` answers, then each `/livez`/`/readyz` check, listed once
@@ -482,14 +888,97 @@ fn process(o: &mut Out) {
         "Maximum number of open file descriptors.",
         max_fds,
     );
+    // etcd's own copies of the two.
+    o.one(
+        "os_fd_used",
+        "gauge",
+        "The number of used file descriptors.",
+        fds as f64,
+    );
+    o.one(
+        "os_fd_limit",
+        "gauge",
+        "The file descriptor limit.",
+        max_fds,
+    );
+    let max_vm = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max address space"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .map(|v| v.parse::<f64>().unwrap_or(u64::MAX as f64))
+        })
+        .unwrap_or(u64::MAX as f64);
+    o.one(
+        "process_virtual_memory_max_bytes",
+        "gauge",
+        "Maximum amount of virtual memory available in bytes.",
+        max_vm,
+    );
+    // The network namespace's interface totals, as the Go client's procfs reads them.
+    let (mut rx, mut tx) = (0.0, 0.0);
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+    for line in dev.lines().skip(2) {
+        let Some((_, nums)) = line.split_once(':') else {
+            continue;
+        };
+        let v: Vec<f64> = nums
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
+        rx += v.first().copied().unwrap_or(0.0);
+        tx += v.get(8).copied().unwrap_or(0.0);
+    }
+    o.one(
+        "process_network_receive_bytes_total",
+        "counter",
+        "Number of bytes received by the process over the network.",
+        rx,
+    );
+    o.one(
+        "process_network_transmit_bytes_total",
+        "counter",
+        "Number of bytes sent by the process over the network.",
+        tx,
+    );
+    use crate::stats::{SCRAPES, SCRAPES_IN_FLIGHT};
+    o.one(
+        "promhttp_metric_handler_requests_in_flight",
+        "gauge",
+        "Current number of scrapes being served.",
+        SCRAPES_IN_FLIGHT.load(Ordering::Relaxed) as f64,
+    );
+    o.head(
+        "promhttp_metric_handler_requests_total",
+        "counter",
+        "Total number of scrapes by HTTP status code.",
+    );
+    // Rendering cannot fail, so every scrape so far was a 200.
+    let _ = writeln!(
+        o.0,
+        "promhttp_metric_handler_requests_total{{code=\"200\"}} {}",
+        SCRAPES.load(Ordering::Relaxed)
+    );
+    for code in ["500", "503"] {
+        let _ = writeln!(
+            o.0,
+            "promhttp_metric_handler_requests_total{{code=\"{code}\"}} 0"
+        );
+    }
 }
 
 pub async fn metrics(State(s): State<Arc<EtcdServer>>) -> impl IntoResponse {
+    use crate::stats::{SCRAPES, SCRAPES_IN_FLIGHT};
+    SCRAPES_IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+    let body = render(&s);
+    SCRAPES_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    SCRAPES.fetch_add(1, Ordering::Relaxed);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&s),
+        body,
     )
 }

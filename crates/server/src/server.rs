@@ -360,6 +360,18 @@ impl EtcdServer {
         req: raft_request::Request,
         who: &AuthInfo,
     ) -> Result<Applied, ServerError> {
+        let kind = crate::stats::kind(&req);
+        let started = Instant::now();
+        let out = self.propose_renewing(req, who).await;
+        crate::stats::REQUEST.observe(kind, out.is_ok(), started.elapsed());
+        out
+    }
+
+    async fn propose_renewing(
+        &self,
+        req: raft_request::Request,
+        who: &AuthInfo,
+    ) -> Result<Applied, ServerError> {
         let renewable = who.revision != 0 && who.revision != u64::MAX && !self.auth.is_jwt();
         if !renewable {
             return self.proposer.propose(req, who).await;

@@ -104,6 +104,12 @@ impl WatchHub {
         self.lock().rev
     }
 
+    /// Watchers registered, and those catching up from history (etcd's unsynced, "slow").
+    pub fn counts(&self) -> (usize, usize) {
+        let hub = self.lock();
+        (hub.cancel_flags.len(), hub.catching_up.values().sum())
+    }
+
     /// Registers a watcher from `start_rev` (0: from the next revision). The created response
     /// must already be queued on `tx`.
     pub fn add(
@@ -291,10 +297,13 @@ impl WatchHub {
                 None
             };
             let queued = match shared {
-                Some(body) => w.tx.try_send_all([Ok(Frame::Shared {
-                    watch_id: w.watch_id,
-                    body,
-                })]),
+                Some(body) => {
+                    crate::stats::add(crate::stats::Counter::EventsSent, events.len() as u64);
+                    w.tx.try_send_all([Ok(Frame::Shared {
+                        watch_id: w.watch_id,
+                        body,
+                    })])
+                }
                 None => {
                     let mine = match selection {
                         Selection::Nothing => {
@@ -305,6 +314,7 @@ impl WatchHub {
                         Selection::Some(mine) => mine,
                     };
                     let mine = with_prev(store.as_deref(), &w.spec, mine);
+                    crate::stats::add(crate::stats::Counter::EventsSent, mine.len() as u64);
                     let resps = self.responses(w.watch_id, &w.spec, header, mine);
                     w.tx.try_send_all(resps.into_iter().map(|r| Ok(r.into())))
                 }
@@ -449,6 +459,7 @@ impl WatchHub {
                 }
             };
             if !events.is_empty() {
+                crate::stats::add(crate::stats::Counter::EventsSent, events.len() as u64);
                 // As etcd's sync of unsynced watchers: the store's revision when read, not the
                 // last event's.
                 for r in self.responses(w.watch_id, &w.spec, (self.header)(target), events) {

@@ -1,5 +1,6 @@
-//! Latency histograms of the disk paths, observed where the work happens (WAL fsync, backend
-//! commit) and read by the server's `/metrics`. Lock-free: an observation is three atomic adds.
+//! Histograms and counters of the disk paths, observed where the work happens (WAL write and
+//! fsync, backend commit) and read by the server's `/metrics`. Lock-free: an observation is a
+//! few atomic operations.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -10,7 +11,8 @@ pub struct Histogram {
     bounds: Vec<f64>,
     /// One counter per bound plus the +Inf bucket; not cumulative.
     counts: Vec<AtomicU64>,
-    sum_nanos: AtomicU64,
+    /// The sum of observed values, an `f64`'s bits.
+    sum: AtomicU64,
 }
 
 /// What `/metrics` prints: cumulative bucket counts, the sum in seconds and the count.
@@ -30,16 +32,24 @@ impl Histogram {
         Histogram {
             bounds,
             counts,
-            sum_nanos: AtomicU64::new(0),
+            sum: AtomicU64::new(0f64.to_bits()),
         }
     }
 
+    /// A duration, in seconds.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self.bounds.partition_point(|b| *b < secs);
+        self.observe_value(d.as_secs_f64());
+    }
+
+    /// A value in the histogram's own unit (milliseconds, a TTL in seconds, ...).
+    pub fn observe_value(&self, v: f64) {
+        let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -52,7 +62,7 @@ impl Histogram {
         total += self.counts[self.bounds.len()].load(Ordering::Relaxed);
         HistogramSnapshot {
             buckets,
-            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            sum: f64::from_bits(self.sum.load(Ordering::Relaxed)),
             count: total,
         }
     }
@@ -61,6 +71,11 @@ impl Histogram {
 /// `etcd_disk_wal_fsync_duration_seconds`: every WAL fsync.
 pub static WAL_FSYNC: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::exponential(0.001, 2.0, 14));
+/// `etcd_disk_wal_write_duration_seconds`: every write of buffered WAL records to the file.
+pub static WAL_WRITE: LazyLock<Histogram> =
+    LazyLock::new(|| Histogram::exponential(0.001, 2.0, 14));
+/// `etcd_disk_wal_write_bytes_total`: bytes of WAL records written.
+pub static WAL_WRITE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// `etcd_disk_backend_commit_duration_seconds`: every backend commit.
 pub static BACKEND_COMMIT: LazyLock<Histogram> =
     LazyLock::new(|| Histogram::exponential(0.001, 2.0, 14));

@@ -400,6 +400,8 @@ impl Wal {
         }
         self.out.write_all(&buf).map_err(io_err(&self.path))?;
         self.size += buf.len() as u64;
+        crate::stats::WAL_WRITE_BYTES
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -412,6 +414,8 @@ impl Wal {
         failpoint::io("wal-fsync").map_err(io_err(&self.path))?;
         let started = std::time::Instant::now();
         self.out.flush().map_err(io_err(&self.path))?;
+        crate::stats::WAL_WRITE.observe(started.elapsed());
+        let started = std::time::Instant::now();
         self.out.get_ref().sync_data().map_err(io_err(&self.path))?;
         crate::stats::WAL_FSYNC.observe(started.elapsed());
         if self.size >= SEGMENT_BYTES {

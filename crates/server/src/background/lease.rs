@@ -62,7 +62,11 @@ impl Lessor {
         if !c.is_leader() {
             return None;
         }
-        c.renew((self.store)().lease_ttl(id).as_ref(), now)
+        let ttl = c.renew((self.store)().lease_ttl(id).as_ref(), now);
+        if ttl.is_some_and(|t| t > 0) {
+            crate::stats::add(crate::stats::Counter::LeaseRenewed, 1);
+        }
+        ttl
     }
 
     /// A grant was applied: its clock starts now (on the leader; others keep no clocks).
@@ -103,8 +107,11 @@ impl Lessor {
                 let (me, propose) = (self.clone(), propose.clone());
                 tokio::spawn(async move {
                     let r = propose(Request::LeaseRevoke(LeaseRevokeRequest { id })).await;
-                    if let Err(e) = &r {
-                        tracing::debug!(lease = id, error = %e, "lease revoke failed; will retry");
+                    match &r {
+                        Ok(()) => crate::stats::add(crate::stats::Counter::LeaseExpired, 1),
+                        Err(e) => {
+                            tracing::debug!(lease = id, error = %e, "lease revoke failed; will retry")
+                        }
                     }
                     me.lock(Instant::now()).revoke_done(id);
                 });

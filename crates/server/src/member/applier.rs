@@ -104,6 +104,16 @@ impl Applier {
     /// Replaces the state machine with a received snapshot: build a new store beside the
     /// old, fsync it, rename it into place, then switch readers over.
     fn install(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = Instant::now();
+        crate::stats::SNAPSHOT_APPLYING.store(1, Relaxed);
+        let out = self.install_file(index, path);
+        crate::stats::SNAPSHOT_APPLYING.store(0, Relaxed);
+        crate::stats::SNAP_DB_SAVE.get().observe(started.elapsed());
+        out
+    }
+
+    fn install_file(&mut self, index: u64, path: &std::path::Path) -> Result<(), KvError> {
         let swap = self.file_swap.clone();
         let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
         let db = self.snap_dir.join(layout::STORE_FILE);
@@ -119,9 +129,11 @@ impl Applier {
             )));
         }
         drop(installed);
+        let synced = Instant::now();
         std::fs::rename(&fresh, &db)
             .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
             .map_err(|e| KvError::Corrupt(format!("installing snapshot: {e}")))?;
+        crate::stats::SNAP_DB_FSYNC.get().observe(synced.elapsed());
         let m = Arc::new(Mvcc::open(&db)?);
         let applied = m.applied_index();
         self.store.replace(m);
@@ -171,9 +183,14 @@ impl Applier {
         });
         // Membership must survive a crash with the raft configuration it matches.
         failpoint::crash("apply-before");
+        let started = Instant::now();
+        let compacted = mvcc.compacted_revisions();
         let applied = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
         let results = applied.results;
+        observe_batch(&entries, &results, started.elapsed());
+        let compacted = mvcc.compacted_revisions().saturating_sub(compacted);
+        crate::stats::add(crate::stats::Counter::CompactionKeys, compacted);
         self.watch.publish_from_thread(applied.events, applied.rev);
         if membership {
             self.last_sync = Instant::now();
@@ -242,5 +259,45 @@ impl Applier {
             self.removed.send_replace(true);
         }
         self.was_member |= present;
+    }
+}
+
+/// The batch's share of `/metrics`: mvcc and lease counters per applied entry, and each
+/// entry's apply time as an equal share of the batch's (entries of a batch apply in one store
+/// transaction, so none has a time of its own).
+fn observe_batch(
+    entries: &[(u64, Option<RaftRequest>)],
+    results: &[Result<Applied, KvError>],
+    took: std::time::Duration,
+) {
+    // Results cover the entries past the applied index: the last ones.
+    let skip = entries.len().saturating_sub(results.len());
+    let share = took / u32::try_from(results.len().max(1)).unwrap_or(u32::MAX);
+    let mut compactions = 0;
+    for ((_, req), res) in entries[skip..].iter().zip(results) {
+        let Some(req) = req.as_ref().and_then(|r| r.request.as_ref()) else {
+            continue;
+        };
+        if let Ok(applied) = res {
+            crate::stats::count_applied(req, applied);
+        }
+        if matches!(req, raft_request::Request::Compaction(_)) && res.is_ok() {
+            compactions += 1;
+        }
+        crate::stats::APPLY.observe(crate::stats::kind(req), res.is_ok(), share);
+    }
+    // etcd's warning threshold for an apply.
+    if took > std::time::Duration::from_millis(100) {
+        crate::stats::add(crate::stats::Counter::SlowApply, 1);
+    }
+    if compactions > 0 {
+        // Ballast compacts inside the apply, in one transaction: the pause is the whole of it.
+        let ms = took.as_secs_f64() * 1000.0;
+        crate::stats::COMPACTION_PAUSE_MS.get().observe_value(ms);
+        crate::stats::COMPACTION_TOTAL_MS.get().observe_value(ms);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::stats::COMPACTION_LAST.store(now, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -45,7 +45,7 @@ impl Reader {
         if failpoint::enabled("break-local-reads") {
             return Ok(());
         }
-        tokio::time::timeout(self.timeout, async {
+        let out = tokio::time::timeout(self.timeout, async {
             let index = self.node.read_index().await?;
             let mut applied = self.applied.clone();
             applied
@@ -54,13 +54,37 @@ impl Reader {
                 .map_err(|_| ServerError::Stopped)?;
             Ok(())
         })
-        .await
-        .map_err(|_| ServerError::Timeout)?
+        .await;
+        // etcd counts failed rounds, and separately those that timed out.
+        match out {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                crate::stats::add(crate::stats::Counter::ReadIndexFailed, 1);
+                Err(e)
+            }
+            Err(_) => {
+                crate::stats::add(crate::stats::Counter::ReadIndexFailed, 1);
+                crate::stats::add(crate::stats::Counter::SlowReadIndex, 1);
+                Err(ServerError::Timeout)
+            }
+        }
     }
 
     /// A range as `who` (permissions checked when auth is on); the response's header carries
     /// only the store revision it was read at.
     pub async fn range(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+    ) -> Result<RangeResponse, ServerError> {
+        let started = std::time::Instant::now();
+        let out = self.range_at(req, who).await;
+        crate::stats::add(crate::stats::Counter::Range, 1);
+        crate::stats::RANGE.observe("Range", out.is_ok(), started.elapsed());
+        out
+    }
+
+    async fn range_at(
         &self,
         req: &RangeRequest,
         who: &AuthInfo,
@@ -81,6 +105,7 @@ impl Reader {
         if !req.serializable {
             self.barrier().await?;
         }
+        crate::stats::add(crate::stats::Counter::Range, 1);
         self.readable(req, who)
     }
 

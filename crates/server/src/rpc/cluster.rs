@@ -114,10 +114,14 @@ impl Cluster for ClusterService {
         let token = req.metadata().get("token").cloned();
         let id = req.into_inner().id;
         match self.server.member_promote(id).await {
-            Ok(members) => Ok(Response::new(MemberPromoteResponse {
-                header: Some(self.server.header(0)),
-                members,
-            })),
+            Ok(members) => {
+                // Promoted here, so this member leads (etcd counts on the leader).
+                crate::stats::add(crate::stats::Counter::LearnerPromoted, 1);
+                Ok(Response::new(MemberPromoteResponse {
+                    header: Some(self.server.header(0)),
+                    members,
+                }))
+            }
             Err(ServerError::Raft(ballast_raft::RaftError::NotLeader)) => {
                 self.promote_on_leader(id, token).await.map(Response::new)
             }

@@ -140,6 +140,9 @@ impl Service<Request<Body>> for ClientService {
         match grpc_service(req.uri().path()) {
             Some(service) => {
                 let metric = crate::metrics::grpc_started(req.uri().path());
+                if let Some(i) = metric {
+                    crate::metrics::client_request(i, req.headers());
+                }
                 let fut = self.grpc_call(service, req);
                 ClientFuture::Grpc { fut, metric }
             }

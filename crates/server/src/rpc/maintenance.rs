@@ -107,6 +107,7 @@ impl Maintenance for MaintenanceService {
         let mvcc = self.server.mvcc();
         let header = self.server.header(mvcc.current_rev());
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let remaining = std::cell::Cell::new(0u64);
             let mut out = Chunks {
                 tx: &tx,
@@ -123,6 +124,9 @@ impl Maintenance for MaintenanceService {
                 &mut out,
             )
             .and_then(|()| out.finish().map_err(|e| KvError::Corrupt(e.to_string())));
+            crate::stats::BACKEND_SNAPSHOT
+                .get()
+                .observe(started.elapsed());
             if let Err(e) = written {
                 tracing::warn!(error = %e, "snapshot stream failed");
                 let _ = tx.blocking_send(Err(status(ServerError::Internal(e.to_string()))));
@@ -180,7 +184,12 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.server.require_admin(&req).await.map_err(status)?;
         let s = &self.server;
-        s.defragment().await.map_err(status)?;
+        let started = std::time::Instant::now();
+        crate::stats::DEFRAG_INFLIGHT.store(1, std::sync::atomic::Ordering::Relaxed);
+        let done = s.defragment().await;
+        crate::stats::DEFRAG_INFLIGHT.store(0, std::sync::atomic::Ordering::Relaxed);
+        crate::stats::DEFRAG.get().observe(started.elapsed());
+        done.map_err(status)?;
         Ok(Response::new(DefragmentResponse {
             header: Some(s.header(s.mvcc().current_rev())),
         }))
@@ -217,7 +226,9 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.server.require_admin(&req).await.map_err(status)?;
         let mvcc = self.server.mvcc();
+        let started = std::time::Instant::now();
         let (hash, _, rev) = mvcc.hash_kv(0).map_err(|e| status(e.into()))?;
+        crate::stats::HASH.get().observe(started.elapsed());
         Ok(Response::new(HashResponse {
             header: Some(self.server.header(rev)),
             hash,
@@ -232,8 +243,10 @@ impl Maintenance for MaintenanceService {
         self.server.require_admin(&req).await.map_err(status)?;
         let rev = req.into_inner().revision;
         let mvcc = self.server.mvcc();
+        let started = std::time::Instant::now();
         let (hash, compact_revision, hash_revision) =
             mvcc.hash_kv(rev).map_err(|e| status(e.into()))?;
+        crate::stats::HASH_REV.get().observe(started.elapsed());
         Ok(Response::new(HashKvResponse {
             header: Some(self.server.header(mvcc.current_rev())),
             hash,

@@ -187,6 +187,7 @@ fn serve_queue(
     let (tx, rx) = outbox::channel(WATCH_STREAM_BUFFER);
     tokio::spawn(async move {
         let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+        crate::stats::WATCH_STREAMS.fetch_add(1, Ordering::Relaxed);
         let mut ids = HashSet::new();
         let mut next_id = 0i64;
         let mut half_closed = true;
@@ -210,6 +211,7 @@ fn serve_queue(
             tx.closed().await;
         }
         server.watch_hub().close_stream(stream);
+        crate::stats::WATCH_STREAMS.fetch_sub(1, Ordering::Relaxed);
     });
     rx
 }
