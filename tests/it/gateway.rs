@@ -294,3 +294,58 @@ fn gateway_streams_snapshots_and_election_leaders() {
     );
     let _ = crate::cluster::finish(elect);
 }
+
+/// `--max-concurrent-streams 3`: with three gateway watches open (each on its own
+/// connection), a fourth gateway call waits, as on etcd 3.4 and 3.7 (whose gateway reaches
+/// the gRPC server over one internal connection); it completes once a watch ends.
+#[test]
+fn gateway_calls_wait_for_a_stream_slot_like_etcd() {
+    let observe = |kind: Kind| -> (bool, u16) {
+        let s = Server::start(kind, &["--max-concurrent-streams=3"]);
+        let body = r#"{"create_request":{"key":"Zm9v"}}"#;
+        let mut watches: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+                write!(
+                    c,
+                    "POST /v3/watch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                c
+            })
+            .collect();
+        // Each watch has started once its created response arrives.
+        for c in &mut watches {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 256];
+            assert!(c.read(&mut buf).unwrap() > 0);
+        }
+        let put = r#"{"key":"Zm9v","value":"YmFy"}"#;
+        let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        write!(
+            c,
+            "POST /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{put}",
+            put.len()
+        )
+        .unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 64];
+        let answered_while_full = c.read(&mut buf).is_ok_and(|n| n > 0);
+        // One watch ends: the waiting put gets its slot.
+        drop(watches.remove(0));
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest).to_string();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (answered_while_full, code)
+    };
+    for kind in [Kind::Etcd, Kind::Etcd37, Kind::Ballast] {
+        assert_eq!(observe(kind), (false, 200), "{kind:?}");
+    }
+}

@@ -368,5 +368,32 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
             "/auth/role/revoke" => auth.role_revoke_permission,
         );
     }
-    r.layer(axum::middleware::map_response(cors))
+    let r = r.layer(axum::middleware::map_response(cors));
+    // etcd's gateway reaches its gRPC server over one internal client connection, so at most
+    // `--max-concurrent-streams` gateway calls run at once and the rest wait for a slot.
+    match server.cfg.max_concurrent_streams {
+        u32::MAX => r,
+        n => {
+            let slots = Arc::new(tokio::sync::Semaphore::new(n as usize));
+            r.layer(axum::middleware::from_fn_with_state(slots, stream_slot))
+        }
+    }
+}
+
+/// Holds one of the gateway's stream slots until the response body has been sent (a watch
+/// holds it for as long as it runs).
+async fn stream_slot(
+    axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(permit) = slots.acquire_owned().await else {
+        return error(Code::Unavailable, "etcdserver: server stopped");
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
