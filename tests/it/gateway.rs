@@ -349,3 +349,44 @@ fn gateway_calls_wait_for_a_stream_slot_like_etcd() {
         assert_eq!(observe(kind), (false, 200), "{kind:?}");
     }
 }
+
+/// `--listen-client-http-urls` (etcd 3.5+): HTTP (health, the gateway) on those URLs only,
+/// and gRPC only on `--listen-client-urls`, as etcd 3.7 splits them.
+#[test]
+fn listen_client_http_urls_split_http_from_grpc_like_etcd() {
+    let observe = |kind: Kind| {
+        let http_port = crate::cluster::free_port();
+        let flag = format!("--listen-client-http-urls=http://127.0.0.1:{http_port}");
+        let mut s = Server::unstarted(kind, &[&flag]);
+        s.launch();
+        // Health answers on the HTTP URL only.
+        let start = std::time::Instant::now();
+        while crate::cluster::http_get(http_port, "/health").map(|r| r.0) != Some(200) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{}", s.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let health_http = crate::cluster::http_get(http_port, "/health").map(|r| r.0);
+        let health_grpc = crate::cluster::http_get(s.port, "/health").map(|r| r.0);
+        let (gw, _) = post(http_port, "/v3/kv/put", r#"{"key":"YQ==","value":"Yg=="}"#);
+        let ctl = crate::cluster::ctl_of(kind);
+        let put = |port: u16| {
+            crate::cluster::run_ctl(
+                ctl.clone(),
+                &format!("127.0.0.1:{port}"),
+                &["--dial-timeout=1s", "--command-timeout=2s", "put", "k", "v"],
+                None,
+            )
+            .2
+        };
+        (
+            health_http,
+            health_grpc.unwrap_or(0),
+            gw,
+            put(s.port),
+            put(http_port) != 0,
+        )
+    };
+    let etcd = observe(Kind::Etcd37);
+    assert_eq!(etcd, (Some(200), 0, 200, 0, true), "etcd 3.7");
+    assert_eq!(observe(Kind::Ballast), etcd, "Ballast");
+}

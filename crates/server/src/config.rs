@@ -193,11 +193,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_INITIAL_ELECTION_TICK_ADVANCE",
         false,
     ),
-    (
-        "listen-client-http-urls",
-        "ETCD_LISTEN_CLIENT_HTTP_URLS",
-        true,
-    ),
     ("log-package-levels", "ETCD_LOG_PACKAGE_LEVELS", true),
     (
         "log-rotation-config-json",
@@ -336,6 +331,13 @@ pub struct Flags {
         default_value = "http://localhost:2379"
     )]
     pub listen_client_urls: String,
+    /// etcd's HTTP-only client listeners; given, `--listen-client-urls` serve gRPC only.
+    #[arg(
+        long = "listen-client-http-urls",
+        env = "ETCD_LISTEN_CLIENT_HTTP_URLS",
+        default_value = ""
+    )]
+    pub listen_client_http_urls: String,
     /// Extra URLs serving /metrics and the health endpoints only (plain HTTP).
     #[arg(
         long = "listen-metrics-urls",
@@ -767,6 +769,7 @@ struct FileConfig {
     data_dir: Option<String>,
     wal_dir: Option<String>,
     listen_client_urls: Option<String>,
+    listen_client_http_urls: Option<String>,
     listen_metrics_urls: Option<String>,
     advertise_client_urls: Option<String>,
     listen_peer_urls: Option<String>,
@@ -900,6 +903,10 @@ pub struct Config {
     pub listen_client: Vec<SocketAddr>,
     /// HTTPS client listeners (served with `client_tls`).
     pub listen_client_https: Vec<SocketAddr>,
+    /// `--listen-client-http-urls` (plain, then TLS): HTTP only; when any is given the
+    /// `--listen-client-urls` listeners serve gRPC only, as in etcd.
+    pub listen_client_http: Vec<SocketAddr>,
+    pub listen_client_http_https: Vec<SocketAddr>,
     /// The client port's TLS, if any (`--auto-tls` is resolved at start, in the data dir).
     pub client_tls: Option<crate::conn::tls::TlsFiles>,
     pub auto_tls: bool,
@@ -1085,29 +1092,44 @@ fn etcd_error(msg: String) -> ConfigError {
 struct ClientSide {
     listen: Vec<SocketAddr>,
     listen_https: Vec<SocketAddr>,
+    listen_http_only: Vec<SocketAddr>,
+    listen_http_only_https: Vec<SocketAddr>,
     tls: Option<crate::conn::tls::TlsFiles>,
     advertise: Vec<String>,
     listen_metrics: Vec<SocketAddr>,
 }
 
-fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
-    let client_urls = split_urls("--listen-client-urls", &f.listen_client_urls)?;
-    let mut listen_client = Vec::new();
-    let mut listen_client_https = Vec::new();
+/// The plain and TLS listeners a client URL flag names.
+type Listeners = (Vec<SocketAddr>, Vec<SocketAddr>);
+
+fn client_listeners(f: &Flags, flag: &'static str, urls: &str) -> Result<Listeners, ConfigError> {
     let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
-    for u in &client_urls {
-        let addr = listen_addr("--listen-client-urls", u)?;
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for u in &split_urls(flag, urls)? {
+        let addr = listen_addr(flag, u)?;
         if u.starts_with("https://") {
             if !has_cert && !f.auto_tls {
                 return Err(etcd_error(format!(
                     "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
                 )));
             }
-            listen_client_https.push(addr);
+            tls.push(addr);
         } else {
-            listen_client.push(addr);
+            plain.push(addr);
         }
     }
+    Ok((plain, tls))
+}
+
+fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
+    let (listen_client, listen_client_https) =
+        client_listeners(f, "--listen-client-urls", &f.listen_client_urls)?;
+    let (listen_http_only, listen_http_only_https) = if f.listen_client_http_urls.is_empty() {
+        (vec![], vec![])
+    } else {
+        client_listeners(f, "--listen-client-http-urls", &f.listen_client_http_urls)?
+    };
+    let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
     let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let suites: Vec<String> = f
         .cipher_suites
@@ -1151,6 +1173,8 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
     Ok(ClientSide {
         listen: listen_client,
         listen_https: listen_client_https,
+        listen_http_only,
+        listen_http_only_https,
         tls: client_tls,
         advertise: advertise_client_urls,
         listen_metrics,
@@ -1387,6 +1411,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         data_dir: c.data_dir,
         wal_dir: c.wal_dir,
         listen_client_urls: c.listen_client_urls.unwrap_or(d.listen_client_urls),
+        listen_client_http_urls: c
+            .listen_client_http_urls
+            .unwrap_or(d.listen_client_http_urls),
         listen_metrics_urls: c.listen_metrics_urls.unwrap_or(d.listen_metrics_urls),
         advertise_client_urls: c.advertise_client_urls.unwrap_or(d.advertise_client_urls),
         listen_peer_urls: c.listen_peer_urls.unwrap_or(d.listen_peer_urls),
@@ -1556,6 +1583,8 @@ impl Config {
             wal_dir,
             listen_client: client.listen,
             listen_client_https: client.listen_https,
+            listen_client_http: client.listen_http_only,
+            listen_client_http_https: client.listen_http_only_https,
             client_tls: client.tls,
             auto_tls: f.auto_tls,
             listen_metrics: client.listen_metrics,

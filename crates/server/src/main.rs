@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ballast_server::background::{backup, compactor, corrupt};
 use ballast_server::config::{Config, LogFormat, LogOutput};
 use ballast_server::conn::tls::{self, Reloading, TlsListener};
+use ballast_server::rpc::dispatch::Serves;
 use ballast_server::server::EtcdServer;
 use ballast_server::version::{BALLAST_VERSION, ETCD_API_VERSION};
 
@@ -145,6 +146,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %addr, "serving peer traffic insecurely");
         tokio::spawn(server.transport().serve(listener));
     }
@@ -176,6 +178,31 @@ async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         tls_listeners.push((addr, listener));
     }
+    // `--listen-client-http-urls`: HTTP here, and then gRPC only on the client URLs.
+    let mut http_listeners = Vec::new();
+    for (addr, tls) in server
+        .cfg
+        .listen_client_http
+        .iter()
+        .map(|a| (*a, false))
+        .chain(
+            server
+                .cfg
+                .listen_client_http_https
+                .iter()
+                .map(|a| (*a, true)),
+        )
+    {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        http_listeners.push((addr, tls, listener));
+    }
+    let split = if http_listeners.is_empty() {
+        Serves::All
+    } else {
+        Serves::Grpc
+    };
     let mut status = server.raft_status_watch();
     let fatal = status
         .wait_for(|s| s.leader != 0 || s.fatal.is_some())
@@ -240,28 +267,41 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     let app = ballast_server::client_service(server.clone());
     let max_streams = server.cfg.max_concurrent_streams;
-    for (addr, listener) in listeners {
-        tracing::info!(address = %addr, "serving client traffic insecurely");
+    let all = listeners
+        .into_iter()
+        .map(|(a, l)| (a, false, l, split))
+        .chain(tls_listeners.into_iter().map(|(a, l)| (a, true, l, split)))
+        .chain(
+            http_listeners
+                .into_iter()
+                .map(|(a, tls, l)| (a, tls, l, Serves::Http)),
+        );
+    for (addr, tls, listener, serves) in all {
         let app = app.clone();
-        let listener = ballast_server::conn::authority::Listener(listener);
-        tasks.spawn(ballast_server::rpc::dispatch::serve(
-            listener,
-            app,
-            max_streams,
-        ));
-    }
-    for (addr, listener) in tls_listeners {
-        let Some(tls) = client_tls.clone() else {
-            return Err("https client URL without TLS configuration".into());
-        };
-        tracing::info!(address = %addr, "serving client traffic securely");
-        let app = app.clone();
-        let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
-        tasks.spawn(ballast_server::rpc::dispatch::serve(
-            listener,
-            app,
-            max_streams,
-        ));
+        if tls {
+            let Some(tls) = client_tls.clone() else {
+                return Err("https client URL without TLS configuration".into());
+            };
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(address = %addr, "serving client traffic securely");
+            let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
+            tasks.spawn(ballast_server::rpc::dispatch::serve(
+                listener,
+                app,
+                max_streams,
+                serves,
+            ));
+        } else {
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(address = %addr, "serving client traffic insecurely");
+            let listener = ballast_server::conn::authority::Listener(listener);
+            tasks.spawn(ballast_server::rpc::dispatch::serve(
+                listener,
+                app,
+                max_streams,
+                serves,
+            ));
+        }
     }
     tracing::info!(
         member_id = %format!("{:x}", server.member_id()),

@@ -55,6 +55,8 @@ pub struct ClientService {
     /// Given to handlers as `ConnectInfo` when the connection carries a verified client
     /// certificate's CN (the user under `--client-cert-auth`); nothing else reads it.
     peer: Option<ClientAddr>,
+    /// Which kinds of call this connection's listener serves.
+    serves: Serves,
 }
 
 impl ClientService {
@@ -63,6 +65,7 @@ impl ClientService {
             grpc,
             http,
             peer: None,
+            serves: Serves::All,
         }
     }
 
@@ -72,6 +75,7 @@ impl ClientService {
             grpc: self.grpc.clone(),
             http: self.http.clone(),
             peer: peer.cn.as_ref().map(|_| peer.clone()),
+            serves: self.serves,
         }
     }
 
@@ -137,7 +141,11 @@ impl Service<Request<Body>> for ClientService {
         if let Some(p) = &self.peer {
             req.extensions_mut().insert(ConnectInfo(p.clone()));
         }
-        match grpc_service(req.uri().path()) {
+        let service = match self.serves {
+            Serves::Http => None,
+            _ => grpc_service(req.uri().path()),
+        };
+        match service {
             Some(service) => {
                 let metric = crate::metrics::grpc_started(req.uri().path());
                 if let Some(i) = metric {
@@ -146,6 +154,10 @@ impl Service<Request<Body>> for ClientService {
                 let fut = self.grpc_call(service, req);
                 ClientFuture::Grpc { fut, metric }
             }
+            None if self.serves == Serves::Grpc => ClientFuture::Grpc {
+                fut: Box::pin(async { Ok(unimplemented().await.map(GrpcBody::new)) }),
+                metric: None,
+            },
             None => ClientFuture::Http(Box::new(self.http.call(req))),
         }
     }
@@ -205,20 +217,42 @@ impl ConnPeer for ClientAddr {
     }
 }
 
+/// What a client listener serves: everything (etcd's default), gRPC only (the
+/// `--listen-client-urls` when `--listen-client-http-urls` is given), or HTTP only (those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    All,
+    Grpc,
+    Http,
+}
+
 /// Serves the client port: HTTP/1 (the JSON gateway) and HTTP/2 (gRPC) on every accepted
-/// connection, each with its own [`ClientService`].
+/// connection, each with its own [`ClientService`]. A gRPC-only listener speaks HTTP/2 alone
+/// and answers other paths Unimplemented; an HTTP-only one hands gRPC paths to the HTTP
+/// router, which serves none of them.
 ///
 /// Not `axum::serve`: its HTTP/2 settings are hyper's, and hyper allows 200 concurrent streams
 /// per connection where etcd allows `--max-concurrent-streams` (2^32-1 by default). A client
 /// that multiplexes many watches over one connection (kube-apiserver does) would see the
 /// 201st stream wait forever.
-pub async fn serve<L>(mut listener: L, svc: ClientService, max_streams: u32) -> std::io::Result<()>
+pub async fn serve<L>(
+    mut listener: L,
+    svc: ClientService,
+    max_streams: u32,
+    serves: Serves,
+) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: ConnPeer,
 {
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(max_streams);
+    // gRPC needs HTTP/2; HTTP may come over either (ALPN picks h2 on TLS).
+    let builder = match serves {
+        Serves::Grpc => builder.http2_only(),
+        Serves::All | Serves::Http => builder,
+    };
+    let svc = ClientService { serves, ..svc };
     loop {
         let (io, addr) = listener.accept().await;
         let svc = match addr.client_addr() {
@@ -230,10 +264,13 @@ where
         );
         let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                .await
-            {
+            let io = TokioIo::new(io);
+            // hyper-util applies `http2_only` to plain connections, not upgradable ones.
+            let served = match serves {
+                Serves::Grpc => builder.serve_connection(io, svc).await,
+                Serves::All | Serves::Http => builder.serve_connection_with_upgrades(io, svc).await,
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "client connection ended");
             }
         });
