@@ -1526,6 +1526,26 @@ pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
+/// `ballast --help`: every flag in etcd 3.7's groups with its default, etcd 3.4's older names,
+/// then Ballast's own.
+pub const HELP: &str = include_str!("help.txt");
+
+/// `ballast --version`, in etcd's layout: the etcd version a script reads first is the API
+/// Ballast implements.
+pub fn version_text() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    format!(
+        "etcd Version: {}\nBallast Version: {}\nOS/Arch: {}/{arch}",
+        crate::version::ETCD_API_VERSION,
+        crate::version::BALLAST_VERSION,
+        std::env::consts::OS
+    )
+}
+
 impl Config {
     pub fn from_args(args: Vec<String>) -> Result<Config, ConfigError> {
         use clap::{CommandFactory, FromArgMatches};
@@ -1539,6 +1559,7 @@ impl Config {
             ConfigError::Flags(e.to_string().trim_end().to_string())
         };
         let matches = with_ignored_flags(Flags::command())
+            .override_help(HELP)
             .try_get_matches_from(normalize_args(args))
             .map_err(flag_error)?;
         let mut f = Flags::from_arg_matches(&matches).map_err(flag_error)?;
@@ -1880,6 +1901,37 @@ auto-compaction-retention: "1"
         // A boolean takes its value only after `=`, as Go's flag package has it.
         assert!(parse(&["--enable-pprof", "false"]).is_err());
         assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
+    /// `ballast --help` lists every flag the parser accepts (etcd's, their 3.4 and 3.6 names,
+    /// Ballast's own), and every flag it lists is accepted.
+    #[test]
+    fn help_lists_exactly_the_accepted_flags() {
+        use clap::CommandFactory;
+        let mut listed: std::collections::BTreeSet<&str> = HELP
+            .lines()
+            .filter_map(|l| l.strip_prefix("  --"))
+            .map(|l| l.split([' ', '=']).next().unwrap_or(l))
+            .collect();
+        // Described in the usage lines at the top, as etcd does.
+        assert!(HELP.contains("\n  ballast --config-file\n"));
+        listed.insert("config-file");
+        let cmd = with_ignored_flags(Flags::command());
+        let mut accepted = std::collections::BTreeSet::new();
+        for a in cmd.get_arguments() {
+            if a.is_hide_set() {
+                continue;
+            }
+            accepted.extend(a.get_long());
+            accepted.extend(a.get_all_aliases().into_iter().flatten());
+        }
+        let unlisted: Vec<_> = accepted.difference(&listed).collect();
+        assert!(
+            unlisted.is_empty(),
+            "accepted but not in --help: {unlisted:?}"
+        );
+        let unknown: Vec<_> = listed.difference(&accepted).collect();
+        assert!(unknown.is_empty(), "in --help but refused: {unknown:?}");
     }
 
     /// `--cipher-suites` takes every name Go's TLS knows (TLS 1.3's, the ChaCha20 spellings and

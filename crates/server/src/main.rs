@@ -62,6 +62,14 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Go's flag package takes one dash or two.
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "--version" || a == "-version")
+    {
+        println!("{}", ballast_server::config::version_text());
+        return ExitCode::SUCCESS;
+    }
     let cfg = match Config::from_args(std::env::args().collect()) {
         Ok(c) => c,
         Err(e) => {
