@@ -4,6 +4,7 @@
 mod compare;
 mod conn;
 mod load;
+mod rangemem;
 mod rawwatch;
 mod report;
 mod snapshot;
@@ -275,6 +276,36 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fill a fresh etcd 3.7 and a fresh Ballast with the same data, then read the whole
+    /// prefix with one RangeStream and with many paging unary readers, measuring how much the
+    /// member's resident memory grows
+    #[command(name = "range-compare")]
+    RangeCompare {
+        /// The reference etcd binary (3.7 or later: it needs RangeStream)
+        #[arg(long)]
+        etcd: PathBuf,
+        /// The ballast binary (default: beside this one)
+        #[arg(long)]
+        ballast: Option<PathBuf>,
+        /// MiB of values written before the reads
+        #[arg(long = "data-mib", default_value_t = 1024)]
+        data_mib: u64,
+        /// Bytes per value
+        #[arg(long = "value-size", default_value_t = 65536)]
+        value_size: usize,
+        /// Unary readers at once
+        #[arg(long = "readers", default_value_t = 20)]
+        readers: usize,
+        /// Keys per unary page (kube-apiserver lists 500 at a time)
+        #[arg(long, default_value_t = 500)]
+        page: i64,
+        /// Reads of each server, alternating
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Also write the table here
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// The ballast binary: as given, or beside this one.
@@ -510,6 +541,28 @@ fn main() {
                     out: out.clone(),
                 };
                 snapshot::run(&a).await
+            }
+            Cmd::RangeCompare {
+                etcd,
+                ballast,
+                data_mib,
+                value_size,
+                readers,
+                page,
+                rounds,
+                out,
+            } => {
+                let a = rangemem::RangeArgs {
+                    etcd: etcd.clone(),
+                    ballast: ballast_bin(ballast),
+                    data_mib: *data_mib,
+                    value_size: *value_size,
+                    clients: *readers,
+                    page: *page,
+                    rounds: *rounds,
+                    out: out.clone(),
+                };
+                rangemem::run(&a).await
             }
         }
     });

@@ -37,12 +37,12 @@ struct Measured {
 /// How often resident memory is sampled while the snapshot streams.
 const RSS_SAMPLE: Duration = Duration::from_millis(10);
 
-fn vm_rss(pid: u32) -> u64 {
+pub(crate) fn vm_rss(pid: u32) -> u64 {
     compare::proc_status_bytes(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// utime + stime of `pid`, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -54,13 +54,14 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn fill(c: &Cluster, a: &SnapshotArgs) -> Result<(), String> {
-    let total = (a.data_mib << 20) as usize / a.value_size.max(1);
+/// Writes `data_mib` MiB of `value_size`-byte values under sequential 16-byte keys.
+pub(crate) async fn fill(c: &Cluster, data_mib: u64, value_size: usize) -> Result<(), String> {
+    let total = (data_mib << 20) as usize / value_size.max(1);
     let put = PutArgs {
         total,
         rate: 0,
         key_size: 16,
-        val_size: a.value_size,
+        val_size: value_size,
         key_space_size: total.max(1),
         sequential_keys: true,
     };
@@ -116,12 +117,12 @@ fn measure(
     })
 }
 
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 /// The median of a few figures.
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -141,7 +142,7 @@ pub async fn run(a: &SnapshotArgs) -> Result<String, String> {
     for kind in [Kind::Etcd, Kind::Ballast] {
         let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
         eprintln!("snapshot: filling {kind:?} with {} MiB ...", a.data_mib);
-        fill(&cluster, a).await?;
+        fill(&cluster, a.data_mib, a.value_size).await?;
         servers.push((kind, cluster, Vec::new()));
     }
     // Alternating rounds, each after the machine settles, so neither server always runs

@@ -153,6 +153,7 @@ pub fn kind(r: &Request) -> &'static str {
         Request::RoleGrantPermission(_) => "AuthRoleGrantPermission",
         Request::RoleRevokePermission(_) => "AuthRoleRevokePermission",
         Request::RoleDelete(_) => "AuthRoleDelete",
+        Request::DowngradeInfoSet(_) => "DowngradeInfoSet",
     }
 }
 

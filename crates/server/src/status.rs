@@ -73,7 +73,9 @@ pub fn status(e: ServerError) -> Status {
         ServerError::NotSupportedForLearner | ServerError::BadLeaderTransferee => {
             Code::FailedPrecondition
         }
-        ServerError::NoInflightDowngrade => Code::FailedPrecondition,
+        ServerError::NoInflightDowngrade | ServerError::DowngradeInProcess => {
+            Code::FailedPrecondition
+        }
         ServerError::WrongDowngradeVersionFormat
         | ServerError::InvalidDowngradeTargetVersion
         | ServerError::UnknownDowngradeAction => Code::InvalidArgument,

@@ -34,6 +34,8 @@ use crate::KvError;
 pub(crate) const META_APPLIED: &str = "consistent_index";
 pub(crate) const META_REV: &str = "current_rev";
 pub(crate) const META_COMPACT: &str = "compact_rev";
+/// The downgrade job's target as `major << 32 | minor`; 0 or absent: none.
+pub(crate) const META_DOWNGRADE: &str = "downgrade_target";
 
 /// The result of applying one log entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +145,8 @@ struct Index {
     auth: AuthState,
     /// Revisions removed by compactions since this store was opened (for metrics only).
     compacted_revs: u64,
+    /// The enabled downgrade job's target (`major << 32 | minor`), 0 for none.
+    downgrade: u64,
 }
 
 pub struct Mvcc {
@@ -817,6 +821,7 @@ impl Mvcc {
             leases: BTreeMap::new(),
             key_lease: std::collections::HashMap::new(),
             compacted_revs: 0,
+            downgrade: 0,
             alarms: backend
                 .rows(schema::ALARMS)?
                 .iter()
@@ -856,6 +861,7 @@ impl Mvcc {
             if let Some(rev) = r.meta(META_REV)? {
                 idx.rev = rev as i64;
             }
+            idx.downgrade = r.meta(META_DOWNGRADE)?.unwrap_or(0);
             if let Some(c) = r.meta(META_COMPACT)? {
                 idx.compact_rev = c as i64;
             }
@@ -1011,6 +1017,18 @@ impl Mvcc {
             raft_request::Request::LeaseRevoke(r) => Applied::LeaseRevoke(ctx.lease_revoke(r)?),
             raft_request::Request::LeaseCheckpoint(c) => {
                 ctx.lease_checkpoint(c)?;
+                Applied::Nothing
+            }
+            raft_request::Request::DowngradeInfoSet(d) => {
+                let target = if d.enabled {
+                    let mut parts = d.ver.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+                    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+                    (major << 32) | minor
+                } else {
+                    0
+                };
+                ctx.idx.downgrade = target;
+                ctx.w.set_meta(META_DOWNGRADE, target)?;
                 Applied::Nothing
             }
             // Handled above, before any revision is taken.
@@ -1267,6 +1285,12 @@ impl Mvcc {
 
     pub fn current_rev(&self) -> i64 {
         self.read().rev
+    }
+
+    /// The enabled downgrade job's target version (major, minor), if any.
+    pub fn downgrade_target(&self) -> Option<(u64, u64)> {
+        let d = self.read().downgrade;
+        (d != 0).then_some((d >> 32, d & 0xffff_ffff))
     }
 
     /// Revisions compactions removed since the store was opened (etcd's

@@ -39,6 +39,8 @@ pub enum ServerError {
     LeaderTransferTimeout,
     #[error("etcdserver: no inflight downgrade job")]
     NoInflightDowngrade,
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProcess,
     #[error("etcdserver: wrong downgrade target version format")]
     WrongDowngradeVersionFormat,
     #[error("etcdserver: invalid downgrade target version")]

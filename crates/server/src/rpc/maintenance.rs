@@ -152,8 +152,14 @@ impl Maintenance for MaintenanceService {
             is_learner: s.is_learner(),
             storage_version: ETCD_API_VERSION.to_string(),
             db_size_quota: s.cfg.quota_backend_bytes as i64,
-            // etcd 3.6+ always reports it; Ballast has no downgrade in progress.
-            downgrade_info: Some(Default::default()),
+            // etcd 3.6+ always reports it.
+            downgrade_info: Some(match mvcc.downgrade_target() {
+                Some((major, minor)) => ballast_api::etcdserverpb::DowngradeInfo {
+                    enabled: true,
+                    target_version: format!("{major}.{minor}.0"),
+                },
+                None => Default::default(),
+            }),
         }))
     }
 
@@ -195,31 +201,59 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    /// Downgrades as etcd 3.6 answers them for a cluster that can run no lower version:
-    /// Ballast implements one API version, so every target is refused; there is never a
-    /// downgrade to cancel.
+    /// Downgrades as etcd 3.7 answers them. The only target is the minor version below the
+    /// API Ballast implements; enabling records the job in the log (Status reports it, and
+    /// validate and enable then refuse another), cancel clears it and succeeds either way. No
+    /// member ever runs the older version, so a job stays enabled until it is cancelled.
     async fn downgrade(
         &self,
         req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        use ballast_api::ballast::internal::DowngradeInfoSet;
         use ballast_api::etcdserverpb::downgrade_request::DowngradeAction;
+        let s = &self.server;
+        s.require_admin(&req).await.map_err(status)?;
         let r = req.into_inner();
-        let refusal = match DowngradeAction::try_from(r.action) {
-            Ok(DowngradeAction::Cancel) => ServerError::NoInflightDowngrade,
-            Ok(_) => {
-                let parts: Vec<&str> = r.version.split('.').collect();
-                let numeric = parts
-                    .iter()
-                    .all(|p| !p.is_empty() && p.parse::<u64>().is_ok());
-                if !(2..=3).contains(&parts.len()) || !numeric {
-                    ServerError::WrongDowngradeVersionFormat
-                } else {
-                    ServerError::InvalidDowngradeTargetVersion
-                }
-            }
-            Err(_) => ServerError::UnknownDowngradeAction,
+        let action = DowngradeAction::try_from(r.action)
+            .map_err(|_| status(ServerError::UnknownDowngradeAction))?;
+        let (major, minor) = crate::version::api_major_minor();
+        let answer = DowngradeResponse {
+            header: None,
+            version: format!("{major}.{minor}"),
         };
-        Err(status(refusal))
+        let set = |enabled: bool, ver: String| {
+            raft_request::Request::DowngradeInfoSet(DowngradeInfoSet { enabled, ver })
+        };
+        if action == DowngradeAction::Cancel {
+            s.linearizable_barrier().await.map_err(status)?;
+            if s.mvcc().downgrade_target().is_some() {
+                s.propose(set(false, String::new()), &crate::auth::member())
+                    .await
+                    .map_err(status)?;
+            } else {
+                // etcd 3.7 logs the refusal and still answers success.
+                tracing::warn!("failed to cancel downgrade: etcdserver: no inflight downgrade job");
+            }
+            return Ok(Response::new(answer));
+        }
+        let target = downgrade_target(&r.version)
+            .ok_or_else(|| status(ServerError::WrongDowngradeVersionFormat))?;
+        s.linearizable_barrier().await.map_err(status)?;
+        if minor == 0 || target != (major, minor - 1) {
+            return Err(status(ServerError::InvalidDowngradeTargetVersion));
+        }
+        if s.mvcc().downgrade_target().is_some() {
+            return Err(status(ServerError::DowngradeInProcess));
+        }
+        if action == DowngradeAction::Enable {
+            s.propose(
+                set(true, format!("{}.{}.0", target.0, target.1)),
+                &crate::auth::member(),
+            )
+            .await
+            .map_err(status)?;
+        }
+        Ok(Response::new(answer))
     }
 
     /// A hash of the whole key-value history this member stores.
@@ -306,4 +340,21 @@ impl Health for HealthService {
             status: status as i32,
         }))
     }
+}
+
+/// A downgrade target as etcd reads it: a semantic version `X.Y.Z` (a pre-release suffix
+/// allowed) or `X.Y`; only major and minor count.
+fn downgrade_target(v: &str) -> Option<(u64, u64)> {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    let numeric = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'))
+    };
+    if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| numeric(p)) {
+        return None;
+    }
+    if parts.len() == 2 && core.len() != v.len() {
+        return None;
+    }
+    Some((parts[0].parse().ok()?, parts[1].parse().ok()?))
 }

@@ -1,0 +1,229 @@
+//! `range-compare`: the same data in a fresh etcd 3.7 and a fresh Ballast (one member each),
+//! then the two ways a client reads a whole large prefix, measured by how much the member's
+//! resident memory grows while it answers: one `KV.RangeStream` of the prefix, and `clients`
+//! unary `Range`s at once, each paging through the prefix with `--limit` as kube-apiserver
+//! lists. etcd's out-of-memory kills on large lists are its most-reported failure.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ballast_api::etcdserverpb::kv_client::KvClient;
+use ballast_api::etcdserverpb::RangeRequest;
+use tokio_stream::StreamExt;
+
+use crate::compare::{self, Cluster, CompareArgs, Kind};
+use crate::snapshot::{cpu_ticks, fill, median, mib, vm_rss};
+
+pub struct RangeArgs {
+    /// etcd 3.7 or later (RangeStream).
+    pub etcd: PathBuf,
+    pub ballast: PathBuf,
+    pub data_mib: u64,
+    pub value_size: usize,
+    /// Concurrent unary readers.
+    pub clients: usize,
+    /// Keys per unary page.
+    pub page: i64,
+    pub rounds: usize,
+    pub out: Option<PathBuf>,
+}
+
+/// One read of the whole prefix by some clients: wall time, bytes received, the member's
+/// CPU and its resident memory before and at its peak.
+struct Measured {
+    secs: f64,
+    bytes: u64,
+    cpu_secs: f64,
+    rss_before: u64,
+    rss_peak: u64,
+}
+
+const RSS_SAMPLE: Duration = Duration::from_millis(10);
+
+async fn client(ep: &str) -> Result<KvClient<tonic::transport::Channel>, String> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{ep}: {e}"))?;
+    Ok(KvClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// The whole keyspace as one RangeStream; returns the bytes of values received.
+async fn stream_all(ep: String) -> Result<u64, String> {
+    let mut kv = client(&ep).await?;
+    let req = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let mut s = kv
+        .range_stream(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut bytes = 0u64;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let kvs = chunk.range_response.map(|r| r.kvs).unwrap_or_default();
+        bytes += kvs.iter().map(|k| k.value.len() as u64).sum::<u64>();
+    }
+    Ok(bytes)
+}
+
+/// The whole keyspace in pages of `page` keys, each page a unary Range from the last key on.
+async fn page_all(ep: String, page: i64) -> Result<u64, String> {
+    let mut kv = client(&ep).await?;
+    let mut key = vec![0];
+    let mut bytes = 0u64;
+    loop {
+        let r = kv
+            .range(RangeRequest {
+                key: key.clone(),
+                range_end: vec![0],
+                limit: page,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        bytes += r.kvs.iter().map(|k| k.value.len() as u64).sum::<u64>();
+        let Some(last) = r.kvs.last() else { break };
+        if !r.more {
+            break;
+        }
+        key = last.key.clone();
+        key.push(0);
+    }
+    Ok(bytes)
+}
+
+/// Runs `read` while sampling the member's resident memory.
+async fn measure<F>(c: &Cluster, read: F) -> Result<Measured, String>
+where
+    F: std::future::Future<Output = Result<u64, String>>,
+{
+    let pid = c.members[0].child.id();
+    let rss_before = vm_rss(pid);
+    let cpu_before = cpu_ticks(pid);
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(vm_rss(pid), Ordering::Relaxed);
+                std::thread::sleep(RSS_SAMPLE);
+            }
+        })
+    };
+    let started = Instant::now();
+    let bytes = read.await;
+    let secs = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    Ok(Measured {
+        secs,
+        bytes: bytes?,
+        cpu_secs: cpu_ticks(pid).saturating_sub(cpu_before) as f64 / 100.0,
+        rss_before,
+        rss_peak: peak.load(Ordering::Relaxed),
+    })
+}
+
+async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients.max(1) {
+        tasks.spawn(page_all(ep.clone(), page));
+    }
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
+}
+
+pub async fn run(a: &RangeArgs) -> Result<String, String> {
+    let c = CompareArgs {
+        quick: false,
+        dry_run: false,
+        etcd: a.etcd.clone(),
+        ballast: a.ballast.clone(),
+        out_dir: PathBuf::new(),
+    };
+    let quota = format!("--quota-backend-bytes={}", (a.data_mib * 4 + 1024) << 20);
+    let mut servers = Vec::new();
+    for kind in [Kind::Etcd, Kind::Ballast] {
+        let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
+        eprintln!("range: filling {kind:?} with {} MiB ...", a.data_mib);
+        fill(&cluster, a.data_mib, a.value_size).await?;
+        servers.push((kind, cluster, Vec::new(), Vec::new()));
+    }
+    for round in 0..a.rounds.max(1) {
+        for (kind, cluster, streamed, paged) in servers.iter_mut() {
+            let ep = cluster.endpoints()[0].clone();
+            compare::settle();
+            eprintln!("range: round {round}, {kind:?}, RangeStream ...");
+            streamed.push(measure(cluster, stream_all(ep.clone())).await?);
+            compare::settle();
+            eprintln!(
+                "range: round {round}, {kind:?}, {} paged readers ...",
+                a.clients
+            );
+            paged.push(measure(cluster, paged_by(ep, a.clients, a.page)).await?);
+        }
+    }
+    let mut t = format!(
+        "Whole-prefix reads of {} MiB of values ({}-byte values, 16-byte keys), one member \
+         each, {} alternating rounds, on {}; etcd: {}. RSS growth is the member's peak \
+         resident memory during the read less its resident memory before it.\n\n",
+        a.data_mib,
+        a.value_size,
+        a.rounds.max(1),
+        compare::machine(),
+        compare::etcd_version(&a.etcd)
+    );
+    t.push_str("| server | read | values received | time (median) | member CPU (median) | RSS before | RSS growth (max) |\n");
+    t.push_str("|---|---|---|---|---|---|---|\n");
+    let mut growth = Vec::new();
+    for (kind, _, streamed, paged) in &servers {
+        for (what, runs) in [
+            ("one RangeStream".to_string(), streamed),
+            (
+                format!("{} clients, unary pages of {}", a.clients, a.page),
+                paged,
+            ),
+        ] {
+            let g = runs
+                .iter()
+                .map(|m| m.rss_peak.saturating_sub(m.rss_before))
+                .max()
+                .unwrap_or(0);
+            growth.push(g);
+            t.push_str(&format!(
+                "| {kind:?} | {what} | {} | {:.2} s | {:.2} s | {} | {} |\n",
+                mib(runs.first().map_or(0, |m| m.bytes)),
+                median(runs.iter().map(|m| m.secs).collect()),
+                median(runs.iter().map(|m| m.cpu_secs).collect()),
+                mib(runs.first().map_or(0, |m| m.rss_before)),
+                mib(g),
+            ));
+        }
+    }
+    if let [es, ep, bs, bp] = growth[..] {
+        let ratio = |b: u64, e: u64| b as f64 / (e.max(1)) as f64;
+        t.push_str(&format!(
+            "\nBallast's RSS growth as a share of etcd's: RangeStream {:.2}x, paged unary {:.2}x.\n",
+            ratio(bs, es),
+            ratio(bp, ep)
+        ));
+    }
+    if let Some(out) = &a.out {
+        compare::write(out, &t)?;
+    }
+    Ok(t)
+}
