@@ -1315,9 +1315,9 @@ fn scheduled_backups_rotate_and_restore() {
 /// happened are checked on Ballast alone.
 #[test]
 fn downgrade_answers_as_etcd_37() {
-    let session = |kind: Kind| {
+    let session = |kind: Kind, tool: &std::path::Path| {
         let s = Server::start(kind, &[]);
-        let run = |args: &[&str]| run_ctl(etcd37_tool("etcdctl"), &s.endpoint(), args, None);
+        let run = |args: &[&str]| run_ctl(tool.to_path_buf(), &s.endpoint(), args, None);
         // The exit code, stdout, and etcdctl's error line (not its client's warnings).
         let ctl = |args: &[&str]| {
             let (out, err, code) = run(args);
@@ -1327,14 +1327,19 @@ fn downgrade_answers_as_etcd_37() {
                 .collect::<String>();
             format!("{code} {}{error}", out.trim_end())
         };
+        // Status as etcdctl 3.7 prints it (ballastctl prints etcdctl 3.4's fields).
         let info = || {
-            let v: serde_json::Value =
-                serde_json::from_str(&run(&["endpoint", "status", "-w", "json"]).0)
-                    .unwrap_or_default();
+            let args = ["endpoint", "status", "-w", "json"];
+            let out = run_ctl(etcd37_tool("etcdctl"), &s.endpoint(), &args, None).0;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
             v[0]["Status"]["downgradeInfo"].to_string()
         };
         let mut before: Vec<String> = [
             &["downgrade", "validate", "3.6"][..],
+            &["downgrade", "validate"],
+            &["downgrade", "validate", "3.6", "3.5"],
+            &["downgrade", "validate", "3.6", "-w", "table"],
+            &["downgrade", "validate", "3.6", "-w", "fields"],
             &["downgrade", "validate", "3.6.2"],
             &["downgrade", "validate", "3.5"],
             &["downgrade", "validate", "3.7"],
@@ -1353,11 +1358,16 @@ fn downgrade_answers_as_etcd_37() {
         before.push(info());
         (before, again, cancel)
     };
-    let (etcd, _, _) = session(Kind::Etcd37);
-    let (ballast, again, cancel) = session(Kind::Ballast);
+    let etcdctl = etcd37_tool("etcdctl");
+    let (etcd, _, _) = session(Kind::Etcd37, &etcdctl);
+    let (ballast, again, cancel) = session(Kind::Ballast, &etcdctl);
     assert_eq!(ballast, etcd, "Ballast, then etcd 3.7");
     assert!(etcd[0].starts_with("0 Downgrade validate success, cluster version 3.7"));
-    assert!(etcd[9].contains(r#""enabled":true"#), "{}", etcd[9]);
+    assert!(etcd[13].contains(r#""enabled":true"#), "{}", etcd[13]);
+    // ballastctl speaks etcdctl 3.7's downgrade commands.
+    let ballastctl = crate::cluster::ctl_of(Kind::Ballast);
+    let (with_ballastctl, _, _) = session(Kind::Ballast, &ballastctl);
+    assert_eq!(with_ballastctl, etcd, "ballastctl, then etcdctl 3.7");
     assert_eq!(
         again,
         "1 Error: etcdserver: cluster has a downgrade job in progress"

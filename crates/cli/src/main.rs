@@ -5,6 +5,7 @@ mod alarm;
 mod auth;
 mod check;
 mod concurrency;
+mod downgrade;
 mod lease;
 mod member;
 mod output;
@@ -168,6 +169,11 @@ enum Cmd {
     },
     /// Transfers leadership to another etcd cluster member.
     MoveLeader { args: Vec<String> },
+    /// Downgrade related commands
+    Downgrade {
+        #[command(subcommand)]
+        cmd: downgrade::DowngradeCmd,
+    },
     /// Defragments the storage of the etcd members with given endpoints
     Defrag {
         /// use all endpoints from the cluster member list
@@ -651,6 +657,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Lock(a) => concurrency::lock(cli, a).await,
         Cmd::Elect(a) => concurrency::elect(cli, p, a).await,
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
+        Cmd::Downgrade { cmd } => downgrade::run(cli, p, timeout, cmd).await,
         Cmd::Snapshot { cmd } => snapshot::run(cli, p, cmd).await,
         Cmd::Alarm { cmd } => alarm::run(cli, p, timeout, cmd).await,
         Cmd::Check { cmd } => check::run(cli, cmd).await,

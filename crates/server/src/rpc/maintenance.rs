@@ -218,7 +218,7 @@ impl Maintenance for MaintenanceService {
             .map_err(|_| status(ServerError::UnknownDowngradeAction))?;
         let (major, minor) = crate::version::api_major_minor();
         let answer = DowngradeResponse {
-            header: None,
+            header: Some(s.header(s.mvcc().current_rev())),
             version: format!("{major}.{minor}"),
         };
         let set = |enabled: bool, ver: String| {
