@@ -1872,3 +1872,133 @@ fn metric_families_are_etcds() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Starts `bin` as member `name` of `initial` with `urls` (client, peer) as its listen and
+/// advertise URLs, logging to `<dir>/<name>.log`.
+fn spawn_member(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    (client, peer): (&str, &str),
+    initial: &str,
+) -> std::process::Child {
+    std::process::Command::new(bin)
+        .arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", dir.join(name).display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster={initial}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Unix-socket URLs (`unix://`) for clients and peers, as etcd serves them: a member on
+/// sockets only answers etcdctl 3.7 and ballastctl through its client socket exactly as
+/// etcd 3.7 does, and three members whose peer URLs are sockets elect a leader and replicate.
+#[test]
+fn unix_socket_listeners_serve_clients_and_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = |kind: Kind| {
+        let d = dir.path().join(format!("{kind:?}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let client = format!("unix://{}/c.sock", d.display());
+        let peer = format!("unix://{}/p.sock", d.display());
+        let bin = match kind {
+            Kind::Ballast => crate::cluster::ballast_bin(),
+            _ => etcd37_tool("etcd"),
+        };
+        let mut child = spawn_member(
+            &bin,
+            &d,
+            "default",
+            (&client, &peer),
+            &format!("default={peer}"),
+        );
+        let ctl = |tool: &Path, args: &[&str]| {
+            let out = run_ctl(tool.to_path_buf(), &client, args, None);
+            (out.0, out.2)
+        };
+        let etcdctl = etcd37_tool("etcdctl");
+        let start = Instant::now();
+        while ctl(&etcdctl, &["put", "k", "v"]).1 != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{}",
+                std::fs::read_to_string(d.join("default.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut seen = vec![
+            ctl(&etcdctl, &["get", "k", "--print-value-only"]),
+            ctl(&etcdctl, &["member", "list", "-w", "fields"]),
+        ];
+        if kind == Kind::Ballast {
+            seen.push(ctl(
+                &ctl_of(Kind::Ballast),
+                &["get", "k", "--print-value-only"],
+            ));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The same answers wherever the sockets are.
+        seen.iter()
+            .map(|(out, code)| {
+                let out: String = out
+                    .lines()
+                    .filter(|l| l.contains("URL") || !l.contains(" : "))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (out.replace(&d.display().to_string(), "DIR"), *code)
+            })
+            .collect::<Vec<_>>()
+    };
+    let etcd = session(Kind::Etcd37);
+    let ballast = session(Kind::Ballast);
+    assert_eq!(ballast[..2], etcd[..], "Ballast, then etcd 3.7");
+    assert_eq!(
+        ballast[2],
+        ("v".to_string(), 0),
+        "ballastctl over the socket"
+    );
+
+    // Three members talking over peer sockets, clients on TCP.
+    let d = dir.path().join("cluster");
+    std::fs::create_dir_all(&d).unwrap();
+    let peers: Vec<String> = (0..3)
+        .map(|i| format!("unix://{}/p{i}.sock", d.display()))
+        .collect();
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("u{i}={p}"))
+        .collect();
+    let clients: Vec<String> = (0..3)
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let mut children: Vec<_> = (0..3)
+        .map(|i| {
+            spawn_member(
+                &crate::cluster::ballast_bin(),
+                &d,
+                &format!("u{i}"),
+                (&clients[i], &peers[i]),
+                &initial.join(","),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    while etcdctl(&clients[0], &["put", "a", "b"], None).2 != 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = etcdctl(&clients[2], &["get", "a", "--print-value-only"], None);
+    assert_eq!(got.0, "b\n", "{got:?}");
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -542,6 +542,16 @@ async fn dial(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
         skip_verify: cli.insecure_skip_tls_verify,
         insecure_transport: cli.insecure_transport,
     };
+    if let Some((path, secure)) = ballast_net::urls::unix_socket(endpoint) {
+        let cfg = match secure {
+            true => Some(std::sync::Arc::new(
+                tls::client_config(&tls).map_err(|e| Failure::Other(e.to_string()))?,
+            )),
+            false => None,
+        };
+        return ballast_net::tls::connect_unix_lazy(path, cfg, dial, None)
+            .map_err(|e| Failure::Other(e.to_string()));
+    }
     let (secure, hostport) = match endpoint.split_once("://") {
         Some(("https", rest)) => (true, rest),
         Some((_, rest)) => (false, rest),

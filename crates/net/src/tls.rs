@@ -401,6 +401,52 @@ pub fn connect_lazy(
     )
 }
 
+/// A connection a client dials: TCP or a unix socket, with or without TLS.
+pub trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
+
+type UnixDialling = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<hyper_util::rt::TokioIo<Box<dyn ClientIo>>>,
+            > + Send,
+    >,
+>;
+
+/// A gRPC channel to a member's unix socket (`unix://` and `unixs://` URLs, see
+/// `urls::unix_socket`), over TLS when `tls` is given. Lazy: it connects on first use.
+pub fn connect_unix_lazy(
+    path: &str,
+    tls: Option<Arc<ClientConfig>>,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+) -> Result<tonic::transport::Channel, TlsError> {
+    let path = path.to_string();
+    let name = ServerName::try_from(crate::urls::unix_server_name(&path).to_string())?;
+    let dial = tower::service_fn(move |_: http::Uri| -> UnixDialling {
+        let (path, name, tls) = (path.clone(), name.clone(), tls.clone());
+        Box::pin(async move {
+            let s = tokio::net::UnixStream::connect(&path).await?;
+            let io: Box<dyn ClientIo> = match tls {
+                None => Box::new(s),
+                Some(cfg) => Box::new(
+                    tokio_rustls::TlsConnector::from(cfg)
+                        .connect(name, s)
+                        .await?,
+                ),
+            };
+            Ok(hyper_util::rt::TokioIo::new(io))
+        })
+    });
+    // The URI only names the :authority; the connector picks the socket.
+    let mut ep = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(connect_timeout);
+    if let Some(t) = timeout {
+        ep = ep.timeout(t);
+    }
+    Ok(ep.connect_with_connector_lazy(dial))
+}
+
 /// Whose certificates a TLS client accepts.
 pub enum Trust<'a> {
     /// Those issued by the CA bundle at this path (none at all without one).

@@ -31,8 +31,34 @@ pub fn sorted(urls: &[String]) -> Vec<String> {
     v
 }
 
-/// Splits `scheme://host:port[/]` into host and port; etcd accepts only http and https here.
+/// A `unix://` or `unixs://` URL's socket path (etcd's host and path joined, so
+/// `unix://localhost:2379` is the file `localhost:2379`), and whether it carries TLS.
+pub fn unix_socket(u: &str) -> Option<(&str, bool)> {
+    let (path, tls) = match u.split_once("://")? {
+        ("unix", rest) => (rest, false),
+        ("unixs", rest) => (rest, true),
+        _ => return None,
+    };
+    let path = path.trim_end_matches('/');
+    (!path.is_empty()).then_some((path, tls))
+}
+
+/// The TLS server name of a `unixs://host:port` URL: its host, as Go's URL parser reads it;
+/// an absolute socket path names no host, so the certificate must name localhost.
+pub fn unix_server_name(path: &str) -> &str {
+    let host = path.split('/').next().unwrap_or(path);
+    match host.rsplit_once(':').map_or(host, |(h, _)| h) {
+        "" => "localhost",
+        h => h,
+    }
+}
+
+/// Splits `scheme://host:port[/]` into host and port; etcd accepts http and https here, and
+/// unix sockets (`unix://`, `unixs://`), which have no port: (path, 0).
 pub fn parse_url(flag: &'static str, u: &str) -> Result<(String, u16), FlagError> {
+    if let Some((path, _)) = unix_socket(u) {
+        return Ok((path.to_string(), 0));
+    }
     let rest = u
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"))
@@ -132,7 +158,8 @@ mod tests {
         );
         assert!(parse_initial_cluster("").is_err());
         assert!(parse_initial_cluster("a").is_err());
-        assert!(parse_initial_cluster("a=unix://x:1").is_err());
+        assert!(parse_initial_cluster("a=ftp://x:1").is_err());
+        assert!(parse_initial_cluster("a=unix://x:1").is_ok());
     }
 
     #[test]
@@ -151,6 +178,17 @@ mod tests {
     fn urls_need_a_scheme_host_and_port() {
         assert_eq!(parse_url("--x", "http://h:80/"), Ok(("h".into(), 80)));
         assert_eq!(parse_url("--x", "https://[::1]:2"), Ok(("::1".into(), 2)));
+        assert_eq!(
+            parse_url("--x", "unix://localhost:2379"),
+            Ok(("localhost:2379".into(), 0))
+        );
+        assert_eq!(
+            super::unix_socket("unixs:///run/etcd.sock"),
+            Some(("/run/etcd.sock", true))
+        );
+        assert_eq!(super::unix_server_name("localhost:2379"), "localhost");
+        assert_eq!(super::unix_server_name("/run/etcd.sock"), "localhost");
+        assert_eq!(super::unix_socket("unix://"), None);
         for bad in ["h:80", "http://h", "http://:80", "http://h:port"] {
             assert!(parse_url("--x", bad).is_err(), "{bad}");
         }

@@ -100,20 +100,61 @@ pub struct PeerTls {
 /// How long a peer may take to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Dials `addr` (`host:port`), with TLS when configured.
-async fn connect(addr: &str, tls: Option<&PeerTls>) -> Option<Conn> {
-    let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = stream.set_nodelay(true);
-    let Some(tls) = tls else {
-        return Some(Box::new(stream));
+/// A listener the peer port accepts on: TCP, or a unix socket (`unix://` peer URLs).
+pub trait PeerListener: Send + 'static {
+    type Stream: PeerIo + 'static;
+    /// The next connection and a name for its remote end (for logs).
+    fn next(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
+}
+
+impl PeerListener for TcpListener {
+    type Stream = TcpStream;
+    async fn next(&self) -> std::io::Result<(TcpStream, String)> {
+        let (s, a) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, a.to_string()))
+    }
+}
+
+impl PeerListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<(tokio::net::UnixStream, String)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, "unix socket".to_string()))
+    }
+}
+
+/// Dials a peer URL's address: `host:port` over TCP, or a unix socket path, with TLS when
+/// configured (`https`, `unixs`).
+async fn connect(url: &str, tls: Option<&PeerTls>) -> Option<Conn> {
+    let (stream, host): (Conn, &str) = match ballast_net::urls::unix_socket(url) {
+        Some((path, _)) => {
+            let s = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::UnixStream::connect(path))
+                .await
+                .ok()?
+                .ok()?;
+            (Box::new(s), ballast_net::urls::unix_server_name(path))
+        }
+        None => {
+            let addr = host_port(url)?;
+            let s = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            let _ = s.set_nodelay(true);
+            let host = addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+                .unwrap_or(addr);
+            (Box::new(s), host)
+        }
     };
-    let host = addr
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-        .unwrap_or(addr);
+    let Some(tls) = tls else {
+        return Some(stream);
+    };
+    let addr = url;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     match tokio::time::timeout(TLS_HANDSHAKE, connector.connect(name, stream)).await {
@@ -350,9 +391,9 @@ impl Transport {
     }
 
     /// Accepts peer connections until the listener fails.
-    pub async fn serve(self, listener: TcpListener) {
+    pub async fn serve<L: PeerListener>(self, listener: L) {
         loop {
-            match listener.accept().await {
+            match listener.next().await {
                 Ok((stream, addr)) => {
                     let inner = self.inner.clone();
                     tokio::spawn(async move {
@@ -529,11 +570,9 @@ async fn dial(inner: &Inner, to: u64, urls: &[String], kind: Kind) -> Option<Buf
     }
     .encode();
     for url in urls {
-        let Some(addr) = host_port(url) else {
-            continue;
-        };
-        let tls = inner.tls.as_ref().filter(|_| url.starts_with("https://"));
-        let Some(stream) = connect(addr, tls).await else {
+        let secure = url.starts_with("https://") || url.starts_with("unixs://");
+        let tls = inner.tls.as_ref().filter(|_| secure);
+        let Some(stream) = connect(url, tls).await else {
             continue;
         };
         let mut w = BufWriter::with_capacity(64 * 1024, stream);
@@ -695,32 +734,53 @@ pub fn fetch_membership(
 ) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
     for url in urls {
-        let Some(addr) = host_port(url) else {
-            continue;
+        let secure = url.starts_with("https://") || url.starts_with("unixs://");
+        // Each address the URL names, connected in turn: a unix socket, or what its host
+        // resolves to.
+        type Targets = Box<dyn Iterator<Item = Box<dyn ReadWrite>>>;
+        let (targets, host): (Targets, String) = match ballast_net::urls::unix_socket(url) {
+            Some((path, _)) => {
+                let s = std::os::unix::net::UnixStream::connect(path).ok().map(|s| {
+                    let _ = s.set_read_timeout(Some(timeout));
+                    let _ = s.set_write_timeout(Some(timeout));
+                    Box::new(s) as Box<dyn ReadWrite>
+                });
+                let host = ballast_net::urls::unix_server_name(path).to_string();
+                (Box::new(s.into_iter()), host)
+            }
+            None => {
+                let Some(addr) = host_port(url) else {
+                    continue;
+                };
+                let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(addr) else {
+                    continue;
+                };
+                let host = addr
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
+                    .unwrap_or(addr)
+                    .to_string();
+                let streams = addrs
+                    .filter_map(move |sa| std::net::TcpStream::connect_timeout(&sa, timeout).ok())
+                    .map(move |tcp| {
+                        let _ = tcp.set_read_timeout(Some(timeout));
+                        let _ = tcp.set_write_timeout(Some(timeout));
+                        Box::new(tcp) as Box<dyn ReadWrite>
+                    });
+                (Box::new(streams), host)
+            }
         };
-        let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(addr) else {
-            continue;
-        };
-        for sa in addrs {
-            let Ok(tcp) = std::net::TcpStream::connect_timeout(&sa, timeout) else {
-                continue;
-            };
-            let _ = tcp.set_read_timeout(Some(timeout));
-            let _ = tcp.set_write_timeout(Some(timeout));
-            let mut s: Box<dyn ReadWrite> = match tls.filter(|_| url.starts_with("https://")) {
-                None => Box::new(tcp),
+        for base in targets {
+            let mut s: Box<dyn ReadWrite> = match tls.filter(|_| secure) {
+                None => base,
                 Some(t) => {
-                    let host = addr
-                        .rsplit_once(':')
-                        .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-                        .unwrap_or(addr);
-                    let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_string()) else {
+                    let Ok(name) = rustls::pki_types::ServerName::try_from(host.clone()) else {
                         continue;
                     };
                     let Ok(conn) = rustls::ClientConnection::new(t.client.clone(), name) else {
                         continue;
                     };
-                    Box::new(rustls::StreamOwned::new(conn, tcp))
+                    Box::new(rustls::StreamOwned::new(conn, base))
                 }
             };
             let hs = Handshake {

@@ -907,6 +907,11 @@ pub struct Config {
     /// `--listen-client-urls` listeners serve gRPC only, as in etcd.
     pub listen_client_http: Vec<SocketAddr>,
     pub listen_client_http_https: Vec<SocketAddr>,
+    /// Unix-socket client listeners of `--listen-client-urls` and `--listen-client-http-urls`.
+    pub listen_client_unix: Vec<UnixListen>,
+    pub listen_client_http_unix: Vec<UnixListen>,
+    /// Unix-socket peer listeners.
+    pub listen_peer_unix: Vec<UnixListen>,
     /// The client port's TLS, if any (`--auto-tls` is resolved at start, in the data dir).
     pub client_tls: Option<crate::conn::tls::TlsFiles>,
     pub auto_tls: bool,
@@ -1089,23 +1094,44 @@ fn etcd_error(msg: String) -> ConfigError {
 }
 
 /// The client side's listeners, TLS and advertised URLs.
+/// A `unix://` (or, with TLS, `unixs://`) listener: its socket file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixListen {
+    pub path: PathBuf,
+    pub tls: bool,
+}
+
 struct ClientSide {
     listen: Vec<SocketAddr>,
     listen_https: Vec<SocketAddr>,
+    listen_unix: Vec<UnixListen>,
     listen_http_only: Vec<SocketAddr>,
     listen_http_only_https: Vec<SocketAddr>,
+    listen_http_only_unix: Vec<UnixListen>,
     tls: Option<crate::conn::tls::TlsFiles>,
     advertise: Vec<String>,
     listen_metrics: Vec<SocketAddr>,
 }
 
-/// The plain and TLS listeners a client URL flag names.
-type Listeners = (Vec<SocketAddr>, Vec<SocketAddr>);
+/// The plain and TLS listeners a client URL flag names, and its unix sockets.
+type Listeners = (Vec<SocketAddr>, Vec<SocketAddr>, Vec<UnixListen>);
 
 fn client_listeners(f: &Flags, flag: &'static str, urls: &str) -> Result<Listeners, ConfigError> {
     let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
-    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    let (mut plain, mut tls, mut unix) = (Vec::new(), Vec::new(), Vec::new());
     for u in &split_urls(flag, urls)? {
+        if let Some((path, secure)) = ballast_net::urls::unix_socket(u) {
+            if secure && !has_cert && !f.auto_tls {
+                return Err(etcd_error(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                )));
+            }
+            unix.push(UnixListen {
+                path: PathBuf::from(path),
+                tls: secure,
+            });
+            continue;
+        }
         let addr = listen_addr(flag, u)?;
         if u.starts_with("https://") {
             if !has_cert && !f.auto_tls {
@@ -1118,17 +1144,18 @@ fn client_listeners(f: &Flags, flag: &'static str, urls: &str) -> Result<Listene
             plain.push(addr);
         }
     }
-    Ok((plain, tls))
+    Ok((plain, tls, unix))
 }
 
 fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
-    let (listen_client, listen_client_https) =
+    let (listen_client, listen_client_https, listen_unix) =
         client_listeners(f, "--listen-client-urls", &f.listen_client_urls)?;
-    let (listen_http_only, listen_http_only_https) = if f.listen_client_http_urls.is_empty() {
-        (vec![], vec![])
-    } else {
-        client_listeners(f, "--listen-client-http-urls", &f.listen_client_http_urls)?
-    };
+    let (listen_http_only, listen_http_only_https, listen_http_only_unix) =
+        if f.listen_client_http_urls.is_empty() {
+            (vec![], vec![], vec![])
+        } else {
+            client_listeners(f, "--listen-client-http-urls", &f.listen_client_http_urls)?
+        };
     let has_cert = !f.cert_file.is_empty() && !f.key_file.is_empty();
     let opt = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
     let suites: Vec<String> = f
@@ -1173,8 +1200,10 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
     Ok(ClientSide {
         listen: listen_client,
         listen_https: listen_client_https,
+        listen_unix,
         listen_http_only,
         listen_http_only_https,
+        listen_http_only_unix,
         tls: client_tls,
         advertise: advertise_client_urls,
         listen_metrics,
@@ -1184,6 +1213,7 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
 /// The peer side's listeners and TLS.
 struct PeerSide {
     listen: Vec<SocketAddr>,
+    listen_unix: Vec<UnixListen>,
     https: bool,
     tls: Option<crate::conn::tls::TlsFiles>,
     allowed: ballast_net::tls::Allowed,
@@ -1191,13 +1221,20 @@ struct PeerSide {
 
 fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
     let peer_urls = split_urls("--listen-peer-urls", &f.listen_peer_urls)?;
-    let listen_peer = peer_urls
-        .iter()
-        .map(|u| listen_addr("--listen-peer-urls", u))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (mut listen_peer, mut listen_unix) = (Vec::new(), Vec::new());
+    for u in &peer_urls {
+        match ballast_net::urls::unix_socket(u) {
+            Some((path, tls)) => listen_unix.push(UnixListen {
+                path: PathBuf::from(path),
+                tls,
+            }),
+            None => listen_peer.push(listen_addr("--listen-peer-urls", u)?),
+        }
+    }
     let peer_has_cert = !f.peer_cert_file.is_empty() && !f.peer_key_file.is_empty();
-    let peer_https = peer_urls.iter().any(|u| u.starts_with("https://"));
-    if let Some(u) = peer_urls.iter().find(|u| u.starts_with("https://")) {
+    let secure = |u: &&String| u.starts_with("https://") || u.starts_with("unixs://");
+    let peer_https = peer_urls.iter().any(|u| secure(&u));
+    if let Some(u) = peer_urls.iter().find(secure) {
         if !peer_has_cert && !f.peer_auto_tls {
             return Err(etcd_error(format!(
                 "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
@@ -1219,6 +1256,7 @@ fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
     });
     Ok(PeerSide {
         listen: listen_peer,
+        listen_unix,
         https: peer_https,
         tls: peer_tls,
         allowed: peer_allowed,
@@ -1606,6 +1644,9 @@ impl Config {
             listen_client_https: client.listen_https,
             listen_client_http: client.listen_http_only,
             listen_client_http_https: client.listen_http_only_https,
+            listen_client_unix: client.listen_unix,
+            listen_client_http_unix: client.listen_http_only_unix,
+            listen_peer_unix: peer.listen_unix,
             client_tls: client.tls,
             auto_tls: f.auto_tls,
             listen_metrics: client.listen_metrics,

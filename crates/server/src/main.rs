@@ -107,6 +107,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds a unix socket at `path`, removing a stale socket first as etcd does (but never a
+/// file that is not a socket).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        }
+    }
+    tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
 /// Why the member stops when its applier did (a storage failure).
 fn applier_stopped(reason: Option<String>) -> String {
     reason.unwrap_or_else(|| "the applier stopped".into())
@@ -150,6 +164,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     let listen = cfg.listen_client.clone();
     let listen_peer = cfg.listen_peer.clone();
     let server = EtcdServer::start(cfg).map_err(|e| e.to_string())?;
+    for u in &server.cfg.listen_peer_unix {
+        let listener = bind_unix(&u.path)?;
+        tracing::info!(path = %u.path.display(), tls = u.tls, "serving peer traffic on a unix socket");
+        tokio::spawn(server.transport().serve(listener));
+    }
     for addr in listen_peer {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -206,7 +225,24 @@ async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         http_listeners.push((addr, tls, listener));
     }
-    let split = if http_listeners.is_empty() {
+    let mut unix_listeners = Vec::new();
+    for (u, serves) in server
+        .cfg
+        .listen_client_unix
+        .iter()
+        .map(|u| (u, None))
+        .chain(
+            server
+                .cfg
+                .listen_client_http_unix
+                .iter()
+                .map(|u| (u, Some(Serves::Http))),
+        )
+    {
+        unix_listeners.push((u.clone(), bind_unix(&u.path)?, serves));
+    }
+    let http_only = !http_listeners.is_empty() || !server.cfg.listen_client_http_unix.is_empty();
+    let split = if !http_only {
         Serves::All
     } else {
         Serves::Grpc
@@ -302,6 +338,30 @@ async fn run(cfg: Config) -> Result<(), String> {
         } else {
             let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %addr, "serving client traffic insecurely");
+            let listener = ballast_server::conn::authority::Listener(listener);
+            tasks.spawn(ballast_server::rpc::dispatch::serve(
+                listener,
+                app,
+                max_streams,
+                serves,
+            ));
+        }
+    }
+    for (u, listener, serves) in unix_listeners {
+        let (app, serves) = (app.clone(), serves.unwrap_or(split));
+        tracing::info!(path = %u.path.display(), tls = u.tls, "serving client traffic on a unix socket");
+        if u.tls {
+            let Some(tls) = client_tls.clone() else {
+                return Err("unixs client URL without TLS configuration".into());
+            };
+            let listener = TlsListener::new_unix(listener, tls);
+            tasks.spawn(ballast_server::rpc::dispatch::serve(
+                listener,
+                app,
+                max_streams,
+                serves,
+            ));
+        } else {
             let listener = ballast_server::conn::authority::Listener(listener);
             tasks.spawn(ballast_server::rpc::dispatch::serve(
                 listener,

@@ -333,9 +333,30 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FixAuthority<T> {
     }
 }
 
-/// The client listener: every accepted connection goes through [`FixAuthority`], its writes
-/// through [`Coalesce`].
-pub struct Listener(pub tokio::net::TcpListener);
+/// The client listener (TCP, or a unix socket): every accepted connection goes through
+/// [`FixAuthority`], its writes through [`Coalesce`].
+pub struct Listener<L = tokio::net::TcpListener>(pub L);
+
+impl axum::serve::Listener for Listener<tokio::net::UnixListener> {
+    type Io = FixAuthority<Coalesce<tokio::net::UnixStream>>;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, a)) => return (FixAuthority::new(Coalesce::new(s)), a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "client accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
 
 impl axum::serve::Listener for Listener {
     type Io = FixAuthority<Coalesce<tokio::net::TcpStream>>;

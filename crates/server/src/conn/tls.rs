@@ -252,20 +252,58 @@ pub struct ClientAddr {
     pub cn: Option<String>,
 }
 
-/// Accepts TCP connections and completes TLS handshakes in their own tasks; `axum::serve`
-/// takes the finished streams.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(FixAuthority<Coalesce<TlsStream<TcpStream>>>, ClientAddr)>,
+/// Accepts connections (TCP, or a unix socket for `unixs://`) and completes TLS handshakes in
+/// their own tasks; `axum::serve` takes the finished streams.
+pub struct TlsListener<S = TcpStream> {
+    rx: mpsc::Receiver<(FixAuthority<Coalesce<TlsStream<S>>>, ClientAddr)>,
     local: SocketAddr,
 }
 
-impl TlsListener {
+/// Where a TLS listener's connections come from.
+pub trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn next(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn next(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (s, a) = self.accept().await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, a))
+    }
+}
+
+/// Unix-socket clients have no address; they show as 0.0.0.0:0.
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<(tokio::net::UnixStream, SocketAddr)> {
+        let (s, _) = self.accept().await?;
+        Ok((s, SocketAddr::from(([0, 0, 0, 0], 0))))
+    }
+}
+
+impl TlsListener<TcpStream> {
     pub fn new(tcp: TcpListener, tls: Arc<Reloading>) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
+        Ok(TlsListener::spawn(tcp, local, tls))
+    }
+}
+
+impl TlsListener<tokio::net::UnixStream> {
+    pub fn new_unix(l: tokio::net::UnixListener, tls: Arc<Reloading>) -> Self {
+        TlsListener::spawn(l, SocketAddr::from(([0, 0, 0, 0], 0)), tls)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> TlsListener<S> {
+    fn spawn<A: Accept<Stream = S>>(l: A, local: SocketAddr, tls: Arc<Reloading>) -> Self {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, addr) = match tcp.accept().await {
+                let (stream, addr) = match l.next().await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -273,7 +311,6 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
                 let (tx, acceptor) = (tx.clone(), TlsAcceptor::from(tls.current()));
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
@@ -300,12 +337,14 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { rx, local })
+        TlsListener { rx, local }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = FixAuthority<Coalesce<TlsStream<TcpStream>>>;
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> axum::serve::Listener
+    for TlsListener<S>
+{
+    type Io = FixAuthority<Coalesce<TlsStream<S>>>;
     type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -389,6 +428,18 @@ pub fn member_channel(
     tls: Option<&TlsFiles>,
     timeout: Duration,
 ) -> Result<tonic::transport::Channel, TlsError> {
+    if let Some((path, secure)) = ballast_net::urls::unix_socket(url) {
+        let cfg = match secure {
+            true => Some(Arc::new(member_client_config(tls, Allowed::Anyone)?)),
+            false => None,
+        };
+        return ballast_net::tls::connect_unix_lazy(
+            path,
+            cfg,
+            Duration::from_secs(2),
+            Some(timeout),
+        );
+    }
     let Some(rest) = url.strip_prefix("https://") else {
         return Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
             .connect_timeout(Duration::from_secs(2))

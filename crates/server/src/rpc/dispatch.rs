@@ -211,6 +211,12 @@ impl ConnPeer for std::net::SocketAddr {
     }
 }
 
+impl ConnPeer for tokio::net::unix::SocketAddr {
+    fn client_addr(&self) -> Option<&ClientAddr> {
+        None
+    }
+}
+
 impl ConnPeer for ClientAddr {
     fn client_addr(&self) -> Option<&ClientAddr> {
         Some(self)
