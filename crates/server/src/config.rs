@@ -170,7 +170,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
         true,
     ),
-    ("feature-gates", "ETCD_FEATURE_GATES", true),
     ("force-new-cluster", "ETCD_FORCE_NEW_CLUSTER", false),
     (
         "grpc-keepalive-interval",
@@ -455,6 +454,9 @@ pub struct Flags {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub initial_corrupt_check: bool,
+    /// etcd 3.7's `--feature-gates` (`Name=true|false,...`).
+    #[arg(long = "feature-gates", env = "ETCD_FEATURE_GATES", default_value = "")]
+    pub feature_gates: String,
     /// How often the leader compares histories; 0 turns it off.
     #[arg(
         long = "experimental-corrupt-check-time",
@@ -810,6 +812,7 @@ struct FileConfig {
     backup_interval: Option<String>,
     backup_retention: Option<usize>,
     experimental_initial_corrupt_check: Option<bool>,
+    feature_gates: Option<String>,
     experimental_corrupt_check_time: Option<String>,
     auth_token: Option<String>,
     auth_token_ttl: Option<u64>,
@@ -862,6 +865,62 @@ fn names(v: &Option<serde_yaml::Value>) -> Option<String> {
             let l: Vec<&str> = l.iter().filter_map(|x| x.as_str()).collect();
             (!l.is_empty()).then(|| l.join(","))
         }
+        _ => None,
+    }
+}
+
+/// etcd 3.7's feature gates: (name, stage, etcd's default, Ballast's behaviour). Ballast's
+/// behaviour is fixed for all but `InitialCorruptCheck`, which the gate sets.
+pub const FEATURE_GATES: &[(&str, &str, bool, bool)] = &[
+    ("AllAlpha", "ALPHA", false, false),
+    ("AllBeta", "BETA", false, false),
+    ("CompactHashCheck", "ALPHA", false, false),
+    ("FastLeaseKeepAlive", "BETA", true, true),
+    ("InitialCorruptCheck", "ALPHA", false, true),
+    ("LeaseCheckpoint", "ALPHA", false, true),
+    ("LeaseCheckpointPersist", "ALPHA", false, true),
+    ("PriorityRequest", "ALPHA", false, false),
+    ("SetMemberLocalAddr", "ALPHA", false, false),
+    // Ballast keeps serving during a defragmentation.
+    ("StopGRPCServiceOnDefrag", "ALPHA", false, false),
+    ("TxnModeWriteWithSharedBuffer", "BETA", true, true),
+];
+
+type Gates = std::collections::BTreeMap<&'static str, bool>;
+
+/// `--feature-gates` as etcd 3.7 parses it (its messages for an unknown gate or a bad value),
+/// and a warning for each gate set against Ballast's fixed behaviour.
+fn feature_gates(s: &str) -> Result<(Gates, Vec<String>), ConfigError> {
+    let (mut gates, mut warnings) = (Gates::new(), Vec::new());
+    let bad = |reason: String| invalid("--feature-gates", s, reason);
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = match pair.split_once('=') {
+            Some((n, v)) => (n.trim(), v.trim()),
+            None => return Err(bad(format!("missing bool value for {pair}"))),
+        };
+        let Some(&(known, _, _, fixed)) = FEATURE_GATES.iter().find(|g| g.0 == name) else {
+            return Err(bad(format!("unrecognized feature gate: {name}")));
+        };
+        let on = go_bool(value).ok_or_else(|| {
+            bad(format!(
+                "invalid value of {name}={value}, err: strconv.ParseBool: parsing {value:?}: invalid syntax"
+            ))
+        })?;
+        if known != "InitialCorruptCheck" && on != fixed {
+            warnings.push(format!(
+                "feature gate {known}={on} has no effect in Ballast, which behaves as {known}={fixed}"
+            ));
+        }
+        gates.insert(known, on);
+    }
+    Ok((gates, warnings))
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
     }
 }
@@ -1525,6 +1584,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         initial_corrupt_check: c
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),
+        feature_gates: c.feature_gates.unwrap_or(d.feature_gates),
         corrupt_check_time: c
             .experimental_corrupt_check_time
             .unwrap_or(d.corrupt_check_time),
@@ -1635,6 +1695,7 @@ impl Config {
         let cluster = cluster(&f, !has_member)?;
         check_sizes(&f)?;
         let (watch_progress_interval, lease_checkpoint_interval) = intervals(&f)?;
+        let (gates, gate_warnings) = feature_gates(&f.feature_gates)?;
         let logging = logging(&f)?;
         Ok(Config {
             name: f.name.clone(),
@@ -1683,7 +1744,10 @@ impl Config {
                 &f.auto_compaction_retention,
             )?,
             backup: backup(&f)?,
-            initial_corrupt_check: f.initial_corrupt_check,
+            initial_corrupt_check: gates
+                .get("InitialCorruptCheck")
+                .copied()
+                .unwrap_or(f.initial_corrupt_check),
             corrupt_check: corrupt_check(&f)?,
             election_ticks: (f.election_timeout / f.heartbeat_interval) as usize,
             log_level: logging.0,
@@ -1695,7 +1759,12 @@ impl Config {
                 4..=31 => f.bcrypt_cost,
                 c => return Err(invalid("--bcrypt-cost", &c.to_string(), "must be 4 to 31")),
             },
-            warnings: f.file_warnings.clone(),
+            warnings: f
+                .file_warnings
+                .iter()
+                .cloned()
+                .chain(gate_warnings)
+                .collect(),
         })
     }
 
@@ -1925,6 +1994,28 @@ auto-compaction-retention: "1"
         ] {
             let e = parse(refused).expect_err("refused").to_string();
             assert!(e.contains(refused[0]), "{e}");
+        }
+        // --feature-gates as etcd 3.7 reads it; InitialCorruptCheck is Ballast's to follow.
+        let c = parse(&["--feature-gates=InitialCorruptCheck=false,LeaseCheckpoint=true"]).unwrap();
+        assert!(!c.initial_corrupt_check);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse(&["--feature-gates=StopGRPCServiceOnDefrag=true"]).unwrap();
+        assert!(c.warnings[0].contains("StopGRPCServiceOnDefrag=true has no effect"));
+        for (gates, msg) in [
+            ("Foo=true", "unrecognized feature gate: Foo"),
+            (
+                "InitialCorruptCheck",
+                "missing bool value for InitialCorruptCheck",
+            ),
+            (
+                "InitialCorruptCheck=maybe",
+                r#"invalid value of InitialCorruptCheck=maybe, err: strconv.ParseBool: parsing "maybe": invalid syntax"#,
+            ),
+        ] {
+            let e = parse(&[&format!("--feature-gates={gates}")])
+                .expect_err(gates)
+                .to_string();
+            assert!(e.contains(msg), "{e}");
         }
         // etcd 3.7's lists; names and CNs exclude each other, in etcd's words.
         let c = parse(&["--peer-cert-allowed-hostname=a.example,b.example"]).unwrap();

@@ -519,25 +519,6 @@ fn mvcc_metrics(o: &mut Out, s: &EtcdServer) {
     );
 }
 
-/// etcd 3.7's feature gates (`--feature-gates`) with Ballast's behaviour for each: what it
-/// always does is enabled, what it never does is not.
-fn feature_gates(s: &EtcdServer) -> [(&'static str, &'static str, bool); 11] {
-    [
-        ("AllAlpha", "ALPHA", false),
-        ("AllBeta", "BETA", false),
-        ("CompactHashCheck", "ALPHA", false),
-        ("FastLeaseKeepAlive", "BETA", true),
-        ("InitialCorruptCheck", "ALPHA", s.cfg.initial_corrupt_check),
-        ("LeaseCheckpoint", "ALPHA", true),
-        ("LeaseCheckpointPersist", "ALPHA", true),
-        ("PriorityRequest", "ALPHA", false),
-        ("SetMemberLocalAddr", "ALPHA", false),
-        // Ballast keeps serving during a defragmentation.
-        ("StopGRPCServiceOnDefrag", "ALPHA", false),
-        ("TxnModeWriteWithSharedBuffer", "BETA", true),
-    ]
-}
-
 /// Labelled latency histograms: one series per (label value, success), then `extra` labels
 /// (etcd orders labels by name).
 fn labelled(
@@ -606,7 +587,11 @@ fn server_metrics(o: &mut Out, s: &EtcdServer) {
         "gauge",
         "Whether or not a feature is enabled. 1 is enabled, 0 is not.",
     );
-    for (name, stage, on) in feature_gates(s) {
+    for &(name, stage, _, fixed) in crate::config::FEATURE_GATES {
+        let on = match name {
+            "InitialCorruptCheck" => s.cfg.initial_corrupt_check,
+            _ => fixed,
+        };
         let _ = writeln!(
             o.0,
             "etcd_server_feature_enabled{{name=\"{name}\",stage=\"{stage}\"}} {}",
