@@ -2002,3 +2002,45 @@ fn unix_socket_listeners_serve_clients_and_peers() {
         let _ = c.wait();
     }
 }
+
+/// Port 0 in a listen URL binds an ephemeral port, as with etcd; the log names the port
+/// bound, and clients reach the member there.
+#[test]
+fn port_zero_binds_an_ephemeral_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut child = spawn_member(
+        &crate::cluster::ballast_bin(),
+        dir.path(),
+        "z",
+        ("http://127.0.0.1:0", &peer),
+        &format!("z={peer}"),
+    );
+    let log = dir.path().join("z.log");
+    let start = Instant::now();
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let bound = text
+            .lines()
+            .filter(|l| l.contains("serving client traffic insecurely"))
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["address"]
+                    .as_str()?
+                    .rsplit_once(':')?
+                    .1
+                    .parse::<u16>()
+                    .ok()
+            });
+        if let Some(p) = bound {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(port, 0);
+    let ep = format!("127.0.0.1:{port}");
+    assert_eq!(ctl_ok(etcdctl(&ep, &["put", "k", "v"], None)), "OK\n");
+    let _ = child.kill();
+    let _ = child.wait();
+}
