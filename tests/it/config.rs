@@ -37,7 +37,7 @@ fn bad_flags_and_values_exit_1_before_touching_disk() {
             "--max-request-bytes",
         ),
         (
-            &["--listen-client-urls", "unix:///x"][..],
+            &["--listen-client-urls", "ftp://x:1"][..],
             &[][..],
             "--listen-client-urls",
         ),

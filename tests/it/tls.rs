@@ -71,6 +71,17 @@ fn pki(dir: &Path, name: &str) -> Pki {
     }
 }
 
+impl Pki {
+    /// etcdctl's flags trusting this CA and presenting `cert`/`key`.
+    fn creds(&self, cert: &Path, key: &Path) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca.display()),
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+        ]
+    }
+}
+
 struct Member {
     child: Child,
     url: String,
@@ -397,11 +408,7 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
         (3, 1),
         &["--peer-cert-allowed-cn=server"],
     );
-    let creds = [
-        format!("--cacert={}", p.ca.display()),
-        format!("--cert={}", p.client_cert.display()),
-        format!("--key={}", p.client_key.display()),
-    ];
+    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
     for m in &members {
         wait_serving(m, &tls);
@@ -487,11 +494,7 @@ fn members_with_two_peer_urls_elect_a_leader() {
         (3, 2),
         &["--peer-cert-allowed-cn=server"],
     );
-    let creds = [
-        format!("--cacert={}", p.ca.display()),
-        format!("--cert={}", p.client_cert.display()),
-        format!("--key={}", p.client_key.display()),
-    ];
+    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
     for m in &members {
         wait_serving(m, &tls);
@@ -546,11 +549,7 @@ fn peer_cert_allowed_hostname_checks_the_certificates_names() {
         (2, 1),
         &["--peer-cert-allowed-hostname=peer.example,localhost"],
     );
-    let creds = [
-        format!("--cacert={}", p.ca.display()),
-        format!("--cert={}", p.client_cert.display()),
-        format!("--key={}", p.client_key.display()),
-    ];
+    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
     for m in &members {
         wait_serving(m, &tls);
@@ -592,20 +591,13 @@ fn client_cert_allowed_hostname_admits_matching_certificates() {
             "--client-cert-allowed-hostname=localhost",
         ],
     );
-    let with = |cert: &Path, key: &Path| {
-        vec![
-            format!("--cacert={}", p.ca.display()),
-            format!("--cert={}", cert.display()),
-            format!("--key={}", key.display()),
-        ]
-    };
     // The server certificate names localhost and may act as a client.
-    let named = with(&p.server_cert, &p.server_key);
+    let named = p.creds(&p.server_cert, &p.server_key);
     let named: Vec<&str> = named.iter().map(String::as_str).collect();
     wait_serving(&m, &named);
     assert_eq!(etcdctl(&m.url, &named, &["put", "k", "v"]).0, "OK\n");
     // The client certificate has no SAN at all.
-    let unnamed = with(&p.client_cert, &p.client_key);
+    let unnamed = p.creds(&p.client_cert, &p.client_key);
     let unnamed: Vec<&str> = unnamed.iter().map(String::as_str).collect();
     let out = etcdctl(&m.url, &unnamed, &["get", "k"]);
     assert_ne!(out.2, 0, "{out:?}");

@@ -257,24 +257,14 @@ enum Cmd {
         /// The reference etcd binary
         #[arg(long, default_value = "etcd")]
         etcd: PathBuf,
-        /// The ballast binary (default: beside this one)
-        #[arg(long)]
-        ballast: Option<PathBuf>,
-        /// MiB of values written before the snapshot
-        #[arg(long = "data-mib", default_value_t = 1024)]
-        data_mib: u64,
-        /// Bytes per value
-        #[arg(long = "value-size", default_value_t = 65536)]
-        value_size: usize,
+        #[command(flatten)]
+        data: DataArgs,
         /// The etcdctl that saves the snapshots
         #[arg(long, default_value = "etcdctl")]
         etcdctl: PathBuf,
         /// Snapshots of each server, alternating
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Also write the table here
-        #[arg(long)]
-        out: Option<PathBuf>,
     },
     /// Fill a fresh etcd 3.7 and a fresh Ballast with the same data, then read the whole
     /// prefix with one RangeStream and with many paging unary readers, measuring how much the
@@ -284,15 +274,8 @@ enum Cmd {
         /// The reference etcd binary (3.7 or later: it needs RangeStream)
         #[arg(long)]
         etcd: PathBuf,
-        /// The ballast binary (default: beside this one)
-        #[arg(long)]
-        ballast: Option<PathBuf>,
-        /// MiB of values written before the reads
-        #[arg(long = "data-mib", default_value_t = 1024)]
-        data_mib: u64,
-        /// Bytes per value
-        #[arg(long = "value-size", default_value_t = 65536)]
-        value_size: usize,
+        #[command(flatten)]
+        data: DataArgs,
         /// Unary readers at once
         #[arg(long = "readers", default_value_t = 20)]
         readers: usize,
@@ -302,10 +285,24 @@ enum Cmd {
         /// Reads of each server, alternating
         #[arg(long, default_value_t = 2)]
         rounds: usize,
-        /// Also write the table here
-        #[arg(long)]
-        out: Option<PathBuf>,
     },
+}
+
+/// The data a side-by-side measurement writes into both servers first, and where it reports.
+#[derive(Args)]
+struct DataArgs {
+    /// The ballast binary (default: beside this one)
+    #[arg(long)]
+    ballast: Option<PathBuf>,
+    /// MiB of values written before measuring
+    #[arg(long = "data-mib", default_value_t = 1024)]
+    data_mib: u64,
+    /// Bytes per value
+    #[arg(long = "value-size", default_value_t = 65536)]
+    value_size: usize,
+    /// Also write the table here
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// The ballast binary: as given, or beside this one.
@@ -524,43 +521,37 @@ fn main() {
             }
             Cmd::SnapshotCompare {
                 etcd,
-                ballast,
-                data_mib,
-                value_size,
+                data,
                 etcdctl,
                 rounds,
-                out,
             } => {
                 let a = snapshot::SnapshotArgs {
                     etcd: etcd.clone(),
-                    ballast: ballast_bin(ballast),
-                    data_mib: *data_mib,
-                    value_size: *value_size,
+                    ballast: ballast_bin(&data.ballast),
+                    data_mib: data.data_mib,
+                    value_size: data.value_size,
                     etcdctl: etcdctl.clone(),
                     rounds: *rounds,
-                    out: out.clone(),
+                    out: data.out.clone(),
                 };
                 snapshot::run(&a).await
             }
             Cmd::RangeCompare {
                 etcd,
-                ballast,
-                data_mib,
-                value_size,
+                data,
                 readers,
                 page,
                 rounds,
-                out,
             } => {
                 let a = rangemem::RangeArgs {
                     etcd: etcd.clone(),
-                    ballast: ballast_bin(ballast),
-                    data_mib: *data_mib,
-                    value_size: *value_size,
+                    ballast: ballast_bin(&data.ballast),
+                    data_mib: data.data_mib,
+                    value_size: data.value_size,
                     clients: *readers,
                     page: *page,
                     rounds: *rounds,
-                    out: out.clone(),
+                    out: data.out.clone(),
                 };
                 rangemem::run(&a).await
             }

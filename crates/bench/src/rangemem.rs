@@ -5,16 +5,14 @@
 //! lists. etcd's out-of-memory kills on large lists are its most-reported failure.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ballast_api::etcdserverpb::kv_client::KvClient;
 use ballast_api::etcdserverpb::RangeRequest;
 use tokio_stream::StreamExt;
 
 use crate::compare::{self, Cluster, CompareArgs, Kind};
-use crate::snapshot::{cpu_ticks, fill, median, mib, vm_rss};
+use crate::snapshot::{cpu_ticks, fill, median, mib, vm_rss, RssPeak};
 
 pub struct RangeArgs {
     /// etcd 3.7 or later (RangeStream).
@@ -39,8 +37,6 @@ struct Measured {
     rss_before: u64,
     rss_peak: u64,
 }
-
-const RSS_SAMPLE: Duration = Duration::from_millis(10);
 
 async fn client(ep: &str) -> Result<KvClient<tonic::transport::Channel>, String> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
@@ -110,28 +106,17 @@ where
     let pid = c.members[0].child.id();
     let rss_before = vm_rss(pid);
     let cpu_before = cpu_ticks(pid);
-    let peak = Arc::new(AtomicU64::new(rss_before));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(vm_rss(pid), Ordering::Relaxed);
-                std::thread::sleep(RSS_SAMPLE);
-            }
-        })
-    };
+    let sampler = RssPeak::start(pid);
     let started = Instant::now();
     let bytes = read.await;
     let secs = started.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let rss_peak = sampler.stop();
     Ok(Measured {
         secs,
         bytes: bytes?,
         cpu_secs: cpu_ticks(pid).saturating_sub(cpu_before) as f64 / 100.0,
         rss_before,
-        rss_peak: peak.load(Ordering::Relaxed),
+        rss_peak,
     })
 }
 

@@ -54,6 +54,37 @@ pub(crate) fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's peak resident memory, sampled every `RSS_SAMPLE` by a thread of its own from
+/// `start` until `stop`.
+pub(crate) struct RssPeak {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssPeak {
+    pub(crate) fn start(pid: u32) -> RssPeak {
+        let peak = Arc::new(AtomicU64::new(vm_rss(pid)));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(vm_rss(pid), Ordering::Relaxed);
+                    std::thread::sleep(RSS_SAMPLE);
+                }
+            })
+        };
+        RssPeak { peak, done, thread }
+    }
+
+    pub(crate) fn stop(self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// Writes `data_mib` MiB of `value_size`-byte values under sequential 16-byte keys.
 pub(crate) async fn fill(c: &Cluster, data_mib: u64, value_size: usize) -> Result<(), String> {
     let total = (data_mib << 20) as usize / value_size.max(1);
@@ -78,17 +109,7 @@ fn measure(
     let pid = c.members[0].child.id();
     let rss_before = vm_rss(pid);
     let cpu_before = cpu_ticks(pid);
-    let peak = Arc::new(AtomicU64::new(rss_before));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(vm_rss(pid), Ordering::Relaxed);
-                std::thread::sleep(RSS_SAMPLE);
-            }
-        })
-    };
+    let sampler = RssPeak::start(pid);
     let started = Instant::now();
     let out = std::process::Command::new(etcdctl)
         .env("ETCDCTL_API", "3")
@@ -98,8 +119,7 @@ fn measure(
         .output()
         .map_err(|e| format!("{}: {e}", etcdctl.display()))?;
     let secs = started.elapsed().as_secs_f64();
-    done.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let rss_peak = sampler.stop();
     if !out.status.success() {
         return Err(format!(
             "snapshot save failed: {}",
@@ -113,7 +133,7 @@ fn measure(
         secs,
         cpu_secs: cpu_ticks(pid).saturating_sub(cpu_before) as f64 / 100.0,
         rss_before,
-        rss_peak: peak.load(Ordering::Relaxed),
+        rss_peak,
     })
 }
 

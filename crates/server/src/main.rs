@@ -107,6 +107,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Serves one client listener among `tasks`.
+fn serve_client<L>(
+    tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
+    listener: L,
+    app: &ballast_server::rpc::dispatch::ClientService,
+    max_streams: u32,
+    serves: Serves,
+) where
+    L: axum::serve::Listener,
+    L::Addr: ballast_server::rpc::dispatch::ConnPeer,
+{
+    tasks.spawn(ballast_server::rpc::dispatch::serve(
+        listener,
+        app.clone(),
+        max_streams,
+        serves,
+    ));
+}
+
 /// Binds a unix socket at `path`, removing a stale socket first as etcd does (but never a
 /// file that is not a socket).
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String> {
@@ -320,55 +339,33 @@ async fn run(cfg: Config) -> Result<(), String> {
                 .into_iter()
                 .map(|(a, tls, l)| (a, tls, l, Serves::Http)),
         );
+    let secure = |what: &str| {
+        client_tls
+            .clone()
+            .ok_or_else(|| format!("{what} client URL without TLS configuration"))
+    };
     for (addr, tls, listener, serves) in all {
-        let app = app.clone();
+        let addr = listener.local_addr().unwrap_or(addr);
         if tls {
-            let Some(tls) = client_tls.clone() else {
-                return Err("https client URL without TLS configuration".into());
-            };
-            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %addr, "serving client traffic securely");
-            let listener = TlsListener::new(listener, tls).map_err(|e| e.to_string())?;
-            tasks.spawn(ballast_server::rpc::dispatch::serve(
-                listener,
-                app,
-                max_streams,
-                serves,
-            ));
+            let listener =
+                TlsListener::new(listener, secure("https")?).map_err(|e| e.to_string())?;
+            serve_client(&mut tasks, listener, &app, max_streams, serves);
         } else {
-            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(address = %addr, "serving client traffic insecurely");
             let listener = ballast_server::conn::authority::Listener(listener);
-            tasks.spawn(ballast_server::rpc::dispatch::serve(
-                listener,
-                app,
-                max_streams,
-                serves,
-            ));
+            serve_client(&mut tasks, listener, &app, max_streams, serves);
         }
     }
     for (u, listener, serves) in unix_listeners {
-        let (app, serves) = (app.clone(), serves.unwrap_or(split));
+        let serves = serves.unwrap_or(split);
         tracing::info!(path = %u.path.display(), tls = u.tls, "serving client traffic on a unix socket");
         if u.tls {
-            let Some(tls) = client_tls.clone() else {
-                return Err("unixs client URL without TLS configuration".into());
-            };
-            let listener = TlsListener::new_unix(listener, tls);
-            tasks.spawn(ballast_server::rpc::dispatch::serve(
-                listener,
-                app,
-                max_streams,
-                serves,
-            ));
+            let listener = TlsListener::new_unix(listener, secure("unixs")?);
+            serve_client(&mut tasks, listener, &app, max_streams, serves);
         } else {
             let listener = ballast_server::conn::authority::Listener(listener);
-            tasks.spawn(ballast_server::rpc::dispatch::serve(
-                listener,
-                app,
-                max_streams,
-                serves,
-            ));
+            serve_client(&mut tasks, listener, &app, max_streams, serves);
         }
     }
     tracing::info!(
