@@ -392,6 +392,23 @@ fn tls_cluster(
     (members, initial)
 }
 
+/// `tls_cluster`, once every member serves; with etcdctl's flags for the client certificate.
+fn serving_tls_cluster(
+    dir: &Path,
+    p: &Pki,
+    prefix: &str,
+    shape: (usize, usize),
+    extra: &[&str],
+) -> (Vec<Member>, String, Vec<String>) {
+    let (members, initial) = tls_cluster(dir, p, prefix, shape, extra);
+    let creds = p.creds(&p.client_cert, &p.client_key);
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    for m in &members {
+        wait_serving(m, &tls);
+    }
+    (members, initial, creds)
+}
+
 /// Three members with mutual TLS on client and peer ports: raft runs over peer TLS, what
 /// followers forward to the leader (lease keep-alive, time-to-live) goes over client TLS with
 /// the member's own certificate, and a member whose peer certificate comes from another CA
@@ -401,18 +418,14 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "c");
     // The members' certificates are all issued to "server".
-    let (members, initial) = tls_cluster(
+    let (members, initial, creds) = serving_tls_cluster(
         dir.path(),
         &p,
         "t",
         (3, 1),
         &["--peer-cert-allowed-cn=server"],
     );
-    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
-    for m in &members {
-        wait_serving(m, &tls);
-    }
     let eps: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
     let status = etcdctl(&eps.join(","), &tls, &["endpoint", "status", "-w", "json"]).0;
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -487,18 +500,14 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
 fn members_with_two_peer_urls_elect_a_leader() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "u");
-    let (members, _) = tls_cluster(
+    let (members, _, creds) = serving_tls_cluster(
         dir.path(),
         &p,
         "w",
         (3, 2),
         &["--peer-cert-allowed-cn=server"],
     );
-    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
-    for m in &members {
-        wait_serving(m, &tls);
-    }
     assert_eq!(etcdctl(&members[0].url, &tls, &["put", "k", "v"]).0, "OK\n");
     let got = etcdctl(&members[2].url, &tls, &["get", "k", "--print-value-only"]);
     assert_eq!(got.0, "v\n", "{got:?}");
@@ -542,18 +551,14 @@ fn peer_cert_allowed_hostname_checks_the_certificates_names() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path(), "h");
     // The members' certificates name 127.0.0.1 and localhost.
-    let (members, _) = tls_cluster(
+    let (members, _, creds) = serving_tls_cluster(
         dir.path(),
         &p,
         "h",
         (2, 1),
         &["--peer-cert-allowed-hostname=peer.example,localhost"],
     );
-    let creds = p.creds(&p.client_cert, &p.client_key);
     let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
-    for m in &members {
-        wait_serving(m, &tls);
-    }
     assert_eq!(etcdctl(&members[1].url, &tls, &["put", "k", "v"]).0, "OK\n");
 
     let (others, _) = tls_cluster(
