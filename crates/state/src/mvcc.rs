@@ -1312,6 +1312,11 @@ impl Mvcc {
         self.backend.size()
     }
 
+    /// What the backend quota counts (see `Backend::quota_size`).
+    pub fn quota_size(&self) -> u64 {
+        self.backend.quota_size()
+    }
+
     pub fn db_size_in_use(&self) -> u64 {
         self.backend.size_in_use()
     }

@@ -160,6 +160,20 @@ pub struct Backend {
     /// The file's length, refreshed after every commit: the quota check reads it on every
     /// proposal, which must not cost a `stat` each.
     file_size: AtomicU64,
+    /// What `--quota-backend-bytes` counts, refreshed with `file_size`: see [`Backend::quota_size`].
+    quota_size: AtomicU64,
+}
+
+/// Below this file size every commit also counts the pages in use (`stats` walks every tree,
+/// a few hundred pages at most here). A redb file never shrinks below about 72 KiB where an
+/// empty bbolt file is 20 KiB, so for a tiny store the pages in use, not the file, are what a
+/// small quota counts; above it that fixed floor no longer matters and the file is counted.
+const COUNT_PAGES_BELOW: u64 = 1 << 20;
+
+/// Bytes in the pages a transaction's database has allocated.
+fn pages_in_use(tx: &redb::WriteTransaction) -> Option<u64> {
+    let s = tx.stats().ok()?;
+    Some(s.allocated_pages() * s.page_size() as u64)
 }
 
 impl Backend {
@@ -186,6 +200,7 @@ impl Backend {
                 Err(e) => return Err(e.into()),
             }
         }
+        let in_use = pages_in_use(&tx);
         tx.commit()?;
         let b = Backend {
             db: RwLock::new(Arc::new(db)),
@@ -195,14 +210,18 @@ impl Backend {
             recent: RwLock::default(),
             removals: AtomicU64::new(0),
             file_size: AtomicU64::new(0),
+            quota_size: AtomicU64::new(0),
         };
-        b.refresh_size();
+        b.refresh_size(in_use);
         Ok(b)
     }
 
-    fn refresh_size(&self) {
+    /// Re-reads the file's length; `in_use` is the pages in use when the caller counted them.
+    fn refresh_size(&self, in_use: Option<u64>) {
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
         self.file_size.store(len, Ordering::Relaxed);
+        let counted = in_use.filter(|_| len <= COUNT_PAGES_BELOW).unwrap_or(len);
+        self.quota_size.store(counted, Ordering::Relaxed);
     }
 
     fn db(&self) -> Arc<Database> {
@@ -287,11 +306,14 @@ impl Backend {
         } else {
             Durability::None
         })?;
+        let in_use = (self.size() <= COUNT_PAGES_BELOW)
+            .then(|| pages_in_use(&tx))
+            .flatten();
         let started = Instant::now();
         crate::failpoint::io("backend-commit").map_err(io_error("commit"))?;
         tx.commit()?;
         crate::stats::BACKEND_COMMIT.observe(started.elapsed());
-        self.refresh_size();
+        self.refresh_size(in_use);
         self.clear_recent();
         Ok(())
     }
@@ -513,9 +535,21 @@ impl Backend {
         if let Some(dir) = self.path.parent() {
             crate::wal::sync_dir(dir).map_err(io)?;
         }
+        let in_use = dst.begin_write().ok().and_then(|tx| {
+            let n = pages_in_use(&tx);
+            tx.abort().ok();
+            n
+        });
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dst);
-        self.refresh_size();
+        self.refresh_size(in_use);
         Ok((before, self.size()))
+    }
+
+    /// What `--quota-backend-bytes` counts, as of the last commit: the file's size, or for a
+    /// store under `COUNT_PAGES_BELOW` the bytes of its pages in use (so a quota as small as
+    /// etcd's minimum working set holds data, as it does on etcd).
+    pub fn quota_size(&self) -> u64 {
+        self.quota_size.load(Ordering::Relaxed)
     }
 
     /// Bytes the database file occupies on disk, as of the last commit.
@@ -928,6 +962,38 @@ mod tests {
         });
         assert!(r.is_err());
         assert!(revs_in(&b, 0, 10).is_empty());
+    }
+
+    /// A tiny store's quota counts its pages in use (below redb's fixed file size), growing
+    /// with data and falling back after a defragmentation; a large one counts its file.
+    #[test]
+    fn quota_size_counts_pages_in_use_while_the_store_is_tiny() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
+        let empty = b.quota_size();
+        assert!(empty > 0 && empty < b.size(), "{empty} of {}", b.size());
+        for i in 1..20 {
+            b.update(true, |w| w.put_rev(Rev::new(i, 0), false, &[7u8; 3000]))
+                .unwrap();
+        }
+        let full = b.quota_size();
+        assert!(full > empty + 19 * 3000, "{full}");
+        b.update(true, |w| {
+            for i in 1..20 {
+                w.delete_rev(Rev::new(i, 0))?;
+            }
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        b.defragment().unwrap();
+        assert!(b.quota_size() < full / 2, "{} of {full}", b.quota_size());
+        for i in 20..600 {
+            b.update(false, |w| w.put_rev(Rev::new(i, 0), false, &[7u8; 3000]))
+                .unwrap();
+        }
+        b.update(true, |_| Ok::<_, BackendError>(())).unwrap();
+        assert!(b.size() > COUNT_PAGES_BELOW);
+        assert_eq!(b.quota_size(), b.size());
     }
 
     fn dump(b: &Backend) -> Vec<u8> {

@@ -125,7 +125,7 @@ impl Proposer {
     async fn check_quota(&self, req: &raft_request::Request) -> Result<(), ServerError> {
         let cost = ballast_state::check::quota_cost(req);
         let quota = self.0.limits.quota_backend_bytes;
-        if cost == 0 || quota == 0 || self.0.store.current().db_size() + cost <= quota {
+        if cost == 0 || quota == 0 || self.0.store.current().quota_size() + cost <= quota {
             return Ok(());
         }
         let raise = raft_request::Request::Alarm(AlarmRequest {
