@@ -263,3 +263,48 @@ fn cluster_endpoints_and_move_leader() {
         assert_eq!(v[0]["Status"]["leader"].as_u64(), Some(target));
     }
 }
+
+/// `--strict-reconfig-check` (on by default, as in etcd): with one of three members down,
+/// removing a live member would leave no reachable quorum and is refused with etcd's
+/// "unhealthy cluster"; removing the dead one is allowed; with the check off the live one
+/// goes too. Requests go to the leader, which alone sees every peer's activity in Ballast.
+#[test]
+fn strict_reconfig_check_protects_the_active_quorum() {
+    let observe = |kind: Kind, extra: &[&str]| {
+        let mut c = crate::cluster::Cluster::start(kind, 3, extra);
+        let status: serde_json::Value = serde_json::from_str(
+            &etcdctl(
+                &c.endpoints().join(","),
+                &["endpoint", "status", "-w", "json"],
+                None,
+            )
+            .0,
+        )
+        .unwrap();
+        let rows = status.as_array().unwrap();
+        let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
+        let id_of = |i: usize| rows[i]["Status"]["header"]["member_id"].as_u64().unwrap();
+        let at = (0..3).find(|i| id_of(*i) == leader).unwrap();
+        let followers: Vec<usize> = (0..3).filter(|i| *i != at).collect();
+        let (dead, alive) = (followers[0], followers[1]);
+        c.members[dead].kill9();
+        // Two election timeouts: the leader has stopped hearing from it.
+        std::thread::sleep(Duration::from_secs(3));
+        let ep = c.members[at].endpoint();
+        let remove = |i: usize| {
+            let out = etcdctl(&ep, &["member", "remove", &format!("{:x}", id_of(i))], None);
+            (out.2, out.1.lines().last().unwrap_or("").to_string())
+        };
+        let live = remove(alive);
+        let gone = remove(dead);
+        (live, gone.0)
+    };
+    let etcd = observe(Kind::Etcd, &[]);
+    assert_eq!(
+        etcd,
+        ((1, "Error: etcdserver: unhealthy cluster".to_string()), 0)
+    );
+    assert_eq!(observe(Kind::Ballast, &[]), etcd, "Ballast, then etcd");
+    let relaxed = ["--strict-reconfig-check=false"];
+    assert_eq!(observe(Kind::Ballast, &relaxed).0 .0, 0, "check off");
+}

@@ -229,6 +229,7 @@ enum Cmd {
     ProposeConf(ConfChange, u64),
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
+    ActivePeers(oneshot::Sender<Result<Vec<(u64, bool)>, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
     /// The state machine has applied everything up to `index`: drop in-memory entries before
     /// it (keeping the catch-up entries). With `durable`, it also holds them durably, so the
@@ -493,6 +494,14 @@ impl Node {
     pub async fn learner_ready(&self, id: u64) -> Result<bool, RaftError> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::LearnerReady(id, tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// On the leader: every member of the configuration, and whether it was heard from within
+    /// the last election timeout (raft's check-quorum activity).
+    pub async fn active_peers(&self) -> Result<Vec<(u64, bool)>, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::ActivePeers(tx))?;
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
@@ -778,6 +787,18 @@ impl Driver {
                     Ok(r.prs()
                         .get(id)
                         .is_none_or(|p| p.matched as f64 >= leader_match as f64 * 0.9))
+                };
+                let _ = tx.send(res);
+            }
+            Cmd::ActivePeers(tx) => {
+                let r = &self.node.raft;
+                let res = if r.state != StateRole::Leader {
+                    Err(RaftError::NotLeader)
+                } else {
+                    Ok(r.prs()
+                        .iter()
+                        .map(|(id, p)| (*id, *id == r.id || p.recent_active))
+                        .collect())
                 };
                 let _ = tx.send(res);
             }

@@ -230,7 +230,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     ),
     ("socket-reuse-address", "ETCD_SOCKET_REUSE_ADDRESS", false),
     ("socket-reuse-port", "ETCD_SOCKET_REUSE_PORT", false),
-    ("strict-reconfig-check", "ETCD_STRICT_RECONFIG_CHECK", false),
     ("unsafe-no-fsync", "ETCD_UNSAFE_NO_FSYNC", false),
     ("v2-deprecation", "ETCD_V2_DEPRECATION", true),
     (
@@ -454,6 +453,17 @@ pub struct Flags {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub initial_corrupt_check: bool,
+    /// Refuse membership changes that would leave too few started or reachable members.
+    #[arg(
+        long = "strict-reconfig-check",
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub strict_reconfig_check: bool,
     /// etcd 3.7's `--feature-gates` (`Name=true|false,...`).
     #[arg(long = "feature-gates", env = "ETCD_FEATURE_GATES", default_value = "")]
     pub feature_gates: String,
@@ -813,6 +823,7 @@ struct FileConfig {
     backup_retention: Option<usize>,
     experimental_initial_corrupt_check: Option<bool>,
     feature_gates: Option<String>,
+    strict_reconfig_check: Option<bool>,
     experimental_corrupt_check_time: Option<String>,
     auth_token: Option<String>,
     auth_token_ttl: Option<u64>,
@@ -1006,6 +1017,8 @@ pub struct Config {
     /// Scheduled backups: directory, interval, how many to keep.
     pub backup: Option<(PathBuf, Duration, usize)>,
     pub initial_corrupt_check: bool,
+    /// `--strict-reconfig-check`: refuse membership changes that would break quorum.
+    pub strict_reconfig_check: bool,
     /// `None`: no periodic check.
     pub corrupt_check: Option<Duration>,
     pub election_ticks: usize,
@@ -1585,6 +1598,7 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),
         feature_gates: c.feature_gates.unwrap_or(d.feature_gates),
+        strict_reconfig_check: c.strict_reconfig_check.unwrap_or(d.strict_reconfig_check),
         corrupt_check_time: c
             .experimental_corrupt_check_time
             .unwrap_or(d.corrupt_check_time),
@@ -1744,6 +1758,7 @@ impl Config {
                 &f.auto_compaction_retention,
             )?,
             backup: backup(&f)?,
+            strict_reconfig_check: f.strict_reconfig_check,
             initial_corrupt_check: gates
                 .get("InitialCorruptCheck")
                 .copied()
@@ -1924,12 +1939,8 @@ auto-compaction-retention: "1"
             ballast_net::tls::Allowed::Cns(vec!["member".into()])
         );
         assert_eq!(c.snapshot_count, 10000);
-        for key in [
-            "max-snapshots",
-            "enable-v2",
-            "proxy",
-            "strict-reconfig-check",
-        ] {
+        assert!(!c.strict_reconfig_check);
+        for key in ["max-snapshots", "enable-v2", "proxy"] {
             assert!(
                 c.warnings
                     .iter()
@@ -1969,12 +1980,8 @@ auto-compaction-retention: "1"
         ])
         .unwrap();
         assert_eq!(c.snapshot_catchup_entries, 7);
-        for flag in [
-            "strict-reconfig-check",
-            "enable-pprof",
-            "max-snapshots",
-            "max-wals",
-        ] {
+        assert!(!c.strict_reconfig_check);
+        for flag in ["enable-pprof", "max-snapshots", "max-wals"] {
             assert!(
                 c.warnings
                     .contains(&format!("flag --{flag} has no effect in Ballast; ignored")),

@@ -108,6 +108,9 @@ impl EtcdServer {
             client_ur_ls: vec![],
             is_learner: learner,
         };
+        if !learner {
+            self.may_add_voter(&members).await?;
+        }
         let kind = if learner {
             ConfKind::AddLearner
         } else {
@@ -122,19 +125,77 @@ impl EtcdServer {
 
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, ServerError> {
         let m = self.find_member(id)?;
-        let voters = self
-            .mvcc()
-            .members()
-            .iter()
-            .filter(|m| !m.is_learner)
-            .count();
+        let members = self.mvcc().members();
+        let voters = members.iter().filter(|m| !m.is_learner).count();
         if !m.is_learner && voters <= 1 {
             return Err(ServerError::NotEnoughStarted);
+        }
+        if !m.is_learner {
+            self.may_remove_voter(&members, id).await?;
         }
         members_of(
             self.proposer()
                 .propose_conf(change(Kind::Remove, m), ConfKind::Remove, id)
                 .await?,
+        )
+    }
+
+    /// etcd's `--strict-reconfig-check` for a new voter: enough started members for the grown
+    /// quorum, and (seen from the leader) every voter heard from recently.
+    async fn may_add_voter(&self, members: &[Member]) -> Result<(), ServerError> {
+        if !self.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+        let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+        let grown = voters.len() + 1;
+        // Growing a one-member cluster (restoring data onto a new member) is always allowed.
+        if !(started == 1 && grown == 2) && started < grown / 2 + 1 {
+            return Err(ServerError::NotEnoughStarted);
+        }
+        if let Some(active) = self.active_voters(&voters).await {
+            if active.iter().any(|(_, up)| !up) {
+                return Err(ServerError::Unhealthy);
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's `--strict-reconfig-check` for removing voter `id`: the rest keep enough started
+    /// members for their quorum, and removing a reachable voter leaves a reachable quorum.
+    async fn may_remove_voter(&self, members: &[Member], id: u64) -> Result<(), ServerError> {
+        if !self.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+        let rest: Vec<&&Member> = voters.iter().filter(|m| m.id != id).collect();
+        let started = rest.iter().filter(|m| !m.name.is_empty()).count();
+        if started < rest.len() / 2 + 1 {
+            return Err(ServerError::NotEnoughStarted);
+        }
+        let Some(active) = self.active_voters(&voters).await else {
+            return Ok(());
+        };
+        // A member that is down is not part of the active quorum: removing it is safe.
+        if id != self.member_id() && active.iter().any(|(m, up)| *m == id && !up) {
+            return Ok(());
+        }
+        let up = active.iter().filter(|(_, up)| *up).count();
+        if up.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+            return Err(ServerError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// Which voters the leader heard from within an election timeout; `None` on a follower,
+    /// which has no such view (its change is checked for started members only).
+    async fn active_voters(&self, voters: &[&Member]) -> Option<Vec<(u64, bool)>> {
+        let peers = self.active_peers().await.ok()?;
+        Some(
+            voters
+                .iter()
+                .map(|m| (m.id, peers.iter().any(|(id, up)| *id == m.id && *up)))
+                .collect(),
         )
     }
 

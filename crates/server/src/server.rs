@@ -284,6 +284,11 @@ impl EtcdServer {
         Ok(())
     }
 
+    /// On the leader: each member and whether it was heard from within an election timeout.
+    pub async fn active_peers(&self) -> Result<Vec<(u64, bool)>, ServerError> {
+        Ok(self.node.active_peers().await?)
+    }
+
     pub async fn learner_ready(&self, id: u64) -> Result<bool, ServerError> {
         Ok(self.node.learner_ready(id).await?)
     }

@@ -69,7 +69,7 @@ pub fn status(e: ServerError) -> Status {
         // etcd maps this one to a client-side error value, which gRPC sends as Unknown.
         ServerError::NotEnoughStarted => Code::Unknown,
         ServerError::BadUrls => Code::InvalidArgument,
-        ServerError::LeaderTransferTimeout => Code::Unavailable,
+        ServerError::LeaderTransferTimeout | ServerError::Unhealthy => Code::Unavailable,
         ServerError::NotSupportedForLearner | ServerError::BadLeaderTransferee => {
             Code::FailedPrecondition
         }

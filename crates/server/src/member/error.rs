@@ -31,6 +31,8 @@ pub enum ServerError {
     TooManyLearners,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStarted,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
     #[error("etcdserver: bad leader transferee")]
