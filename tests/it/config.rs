@@ -96,7 +96,7 @@ fn an_etcd_config_file_starts_ballast() {
     let out = crate::cluster::etcdctl(&m.endpoint(), &["put", "k", "v"], None);
     assert_eq!(out.2, 0, "{out:?}");
     let log = m.log();
-    for key in ["max-snapshots", "strict-reconfig-check", "proxy"] {
+    for key in ["max-snapshots", "proxy"] {
         assert!(
             log.contains(&format!(r#"config key \"{key}\" has no effect in Ballast"#)),
             "{key}: {log}"
