@@ -481,10 +481,7 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
         list.contains(", unstarted, "),
         "the stranger must not start: {list}"
     );
-    let logs: String = members
-        .iter()
-        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
-        .collect();
+    let logs = all_logs(&members);
     assert!(
         logs.contains("rejected peer connection") || logs.contains("peer TLS handshake failed"),
         "{logs}"
@@ -492,6 +489,29 @@ fn members_talk_over_tls_and_strangers_cannot_join() {
     drop(m4);
     // The cluster itself carries on (a 4-member cluster with 3 up keeps quorum).
     assert_eq!(etcdctl(&eps[2], &tls, &["put", "after", "x"]).0, "OK\n");
+}
+
+/// Every member's log, one after the other.
+fn all_logs(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
+        .collect()
+}
+
+/// Members whose peer certificates the allowed names refuse: after a few election timeouts
+/// the handshakes failed with etcd's message and no leader was elected.
+fn assert_turned_away(members: &[Member]) {
+    std::thread::sleep(Duration::from_secs(3));
+    let logs = all_logs(members);
+    assert!(
+        logs.contains("client certificate authentication failed"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("became leader"),
+        "a leader was elected: {logs}"
+    );
 }
 
 /// Members that each listen on two https peer URLs, with peer client-certificate auth and an
@@ -528,19 +548,7 @@ fn peer_cert_allowed_cn_turns_other_names_away() {
         (2, 1),
         &["--peer-cert-allowed-cn=nobody"],
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let logs: String = members
-        .iter()
-        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
-        .collect();
-    assert!(
-        logs.contains("client certificate authentication failed"),
-        "{logs}"
-    );
-    assert!(
-        !logs.contains("became leader"),
-        "a leader was elected: {logs}"
-    );
+    assert_turned_away(&members);
 }
 
 /// `--peer-cert-allowed-hostname`, a comma-separated list as in etcd 3.7: a peer whose
@@ -568,16 +576,7 @@ fn peer_cert_allowed_hostname_checks_the_certificates_names() {
         (2, 1),
         &["--peer-cert-allowed-hostname=peer.example"],
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let logs: String = others
-        .iter()
-        .map(|m| std::fs::read_to_string(&m.log).unwrap_or_default())
-        .collect();
-    assert!(
-        logs.contains("client certificate authentication failed"),
-        "{logs}"
-    );
-    assert!(!logs.contains("became leader"), "{logs}");
+    assert_turned_away(&others);
 }
 
 /// `--client-cert-allowed-hostname`: under `--client-cert-auth`, only client certificates

@@ -11,8 +11,8 @@ use ballast_api::etcdserverpb::kv_client::KvClient;
 use ballast_api::etcdserverpb::RangeRequest;
 use tokio_stream::StreamExt;
 
-use crate::compare::{self, Cluster, CompareArgs, Kind};
-use crate::snapshot::{cpu_ticks, fill, median, mib, vm_rss, RssPeak};
+use crate::compare::{self, Cluster};
+use crate::snapshot::{cpu_ticks, filled_pair, median, mib, vm_rss, RssPeak};
 
 pub struct RangeArgs {
     /// etcd 3.7 or later (RangeStream).
@@ -133,21 +133,12 @@ async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> 
 }
 
 pub async fn run(a: &RangeArgs) -> Result<String, String> {
-    let c = CompareArgs {
-        quick: false,
-        dry_run: false,
-        etcd: a.etcd.clone(),
-        ballast: a.ballast.clone(),
-        out_dir: PathBuf::new(),
-    };
-    let quota = format!("--quota-backend-bytes={}", (a.data_mib * 4 + 1024) << 20);
-    let mut servers = Vec::new();
-    for kind in [Kind::Etcd, Kind::Ballast] {
-        let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
-        eprintln!("range: filling {kind:?} with {} MiB ...", a.data_mib);
-        fill(&cluster, a.data_mib, a.value_size).await?;
-        servers.push((kind, cluster, Vec::new(), Vec::new()));
-    }
+    let binaries = (a.etcd.as_path(), a.ballast.as_path());
+    let mut servers: Vec<_> = filled_pair("range", binaries, a.data_mib, a.value_size)
+        .await?
+        .into_iter()
+        .map(|(kind, cluster)| (kind, cluster, Vec::new(), Vec::new()))
+        .collect();
     for round in 0..a.rounds.max(1) {
         for (kind, cluster, streamed, paged) in servers.iter_mut() {
             let ep = cluster.endpoints()[0].clone();

@@ -85,8 +85,34 @@ impl RssPeak {
     }
 }
 
+/// A fresh one-member etcd (`etcd`) and Ballast (`ballast`), each filled by `fill` with the
+/// same data, under quotas with room for it; `what` names the bench in progress lines.
+pub(crate) async fn filled_pair(
+    what: &str,
+    (etcd, ballast): (&std::path::Path, &std::path::Path),
+    data_mib: u64,
+    value_size: usize,
+) -> Result<Vec<(Kind, Cluster)>, String> {
+    let c = CompareArgs {
+        quick: false,
+        dry_run: false,
+        etcd: etcd.to_path_buf(),
+        ballast: ballast.to_path_buf(),
+        out_dir: PathBuf::new(),
+    };
+    let quota = format!("--quota-backend-bytes={}", (data_mib * 4 + 1024) << 20);
+    let mut servers = Vec::new();
+    for kind in [Kind::Etcd, Kind::Ballast] {
+        let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
+        eprintln!("{what}: filling {kind:?} with {data_mib} MiB ...");
+        fill(&cluster, data_mib, value_size).await?;
+        servers.push((kind, cluster));
+    }
+    Ok(servers)
+}
+
 /// Writes `data_mib` MiB of `value_size`-byte values under sequential 16-byte keys.
-pub(crate) async fn fill(c: &Cluster, data_mib: u64, value_size: usize) -> Result<(), String> {
+async fn fill(c: &Cluster, data_mib: u64, value_size: usize) -> Result<(), String> {
     let total = (data_mib << 20) as usize / value_size.max(1);
     let put = PutArgs {
         total,
@@ -148,23 +174,13 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub async fn run(a: &SnapshotArgs) -> Result<String, String> {
-    let c = CompareArgs {
-        quick: false,
-        dry_run: false,
-        etcd: a.etcd.clone(),
-        ballast: a.ballast.clone(),
-        out_dir: PathBuf::new(),
-    };
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    // Room for the data under both servers' quotas.
-    let quota = format!("--quota-backend-bytes={}", (a.data_mib * 4 + 1024) << 20);
-    let mut servers = Vec::new();
-    for kind in [Kind::Etcd, Kind::Ballast] {
-        let cluster = Cluster::start_with(kind, 1, &c, &[quota.as_str()])?;
-        eprintln!("snapshot: filling {kind:?} with {} MiB ...", a.data_mib);
-        fill(&cluster, a.data_mib, a.value_size).await?;
-        servers.push((kind, cluster, Vec::new()));
-    }
+    let binaries = (a.etcd.as_path(), a.ballast.as_path());
+    let mut servers: Vec<_> = filled_pair("snapshot", binaries, a.data_mib, a.value_size)
+        .await?
+        .into_iter()
+        .map(|(kind, cluster)| (kind, cluster, Vec::new()))
+        .collect();
     // Alternating rounds, each after the machine settles, so neither server always runs
     // behind the other's writeback.
     for round in 0..a.rounds.max(1) {

@@ -10,6 +10,7 @@ pub mod go;
 pub mod http2;
 pub mod ids;
 pub mod keys;
+pub mod listen;
 pub mod peer;
 pub mod time;
 pub mod tls;

@@ -32,7 +32,7 @@ pub fn is_received_snapshot_file(name: &str) -> bool {
     name.ends_with(&format!(".{SNAPSHOT_EXT}")) || name.ends_with(&format!(".{SNAPSHOT_EXT}.tmp"))
 }
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
@@ -100,32 +100,6 @@ pub struct PeerTls {
 /// How long a peer may take to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// A listener the peer port accepts on: TCP, or a unix socket (`unix://` peer URLs).
-pub trait PeerListener: Send + 'static {
-    type Stream: PeerIo + 'static;
-    /// The next connection and a name for its remote end (for logs).
-    fn next(
-        &self,
-    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
-}
-
-impl PeerListener for TcpListener {
-    type Stream = TcpStream;
-    async fn next(&self) -> std::io::Result<(TcpStream, String)> {
-        let (s, a) = self.accept().await?;
-        let _ = s.set_nodelay(true);
-        Ok((s, a.to_string()))
-    }
-}
-
-impl PeerListener for tokio::net::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    async fn next(&self) -> std::io::Result<(tokio::net::UnixStream, String)> {
-        let (s, _) = self.accept().await?;
-        Ok((s, "unix socket".to_string()))
-    }
-}
-
 /// Dials a peer URL's address: `host:port` over TCP, or a unix socket path, with TLS when
 /// configured (`https`, `unixs`).
 async fn connect(url: &str, tls: Option<&PeerTls>) -> Option<Conn> {
@@ -144,23 +118,18 @@ async fn connect(url: &str, tls: Option<&PeerTls>) -> Option<Conn> {
                 .ok()?
                 .ok()?;
             let _ = s.set_nodelay(true);
-            let host = addr
-                .rsplit_once(':')
-                .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-                .unwrap_or(addr);
-            (Box::new(s), host)
+            (Box::new(s), ballast_net::tls::host_port(addr)?.0)
         }
     };
     let Some(tls) = tls else {
         return Some(stream);
     };
-    let addr = url;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
     let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
     match tokio::time::timeout(TLS_HANDSHAKE, connector.connect(name, stream)).await {
         Ok(Ok(s)) => Some(Box::new(s)),
         Ok(Err(e)) => {
-            tracing::warn!(peer = %addr, error = %e, "peer TLS handshake failed");
+            tracing::warn!(peer = %url, error = %e, "peer TLS handshake failed");
             None
         }
         Err(_) => None,
@@ -391,7 +360,7 @@ impl Transport {
     }
 
     /// Accepts peer connections until the listener fails.
-    pub async fn serve<L: PeerListener>(self, listener: L) {
+    pub async fn serve<L: ballast_net::listen::Accept>(self, listener: L) {
         loop {
             match listener.next().await {
                 Ok((stream, addr)) => {
@@ -755,11 +724,10 @@ pub fn fetch_membership(
                 let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(addr) else {
                     continue;
                 };
-                let host = addr
-                    .rsplit_once(':')
-                    .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']'))
-                    .unwrap_or(addr)
-                    .to_string();
+                let Some((host, _)) = ballast_net::tls::host_port(addr) else {
+                    continue;
+                };
+                let host = host.to_string();
                 let streams = addrs
                     .filter_map(move |sa| std::net::TcpStream::connect_timeout(&sa, timeout).ok())
                     .map(move |tcp| {
@@ -814,6 +782,7 @@ impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 mod tests {
     use super::*;
     use raft::eraftpb::MessageType;
+    use tokio::net::TcpListener;
 
     fn msg(from: u64, to: u64, term: u64) -> Message {
         let mut m = Message::default();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -119,8 +119,9 @@ pub fn grpc_handled(i: usize, headers: &axum::http::HeaderMap) {
 }
 
 /// `etcd_server_client_requests_total`: calls by client API version, unary (0) or stream (1).
-static CLIENT_REQUESTS: LazyLock<Mutex<[BTreeMap<String, u64>; 2]>> =
-    LazyLock::new(|| Mutex::new([BTreeMap::new(), BTreeMap::new()]));
+/// Versions are few: a call takes the read lock and one atomic add; only a new version writes.
+static CLIENT_REQUESTS: LazyLock<RwLock<[BTreeMap<String, AtomicU64>; 2]>> =
+    LazyLock::new(|| RwLock::new([BTreeMap::new(), BTreeMap::new()]));
 
 /// Counts a call by the `client-api-version` its client sent ("unknown" without one), as
 /// etcd's interceptors do.
@@ -133,18 +134,23 @@ pub fn client_request(i: usize, headers: &axum::http::HeaderMap) {
         .get("client-api-version")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("unknown");
-    let mut m = CLIENT_REQUESTS.lock().unwrap_or_else(|p| p.into_inner());
-    let by = &mut m[kind];
-    if let Some(n) = by.get_mut(version) {
-        *n += 1;
-        return;
+    {
+        let m = CLIENT_REQUESTS.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m[kind].get(version) {
+            n.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     }
+    let mut m = CLIENT_REQUESTS.write().unwrap_or_else(|p| p.into_inner());
+    let by = &mut m[kind];
     let version = if by.len() < MAX_CLIENT_VERSIONS {
         version
     } else {
         "unknown"
     };
-    *by.entry(version.to_string()).or_insert(0) += 1;
+    by.entry(version.to_string())
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 struct Out(String);
@@ -604,9 +610,10 @@ fn server_metrics(o: &mut Out, s: &EtcdServer) {
         "The total number of client requests per client version.",
     );
     {
-        let m = CLIENT_REQUESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let m = CLIENT_REQUESTS.read().unwrap_or_else(|p| p.into_inner());
         for (kind, by) in ["unary", "stream"].iter().zip(m.iter()) {
             for (v, n) in by {
+                let n = n.load(Ordering::Relaxed);
                 let v = v.escape_debug();
                 let _ = writeln!(
                     o.0,
@@ -858,15 +865,17 @@ fn process(o: &mut Out) {
         "Number of open file descriptors.",
         fds as f64,
     );
-    let max_fds = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
+    // A limit's soft value ("unlimited" does not parse).
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let limit = |name: &str| {
+        limits.lines().find(|l| l.starts_with(name)).map(|l| {
+            l[name.len()..]
+                .split_whitespace()
+                .next()
                 .and_then(|v| v.parse::<f64>().ok())
         })
-        .unwrap_or(0.0);
+    };
+    let max_fds = limit("Max open files").flatten().unwrap_or(0.0);
     o.one(
         "process_max_fds",
         "gauge",
@@ -886,14 +895,8 @@ fn process(o: &mut Out) {
         "The file descriptor limit.",
         max_fds,
     );
-    let max_vm = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Max address space"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .map(|v| v.parse::<f64>().unwrap_or(u64::MAX as f64))
-        })
+    let max_vm = limit("Max address space")
+        .flatten()
         .unwrap_or(u64::MAX as f64);
     o.one(
         "process_virtual_memory_max_bytes",

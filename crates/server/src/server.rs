@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::background::lease::Lessor;
 use crate::config::Config;
-use crate::limits::AUTH_RETRY_LIMIT;
 use crate::member::applier::Applier;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
@@ -367,34 +366,14 @@ impl EtcdServer {
     ) -> Result<Applied, ServerError> {
         let kind = crate::stats::kind(&req);
         let started = Instant::now();
-        let out = self.propose_renewing(req, who).await;
+        let renewable = who.revision != 0 && who.revision != u64::MAX && !self.auth.is_jwt();
+        let out = if renewable {
+            self.proposer.propose_renewing(req, who).await
+        } else {
+            self.proposer.propose(req, who).await
+        };
         crate::stats::REQUEST.observe(kind, out.is_ok(), started.elapsed());
         out
-    }
-
-    async fn propose_renewing(
-        &self,
-        req: raft_request::Request,
-        who: &AuthInfo,
-    ) -> Result<Applied, ServerError> {
-        let renewable = who.revision != 0 && who.revision != u64::MAX && !self.auth.is_jwt();
-        if !renewable {
-            return self.proposer.propose(req, who).await;
-        }
-        let mut who = who.clone();
-        for _ in 1..AUTH_RETRY_LIMIT {
-            match self.proposer.propose(req.clone(), &who).await {
-                Err(ServerError::Kv(KvError::AuthOldRevision)) => {
-                    let now = self.mvcc().with_auth(|a| a.revision());
-                    if now <= who.revision {
-                        return Err(ServerError::Kv(KvError::AuthOldRevision));
-                    }
-                    who.revision = now;
-                }
-                other => return other,
-            }
-        }
-        self.proposer.propose(req, &who).await
     }
 
     pub fn authenticator(&self) -> &crate::auth::Authenticator {

@@ -3,9 +3,8 @@
 //! counts) as process-wide atomics, like the storage crate's disk histograms. `/metrics` only
 //! reads them.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ballast_api::ballast::internal::raft_request::Request;
@@ -33,7 +32,8 @@ pub enum Counter {
     EventsSent,
 }
 
-static COUNTS: [AtomicU64; 15] = [const { AtomicU64::new(0) }; 15];
+const COUNTERS: usize = Counter::EventsSent as usize + 1;
+static COUNTS: [AtomicU64; COUNTERS] = [const { AtomicU64::new(0) }; COUNTERS];
 
 pub fn add(c: Counter, n: u64) {
     COUNTS[c as usize].fetch_add(n, Ordering::Relaxed);
@@ -88,12 +88,56 @@ pub static HASH_REV: Hist = Hist::new(0.01, 15);
 pub static SNAP_DB_FSYNC: Hist = Hist::new(0.001, 14);
 pub static SNAP_DB_SAVE: Hist = Hist::new(0.1, 10);
 
-/// Histograms labelled by a request kind and its outcome: `(kind, success)`. Kinds are the
-/// raft request variants and "Range", a fixed set, so the map stays small.
+/// Request kinds as etcd names them (its `InternalRaftRequest` fields), and `Range`: the
+/// label values of the latency histograms, a fixed set.
+macro_rules! kinds {
+    ($($k:ident),* $(,)?) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Kind { $($k),* }
+        const KIND_NAMES: &[&str] = &[$(stringify!($k)),*];
+    };
+}
+
+kinds!(
+    Put,
+    DeleteRange,
+    Txn,
+    Compaction,
+    LeaseGrant,
+    LeaseRevoke,
+    LeaseCheckpoint,
+    Alarm,
+    MemberChange,
+    AuthEnable,
+    AuthDisable,
+    Authenticate,
+    AuthUserAdd,
+    AuthUserDelete,
+    AuthUserChangePassword,
+    AuthUserGrantRole,
+    AuthUserRevokeRole,
+    AuthRoleAdd,
+    AuthRoleGrantPermission,
+    AuthRoleRevokePermission,
+    AuthRoleDelete,
+    DowngradeInfoSet,
+    Range,
+);
+
+const KINDS: usize = Kind::Range as usize + 1;
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        KIND_NAMES[self as usize]
+    }
+}
+
+/// Histograms labelled by a request kind and its outcome: one slot per (kind, success), made
+/// on first use, so an observation takes no lock.
 pub struct Labelled {
     start: f64,
     n: usize,
-    by: Mutex<BTreeMap<(&'static str, bool), Arc<Histogram>>>,
+    slots: [OnceLock<Histogram>; 2 * KINDS],
 }
 
 impl Labelled {
@@ -101,24 +145,26 @@ impl Labelled {
         Labelled {
             start,
             n,
-            by: Mutex::new(BTreeMap::new()),
+            slots: [const { OnceLock::new() }; 2 * KINDS],
         }
     }
 
-    pub fn observe(&self, kind: &'static str, ok: bool, d: Duration) {
-        let h = {
-            let mut by = self.by.lock().unwrap_or_else(|p| p.into_inner());
-            by.entry((kind, ok))
-                .or_insert_with(|| Arc::new(Histogram::exponential(self.start, 2.0, self.n)))
-                .clone()
-        };
-        h.observe(d);
+    pub fn observe(&self, kind: Kind, ok: bool, d: Duration) {
+        self.slots[kind as usize * 2 + usize::from(ok)]
+            .get_or_init(|| Histogram::exponential(self.start, 2.0, self.n))
+            .observe(d);
     }
 
-    /// Every (kind, success) seen, with its histogram.
-    pub fn each(&self) -> Vec<((&'static str, bool), Arc<Histogram>)> {
-        let by = self.by.lock().unwrap_or_else(|p| p.into_inner());
-        by.iter().map(|(k, h)| (*k, h.clone())).collect()
+    /// Every (kind, success) seen, with its histogram, by kind name.
+    pub fn each(&self) -> Vec<((&'static str, bool), &Histogram)> {
+        let mut seen: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| Some(((KIND_NAMES[i / 2], i % 2 == 1), h.get()?)))
+            .collect();
+        seen.sort_by_key(|(k, _)| *k);
+        seen
     }
 }
 
@@ -129,31 +175,31 @@ pub static REQUEST: Labelled = Labelled::new(0.001, 14);
 /// `etcd_server_range_duration_seconds{success}`.
 pub static RANGE: Labelled = Labelled::new(0.0001, 20);
 
-/// etcd's name for a raft request's kind (its `InternalRaftRequest` field).
-pub fn kind(r: &Request) -> &'static str {
+/// A raft request's kind.
+pub fn kind(r: &Request) -> Kind {
     match r {
-        Request::Put(_) => "Put",
-        Request::DeleteRange(_) => "DeleteRange",
-        Request::Txn(_) => "Txn",
-        Request::Compaction(_) => "Compaction",
-        Request::LeaseGrant(_) => "LeaseGrant",
-        Request::LeaseRevoke(_) => "LeaseRevoke",
-        Request::LeaseCheckpoint(_) => "LeaseCheckpoint",
-        Request::Alarm(_) => "Alarm",
-        Request::MemberChange(_) => "MemberChange",
-        Request::AuthEnable(_) => "AuthEnable",
-        Request::AuthDisable(_) => "AuthDisable",
-        Request::Authenticate(_) => "Authenticate",
-        Request::UserAdd(_) => "AuthUserAdd",
-        Request::UserDelete(_) => "AuthUserDelete",
-        Request::UserChangePassword(_) => "AuthUserChangePassword",
-        Request::UserGrantRole(_) => "AuthUserGrantRole",
-        Request::UserRevokeRole(_) => "AuthUserRevokeRole",
-        Request::RoleAdd(_) => "AuthRoleAdd",
-        Request::RoleGrantPermission(_) => "AuthRoleGrantPermission",
-        Request::RoleRevokePermission(_) => "AuthRoleRevokePermission",
-        Request::RoleDelete(_) => "AuthRoleDelete",
-        Request::DowngradeInfoSet(_) => "DowngradeInfoSet",
+        Request::Put(_) => Kind::Put,
+        Request::DeleteRange(_) => Kind::DeleteRange,
+        Request::Txn(_) => Kind::Txn,
+        Request::Compaction(_) => Kind::Compaction,
+        Request::LeaseGrant(_) => Kind::LeaseGrant,
+        Request::LeaseRevoke(_) => Kind::LeaseRevoke,
+        Request::LeaseCheckpoint(_) => Kind::LeaseCheckpoint,
+        Request::Alarm(_) => Kind::Alarm,
+        Request::MemberChange(_) => Kind::MemberChange,
+        Request::AuthEnable(_) => Kind::AuthEnable,
+        Request::AuthDisable(_) => Kind::AuthDisable,
+        Request::Authenticate(_) => Kind::Authenticate,
+        Request::UserAdd(_) => Kind::AuthUserAdd,
+        Request::UserDelete(_) => Kind::AuthUserDelete,
+        Request::UserChangePassword(_) => Kind::AuthUserChangePassword,
+        Request::UserGrantRole(_) => Kind::AuthUserGrantRole,
+        Request::UserRevokeRole(_) => Kind::AuthUserRevokeRole,
+        Request::RoleAdd(_) => Kind::AuthRoleAdd,
+        Request::RoleGrantPermission(_) => Kind::AuthRoleGrantPermission,
+        Request::RoleRevokePermission(_) => Kind::AuthRoleRevokePermission,
+        Request::RoleDelete(_) => Kind::AuthRoleDelete,
+        Request::DowngradeInfoSet(_) => Kind::DowngradeInfoSet,
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use ballast_net::listen::Accept;
 pub use ballast_net::tls::TlsError;
 use ballast_net::tls::{
     client_config_allowing, host_port, read_certs, Allowed, ClientVerifier, RootAsLeaf, Trust,
@@ -259,32 +260,6 @@ pub struct TlsListener<S = TcpStream> {
     local: SocketAddr,
 }
 
-/// Where a TLS listener's connections come from.
-pub trait Accept: Send + 'static {
-    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn next(
-        &self,
-    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send;
-}
-
-impl Accept for TcpListener {
-    type Stream = TcpStream;
-    async fn next(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
-        let (s, a) = self.accept().await?;
-        let _ = s.set_nodelay(true);
-        Ok((s, a))
-    }
-}
-
-/// Unix-socket clients have no address; they show as 0.0.0.0:0.
-impl Accept for tokio::net::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    async fn next(&self) -> std::io::Result<(tokio::net::UnixStream, SocketAddr)> {
-        let (s, _) = self.accept().await?;
-        Ok((s, SocketAddr::from(([0, 0, 0, 0], 0))))
-    }
-}
-
 impl TlsListener<TcpStream> {
     pub fn new(tcp: TcpListener, tls: Arc<Reloading>) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
@@ -294,7 +269,7 @@ impl TlsListener<TcpStream> {
 
 impl TlsListener<tokio::net::UnixStream> {
     pub fn new_unix(l: tokio::net::UnixListener, tls: Arc<Reloading>) -> Self {
-        TlsListener::spawn(l, SocketAddr::from(([0, 0, 0, 0], 0)), tls)
+        TlsListener::spawn(l, ballast_net::listen::UNIX_PEER, tls)
     }
 }
 

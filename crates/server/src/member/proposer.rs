@@ -21,6 +21,7 @@ use super::counters::ServerCounters;
 use super::store::Store;
 use super::waiters::Waiters;
 use super::ServerError;
+use crate::limits::AUTH_RETRY_LIMIT;
 
 /// The flags a proposal is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -105,7 +106,18 @@ impl Proposer {
         req: raft_request::Request,
         who: &AuthInfo,
     ) -> Result<Applied, ServerError> {
-        self.propose_via(req, None, who).await
+        self.propose_via(req, None, who, false).await
+    }
+
+    /// `propose`, and when an auth change applied between resolving `who` and applying the
+    /// write fails it with "revision of auth store is old", proposed again at the new auth
+    /// revision (etcd's `raftRequest` loop), up to `AUTH_RETRY_LIMIT` times.
+    pub async fn propose_renewing(
+        &self,
+        req: raft_request::Request,
+        who: &AuthInfo,
+    ) -> Result<Applied, ServerError> {
+        self.propose_via(req, None, who, true).await
     }
 
     /// Proposes a membership change as a raft configuration change, as the member itself.
@@ -115,7 +127,7 @@ impl Proposer {
         kind: ConfKind,
         node_id: u64,
     ) -> Result<Applied, ServerError> {
-        self.propose_via(req, Some((kind, node_id)), &crate::auth::member())
+        self.propose_via(req, Some((kind, node_id)), &crate::auth::member(), false)
             .await
     }
 
@@ -146,17 +158,41 @@ impl Proposer {
         req: raft_request::Request,
         conf: Option<(ConfKind, u64)>,
         who: &AuthInfo,
+        renew: bool,
     ) -> Result<Applied, ServerError> {
         self.check_quota(&req).await?;
-        let p = &self.0;
-        let id = p.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = RaftRequest {
-            id,
+        let mut msg = RaftRequest {
+            id: 0,
             request: Some(req),
             username: who.user.clone(),
             auth_revision: who.revision,
+        };
+        let mut attempts = 1;
+        loop {
+            let out = self.attempt(&mut msg, conf).await;
+            let stale = matches!(out, Err(ServerError::Kv(KvError::AuthOldRevision)));
+            if !renew || !stale || attempts >= AUTH_RETRY_LIMIT {
+                return out;
+            }
+            let now = self.0.store.current().with_auth(|a| a.revision());
+            if now <= msg.auth_revision {
+                return out;
+            }
+            msg.auth_revision = now;
+            attempts += 1;
         }
-        .encode_to_vec();
+    }
+
+    /// One proposal of `msg` under a fresh request id, and the wait for its answer.
+    async fn attempt(
+        &self,
+        msg: &mut RaftRequest,
+        conf: Option<(ConfKind, u64)>,
+    ) -> Result<Applied, ServerError> {
+        let p = &self.0;
+        let id = p.next_id.fetch_add(1, Ordering::Relaxed);
+        msg.id = id;
+        let data = msg.encode_to_vec();
         if data.len() as u64 > p.limits.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
         }

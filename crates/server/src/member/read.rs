@@ -80,7 +80,7 @@ impl Reader {
         let started = std::time::Instant::now();
         let out = self.range_at(req, who).await;
         crate::stats::add(crate::stats::Counter::Range, 1);
-        crate::stats::RANGE.observe("Range", out.is_ok(), started.elapsed());
+        crate::stats::RANGE.observe(crate::stats::Kind::Range, out.is_ok(), started.elapsed());
         out
     }
 
