@@ -442,3 +442,135 @@ async fn range_stream_matches_etcd_37() {
     assert!(go(&ballast, &["--prefix=k", "--rev=50"])
         .contains("etcdserver: mvcc: required revision has been compacted"));
 }
+
+/// Resident memory of process `pid`, in bytes (0 once it is gone).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A unary `Range` whose answer is far larger than Ballast builds in memory (it is written
+/// while read): the same key-values, `more`, `count` and revision as etcd for a whole prefix,
+/// a limit, keys only and an old revision, through a gRPC client and the real etcdctl; and
+/// eight such reads at once grow the member's RSS by a fraction of one answer, where
+/// building each answer whole costs at least their sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_unary_ranges_match_etcd_and_are_not_held_in_memory() {
+    use ballast_api::etcdserverpb::kv_client::KvClient;
+    use ballast_api::etcdserverpb::RangeRequest;
+    const KEYS: usize = 400;
+    const VALUE: usize = 60 << 10;
+    let etcd = Server::start(Kind::Etcd, &[]);
+    let ballast = Server::start(Kind::Ballast, &[]);
+    for s in [&etcd, &ballast] {
+        let mut c = client(s).await;
+        for i in 0..KEYS {
+            let value = format!("{i:05}").repeat(VALUE / 5);
+            c.put(format!("big/{i:04}"), value, None).await.unwrap();
+        }
+        for i in (0..KEYS).step_by(7) {
+            c.put(format!("big/{i:04}"), "rewritten", None)
+                .await
+                .unwrap();
+        }
+        c.delete("big/0003", None).await.unwrap();
+        c.put("bigger", "outside", None).await.unwrap();
+    }
+    let prefix = RangeRequest {
+        key: b"big/".to_vec(),
+        range_end: b"big0".to_vec(),
+        ..Default::default()
+    };
+    let kv = |s: &Server| {
+        let ep = format!("http://{}", s.endpoint());
+        async move {
+            let ch = tonic::transport::Channel::from_shared(ep)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            KvClient::new(ch).max_decoding_message_size(256 << 20)
+        }
+    };
+    let requests = [
+        prefix.clone(),
+        RangeRequest {
+            limit: 300,
+            ..prefix.clone()
+        },
+        RangeRequest {
+            keys_only: true,
+            ..prefix.clone()
+        },
+        RangeRequest {
+            revision: 250,
+            ..prefix.clone()
+        },
+    ];
+    for req in requests {
+        let mut answers = Vec::new();
+        for s in [&etcd, &ballast] {
+            let r = kv(s).await.range(req.clone()).await.unwrap().into_inner();
+            let rev = r.header.map(|h| h.revision);
+            answers.push((rev, r.more, r.count, r.kvs));
+        }
+        assert!(answers[0].3.len() > 200, "a large answer");
+        assert!(
+            answers[1] == answers[0],
+            "Ballast differs from etcd for {req:?}"
+        );
+    }
+    let out = |s: &Server| {
+        let (out, err, code) =
+            crate::cluster::etcdctl(&s.endpoint(), &["get", "big/", "--prefix"], None);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let want = out(&etcd);
+    assert!(want.len() > 16 << 20, "{} bytes", want.len());
+    assert!(out(&ballast) == want, "etcdctl get --prefix differs");
+
+    // Eight whole-prefix reads at once, while a sampler keeps the member's peak RSS.
+    let pid = ballast.child.as_ref().map(|c| c.id()).unwrap();
+    let before = rss_bytes(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut c = kv(&ballast).await;
+        let req = prefix.clone();
+        readers.push(tokio::spawn(async move {
+            let r = c.range(req).await.unwrap().into_inner();
+            r.kvs.iter().map(|kv| kv.value.len()).sum::<usize>()
+        }));
+    }
+    let mut read = 0;
+    for r in readers {
+        read += r.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let answer = read / 8;
+    assert!(answer > 16 << 20, "{answer} bytes per answer");
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < answer as u64,
+        "RSS grew {} MiB for 8 reads of {} MiB each",
+        grown >> 20,
+        answer >> 20
+    );
+}

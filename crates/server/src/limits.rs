@@ -55,5 +55,19 @@ pub const AUTHORITY_MAX_HEADER_BLOCK: usize = 1 << 20;
 /// so a slow client holds a few chunks (each near `--max-request-bytes`), never the range.
 pub const RANGE_STREAM_QUEUE: usize = 2;
 
+/// Encoded key-values a unary `Range` builds in memory; a larger answer in key order is
+/// written as it is read (`rpc::large_range`), so twenty such reads hold megabytes, not their
+/// answers.
+pub const RANGE_INLINE_BYTES: usize = 1 << 20;
+
+/// Key-values one page of a large range reads under the store's index lock.
+pub const LARGE_RANGE_PAGE: usize = 256 << 10;
+
+/// Bytes of a large range's message handed to HTTP/2 at a time.
+pub const LARGE_RANGE_CHUNK: usize = 128 << 10;
+
+/// Chunks of a large range queued for its client, so a slow reader holds this many at most.
+pub const LARGE_RANGE_QUEUE: usize = 2;
+
 /// Keys in a range stream's first chunk, as etcd 3.7 starts (`initialStreamChunkLimit`).
 pub const RANGE_STREAM_FIRST_CHUNK: i64 = 10;

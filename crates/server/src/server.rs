@@ -16,7 +16,7 @@ use ballast_api::etcdserverpb::{
     HashKvRequest, HashKvResponse, RangeRequest, RangeResponse, ResponseHeader,
 };
 use ballast_raft::{Node, NodeConfig, RaftError, RaftStatus, Transport};
-use ballast_state::{layout, Applied, AuthInfo, KvError, Mvcc};
+use ballast_state::{layout, Applied, AuthInfo, KvError, Mvcc, Ranged};
 use prost::Message;
 use tokio::sync::watch;
 
@@ -467,6 +467,22 @@ impl EtcdServer {
         who: &AuthInfo,
     ) -> Result<Arc<Mvcc>, ServerError> {
         self.reader.range_stream(req, who).await
+    }
+
+    /// A range answered whole (header filled) within `budget` bytes, or pinned for reading in
+    /// pages from the returned store.
+    pub async fn range_within(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+        budget: usize,
+    ) -> Result<(Arc<Mvcc>, Ranged), ServerError> {
+        let (mvcc, mut ranged) = self.reader.range_within(req, who, budget).await?;
+        if let Ranged::Whole(resp) = &mut ranged {
+            let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+            resp.header = Some(self.header(rev));
+        }
+        Ok((mvcc, ranged))
     }
 
     pub async fn range(

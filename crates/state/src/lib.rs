@@ -24,7 +24,7 @@ pub mod watch;
 
 pub use auth::{AuthEffect, AuthInfo, AuthState};
 pub use error::KvError;
-pub use mvcc::{Applied, Mvcc};
+pub use mvcc::{Applied, Mvcc, Pinned, Ranged};
 
 #[cfg(test)]
 mod fuzz_tests;

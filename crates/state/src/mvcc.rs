@@ -194,6 +194,65 @@ impl Index {
     }
 }
 
+/// A range too large to answer from memory, fixed at the store revision it was asked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    /// The store's revision when it was read (the response header's).
+    pub revision: i64,
+    /// The revision its key-values are read at.
+    pub at: i64,
+    pub count: i64,
+    pub more: bool,
+    /// Key-values the response carries (`count`, or the limit below it).
+    pub send: usize,
+}
+
+/// What [`Mvcc::range_within`] answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ranged {
+    Whole(RangeResponse),
+    Pinned(Pinned),
+}
+
+/// Bytes one key-value of `len` encoded bytes takes in `RangeResponse.kvs` (tag and length).
+pub fn range_entry_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Whether a range's answer is its keys in key order, so it can be read in pages.
+fn pageable(req: &RangeRequest) -> bool {
+    let key_order = req.sort_order == SortOrder::None as i32
+        || (req.sort_target == SortTarget::Key as i32
+            && req.sort_order == SortOrder::Ascend as i32);
+    key_order
+        && !req.count_only
+        && req.min_mod_revision == 0
+        && req.max_mod_revision == 0
+        && req.min_create_revision == 0
+        && req.max_create_revision == 0
+}
+
+/// The revision a range reads at, if the store can answer it at `cur`.
+fn readable_at(idx: &Index, req: &RangeRequest, cur: i64) -> Result<i64, KvError> {
+    if req.revision > cur {
+        return Err(KvError::FutureRev);
+    }
+    let at = if req.revision <= 0 { cur } else { req.revision };
+    if at < idx.compact_rev {
+        return Err(KvError::Compacted);
+    }
+    Ok(at)
+}
+
+/// A stored key-value, without its value for `keys_only`.
+fn loaded<R: RevRead>(r: &R, rev: Rev, keys_only: bool) -> Result<KeyValue, KvError> {
+    let mut kv = load(r, rev)?;
+    if keys_only {
+        kv.value.clear();
+    }
+    Ok(kv)
+}
+
 fn load<R: RevRead>(r: &R, rev: Rev) -> Result<KeyValue, KvError> {
     let stored = r
         .get_rev(rev)?
@@ -208,13 +267,7 @@ fn range_view<R: RevRead>(
     req: &RangeRequest,
     cur: i64,
 ) -> Result<RangeResponse, KvError> {
-    if req.revision > cur {
-        return Err(KvError::FutureRev);
-    }
-    let at = if req.revision <= 0 { cur } else { req.revision };
-    if at < idx.compact_rev {
-        return Err(KvError::Compacted);
-    }
+    let at = readable_at(idx, req, cur)?;
     let order = SortOrder::try_from(req.sort_order).map_err(|_| KvError::InvalidSortOption)?;
     let target = SortTarget::try_from(req.sort_target).map_err(|_| KvError::InvalidSortOption)?;
     let filtered = req.min_mod_revision != 0
@@ -1278,6 +1331,106 @@ impl Mvcc {
         self.backend.view(|r| range_view(&idx, r, req, idx.rev))
     }
 
+    /// A range answered from memory while its key-values stay within `budget` encoded bytes;
+    /// a larger one in key order (no sort, no filter, not count-only) is pinned instead, for
+    /// the caller to read page by page with [`Mvcc::range_page`] and never hold it whole.
+    pub fn range_within(&self, req: &RangeRequest, budget: usize) -> Result<Ranged, KvError> {
+        if !pageable(req) {
+            return self.range(req).map(Ranged::Whole);
+        }
+        let idx = self.read();
+        let cur = idx.rev;
+        self.backend.view(|r| {
+            let at = readable_at(&idx, req, cur)?;
+            let fetch = if req.limit > 0 {
+                req.limit as usize
+            } else {
+                usize::MAX
+            };
+            let (mut count, mut bytes, mut over) = (0i64, 0usize, false);
+            let mut kvs = Vec::new();
+            for (_, rev) in idx.live_in(&req.key, &req.range_end, at) {
+                count += 1;
+                if over || kvs.len() >= fetch {
+                    continue;
+                }
+                let kv = loaded(r, rev, req.keys_only)?;
+                bytes += range_entry_len(kv.encoded_len());
+                if bytes > budget {
+                    over = true;
+                    kvs = Vec::new();
+                } else {
+                    kvs.push(kv);
+                }
+            }
+            let more = req.limit > 0 && count > req.limit;
+            if over {
+                return Ok(Ranged::Pinned(Pinned {
+                    revision: cur,
+                    at,
+                    count,
+                    more,
+                    send: (count as usize).min(fetch),
+                }));
+            }
+            Ok(Ranged::Whole(RangeResponse {
+                header: Some(ResponseHeader {
+                    revision: cur,
+                    ..Default::default()
+                }),
+                kvs,
+                more,
+                count,
+            }))
+        })
+    }
+
+    /// Up to `max_keys` key-values of a range at revision `at` from `from` on, handed to `out`
+    /// as encoded `mvccpb.KeyValue`s (as stored; re-encoded without the value for
+    /// `keys_only`), stopping once `max_bytes` have been handed out. Returns the key the next
+    /// page starts from, if keys are left. Fails with `Compacted` once a compaction passes
+    /// `at`, and with what `out` fails with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn range_page<E: From<KvError> + From<BackendError>>(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        at: i64,
+        keys_only: bool,
+        max_keys: usize,
+        max_bytes: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Option<Vec<u8>>, E> {
+        let idx = self.read();
+        if at < idx.compact_rev {
+            return Err(KvError::Compacted.into());
+        }
+        self.backend.view(|r| {
+            let (mut n, mut bytes) = (0usize, 0usize);
+            let mut live = idx.live_in(from, end, at).peekable();
+            while n < max_keys && bytes < max_bytes {
+                let Some((_, rev)) = live.next() else {
+                    return Ok(None);
+                };
+                let stored = r.get_rev(rev)?.ok_or_else(|| {
+                    KvError::Corrupt(format!("revision {rev:?} is indexed but not stored"))
+                })?;
+                if keys_only {
+                    let mut kv = decode_kv(&stored.kv)?;
+                    kv.value.clear();
+                    let encoded = kv.encode_to_vec();
+                    bytes += encoded.len();
+                    out(&encoded)?;
+                } else {
+                    bytes += stored.kv.len();
+                    out(&stored.kv)?;
+                }
+                n += 1;
+            }
+            Ok(live.peek().map(|(k, _)| k.as_bytes().to_vec()))
+        })
+    }
+
     /// Keys in the index, live or not yet compacted away (etcd's `keys_total`).
     pub fn key_count(&self) -> usize {
         self.read().keys.len()
@@ -1462,6 +1615,114 @@ mod hash_tests {
         let s = Mvcc::open(&d.path().join("db")).unwrap();
         s.apply_batch(entries, false).unwrap();
         (d, s)
+    }
+
+    /// Every page of a pinned range, concatenated, as `RangeResponse.kvs` entries.
+    fn paged(s: &Mvcc, req: &RangeRequest, p: &Pinned, max_bytes: usize) -> Vec<KeyValue> {
+        let (mut out, mut from) = (Vec::new(), req.key.clone());
+        loop {
+            let left = p.send - out.len();
+            let mut page = Vec::new();
+            let next = s
+                .range_page::<KvError>(
+                    &from,
+                    &req.range_end,
+                    p.at,
+                    req.keys_only,
+                    left,
+                    max_bytes,
+                    &mut |b| {
+                        page.push(KeyValue::decode(b).unwrap());
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert!(
+                !page.is_empty() || left == 0,
+                "a page always makes progress"
+            );
+            out.extend(page);
+            match next {
+                Some(k) if out.len() < p.send => from = k,
+                _ => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn a_range_over_budget_is_pinned_and_its_pages_are_the_whole_answer() {
+        let mut entries: Vec<_> = (0..40)
+            .map(|i| put(i + 1, &format!("k{i:02}"), &"v".repeat(50 + i as usize)))
+            .collect();
+        entries.push(put(41, "k05", "newer"));
+        entries.push(put(42, "z", "outside"));
+        let (_d, s) = store(&entries);
+        for (limit, keys_only, revision) in
+            [(0, false, 0), (7, false, 0), (0, true, 0), (0, false, 20)]
+        {
+            let req = RangeRequest {
+                key: b"k".to_vec(),
+                range_end: b"l".to_vec(),
+                limit,
+                keys_only,
+                revision,
+                ..Default::default()
+            };
+            let whole = s.range(&req).unwrap();
+            // A budget the answer fits in: the same answer, whole.
+            assert_eq!(
+                s.range_within(&req, 1 << 20).unwrap(),
+                Ranged::Whole(whole.clone())
+            );
+            let Ranged::Pinned(p) = s.range_within(&req, 100).unwrap() else {
+                panic!("over budget: pinned");
+            };
+            assert_eq!((p.revision, p.count, p.more), (43, whole.count, whole.more));
+            assert_eq!(p.send, whole.kvs.len());
+            // Pages of any size make up exactly the whole answer, in order.
+            for max_bytes in [1, 150, 1000, usize::MAX] {
+                assert_eq!(
+                    paged(&s, &req, &p, max_bytes),
+                    whole.kvs,
+                    "limit {limit} bytes {max_bytes}"
+                );
+            }
+        }
+        // Sorted, filtered or count-only ranges are never pinned.
+        let sorted = RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            sort_order: SortOrder::Descend as i32,
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.range_within(&sorted, 1).unwrap(),
+            Ranged::Whole(_)
+        ));
+    }
+
+    #[test]
+    fn pages_of_a_pinned_range_fail_once_a_compaction_passes_it() {
+        let (_d, s) = store(&[put(1, "a", "1"), put(2, "a", "2"), put(3, "b", "1")]);
+        let req = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            revision: 2,
+            ..Default::default()
+        };
+        let Ranged::Pinned(p) = s.range_within(&req, 0).unwrap() else {
+            panic!("over budget: pinned");
+        };
+        let compact = RaftRequest {
+            request: Some(raft_request::Request::Compaction(CompactionRequest {
+                revision: 4,
+                physical: false,
+            })),
+            ..Default::default()
+        };
+        s.apply_batch(&[(4, Some(compact))], false).unwrap();
+        let page = s.range_page::<KvError>(b"a", b"c", p.at, false, 10, 10, &mut |_| Ok(()));
+        assert!(matches!(page, Err(KvError::Compacted)), "{page:?}");
     }
 
     #[test]

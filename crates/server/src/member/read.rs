@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ballast_api::etcdserverpb::{RangeRequest, RangeResponse};
 use ballast_raft::Node;
-use ballast_state::{AuthInfo, Mvcc};
+use ballast_state::{AuthInfo, Mvcc, Ranged};
 use ballast_storage::failpoint;
 use tokio::sync::watch;
 
@@ -93,6 +93,29 @@ impl Reader {
             self.barrier().await?;
         }
         Ok(self.readable(req, who)?.range(req)?)
+    }
+
+    /// A range answered whole while it fits `budget` bytes, else pinned for reading in pages
+    /// from the returned store (see [`ballast_state::Mvcc::range_within`]).
+    pub async fn range_within(
+        &self,
+        req: &RangeRequest,
+        who: &AuthInfo,
+        budget: usize,
+    ) -> Result<(Arc<Mvcc>, Ranged), ServerError> {
+        let started = std::time::Instant::now();
+        let out = async {
+            if !req.serializable {
+                self.barrier().await?;
+            }
+            let mvcc = self.readable(req, who)?;
+            let ranged = mvcc.range_within(req, budget)?;
+            Ok((mvcc, ranged))
+        }
+        .await;
+        crate::stats::add(crate::stats::Counter::Range, 1);
+        crate::stats::RANGE.observe(crate::stats::Kind::Range, out.is_ok(), started.elapsed());
+        out
     }
 
     /// The store a range stream reads its chunks from: the read barrier and the permission

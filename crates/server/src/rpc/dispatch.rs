@@ -181,6 +181,7 @@ impl Future for ClientFuture {
             ClientFuture::Grpc { fut, metric } => {
                 let Ok(mut resp) = std::task::ready!(fut.as_mut().poll(cx));
                 super::etcd_oversize_status(&mut resp);
+                super::large_range::take_streamed(&mut resp);
                 if let Some(i) = *metric {
                     crate::metrics::grpc_handled(i, resp.headers());
                 }

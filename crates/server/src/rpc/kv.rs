@@ -10,11 +10,14 @@ use ballast_api::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
     TxnResponse,
 };
-use ballast_state::{check, Applied, AuthInfo};
+use ballast_api::mvccpb::KeyValue;
+use ballast_state::mvcc::range_entry_len;
+use ballast_state::{check, Applied, AuthInfo, KvError, Ranged};
+use prost::Message;
 use tonic::{Request as Req, Response, Status};
 
 use super::{kv_status, status, unexpected};
-use crate::limits::{RANGE_STREAM_FIRST_CHUNK, RANGE_STREAM_QUEUE};
+use crate::limits::{RANGE_INLINE_BYTES, RANGE_STREAM_FIRST_CHUNK, RANGE_STREAM_QUEUE};
 use crate::member::ServerError;
 use crate::server::EtcdServer;
 
@@ -38,7 +41,7 @@ type RangeStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
 
 /// etcd 3.7's next chunk size: double below half the target, halve above twice it, never 0.
-fn next_chunk_limit(last: i64, last_size: usize, target: usize) -> i64 {
+fn next_chunk_limit(last: usize, last_size: usize, target: usize) -> usize {
     let next = if last_size < target / 2 {
         last.saturating_mul(2)
     } else if last_size > target.saturating_mul(2) {
@@ -51,7 +54,8 @@ fn next_chunk_limit(last: i64, last_size: usize, target: usize) -> i64 {
 
 /// etcd 3.7's RangeStream: chunks at the revision of the first, each a disjoint slice of the
 /// keys; the last one carries the header (revision = that pinned revision), `more` and
-/// `count`. Sends on `tx` until done, an error, or the client leaves.
+/// `count`. The first chunk's range counts the keys once; later chunks are read as pages
+/// from the next key on. Sends on `tx` until done, an error, or the client leaves.
 fn stream_chunks(
     mvcc: &ballast_state::Mvcc,
     mut r: RangeRequest,
@@ -74,50 +78,73 @@ fn stream_chunks(
             ..Default::default()
         });
     }
-    let total = if r.limit > 0 { r.limit } else { i64::MAX };
-    r.limit = RANGE_STREAM_FIRST_CHUNK.min(total);
-    let (mut count, mut pinned) = (0i64, 0i64);
+    let total = if r.limit > 0 {
+        r.limit as usize
+    } else {
+        usize::MAX
+    };
+    r.limit = RANGE_STREAM_FIRST_CHUNK.min(i64::try_from(total).unwrap_or(i64::MAX));
+    let first = mvcc.range(&r).map_err(kv_status)?;
+    let pinned = first.header.as_ref().map_or(0, |h| h.revision);
+    let at = if r.revision > 0 { r.revision } else { pinned };
+    let (count, mut limit) = (first.count, r.limit as usize);
+    let mut size = prost::Message::encoded_len(&first);
+    let mut sent = first.kvs.len();
+    let mut next = first.more.then(|| {
+        let mut k = first
+            .kvs
+            .last()
+            .map(|kv| kv.key.clone())
+            .unwrap_or_default();
+        k.push(0);
+        k
+    });
+    let mut kvs = first.kvs;
     loop {
-        let resp = mvcc.range(&r).map_err(kv_status)?;
-        if pinned == 0 {
-            pinned = resp.header.as_ref().map_or(0, |h| h.revision);
-            if r.revision == 0 {
-                r.revision = pinned;
-            }
-        }
-        let size = prost::Message::encoded_len(&resp);
-        count += resp.kvs.len() as i64;
-        let next_key = resp.more.then(|| {
-            let mut k = resp.kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
-            k.push(0);
-            k
-        });
-        let done = !resp.more || count == total;
+        let done = next.is_none() || sent >= total;
         let mut out = RangeResponse {
-            kvs: resp.kvs,
+            kvs: std::mem::take(&mut kvs),
             ..Default::default()
         };
         if done {
             out.header = Some(header(pinned));
-            out.more = resp.more;
+            out.more = count > sent as i64;
             out.count = count;
-            if let Some(from) = &next_key {
-                let rest = RangeRequest {
-                    key: from.clone(),
-                    range_end: r.range_end.clone(),
-                    revision: r.revision,
-                    count_only: true,
-                    ..Default::default()
-                };
-                out.count += mvcc.range(&rest).map_err(kv_status)?.count;
-            }
         }
         send(out)?;
-        if done {
+        let Some(from) = next.take().filter(|_| !done) else {
             return Ok(());
-        }
-        r.key = next_key.unwrap_or_default();
-        r.limit = next_chunk_limit(r.limit, size, target).min(total - count);
+        };
+        limit = next_chunk_limit(limit, size, target).min(total - sent);
+        let mut kv_bytes = 0;
+        next = mvcc
+            .range_page::<KvError>(
+                &from,
+                &r.range_end,
+                at,
+                r.keys_only,
+                limit,
+                usize::MAX,
+                &mut |b| {
+                    kv_bytes += range_entry_len(b.len());
+                    kvs.push(KeyValue::decode(b).map_err(|e| KvError::Corrupt(e.to_string()))?);
+                    Ok(())
+                },
+            )
+            .map_err(kv_status)?;
+        // Sized as the range from `from` would answer, as etcd sizes its chunks.
+        size = kv_bytes
+            + RangeResponse {
+                header: Some(ResponseHeader {
+                    revision: pinned,
+                    ..Default::default()
+                }),
+                more: next.is_some(),
+                count: count - sent as i64,
+                ..Default::default()
+            }
+            .encoded_len();
+        sent += kvs.len();
     }
 }
 
@@ -173,8 +200,18 @@ impl Kv for KvService {
         if !r.serializable {
             self.server.refuse_learner().map_err(status)?;
         }
-        let resp = self.server.range(&r, &who).await.map_err(status)?;
-        Ok(Response::new(resp))
+        let (mvcc, ranged) = self
+            .server
+            .range_within(&r, &who, RANGE_INLINE_BYTES)
+            .await
+            .map_err(status)?;
+        Ok(match ranged {
+            Ranged::Whole(resp) => Response::new(resp),
+            Ranged::Pinned(p) => {
+                let header = self.server.header(p.revision);
+                super::large_range::respond(mvcc, r, p, header)
+            }
+        })
     }
 
     async fn put(&self, req: Req<PutRequest>) -> Result<Response<PutResponse>, Status> {

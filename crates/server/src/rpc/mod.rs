@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod dispatch;
 pub mod kv;
+pub mod large_range;
 pub mod lease;
 pub mod maintenance;
 pub mod watch;
@@ -13,6 +14,19 @@ pub mod watch;
 use tonic::{Code, Status};
 
 pub use crate::status::{kv_status, status, unexpected};
+
+/// The trailers that end a gRPC response with `status`.
+pub fn trailers(status: &Status) -> http_body::Frame<prost::bytes::Bytes> {
+    let mut h = axum::http::HeaderMap::new();
+    if status.add_header(&mut h).is_err() {
+        // Only a message that is not valid header text; the code alone still says it.
+        h.insert(
+            "grpc-status",
+            axum::http::HeaderValue::from(status.code() as i32),
+        );
+    }
+    http_body::Frame::trailers(h)
+}
 
 /// A message that could not be received, in etcd's terms: one over the size limit is
 /// `ResourceExhausted` with grpc-go's message (tonic says `OutOfRange`); anything else (a body

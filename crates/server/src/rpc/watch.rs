@@ -107,12 +107,7 @@ impl WatchBody {
 
     fn trailers(&mut self, status: &Status) -> http_body::Frame<Bytes> {
         self.done = true;
-        let mut h = http::HeaderMap::new();
-        if status.add_header(&mut h).is_err() {
-            // Only a message that is not valid header text; the code alone still says it.
-            h.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
-        }
-        http_body::Frame::trailers(h)
+        super::trailers(status)
     }
 }
 
