@@ -536,6 +536,14 @@ async fn large_unary_ranges_match_etcd_and_are_not_held_in_memory() {
 
     // Eight whole-prefix reads at once, while a sampler keeps the member's peak RSS.
     let pid = ballast.child.as_ref().map(|c| c.id()).unwrap();
+    // The member runs with glibc's arenas capped (it executed itself again, same pid).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"MALLOC_ARENA_MAX=4"),
+        "MALLOC_ARENA_MAX not set"
+    );
     let before = rss_bytes(pid);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {

@@ -189,3 +189,61 @@ impl Body for RecvBody {
         self.done
     }
 }
+
+/// One unary gRPC call to `path` with `message` (encoded), its answer drained without being
+/// kept: returns the bytes of the answer's message(s) and the call's `grpc-status`. For reads
+/// too large for a client to decode, whose cost to the server is what is measured.
+pub async fn unary_drained(
+    url: &str,
+    path: &str,
+    message: &[u8],
+) -> Result<(u64, String), BoxError> {
+    let conn = Conn::connect(url, Duration::ZERO).await?;
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(message);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Once(Some(Bytes::from(framed)))))?;
+    let resp = tower::Service::call(&mut conn.clone(), req).await?;
+    let (parts, mut body) = resp.into_parts();
+    let mut status = parts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut bytes = 0u64;
+    while let Some(f) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match f?.into_data() {
+            Ok(d) => bytes += d.len() as u64,
+            Err(f) => {
+                if let Some(t) = f.trailers_ref() {
+                    status = t
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                }
+            }
+        }
+    }
+    Ok((bytes, status.unwrap_or_default()))
+}
+
+/// A request body of one data frame.
+struct Once(Option<Bytes>);
+
+impl Body for Once {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.take().map(|d| Ok(Frame::data(d))))
+    }
+}

@@ -279,7 +279,12 @@ enum Cmd {
         /// Unary readers at once
         #[arg(long = "readers", default_value_t = 20)]
         readers: usize,
-        /// Keys per unary page (kube-apiserver lists 500 at a time)
+        /// Unary readers of etcd at once, if fewer (whole-keyspace answers it builds in
+        /// memory may not fit the machine twenty times)
+        #[arg(long = "etcd-readers")]
+        etcd_readers: Option<usize>,
+        /// Keys per unary page (kube-apiserver lists 500 at a time); 0: one unary Range of
+        /// the whole keyspace per reader
         #[arg(long, default_value_t = 500)]
         page: i64,
         /// Reads of each server, alternating
@@ -540,6 +545,7 @@ fn main() {
                 etcd,
                 data,
                 readers,
+                etcd_readers,
                 page,
                 rounds,
             } => {
@@ -549,6 +555,7 @@ fn main() {
                     data_mib: data.data_mib,
                     value_size: data.value_size,
                     clients: *readers,
+                    etcd_clients: *etcd_readers,
                     page: *page,
                     rounds: *rounds,
                     out: data.out.clone(),

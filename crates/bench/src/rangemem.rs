@@ -22,10 +22,23 @@ pub struct RangeArgs {
     pub value_size: usize,
     /// Concurrent unary readers.
     pub clients: usize,
+    /// Concurrent unary readers of etcd, if fewer (twenty whole-keyspace answers built in
+    /// memory would not fit this machine).
+    pub etcd_clients: Option<usize>,
     /// Keys per unary page.
     pub page: i64,
     pub rounds: usize,
     pub out: Option<PathBuf>,
+}
+
+impl RangeArgs {
+    /// Unary readers of `kind` at once.
+    fn readers(&self, kind: compare::Kind) -> usize {
+        match kind {
+            compare::Kind::Etcd => self.etcd_clients.unwrap_or(self.clients),
+            _ => self.clients,
+        }
+    }
 }
 
 /// One read of the whole prefix by some clients: wall time, bytes received, the member's
@@ -120,10 +133,40 @@ where
     })
 }
 
+/// The whole keyspace as one unary Range, drained as it arrives (no client could decode a
+/// message of gigabytes twenty times over); returns the bytes of the answer.
+async fn unary_all(ep: String) -> Result<u64, String> {
+    let req = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let path = "/etcdserverpb.KV/Range";
+    let (bytes, status) = crate::conn::unary_drained(
+        &format!("http://{ep}"),
+        path,
+        &prost::Message::encode_to_vec(&req),
+    )
+    .await
+    .map_err(|e| format!("{ep}: {e}"))?;
+    if status != "0" {
+        return Err(format!(
+            "{ep}: whole-keyspace Range ended with grpc-status {status}"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `clients` readers of the whole keyspace at once: in pages of `page` keys, or with page 0
+/// one unary Range each.
 async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
-        tasks.spawn(page_all(ep.clone(), page));
+        if page > 0 {
+            tasks.spawn(page_all(ep.clone(), page));
+        } else {
+            tasks.spawn(unary_all(ep.clone()));
+        }
     }
     let mut total = 0;
     while let Some(r) = tasks.join_next().await {
@@ -146,11 +189,9 @@ pub async fn run(a: &RangeArgs) -> Result<String, String> {
             eprintln!("range: round {round}, {kind:?}, RangeStream ...");
             streamed.push(measure(cluster, stream_all(ep.clone())).await?);
             compare::settle();
-            eprintln!(
-                "range: round {round}, {kind:?}, {} paged readers ...",
-                a.clients
-            );
-            paged.push(measure(cluster, paged_by(ep, a.clients, a.page)).await?);
+            let clients = a.readers(*kind);
+            eprintln!("range: round {round}, {kind:?}, {clients} unary readers ...");
+            paged.push(measure(cluster, paged_by(ep, clients, a.page)).await?);
         }
     }
     let mut t = format!(
@@ -170,7 +211,11 @@ pub async fn run(a: &RangeArgs) -> Result<String, String> {
         for (what, runs) in [
             ("one RangeStream".to_string(), streamed),
             (
-                format!("{} clients, unary pages of {}", a.clients, a.page),
+                if a.page > 0 {
+                    format!("{} clients, unary pages of {}", a.readers(*kind), a.page)
+                } else {
+                    format!("{} clients, one unary Range each", a.readers(*kind))
+                },
                 paged,
             ),
         ] {
@@ -193,7 +238,7 @@ pub async fn run(a: &RangeArgs) -> Result<String, String> {
     if let [es, ep, bs, bp] = growth[..] {
         let ratio = |b: u64, e: u64| b as f64 / (e.max(1)) as f64;
         t.push_str(&format!(
-            "\nBallast's RSS growth as a share of etcd's: RangeStream {:.2}x, paged unary {:.2}x.\n",
+            "\nBallast's RSS growth as a share of etcd's: RangeStream {:.2}x, unary {:.2}x.\n",
             ratio(bs, es),
             ratio(bp, ep)
         ));

@@ -60,14 +60,12 @@ pub const RANGE_STREAM_QUEUE: usize = 2;
 /// answers.
 pub const RANGE_INLINE_BYTES: usize = 1 << 20;
 
-/// Key-values one page of a large range reads under the store's index lock.
+/// Key-values one page of a large range's sizing pass reads under the store's index lock.
 pub const LARGE_RANGE_PAGE: usize = 256 << 10;
 
-/// Bytes of a large range's message handed to HTTP/2 at a time.
-pub const LARGE_RANGE_CHUNK: usize = 128 << 10;
-
-/// Chunks of a large range queued for its client, so a slow reader holds this many at most.
-pub const LARGE_RANGE_QUEUE: usize = 2;
+/// Bytes of a large range's message read and handed to HTTP/2 each time it asks for more
+/// (one chunk per stream at a time, besides what HTTP/2 buffers).
+pub const LARGE_RANGE_CHUNK: usize = 64 << 10;
 
 /// Keys in a range stream's first chunk, as etcd 3.7 starts (`initialStreamChunkLimit`).
 pub const RANGE_STREAM_FIRST_CHUNK: i64 = 10;

@@ -61,7 +61,34 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// glibc malloc arenas (its default: eight per core). Every thread that allocates under
+/// contention gets an arena of its own, and memory freed in one is not reused by another:
+/// twenty concurrent large reads of 256 MiB grew RSS by 92-128 MiB with the default, 32 MiB
+/// with four, 18 MiB with two; two cost the put path a sixth of its rate, four nothing.
+const MALLOC_ARENAS: &str = "4";
+
+/// Caps glibc's arenas unless the operator set `MALLOC_ARENA_MAX` (which then wins): glibc
+/// reads it only at start, so the process executes itself again, same pid, with it set.
+/// `mallopt` would need `unsafe`, which the workspace forbids.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        use std::os::unix::process::CommandExt;
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let mut args = std::env::args_os();
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(argv0) = args.next() {
+            cmd.arg0(argv0);
+        }
+        // Returns only if the exec failed: run on with glibc's default.
+        let _ = cmd.args(args).env("MALLOC_ARENA_MAX", MALLOC_ARENAS).exec();
+    }
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     // Go's flag package takes one dash or two.
     if std::env::args()
         .skip(1)

@@ -253,11 +253,24 @@ fn loaded<R: RevRead>(r: &R, rev: Rev, keys_only: bool) -> Result<KeyValue, KvEr
     Ok(kv)
 }
 
+fn not_stored(rev: Rev) -> KvError {
+    KvError::Corrupt(format!("revision {rev:?} is indexed but not stored"))
+}
+
 fn load<R: RevRead>(r: &R, rev: Rev) -> Result<KeyValue, KvError> {
-    let stored = r
-        .get_rev(rev)?
-        .ok_or_else(|| KvError::Corrupt(format!("revision {rev:?} is indexed but not stored")))?;
+    let stored = r.get_rev(rev)?.ok_or_else(|| not_stored(rev))?;
     decode_kv(&stored.kv)
+}
+
+/// A stored key-value's encoding: as stored, or re-encoded without its value for `keys_only`.
+fn stored_kv<R: RevRead>(r: &R, rev: Rev, keys_only: bool) -> Result<Vec<u8>, KvError> {
+    let stored = r.get_rev(rev)?.ok_or_else(|| not_stored(rev))?;
+    if !keys_only {
+        return Ok(stored.kv);
+    }
+    let mut kv = decode_kv(&stored.kv)?;
+    kv.value.clear();
+    Ok(kv.encode_to_vec())
 }
 
 /// etcd's range semantics over a view at store revision `cur`.
@@ -1354,14 +1367,21 @@ impl Mvcc {
                 if over || kvs.len() >= fetch {
                     continue;
                 }
-                let kv = loaded(r, rev, req.keys_only)?;
-                bytes += range_entry_len(kv.encoded_len());
-                if bytes > budget {
+                // Sized before it is read (a key's stored length is its encoding's), so an
+                // answer over budget is never held.
+                let len = if req.keys_only {
+                    0
+                } else {
+                    r.kv_len(rev)?.ok_or_else(|| not_stored(rev))?
+                };
+                if bytes + range_entry_len(len) > budget {
                     over = true;
                     kvs = Vec::new();
-                } else {
-                    kvs.push(kv);
+                    continue;
                 }
+                let kv = loaded(r, rev, req.keys_only)?;
+                bytes += range_entry_len(kv.encoded_len());
+                kvs.push(kv);
             }
             let more = req.limit > 0 && count > req.limit;
             if over {
@@ -1401,6 +1421,48 @@ impl Mvcc {
         max_bytes: usize,
         out: &mut dyn FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<Option<Vec<u8>>, E> {
+        self.page_view(from, end, at, max_keys, max_bytes, &mut |r, rev| {
+            let kv = stored_kv(r, rev, keys_only)?;
+            out(&kv)?;
+            Ok(kv.len())
+        })
+    }
+
+    /// [`Mvcc::range_page`] handing out only the length of each encoded key-value, read
+    /// without copying it where the value is kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn range_page_lens<E: From<KvError> + From<BackendError>>(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        at: i64,
+        keys_only: bool,
+        max_keys: usize,
+        max_bytes: usize,
+        out: &mut dyn FnMut(usize) -> Result<(), E>,
+    ) -> Result<Option<Vec<u8>>, E> {
+        self.page_view(from, end, at, max_keys, max_bytes, &mut |r, rev| {
+            let len = if keys_only {
+                stored_kv(r, rev, true)?.len()
+            } else {
+                r.kv_len(rev)?.ok_or_else(|| not_stored(rev))?
+            };
+            out(len)?;
+            Ok(len)
+        })
+    }
+
+    /// Visits the live revisions of a range at `at` from `from` on, `visit` answering the
+    /// bytes each took, until `max_keys` or `max_bytes`; returns the next live key, if any.
+    fn page_view<E: From<KvError> + From<BackendError>>(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        at: i64,
+        max_keys: usize,
+        max_bytes: usize,
+        visit: &mut dyn FnMut(&ballast_storage::backend::ReadTx<'_>, Rev) -> Result<usize, E>,
+    ) -> Result<Option<Vec<u8>>, E> {
         let idx = self.read();
         if at < idx.compact_rev {
             return Err(KvError::Compacted.into());
@@ -1412,19 +1474,7 @@ impl Mvcc {
                 let Some((_, rev)) = live.next() else {
                     return Ok(None);
                 };
-                let stored = r.get_rev(rev)?.ok_or_else(|| {
-                    KvError::Corrupt(format!("revision {rev:?} is indexed but not stored"))
-                })?;
-                if keys_only {
-                    let mut kv = decode_kv(&stored.kv)?;
-                    kv.value.clear();
-                    let encoded = kv.encode_to_vec();
-                    bytes += encoded.len();
-                    out(&encoded)?;
-                } else {
-                    bytes += stored.kv.len();
-                    out(&stored.kv)?;
-                }
+                bytes += visit(r, rev)?;
                 n += 1;
             }
             Ok(live.peek().map(|(k, _)| k.as_bytes().to_vec()))
@@ -1640,6 +1690,27 @@ mod hash_tests {
             assert!(
                 !page.is_empty() || left == 0,
                 "a page always makes progress"
+            );
+            // The lengths-only read of the same page sees the same key-values.
+            let mut lens = Vec::new();
+            let next_too = s
+                .range_page_lens::<KvError>(
+                    &from,
+                    &req.range_end,
+                    p.at,
+                    req.keys_only,
+                    left,
+                    max_bytes,
+                    &mut |n| {
+                        lens.push(n);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(next_too, next);
+            assert_eq!(
+                lens,
+                page.iter().map(|kv| kv.encoded_len()).collect::<Vec<_>>()
             );
             out.extend(page);
             match next {

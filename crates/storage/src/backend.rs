@@ -129,9 +129,18 @@ fn decode_stored(rev: Rev, v: &[u8]) -> Result<Stored, BackendError> {
     })
 }
 
+/// The length of a stored row's encoded key-value (the row less its flags byte).
+fn stored_len(rev: Rev, v: &[u8]) -> Result<usize, BackendError> {
+    v.len().checked_sub(1).ok_or(BackendError::Malformed(rev))
+}
+
 /// Read access shared by read-only views and write transactions (reads see earlier writes).
 pub trait RevRead {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError>;
+    /// The length of a stored revision's encoded key-value (what `get_rev` would copy).
+    fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
+        Ok(self.get_rev(rev)?.map(|s| s.kv.len()))
+    }
     fn meta(&self, name: &str) -> Result<Option<u64>, BackendError>;
 }
 
@@ -787,6 +796,16 @@ impl RevRead for ReadTx<'_> {
         }
         match self.kv.get(rev.to_bytes().as_slice())? {
             Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
+        if let Some(row) = self.recent.get(rev) {
+            return row.map(|r| stored_len(rev, r)).transpose();
+        }
+        match self.kv.get(rev.to_bytes().as_slice())? {
+            Some(g) => Ok(Some(stored_len(rev, g.value())?)),
             None => Ok(None),
         }
     }

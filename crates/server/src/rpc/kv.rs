@@ -209,7 +209,7 @@ impl Kv for KvService {
             Ranged::Whole(resp) => Response::new(resp),
             Ranged::Pinned(p) => {
                 let header = self.server.header(p.revision);
-                super::large_range::respond(mvcc, r, p, header)
+                super::large_range::respond(mvcc, r, p, header).await?
             }
         })
     }

@@ -2,10 +2,14 @@
 //! while the store is read in pages, so twenty clients listing a gigabyte each hold a few
 //! pages each, never the answer (etcd builds the whole response, its most-reported OOM).
 //!
-//! The message's length comes first on the wire, so a first pass over the pinned range adds
-//! up the size of every key-value and a second writes them; both read the same immutable
+//! The message's length comes first on the wire, so a first pass over the pinned range (a
+//! blocking task reading stored lengths, copying nothing) adds up the size of every
+//! key-value; the body then reads the next page each time HTTP/2 asks for more, so a slow
+//! client holds one chunk and nothing is read ahead. Both passes read the same immutable
 //! revision. The handler answers tonic with an empty response marked [`Streamed`], whose body
-//! the dispatcher swaps in ([`take_streamed`]).
+//! the dispatcher swaps in ([`take_streamed`]). Pages are read on the runtime's workers, not
+//! on a thread per read: each thread that allocates gets its own glibc arena, and twenty
+//! readers' arenas held more than their pages (RSS +92 MiB against +17 MiB with one arena).
 //!
 //! Invariant: the bytes written are exactly the length announced, or the stream ends with an
 //! error status (a client never decodes a truncated message as a whole one).
@@ -17,15 +21,13 @@ use std::task::{Context, Poll};
 use ballast_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use ballast_state::mvcc::range_entry_len;
 use ballast_state::{KvError, Mvcc, Pinned};
-use ballast_storage::BackendError;
 use prost::bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{self, WireType};
-use tokio::sync::mpsc;
 use tonic::body::Body as GrpcBody;
 use tonic::{Response, Status};
 
 use super::kv_status;
-use crate::limits::{LARGE_RANGE_CHUNK, LARGE_RANGE_PAGE, LARGE_RANGE_QUEUE};
+use crate::limits::{LARGE_RANGE_CHUNK, LARGE_RANGE_PAGE};
 
 /// The largest message grpc-go sends (etcd's `MaxSendMsgSize`).
 const MAX_MESSAGE: u64 = i32::MAX as u64;
@@ -45,75 +47,82 @@ pub fn take_streamed(resp: &mut axum::http::Response<GrpcBody>) {
     }
 }
 
-/// The answer to `req`, pinned as `p`, written by a blocking task as the client reads it.
-pub fn respond(
+/// The answer to `req`, pinned as `p`: sized first, then written as the client reads it.
+pub async fn respond(
     mvcc: Arc<Mvcc>,
     req: RangeRequest,
     p: Pinned,
     header: ResponseHeader,
-) -> Response<RangeResponse> {
-    let (tx, rx) = mpsc::channel(LARGE_RANGE_QUEUE);
-    tokio::task::spawn_blocking(move || {
-        let end = match write(&mvcc, &req, &p, &header, &tx) {
-            Ok(()) => Status::ok(""),
-            Err(Stop::Gone) => return,
-            Err(Stop::Kv(e)) => kv_status(e),
-            Err(Stop::Status(s)) => s,
-        };
-        let _ = tx.blocking_send(Part::End(end));
-    });
-    let body = GrpcBody::new(RangeBody { rx, done: false });
+) -> Result<Response<RangeResponse>, Status> {
+    let (mvcc, req, kv_bytes) = tokio::task::spawn_blocking(move || {
+        let mut kv_bytes = 0u64;
+        let sized = pages_lens(&mvcc, &req, &p, &mut |n| {
+            kv_bytes += range_entry_len(n) as u64
+        });
+        sized.map(|()| (mvcc, req, kv_bytes))
+    })
+    .await
+    .map_err(|_| Status::internal("range sizing stopped"))?
+    .map_err(kv_status)?;
+    let mut head = BytesMut::new();
+    encoding::message::encode(1, &header, &mut head);
+    let mut tail = BytesMut::new();
+    if p.more {
+        encoding::bool::encode(3, &true, &mut tail);
+    }
+    if p.count != 0 {
+        encoding::int64::encode(4, &p.count, &mut tail);
+    }
+    let total = (head.len() + tail.len()) as u64 + kv_bytes;
+    if total > MAX_MESSAGE {
+        return Err(Status::resource_exhausted(format!(
+            "grpc: trying to send message larger than max ({total} vs. {MAX_MESSAGE})"
+        )));
+    }
+    let mut first = BytesMut::with_capacity(5 + head.len());
+    first.put_u8(0);
+    first.put_u32(total as u32);
+    first.put_slice(&head);
+    ballast_api::codec::SENT_BYTES.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+    let body = RangeBody {
+        from: Some(req.key.clone()),
+        mvcc,
+        req,
+        p,
+        head: Some(first.freeze()),
+        tail: Some(tail.freeze()),
+        kv_bytes,
+        written: 0,
+        sent: 0,
+        done: false,
+    };
     let mut resp = Response::new(RangeResponse::default());
     resp.extensions_mut()
-        .insert(Streamed(Arc::new(Mutex::new(Some(body)))));
-    resp
+        .insert(Streamed(Arc::new(Mutex::new(Some(GrpcBody::new(body))))));
+    Ok(resp)
 }
 
-/// Why writing stopped early.
-enum Stop {
-    Kv(KvError),
-    Status(Status),
-    /// The client left: nobody to tell.
-    Gone,
-}
-
-impl From<KvError> for Stop {
-    fn from(e: KvError) -> Stop {
-        Stop::Kv(e)
-    }
-}
-
-impl From<BackendError> for Stop {
-    fn from(e: BackendError) -> Stop {
-        Stop::Kv(e.into())
-    }
-}
-
-enum Part {
-    Data(Bytes),
-    End(Status),
-}
-
-/// Hands every key-value of the pinned range to `out`, page by page; fails unless there are
-/// exactly `p.send` of them.
-fn pages(
+/// Hands the length of every key-value of the pinned range to `out`, page by page; fails
+/// unless there are exactly `p.send` of them.
+fn pages_lens(
     mvcc: &Mvcc,
     req: &RangeRequest,
     p: &Pinned,
-    out: &mut dyn FnMut(&[u8]) -> Result<(), Stop>,
-) -> Result<(), Stop> {
+    out: &mut dyn FnMut(usize),
+) -> Result<(), KvError> {
     let (mut from, mut sent) = (req.key.clone(), 0usize);
     while sent < p.send {
-        let next = mvcc.range_page(
+        let next = mvcc.range_page_lens::<KvError>(
             &from,
             &req.range_end,
             p.at,
             req.keys_only,
             p.send - sent,
             LARGE_RANGE_PAGE,
-            &mut |kv| {
+            &mut |n| {
                 sent += 1;
-                out(kv)
+                out(n);
+                Ok(())
             },
         )?;
         match next {
@@ -122,81 +131,97 @@ fn pages(
         }
     }
     if sent != p.send {
-        return Err(Stop::Status(Status::internal(format!(
-            "range at revision {} read {sent} keys, {} expected",
-            p.at, p.send
-        ))));
+        return Err(short(p, sent));
     }
     Ok(())
 }
 
-fn write(
-    mvcc: &Mvcc,
-    req: &RangeRequest,
-    p: &Pinned,
-    header: &ResponseHeader,
-    tx: &mpsc::Sender<Part>,
-) -> Result<(), Stop> {
-    let mut kv_bytes = 0u64;
-    pages(mvcc, req, p, &mut |kv| {
-        kv_bytes += range_entry_len(kv.len()) as u64;
-        Ok(())
-    })?;
-    let head = encoding::message::encoded_len(1, header) as u64;
-    let tail = if p.more {
-        encoding::bool::encoded_len(3, &true)
-    } else {
-        0
-    } + if p.count != 0 {
-        encoding::int64::encoded_len(4, &p.count)
-    } else {
-        0
-    };
-    let total = head + kv_bytes + tail as u64;
-    if total > MAX_MESSAGE {
-        return Err(Stop::Status(Status::resource_exhausted(format!(
-            "grpc: trying to send message larger than max ({total} vs. {MAX_MESSAGE})"
-        ))));
-    }
-    let send = |buf: &mut BytesMut| {
-        tx.blocking_send(Part::Data(buf.split().freeze()))
-            .map_err(|_| Stop::Gone)
-    };
-    let mut buf = BytesMut::with_capacity(LARGE_RANGE_CHUNK + LARGE_RANGE_PAGE);
-    buf.put_u8(0);
-    buf.put_u32(total as u32);
-    encoding::message::encode(1, header, &mut buf);
-    let mut written = 0u64;
-    pages(mvcc, req, p, &mut |kv| {
-        encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
-        encoding::encode_varint(kv.len() as u64, &mut buf);
-        buf.put_slice(kv);
-        written += range_entry_len(kv.len()) as u64;
-        if buf.len() >= LARGE_RANGE_CHUNK {
-            send(&mut buf)?;
-        }
-        Ok(())
-    })?;
-    if written != kv_bytes {
-        return Err(Stop::Status(Status::internal(format!(
-            "range at revision {} changed size while read ({written} bytes, {kv_bytes} expected)",
-            p.at
-        ))));
-    }
-    if p.more {
-        encoding::bool::encode(3, &true, &mut buf);
-    }
-    if p.count != 0 {
-        encoding::int64::encode(4, &p.count, &mut buf);
-    }
-    ballast_api::codec::SENT_BYTES.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
-    send(&mut buf)
+/// A pinned range that yielded fewer keys than it counted: its store is not what it was.
+fn short(p: &Pinned, sent: usize) -> KvError {
+    KvError::Corrupt(format!(
+        "range at revision {} read {sent} keys, {} expected",
+        p.at, p.send
+    ))
 }
 
-/// The streamed message, then its status as trailers.
+/// The message: the prefix and header, the key-values a chunk per poll, `more` and `count`,
+/// then the status as trailers.
 struct RangeBody {
-    rx: mpsc::Receiver<Part>,
+    mvcc: Arc<Mvcc>,
+    req: RangeRequest,
+    p: Pinned,
+    head: Option<Bytes>,
+    tail: Option<Bytes>,
+    /// Where the next chunk starts; `None` once the range is read.
+    from: Option<Vec<u8>>,
+    /// What the sizing pass counted, and what has been written of it.
+    kv_bytes: u64,
+    written: u64,
+    sent: usize,
     done: bool,
+}
+
+impl RangeBody {
+    /// The next chunk of key-values, read now.
+    fn chunk(&mut self) -> Result<Bytes, Status> {
+        let Some(from) = self.from.take() else {
+            return Err(kv_status(short(&self.p, self.sent)));
+        };
+        let mut buf = BytesMut::with_capacity(2 * LARGE_RANGE_CHUNK);
+        let (sent, written) = (&mut self.sent, &mut self.written);
+        self.from = self
+            .mvcc
+            .range_page::<KvError>(
+                &from,
+                &self.req.range_end,
+                self.p.at,
+                self.req.keys_only,
+                self.p.send - *sent,
+                LARGE_RANGE_CHUNK,
+                &mut |kv| {
+                    encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
+                    encoding::encode_varint(kv.len() as u64, &mut buf);
+                    buf.put_slice(kv);
+                    *written += range_entry_len(kv.len()) as u64;
+                    *sent += 1;
+                    Ok(())
+                },
+            )
+            .map_err(kv_status)?;
+        if self.written > self.kv_bytes
+            || (self.sent == self.p.send && self.written != self.kv_bytes)
+        {
+            return Err(Status::internal(format!(
+                "range at revision {} changed size while read ({} bytes, {} expected)",
+                self.p.at, self.written, self.kv_bytes
+            )));
+        }
+        Ok(buf.freeze())
+    }
+
+    fn next_frame(&mut self) -> http_body::Frame<Bytes> {
+        if let Some(head) = self.head.take() {
+            return http_body::Frame::data(head);
+        }
+        let data = if self.sent < self.p.send {
+            self.chunk()
+        } else {
+            match self.tail.take() {
+                Some(tail) if !tail.is_empty() => Ok(tail),
+                _ => {
+                    self.done = true;
+                    return super::trailers(&Status::ok(""));
+                }
+            }
+        };
+        match data {
+            Ok(d) => http_body::Frame::data(d),
+            Err(status) => {
+                self.done = true;
+                super::trailers(&status)
+            }
+        }
+    }
 }
 
 impl http_body::Body for RangeBody {
@@ -205,24 +230,12 @@ impl http_body::Body for RangeBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
         let me = self.get_mut();
         if me.done {
             return Poll::Ready(None);
         }
-        let frame = match std::task::ready!(me.rx.poll_recv(cx)) {
-            Some(Part::Data(b)) => http_body::Frame::data(b),
-            Some(Part::End(status)) => {
-                me.done = true;
-                super::trailers(&status)
-            }
-            // The writer died without a word: never let the client take what came as whole.
-            None => {
-                me.done = true;
-                super::trailers(&Status::internal("range stream ended early"))
-            }
-        };
-        Poll::Ready(Some(Ok(frame)))
+        Poll::Ready(Some(Ok(me.next_frame())))
     }
 }
