@@ -343,6 +343,13 @@ impl EtcdServer {
         *self.applied.borrow()
     }
 
+    /// Completes a header that carries only the store revision (as the store answers) into
+    /// etcd's.
+    pub fn fill_header(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map_or(0, |h| h.revision);
+        *h = Some(self.header(rev));
+    }
+
     /// A header as etcd fills it: who answered, at which revision, in which term.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
@@ -479,8 +486,7 @@ impl EtcdServer {
     ) -> Result<(Arc<Mvcc>, Ranged), ServerError> {
         let (mvcc, mut ranged) = self.reader.range_within(req, who, budget).await?;
         if let Ranged::Whole(resp) = &mut ranged {
-            let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-            resp.header = Some(self.header(rev));
+            self.fill_header(&mut resp.header);
         }
         Ok((mvcc, ranged))
     }
@@ -491,8 +497,7 @@ impl EtcdServer {
         who: &AuthInfo,
     ) -> Result<RangeResponse, ServerError> {
         let mut resp = self.reader.range(req, who).await?;
-        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
-        resp.header = Some(self.header(rev));
+        self.fill_header(&mut resp.header);
         Ok(resp)
     }
 }

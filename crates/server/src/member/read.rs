@@ -77,22 +77,7 @@ impl Reader {
         req: &RangeRequest,
         who: &AuthInfo,
     ) -> Result<RangeResponse, ServerError> {
-        let started = std::time::Instant::now();
-        let out = self.range_at(req, who).await;
-        crate::stats::add(crate::stats::Counter::Range, 1);
-        crate::stats::RANGE.observe(crate::stats::Kind::Range, out.is_ok(), started.elapsed());
-        out
-    }
-
-    async fn range_at(
-        &self,
-        req: &RangeRequest,
-        who: &AuthInfo,
-    ) -> Result<RangeResponse, ServerError> {
-        if !req.serializable {
-            self.barrier().await?;
-        }
-        Ok(self.readable(req, who)?.range(req)?)
+        counted(async { Ok(self.checked(req, who).await?.range(req)?) }).await
     }
 
     /// A range answered whole while it fits `budget` bytes, else pinned for reading in pages
@@ -103,19 +88,21 @@ impl Reader {
         who: &AuthInfo,
         budget: usize,
     ) -> Result<(Arc<Mvcc>, Ranged), ServerError> {
-        let started = std::time::Instant::now();
-        let out = async {
-            if !req.serializable {
-                self.barrier().await?;
-            }
-            let mvcc = self.readable(req, who)?;
+        counted(async {
+            let mvcc = self.checked(req, who).await?;
             let ranged = mvcc.range_within(req, budget)?;
             Ok((mvcc, ranged))
+        })
+        .await
+    }
+
+    /// The store to read `req` from: after a ReadIndex round unless it is serializable, and
+    /// once `who` may read its keys.
+    async fn checked(&self, req: &RangeRequest, who: &AuthInfo) -> Result<Arc<Mvcc>, ServerError> {
+        if !req.serializable {
+            self.barrier().await?;
         }
-        .await;
-        crate::stats::add(crate::stats::Counter::Range, 1);
-        crate::stats::RANGE.observe(crate::stats::Kind::Range, out.is_ok(), started.elapsed());
-        out
+        self.readable(req, who)
     }
 
     /// The store a range stream reads its chunks from: the read barrier and the permission
@@ -139,4 +126,15 @@ impl Reader {
         }
         Ok(mvcc)
     }
+}
+
+/// Runs a range, counting and timing it in etcd's range metrics.
+async fn counted<T>(
+    range: impl std::future::Future<Output = Result<T, ServerError>>,
+) -> Result<T, ServerError> {
+    let started = std::time::Instant::now();
+    let out = range.await;
+    crate::stats::add(crate::stats::Counter::Range, 1);
+    crate::stats::RANGE.observe(crate::stats::Kind::Range, out.is_ok(), started.elapsed());
+    out
 }

@@ -26,11 +26,6 @@ pub struct KvService {
 }
 
 impl KvService {
-    fn fill(&self, h: &mut Option<ResponseHeader>) {
-        let rev = h.as_ref().map(|h| h.revision).unwrap_or(0);
-        *h = Some(self.server.header(rev));
-    }
-
     async fn write(&self, r: Request, who: &AuthInfo) -> Result<Applied, Status> {
         self.server.refuse_learner().map_err(status)?;
         self.server.propose(r, who).await.map_err(status)
@@ -220,7 +215,7 @@ impl Kv for KvService {
         check::put(&r).map_err(kv_status)?;
         match self.write(Request::Put(r), &who).await? {
             Applied::Put(mut resp) => {
-                self.fill(&mut resp.header);
+                self.server.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
@@ -236,7 +231,7 @@ impl Kv for KvService {
         check::delete(&r).map_err(kv_status)?;
         match self.write(Request::DeleteRange(r), &who).await? {
             Applied::DeleteRange(mut resp) => {
-                self.fill(&mut resp.header);
+                self.server.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
@@ -249,7 +244,7 @@ impl Kv for KvService {
         check::txn(&r, self.server.cfg.max_txn_ops).map_err(kv_status)?;
         match self.write(Request::Txn(r), &who).await? {
             Applied::Txn(mut resp) => {
-                self.fill(&mut resp.header);
+                self.server.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
@@ -264,7 +259,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         match self.write(Request::Compaction(r), &who).await? {
             Applied::Compaction(mut resp) => {
-                self.fill(&mut resp.header);
+                self.server.fill_header(&mut resp.header);
                 Ok(Response::new(resp))
             }
             other => Err(unexpected(other)),
