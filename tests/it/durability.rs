@@ -81,6 +81,57 @@ async fn kill9_under_load(extra: &[&str]) {
     assert!(all.header().unwrap().revision() >= max_rev);
 }
 
+/// (segments in the log, segments retired from it) in a member's WAL directory.
+fn wal_files(s: &Server) -> (usize, usize) {
+    let dir = s.data_path().join("member").join("wal");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let count = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).count();
+    (count(".wal"), count(".wal.retired"))
+}
+
+/// `--max-wals` keeps segments that log compactions superseded, as etcd keeps old WAL files,
+/// up to that many files in all (0: every one); they are never read back, so a restart
+/// recovers the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_wal_segments_are_kept_up_to_max_wals() {
+    for (max, expect_retired) in [(3usize, 2..=2), (0, 10..=usize::MAX)] {
+        let max_wals = format!("--max-wals={max}");
+        let mut s = Server::start(
+            Kind::Ballast,
+            &[
+                "--snapshot-count=20",
+                "--experimental-snapshot-catchup-entries=5",
+                &max_wals,
+            ],
+        );
+        let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+        for i in 0..400 {
+            c.put(format!("k{i:03}"), format!("v{i}"), None)
+                .await
+                .unwrap();
+        }
+        let (live, retired) = wal_files(&s);
+        assert!(
+            expect_retired.contains(&retired),
+            "--max-wals={max}: {live} live, {retired} retired"
+        );
+        if max > 0 {
+            assert!(live + retired <= max, "{live} live, {retired} retired");
+        }
+        s.kill9();
+        s.spawn();
+        let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+        let all = c
+            .get("k", Some(GetOptions::new().with_prefix().with_count_only()))
+            .await
+            .unwrap();
+        assert_eq!(all.count(), 400, "--max-wals={max}");
+    }
+}
+
 /// Where a WAL segment's records end: each is `len u32 LE | crc u32 | len bytes`, and a zero
 /// length is the reserved space after them.
 fn records_end(bytes: &[u8]) -> usize {

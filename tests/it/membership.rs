@@ -308,3 +308,48 @@ fn strict_reconfig_check_protects_the_active_quorum() {
     let relaxed = ["--strict-reconfig-check=false"];
     assert_eq!(observe(Kind::Ballast, &relaxed).0 .0, 0, "check off");
 }
+
+/// `--max-learners`: etcd 3.7 and Ballast (each with its own etcdctl) both take as many learners as it allows and refuse
+/// the next with the same message and exit code.
+#[test]
+fn max_learners_bounds_learners_as_on_etcd() {
+    let run = |kind: Kind| {
+        let s = Server::start(kind, &["--max-learners=2"]);
+        let ctl = crate::cluster::ctl_of(kind);
+        (0..3)
+            .map(|i| {
+                let (out, err, code) = run_ctl(
+                    ctl.clone(),
+                    &s.endpoint(),
+                    &[
+                        "member",
+                        "add",
+                        &format!("l{i}"),
+                        "--learner",
+                        &format!("--peer-urls=http://127.0.0.1:{}", 23000 + i),
+                    ],
+                    None,
+                );
+                let first = out.lines().next().unwrap_or_default();
+                // The words, without the member and cluster IDs.
+                let words: Vec<&str> = first
+                    .split_whitespace()
+                    .filter(|w| w.len() < 8 || u64::from_str_radix(w, 16).is_err())
+                    .collect();
+                let error: Vec<String> = err
+                    .lines()
+                    .filter(|l| l.starts_with("Error:"))
+                    .map(String::from)
+                    .collect();
+                (words.join(" "), error, code)
+            })
+            .collect::<Vec<_>>()
+    };
+    let etcd = run(Kind::Etcd37);
+    assert_eq!(etcd[2].2, 1, "{etcd:?}");
+    assert_eq!(
+        etcd[2].1,
+        vec!["Error: etcdserver: too many learner members in cluster"]
+    );
+    assert_eq!(run(Kind::Ballast), etcd);
+}

@@ -263,7 +263,12 @@ pub async fn run(
                 &r.header,
                 Some(&m),
                 &r.members,
-                format!("Member {:16x} added to cluster {cluster:16x}", m.id),
+                // etcdctl 3.5+ names a learner as such.
+                format!(
+                    "Member {:16x} added {}to cluster {cluster:16x}",
+                    m.id,
+                    if m.is_learner { "as learner " } else { "" }
+                ),
             )?;
             if p.format == Format::Simple {
                 let name = &args[0];

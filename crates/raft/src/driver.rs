@@ -135,6 +135,10 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Entries kept in the log behind a snapshot point for lagging followers.
     pub catch_up_entries: u64,
+    /// WAL segment files kept, superseded ones included (`--max-wals`; 0: every one).
+    pub max_wal_files: usize,
+    /// Received snapshot files kept waiting to be installed (`--max-snapshots`; 0: no bound).
+    pub max_snapshot_files: usize,
     /// Last index the state machine has durably applied.
     pub applied: u64,
     pub max_msg_bytes: u64,
@@ -395,7 +399,10 @@ impl Node {
             max_frame,
             inbound_tx,
             cfg.runtime.clone(),
-            cfg.snap_dir.clone(),
+            crate::transport::SnapshotStage {
+                dir: cfg.snap_dir.clone(),
+                max_files: cfg.max_snapshot_files,
+            },
             cfg.peer_tls.clone(),
         );
         for (id, urls) in &cfg.peers {
@@ -419,6 +426,7 @@ impl Node {
             next_read: 0,
             lone_voter,
             catch_up_entries: cfg.catch_up_entries,
+            max_wal_files: cfg.max_wal_files,
             wal_compacted,
             max_msg_bytes: cfg.max_msg_bytes as usize,
             proposals: Vec::new(),
@@ -562,6 +570,7 @@ struct Driver {
     /// Campaign once the configuration is applied: this member is the only voter.
     lone_voter: bool,
     catch_up_entries: u64,
+    max_wal_files: usize,
     /// Index of the snapshot the WAL starts from.
     wal_compacted: u64,
     /// Largest proposal batch, in bytes of entry data (the peer transport's frames must hold a
@@ -713,6 +722,7 @@ impl Driver {
             failpoint::crash("raft-before-snapshot");
             let store = self.node.store();
             self.log.rewrite(
+                self.max_wal_files,
                 self.member,
                 store.conf_state(),
                 store.hard_state(),

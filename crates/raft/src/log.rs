@@ -170,10 +170,12 @@ impl RaftLog {
     }
 
     /// Log compaction: writes everything still needed (identity, configuration, hard state,
-    /// snapshot point, entries after it) into a fresh segment, makes it durable, then deletes
-    /// the older segments. A crash at any point leaves a log that recovers to the same state.
+    /// snapshot point, entries after it) into a fresh segment, makes it durable, then retires
+    /// the older segments, keeping at most `max_files` segment files (`--max-wals`; 0: all).
+    /// A crash at any point leaves a log that recovers to the same state.
     pub fn rewrite(
         &mut self,
+        max_files: usize,
         member: MemberRecord,
         cs: &ConfState,
         hs: &HardState,
@@ -200,7 +202,7 @@ impl RaftLog {
         }
         self.wal.append(KIND_HARD_STATE, &hard)?;
         self.wal.sync()?;
-        self.wal.remove_before(seq)?;
+        self.wal.retire_before(seq, max_files)?;
         Ok(())
     }
 

@@ -27,6 +27,13 @@ use raft::eraftpb::Message;
 /// directory on a member converted from etcd.
 const SNAPSHOT_EXT: &str = "ballast-snap";
 
+/// Where received snapshots are staged, and how many may wait there at once.
+pub struct SnapshotStage {
+    pub dir: std::path::PathBuf,
+    /// `--max-snapshots`; 0: no bound.
+    pub max_files: usize,
+}
+
 /// Whether `name` is a received snapshot, whole or partial, in the snap directory.
 pub fn is_received_snapshot_file(name: &str) -> bool {
     name.ends_with(&format!(".{SNAPSHOT_EXT}")) || name.ends_with(&format!(".{SNAPSHOT_EXT}.tmp"))
@@ -147,8 +154,7 @@ struct Inner {
     query: Mutex<Option<QueryFn>>,
     snapshot_source: Mutex<Option<SnapshotSource>>,
     snap_dir: std::path::PathBuf,
-    /// Snapshots received and staged, by index, until raft installs them.
-    received: Mutex<HashMap<u64, std::path::PathBuf>>,
+    received: Mutex<Staged>,
     /// Peers with a snapshot stream in flight (one at a time each).
     sending: Mutex<std::collections::HashSet<u64>>,
     stats: Mutex<HashMap<u64, Arc<PeerStats>>>,
@@ -187,6 +193,29 @@ impl Inner {
     }
 }
 
+/// Snapshots received and staged, by index, until raft installs one.
+struct Staged {
+    /// How many may wait at once (`--max-snapshots`; 0: no bound).
+    max_files: usize,
+    files: std::collections::BTreeMap<u64, std::path::PathBuf>,
+}
+
+impl Staged {
+    /// Whether one more may be staged. A full stage turns the leader's stream away (it
+    /// reports the snapshot failed and sends again later), never drops one raft may install.
+    fn has_room(&self) -> bool {
+        self.max_files == 0 || self.files.len() < self.max_files
+    }
+
+    /// The file of the snapshot raft installs, and those staged before it: raft's snapshots
+    /// only move forward, so the older ones are never needed and go to be deleted.
+    fn take(&mut self, index: u64) -> (Option<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+        let from_index = self.files.split_off(&index);
+        let older = std::mem::replace(&mut self.files, from_index);
+        (self.files.remove(&index), older.into_values().collect())
+    }
+}
+
 type MembershipFn = Arc<dyn Fn() -> Vec<u8> + Send + Sync>;
 type QueryFn = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
@@ -203,7 +232,7 @@ impl Transport {
         max_frame: usize,
         inbound: mpsc::Sender<Inbound>,
         runtime: tokio::runtime::Handle,
-        snap_dir: std::path::PathBuf,
+        snapshots: SnapshotStage,
         tls: Option<PeerTls>,
     ) -> Transport {
         Transport {
@@ -217,8 +246,11 @@ impl Transport {
                 membership: Mutex::new(None),
                 query: Mutex::new(None),
                 snapshot_source: Mutex::new(None),
-                snap_dir,
-                received: Mutex::new(HashMap::new()),
+                snap_dir: snapshots.dir,
+                received: Mutex::new(Staged {
+                    max_files: snapshots.max_files,
+                    files: Default::default(),
+                }),
                 sending: Mutex::new(Default::default()),
                 stats: Mutex::new(HashMap::new()),
                 tls,
@@ -241,9 +273,14 @@ impl Transport {
         *lock(&self.inner.snapshot_source) = Some(f);
     }
 
-    /// The staged file of a received snapshot, once raft installs it.
+    /// The staged file of a received snapshot, once raft installs it; the files staged
+    /// before it are deleted.
     pub fn take_received(&self, index: u64) -> Option<std::path::PathBuf> {
-        lock(&self.inner.received).remove(&index)
+        let (path, superseded) = lock(&self.inner.received).take(index);
+        for old in superseded {
+            let _ = std::fs::remove_file(old);
+        }
+        path
     }
 
     /// What this member answers to a joining member's membership query.
@@ -473,6 +510,9 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
         ));
     }
     let index = m.get_snapshot().get_metadata().index;
+    if !lock(&inner.received).has_room() {
+        return Err(StreamError::Busy);
+    }
     let path = inner
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.{SNAPSHOT_EXT}"));
@@ -497,8 +537,16 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
     drop(file);
     tokio::fs::rename(&tmp, &path).await?;
     ballast_storage::wal::sync_dir(&inner.snap_dir)?;
+    {
+        let mut staged = lock(&inner.received);
+        if !staged.has_room() {
+            drop(staged);
+            let _ = std::fs::remove_file(&path);
+            return Err(StreamError::Busy);
+        }
+        staged.files.insert(index, path);
+    }
     tracing::info!(index, bytes = total, "received snapshot");
-    lock(&inner.received).insert(index, path);
     stream.get_mut().write_all(&[1]).await?;
     inner
         .inbound
@@ -627,6 +675,8 @@ enum StreamError {
     Decode(String),
     #[error("driver stopped")]
     Closed,
+    #[error("--max-snapshots received snapshots already wait to be installed")]
+    Busy,
 }
 
 async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> {
@@ -793,17 +843,47 @@ mod tests {
         m
     }
 
+    fn stage() -> SnapshotStage {
+        SnapshotStage {
+            dir: std::env::temp_dir(),
+            max_files: 5,
+        }
+    }
+
+    #[test]
+    fn staged_snapshots_are_bounded_and_superseded_ones_go_when_a_newer_is_installed() {
+        let mut s = Staged {
+            max_files: 2,
+            files: Default::default(),
+        };
+        let p = |i: u64| std::path::PathBuf::from(format!("{i}"));
+        assert!(s.has_room());
+        s.files.insert(10, p(10));
+        s.files.insert(30, p(30));
+        assert!(!s.has_room(), "a third waiting snapshot is turned away");
+        assert_eq!(s.take(20), (None, vec![p(10)]));
+        assert!(s.has_room());
+        s.files.insert(40, p(40));
+        assert_eq!(s.take(40), (Some(p(40)), vec![p(30)]));
+        assert!(s.files.is_empty());
+        let unbounded = Staged {
+            max_files: 0,
+            files: (0..100).map(|i| (i, p(i))).collect(),
+        };
+        assert!(unbounded.has_room());
+    }
+
     #[tokio::test]
     async fn delivers_between_members_and_rejects_strangers() {
         let rt = tokio::runtime::Handle::current();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), std::env::temp_dir(), None);
+        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), stage(), None);
         tokio::spawn(b.serve(listener));
 
         let (in_a, _rx_a) = mpsc::channel(16);
-        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone(), std::env::temp_dir(), None);
+        let a = Transport::new(1, 9, 1 << 20, in_a, rt.clone(), stage(), None);
         a.set_peer(2, vec![format!("http://{addr}")]);
         assert!(a.send(vec![msg(1, 2, 7), msg(1, 2, 8)]).is_empty());
         for term in [7, 8] {
@@ -819,7 +899,7 @@ mod tests {
 
         // Same member id, other cluster: the receiver drops the stream.
         let (in_c, _rx_c) = mpsc::channel(16);
-        let c = Transport::new(1, 10, 1 << 20, in_c, rt, std::env::temp_dir(), None);
+        let c = Transport::new(1, 10, 1 << 20, in_c, rt, stage(), None);
         c.set_peer(2, vec![format!("http://{addr}")]);
         c.send(vec![msg(1, 2, 99)]);
         let got = tokio::time::timeout(Duration::from_millis(300), rx_b.recv()).await;
@@ -832,9 +912,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (in_b, mut rx_b) = mpsc::channel(16);
-        tokio::spawn(
-            Transport::new(2, 9, 64, in_b, rt, std::env::temp_dir(), None).serve(listener),
-        );
+        tokio::spawn(Transport::new(2, 9, 64, in_b, rt, stage(), None).serve(listener));
         for frame in [
             // Claims 1 GiB.
             [(1u32 << 30).to_le_bytes(), 0u32.to_le_bytes()].concat(),

@@ -198,9 +198,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_LOG_ROTATION_CONFIG_JSON",
         true,
     ),
-    ("max-learners", "ETCD_MAX_LEARNERS", true),
-    ("max-snapshots", "ETCD_MAX_SNAPSHOTS", true),
-    ("max-wals", "ETCD_MAX_WALS", true),
     ("memory-mlock", "ETCD_MEMORY_MLOCK", false),
     ("metrics", "ETCD_METRICS", true),
     ("peer-client-cert-file", "ETCD_PEER_CLIENT_CERT_FILE", true),
@@ -399,6 +396,18 @@ pub struct Flags {
         default_value_t = 5000
     )]
     pub snapshot_catchup_entries: u64,
+    /// Received snapshots that may wait to be installed at once (0: no bound).
+    #[arg(
+        long = "max-snapshots",
+        env = "ETCD_MAX_SNAPSHOTS",
+        default_value_t = 5
+    )]
+    pub max_snapshots: usize,
+    /// WAL segment files kept, superseded ones included (0: every one).
+    #[arg(long = "max-wals", env = "ETCD_MAX_WALS", default_value_t = 5)]
+    pub max_wals: usize,
+    #[arg(long = "max-learners", env = "ETCD_MAX_LEARNERS", default_value_t = 1)]
+    pub max_learners: usize,
     #[arg(
         long = "quota-backend-bytes",
         env = "ETCD_QUOTA_BACKEND_BYTES",
@@ -794,6 +803,9 @@ struct FileConfig {
     max_concurrent_streams: Option<u32>,
     snapshot_count: Option<u64>,
     experimental_snapshot_catchup_entries: Option<u64>,
+    max_snapshots: Option<usize>,
+    max_wals: Option<usize>,
+    max_learners: Option<usize>,
     quota_backend_bytes: Option<i64>,
     heartbeat_interval: Option<u64>,
     election_timeout: Option<u64>,
@@ -1006,6 +1018,12 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Log entries kept behind a snapshot so slightly lagging followers need no snapshot.
     pub snapshot_catchup_entries: u64,
+    /// Received snapshots staged at once (`--max-snapshots`; 0: no bound).
+    pub max_snapshots: usize,
+    /// WAL segment files kept, superseded ones included (`--max-wals`; 0: all).
+    pub max_wals: usize,
+    /// Learners the membership may hold (`--max-learners`).
+    pub max_learners: usize,
     /// 0: no quota.
     pub quota_backend_bytes: u64,
     pub heartbeat: Duration,
@@ -1540,6 +1558,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         snapshot_catchup_entries: c
             .experimental_snapshot_catchup_entries
             .unwrap_or(d.snapshot_catchup_entries),
+        max_snapshots: c.max_snapshots.unwrap_or(d.max_snapshots),
+        max_wals: c.max_wals.unwrap_or(d.max_wals),
+        max_learners: c.max_learners.unwrap_or(d.max_learners),
         quota_backend_bytes: c.quota_backend_bytes.unwrap_or(d.quota_backend_bytes),
         heartbeat_interval: c.heartbeat_interval.unwrap_or(d.heartbeat_interval),
         election_timeout: c.election_timeout.unwrap_or(d.election_timeout),
@@ -1744,6 +1765,9 @@ impl Config {
             },
             snapshot_count: f.snapshot_count,
             snapshot_catchup_entries: f.snapshot_catchup_entries,
+            max_snapshots: f.max_snapshots,
+            max_wals: f.max_wals,
+            max_learners: f.max_learners,
             // As in etcd: 0 is the default quota, negative disables it (kept here as 0).
             quota_backend_bytes: match f.quota_backend_bytes {
                 0 => DEFAULT_QUOTA_BYTES,
@@ -1940,7 +1964,8 @@ auto-compaction-retention: "1"
         );
         assert_eq!(c.snapshot_count, 10000);
         assert!(!c.strict_reconfig_check);
-        for key in ["max-snapshots", "enable-v2", "proxy"] {
+        assert_eq!((c.max_snapshots, c.max_wals, c.max_learners), (5, 5, 1));
+        for key in ["enable-v2", "proxy"] {
             assert!(
                 c.warnings
                     .iter()
@@ -1981,7 +2006,8 @@ auto-compaction-retention: "1"
         .unwrap();
         assert_eq!(c.snapshot_catchup_entries, 7);
         assert!(!c.strict_reconfig_check);
-        for flag in ["enable-pprof", "max-snapshots", "max-wals"] {
+        assert_eq!((c.max_snapshots, c.max_wals), (3, 2));
+        for flag in ["enable-pprof"] {
             assert!(
                 c.warnings
                     .contains(&format!("flag --{flag} has no effect in Ballast; ignored")),

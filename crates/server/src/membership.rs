@@ -89,7 +89,7 @@ impl EtcdServer {
     ) -> Result<(Member, Vec<Member>), ServerError> {
         self.check_urls_free(&peer_urls, 0)?;
         let members = self.mvcc().members();
-        if learner && members.iter().filter(|m| m.is_learner).count() >= 1 {
+        if learner && members.iter().filter(|m| m.is_learner).count() >= self.cfg.max_learners {
             return Err(ServerError::TooManyLearners);
         }
         let id = new_member_id(&peer_urls, &self.cfg.initial_cluster_token);

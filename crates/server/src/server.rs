@@ -89,6 +89,8 @@ impl EtcdServer {
             tick: cfg.heartbeat,
             election_ticks: cfg.election_ticks,
             catch_up_entries: cfg.snapshot_catchup_entries,
+            max_wal_files: cfg.max_wals,
+            max_snapshot_files: cfg.max_snapshots,
             applied: mvcc.applied_index(),
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;

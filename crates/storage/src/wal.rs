@@ -30,6 +30,8 @@ static ZEROS: [u8; RESERVE_STEP as usize] = [0; RESERVE_STEP as usize];
 pub const KIND_SEGMENT_HEADER: u8 = 0;
 const HEADER_LEN: usize = 8;
 const SEGMENT_MAGIC: &[u8] = b"ballast-wal-v1";
+/// A segment a compaction superseded, kept for `--max-wals` (`{seq:016x}.wal.retired`).
+const RETIRED_SUFFIX: &str = ".wal.retired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -441,21 +443,22 @@ impl Wal {
     }
 
     /// Makes what was appended durable and continues in a fresh segment, returning its number.
-    /// With [`Wal::remove_before`] this lets a caller rewrite everything still needed into the
+    /// With [`Wal::retire_before`] this lets a caller rewrite everything still needed into the
     /// new segment and drop the old ones (log compaction).
     pub fn cut(&mut self) -> Result<u64, WalError> {
         self.roll()?;
         Ok(self.seq)
     }
 
-    /// Deletes every segment numbered below `seq`. The caller must have made everything they
-    /// held that is still needed durable in a later segment first.
-    /// Deletes every segment of the log in `dir` (and a segment left half-created), touching
-    /// no other file there.
+    /// Deletes every segment of the log in `dir`, the retired ones too (and a segment left
+    /// half-created), touching no other file there.
     pub fn remove_all(dir: &Path) -> Result<(), WalError> {
         for (seq, path) in Self::segments(dir)? {
             fs::remove_file(&path).map_err(io_err(&path))?;
             let _ = fs::remove_file(dir.join(format!("{}.tmp", segment_name(seq))));
+        }
+        for (_, path) in Self::retired(dir)? {
+            fs::remove_file(&path).map_err(io_err(&path))?;
         }
         let _ = fs::remove_file(dir.join(format!("{}.tmp", segment_name(0))));
         if dir.exists() {
@@ -464,18 +467,55 @@ impl Wal {
         Ok(())
     }
 
-    pub fn remove_before(&self, seq: u64) -> Result<usize, WalError> {
-        let mut removed = 0;
-        for (s, path) in Self::segments(&self.dir)? {
-            if s < seq {
-                fs::remove_file(&path).map_err(io_err(&path))?;
-                removed += 1;
+    /// Segments a compaction superseded and [`Wal::retire_before`] kept, oldest first.
+    pub fn retired(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(dir)(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(io_err(dir))?;
+            let name = ent.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(RETIRED_SUFFIX)) else {
+                continue;
+            };
+            if let Ok(seq) = u64::from_str_radix(stem, 16) {
+                out.push((seq, ent.path()));
             }
         }
-        if removed > 0 {
-            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Segments numbered below `seq` are superseded (the caller made everything still needed
+    /// durable in a later segment). They are renamed out of the log, so recovery never reads
+    /// them, and kept as etcd keeps old WAL files: while the log's segments and the retired
+    /// ones number at most `max_files` (`--max-wals`; 0 keeps them all), the oldest retired
+    /// going first. Returns how many were deleted.
+    pub fn retire_before(&self, seq: u64, max_files: usize) -> Result<usize, WalError> {
+        let mut live = 0usize;
+        for (s, path) in Self::segments(&self.dir)? {
+            if s < seq {
+                let to = self.dir.join(format!("{s:016x}{RETIRED_SUFFIX}"));
+                fs::rename(&path, &to).map_err(io_err(&path))?;
+            } else {
+                live += 1;
+            }
         }
-        Ok(removed)
+        let retired = Self::retired(&self.dir)?;
+        let excess = match max_files {
+            0 => 0,
+            max => (live + retired.len())
+                .saturating_sub(max)
+                .min(retired.len()),
+        };
+        for (_, path) in &retired[..excess] {
+            fs::remove_file(path).map_err(io_err(path))?;
+        }
+        sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(excess)
     }
 }
 
@@ -483,19 +523,45 @@ impl Wal {
 mod tests {
     use super::*;
 
+    /// Compacts `n` times: each rewrite cuts, appends the record and retires what came before.
+    fn compact(w: &mut Wal, n: usize, max_files: usize) -> usize {
+        let mut deleted = 0;
+        for i in 0..n {
+            let seq = w.cut().unwrap();
+            w.append(1, format!("new{i}").as_bytes()).unwrap();
+            w.sync().unwrap();
+            deleted += w.retire_before(seq, max_files).unwrap();
+        }
+        deleted
+    }
+
     #[test]
-    fn cut_and_remove_keep_only_the_rewritten_tail() {
+    fn retired_segments_are_never_read_back_and_are_kept_up_to_max_files() {
         let d = tempfile::tempdir().unwrap();
         let mut w = Wal::create(d.path()).unwrap();
         w.append(1, b"old").unwrap();
-        let seq = w.cut().unwrap();
-        w.append(1, b"new").unwrap();
-        w.sync().unwrap();
-        assert_eq!(w.remove_before(seq).unwrap(), 1);
+        // Six compactions with room for five files: one live segment, four retired.
+        assert_eq!(compact(&mut w, 6, 5), 2);
         drop(w);
-        let (_, recs, _) = Wal::open(d.path()).unwrap();
+        let retired: Vec<u64> = Wal::retired(d.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(retired, vec![2, 3, 4, 5]);
+        let (mut w, recs, _) = Wal::open(d.path()).unwrap();
         let data: Vec<&[u8]> = recs.iter().map(|r| r.data.as_slice()).collect();
-        assert_eq!(data, vec![b"new".as_slice()]);
+        assert_eq!(data, vec![b"new5".as_slice()]);
+        // 0 keeps every superseded segment; 1 keeps none beside the live one.
+        assert_eq!(compact(&mut w, 3, 0), 0);
+        assert_eq!(Wal::retired(d.path()).unwrap().len(), 7);
+        assert_eq!(compact(&mut w, 1, 1), 8);
+        assert!(Wal::retired(d.path()).unwrap().is_empty());
+        drop(w);
+        Wal::remove_all(d.path()).unwrap();
+        compact(&mut Wal::create(d.path()).unwrap(), 2, 0);
+        Wal::remove_all(d.path()).unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     fn write(dir: &Path, recs: &[(u8, &[u8])]) {
