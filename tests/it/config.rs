@@ -160,3 +160,153 @@ fn initial_cluster_flags_are_checked_on_the_first_start_only() {
         assert!(!status.success(), "{kind:?} refuses them on a first start");
     }
 }
+
+/// etcd flags with a meaning for Ballast, each side by side with etcd 3.7: the JSON gateway
+/// turned off leaves health answering and `/v3/...` refused alike; `--socket-reuse-port` lets
+/// another socket bind the client port (and nothing else does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_switch_and_socket_reuse_port_act_as_on_etcd() {
+    use crate::cluster::{http_get, Kind, Server};
+    use crate::gateway::request;
+    let observe = |kind: Kind| {
+        let on = Server::start(kind, &["--socket-reuse-port"]);
+        let shared = bind_reuse_port(on.port);
+        let range = |s: &Server| {
+            let (code, _, body) = request(s.port, "POST", "/v3/kv/range", "", r#"{"key":"YQ=="}"#);
+            // An answer's header, or the whole of a refusal.
+            match code {
+                200 => (code, body.contains("header").to_string()),
+                _ => (code, body),
+            }
+        };
+        let gateway_on = range(&on);
+        drop(on);
+        let off = Server::start(kind, &["--enable-grpc-gateway=false"]);
+        let alone = bind_reuse_port(off.port);
+        (
+            shared,
+            alone,
+            gateway_on,
+            range(&off),
+            http_get(off.port, "/health").map(|r| r.0),
+        )
+    };
+    let etcd = observe(Kind::Etcd37);
+    assert_eq!(
+        (etcd.0, etcd.1, etcd.2.clone(), etcd.4),
+        (true, false, (200, "true".to_string()), Some(200)),
+        "{etcd:?}"
+    );
+    assert_eq!(etcd.3, (404, "404 page not found\n".to_string()));
+    assert_eq!(observe(Kind::Ballast), etcd);
+}
+
+/// Whether a socket with SO_REUSEPORT may bind 127.0.0.1:`port` while a member listens there.
+fn bind_reuse_port(port: u16) -> bool {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.set_reuseport(true).unwrap();
+    s.bind(([127, 0, 0, 1], port).into()).is_ok()
+}
+
+/// `--self-signed-cert-validity`: an auto-TLS certificate lasts that many years of 365 days
+/// from now, on etcd 3.7 as on Ballast, and 0 is refused where a certificate is made.
+#[test]
+fn auto_tls_certificates_last_self_signed_cert_validity_years() {
+    use crate::cluster::{etcd37_tool, free_port};
+    use std::time::{Duration, Instant};
+    for bin in [etcd37_tool("etcd"), ballast_bin()] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("d");
+        let url = format!("https://127.0.0.1:{}", free_port());
+        let start = |years: &str| {
+            Command::new(&bin)
+                .arg("--data-dir")
+                .arg(&data)
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{}", free_port()),
+                ])
+                .args([
+                    "--auto-tls",
+                    &format!("--self-signed-cert-validity={years}"),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        // 0: no certificate can be made, so the member does not start.
+        let out = start("0").wait_with_output().unwrap();
+        assert!(!out.status.success(), "{bin:?} started with validity 0");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("selfSignedCertValidity is invalid,it should be greater than 0"),
+            "{bin:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&data);
+        let mut child = start("2");
+        let cert = data.join("fixtures").join("client").join("cert.pem");
+        let began = Instant::now();
+        while !cert.exists() && began.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = child.kill();
+        let _ = child.wait();
+        let expires_within = |days: u64| {
+            !Command::new("openssl")
+                .args([
+                    "x509",
+                    "-noout",
+                    "-checkend",
+                    &(days * 86_400).to_string(),
+                    "-in",
+                ])
+                .arg(&cert)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(!expires_within(729), "{bin:?}: shorter than two years");
+        assert!(expires_within(731), "{bin:?}: longer than two years");
+    }
+}
+
+/// `--experimental-warning-apply-duration`: an apply slower than it is logged with etcd's
+/// message and counted in `etcd_server_slow_apply_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_slower_than_the_warning_duration_are_logged_and_counted() {
+    use crate::cluster::{http_get, Kind, Server};
+    let s = Server::start(
+        Kind::Ballast,
+        &["--experimental-warning-apply-duration=1ms"],
+    );
+    let mut c = etcd_client::Client::connect([s.endpoint()], None)
+        .await
+        .unwrap();
+    for i in 0..3000 {
+        c.put(format!("k{}", i % 100), "v", None).await.unwrap();
+    }
+    // Compacting thousands of revisions is one apply, well over a millisecond.
+    c.compact(3000, None).await.unwrap();
+    let (_, metrics) = http_get(s.port, "/metrics").unwrap();
+    let slow: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_server_slow_apply_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(slow >= 1.0, "etcd_server_slow_apply_total {slow}");
+    assert!(
+        s.log().contains("apply request took too long"),
+        "{}",
+        s.log()
+    );
+}

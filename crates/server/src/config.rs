@@ -67,7 +67,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         true,
     ),
     ("cors", "ETCD_CORS", true),
-    ("debug", "ETCD_DEBUG", false),
     ("discovery", "ETCD_DISCOVERY", true),
     ("discovery-cacert", "ETCD_DISCOVERY_CACERT", true),
     ("discovery-cert", "ETCD_DISCOVERY_CERT", true),
@@ -136,7 +135,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_ENABLE_DISTRIBUTED_TRACING",
         false,
     ),
-    ("enable-grpc-gateway", "ETCD_ENABLE_GRPC_GATEWAY", false),
     ("enable-log-rotation", "ETCD_ENABLE_LOG_ROTATION", false),
     ("enable-pprof", "ETCD_ENABLE_PPROF", false),
     ("enable-v2", "ETCD_ENABLE_V2", false),
@@ -164,11 +162,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "experimental-peer-skip-client-san-verification",
         "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
         false,
-    ),
-    (
-        "experimental-warning-apply-duration",
-        "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
-        true,
     ),
     ("force-new-cluster", "ETCD_FORCE_NEW_CLUSTER", false),
     (
@@ -220,20 +213,8 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     ("proxy-write-timeout", "ETCD_PROXY_WRITE_TIMEOUT", true),
     ("raft-read-timeout", "ETCD_RAFT_READ_TIMEOUT", true),
     ("raft-write-timeout", "ETCD_RAFT_WRITE_TIMEOUT", true),
-    (
-        "self-signed-cert-validity",
-        "ETCD_SELF_SIGNED_CERT_VALIDITY",
-        true,
-    ),
-    ("socket-reuse-address", "ETCD_SOCKET_REUSE_ADDRESS", false),
-    ("socket-reuse-port", "ETCD_SOCKET_REUSE_PORT", false),
     ("unsafe-no-fsync", "ETCD_UNSAFE_NO_FSYNC", false),
     ("v2-deprecation", "ETCD_V2_DEPRECATION", true),
-    (
-        "warning-apply-duration",
-        "ETCD_WARNING_APPLY_DURATION",
-        true,
-    ),
     (
         "warning-unary-request-duration",
         "ETCD_WARNING_UNARY_REQUEST_DURATION",
@@ -462,6 +443,65 @@ pub struct Flags {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub initial_corrupt_check: bool,
+    /// Log at debug level (etcd 3.4's switch; `--log-level=debug` since).
+    #[arg(
+        long = "debug",
+        env = "ETCD_DEBUG",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub debug: bool,
+    /// Serve the JSON gateway (`/v3/...`) on the client URLs.
+    #[arg(
+        long = "enable-grpc-gateway",
+        env = "ETCD_ENABLE_GRPC_GATEWAY",
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub enable_grpc_gateway: bool,
+    /// SO_REUSEADDR on the listeners: always on, as Go's listeners set it on Unix.
+    #[arg(
+        long = "socket-reuse-address",
+        env = "ETCD_SOCKET_REUSE_ADDRESS",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub socket_reuse_address: bool,
+    /// SO_REUSEPORT on the listeners.
+    #[arg(
+        long = "socket-reuse-port",
+        env = "ETCD_SOCKET_REUSE_PORT",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub socket_reuse_port: bool,
+    /// Years an `--auto-tls`/`--peer-auto-tls` certificate is valid.
+    #[arg(
+        long = "self-signed-cert-validity",
+        env = "ETCD_SELF_SIGNED_CERT_VALIDITY",
+        default_value_t = 1
+    )]
+    pub self_signed_cert_validity: u32,
+    /// An apply slower than this is logged and counted (`etcd_server_slow_apply_total`).
+    #[arg(
+        long = "experimental-warning-apply-duration",
+        alias = "warning-apply-duration",
+        env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
+        default_value = "100ms"
+    )]
+    pub warning_apply_duration: String,
     /// Refuse membership changes that would leave too few started or reachable members.
     #[arg(
         long = "strict-reconfig-check",
@@ -782,6 +822,14 @@ struct SecurityConfig {
     other: std::collections::BTreeMap<String, serde_yaml::Value>,
 }
 
+/// etcd's `socket-options` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct SocketOptions {
+    reuse_port: Option<bool>,
+    reuse_address: Option<bool>,
+}
+
 /// etcd's YAML config file: the keys Ballast reads; the rest are collected in `other`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -836,6 +884,12 @@ struct FileConfig {
     experimental_initial_corrupt_check: Option<bool>,
     feature_gates: Option<String>,
     strict_reconfig_check: Option<bool>,
+    enable_grpc_gateway: Option<bool>,
+    socket_options: Option<SocketOptions>,
+    self_signed_cert_validity: Option<u32>,
+    /// Go's `time.Duration` in a config file: nanoseconds.
+    experimental_warning_apply_duration: Option<u64>,
+    warning_apply_duration: Option<u64>,
     experimental_corrupt_check_time: Option<String>,
     auth_token: Option<String>,
     auth_token_ttl: Option<u64>,
@@ -1036,6 +1090,15 @@ pub struct Config {
     pub backup: Option<(PathBuf, Duration, usize)>,
     pub initial_corrupt_check: bool,
     /// `--strict-reconfig-check`: refuse membership changes that would break quorum.
+    /// Serve the JSON gateway on the client URLs (`--enable-grpc-gateway`).
+    pub enable_grpc_gateway: bool,
+    /// SO_REUSEPORT on the listeners (`--socket-reuse-port`). SO_REUSEADDR is always on, as
+    /// Go's listeners set it whatever `--socket-reuse-address` says.
+    pub socket_reuse_port: bool,
+    /// Years an auto-TLS certificate is valid (`--self-signed-cert-validity`).
+    pub self_signed_cert_validity: u32,
+    /// An apply slower than this is logged and counted (`--experimental-warning-apply-duration`).
+    pub warning_apply_duration: Duration,
     pub strict_reconfig_check: bool,
     /// `None`: no periodic check.
     pub corrupt_check: Option<Duration>,
@@ -1461,7 +1524,13 @@ fn corrupt_check(f: &Flags) -> Result<Option<Duration>, ConfigError> {
 
 /// `--log-level`, `--log-outputs`, `--logger`.
 fn logging(f: &Flags) -> Result<(tracing::Level, LogFormat, Vec<LogOutput>), ConfigError> {
-    let log_level = match f.log_level.as_str() {
+    // etcd 3.4's `--debug` turns debug logging on whatever `--log-level` says.
+    let level = if f.debug {
+        "debug"
+    } else {
+        f.log_level.as_str()
+    };
+    let log_level = match level {
         "debug" => tracing::Level::DEBUG,
         "info" => tracing::Level::INFO,
         "warn" => tracing::Level::WARN,
@@ -1620,6 +1689,26 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .unwrap_or(d.initial_corrupt_check),
         feature_gates: c.feature_gates.unwrap_or(d.feature_gates),
         strict_reconfig_check: c.strict_reconfig_check.unwrap_or(d.strict_reconfig_check),
+        debug: d.debug,
+        enable_grpc_gateway: c.enable_grpc_gateway.unwrap_or(d.enable_grpc_gateway),
+        socket_reuse_address: c
+            .socket_options
+            .as_ref()
+            .and_then(|o| o.reuse_address)
+            .unwrap_or(d.socket_reuse_address),
+        socket_reuse_port: c
+            .socket_options
+            .as_ref()
+            .and_then(|o| o.reuse_port)
+            .unwrap_or(d.socket_reuse_port),
+        self_signed_cert_validity: c
+            .self_signed_cert_validity
+            .unwrap_or(d.self_signed_cert_validity),
+        warning_apply_duration: c
+            .warning_apply_duration
+            .or(c.experimental_warning_apply_duration)
+            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            .unwrap_or(d.warning_apply_duration),
         corrupt_check_time: c
             .experimental_corrupt_check_time
             .unwrap_or(d.corrupt_check_time),
@@ -1783,6 +1872,15 @@ impl Config {
             )?,
             backup: backup(&f)?,
             strict_reconfig_check: f.strict_reconfig_check,
+            enable_grpc_gateway: f.enable_grpc_gateway,
+            socket_reuse_port: f.socket_reuse_port,
+            // 0 is refused only where a certificate is made, as etcd does.
+            self_signed_cert_validity: f.self_signed_cert_validity,
+            warning_apply_duration: positive_duration(
+                "--experimental-warning-apply-duration",
+                &f.warning_apply_duration,
+                "100ms",
+            )?,
             initial_corrupt_check: gates
                 .get("InitialCorruptCheck")
                 .copied()
@@ -2007,6 +2105,23 @@ auto-compaction-retention: "1"
         assert_eq!(c.snapshot_catchup_entries, 7);
         assert!(!c.strict_reconfig_check);
         assert_eq!((c.max_snapshots, c.max_wals), (3, 2));
+        assert_eq!(
+            parse(&["--debug"]).unwrap().log_level,
+            tracing::Level::DEBUG
+        );
+        assert_eq!(
+            parse(&["--debug=false", "--log-level=warn"])
+                .unwrap()
+                .log_level,
+            tracing::Level::WARN
+        );
+        let g = parse(&[
+            "--enable-grpc-gateway=false",
+            "--warning-apply-duration=5ms",
+        ])
+        .unwrap();
+        assert!(!g.enable_grpc_gateway);
+        assert_eq!(g.warning_apply_duration, Duration::from_millis(5));
         for flag in ["enable-pprof"] {
             assert!(
                 c.warnings

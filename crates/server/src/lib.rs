@@ -74,9 +74,13 @@ pub fn client_service(server: Arc<EtcdServer>) -> rpc::dispatch::ClientService {
         })
         .max_decoding_message_size(max),
     };
-    let http = gateway::router(server.clone())
-        .merge(http::router(server))
-        .fallback(rpc::dispatch::unimplemented);
+    // `--enable-grpc-gateway=false` leaves the health, version and metrics endpoints.
+    let http = if server.cfg.enable_grpc_gateway {
+        gateway::router(server.clone()).merge(http::router(server))
+    } else {
+        http::router(server)
+    }
+    .fallback(rpc::dispatch::unimplemented);
     rpc::dispatch::ClientService::new(Arc::new(grpc), http)
 }
 

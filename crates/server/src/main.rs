@@ -167,6 +167,30 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, String>
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
 }
 
+/// Binds a TCP listener as tokio's `bind` does (SO_REUSEADDR on, as Go sets it too), with
+/// SO_REUSEPORT for `--socket-reuse-port` so several processes may share the port.
+fn bind_tcp(
+    addr: std::net::SocketAddr,
+    reuse_port: bool,
+) -> Result<tokio::net::TcpListener, String> {
+    let err = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(err)?;
+    }
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
+}
+
+/// tokio's `TcpListener::bind` backlog.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Why the member stops when its applier did (a storage failure).
 fn applier_stopped(reason: Option<String>) -> String {
     reason.unwrap_or_else(|| "the applier stopped".into())
@@ -189,6 +213,7 @@ fn client_tls(cfg: &Config) -> Result<Option<Arc<Reloading>>, String> {
         cfg.auto_tls,
         &dir,
         &cfg.listen_client_https,
+        cfg.self_signed_cert_validity,
     )
     .map_err(|e| e.to_string())?;
     let Some(files) = files else {
@@ -209,6 +234,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     );
     let listen = cfg.listen_client.clone();
     let listen_peer = cfg.listen_peer.clone();
+    let reuse_port = cfg.socket_reuse_port;
     let server = EtcdServer::start(cfg).map_err(|e| e.to_string())?;
     for u in &server.cfg.listen_peer_unix {
         let listener = bind_unix(&u.path)?;
@@ -216,9 +242,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         tokio::spawn(server.transport().serve(listener));
     }
     for addr in listen_peer {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = bind_tcp(addr, reuse_port)?;
         let addr = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %addr, "serving peer traffic insecurely");
         tokio::spawn(server.transport().serve(listener));
@@ -229,26 +253,20 @@ async fn run(cfg: Config) -> Result<(), String> {
     // Metrics and health answer from the start, ready or not: that is what they are for.
     let mut tasks = tokio::task::JoinSet::new();
     for addr in server.cfg.listen_metrics.clone() {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = bind_tcp(addr, reuse_port)?;
         tracing::info!(address = %addr, "serving metrics");
         let app = ballast_server::http::metrics_router(server.clone());
         tasks.spawn(async move { axum::serve(listener, app).await });
     }
     let mut listeners = Vec::new();
     for addr in listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = bind_tcp(addr, reuse_port)?;
         listeners.push((addr, listener));
     }
     let client_tls = client_tls(&server.cfg)?;
     let mut tls_listeners = Vec::new();
     for addr in server.cfg.listen_client_https.clone() {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = bind_tcp(addr, reuse_port)?;
         tls_listeners.push((addr, listener));
     }
     // `--listen-client-http-urls`: HTTP here, and then gRPC only on the client URLs.
@@ -266,9 +284,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                 .map(|a| (*a, true)),
         )
     {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener = bind_tcp(addr, reuse_port)?;
         http_listeners.push((addr, tls, listener));
     }
     let mut unix_listeners = Vec::new();

@@ -129,6 +129,7 @@ impl EtcdServer {
             last_compact,
             last_trim: last_compact,
             trim_every: cfg.snapshot_catchup_entries.max(1),
+            warn_apply: cfg.warning_apply_duration,
             compact: Box::new(node.compactor()),
             waiters: waiters.clone(),
             watch: hub.clone(),

@@ -345,19 +345,21 @@ pub fn port_files(
     auto: bool,
     dir: &Path,
     listen: &[SocketAddr],
+    validity_years: u32,
 ) -> Result<Option<TlsFiles>, TlsError> {
     match (files, auto) {
         (Some(f), _) => Ok(Some(f.clone())),
         (None, true) => {
             let hosts: Vec<String> = listen.iter().map(|a| a.ip().to_string()).collect();
-            auto_tls(dir, &hosts).map(Some)
+            auto_tls(dir, &hosts, validity_years).map(Some)
         }
         (None, false) => Ok(None),
     }
 }
 
-/// `--auto-tls`: a self-signed certificate for `hosts`, kept in `dir` (made once, reused).
-pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
+/// `--auto-tls`: a self-signed certificate for `hosts`, valid from now for `validity_years`
+/// of 365 days as etcd makes it, kept in `dir` (made once, reused).
+pub fn auto_tls(dir: &Path, hosts: &[String], validity_years: u32) -> Result<TlsFiles, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if !(cert.exists() && key.exists()) {
@@ -365,10 +367,27 @@ pub fn auto_tls(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
             path: dir.display().to_string(),
             source,
         })?;
+        if validity_years == 0 {
+            return Err(TlsError::Generate(
+                "selfSignedCertValidity is invalid,it should be greater than 0".into(),
+            ));
+        }
         let mut names: Vec<String> = hosts.to_vec();
         names.push("localhost".into());
-        let generated = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        let generate = || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut params = rcgen::CertificateParams::new(names)?;
+            params.not_before = time::OffsetDateTime::from_unix_timestamp(now as i64)
+                .map_err(|_| rcgen::Error::Time)?;
+            params.not_after =
+                params.not_before + time::Duration::days(365 * i64::from(validity_years));
+            let key_pair = rcgen::KeyPair::generate()?;
+            let cert = params.self_signed(&key_pair)?;
+            Ok::<_, rcgen::Error>(rcgen::CertifiedKey { cert, key_pair })
+        };
+        let generated = generate().map_err(|e| TlsError::Generate(e.to_string()))?;
         let write = |p: &Path, data: String| {
             use std::io::Write;
             let mut o = std::fs::OpenOptions::new();

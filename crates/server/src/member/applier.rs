@@ -41,6 +41,8 @@ pub struct Applier {
     /// log would otherwise hold up to `snapshot_count` entries in memory.
     pub(crate) last_trim: u64,
     pub(crate) trim_every: u64,
+    /// A batch slower than this is logged and counted (`--experimental-warning-apply-duration`).
+    pub(crate) warn_apply: std::time::Duration,
     pub(crate) compact: Box<dyn Fn(u64, bool) + Send>,
     pub(crate) watch: Arc<WatchHub>,
     pub(crate) lessor: Arc<Lessor>,
@@ -188,7 +190,7 @@ impl Applier {
         let applied = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
         let results = applied.results;
-        observe_batch(&entries, &results, started.elapsed());
+        observe_batch(&entries, &results, started.elapsed(), self.warn_apply);
         let compacted = mvcc.compacted_revisions().saturating_sub(compacted);
         crate::stats::add(crate::stats::Counter::CompactionKeys, compacted);
         self.watch.publish_from_thread(applied.events, applied.rev);
@@ -269,6 +271,7 @@ fn observe_batch(
     entries: &[(u64, Option<RaftRequest>)],
     results: &[Result<Applied, KvError>],
     took: std::time::Duration,
+    warn_apply: std::time::Duration,
 ) {
     // Results cover the entries past the applied index: the last ones.
     let skip = entries.len().saturating_sub(results.len());
@@ -286,9 +289,14 @@ fn observe_batch(
         }
         crate::stats::APPLY.observe(crate::stats::kind(req), res.is_ok(), share);
     }
-    // etcd's warning threshold for an apply.
-    if took > std::time::Duration::from_millis(100) {
+    if took > warn_apply {
         crate::stats::add(crate::stats::Counter::SlowApply, 1);
+        tracing::warn!(
+            took = ?took,
+            expected_duration = ?warn_apply,
+            entries = results.len(),
+            "apply request took too long"
+        );
     }
     if compactions > 0 {
         // Ballast compacts inside the apply, in one transaction: the pause is the whole of it.

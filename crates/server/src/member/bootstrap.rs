@@ -129,6 +129,7 @@ pub fn peer_tls(cfg: &Config) -> Result<Option<ballast_raft::PeerTls>, TlsError>
         cfg.peer_auto_tls,
         &dir,
         &cfg.listen_peer,
+        cfg.self_signed_cert_validity,
     )?
     else {
         return Ok(None);

@@ -155,7 +155,7 @@ impl Service<Request<Body>> for ClientService {
                 ClientFuture::Grpc { fut, metric }
             }
             None if self.serves == Serves::Grpc => ClientFuture::Grpc {
-                fut: Box::pin(async { Ok(unimplemented().await.map(GrpcBody::new)) }),
+                fut: Box::pin(async { Ok(grpc_unimplemented().map(GrpcBody::new)) }),
                 metric: None,
             },
             None => ClientFuture::Http(Box::new(self.http.call(req))),
@@ -194,10 +194,32 @@ impl Future for ClientFuture {
     }
 }
 
-/// What the client port answers for paths nobody serves: gRPC's Unimplemented, as tonic's
-/// router did.
-pub async fn unimplemented() -> Response<Body> {
+fn grpc_unimplemented() -> Response<Body> {
     super::status(crate::server::ServerError::Unimplemented(String::new())).into_http::<Body>()
+}
+
+/// What the client port answers for paths nobody serves: gRPC's Unimplemented to a gRPC
+/// call, as grpc-go does; Go's `http.NotFound` to anything else, as etcd's HTTP mux does.
+pub async fn unimplemented(req: axum::extract::Request) -> Response<Body> {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return grpc_unimplemented();
+    }
+    let mut r = Response::new(Body::from("404 page not found\n"));
+    *r.status_mut() = http::StatusCode::NOT_FOUND;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 /// What a listener knows of a connection's peer: a TLS listener the verified certificate's CN,
