@@ -12,7 +12,6 @@ use base64::Engine;
 use clap::Subcommand;
 use serde_json::{Map, Value};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 
 use crate::output::{header_json, Format, Printer};
 use crate::{call, connect_any, Cli, Conn, Failure};
@@ -43,7 +42,7 @@ fn prompt(text: &str) -> String {
 
 /// Logs in with `--user`/`--password` if given, as etcdctl's client does when it dials: a
 /// cluster without auth ignores the credentials; wrong ones end the command with exit 2.
-pub async fn login(cli: &Cli, ch: Channel) -> Result<Conn, Failure> {
+pub async fn login(cli: &Cli, ch: crate::dial::Recorded) -> Result<Conn, Failure> {
     if cli.user.is_empty() {
         return Ok(Conn::new(ch, Token::default()));
     }

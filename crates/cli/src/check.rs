@@ -19,24 +19,68 @@ const EXIT_BAD_FEATURE: u8 = 4;
 #[derive(clap::Subcommand, Debug)]
 pub enum CheckCmd {
     /// Check the performance of the etcd cluster
-    Perf(CheckFlags),
+    Perf(PerfFlags),
     /// Check the memory usage of holding data for different workloads on a given server endpoint.
-    Datascale(CheckFlags),
+    Datascale(DatascaleFlags),
 }
 
+/// `check perf`'s flags, in etcdctl's words.
 #[derive(clap::Args, Debug)]
-pub struct CheckFlags {
-    /// The workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)
-    #[arg(long, default_value = "s")]
+pub struct PerfFlags {
+    #[arg(
+        long,
+        default_value = "s",
+        help = "The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge). Different workload models use different configurations in terms of number of clients and expected throughput."
+    )]
     load: String,
-    /// The prefix for writing the check's keys.
-    #[arg(long)]
-    prefix: Option<String>,
-    /// Compact storage with last revision after test is finished.
-    #[arg(long = "auto-compact")]
+    #[arg(
+        long,
+        default_value = "/etcdctl-check-perf/",
+        help = "The prefix for writing the performance check's keys."
+    )]
+    prefix: String,
+    #[arg(
+        long = "auto-compact",
+        help = "Compact storage with last revision after test is finished."
+    )]
     auto_compact: bool,
-    /// Defragment storage after test is finished.
-    #[arg(long = "auto-defrag")]
+    #[arg(
+        long = "auto-defrag",
+        help = "Defragment storage after test is finished."
+    )]
+    auto_defrag: bool,
+}
+
+/// `check datascale`'s flags, in etcdctl's words.
+#[derive(clap::Args, Debug)]
+pub struct DatascaleFlags {
+    #[arg(
+        long,
+        default_value = "s",
+        help = "The datascale check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)"
+    )]
+    load: String,
+    #[arg(
+        long,
+        default_value = "/etcdctl-check-datascale/",
+        help = "The prefix for writing the datascale check's keys."
+    )]
+    prefix: String,
+    #[arg(
+        long = "auto-compact",
+        help = "Compact storage with last revision after test is finished."
+    )]
+    auto_compact: bool,
+    #[arg(
+        long = "auto-defrag",
+        help = "Defragment storage after test is finished."
+    )]
+    auto_defrag: bool,
+}
+
+/// What both checks do after their run.
+pub struct CheckFlags {
+    auto_compact: bool,
     auto_defrag: bool,
 }
 
@@ -275,10 +319,7 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
     match cmd {
         CheckCmd::Perf(f) => {
             let (limit, clients) = PERF[model(&f.load)?];
-            let prefix = f
-                .prefix
-                .clone()
-                .unwrap_or_else(|| "/etcdctl-check-perf/".into());
+            let prefix = f.prefix.clone();
             ensure_empty(&mut kv, &prefix, &format!("etcdctl del --prefix {prefix}")).await?;
             let secs = perf_seconds();
             let mut state = seed();
@@ -306,7 +347,16 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
             if tty {
                 println!();
             }
-            clean_up(cli, &mut kv, &prefix, f).await?;
+            clean_up(
+                cli,
+                &mut kv,
+                &prefix,
+                &CheckFlags {
+                    auto_compact: f.auto_compact,
+                    auto_defrag: f.auto_defrag,
+                },
+            )
+            .await?;
             let mut ok = !print_errors(&r);
             let rps = r.secs.len() as f64 / took.as_secs_f64();
             if rps / limit as f64 <= 0.9 {
@@ -339,10 +389,7 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
         }
         CheckCmd::Datascale(f) => {
             let (total, clients) = DATASCALE[model(&f.load)?];
-            let prefix = f
-                .prefix
-                .clone()
-                .unwrap_or_else(|| "/etcdctl-check-datascale/".into());
+            let prefix = f.prefix.clone();
             ensure_empty(&mut kv, &prefix, &format!("etcdctl del --prefix {prefix}")).await?;
             let Some(before) = resident_bytes(&ep).await else {
                 println!(
@@ -382,7 +429,16 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
                 );
                 return Err(Failure::Exit(crate::EXIT_ERROR, String::new()));
             };
-            clean_up(cli, &mut kv, &prefix, f).await?;
+            clean_up(
+                cli,
+                &mut kv,
+                &prefix,
+                &CheckFlags {
+                    auto_compact: f.auto_compact,
+                    auto_defrag: f.auto_defrag,
+                },
+            )
+            .await?;
             if print_errors(&r) {
                 return Err(Failure::Exit(crate::EXIT_ERROR, String::new()));
             }

@@ -28,8 +28,8 @@ pub struct ElectArgs {
     /// observation mode
     #[arg(short = 'l', long)]
     listen: bool,
-    /// timeout for session
-    #[arg(long, default_value = "10", value_parser = crate::usage::go_i64)]
+    /// Session TTL: etcdctl has no flag and uses the client's default, 60 s (kept, unlisted).
+    #[arg(long, default_value = "60", value_parser = crate::usage::go_i64, hide = true)]
     ttl: i64,
     args: Vec<String>,
 }

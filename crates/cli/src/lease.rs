@@ -38,8 +38,11 @@ pub enum LeaseCmd {
     /// Keeps leases alive (renew)
     #[command(name = "keep-alive")]
     KeepAlive {
-        /// Resets the keep-alive time to its original value and exits immediately
-        #[arg(long)]
+        // etcdctl's text, typo included.
+        #[arg(
+            long,
+            help = "Resets the keep-alive time to its original value and cobrautl.Exits immediately"
+        )]
         once: bool,
         args: Vec<String>,
     },

@@ -5,6 +5,7 @@ mod alarm;
 mod auth;
 mod check;
 mod concurrency;
+mod dial;
 mod downgrade;
 mod lease;
 mod member;
@@ -22,26 +23,26 @@ use std::time::{Duration, Instant};
 use ballast_api::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, range_request::SortOrder,
     range_request::SortTarget, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
-    HashKvRequest, PutRequest, RangeRequest, StatusRequest,
+    HashKvRequest, PutRequest, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
 };
 use ballast_net::keys::prefix_end;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use output::{table, Format, Printer};
-use tonic::transport::Channel;
 
 /// A connection that carries the `--user`'s token on every call, as etcdctl's does.
-pub type Conn = tonic::service::interceptor::InterceptedService<Channel, auth::Token>;
+pub type Conn = tonic::service::interceptor::InterceptedService<dial::Recorded, auth::Token>;
 
 /// etcdctl's exit codes.
 const EXIT_ERROR: u8 = 1;
 const EXIT_BAD_ARGS: u8 = 128;
-const EXIT_BAD_FEATURE: u8 = 4;
+pub const EXIT_BAD_FEATURE: u8 = 4;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ballastctl",
     about = "A simple command line client for etcd3 and Ballast.",
-    disable_version_flag = true
+    disable_version_flag = true,
+    disable_help_subcommand = true
 )]
 struct Cli {
     /// gRPC endpoints
@@ -71,7 +72,7 @@ struct Cli {
         value_parser = parse_duration
     )]
     command_timeout: Duration,
-    /// set the output format (fields, json, simple, table)
+    /// set the output format (fields, json, protobuf, simple, table)
     #[arg(
         short = 'w',
         long = "write-out",
@@ -118,6 +119,83 @@ struct Cli {
     /// password for authentication (if this option is used, --user option shouldn't include password)
     #[arg(long, global = true, env = "ETCDCTL_PASSWORD", default_value = "")]
     password: String,
+    /// enable client-side debug logging
+    #[arg(long, global = true, env = "ETCDCTL_DEBUG")]
+    debug: bool,
+    /// keepalive time for client connections
+    #[arg(
+        long = "keepalive-time",
+        global = true,
+        env = "ETCDCTL_KEEPALIVE_TIME",
+        default_value = "2s",
+        value_parser = parse_duration
+    )]
+    keepalive_time: Duration,
+    /// keepalive timeout for client connections
+    #[arg(
+        long = "keepalive-timeout",
+        global = true,
+        env = "ETCDCTL_KEEPALIVE_TIMEOUT",
+        default_value = "6s",
+        value_parser = parse_duration
+    )]
+    keepalive_timeout: Duration,
+    /// client-side request send limit in bytes (if 0, it defaults to 2.0 MiB (2 * 1024 * 1024).)
+    #[arg(
+        long = "max-request-bytes",
+        global = true,
+        env = "ETCDCTL_MAX_REQUEST_BYTES",
+        default_value = "0",
+        value_parser = usage::go_i64
+    )]
+    max_request_bytes: i64,
+    /// client-side response receive limit in bytes (if 0, it defaults to "math.MaxInt32")
+    #[arg(
+        long = "max-recv-bytes",
+        global = true,
+        env = "ETCDCTL_MAX_RECV_BYTES",
+        default_value = "0",
+        value_parser = usage::go_i64
+    )]
+    max_recv_bytes: i64,
+    /// accept insecure SRV records describing cluster endpoints
+    #[arg(
+        long = "insecure-discovery",
+        global = true,
+        env = "ETCDCTL_INSECURE_DISCOVERY",
+        action = clap::ArgAction::Set,
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_discovery: bool,
+    /// JWT token used for authentication (if this option is used, --user and --password should not be set)
+    #[arg(
+        long = "auth-jwt-token",
+        global = true,
+        env = "ETCDCTL_AUTH_JWT_TOKEN",
+        default_value = ""
+    )]
+    auth_jwt_token: String,
+    /// domain name to query for SRV records describing cluster endpoints
+    #[arg(
+        short = 'd',
+        long = "discovery-srv",
+        global = true,
+        env = "ETCDCTL_DISCOVERY_SRV",
+        default_value = ""
+    )]
+    discovery_srv: String,
+    /// service name to query when using DNS discovery
+    #[arg(
+        long = "discovery-srv-name",
+        global = true,
+        env = "ETCDCTL_DISCOVERY_SRV_NAME",
+        default_value = ""
+    )]
+    discovery_srv_name: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -179,8 +257,9 @@ enum Cmd {
         /// use all endpoints from the cluster member list
         #[arg(long)]
         cluster: bool,
-        /// Optional. If present, defragments a data directory not in use by etcd.
-        #[arg(long = "data-dir", default_value = "")]
+        /// Optional. If present, defragments a data directory not in use by etcd (etcdutl's
+        /// since 3.6; kept, unlisted).
+        #[arg(long = "data-dir", default_value = "", hide = true)]
         data_dir: String,
     },
     /// commands for checking properties of the etcd cluster
@@ -200,6 +279,8 @@ enum Cmd {
     },
     /// Prints the version of ballastctl
     Version,
+    /// Show the global command-line flags
+    Options,
     /// Enable or disable authentication
     Auth {
         #[command(subcommand)]
@@ -225,7 +306,7 @@ enum EndpointCmd {
     Status,
     /// Prints the KV history hash for each endpoint in --endpoints
     Hashkv {
-        /// maximum revision to hash (default: all revisions)
+        /// maximum revision to hash (default: latest revision)
         #[arg(long, default_value = "0", value_parser = usage::go_i64)]
         rev: i64,
     },
@@ -263,6 +344,21 @@ pub struct GetArgs {
     /// Sort target; CREATE, KEY, MODIFY, VALUE, or VERSION
     #[arg(long = "sort-by", default_value = "")]
     sort_by: String,
+    /// Minimum create revision
+    #[arg(long = "min-create-rev", default_value = "0", value_parser = usage::go_i64)]
+    min_create_rev: i64,
+    /// Maximum create revision
+    #[arg(long = "max-create-rev", default_value = "0", value_parser = usage::go_i64)]
+    max_create_rev: i64,
+    /// Minimum modification revision
+    #[arg(long = "min-mod-rev", default_value = "0", value_parser = usage::go_i64)]
+    min_mod_rev: i64,
+    /// Maximum modification revision
+    #[arg(long = "max-mod-rev", default_value = "0", value_parser = usage::go_i64)]
+    max_mod_rev: i64,
+    /// Use the RangeStream RPC
+    #[arg(long)]
+    stream: bool,
     args: Vec<String>,
 }
 
@@ -294,6 +390,9 @@ pub struct DelArgs {
     /// delete keys that are greater than or equal to the given key using byte compare
     #[arg(long = "from-key")]
     from_key: bool,
+    /// delete range of keys
+    #[arg(long)]
+    range: bool,
     args: Vec<String>,
 }
 
@@ -409,6 +508,11 @@ pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
             "`--prefix` and `--from-key` cannot be set at the same time, choose one".into(),
         ));
     }
+    if a.keys_only && a.count_only {
+        return Err(Failure::BadArgs(
+            "`--keys-only` and `--count-only` cannot be set at the same time, choose one".into(),
+        ));
+    }
     let key = a.args[0].as_bytes().to_vec();
     let mut r = RangeRequest {
         key: key.clone(),
@@ -428,20 +532,18 @@ pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
         r.range_end = a.args[1].as_bytes().to_vec();
     }
     widen(&mut r.key, &mut r.range_end, a.prefix, a.from_key);
+    // etcdctl 3.7's checks and their exit code (ExitBadFeature).
+    let bad = |m: String| Failure::Exit(EXIT_BAD_FEATURE, m);
     r.serializable = match a.consistency.as_str() {
         "l" => false,
         "s" => true,
-        other => {
-            return Err(Failure::BadArgs(format!(
-                "unknown consistency flag {other:?}"
-            )))
-        }
+        other => return Err(bad(format!("unknown consistency flag {other:?}"))),
     };
     r.sort_order = match a.order.to_uppercase().as_str() {
         "" => SortOrder::None,
         "ASCEND" => SortOrder::Ascend,
         "DESCEND" => SortOrder::Descend,
-        other => return Err(Failure::BadArgs(format!("bad sort order {other:?}"))),
+        _ => return Err(bad(format!("bad sort order {}", a.order))),
     } as i32;
     r.sort_target = match a.sort_by.to_uppercase().as_str() {
         "" | "KEY" => SortTarget::Key,
@@ -449,12 +551,57 @@ pub fn range_request(a: &GetArgs) -> Result<RangeRequest, Failure> {
         "MODIFY" => SortTarget::Mod,
         "VALUE" => SortTarget::Value,
         "VERSION" => SortTarget::Version,
-        other => return Err(Failure::BadArgs(format!("bad sort target {other:?}"))),
+        _ => return Err(bad(format!("bad sort target {}", a.sort_by))),
     } as i32;
     if r.sort_target != SortTarget::Key as i32 && r.sort_order == SortOrder::None as i32 {
         r.sort_order = SortOrder::Ascend as i32;
     }
+    r.min_create_revision = a.min_create_rev.max(0);
+    if a.max_create_rev > 0 {
+        if a.min_create_rev > a.max_create_rev {
+            return Err(bad(format!(
+                "getMinCreateRev(={}) > getMaxCreateRev(={})",
+                a.min_create_rev, a.max_create_rev
+            )));
+        }
+        r.max_create_revision = a.max_create_rev;
+    }
+    r.min_mod_revision = a.min_mod_rev.max(0);
+    if a.max_mod_rev > 0 {
+        if a.min_mod_rev > a.max_mod_rev {
+            return Err(bad(format!(
+                "getMinModRev(={}) > getMaxModRev(={})",
+                a.min_mod_rev, a.max_mod_rev
+            )));
+        }
+        r.max_mod_revision = a.max_mod_rev;
+    }
     Ok(r)
+}
+
+/// `get --stream`: the RangeStream chunks merged as the Go client merges them (kvs appended,
+/// the last chunk's header, `more` and `count`).
+async fn get_streamed(kv: &mut KvClient<Conn>, r: RangeRequest) -> Result<RangeResponse, Failure> {
+    let mut stream = kv
+        .range_stream(r)
+        .await
+        .map_err(Failure::Grpc)?
+        .into_inner();
+    let mut out = RangeResponse::default();
+    while let Some(chunk) = stream.message().await.map_err(Failure::Grpc)? {
+        let Some(part) = chunk.range_response else {
+            continue;
+        };
+        out.kvs.extend(part.kvs);
+        if part.header.is_some() {
+            out.header = part.header;
+        }
+        out.more |= part.more;
+        if part.count != 0 {
+            out.count = part.count;
+        }
+    }
+    Ok(out)
 }
 
 pub fn put_request(
@@ -491,6 +638,11 @@ pub fn delete_request(a: &DelArgs) -> Result<DeleteRangeRequest, Failure> {
             "del command needs one argument as key and an optional argument as range_end".into(),
         ));
     }
+    if a.prefix && a.from_key {
+        return Err(Failure::BadArgs(
+            "`--prefix` and `--from-key` cannot be set at the same time, choose one".into(),
+        ));
+    }
     let key = a.args[0].as_bytes().to_vec();
     let mut r = DeleteRangeRequest {
         key: key.clone(),
@@ -498,7 +650,21 @@ pub fn delete_request(a: &DelArgs) -> Result<DeleteRangeRequest, Failure> {
         ..Default::default()
     };
     if a.args.len() == 2 {
+        if a.prefix || a.from_key {
+            return Err(Failure::BadArgs(
+                "too many arguments, only accept one argument when `--prefix` or `--from-key` is set"
+                    .into(),
+            ));
+        }
         r.range_end = a.args[1].as_bytes().to_vec();
+        // etcdctl 3.7 gives an operator two seconds to interrupt a range delete.
+        if !a.range {
+            eprintln!(
+                "Warning: Keys between {:?} and {:?} will be deleted. Please interrupt the command within next 2 seconds to cancel. You can provide `--range` flag to avoid the delay.",
+                a.args[0], a.args[1]
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
     widen(&mut r.key, &mut r.range_end, a.prefix, a.from_key);
     Ok(r)
@@ -529,53 +695,8 @@ async fn connect_any(cli: &Cli) -> Result<Conn, Failure> {
 
 /// A connection to one endpoint, authenticated when `--user` is given.
 async fn connect(cli: &Cli, endpoint: &str) -> Result<Conn, Failure> {
-    let ch = dial(cli, endpoint).await?;
+    let ch = dial::dial(cli, endpoint).await?;
     auth::login(cli, ch).await
-}
-
-async fn dial(cli: &Cli, endpoint: &str) -> Result<Channel, Failure> {
-    let dial = cli.dial_timeout;
-    let tls = tls::ClientTls {
-        cacert: cli.cacert.clone(),
-        cert: cli.cert.clone(),
-        key: cli.key.clone(),
-        skip_verify: cli.insecure_skip_tls_verify,
-        insecure_transport: cli.insecure_transport,
-    };
-    if let Some((path, secure)) = ballast_net::urls::unix_socket(endpoint) {
-        let cfg = match secure {
-            true => Some(std::sync::Arc::new(
-                tls::client_config(&tls).map_err(|e| Failure::Other(e.to_string()))?,
-            )),
-            false => None,
-        };
-        return ballast_net::tls::connect_unix_lazy(path, cfg, dial, None)
-            .map_err(|e| Failure::Other(e.to_string()));
-    }
-    let (secure, hostport) = match endpoint.split_once("://") {
-        Some(("https", rest)) => (true, rest),
-        Some((_, rest)) => (false, rest),
-        None => (tls.configured(), endpoint),
-    };
-    if secure {
-        let (host, port) = ballast_net::tls::host_port(hostport)
-            .ok_or_else(|| Failure::Other(format!("bad endpoint {endpoint:?}")))?;
-        let cfg = tls::client_config(&tls).map_err(|e| Failure::Other(e.to_string()))?;
-        return ballast_net::tls::connect(host, port, std::sync::Arc::new(cfg), dial)
-            .await
-            .map_err(|_| Failure::Other("context deadline exceeded".into()));
-    }
-    let url = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let ep = Channel::from_shared(url)
-        .map_err(|e| Failure::Other(e.to_string()))?
-        .connect_timeout(dial);
-    ep.connect()
-        .await
-        .map_err(|_| Failure::Other("context deadline exceeded".into()))
 }
 
 fn read_stdin() -> Option<String> {
@@ -595,11 +716,29 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
             println!("API version: 3.7");
             Ok(())
         }
+        Cmd::Options => Ok(()),
         Cmd::Get(a) => {
             let r = range_request(a)?;
             let mut kv = KvClient::new(connect_any(cli).await?);
-            let resp = call(timeout, kv.range(r)).await?;
-            p.range(resp.get_ref(), a.print_value_only);
+            let resp = if a.stream {
+                tokio::time::timeout(timeout, get_streamed(&mut kv, r))
+                    .await
+                    .map_err(|_| Failure::Other("context deadline exceeded".into()))??
+            } else {
+                call(timeout, kv.range(r)).await?.into_inner()
+            };
+            // etcdctl 3.7 checks these after the call.
+            if a.count_only && p.format != Format::Fields {
+                return Err(Failure::BadArgs(
+                    "--count-only is only for `--write-out=fields`".into(),
+                ));
+            }
+            if a.print_value_only && p.format != Format::Simple {
+                return Err(Failure::BadArgs(
+                    "print-value-only is only for `--write-out=simple`".into(),
+                ));
+            }
+            p.range(&resp, a.print_value_only);
             Ok(())
         }
         Cmd::Put(a) => {
@@ -732,10 +871,10 @@ async fn endpoint_health(
         println!("{}", serde_json::Value::from(v));
     } else {
         for (ep, r, took) in &results {
-            // etcdctl 3.4 reports health on stderr.
+            // etcdctl 3.7: the healthy on stdout, the unhealthy on stderr.
             match r {
                 Ok(()) => {
-                    eprintln!("{ep} is healthy: successfully committed proposal: took = {took}")
+                    println!("{ep} is healthy: successfully committed proposal: took = {took}")
                 }
                 Err(e) => eprintln!("{ep} is unhealthy: failed to commit proposal: {e}"),
             }
@@ -754,76 +893,152 @@ async fn endpoint_status(
     p: &Printer,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    let mut rows = Vec::new();
-    let mut json = Vec::new();
+    let mut got = Vec::new();
     for ep in eps {
         let mut m = MaintenanceClient::new(connect(cli, ep).await?);
         let st = call(timeout, m.status(StatusRequest {}))
             .await?
             .into_inner();
-        let id = st.header.as_ref().map(|h| h.member_id).unwrap_or(0);
-        rows.push(vec![
-            ep.clone(),
-            format!("{id:x}"),
-            st.version.clone(),
-            human_bytes(st.db_size as u64),
-            (st.leader == id).to_string(),
-            st.is_learner.to_string(),
-            st.raft_term.to_string(),
-            st.raft_index.to_string(),
-            st.raft_applied_index.to_string(),
-            st.errors.join(", "),
-        ]);
-        let mut s = serde_json::Map::new();
-        if let Some(h) = output::header_json(&st.header) {
-            s.insert("header".into(), h);
-        }
-        s.insert("version".into(), st.version.clone().into());
-        for (k, v) in [
-            ("dbSize", st.db_size),
-            ("leader", st.leader as i64),
-            ("raftIndex", st.raft_index as i64),
-            ("raftTerm", st.raft_term as i64),
-            ("raftAppliedIndex", st.raft_applied_index as i64),
-            ("dbSizeInUse", st.db_size_in_use),
-        ] {
-            if v != 0 {
-                s.insert(
-                    k.into(),
-                    if k == "leader" {
-                        serde_json::Value::from(st.leader)
-                    } else {
-                        v.into()
-                    },
-                );
-            }
-        }
-        json.push(serde_json::json!({"Endpoint": ep, "Status": s}));
+        got.push((ep.clone(), st));
     }
+    // etcdctl 3.7's columns (makeEndpointStatusTable).
+    let rows: Vec<Vec<String>> = got
+        .iter()
+        .map(|(ep, st)| {
+            let id = st.header.as_ref().map(|h| h.member_id).unwrap_or(0);
+            let unused = match st.db_size {
+                0 => 0,
+                size => 100 - st.db_size_in_use * 100 / size,
+            };
+            let dg = st.downgrade_info.clone().unwrap_or_default();
+            vec![
+                ep.clone(),
+                format!("{id:x}"),
+                st.version.clone(),
+                st.storage_version.clone(),
+                human_bytes(st.db_size as u64),
+                human_bytes(st.db_size_in_use as u64),
+                format!("{unused}%"),
+                human_bytes(st.db_size_quota as u64),
+                (st.leader == id).to_string(),
+                st.is_learner.to_string(),
+                st.raft_term.to_string(),
+                st.raft_index.to_string(),
+                st.raft_applied_index.to_string(),
+                st.errors.join(", "),
+                dg.target_version,
+                dg.enabled.to_string(),
+            ]
+        })
+        .collect();
     match p.format {
-        Format::Json => println!("{}", serde_json::Value::from(json)),
+        Format::Json => {
+            let json: Vec<serde_json::Value> = got
+                .iter()
+                .map(|(ep, st)| serde_json::json!({"Endpoint": ep, "Status": status_json(st)}))
+                .collect();
+            println!("{}", serde_json::Value::from(json));
+        }
         Format::Table => table(
             &[
                 "ENDPOINT",
                 "ID",
                 "VERSION",
+                "STORAGE VERSION",
                 "DB SIZE",
+                "IN USE",
+                "PERCENTAGE NOT IN USE",
+                "QUOTA",
                 "IS LEADER",
                 "IS LEARNER",
                 "RAFT TERM",
                 "RAFT INDEX",
                 "RAFT APPLIED INDEX",
                 "ERRORS",
+                "DOWNGRADE TARGET VERSION",
+                "DOWNGRADE ENABLED",
             ],
             &rows,
         ),
-        _ => {
+        Format::Fields => {
+            for (ep, st) in &got {
+                let dg = st.downgrade_info.clone().unwrap_or_default();
+                p.header_fields(&st.header);
+                println!("\"Version\" : {:?}", st.version);
+                println!("\"StorageVersion\" : {:?}", st.storage_version);
+                println!("\"DBSize\" : {}", st.db_size);
+                println!("\"DBSizeInUse\" : {}", st.db_size_in_use);
+                println!("\"DBSizeQuota\" : {}", st.db_size_quota);
+                println!("\"Leader\" : {}", st.leader);
+                println!("\"IsLearner\" : {}", st.is_learner);
+                println!("\"RaftIndex\" : {}", st.raft_index);
+                println!("\"RaftAppliedIndex\" : {}", st.raft_applied_index);
+                println!("\"Errors\" : [{}]", st.errors.join(" "));
+                println!("\"Endpoint\" : {ep:?}");
+                println!("\"DowngradeTargetVersion\" : {:?}", dg.target_version);
+                println!("\"DowngradeEnabled\" : {}", dg.enabled);
+                println!();
+            }
+        }
+        Format::Simple => {
             for r in rows {
                 println!("{}", r.join(", "));
             }
         }
     }
     Ok(())
+}
+
+/// A `StatusResponse` as etcdctl 3.7 marshals it (Go's encoding/json over the generated
+/// struct: fields in proto order, zero values omitted, `downgradeInfo` whenever sent).
+fn status_json(st: &StatusResponse) -> serde_json::Value {
+    let mut s = serde_json::Map::new();
+    if let Some(h) = output::header_json(&st.header) {
+        s.insert("header".into(), h);
+    }
+    let mut put = |k: &str, v: serde_json::Value, zero: bool| {
+        if !zero {
+            s.insert(k.into(), v);
+        }
+    };
+    put("version", st.version.clone().into(), st.version.is_empty());
+    put("dbSize", st.db_size.into(), st.db_size == 0);
+    put("leader", st.leader.into(), st.leader == 0);
+    put("raftIndex", st.raft_index.into(), st.raft_index == 0);
+    put("raftTerm", st.raft_term.into(), st.raft_term == 0);
+    put(
+        "raftAppliedIndex",
+        st.raft_applied_index.into(),
+        st.raft_applied_index == 0,
+    );
+    put("errors", st.errors.clone().into(), st.errors.is_empty());
+    put(
+        "dbSizeInUse",
+        st.db_size_in_use.into(),
+        st.db_size_in_use == 0,
+    );
+    put("isLearner", st.is_learner.into(), !st.is_learner);
+    put(
+        "storageVersion",
+        st.storage_version.clone().into(),
+        st.storage_version.is_empty(),
+    );
+    put(
+        "dbSizeQuota",
+        st.db_size_quota.into(),
+        st.db_size_quota == 0,
+    );
+    if let Some(dg) = &st.downgrade_info {
+        let mut d = serde_json::Map::new();
+        if !dg.target_version.is_empty() {
+            d.insert("targetVersion".into(), dg.target_version.clone().into());
+        }
+        if dg.enabled {
+            d.insert("enabled".into(), true.into());
+        }
+        s.insert("downgradeInfo".into(), d.into());
+    }
+    serde_json::Value::Object(s)
 }
 
 /// The message etcdctl prints for one endpoint's failure (logging a failed call first, as its
@@ -931,6 +1146,9 @@ async fn endpoint_hashkv(
                     if r.compact_revision != 0 {
                         h.insert("compact_revision".into(), r.compact_revision.into());
                     }
+                    if r.hash_revision != 0 {
+                        h.insert("hash_revision".into(), r.hash_revision.into());
+                    }
                     serde_json::json!({"Endpoint": ep, "HashKV": h})
                 })
                 .collect();
@@ -939,21 +1157,22 @@ async fn endpoint_hashkv(
         Format::Table => {
             let rows: Vec<Vec<String>> = got
                 .iter()
-                .map(|(ep, r)| vec![ep.clone(), r.hash.to_string()])
+                .map(|(ep, r)| vec![ep.clone(), r.hash.to_string(), r.hash_revision.to_string()])
                 .collect();
-            table(&["ENDPOINT", "HASH"], &rows);
+            table(&["ENDPOINT", "HASH", "HASH REVISION"], &rows);
         }
         Format::Fields => {
             for (ep, r) in &got {
                 p.header_fields(&r.header);
                 println!("\"Endpoint\" : {ep:?}");
                 println!("\"Hash\" : {}", r.hash);
+                println!("\"HashRevision\" : {}", r.hash_revision);
                 println!();
             }
         }
         Format::Simple => {
             for (ep, r) in &got {
-                println!("{ep}, {}", r.hash);
+                println!("{ep}, {}, {}", r.hash, r.hash_revision);
             }
         }
     }
@@ -963,50 +1182,55 @@ async fn endpoint_hashkv(
     }
 }
 
-/// etcdctl 3.4's client logs each failed unary call before the error itself.
+/// etcdctl 3.7's client logs each failed unary call before the error itself: the method, the
+/// connection's two ends and gRPC's error text.
 fn retry_warning(cli: &Cli, s: &tonic::Status) {
     let ep = cli.endpoints.first().cloned().unwrap_or_default();
+    let last = dial::last();
+    let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let line = serde_json::json!({
     "level": "warn",
     "ts": zap_timestamp(std::time::SystemTime::now()),
-    "caller": "clientv3/retry_interceptor.go:62",
+    "logger": "etcd-client",
+    "caller": "v3@v3.7.3/retry_interceptor.go:68",
     "msg": "retrying of unary invoker failed",
-    "target": format!("endpoint://client-{}/{ep}", client_uuid()),
+    "target": format!("etcd-endpoints://0x{:012x}/{ep}", client_tag()),
+    "peer": format!(
+        "Peer{{Addr: '{}', LocalAddr: '{}', AuthInfo: '{}'}}",
+        addr(last.peer),
+        addr(last.local),
+        if last.tls { "tls" } else { "insecure" }
+    ),
+    "method": last.method,
     "attempt": 0,
     "error": ballast_net::go::error_text(s),
     });
     eprintln!("{line}");
 }
 
-/// zap's ISO-8601 UTC timestamp with milliseconds, as etcdctl's client log prints it.
+/// etcd's zap timestamp: ISO-8601 UTC with microseconds.
 fn zap_timestamp(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let (y, mo, day, h, mi, s) = ballast_net::time::utc_civil(d.as_secs());
     format!(
-        "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
+        "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+        d.subsec_micros()
     )
 }
 
-/// A version-4-shaped UUID naming this client, as etcdctl's balancer target carries one.
-fn client_uuid() -> String {
+/// A pointer-shaped number naming this client, as the balancer target of etcd's Go client
+/// carries its address.
+fn client_tag() -> u64 {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-        ^ (u128::from(std::process::id()) << 64);
-    // splitmix-style mixing; uniqueness per process is all that matters here.
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    x ^= x >> 67;
-    let h = format!("{x:032x}");
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
+        ^ (u64::from(std::process::id()) << 32);
+    // splitmix64 finaliser; uniqueness per process is all that matters here.
+    let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) & 0xffff_ffff_fff0
 }
 
 fn main() -> ExitCode {
@@ -1019,7 +1243,7 @@ fn main() -> ExitCode {
     let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
-            let name = root.get_name().to_string();
+            // cobra prints errors and usage to stderr and help to stdout.
             return match usage::outcome(&root, &argv, &e) {
                 usage::Outcome::Help(u) => {
                     print!("{u}");
@@ -1027,19 +1251,27 @@ fn main() -> ExitCode {
                 }
                 usage::Outcome::FlagError { usage, msg } => {
                     eprintln!("Error: {msg}");
-                    print!("{usage}");
-                    eprintln!("\nError: {msg}");
+                    eprintln!("{usage}");
                     ExitCode::from(EXIT_ERROR)
                 }
+                // cobra's `help [command]`.
+                usage::Outcome::UnknownCommand(c) if c == "help" => {
+                    let (out, err) = usage::help_command(&root, &argv);
+                    print!("{out}");
+                    eprint!("{err}");
+                    ExitCode::SUCCESS
+                }
                 usage::Outcome::UnknownCommand(c) => {
-                    eprintln!("Error: unknown command {c:?} for {name:?}");
-                    eprintln!("Run '{name} --help' for usage.");
-                    eprintln!("Error: unknown command {c:?} for {name:?}");
+                    eprint!("{}", usage::unknown_command(&root, &c));
                     ExitCode::from(EXIT_ERROR)
                 }
             };
         }
     };
+    if matches!(cli.cmd, Cmd::Options) {
+        print!("{}", usage::options(&root));
+        return ExitCode::SUCCESS;
+    }
     let format = match cli.write_out.as_str() {
         "simple" => Format::Simple,
         "json" => Format::Json,
@@ -1115,10 +1347,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zap_timestamps_are_utc_iso8601_with_millis() {
-        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(zap_timestamp(t), "2023-11-14T22:13:20.123Z");
+    fn zap_timestamps_are_utc_iso8601_with_micros() {
+        let t = std::time::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(zap_timestamp(t), "2023-11-14T22:13:20.123456Z");
         let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(zap_timestamp(leap), "2000-02-29T00:00:00.000Z");
+        assert_eq!(zap_timestamp(leap), "2000-02-29T00:00:00.000000Z");
     }
 }

@@ -16,11 +16,18 @@ use crate::{call, connect, connect_any, Cli, Failure};
 #[derive(Subcommand, Debug)]
 pub enum MemberCmd {
     /// Lists all members in the cluster
-    List,
+    List {
+        /// Linearizable(l) or Serializable(s)
+        #[arg(long, default_value = "l")]
+        consistency: String,
+    },
     /// Adds a member into the cluster
     Add {
-        /// comma separated peer URLs for the new member.
-        #[arg(long = "peer-urls", default_value = "")]
+        #[arg(
+            long = "peer-urls",
+            default_value = "",
+            help = "comma separated peer URLs for the new member."
+        )]
         peer_urls: String,
         /// indicates if the new member is raft learner
         #[arg(long)]
@@ -31,8 +38,11 @@ pub enum MemberCmd {
     Remove { args: Vec<String> },
     /// Updates a member in the cluster
     Update {
-        /// comma separated peer URLs for the updated member.
-        #[arg(long = "peer-urls", default_value = "")]
+        #[arg(
+            long = "peer-urls",
+            default_value = "",
+            help = "comma separated peer URLs for the updated member."
+        )]
         peer_urls: String,
         args: Vec<String>,
     },
@@ -230,14 +240,22 @@ pub async fn run(
         MemberCmd::Remove { args } | MemberCmd::Promote { args } => {
             member_id(args)?;
         }
-        MemberCmd::List => {}
+        MemberCmd::List { consistency } => {
+            if consistency != "l" && consistency != "s" {
+                return Err(Failure::Exit(
+                    crate::EXIT_BAD_FEATURE,
+                    format!("unknown consistency flag {consistency:?}"),
+                ));
+            }
+        }
     }
     let mut c = ClusterClient::new(connect_any(cli).await?);
     match cmd {
-        MemberCmd::List => {
-            let r = call(timeout, c.member_list(MemberListRequest::default()))
-                .await?
-                .into_inner();
+        MemberCmd::List { consistency } => {
+            let req = MemberListRequest {
+                linearizable: consistency == "l",
+            };
+            let r = call(timeout, c.member_list(req)).await?.into_inner();
             print_list(p, &r.header, &r.members);
             Ok(())
         }

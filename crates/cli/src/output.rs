@@ -112,18 +112,18 @@ pub fn txn_json(r: &TxnResponse) -> Value {
             .map(|op| {
                 let inner = match &op.response {
                     Some(Response::ResponseRange(x)) => {
-                        serde_json::json!({"ResponseRange": range_json(x)})
+                        serde_json::json!({"response_range": range_json(x)})
                     }
                     Some(Response::ResponsePut(x)) => {
-                        serde_json::json!({"ResponsePut": put_json(x)})
+                        serde_json::json!({"response_put": put_json(x)})
                     }
                     Some(Response::ResponseDeleteRange(x)) => {
-                        serde_json::json!({"ResponseDeleteRange": delete_json(x)})
+                        serde_json::json!({"response_delete_range": delete_json(x)})
                     }
                     Some(Response::ResponseTxn(x)) => {
-                        serde_json::json!({"ResponseTxn": txn_json(x)})
+                        serde_json::json!({"response_txn": txn_json(x)})
                     }
-                    None => Value::Null,
+                    None => Value::Object(Map::new()),
                 };
                 serde_json::json!({ "Response": inner })
             })
@@ -254,138 +254,48 @@ impl Printer {
     }
 }
 
-/// tablewriter's cell width limit before it wraps a cell at spaces.
-const WRAP_WIDTH: usize = 30;
-
-/// tablewriter's word wrap: the fewest-raggedness split of `s`'s space-separated words into
-/// lines of at most `lim` columns (a longer single word widens the limit).
-fn wrap_words(s: &str, lim: usize) -> Vec<String> {
-    let words: Vec<&str> = s.split(' ').collect();
-    let n = words.len();
-    let lim = words
-        .iter()
-        .map(|w| w.chars().count())
-        .fold(lim, usize::max) as i64;
-    // len(i, j): width of words i..=j joined by single spaces.
-    let width = |i: usize, j: usize| -> i64 {
-        words[i..=j]
-            .iter()
-            .map(|w| w.chars().count() as i64)
-            .sum::<i64>()
-            + (j - i) as i64
-    };
-    let mut cost = vec![i64::MAX; n];
-    let mut brk = vec![n; n];
-    for i in (0..n).rev() {
-        if width(i, n - 1) <= lim {
-            cost[i] = 0;
-            brk[i] = n;
-            continue;
-        }
-        for j in i + 1..n {
-            let w = width(i, j - 1);
-            let d = lim - w;
-            let mut c = d * d + cost[j];
-            if w > lim {
-                c += 100_000;
-            }
-            if c < cost[i] {
-                cost[i] = c;
-                brk[i] = j;
-            }
-        }
-    }
-    let mut lines = Vec::new();
-    let mut i = 0;
-    while i < n {
-        lines.push(words[i..brk[i]].join(" "));
-        i = brk[i];
-    }
-    lines
-}
-
-/// A cell's lines, wrapped as tablewriter wraps cells wider than [`WRAP_WIDTH`]; the second
-/// value is the width the cell claims (the limit, once it wrapped).
-fn cell_lines(c: &str) -> (Vec<String>, usize) {
-    let w = c.chars().count();
-    if w <= WRAP_WIDTH {
-        return (vec![c.to_string()], w);
-    }
-    let lines = wrap_words(c, WRAP_WIDTH);
-    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    (lines, widest.max(WRAP_WIDTH))
-}
-
-/// etcdctl's tables (tablewriter): centred headers, right-aligned cells, long cells wrapped.
+/// etcdctl 3.7's tables (tablewriter 1.x): box-drawing borders, centred headers,
+/// right-aligned cells, nothing wrapped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let cells: Vec<Vec<(Vec<String>, usize)>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| cell_lines(c)).collect())
-        .collect();
     let widths: Vec<usize> = header
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            cells
-                .iter()
-                .map(|r| r[i].1)
-                .chain([h.len()])
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .chain([h.chars().count()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let line: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(w + 2)))
-        .collect::<String>()
-        + "+";
-    println!("{line}");
-    let hdr: String = header
+    let rule = |left: &str, mid: &str, right: &str| {
+        let cells: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
+        format!("{left}{}{right}", cells.join(mid))
+    };
+    let line = |cells: Vec<String>| format!("│{}│", cells.join("│"));
+    println!("{}", rule("┌", "┬", "┐"));
+    let hdr = header
         .iter()
         .zip(&widths)
         .map(|(h, w)| {
-            let pad = w - h.len();
-            format!(
-                "| {}{}{} ",
-                " ".repeat(pad / 2),
-                h,
-                " ".repeat(pad - pad / 2)
-            )
+            let pad = w - h.chars().count();
+            format!(" {}{h}{} ", " ".repeat(pad / 2), " ".repeat(pad - pad / 2))
         })
-        .collect::<String>()
-        + "|";
-    println!("{hdr}");
-    println!("{line}");
-    for r in &cells {
-        let height = r.iter().map(|c| c.0.len()).max().unwrap_or(1);
-        for k in 0..height {
-            let s: String = r
-                .iter()
-                .zip(&widths)
-                .map(|((lines, _), w)| {
-                    let c = lines.get(k).map(String::as_str).unwrap_or("");
-                    format!("| {c:>w$} ")
-                })
-                .collect::<String>()
-                + "|";
-            println!("{s}");
-        }
+        .collect();
+    println!("{}", line(hdr));
+    println!("{}", rule("├", "┼", "┤"));
+    for r in rows {
+        let cells = widths
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let c = r.get(i).map(String::as_str).unwrap_or("");
+                let pad = w - c.chars().count();
+                format!(" {}{c} ", " ".repeat(pad))
+            })
+            .collect();
+        println!("{}", line(cells));
     }
-    println!("{line}");
-}
-
-#[cfg(test)]
-mod table_tests {
-    use super::*;
-
-    #[test]
-    fn long_cells_wrap_at_spaces_as_tablewriter_does() {
-        let (lines, w) = cell_lines("memberID:3319814642761637952 alarm:NOSPACE ");
-        assert_eq!(lines, ["memberID:3319814642761637952", "alarm:NOSPACE "]);
-        assert_eq!(w, 30);
-        let (lines, w) = cell_lines("http://127.0.0.1:2379,http://127.0.0.1:22379");
-        assert_eq!(lines.len(), 1, "no spaces, no wrap");
-        assert_eq!(w, 44);
-        assert_eq!(cell_lines("short").1, 5);
-    }
+    println!("{}", rule("└", "┴", "┘"));
 }

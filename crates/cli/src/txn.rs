@@ -41,7 +41,7 @@ fn argify(line: &str) -> Vec<String> {
 }
 
 fn parse_compare(line: &str) -> Result<Compare, Failure> {
-    let bad = || Failure::BadArgs(format!("malformed comparison: {line}"));
+    let bad = || invalid(format!("malformed comparison: {line}"));
     let open = line.find('(').ok_or_else(bad)?;
     let close = line.find(')').ok_or_else(bad)?;
     let target = &line[..open];
@@ -55,11 +55,11 @@ fn parse_compare(line: &str) -> Result<Compare, Failure> {
         "!=" => compare::CompareResult::NotEqual,
         "<" => compare::CompareResult::Less,
         ">" => compare::CompareResult::Greater,
-        _ => return Err(Failure::BadArgs(format!("Invalid operator {op:?}"))),
+        _ => return Err(invalid(format!("Invalid operator {op:?}"))),
     };
     let num = || {
         val.parse::<i64>()
-            .map_err(|_| Failure::BadArgs(format!("invalid value {val:?}")))
+            .map_err(|_| invalid(format!("invalid txn compare request: {line}")))
     };
     let (t, u) = match target.trim() {
         "ver" | "version" => (
@@ -83,8 +83,8 @@ fn parse_compare(line: &str) -> Result<Compare, Failure> {
             compare::TargetUnion::Lease(i64::from_str_radix(val, 16).map_err(|_| bad())?),
         ),
         other => {
-            return Err(Failure::BadArgs(format!(
-                "malformed comparison: {other}; got {line:?}"
+            return Err(invalid(format!(
+                "malformed comparison: {line} (unknown target {other})"
             )))
         }
     };
@@ -105,10 +105,29 @@ enum OpLine {
     Del(DelArgs),
 }
 
+/// etcdctl's exit code for txn input it cannot read (cobrautl.ExitInvalidInput).
+const EXIT_INVALID_INPUT: u8 = 3;
+
+fn invalid(msg: String) -> Failure {
+    Failure::Exit(EXIT_INVALID_INPUT, msg)
+}
+
 fn parse_op(line: &str) -> Result<RequestOp, Failure> {
     let words = argify(line);
-    let op = OpLine::try_parse_from(&words)
-        .map_err(|_| Failure::BadArgs(format!("invalid txn request: {line}")))?;
+    if words.len() < 2 {
+        return Err(invalid(format!("invalid txn compare request: {line}")));
+    }
+    let op = OpLine::try_parse_from(&words).map_err(|e| {
+        // A flag error shows the op's usage (etcdctl parses each line with a bare cobra tree).
+        use clap::error::ErrorKind;
+        if !matches!(e.kind(), ErrorKind::InvalidSubcommand) {
+            let root = crate::usage::go_flags(<crate::Cli as clap::CommandFactory>::command());
+            if let Some(sub) = root.find_subcommand(&words[0]) {
+                eprintln!("{}", crate::usage::usage(&root, &[&root, sub], ""));
+            }
+        }
+        invalid(format!("invalid txn request: {line}"))
+    })?;
     let request = match op {
         OpLine::Get(a) => Request::RequestRange(range_request(&a)?),
         OpLine::Put(a) => Request::RequestPut(put_request(&a, || None)?),
@@ -129,8 +148,8 @@ pub fn read_txn(interactive: bool) -> Result<TxnRequest, Failure> {
         let mut out = Vec::new();
         loop {
             match lines.next() {
-                None => return Err(Failure::Other("EOF".into())),
-                Some(Err(e)) => return Err(Failure::Other(e.to_string())),
+                None => return Err(invalid("EOF".into())),
+                Some(Err(e)) => return Err(invalid(e.to_string())),
                 Some(Ok(l)) if l.trim().is_empty() => return Ok(out),
                 Some(Ok(l)) => out.push(l),
             }
