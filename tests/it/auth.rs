@@ -174,9 +174,16 @@ fn etcdctl_auth_session_matches_etcd() {
     run_session_with(etcdctl, etcdctl, AUTH_SESSION, &["--bcrypt-cost=4"]);
 }
 
+/// ballastctl follows etcdctl 3.7, so it is compared with etcdctl 3.7 against etcd 3.7.
 #[test]
 fn ballastctl_auth_session_matches_etcdctl() {
-    run_session_with(etcdctl, ballastctl, AUTH_SESSION, &["--bcrypt-cost=4"]);
+    crate::differential::run_session_on(
+        crate::cluster::Kind::Etcd37,
+        crate::cluster::etcdctl37,
+        ballastctl,
+        AUTH_SESSION,
+        &["--bcrypt-cost=4"],
+    );
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -108,6 +108,54 @@ const KV_SESSION: &[Step] = &[
     (&["endpoint", "health"], None),
 ];
 
+/// etcdctl 3.7's additions and changes to the KV commands (RangeStream, revision filters,
+/// `--count-only` only with `-w fields`, `del --range`, exit codes of bad options and of txn
+/// input), run after [`KV_SESSION`] against etcd 3.7 and Ballast.
+const KV_SESSION_37: &[Step] = &[
+    (&["put", "s/a", "1"], None),
+    (&["put", "s/b", "2"], None),
+    (&["put", "s/a", "3"], None),
+    (&["get", "s/", "--prefix", "--stream"], None),
+    (&["get", "s/", "--prefix", "--stream", "-w", "json"], None),
+    (
+        &[
+            "get", "s/", "--prefix", "--stream", "--limit", "1", "-w", "json",
+        ],
+        None,
+    ),
+    (
+        &["get", "s/", "--prefix", "--count-only", "-w", "fields"],
+        None,
+    ),
+    (
+        &["get", "s/", "--prefix", "--keys-only", "--count-only"],
+        None,
+    ),
+    (
+        &[
+            "get",
+            "s/",
+            "--prefix",
+            "--min-mod-rev",
+            "2",
+            "--max-mod-rev",
+            "1",
+        ],
+        None,
+    ),
+    (&["get", "s/", "--prefix", "--sort-by=nope"], None),
+    (&["get", "s/", "--prefix", "--order=sideways"], None),
+    (&["get", "s/", "--prefix", "--consistency=x"], None),
+    (&["get", "s/a", "-w", "json", "--print-value-only"], None),
+    (&["del", "s/a", "s/c", "--range", "--prev-kv"], None),
+    (&["del", "s/", "s/z", "--prefix"], None),
+    (&["txn"], Some("bogus(\"a\") = \"1\"\n\n\n\n")),
+    (&["txn"], Some("mod(\"a\") > \"x\"\n\n\n\n")),
+    (&["txn"], Some("\n\nput only\n\n\n")),
+    (&["txn"], Some("\n")),
+    (&["member", "list", "-w", "fields"], None),
+];
+
 /// [`normalize`] for other test modules.
 pub fn normalize_for(s: &str, endpoint: &str) -> String {
     normalize(s, endpoint)
@@ -126,6 +174,12 @@ fn normalize(s: &str, endpoint: &str) -> String {
             let mut l = line.to_string();
             if let Some(i) = l.find("took = ") {
                 l.truncate(i + 7);
+            }
+            // etcdctl 3.7's defrag reports its time: "... member[ep]. took 2.9ms" (and
+            // ". (error)" after it on failure).
+            if let Some(i) = l.find(". took ") {
+                let rest = l[i + 7..].find(". (").map(|j| l[i + 7 + j..].to_string());
+                l = format!("{}. took T{}", &l[..i], rest.unwrap_or_default());
             }
             if l.starts_with("\"RaftTerm\" : ") {
                 l = "\"RaftTerm\" : N".into();
@@ -214,11 +268,12 @@ pub fn ballastctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (String
 /// follows etcdctl 3.7 where it differs from 3.4).
 #[test]
 fn ballastctl_kv_session_matches_etcdctl() {
+    let steps: Vec<Step> = KV_SESSION.iter().chain(KV_SESSION_37).copied().collect();
     run_session_on(
         Kind::Etcd37,
         crate::cluster::etcdctl37,
         ballastctl,
-        KV_SESSION,
+        &steps,
         &[],
     );
 }
@@ -324,6 +379,7 @@ fn ballastctl_flag_errors_and_help_match_etcdctl() {
 #[test]
 fn member_session_matches_etcd() {
     let etcd = Server::start(Kind::Etcd, &[]);
+    let etcd37 = Server::start(Kind::Etcd37, &[]);
     let ballast = Server::start(Kind::Ballast, &[]);
     let list = etcdctl(&etcd.endpoint(), &["member", "list"], None).0;
     let id = list.split(',').next().unwrap().trim().to_string();
@@ -361,7 +417,13 @@ fn member_session_matches_etcd() {
     .iter()
     .map(|s| s.split(' ').map(String::from).collect())
     .collect();
-    for ctl in [etcdctl as Ctl, ballastctl as Ctl] {
+    // etcdctl 3.4 against etcd 3.4 and Ballast; ballastctl, which follows etcdctl 3.7, against
+    // Ballast beside etcdctl 3.7 against etcd 3.7.
+    let rounds: [(&Server, Ctl, Ctl); 2] = [
+        (&etcd, etcdctl as Ctl, etcdctl as Ctl),
+        (&etcd37, crate::cluster::etcdctl37 as Ctl, ballastctl as Ctl),
+    ];
+    for (etcd, reference, ctl) in rounds {
         // Fresh URLs per round: re-adding a removed member's URLs within a second would
         // recreate its ID, which both servers refuse.
         let (learner_url, learner2, learner3) = (url(), url(), url());
@@ -369,10 +431,7 @@ fn member_session_matches_etcd() {
         let mut diffs = Vec::new();
         for step in &steps {
             let mut outs = Vec::new();
-            for (i, (server, c)) in [(&etcd, etcdctl as Ctl), (&ballast, ctl)]
-                .iter()
-                .enumerate()
-            {
+            for (i, (server, c)) in [(etcd, reference), (&ballast, ctl)].iter().enumerate() {
                 let args: Vec<String> = step
                     .iter()
                     .map(|a| {

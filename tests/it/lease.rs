@@ -150,10 +150,11 @@ fn etcdctl_lease_commands_match_etcd() {
     );
 }
 
+/// ballastctl follows etcdctl 3.7: compared with etcdctl 3.7 against etcd 3.7.
 #[test]
 fn ballastctl_lease_commands_match_etcdctl() {
     compare(
-        scenario(Kind::Etcd, etcdctl),
+        scenario(Kind::Etcd37, crate::cluster::etcdctl37),
         scenario(Kind::Ballast, ballastctl),
     );
 }

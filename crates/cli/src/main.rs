@@ -845,7 +845,7 @@ async fn endpoint_health(
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(s)) if s.message() == "etcdserver: permission denied" => Ok(()),
                     Ok(Err(s)) => {
-                        retry_warning(cli, &s);
+                        retry_warning_from(cli, &s, "client");
                         Err(s.message().to_string())
                     }
                     Err(_) => Err("context deadline exceeded".into()),
@@ -1058,6 +1058,7 @@ fn per_endpoint_error(cli: &Cli, e: &Failure) -> String {
 async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Failure> {
     let mut failed = false;
     for ep in eps {
+        let start = Instant::now();
         let res = match connect(cli, ep).await {
             Ok(ch) => call(
                 timeout,
@@ -1067,11 +1068,12 @@ async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Fail
             .map(|_| ()),
             Err(e) => Err(e),
         };
+        let took = go_duration_string(start.elapsed());
         match res {
-            Ok(()) => println!("Finished defragmenting etcd member[{ep}]"),
+            Ok(()) => println!("Finished defragmenting etcd member[{ep}]. took {took}"),
             Err(e) => {
                 let msg = per_endpoint_error(cli, &e);
-                eprintln!("Failed to defragment etcd member[{ep}] ({msg})");
+                eprintln!("Failed to defragment etcd member[{ep}]. took {took}. ({msg})");
                 failed = true;
             }
         }
@@ -1185,13 +1187,19 @@ async fn endpoint_hashkv(
 /// etcdctl 3.7's client logs each failed unary call before the error itself: the method, the
 /// connection's two ends and gRPC's error text.
 fn retry_warning(cli: &Cli, s: &tonic::Status) {
+    retry_warning_from(cli, s, "etcd-client");
+}
+
+/// [`retry_warning`] from a client whose logger has another name (`endpoint health` makes one
+/// named "client" per endpoint).
+fn retry_warning_from(cli: &Cli, s: &tonic::Status, logger: &str) {
     let ep = cli.endpoints.first().cloned().unwrap_or_default();
     let last = dial::last();
     let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let line = serde_json::json!({
     "level": "warn",
     "ts": zap_timestamp(std::time::SystemTime::now()),
-    "logger": "etcd-client",
+    "logger": logger,
     "caller": "v3@v3.7.3/retry_interceptor.go:68",
     "msg": "retrying of unary invoker failed",
     "target": format!("etcd-endpoints://0x{:012x}/{ep}", client_tag()),

@@ -151,9 +151,17 @@ impl Printer {
 
     pub fn header_fields(&self, h: &Option<ResponseHeader>) {
         let h = (*h).unwrap_or_default();
-        println!("\"ClusterID\" : {}", h.cluster_id);
-        println!("\"MemberID\" : {}", h.member_id);
-        println!("\"Revision\" : {}", h.revision);
+        if self.hex {
+            println!("\"ClusterID\" : {:x}", h.cluster_id);
+            println!("\"MemberID\" : {:x}", h.member_id);
+        } else {
+            println!("\"ClusterID\" : {}", h.cluster_id);
+            println!("\"MemberID\" : {}", h.member_id);
+        }
+        // etcdctl 3.7 leaves out a revision the response does not carry (member list).
+        if h.revision > 0 {
+            println!("\"Revision\" : {}", h.revision);
+        }
         println!("\"RaftTerm\" : {}", h.raft_term);
     }
 
@@ -257,6 +265,11 @@ impl Printer {
 /// etcdctl 3.7's tables (tablewriter 1.x): box-drawing borders, centred headers,
 /// right-aligned cells, nothing wrapped.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    // tablewriter 1.x trims each cell's surrounding spaces.
+    let rows: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| c.trim()).collect())
+        .collect();
     let widths: Vec<usize> = header
         .iter()
         .enumerate()
@@ -290,7 +303,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let c = r.get(i).map(String::as_str).unwrap_or("");
+                let c = r.get(i).copied().unwrap_or("");
                 let pad = w - c.chars().count();
                 format!(" {}{c} ", " ".repeat(pad))
             })

@@ -85,7 +85,7 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
         SnapshotCmd::Save { args } => {
             let [file] = args.as_slice() else {
                 return Err(Failure::BadArgs(
-                    "snapshot save expects one argument".into(),
+                    "snapshot save expects one argument <filename>".into(),
                 ));
             };
             save(cli, Path::new(file))
@@ -147,6 +147,8 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
 fn print_status(p: &Printer, st: &snapfile::SnapStatus) {
     let hash = format!("{:x}", st.hash);
     let size = human_bytes(st.total_size);
+    // etcdutl 3.7's columns; the version is the file's storage version, empty before 3.6.
+    let version = st.version.clone().unwrap_or_default();
     match p.format {
         Format::Json => println!(
             "{}",
@@ -155,15 +157,17 @@ fn print_status(p: &Printer, st: &snapfile::SnapStatus) {
                 "revision": st.revision,
                 "totalKey": st.total_keys,
                 "totalSize": st.total_size,
+                "version": version,
             })
         ),
         Format::Table => table(
-            &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
+            &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE", "VERSION"],
             &[vec![
                 hash,
                 st.revision.to_string(),
                 st.total_keys.to_string(),
                 size,
+                version,
             ]],
         ),
         Format::Fields => {
@@ -171,8 +175,12 @@ fn print_status(p: &Printer, st: &snapfile::SnapStatus) {
             println!("\"Revision\" : {}", st.revision);
             println!("\"Keys\" : {}", st.total_keys);
             println!("\"Size\" : {}", st.total_size);
+            println!("\"Version\" : {version}");
         }
-        Format::Simple => println!("{hash}, {}, {}, {size}", st.revision, st.total_keys),
+        Format::Simple => println!(
+            "{hash}, {}, {}, {size}, {version}",
+            st.revision, st.total_keys
+        ),
     }
 }
 
