@@ -516,3 +516,42 @@ fn order_members(s: &str) -> String {
     }
     lines.join("\n")
 }
+
+/// etcdctl's client takes answers up to `math.MaxInt32` bytes unless `--max-recv-bytes` says
+/// otherwise (tonic's default would refuse anything over 4 MiB), and refuses a larger one with
+/// grpc-go's words.
+#[test]
+fn ballastctl_receives_large_answers_and_honours_max_recv_bytes() {
+    let value = "v".repeat(1 << 20);
+    let run = |kind: Kind, ctl: Ctl| {
+        let s = Server::start(kind, &[]);
+        for i in 0..6 {
+            let key = format!("big/{i}");
+            let (_, err, code) = etcdctl(&s.endpoint(), &["put", &key], Some(value.as_str()));
+            assert_eq!(code, 0, "{err}");
+        }
+        let all = ctl(
+            &s.endpoint(),
+            &["get", "big/", "--prefix", "--keys-only"],
+            None,
+        );
+        let capped = ctl(
+            &s.endpoint(),
+            &["get", "big/", "--prefix", "--max-recv-bytes=1000000"],
+            None,
+        );
+        (
+            all.0,
+            all.2,
+            capped.2,
+            capped.1.lines().last().unwrap_or_default().to_string(),
+        )
+    };
+    let etcd = run(Kind::Etcd37, crate::cluster::etcdctl37);
+    assert_eq!(etcd.1, 0);
+    assert!(
+        etcd.3.contains("received message larger than max"),
+        "{etcd:?}"
+    );
+    assert_eq!(run(Kind::Ballast, ballastctl), etcd);
+}

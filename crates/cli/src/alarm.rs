@@ -22,7 +22,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &AlarmCmd) -> R
     if p.format == Format::Table {
         return Err(p.unsupported());
     }
-    let mut m = MaintenanceClient::new(connect_any(cli).await?);
+    let mut m = crate::limited!(MaintenanceClient::new(connect_any(cli).await?));
     let list = AlarmRequest {
         action: AlarmAction::Get as i32,
         member_id: 0,

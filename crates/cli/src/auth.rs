@@ -57,7 +57,7 @@ pub async fn login(cli: &Cli, ch: crate::dial::Recorded) -> Result<Conn, Failure
     let req = AuthenticateRequest { name, password };
     let resp = tokio::time::timeout(
         cli.dial_timeout + cli.command_timeout,
-        AuthClient::new(ch.clone()).authenticate(req),
+        crate::limited!(AuthClient::new(ch.clone())).authenticate(req),
     )
     .await
     .map_err(|_| Failure::Exit(EXIT_BAD_CONNECTION, "context deadline exceeded".into()))?;
@@ -163,7 +163,7 @@ fn bad(msg: &str) -> Failure {
 }
 
 async fn client(cli: &Cli) -> Result<AuthClient<Conn>, Failure> {
-    Ok(AuthClient::new(connect_any(cli).await?))
+    Ok(crate::limited!(AuthClient::new(connect_any(cli).await?)))
 }
 
 /// etcdctl prints the JSON of the response (Go's encoding of the gogo struct); simple output

@@ -180,7 +180,7 @@ async fn load(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let mut kv = KvClient::new(connect(cli, &ep).await?);
+        let mut kv = crate::limited!(KvClient::new(connect(cli, &ep).await?));
         let (rx, results, done) = (rx.clone(), results.clone(), done_tx.clone());
         workers.spawn(async move {
             loop {
@@ -314,7 +314,7 @@ fn print_errors(r: &Results) -> bool {
 
 pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
     let ep = cli.endpoints.first().cloned().unwrap_or_default();
-    let mut kv = KvClient::new(connect(cli, &ep).await?);
+    let mut kv = crate::limited!(KvClient::new(connect(cli, &ep).await?));
     let tty = std::io::stdout().is_terminal();
     match cmd {
         CheckCmd::Perf(f) => {

@@ -41,7 +41,7 @@ struct Session {
 }
 
 async fn session(ch: crate::Conn, ttl: i64) -> Result<Session, Failure> {
-    let mut c = LeaseClient::new(ch);
+    let mut c = crate::limited!(LeaseClient::new(ch));
     let lease = c
         .lease_grant(LeaseGrantRequest { ttl, id: 0 })
         .await
@@ -74,7 +74,7 @@ async fn session(ch: crate::Conn, ttl: i64) -> Result<Session, Failure> {
 impl Session {
     async fn close(self, ch: crate::Conn) {
         self.keeper.abort();
-        let _ = LeaseClient::new(ch)
+        let _ = crate::limited!(LeaseClient::new(ch))
             .lease_revoke(LeaseRevokeRequest { id: self.lease })
             .await;
     }
@@ -104,7 +104,7 @@ pub async fn lock(cli: &Cli, a: &LockArgs) -> Result<(), Failure> {
         name: name.as_bytes().to_vec(),
         lease: s.lease,
     };
-    let mut locker = LockClient::new(ch.clone());
+    let mut locker = crate::limited!(LockClient::new(ch.clone()));
     let locked = tokio::select! {
         r = locker.lock(req) => r.map_err(Failure::Grpc)?.into_inner(),
         _ = interrupted() => {
@@ -135,7 +135,7 @@ pub async fn lock(cli: &Cli, a: &LockArgs) -> Result<(), Failure> {
         interrupted().await;
         Ok(())
     };
-    let _ = LockClient::new(ch.clone())
+    let _ = crate::limited!(LockClient::new(ch.clone()))
         .unlock(UnlockRequest { key: locked.key })
         .await;
     s.close(ch).await;
@@ -158,7 +158,7 @@ pub async fn elect(cli: &Cli, p: &Printer, a: &ElectArgs) -> Result<(), Failure>
         let req = LeaderRequest {
             name: name.as_bytes().to_vec(),
         };
-        let mut leaders = ElectionClient::new(ch)
+        let mut leaders = crate::limited!(ElectionClient::new(ch))
             .observe(req)
             .await
             .map_err(Failure::Grpc)?
@@ -189,7 +189,7 @@ pub async fn elect(cli: &Cli, p: &Printer, a: &ElectArgs) -> Result<(), Failure>
         lease: s.lease,
         value: proposal.as_bytes().to_vec(),
     };
-    let mut elections = ElectionClient::new(ch.clone());
+    let mut elections = crate::limited!(ElectionClient::new(ch.clone()));
     let won = tokio::select! {
         r = elections.campaign(req) => r.map_err(Failure::Grpc)?.into_inner(),
         _ = interrupted() => {
@@ -202,7 +202,7 @@ pub async fn elect(cli: &Cli, p: &Printer, a: &ElectArgs) -> Result<(), Failure>
         println!("{proposal}");
     }
     interrupted().await;
-    let _ = ElectionClient::new(ch.clone())
+    let _ = crate::limited!(ElectionClient::new(ch.clone()))
         .resign(ResignRequest { leader: won.leader })
         .await;
     s.close(ch).await;

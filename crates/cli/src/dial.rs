@@ -88,7 +88,11 @@ pub async fn dial(cli: &Cli, endpoint: &str) -> Result<Recorded, Failure> {
     let uri = format!("http://{host}:{port}");
     let ep = tonic::transport::Endpoint::from_shared(uri)
         .map_err(|e| Failure::Other(e.to_string()))?
-        .connect_timeout(dial);
+        .connect_timeout(dial)
+        // etcd's client pings an idle connection every --keepalive-time and drops it when a
+        // ping goes unanswered for --keepalive-timeout.
+        .http2_keep_alive_interval(cli.keepalive_time)
+        .keep_alive_timeout(cli.keepalive_timeout);
     let channel = if secure {
         let cfg = tls::client_config(&tls).map_err(|e| Failure::Other(e.to_string()))?;
         let inner = ballast_net::tls::connector(host, port, std::sync::Arc::new(cfg))

@@ -40,7 +40,7 @@ pub async fn run(
         DowngradeCmd::Enable { args } => (DowngradeAction::Enable, target(args)?, "enable"),
         DowngradeCmd::Cancel => (DowngradeAction::Cancel, String::new(), "cancel"),
     };
-    let mut m = MaintenanceClient::new(connect_any(cli).await?);
+    let mut m = crate::limited!(MaintenanceClient::new(connect_any(cli).await?));
     let req = DowngradeRequest {
         action: action as i32,
         version,

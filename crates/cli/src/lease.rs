@@ -91,7 +91,7 @@ pub async fn run(cli: &Cli, p: &Printer, timeout: Duration, cmd: &LeaseCmd) -> R
         }
         LeaseCmd::List => 0,
     };
-    let mut c = LeaseClient::new(connect_any(cli).await?);
+    let mut c = crate::limited!(LeaseClient::new(connect_any(cli).await?));
     match cmd {
         LeaseCmd::Grant { .. } => {
             let r = call(timeout, c.lease_grant(LeaseGrantRequest { ttl: id, id: 0 }))

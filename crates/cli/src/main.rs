@@ -32,6 +32,28 @@ use output::{table, Format, Printer};
 /// A connection that carries the `--user`'s token on every call, as etcdctl's does.
 pub type Conn = tonic::service::interceptor::InterceptedService<dial::Recorded, auth::Token>;
 
+/// `--max-recv-bytes` and `--max-request-bytes`, as etcd's Go client applies them (0: its
+/// defaults, `math.MaxInt32` and 2 MiB).
+static MSG_LIMITS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+
+pub fn msg_limits() -> (usize, usize) {
+    MSG_LIMITS
+        .get()
+        .copied()
+        .unwrap_or((i32::MAX as usize, 2 << 20))
+}
+
+/// A gRPC client under the message size limits of [`msg_limits`].
+#[macro_export]
+macro_rules! limited {
+    ($client:expr) => {{
+        let (recv, send) = $crate::msg_limits();
+        $client
+            .max_decoding_message_size(recv)
+            .max_encoding_message_size(send)
+    }};
+}
+
 /// etcdctl's exit codes.
 const EXIT_ERROR: u8 = 1;
 const EXIT_BAD_ARGS: u8 = 128;
@@ -719,7 +741,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::Options => Ok(()),
         Cmd::Get(a) => {
             let r = range_request(a)?;
-            let mut kv = KvClient::new(connect_any(cli).await?);
+            let mut kv = crate::limited!(KvClient::new(connect_any(cli).await?));
             let resp = if a.stream {
                 tokio::time::timeout(timeout, get_streamed(&mut kv, r))
                     .await
@@ -743,21 +765,21 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         }
         Cmd::Put(a) => {
             let r = put_request(a, read_stdin)?;
-            let mut kv = KvClient::new(connect_any(cli).await?);
+            let mut kv = crate::limited!(KvClient::new(connect_any(cli).await?));
             let resp = call(timeout, kv.put(r)).await?;
             p.put(resp.get_ref());
             Ok(())
         }
         Cmd::Del(a) => {
             let r = delete_request(a)?;
-            let mut kv = KvClient::new(connect_any(cli).await?);
+            let mut kv = crate::limited!(KvClient::new(connect_any(cli).await?));
             let resp = call(timeout, kv.delete_range(r)).await?;
             p.delete(resp.get_ref());
             Ok(())
         }
         Cmd::Txn { interactive } => {
             let r = txn::read_txn(*interactive)?;
-            let mut kv = KvClient::new(connect_any(cli).await?);
+            let mut kv = crate::limited!(KvClient::new(connect_any(cli).await?));
             let resp = call(timeout, kv.txn(r)).await?;
             p.txn(resp.get_ref());
             Ok(())
@@ -774,7 +796,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
                     args[0]
                 ))
             })?;
-            let mut kv = KvClient::new(connect_any(cli).await?);
+            let mut kv = crate::limited!(KvClient::new(connect_any(cli).await?));
             tokio::time::timeout(
                 timeout,
                 kv.compact(CompactionRequest {
@@ -836,7 +858,7 @@ async fn endpoint_health(
         let start = Instant::now();
         let res = match connect(cli, ep).await {
             Ok(ch) => {
-                let mut kv = KvClient::new(ch);
+                let mut kv = crate::limited!(KvClient::new(ch));
                 let req = RangeRequest {
                     key: b"health".to_vec(),
                     ..Default::default()
@@ -895,7 +917,7 @@ async fn endpoint_status(
 ) -> Result<(), Failure> {
     let mut got = Vec::new();
     for ep in eps {
-        let mut m = MaintenanceClient::new(connect(cli, ep).await?);
+        let mut m = crate::limited!(MaintenanceClient::new(connect(cli, ep).await?));
         let st = call(timeout, m.status(StatusRequest {}))
             .await?
             .into_inner();
@@ -1062,7 +1084,7 @@ async fn defrag(cli: &Cli, eps: &[String], timeout: Duration) -> Result<(), Fail
         let res = match connect(cli, ep).await {
             Ok(ch) => call(
                 timeout,
-                MaintenanceClient::new(ch).defragment(DefragmentRequest {}),
+                crate::limited!(MaintenanceClient::new(ch)).defragment(DefragmentRequest {}),
             )
             .await
             .map(|_| ()),
@@ -1117,7 +1139,7 @@ async fn endpoint_hashkv(
     for ep in eps {
         let res = match connect(cli, ep).await {
             Ok(ch) => {
-                let mut m = MaintenanceClient::new(ch);
+                let mut m = crate::limited!(MaintenanceClient::new(ch));
                 call(timeout, m.hash_kv(HashKvRequest { revision: rev }))
                     .await
                     .map(|r| r.into_inner())
@@ -1182,6 +1204,28 @@ async fn endpoint_hashkv(
         Some(f) => Err(f),
         None => Ok(()),
     }
+}
+
+/// A message over `--max-recv-bytes` / `--max-request-bytes` is refused by the client itself;
+/// grpc-go words that error so, and etcdctl prints it whole.
+fn size_limit_error(s: &tonic::Status) -> Option<String> {
+    if s.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let m = s.message();
+    let (verb, rest) = if let Some(r) = m.strip_prefix("Error, decoded message length too large: ")
+    {
+        ("received", r)
+    } else if let Some(r) = m.strip_prefix("Error, encoded message length too large: ") {
+        ("trying to send", r)
+    } else {
+        return None;
+    };
+    let found = rest.strip_prefix("found ")?.split(' ').next()?;
+    let limit = rest.split("the limit is: ").nth(1)?.split(' ').next()?;
+    Some(format!(
+        "rpc error: code = ResourceExhausted desc = grpc: {verb} message larger than max ({found} vs. {limit})"
+    ))
 }
 
 /// etcdctl 3.7's client logs each failed unary call before the error itself: the method, the
@@ -1276,6 +1320,14 @@ fn main() -> ExitCode {
             };
         }
     };
+    let positive = |n: i64, default: usize| match n {
+        n if n > 0 => n as usize,
+        _ => default,
+    };
+    let _ = MSG_LIMITS.set((
+        positive(cli.max_recv_bytes, i32::MAX as usize),
+        positive(cli.max_request_bytes, 2 << 20),
+    ));
     if matches!(cli.cmd, Cmd::Options) {
         print!("{}", usage::options(&root));
         return ExitCode::SUCCESS;
@@ -1338,8 +1390,13 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
         Err(Failure::Grpc(s)) => {
-            retry_warning(&cli, &s);
-            eprintln!("Error: {}", s.message());
+            match size_limit_error(&s) {
+                Some(go) => eprintln!("Error: {go}"),
+                None => {
+                    retry_warning(&cli, &s);
+                    eprintln!("Error: {}", s.message());
+                }
+            }
             ExitCode::from(EXIT_ERROR)
         }
         Err(Failure::GrpcIn(s, context)) => {

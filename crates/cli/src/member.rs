@@ -249,7 +249,7 @@ pub async fn run(
             }
         }
     }
-    let mut c = ClusterClient::new(connect_any(cli).await?);
+    let mut c = crate::limited!(ClusterClient::new(connect_any(cli).await?));
     match cmd {
         MemberCmd::List { consistency } => {
             let req = MemberListRequest {
@@ -343,7 +343,7 @@ pub async fn run(
 
 /// Client URLs of every member, for `--cluster`.
 pub async fn cluster_endpoints(cli: &Cli, timeout: Duration) -> Result<Vec<String>, Failure> {
-    let mut c = ClusterClient::new(connect_any(cli).await?);
+    let mut c = crate::limited!(ClusterClient::new(connect_any(cli).await?));
     let r = call(timeout, c.member_list(MemberListRequest::default()))
         .await?
         .into_inner();
@@ -369,7 +369,7 @@ pub async fn move_leader(
     })?;
     for ep in &cli.endpoints {
         let ch = connect(cli, ep).await?;
-        let mut m = MaintenanceClient::new(ch);
+        let mut m = crate::limited!(MaintenanceClient::new(ch));
         let st = call(timeout, m.status(StatusRequest {}))
             .await?
             .into_inner();

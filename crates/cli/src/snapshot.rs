@@ -244,7 +244,7 @@ async fn fetch(cli: &Cli, ep: &str, out: &mut std::fs::File) -> Result<u64, Stri
     let ch = connect(cli, ep)
         .await
         .map_err(|_| "context deadline exceeded".to_string())?;
-    let mut m = MaintenanceClient::new(ch).max_decoding_message_size(usize::MAX);
+    let mut m = crate::limited!(MaintenanceClient::new(ch)).max_decoding_message_size(usize::MAX);
     let mut stream = m
         .snapshot(SnapshotRequest {})
         .await

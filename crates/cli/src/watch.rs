@@ -199,7 +199,7 @@ async fn start(
     ),
     Failure,
 > {
-    let mut c = WatchClient::new(connect_any(cli).await?);
+    let mut c = crate::limited!(WatchClient::new(connect_any(cli).await?));
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let _ = tx
         .send(WatchRequest {
