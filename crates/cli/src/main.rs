@@ -1209,7 +1209,11 @@ async fn endpoint_hashkv(
 /// A message over `--max-recv-bytes` / `--max-request-bytes` is refused by the client itself;
 /// grpc-go words that error so, and etcdctl prints it whole.
 fn size_limit_error(s: &tonic::Status) -> Option<String> {
-    if s.code() != tonic::Code::ResourceExhausted {
+    // tonic reports these as OutOfRange; grpc-go as ResourceExhausted.
+    if !matches!(
+        s.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) {
         return None;
     }
     let m = s.message();
