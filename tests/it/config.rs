@@ -96,7 +96,9 @@ fn an_etcd_config_file_starts_ballast() {
     let out = crate::cluster::etcdctl(&m.endpoint(), &["put", "k", "v"], None);
     assert_eq!(out.2, 0, "{out:?}");
     let log = m.log();
-    for key in ["max-snapshots", "proxy"] {
+    // max-snapshots and max-wals now mean something (retention of Ballast's own files).
+    assert!(!log.contains("max-wals"), "{log}");
+    for key in ["enable-v2", "proxy"] {
         assert!(
             log.contains(&format!(r#"config key \"{key}\" has no effect in Ballast"#)),
             "{key}: {log}"

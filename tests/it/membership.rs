@@ -278,7 +278,8 @@ fn cluster_endpoints_and_move_leader() {
 /// `--strict-reconfig-check` (on by default, as in etcd): with one of three members down,
 /// removing a live member would leave no reachable quorum and is refused with etcd's
 /// "unhealthy cluster"; removing the dead one is allowed; with the check off the live one
-/// goes too. Requests go to the leader, which alone sees every peer's activity in Ballast.
+/// goes too. Asked of the live follower, the answers are the leader's (a Ballast follower hands
+/// the change to the leader, which alone sees every peer's activity).
 #[test]
 fn strict_reconfig_check_protects_the_active_quorum() {
     let observe = |kind: Kind, extra: &[&str]| {
@@ -302,19 +303,26 @@ fn strict_reconfig_check_protects_the_active_quorum() {
         // Two election timeouts: the leader has stopped hearing from it.
         std::thread::sleep(Duration::from_secs(3));
         let ep = c.members[at].endpoint();
-        let remove = |i: usize| {
-            let out = etcdctl(&ep, &["member", "remove", &format!("{:x}", id_of(i))], None);
+        let via = |ep: &str, args: &[&str]| {
+            let out = etcdctl(ep, args, None);
             (out.2, out.1.lines().last().unwrap_or("").to_string())
         };
-        let live = remove(alive);
-        let gone = remove(dead);
-        (live, gone.0)
+        let remove =
+            |ep: &str, i: usize| via(ep, &["member", "remove", &format!("{:x}", id_of(i))]);
+        // Asked of the live follower, the answer is the same as the leader's.
+        let follower = c.members[alive].endpoint();
+        let live_via_follower = remove(&follower, alive);
+        let add_via_follower = via(
+            &follower,
+            &["member", "add", "x", "--peer-urls=http://127.0.0.1:1"],
+        );
+        let live = remove(&ep, alive);
+        let gone = remove(&ep, dead);
+        (live_via_follower, add_via_follower, live, gone.0)
     };
+    let unhealthy = (1, "Error: etcdserver: unhealthy cluster".to_string());
     let etcd = observe(Kind::Etcd, &[]);
-    assert_eq!(
-        etcd,
-        ((1, "Error: etcdserver: unhealthy cluster".to_string()), 0)
-    );
+    assert_eq!(etcd, (unhealthy.clone(), unhealthy.clone(), unhealthy, 0));
     assert_eq!(observe(Kind::Ballast, &[]), etcd, "Ballast, then etcd");
     let relaxed = ["--strict-reconfig-check=false"];
     assert_eq!(observe(Kind::Ballast, &relaxed).0 .0, 0, "check off");

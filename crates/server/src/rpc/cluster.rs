@@ -18,23 +18,40 @@ pub struct ClusterService {
     pub server: Arc<EtcdServer>,
 }
 
+type Token = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+/// `msg` as a request to the leader, carrying the caller's auth token.
+fn to_leader<T>(msg: T, token: Token) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert("token", t);
+    }
+    req
+}
+
 impl ClusterService {
     /// Promotion needs the leader's view of the learner's progress; a follower hands the
     /// request to the leader over its client URL, as etcd forwards it to the leader.
     async fn promote_on_leader(
         &self,
         id: u64,
-        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        token: Token,
     ) -> Result<MemberPromoteResponse, Status> {
         let ch = self.server.leader_channel().await.map_err(status)?;
-        let mut req = Request::new(MemberPromoteRequest { id });
-        if let Some(t) = token {
-            req.metadata_mut().insert("token", t);
-        }
         ClusterClient::new(ch)
-            .member_promote(req)
+            .member_promote(to_leader(MemberPromoteRequest { id }, token))
             .await
             .map(|r| r.into_inner())
+    }
+
+    /// Whether a voter change asked of this member is judged by the leader instead:
+    /// `--strict-reconfig-check` weighs which members are reachable, and only the leader hears
+    /// from every member (a follower talks to the leader alone).
+    fn leader_judges(&self) -> bool {
+        let st = self.server.raft_status();
+        self.server.cfg.strict_reconfig_check
+            && st.leader != 0
+            && st.leader != self.server.member_id()
     }
 }
 
@@ -45,6 +62,13 @@ impl Cluster for ClusterService {
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         self.server.require_admin(&req).await.map_err(status)?;
+        if !req.get_ref().is_learner && self.leader_judges() {
+            let token = req.metadata().get("token").cloned();
+            let ch = self.server.leader_channel().await.map_err(status)?;
+            return ClusterClient::new(ch)
+                .member_add(to_leader(req.into_inner(), token))
+                .await;
+        }
         let r = req.into_inner();
         let (member, members) = self
             .server
@@ -63,6 +87,13 @@ impl Cluster for ClusterService {
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.server.require_admin(&req).await.map_err(status)?;
+        if self.leader_judges() {
+            let token = req.metadata().get("token").cloned();
+            let ch = self.server.leader_channel().await.map_err(status)?;
+            return ClusterClient::new(ch)
+                .member_remove(to_leader(req.into_inner(), token))
+                .await;
+        }
         let members = self
             .server
             .member_remove(req.into_inner().id)
