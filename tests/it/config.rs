@@ -312,3 +312,60 @@ async fn applies_slower_than_the_warning_duration_are_logged_and_counted() {
         s.log()
     );
 }
+
+/// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: a client connection idle for
+/// the interval is pinged, and one that does not answer within the timeout is closed, on etcd
+/// 3.7 as on Ballast (a raw HTTP/2 connection that acknowledges settings, never pings).
+#[test]
+fn idle_client_connections_are_pinged_and_silent_ones_closed() {
+    use crate::cluster::{Kind, Server};
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let observe = |kind: Kind| {
+        let s = Server::start(
+            kind,
+            &[
+                "--grpc-keepalive-interval=1s",
+                "--grpc-keepalive-timeout=1s",
+            ],
+        );
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        let started = Instant::now();
+        let (mut pinged, mut closed) = (None, None);
+        loop {
+            let mut head = [0u8; 9];
+            if c.read_exact(&mut head).is_err() {
+                closed = Some(started.elapsed());
+                break;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut body = vec![0u8; len];
+            if c.read_exact(&mut body).is_err() {
+                closed = Some(started.elapsed());
+                break;
+            }
+            match (head[3], head[4] & 1) {
+                // The server's settings: acknowledged, so only the ping goes unanswered.
+                (4, 0) => c.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).unwrap(),
+                (6, 0) => pinged = pinged.or(Some(started.elapsed())),
+                (7, _) => {
+                    closed = Some(started.elapsed());
+                    break;
+                }
+                _ => {}
+            }
+            if started.elapsed() > Duration::from_secs(12) {
+                break;
+            }
+        }
+        let within =
+            |t: Option<Duration>, secs: u64| t.is_some_and(|t| t < Duration::from_secs(secs));
+        (within(pinged, 5), within(closed, 10))
+    };
+    let etcd = observe(Kind::Etcd37);
+    assert_eq!(etcd, (true, true));
+    assert_eq!(observe(Kind::Ballast), etcd);
+}

@@ -165,18 +165,8 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     ),
     ("force-new-cluster", "ETCD_FORCE_NEW_CLUSTER", false),
     (
-        "grpc-keepalive-interval",
-        "ETCD_GRPC_KEEPALIVE_INTERVAL",
-        true,
-    ),
-    (
         "grpc-keepalive-min-time",
         "ETCD_GRPC_KEEPALIVE_MIN_TIME",
-        true,
-    ),
-    (
-        "grpc-keepalive-timeout",
-        "ETCD_GRPC_KEEPALIVE_TIMEOUT",
         true,
     ),
     ("host-whitelist", "ETCD_HOST_WHITELIST", true),
@@ -487,6 +477,20 @@ pub struct Flags {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub socket_reuse_port: bool,
+    /// Frequency duration of server-to-client ping to check if a connection is alive.
+    #[arg(
+        long = "grpc-keepalive-interval",
+        env = "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h"
+    )]
+    pub grpc_keepalive_interval: String,
+    /// Additional duration of wait before closing a non-responsive connection.
+    #[arg(
+        long = "grpc-keepalive-timeout",
+        env = "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s"
+    )]
+    pub grpc_keepalive_timeout: String,
     /// Years an `--auto-tls`/`--peer-auto-tls` certificate is valid.
     #[arg(
         long = "self-signed-cert-validity",
@@ -888,6 +892,8 @@ struct FileConfig {
     socket_options: Option<SocketOptions>,
     self_signed_cert_validity: Option<u32>,
     /// Go's `time.Duration` in a config file: nanoseconds.
+    grpc_keepalive_interval: Option<u64>,
+    grpc_keepalive_timeout: Option<u64>,
     experimental_warning_apply_duration: Option<u64>,
     warning_apply_duration: Option<u64>,
     experimental_corrupt_check_time: Option<String>,
@@ -1095,6 +1101,9 @@ pub struct Config {
     /// SO_REUSEPORT on the listeners (`--socket-reuse-port`). SO_REUSEADDR is always on, as
     /// Go's listeners set it whatever `--socket-reuse-address` says.
     pub socket_reuse_port: bool,
+    /// `--grpc-keepalive-interval` (`None`: 0, no pings) and `--grpc-keepalive-timeout`.
+    pub grpc_keepalive_interval: Option<Duration>,
+    pub grpc_keepalive_timeout: Duration,
     /// Years an auto-TLS certificate is valid (`--self-signed-cert-validity`).
     pub self_signed_cert_validity: u32,
     /// An apply slower than this is logged and counted (`--experimental-warning-apply-duration`).
@@ -1203,17 +1212,40 @@ fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, Config
     }
 }
 
+/// A duration as Go's `time.ParseDuration` reads it: a sequence of decimal numbers, each with
+/// a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `2h0m0s`, `1.5s` or `500ms`; `0`
+/// alone is zero. Negative durations are not accepted here.
 fn simple_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    Some(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return None,
-    })
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += n * nanos;
+    }
+    (total.is_finite() && total < u64::MAX as f64).then(|| Duration::from_nanos(total as u64))
 }
 
 fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -1222,6 +1254,11 @@ fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Config
         value: value.to_string(),
         reason: reason.into(),
     })
+}
+
+/// A duration flag in Go's syntax.
+fn duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    simple_duration(value).ok_or_else(|| invalid(flag, value, "must be a duration such as 20s"))
 }
 
 /// A duration flag that must be positive; `example` completes the error's hint.
@@ -1701,6 +1738,14 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .as_ref()
             .and_then(|o| o.reuse_port)
             .unwrap_or(d.socket_reuse_port),
+        grpc_keepalive_interval: c
+            .grpc_keepalive_interval
+            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            .unwrap_or(d.grpc_keepalive_interval),
+        grpc_keepalive_timeout: c
+            .grpc_keepalive_timeout
+            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            .unwrap_or(d.grpc_keepalive_timeout),
         self_signed_cert_validity: c
             .self_signed_cert_validity
             .unwrap_or(d.self_signed_cert_validity),
@@ -1874,6 +1919,18 @@ impl Config {
             strict_reconfig_check: f.strict_reconfig_check,
             enable_grpc_gateway: f.enable_grpc_gateway,
             socket_reuse_port: f.socket_reuse_port,
+            // 0 turns the pings off; a timeout of 0 is gRPC's default, 20 s.
+            grpc_keepalive_interval: Some(duration(
+                "--grpc-keepalive-interval",
+                &f.grpc_keepalive_interval,
+            )?)
+            .filter(|d| !d.is_zero()),
+            grpc_keepalive_timeout: Some(duration(
+                "--grpc-keepalive-timeout",
+                &f.grpc_keepalive_timeout,
+            )?)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(20)),
             // 0 is refused only where a certificate is made, as etcd does.
             self_signed_cert_validity: f.self_signed_cert_validity,
             warning_apply_duration: positive_duration(
@@ -2114,6 +2171,29 @@ auto-compaction-retention: "1"
                 .unwrap()
                 .log_level,
             tracing::Level::WARN
+        );
+        assert_eq!(simple_duration("2h0m0s"), Some(Duration::from_secs(7200)));
+        assert_eq!(simple_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(simple_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(simple_duration("250us"), Some(Duration::from_micros(250)));
+        assert_eq!(simple_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "5", "5x", "s", "-1s", "1.2.3s"] {
+            assert_eq!(simple_duration(bad), None, "{bad}");
+        }
+        let k = parse(&[
+            "--grpc-keepalive-interval=1m30s",
+            "--grpc-keepalive-timeout",
+            "3s",
+        ])
+        .unwrap();
+        assert_eq!(
+            (k.grpc_keepalive_interval, k.grpc_keepalive_timeout),
+            (Some(Duration::from_secs(90)), Duration::from_secs(3))
+        );
+        let off = parse(&["--grpc-keepalive-interval=0", "--grpc-keepalive-timeout=0"]).unwrap();
+        assert_eq!(
+            (off.grpc_keepalive_interval, off.grpc_keepalive_timeout),
+            (None, Duration::from_secs(20))
         );
         let g = parse(&[
             "--enable-grpc-gateway=false",

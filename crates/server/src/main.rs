@@ -139,7 +139,7 @@ fn serve_client<L>(
     tasks: &mut tokio::task::JoinSet<std::io::Result<()>>,
     listener: L,
     app: &ballast_server::rpc::dispatch::ClientService,
-    max_streams: u32,
+    http2: ballast_server::rpc::dispatch::Http2,
     serves: Serves,
 ) where
     L: axum::serve::Listener,
@@ -148,7 +148,7 @@ fn serve_client<L>(
     tasks.spawn(ballast_server::rpc::dispatch::serve(
         listener,
         app.clone(),
-        max_streams,
+        http2,
         serves,
     ));
 }
@@ -372,7 +372,11 @@ async fn run(cfg: Config) -> Result<(), String> {
         ));
     }
     let app = ballast_server::client_service(server.clone());
-    let max_streams = server.cfg.max_concurrent_streams;
+    let http2 = ballast_server::rpc::dispatch::Http2 {
+        max_streams: server.cfg.max_concurrent_streams,
+        keepalive_interval: server.cfg.grpc_keepalive_interval,
+        keepalive_timeout: server.cfg.grpc_keepalive_timeout,
+    };
     let all = listeners
         .into_iter()
         .map(|(a, l)| (a, false, l, split))
@@ -393,11 +397,11 @@ async fn run(cfg: Config) -> Result<(), String> {
             tracing::info!(address = %addr, "serving client traffic securely");
             let listener =
                 TlsListener::new(listener, secure("https")?).map_err(|e| e.to_string())?;
-            serve_client(&mut tasks, listener, &app, max_streams, serves);
+            serve_client(&mut tasks, listener, &app, http2, serves);
         } else {
             tracing::info!(address = %addr, "serving client traffic insecurely");
             let listener = ballast_server::conn::authority::Listener(listener);
-            serve_client(&mut tasks, listener, &app, max_streams, serves);
+            serve_client(&mut tasks, listener, &app, http2, serves);
         }
     }
     for (u, listener, serves) in unix_listeners {
@@ -405,10 +409,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(path = %u.path.display(), tls = u.tls, "serving client traffic on a unix socket");
         if u.tls {
             let listener = TlsListener::new_unix(listener, secure("unixs")?);
-            serve_client(&mut tasks, listener, &app, max_streams, serves);
+            serve_client(&mut tasks, listener, &app, http2, serves);
         } else {
             let listener = ballast_server::conn::authority::Listener(listener);
-            serve_client(&mut tasks, listener, &app, max_streams, serves);
+            serve_client(&mut tasks, listener, &app, http2, serves);
         }
     }
     tracing::info!(

@@ -255,6 +255,17 @@ pub enum Serves {
     Http,
 }
 
+/// The client port's HTTP/2 settings, as etcd's gRPC server takes them from its flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2 {
+    /// `--max-concurrent-streams`.
+    pub max_streams: u32,
+    /// `--grpc-keepalive-interval`: a connection idle this long is pinged (`None`: never).
+    pub keepalive_interval: Option<std::time::Duration>,
+    /// `--grpc-keepalive-timeout`: an unanswered ping closes the connection after this.
+    pub keepalive_timeout: std::time::Duration,
+}
+
 /// Serves the client port: HTTP/1 (the JSON gateway) and HTTP/2 (gRPC) on every accepted
 /// connection, each with its own [`ClientService`]. A gRPC-only listener speaks HTTP/2 alone
 /// and answers other paths Unimplemented; an HTTP-only one hands gRPC paths to the HTTP
@@ -267,7 +278,7 @@ pub enum Serves {
 pub async fn serve<L>(
     mut listener: L,
     svc: ClientService,
-    max_streams: u32,
+    http2: Http2,
     serves: Serves,
 ) -> std::io::Result<()>
 where
@@ -275,7 +286,12 @@ where
     L::Addr: ConnPeer,
 {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http2().max_concurrent_streams(max_streams);
+    builder
+        .http2()
+        .max_concurrent_streams(http2.max_streams)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(http2.keepalive_interval)
+        .keep_alive_timeout(http2.keepalive_timeout);
     // gRPC needs HTTP/2; HTTP may come over either (ALPN picks h2 on TLS).
     let builder = match serves {
         Serves::Grpc => builder.http2_only(),
