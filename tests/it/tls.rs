@@ -23,6 +23,11 @@ struct Pki {
     /// A second client certificate, CN "alice".
     alice_cert: PathBuf,
     alice_key: PathBuf,
+    /// "server" certificates for one use each: serving only, and dialling only.
+    serving_only_cert: PathBuf,
+    serving_only_key: PathBuf,
+    dialling_only_cert: PathBuf,
+    dialling_only_key: PathBuf,
 }
 
 fn pki(dir: &Path, name: &str) -> Pki {
@@ -55,6 +60,10 @@ fn pki(dir: &Path, name: &str) -> Pki {
     );
     let (client, client_key) = leaf("root", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
     let (alice, alice_key) = leaf("alice", vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+    let sans = || vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let (serving, serving_key) = leaf("server", sans(), vec![ExtendedKeyUsagePurpose::ServerAuth]);
+    let (dialling, dialling_key) =
+        leaf("server", sans(), vec![ExtendedKeyUsagePurpose::ClientAuth]);
     let write = |file: &str, pem: String| {
         let p = dir.join(format!("{name}-{file}"));
         std::fs::write(&p, pem).unwrap();
@@ -68,6 +77,10 @@ fn pki(dir: &Path, name: &str) -> Pki {
         client_key: write("client-key.pem", client_key.serialize_pem()),
         alice_cert: write("alice.pem", alice.pem()),
         alice_key: write("alice-key.pem", alice_key.serialize_pem()),
+        serving_only_cert: write("serving.pem", serving.pem()),
+        serving_only_key: write("serving-key.pem", serving_key.serialize_pem()),
+        dialling_only_cert: write("dialling.pem", dialling.pem()),
+        dialling_only_key: write("dialling-key.pem", dialling_key.serialize_pem()),
     }
 }
 
@@ -922,4 +935,47 @@ fn a_self_signed_root_certificate_serves_concurrent_admin_sessions() {
     assert_eq!(etcdctl(&m.url, &tls, &["user", "list"]).0, "root\n");
     let left = etcdctl(&m.url, &tls, &["get", "k", "--prefix", "--keys-only"]);
     assert_eq!(left, (String::new(), String::new(), 0));
+}
+
+/// Members whose certificates are for serving only (no clientAuth usage) cannot dial each
+/// other under client-certificate auth; given `--peer-client-cert-file`/`--peer-client-key-file`
+/// and `--client-cert-file`/`--client-key-file` for dialling, as etcd takes them, they form a
+/// cluster, replicate, and forward to the leader over client TLS.
+#[test]
+fn separate_dialling_certificates_let_serving_only_certificates_form_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pki(dir.path(), "d");
+    p.server_cert = p.serving_only_cert.clone();
+    p.server_key = p.serving_only_key.clone();
+    let (refused, _) = tls_cluster(dir.path(), &p, "x", (2, 1), &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let logs = all_logs(&refused);
+    assert!(
+        logs.contains("does not allow extended key usage for client authentication"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("became leader"),
+        "a leader was elected: {logs}"
+    );
+    drop(refused);
+    let dialling = [
+        format!("--peer-client-cert-file={}", p.dialling_only_cert.display()),
+        format!("--peer-client-key-file={}", p.dialling_only_key.display()),
+        format!("--client-cert-file={}", p.dialling_only_cert.display()),
+        format!("--client-key-file={}", p.dialling_only_key.display()),
+    ];
+    let extra: Vec<&str> = dialling.iter().map(String::as_str).collect();
+    let (members, _, creds) = serving_tls_cluster(dir.path(), &p, "y", (3, 1), &extra);
+    let tls: Vec<&str> = creds.iter().map(String::as_str).collect();
+    assert_eq!(etcdctl(&members[0].url, &tls, &["put", "k", "v"]).0, "OK\n");
+    let got = etcdctl(&members[2].url, &tls, &["get", "k", "--print-value-only"]);
+    assert_eq!(got.0, "v\n", "{got:?}");
+    // Lease keep-alives reach the leader from whichever member took them.
+    let lease = etcdctl(&members[1].url, &tls, &["lease", "grant", "60"]).0;
+    let id = lease.split_whitespace().nth(1).unwrap().to_string();
+    for m in &members {
+        let kept = etcdctl(&m.url, &tls, &["lease", "keep-alive", "--once", &id]);
+        assert_eq!(kept.2, 0, "{kept:?}");
+    }
 }

@@ -49,8 +49,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES",
         true,
     ),
-    ("client-cert-file", "ETCD_CLIENT_CERT_FILE", true),
-    ("client-key-file", "ETCD_CLIENT_KEY_FILE", true),
     (
         "compact-hash-check-time",
         "ETCD_COMPACT_HASH_CHECK_TIME",
@@ -183,8 +181,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     ),
     ("memory-mlock", "ETCD_MEMORY_MLOCK", false),
     ("metrics", "ETCD_METRICS", true),
-    ("peer-client-cert-file", "ETCD_PEER_CLIENT_CERT_FILE", true),
-    ("peer-client-key-file", "ETCD_PEER_CLIENT_KEY_FILE", true),
     (
         "peer-skip-client-san-verification",
         "ETCD_PEER_SKIP_CLIENT_SAN_VERIFICATION",
@@ -600,6 +596,34 @@ pub struct Flags {
     pub peer_cert_file: String,
     #[arg(long = "peer-key-file", env = "ETCD_PEER_KEY_FILE", default_value = "")]
     pub peer_key_file: String,
+    /// The identity this member presents when dialling peers, if not its peer certificate
+    /// (for a peer certificate made for server use only).
+    #[arg(
+        long = "peer-client-cert-file",
+        env = "ETCD_PEER_CLIENT_CERT_FILE",
+        default_value = ""
+    )]
+    pub peer_client_cert_file: String,
+    #[arg(
+        long = "peer-client-key-file",
+        env = "ETCD_PEER_CLIENT_KEY_FILE",
+        default_value = ""
+    )]
+    pub peer_client_key_file: String,
+    /// The identity this member presents when dialling other members' client URLs (leader
+    /// forwarding, corruption checks), if not its client certificate.
+    #[arg(
+        long = "client-cert-file",
+        env = "ETCD_CLIENT_CERT_FILE",
+        default_value = ""
+    )]
+    pub client_cert_file: String,
+    #[arg(
+        long = "client-key-file",
+        env = "ETCD_CLIENT_KEY_FILE",
+        default_value = ""
+    )]
+    pub client_key_file: String,
     #[arg(
         long = "peer-trusted-ca-file",
         env = "ETCD_PEER_TRUSTED_CA_FILE",
@@ -815,6 +839,8 @@ const ETCD_FILE_KEYS: &[&str] = &[
 struct SecurityConfig {
     cert_file: Option<String>,
     key_file: Option<String>,
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
     client_cert_auth: Option<bool>,
     trusted_ca_file: Option<String>,
     auto_tls: Option<bool>,
@@ -1359,6 +1385,7 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
     let client_allowed = allowed(&f.client_cert_allowed_cn, &f.client_cert_allowed_hostname)?;
     let client_tls = has_cert.then(|| crate::conn::tls::TlsFiles {
         allowed: client_allowed,
+        client_identity: identity(&f.client_cert_file, &f.client_key_file),
         cert: PathBuf::from(&f.cert_file),
         key: PathBuf::from(&f.key_file),
         trusted_ca: opt(&f.trusted_ca_file),
@@ -1398,6 +1425,12 @@ fn client_side(f: &Flags) -> Result<ClientSide, ConfigError> {
         advertise: advertise_client_urls,
         listen_metrics,
     })
+}
+
+/// A separate dialling identity, when both its files are given (as etcd's `TLSInfo` uses
+/// `ClientCertFile`/`ClientKeyFile`).
+fn identity(cert: &str, key: &str) -> Option<(PathBuf, PathBuf)> {
+    (!cert.is_empty() && !key.is_empty()).then(|| (PathBuf::from(cert), PathBuf::from(key)))
 }
 
 /// The peer side's listeners and TLS.
@@ -1443,6 +1476,7 @@ fn peer_side(f: &Flags) -> Result<PeerSide, ConfigError> {
         min_version: String::new(),
         max_version: String::new(),
         allowed: peer_allowed.clone(),
+        client_identity: identity(&f.peer_client_cert_file, &f.peer_client_key_file),
     });
     Ok(PeerSide {
         listen: listen_peer,
@@ -1679,6 +1713,10 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .or(c.peer_cert_file)
             .unwrap_or(d.peer_cert_file),
         peer_key_file: ps.key_file.or(c.peer_key_file).unwrap_or(d.peer_key_file),
+        peer_client_cert_file: ps.client_cert_file.unwrap_or(d.peer_client_cert_file),
+        peer_client_key_file: ps.client_key_file.unwrap_or(d.peer_client_key_file),
+        client_cert_file: cs.client_cert_file.unwrap_or(d.client_cert_file),
+        client_key_file: cs.client_key_file.unwrap_or(d.client_key_file),
         peer_trusted_ca_file: ps
             .trusted_ca_file
             .or(c.peer_trusted_ca_file)

@@ -46,6 +46,9 @@ pub struct TlsFiles {
     pub max_version: String,
     /// Which verified client certificates are admitted (`allowed-cn`, `allowed-hostname`).
     pub allowed: Allowed,
+    /// Certificate and key presented when this member dials out, if not `cert`/`key`
+    /// (`--client-cert-file`, `--peer-client-cert-file` and their keys).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// Go's names of TLS 1.2 suites etcd accepts but rustls does not implement (CBC, RC4, 3DES):
@@ -456,9 +459,9 @@ pub fn member_client_config(
         Some(ca) => Trust::Roots(Some(ca)),
         None => Trust::Anyone,
     };
-    client_config_allowing(
-        trust,
-        tls.map(|t| (t.cert.as_path(), t.key.as_path())),
-        allowed,
-    )
+    let identity = tls.map(|t| match &t.client_identity {
+        Some((cert, key)) => (cert.as_path(), key.as_path()),
+        None => (t.cert.as_path(), t.key.as_path()),
+    });
+    client_config_allowing(trust, identity, allowed)
 }
