@@ -10,6 +10,7 @@ mod config;
 mod differential;
 mod durability;
 mod gateway;
+mod kubernetes;
 mod kv;
 mod lease;
 mod malformed;
