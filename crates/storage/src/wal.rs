@@ -200,6 +200,11 @@ impl Wal {
     }
 
     fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+        Self::numbered(dir, ".wal")
+    }
+
+    /// Files in `dir` named `{seq:016x}{suffix}`, by sequence number; none if `dir` is absent.
+    fn numbered(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, WalError> {
         let mut out = Vec::new();
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
@@ -209,8 +214,7 @@ impl Wal {
         for ent in rd {
             let ent = ent.map_err(io_err(dir))?;
             let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(".wal") else {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
                 continue;
             };
             if let Ok(seq) = u64::from_str_radix(stem, 16) {
@@ -469,24 +473,7 @@ impl Wal {
 
     /// Segments a compaction superseded and [`Wal::retire_before`] kept, oldest first.
     pub fn retired(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-        let mut out = Vec::new();
-        let rd = match fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err(dir)(e)),
-        };
-        for ent in rd {
-            let ent = ent.map_err(io_err(dir))?;
-            let name = ent.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(RETIRED_SUFFIX)) else {
-                continue;
-            };
-            if let Ok(seq) = u64::from_str_radix(stem, 16) {
-                out.push((seq, ent.path()));
-            }
-        }
-        out.sort();
-        Ok(out)
+        Self::numbered(dir, RETIRED_SUFFIX)
     }
 
     /// Segments numbered below `seq` are superseded (the caller made everything still needed
