@@ -19,68 +19,36 @@ const EXIT_BAD_FEATURE: u8 = 4;
 #[derive(clap::Subcommand, Debug)]
 pub enum CheckCmd {
     /// Check the performance of the etcd cluster
-    Perf(PerfFlags),
+    #[command(
+        mut_arg("load", |a| a.help("The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge). Different workload models use different configurations in terms of number of clients and expected throughput.")),
+        mut_arg("prefix", |a| a.default_value("/etcdctl-check-perf/").help("The prefix for writing the performance check's keys."))
+    )]
+    Perf(CheckFlags),
     /// Check the memory usage of holding data for different workloads on a given server endpoint.
-    Datascale(DatascaleFlags),
+    #[command(
+        mut_arg("load", |a| a.help("The datascale check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)")),
+        mut_arg("prefix", |a| a.default_value("/etcdctl-check-datascale/").help("The prefix for writing the datascale check's keys."))
+    )]
+    Datascale(CheckFlags),
 }
 
-/// `check perf`'s flags, in etcdctl's words.
+/// Both checks' flags; their words and the prefix's default are each check's (etcdctl's).
 #[derive(clap::Args, Debug)]
-pub struct PerfFlags {
-    #[arg(
-        long,
-        default_value = "s",
-        help = "The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge). Different workload models use different configurations in terms of number of clients and expected throughput."
-    )]
-    load: String,
-    #[arg(
-        long,
-        default_value = "/etcdctl-check-perf/",
-        help = "The prefix for writing the performance check's keys."
-    )]
-    prefix: String,
-    #[arg(
-        long = "auto-compact",
-        help = "Compact storage with last revision after test is finished."
-    )]
-    auto_compact: bool,
-    #[arg(
-        long = "auto-defrag",
-        help = "Defragment storage after test is finished."
-    )]
-    auto_defrag: bool,
-}
-
-/// `check datascale`'s flags, in etcdctl's words.
-#[derive(clap::Args, Debug)]
-pub struct DatascaleFlags {
-    #[arg(
-        long,
-        default_value = "s",
-        help = "The datascale check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)"
-    )]
-    load: String,
-    #[arg(
-        long,
-        default_value = "/etcdctl-check-datascale/",
-        help = "The prefix for writing the datascale check's keys."
-    )]
-    prefix: String,
-    #[arg(
-        long = "auto-compact",
-        help = "Compact storage with last revision after test is finished."
-    )]
-    auto_compact: bool,
-    #[arg(
-        long = "auto-defrag",
-        help = "Defragment storage after test is finished."
-    )]
-    auto_defrag: bool,
-}
-
-/// What both checks do after their run.
 pub struct CheckFlags {
+    #[arg(long, default_value = "s")]
+    load: String,
+    // Each check sets its own default.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[arg(
+        long = "auto-compact",
+        help = "Compact storage with last revision after test is finished."
+    )]
     auto_compact: bool,
+    #[arg(
+        long = "auto-defrag",
+        help = "Defragment storage after test is finished."
+    )]
     auto_defrag: bool,
 }
 
@@ -347,16 +315,7 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
             if tty {
                 println!();
             }
-            clean_up(
-                cli,
-                &mut kv,
-                &prefix,
-                &CheckFlags {
-                    auto_compact: f.auto_compact,
-                    auto_defrag: f.auto_defrag,
-                },
-            )
-            .await?;
+            clean_up(cli, &mut kv, &prefix, f).await?;
             let mut ok = !print_errors(&r);
             let rps = r.secs.len() as f64 / took.as_secs_f64();
             if rps / limit as f64 <= 0.9 {
@@ -429,16 +388,7 @@ pub async fn run(cli: &Cli, cmd: &CheckCmd) -> Result<(), Failure> {
                 );
                 return Err(Failure::Exit(crate::EXIT_ERROR, String::new()));
             };
-            clean_up(
-                cli,
-                &mut kv,
-                &prefix,
-                &CheckFlags {
-                    auto_compact: f.auto_compact,
-                    auto_defrag: f.auto_defrag,
-                },
-            )
-            .await?;
+            clean_up(cli, &mut kv, &prefix, f).await?;
             if print_errors(&r) {
                 return Err(Failure::Exit(crate::EXIT_ERROR, String::new()));
             }
