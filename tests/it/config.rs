@@ -106,6 +106,19 @@ fn an_etcd_config_file_starts_ballast() {
     }
 }
 
+/// `bin` (etcd or Ballast) serving clients at `url` from `data`, with a fresh peer port.
+fn member_command(bin: &std::path::Path, data: &std::path::Path, url: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", crate::cluster::free_port()),
+        ]);
+    cmd
+}
+
 /// etcd checks `--initial-cluster` against `--initial-advertise-peer-urls` only when a member
 /// bootstraps: restarted with flags that disagree (a member's log says who it is), etcd 3.7
 /// and Ballast both start; on a first start both refuse.
@@ -122,19 +135,7 @@ fn initial_cluster_flags_are_checked_on_the_first_start_only() {
         };
         let url = format!("http://127.0.0.1:{}", m.port);
         let disagreeing = |dir: &std::path::Path| {
-            Command::new(&bin)
-                .arg("--data-dir")
-                .arg(dir)
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", free_port()),
-                ])
+            member_command(&bin, dir, &url)
                 .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2399"])
                 .args(["--initial-cluster", "default=http://127.0.0.1:2380"])
                 .stdout(std::process::Stdio::null())
@@ -221,19 +222,7 @@ fn auto_tls_certificates_last_self_signed_cert_validity_years() {
         let data = dir.path().join("d");
         let url = format!("https://127.0.0.1:{}", free_port());
         let start = |years: &str| {
-            Command::new(&bin)
-                .arg("--data-dir")
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{}", free_port()),
-                ])
+            member_command(&bin, &data, &url)
                 .args([
                     "--auto-tls",
                     &format!("--self-signed-cert-validity={years}"),
