@@ -124,7 +124,7 @@ fn member_command(bin: &std::path::Path, data: &std::path::Path, url: &str) -> C
 /// and Ballast both start; on a first start both refuse.
 #[test]
 fn initial_cluster_flags_are_checked_on_the_first_start_only() {
-    use crate::cluster::{etcd37_tool, free_port, http_get, Kind, Server};
+    use crate::cluster::{etcd37_tool, http_get, Kind, Server};
     use std::time::{Duration, Instant};
     for kind in [Kind::Etcd37, Kind::Ballast] {
         let mut m = Server::start(kind, &[]);
