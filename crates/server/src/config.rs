@@ -1238,6 +1238,11 @@ fn auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, Config
     }
 }
 
+/// A config file's Go `time.Duration` (nanoseconds) as the flag's text.
+fn file_duration(ns: u64) -> String {
+    format!("{ns}ns")
+}
+
 /// A duration as Go's `time.ParseDuration` reads it: a sequence of decimal numbers, each with
 /// a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), such as `2h0m0s`, `1.5s` or `500ms`; `0`
 /// alone is zero. Negative durations are not accepted here.
@@ -1778,11 +1783,11 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .unwrap_or(d.socket_reuse_port),
         grpc_keepalive_interval: c
             .grpc_keepalive_interval
-            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            .map(file_duration)
             .unwrap_or(d.grpc_keepalive_interval),
         grpc_keepalive_timeout: c
             .grpc_keepalive_timeout
-            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            .map(file_duration)
             .unwrap_or(d.grpc_keepalive_timeout),
         self_signed_cert_validity: c
             .self_signed_cert_validity
@@ -1790,7 +1795,8 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         warning_apply_duration: c
             .warning_apply_duration
             .or(c.experimental_warning_apply_duration)
-            .map(|ns| format!("{}ms", (ns / 1_000_000).max(1)))
+            // A threshold of 0 warns of every apply, as the shortest one does.
+            .map(|ns| file_duration(ns.max(1)))
             .unwrap_or(d.warning_apply_duration),
         corrupt_check_time: c
             .experimental_corrupt_check_time
@@ -2084,6 +2090,24 @@ mod tests {
             c.warnings,
             vec![r#"unknown config key "nme"; ignored, as etcd ignores it"#.to_string()]
         );
+    }
+
+    /// Durations in a config file are Go's nanoseconds: kept exact, and a keepalive interval
+    /// of 0 turns the pings off as the flag's 0 does.
+    #[test]
+    fn config_file_durations_are_nanoseconds() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("etcd.conf.yml");
+        std::fs::write(
+            &p,
+            "grpc-keepalive-interval: 0\ngrpc-keepalive-timeout: 3000000000\n\
+             experimental-warning-apply-duration: 500000\n",
+        )
+        .unwrap();
+        let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
+        assert_eq!(c.grpc_keepalive_interval, None);
+        assert_eq!(c.grpc_keepalive_timeout, Duration::from_secs(3));
+        assert_eq!(c.warning_apply_duration, Duration::from_micros(500));
     }
 
     /// A config file laid out as etcd's sample is: every key etcd 3.4 knows, TLS in the
