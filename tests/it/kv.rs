@@ -444,7 +444,7 @@ async fn range_stream_matches_etcd_37() {
 }
 
 /// Resident memory of process `pid`, in bytes (0 once it is gone).
-fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

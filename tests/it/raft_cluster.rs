@@ -272,3 +272,59 @@ fn lagging_follower_catches_up_by_snapshot() {
         put(&ep, "after", "snapshot").await.unwrap();
     });
 }
+
+/// A follower that missed 160 MiB of entries (far fewer than the catch-up window) catches up
+/// from the leader's log, not a snapshot, while the leader holds only the newest of those
+/// entries in memory and reads the rest back from its WAL: its memory grows by a fraction of
+/// what it logged, where holding the window whole costs all of it.
+#[test]
+fn lagging_follower_catches_up_from_entries_the_leader_reads_back_from_its_wal() {
+    const PUTS: usize = 160;
+    const VALUE: usize = 1 << 20;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = Cluster::start(Kind::Ballast, 3, &[]);
+    let eps = c.endpoints();
+    let (leader_idx, lagging) = rt.block_on(async {
+        let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;
+        let mut idx = 0;
+        for (i, ep) in eps.iter().enumerate() {
+            if status(ep).await.unwrap().0 == leader {
+                idx = i;
+            }
+        }
+        (idx, (idx + 1) % 3)
+    });
+    c.members[lagging].kill9();
+    let leader_pid = c.members[leader_idx].child.as_ref().unwrap().id();
+    let before = crate::kv::rss_bytes(leader_pid);
+    rt.block_on(async {
+        let mut cl = client(&eps[leader_idx]).await.unwrap();
+        for i in 0..PUTS {
+            let value = vec![b'a' + (i % 26) as u8; VALUE];
+            cl.put(format!("big/{i:03}"), value, None).await.unwrap();
+        }
+    });
+    let grown = crate::kv::rss_bytes(leader_pid).saturating_sub(before);
+    assert!(
+        grown < (PUTS * VALUE / 2) as u64,
+        "the leader grew by {} MiB logging {} MiB",
+        grown >> 20,
+        (PUTS * VALUE) >> 20
+    );
+    c.members[lagging].spawn();
+    let ep = eps[lagging].clone();
+    rt.block_on(async {
+        eventually(Duration::from_secs(60), || async {
+            keys(&ep, "big/", true).await.filter(|k| k.len() == PUTS)
+        })
+        .await;
+        let mut cl = client(&ep).await.unwrap();
+        let opts = GetOptions::new().with_serializable();
+        let got = cl.get("big/027", Some(opts)).await.unwrap();
+        assert_eq!(got.kvs()[0].value(), vec![b'b'; VALUE].as_slice());
+    });
+    assert!(
+        !c.members[lagging].log().contains("installed snapshot"),
+        "caught up by snapshot, not from the log"
+    );
+}

@@ -345,7 +345,7 @@ impl Node {
                 storage.apply_snapshot(rec.snapshot);
                 storage.set_conf_state(rec.conf_state);
             }
-            storage.append(&rec.entries)?;
+            storage.append_at(&rec.entries, &rec.positions)?;
             let mut hs = rec.hard_state;
             hs.commit = hs.commit.max(storage.hard_state().commit);
             storage.set_hard_state(hs);
@@ -358,6 +358,7 @@ impl Node {
             };
             (log, storage) = create_log(&cfg.wal_dir, member, &cfg.bootstrap)?;
         }
+        storage.set_wal_dir(cfg.wal_dir.clone());
         let committed = storage.hard_state().commit;
         let wal_compacted = storage.snapshot_metadata().index;
         let conf_now = storage.conf_state().clone();
@@ -708,9 +709,8 @@ impl Driver {
         let gap = self
             .node
             .store()
-            .retained_entries()
-            .first()
-            .is_some_and(|e| e.index > index + 1);
+            .first_retained()
+            .is_some_and(|first| first > index + 1);
         debug_assert!(!(rewrite && gap), "log trimmed past durable index {index}");
         if rewrite && gap {
             tracing::warn!(
@@ -721,14 +721,15 @@ impl Driver {
         if rewrite && !gap {
             failpoint::crash("raft-before-snapshot");
             let store = self.node.store();
-            self.log.rewrite(
+            let at = self.log.rewrite(
                 self.max_wal_files,
                 self.member,
                 store.conf_state(),
                 store.hard_state(),
                 &meta,
-                store.retained_entries(),
+                store.retained(),
             )?;
+            self.node.mut_store().set_positions(&at);
             self.wal_compacted = index;
             failpoint::crash("raft-after-snapshot");
             tracing::info!(index, term, "compacted raft log");
@@ -940,7 +941,7 @@ impl Driver {
         self.hand_off(rd.take_committed_entries())?;
         if has_snapshot || !rd.entries().is_empty() || rd.hs().is_some() {
             failpoint::crash("raft-before-save");
-            self.log.save(rd.entries(), rd.hs())?;
+            let at = self.log.save(rd.entries(), rd.hs())?;
             // etcd's MustSync: entries, term and vote must be on disk before anything that
             // depends on them is sent; a commit index need not (a restart learns it again,
             // and the applier skips what the store already holds). A lone put otherwise paid
@@ -956,7 +957,7 @@ impl Driver {
             }
             failpoint::crash("raft-after-save");
             let store = self.node.mut_store();
-            store.append(rd.entries())?;
+            store.append_at(rd.entries(), &at)?;
             if let Some(hs) = rd.hs() {
                 store.set_hard_state(hs.clone());
             }
@@ -1068,9 +1069,9 @@ fn create_log(
     let mut storage = LogStore::new(cs);
     let (entries, hs) = bootstrap_entries(bootstrap)?;
     if !entries.is_empty() {
-        l.save(&entries, Some(&hs))?;
+        let at = l.save(&entries, Some(&hs))?;
         l.sync()?;
-        storage.append(&entries)?;
+        storage.append_at(&entries, &at)?;
         storage.set_hard_state(hs);
     }
     Ok((l, storage))

@@ -13,3 +13,8 @@ pub const APPLY_QUEUE: usize = 256;
 pub const PEER_QUEUE: usize = 4096;
 /// Largest data frame of a snapshot stream, and so what either end buffers of it.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Bytes of applied entries the in-memory raft log keeps whole, newest first; older applied
+/// entries keep only index and term and are read back from the WAL when a lagging follower
+/// needs them. Followers a little behind are served from memory; the catch-up window
+/// (`--experimental-snapshot-catchup-entries`) no longer costs its entries' size in memory.
+pub const HELD_APPLIED_BYTES: u64 = 1 << 20;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ballast_storage::{Record, Wal, WalError};
+use ballast_storage::{Record, RecordPos, Wal, WalError};
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 const KIND_ENTRY: u8 = 1;
@@ -39,10 +39,18 @@ pub struct Recovered {
     pub snapshot: SnapshotMetadata,
     /// Entries after the snapshot point.
     pub entries: Vec<Entry>,
+    /// Where each of `entries` lies in the log.
+    pub positions: Vec<RecordPos>,
 }
 
 pub struct RaftLog {
     wal: Wal,
+}
+
+/// An entry a compaction keeps: in memory, or only in the log (read back to rewrite it).
+pub enum Retained<'a> {
+    Held(&'a Entry),
+    Logged(RecordPos),
 }
 
 fn decode<M: protobuf::Message>(rec: &Record) -> Result<M, LogError> {
@@ -95,6 +103,7 @@ impl RaftLog {
         let mut hard_state = HardState::default();
         let mut snapshot = SnapshotMetadata::default();
         let mut entries: Vec<Entry> = Vec::new();
+        let mut positions = Vec::new();
         for rec in &records {
             match rec.kind {
                 KIND_MEMBER => {
@@ -121,13 +130,16 @@ impl RaftLog {
                     // entries after it follow as ordinary records.
                     snapshot = decode(rec)?;
                     entries.clear();
+                    positions.clear();
                 }
                 KIND_ENTRY => {
                     let e: Entry = decode(rec)?;
                     // A later append at an index overwrites that index and everything after it.
                     let keep = entries.partition_point(|x| x.index < e.index);
                     entries.truncate(keep);
+                    positions.truncate(keep);
                     entries.push(e);
+                    positions.push(rec.pos);
                 }
                 other => {
                     return Err(LogError::Decode {
@@ -146,20 +158,38 @@ impl RaftLog {
                 hard_state,
                 snapshot,
                 entries,
+                positions,
             },
         ))
     }
 
-    /// Appends entries and hard state; durable only after [`RaftLog::sync`].
-    pub fn save(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), LogError> {
+    /// Appends entries and hard state; durable only after [`RaftLog::sync`]. Returns where
+    /// each entry lies.
+    pub fn save(
+        &mut self,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+    ) -> Result<Vec<RecordPos>, LogError> {
+        let mut at = Vec::with_capacity(entries.len());
         for e in entries {
+            at.push(self.wal.next_pos());
             self.wal.append(KIND_ENTRY, &encode(KIND_ENTRY, e)?)?;
         }
         if let Some(hs) = hs {
             self.wal
                 .append(KIND_HARD_STATE, &encode(KIND_HARD_STATE, hs)?)?;
         }
-        Ok(())
+        Ok(at)
+    }
+
+    /// The entry record at `pos` in the log in `dir`, as written there by [`RaftLog::save`].
+    pub fn read_entry(dir: &Path, pos: RecordPos) -> Result<Entry, LogError> {
+        let data = Wal::read_at(dir, pos, KIND_ENTRY)?;
+        decode(&Record {
+            kind: KIND_ENTRY,
+            data,
+            pos,
+        })
     }
 
     /// Records a received snapshot's position; durable only after [`RaftLog::sync`].
@@ -172,38 +202,56 @@ impl RaftLog {
     /// Log compaction: writes everything still needed (identity, configuration, hard state,
     /// snapshot point, entries after it) into a fresh segment, makes it durable, then retires
     /// the older segments, keeping at most `max_files` segment files (`--max-wals`; 0: all).
-    /// A crash at any point leaves a log that recovers to the same state.
-    pub fn rewrite(
+    /// A crash at any point leaves a log that recovers to the same state. Returns where each
+    /// entry now lies.
+    pub fn rewrite<'a>(
         &mut self,
         max_files: usize,
         member: MemberRecord,
         cs: &ConfState,
         hs: &HardState,
         snapshot: &SnapshotMetadata,
-        entries: &[Entry],
-    ) -> Result<(), LogError> {
-        // Encode everything before the cut, so a failure leaves the log as it was.
+        entries: impl Iterator<Item = Retained<'a>>,
+    ) -> Result<Vec<RecordPos>, LogError> {
+        // Everything is encoded, and every logged entry read and checked, before the cut, so
+        // a failure leaves the log as it was. Logged entries are read again after it rather
+        // than held: they are the ones memory is kept free of.
         let records = [
             (KIND_CONF_STATE, encode(KIND_CONF_STATE, cs)?),
             (KIND_SNAPSHOT, encode(KIND_SNAPSHOT, snapshot)?),
         ];
-        let encoded: Vec<Vec<u8>> = entries
-            .iter()
-            .map(|e| encode(KIND_ENTRY, e))
-            .collect::<Result<_, _>>()?;
+        // Held entries encoded; logged ones as where to read them (checked readable now).
+        let mut plan: Vec<Result<Vec<u8>, RecordPos>> = Vec::new();
+        for e in entries {
+            plan.push(match e {
+                Retained::Held(e) => Ok(encode(KIND_ENTRY, e)?),
+                Retained::Logged(pos) => {
+                    Wal::read_at(self.wal.dir(), pos, KIND_ENTRY)?;
+                    Err(pos)
+                }
+            });
+        }
         let hard = encode(KIND_HARD_STATE, hs)?;
+        let old_dir = self.wal.dir().to_path_buf();
         let seq = self.wal.cut()?;
         self.wal.append(KIND_MEMBER, &member_bytes(member))?;
         for (kind, data) in &records {
             self.wal.append(*kind, data)?;
         }
-        for e in &encoded {
-            self.wal.append(KIND_ENTRY, e)?;
+        let mut at = Vec::with_capacity(plan.len());
+        for e in plan {
+            at.push(self.wal.next_pos());
+            match e {
+                Ok(data) => self.wal.append(KIND_ENTRY, &data)?,
+                Err(pos) => self
+                    .wal
+                    .append(KIND_ENTRY, &Wal::read_at(&old_dir, pos, KIND_ENTRY)?)?,
+            }
         }
         self.wal.append(KIND_HARD_STATE, &hard)?;
         self.wal.sync()?;
         self.wal.retire_before(seq, max_files)?;
-        Ok(())
+        Ok(at)
     }
 
     /// Records a configuration raft has applied; durable only after [`RaftLog::sync`].

@@ -3,11 +3,31 @@
 //! Unlike raft-rs's `MemStorage`, the snapshot it reports is a point the state machine has
 //! already applied (not the commit index), so the data shipped with a snapshot — exported
 //! from the live store — always covers the index its metadata names. The driver moves it
-//! forward every few thousand applied entries to keep memory bounded; the WAL keeps older
-//! entries until the state machine holds them durably.
+//! forward every few hundred applied entries to keep memory bounded; the WAL keeps older
+//! entries until the state machine holds them durably. Applied entries past the newest
+//! [`HELD_APPLIED_BYTES`] keep only index and term here and are read back from the WAL for a
+//! follower that needs them, so the catch-up window costs little memory whatever the size
+//! of its entries.
 
+use std::path::PathBuf;
+
+use ballast_storage::RecordPos;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use crate::limits::HELD_APPLIED_BYTES;
+use crate::log::{RaftLog, Retained};
+
+/// One entry of the log: whole, or (`logged`) only index and term with its data in the WAL.
+#[derive(Clone)]
+struct Slot {
+    entry: Entry,
+    /// Where the WAL holds it; unknown until the driver has saved it.
+    pos: Option<RecordPos>,
+    /// Its encoded size, which raft's message size limit counts.
+    size: u64,
+    logged: bool,
+}
 
 #[derive(Default)]
 pub struct LogStore {
@@ -20,7 +40,11 @@ pub struct LogStore {
     /// the log instead of needing a whole snapshot.
     compacted: (u64, u64),
     /// Entries after `compacted`, contiguous.
-    entries: Vec<Entry>,
+    entries: Vec<Slot>,
+    /// The WAL's directory, to read logged entries from; without one all are held.
+    wal_dir: Option<PathBuf>,
+    /// Entries at or below this index are logged (never past the applied index).
+    logged_to: u64,
 }
 
 impl LogStore {
@@ -29,6 +53,11 @@ impl LogStore {
             conf_state,
             ..Default::default()
         }
+    }
+
+    /// Lets applied entries be dropped from memory and read back from the WAL in `dir`.
+    pub fn set_wal_dir(&mut self, dir: PathBuf) {
+        self.wal_dir = Some(dir);
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -56,8 +85,24 @@ impl LogStore {
     }
 
     /// Entries still held (after the compaction point), for rewriting the WAL.
-    pub fn retained_entries(&self) -> &[Entry] {
-        &self.entries
+    pub fn retained(&self) -> impl Iterator<Item = Retained<'_>> {
+        self.entries.iter().map(|s| match (s.logged, s.pos) {
+            (true, Some(pos)) => Retained::Logged(pos),
+            _ => Retained::Held(&s.entry),
+        })
+    }
+
+    /// The first entry still held, if any.
+    pub fn first_retained(&self) -> Option<u64> {
+        self.entries.first().map(|s| s.entry.index)
+    }
+
+    /// Where the WAL now holds each retained entry, in order (after a rewrite).
+    pub fn set_positions(&mut self, at: &[RecordPos]) {
+        debug_assert_eq!(at.len(), self.entries.len());
+        for (s, p) in self.entries.iter_mut().zip(at) {
+            s.pos = Some(*p);
+        }
     }
 
     fn first(&self) -> u64 {
@@ -69,26 +114,43 @@ impl LogStore {
     }
 
     /// Appends entries, replacing any existing ones from the first new index on.
+    #[cfg(test)]
     pub fn append(&mut self, ents: &[Entry]) -> Result<(), StorageError> {
+        self.append_at(ents, &[])
+    }
+
+    /// Appends entries the WAL holds at `at` (one position each, or none known).
+    pub fn append_at(&mut self, ents: &[Entry], at: &[RecordPos]) -> Result<(), StorageError> {
         let Some(first) = ents.first() else {
             return Ok(());
         };
         if first.index < self.first() {
             // Already covered by the snapshot: keep only what lies beyond it.
             let skip = (self.first() - first.index) as usize;
-            return self.append(ents.get(skip..).unwrap_or(&[]));
+            return self.append_at(
+                ents.get(skip..).unwrap_or(&[]),
+                at.get(skip..).unwrap_or(&[]),
+            );
         }
         if first.index > self.last() + 1 {
             return Err(StorageError::Unavailable);
         }
         let keep = (first.index - self.first()) as usize;
         self.entries.truncate(keep);
-        self.entries.extend_from_slice(ents);
+        self.logged_to = self.logged_to.min(self.last());
+        self.entries
+            .extend(ents.iter().enumerate().map(|(i, e)| Slot {
+                entry: e.clone(),
+                pos: at.get(i).copied(),
+                size: u64::from(protobuf::Message::compute_size(e)),
+                logged: false,
+            }));
         Ok(())
     }
 
     /// Records that the state machine has applied everything up to `meta.index`, and drops
-    /// entries up to `keep` before it.
+    /// entries up to `keep` before it. Of the applied entries left, all but the newest
+    /// [`HELD_APPLIED_BYTES`] keep only index and term in memory.
     pub fn compact_to(&mut self, meta: SnapshotMetadata, keep: u64) {
         if meta.index <= self.snapshot.index {
             return;
@@ -105,6 +167,44 @@ impl LogStore {
             self.hard_state.commit = meta.index;
         }
         self.snapshot = meta;
+        self.log_applied();
+    }
+
+    /// Drops the data of applied entries older than the newest [`HELD_APPLIED_BYTES`], where
+    /// the WAL holds them.
+    fn log_applied(&mut self) {
+        if self.wal_dir.is_none() {
+            return;
+        }
+        let applied = self.snapshot.index.min(self.last());
+        let from = self.logged_to.max(self.compacted.0);
+        if applied <= from {
+            return;
+        }
+        // Walk back from the applied index until the held bytes are spent.
+        let (lo, hi) = (
+            (from - self.compacted.0) as usize,
+            (applied - self.compacted.0) as usize,
+        );
+        let mut held = 0u64;
+        let mut upto = lo;
+        for i in (lo..hi).rev() {
+            held += self.entries[i].size;
+            if held > HELD_APPLIED_BYTES {
+                upto = i + 1;
+                break;
+            }
+        }
+        for s in &mut self.entries[lo..upto] {
+            if s.pos.is_none() {
+                break;
+            }
+            s.entry.data = Default::default();
+            s.entry.context = Default::default();
+            s.logged = true;
+            self.logged_to = s.entry.index;
+        }
+        self.entries.shrink_to(self.entries.len() * 2);
     }
 
     /// Replaces the log with a received snapshot's position.
@@ -114,6 +214,7 @@ impl LogStore {
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.compacted = (meta.index, meta.term);
+        self.logged_to = meta.index;
         self.snapshot = meta;
     }
 
@@ -129,7 +230,31 @@ impl LogStore {
         }
         self.entries
             .get((idx - self.first()) as usize)
-            .map(|e| e.term)
+            .map(|s| s.entry.term)
+    }
+
+    /// A slot's whole entry: held, or read back from the WAL (and checked to be the same
+    /// index and term).
+    fn whole(&self, s: &Slot) -> Option<Entry> {
+        if !s.logged {
+            return Some(s.entry.clone());
+        }
+        let (dir, pos) = (self.wal_dir.as_ref()?, s.pos?);
+        match RaftLog::read_entry(dir, pos) {
+            Ok(e) if e.index == s.entry.index && e.term == s.entry.term => Some(e),
+            Ok(e) => {
+                tracing::error!(
+                    index = s.entry.index,
+                    found = e.index,
+                    "wal holds another entry where one was written"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(index = s.entry.index, error = %e, "cannot read an entry back from the wal");
+                None
+            }
+        }
     }
 }
 
@@ -159,13 +284,18 @@ impl Storage for LogStore {
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(hi - lo);
         let mut size = 0u64;
-        for e in &self.entries[lo..hi] {
-            size += protobuf::Message::compute_size(e) as u64;
+        for s in &self.entries[lo..hi] {
+            size += s.size;
             // Always at least one entry, as raft-rs requires.
             if !out.is_empty() && size > max {
                 break;
             }
-            out.push(e.clone());
+            // One that cannot be read back is as good as compacted: raft sends the follower a
+            // snapshot instead.
+            out.push(
+                self.whole(s)
+                    .ok_or(raft::Error::Store(StorageError::Compacted))?,
+            );
         }
         Ok(out)
     }
@@ -203,6 +333,79 @@ mod tests {
             term,
             ..Default::default()
         }
+    }
+
+    fn big(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 100 << 10].into(),
+            ..Default::default()
+        }
+    }
+
+    fn applied(index: u64, term: u64) -> SnapshotMetadata {
+        SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    fn logged(s: &LogStore) -> usize {
+        s.entries.iter().filter(|s| s.logged).count()
+    }
+
+    #[test]
+    fn applied_entries_past_the_held_bytes_are_read_back_from_the_wal() {
+        use crate::log::{MemberRecord, RaftLog};
+        let d = tempfile::tempdir().unwrap();
+        let member = MemberRecord {
+            member_id: 1,
+            cluster_id: 2,
+        };
+        let mut log = RaftLog::create(d.path(), member, &ConfState::default()).unwrap();
+        let ents: Vec<Entry> = (1..=40).map(|i| big(i, 1)).collect();
+        let at = log.save(&ents, None).unwrap();
+        log.sync().unwrap();
+        let mut s = LogStore::new(ConfState::default());
+        s.set_wal_dir(d.path().to_path_buf());
+        s.append_at(&ents, &at).unwrap();
+        // Applied to 30 with the whole log kept: of 30 applied 100 KiB entries, the newest
+        // 1 MiB (10) stay whole, the rest is read back; unapplied ones are never dropped.
+        s.compact_to(applied(30, 1), 1000);
+        assert_eq!(logged(&s), 20);
+        assert!(s.entries[..20].iter().all(|s| s.entry.data.is_empty()));
+        let ctx = || GetEntriesContext::empty(false);
+        assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), ents);
+        // The message size limit still counts the logged entries' whole size.
+        assert_eq!(s.entries(1, 41, 250 << 10, ctx()).unwrap().len(), 2);
+        // A compaction rewrites them into a new segment and retires the old: still readable.
+        let at = log
+            .rewrite(
+                0,
+                member,
+                &ConfState::default(),
+                &HardState::default(),
+                &applied(30, 1),
+                s.retained(),
+            )
+            .unwrap();
+        s.set_positions(&at);
+        assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), ents);
+        let (_, rec) = RaftLog::open(d.path()).unwrap();
+        assert_eq!(rec.entries, ents);
+        // An entry that cannot be read back is as if compacted: raft sends a snapshot.
+        s.entries[0].pos = Some(s.entries[5].pos.unwrap());
+        assert!(matches!(
+            s.entries(1, 3, None, ctx()),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        // Without a WAL directory nothing is dropped.
+        let mut held = LogStore::new(ConfState::default());
+        held.append_at(&ents, &at).unwrap();
+        held.compact_to(applied(40, 1), 1000);
+        assert_eq!(logged(&held), 0);
     }
 
     #[test]

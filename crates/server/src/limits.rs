@@ -69,3 +69,12 @@ pub const LARGE_RANGE_CHUNK: usize = 64 << 10;
 
 /// Keys in a range stream's first chunk, as etcd 3.7 starts (`initialStreamChunkLimit`).
 pub const RANGE_STREAM_FIRST_CHUNK: i64 = 10;
+
+/// The in-memory raft log is trimmed back to the catch-up window
+/// (`--experimental-snapshot-catchup-entries`) every window/this applied entries, so it holds
+/// at most 1.1 windows of applied entries rather than two.
+pub const TRIMS_PER_CATCH_UP_WINDOW: u64 = 10;
+/// It is also trimmed once this many bytes of entries have been applied since the last trim,
+/// so the raft log can drop large applied entries from memory (it keeps the newest
+/// `ballast_raft::limits::HELD_APPLIED_BYTES` whole) before hundreds of them pile up.
+pub const TRIM_AFTER_BYTES: u64 = 1 << 20;

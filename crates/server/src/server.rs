@@ -128,7 +128,9 @@ impl EtcdServer {
             snapshot_count: cfg.snapshot_count,
             last_compact,
             last_trim: last_compact,
-            trim_every: cfg.snapshot_catchup_entries.max(1),
+            trim_bytes: 0,
+            trim_every: (cfg.snapshot_catchup_entries / crate::limits::TRIMS_PER_CATCH_UP_WINDOW)
+                .max(1),
             warn_apply: cfg.warning_apply_duration,
             compact: Box::new(node.compactor()),
             waiters: waiters.clone(),

@@ -41,6 +41,8 @@ pub struct Applier {
     /// log would otherwise hold up to `snapshot_count` entries in memory.
     pub(crate) last_trim: u64,
     pub(crate) trim_every: u64,
+    /// Entry bytes applied since the last trim.
+    pub(crate) trim_bytes: u64,
     /// A batch slower than this is logged and counted (`--experimental-warning-apply-duration`).
     pub(crate) warn_apply: std::time::Duration,
     pub(crate) compact: Box<dyn Fn(u64, bool) + Send>,
@@ -153,6 +155,7 @@ impl Applier {
         };
         let mvcc = self.store.current();
         let mut ids = Vec::with_capacity(batch.len());
+        self.trim_bytes += batch.iter().map(|c| c.data.len() as u64).sum::<u64>();
         let entries: Vec<(u64, Option<RaftRequest>)> = batch
             .into_iter()
             .map(|c| {
@@ -222,9 +225,13 @@ impl Applier {
             self.sync_store(&mvcc)?;
             self.last_compact = last;
             self.last_trim = last;
+            self.trim_bytes = 0;
             (self.compact)(last, true);
-        } else if last.saturating_sub(self.last_trim) >= self.trim_every {
+        } else if last.saturating_sub(self.last_trim) >= self.trim_every
+            || self.trim_bytes >= crate::limits::TRIM_AFTER_BYTES
+        {
             self.last_trim = last;
+            self.trim_bytes = 0;
             (self.compact)(last, false);
         }
         // The periodic sync only bounds how much WAL a restart replays, so it runs after the
