@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ballast_storage::{Record, RecordPos, Wal, WalError};
+use ballast_storage::{Reader, Record, RecordPos, Wal, WalError};
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 const KIND_ENTRY: u8 = 1;
@@ -182,9 +182,9 @@ impl RaftLog {
         Ok(at)
     }
 
-    /// The entry record at `pos` in the log in `dir`, as written there by [`RaftLog::save`].
-    pub fn read_entry(dir: &Path, pos: RecordPos) -> Result<Entry, LogError> {
-        let data = Wal::read_at(dir, pos, KIND_ENTRY)?;
+    /// The entry record at `pos`, as written there by [`RaftLog::save`].
+    pub fn read_entry(reader: &mut Reader, pos: RecordPos) -> Result<Entry, LogError> {
+        let data = reader.read(pos, KIND_ENTRY)?;
         decode(&Record {
             kind: KIND_ENTRY,
             data,
@@ -222,17 +222,17 @@ impl RaftLog {
         ];
         // Held entries encoded; logged ones as where to read them (checked readable now).
         let mut plan: Vec<Result<Vec<u8>, RecordPos>> = Vec::new();
+        let mut old = Reader::new(self.wal.dir());
         for e in entries {
             plan.push(match e {
                 Retained::Held(e) => Ok(encode(KIND_ENTRY, e)?),
                 Retained::Logged(pos) => {
-                    Wal::read_at(self.wal.dir(), pos, KIND_ENTRY)?;
+                    old.read(pos, KIND_ENTRY)?;
                     Err(pos)
                 }
             });
         }
         let hard = encode(KIND_HARD_STATE, hs)?;
-        let old_dir = self.wal.dir().to_path_buf();
         let seq = self.wal.cut()?;
         self.wal.append(KIND_MEMBER, &member_bytes(member))?;
         for (kind, data) in &records {
@@ -243,9 +243,7 @@ impl RaftLog {
             at.push(self.wal.next_pos());
             match e {
                 Ok(data) => self.wal.append(KIND_ENTRY, &data)?,
-                Err(pos) => self
-                    .wal
-                    .append(KIND_ENTRY, &Wal::read_at(&old_dir, pos, KIND_ENTRY)?)?,
+                Err(pos) => self.wal.append(KIND_ENTRY, &old.read(pos, KIND_ENTRY)?)?,
             }
         }
         self.wal.append(KIND_HARD_STATE, &hard)?;

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use ballast_storage::RecordPos;
+use ballast_storage::{Reader, RecordPos};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -235,12 +235,12 @@ impl LogStore {
 
     /// A slot's whole entry: held, or read back from the WAL (and checked to be the same
     /// index and term).
-    fn whole(&self, s: &Slot) -> Option<Entry> {
+    fn whole(&self, s: &Slot, reader: &mut Option<Reader>) -> Option<Entry> {
         if !s.logged {
             return Some(s.entry.clone());
         }
         let (dir, pos) = (self.wal_dir.as_ref()?, s.pos?);
-        match RaftLog::read_entry(dir, pos) {
+        match RaftLog::read_entry(reader.get_or_insert_with(|| Reader::new(dir)), pos) {
             Ok(e) if e.index == s.entry.index && e.term == s.entry.term => Some(e),
             Ok(e) => {
                 tracing::error!(
@@ -284,6 +284,7 @@ impl Storage for LogStore {
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity(hi - lo);
         let mut size = 0u64;
+        let mut reader = None;
         for s in &self.entries[lo..hi] {
             size += s.size;
             // Always at least one entry, as raft-rs requires.
@@ -293,7 +294,7 @@ impl Storage for LogStore {
             // One that cannot be read back is as good as compacted: raft sends the follower a
             // snapshot instead.
             out.push(
-                self.whole(s)
+                self.whole(s, &mut reader)
                     .ok_or(raft::Error::Store(StorageError::Compacted))?,
             );
         }

@@ -20,4 +20,4 @@ pub mod stats;
 pub mod wal;
 
 pub use backend::{Backend, BackendError, Rev, SnapRecord, SnapshotReader};
-pub use wal::{Record, RecordPos, Wal, WalError};
+pub use wal::{Reader, Record, RecordPos, Wal, WalError};

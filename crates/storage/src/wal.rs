@@ -65,7 +65,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 pub struct Record {
     pub kind: u8,
     pub data: Vec<u8>,
-    /// Where it lies, to read it again with [`Wal::read_at`].
+    /// Where it lies, to read it again with a [`Reader`].
     pub pos: RecordPos,
 }
 
@@ -91,6 +91,62 @@ pub struct Wal {
     size: u64,
     /// Everything below is records or written zeros; reserved space past `size` reads as zeros.
     allocated: u64,
+}
+
+/// Reads records back where they were written and synced: the raft log keeps only recent
+/// entries in memory and reads older ones for followers that need them. Keeps the last
+/// segment it opened, as reads come in runs. A record's length is checked before
+/// allocating, its CRC and kind after; anything else at a position (a segment since retired,
+/// damage) is an error, never other data.
+pub struct Reader {
+    dir: PathBuf,
+    open: Option<(u64, File)>,
+}
+
+impl Reader {
+    pub fn new(dir: &Path) -> Reader {
+        Reader {
+            dir: dir.to_path_buf(),
+            open: None,
+        }
+    }
+
+    pub fn read(&mut self, pos: RecordPos, kind: u8) -> Result<Vec<u8>, WalError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join(segment_name(pos.seq));
+        let corrupt = |reason| WalError::Corrupt {
+            path: path.clone(),
+            offset: pos.offset,
+            reason,
+        };
+        let f = match &mut self.open {
+            Some((seq, f)) if *seq == pos.seq => f,
+            open => {
+                &open
+                    .insert((pos.seq, File::open(&path).map_err(io_err(&path))?))
+                    .1
+            }
+        };
+        let mut head = [0u8; HEADER_LEN];
+        f.read_exact_at(&mut head, pos.offset)
+            .map_err(io_err(&path))?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len == 0 || len > MAX_RECORD_BYTES + 1 {
+            return Err(corrupt("invalid record length"));
+        }
+        let mut body = vec![0u8; len];
+        f.read_exact_at(&mut body, pos.offset + HEADER_LEN as u64)
+            .map_err(io_err(&path))?;
+        if crc32c::crc32c(&body) != crc {
+            return Err(corrupt("crc mismatch"));
+        }
+        if body[0] != kind {
+            return Err(corrupt("not the record kind expected there"));
+        }
+        body.remove(0);
+        Ok(body)
+    }
 }
 
 fn segment_name(seq: u64) -> String {
@@ -409,40 +465,6 @@ impl Wal {
         }
     }
 
-    /// Reads back the data of the record of `kind` at `pos` in the log in `dir`, written and
-    /// synced earlier: the raft log keeps only recent entries in memory and reads older ones
-    /// for followers that need them. Its length is checked before allocating, and its CRC
-    /// and kind after; anything else at `pos` (a segment since retired, damage) is an error.
-    pub fn read_at(dir: &Path, pos: RecordPos, kind: u8) -> Result<Vec<u8>, WalError> {
-        use std::os::unix::fs::FileExt;
-        let path = dir.join(segment_name(pos.seq));
-        let corrupt = |reason| WalError::Corrupt {
-            path: path.clone(),
-            offset: pos.offset,
-            reason,
-        };
-        let f = File::open(&path).map_err(io_err(&path))?;
-        let mut head = [0u8; HEADER_LEN];
-        f.read_exact_at(&mut head, pos.offset)
-            .map_err(io_err(&path))?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 || len > MAX_RECORD_BYTES + 1 {
-            return Err(corrupt("invalid record length"));
-        }
-        let mut body = vec![0u8; len];
-        f.read_exact_at(&mut body, pos.offset + HEADER_LEN as u64)
-            .map_err(io_err(&path))?;
-        if crc32c::crc32c(&body) != crc {
-            return Err(corrupt("crc mismatch"));
-        }
-        if body[0] != kind {
-            return Err(corrupt("not the record kind expected there"));
-        }
-        body.remove(0);
-        Ok(body)
-    }
-
     /// Buffers one record. Not durable until [`Wal::sync`] returns.
     pub fn append(&mut self, kind: u8, data: &[u8]) -> Result<(), WalError> {
         if kind == KIND_SEGMENT_HEADER {
@@ -628,31 +650,31 @@ mod tests {
         let b = w.next_pos();
         w.append(2, b"second").unwrap();
         w.sync().unwrap();
-        assert_eq!(Wal::read_at(d.path(), a, 1).unwrap(), b"first");
-        assert_eq!(Wal::read_at(d.path(), b, 2).unwrap(), b"second");
+        assert_eq!(Reader::new(d.path()).read(a, 1).unwrap(), b"first");
+        assert_eq!(Reader::new(d.path()).read(b, 2).unwrap(), b"second");
         // Positions match what opening the log reports.
         let (_, recs, _) = Wal::open(d.path()).unwrap();
         assert_eq!((recs[0].pos, recs[1].pos), (a, b));
         // Another kind, an offset inside a record, a flipped byte: errors, never other data.
-        assert!(Wal::read_at(d.path(), b, 1).is_err());
+        assert!(Reader::new(d.path()).read(b, 1).is_err());
         let inside = RecordPos {
             offset: b.offset + 3,
             ..b
         };
-        assert!(Wal::read_at(d.path(), inside, 2).is_err());
+        assert!(Reader::new(d.path()).read(inside, 2).is_err());
         let mut f = OpenOptions::new().write(true).open(seg0(d.path())).unwrap();
         f.seek(SeekFrom::Start(b.offset + 10)).unwrap();
         f.write_all(b"X").unwrap();
         drop(f);
         assert!(matches!(
-            Wal::read_at(d.path(), b, 2),
+            Reader::new(d.path()).read(b, 2),
             Err(WalError::Corrupt { .. })
         ));
         // A segment a compaction retired is gone for reads.
         let seq = w.cut().unwrap();
         w.retire_before(seq, 0).unwrap();
         assert!(matches!(
-            Wal::read_at(d.path(), a, 1),
+            Reader::new(d.path()).read(a, 1),
             Err(WalError::Io { .. })
         ));
     }
