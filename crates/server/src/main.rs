@@ -241,10 +241,15 @@ async fn run(cfg: Config) -> Result<(), String> {
         tracing::info!(path = %u.path.display(), tls = u.tls, "serving peer traffic on a unix socket");
         tokio::spawn(server.transport().serve(listener));
     }
+    let peer_tls = server.cfg.peer_https;
     for addr in listen_peer {
         let listener = bind_tcp(addr, reuse_port)?;
         let addr = listener.local_addr().unwrap_or(addr);
-        tracing::info!(address = %addr, "serving peer traffic insecurely");
+        if peer_tls {
+            tracing::info!(address = %addr, "serving peer traffic securely");
+        } else {
+            tracing::info!(address = %addr, "serving peer traffic insecurely");
+        }
         tokio::spawn(server.transport().serve(listener));
     }
     // Like etcd, bind the client ports now (connections queue in the backlog) but answer
