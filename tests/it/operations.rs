@@ -2082,3 +2082,71 @@ fn port_zero_binds_an_ephemeral_port() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A compaction answers once it is applied and its revisions are deleted afterwards, in
+/// bounded steps the applier takes between batches and while idle; reads below it fail from
+/// the answer on. `--physical` answers only once they are all gone, as etcd's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() {
+    use etcd_client::{Client, CompactionOptions, GetOptions, Txn, TxnOp};
+    const KEYS: usize = 100;
+    const WRITES: usize = 100;
+    let s = Server::start(Kind::Ballast, &[]);
+    let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+    let dropped = |s: &Server| {
+        let (_, _, body) = crate::gateway::request(s.port, "GET", "/metrics", "", "");
+        metric(
+            &parse_metrics(&body),
+            "etcd_debugging_mvcc_db_compaction_keys_total",
+            "",
+        )
+        .unwrap_or(0.0) as usize
+    };
+    let write_all = async |c: &mut Client| {
+        let mut rev = 0;
+        for w in 0..WRITES {
+            let ops: Vec<TxnOp> = (0..KEYS)
+                .map(|k| TxnOp::put(format!("k{k:03}"), format!("{w}"), None))
+                .collect();
+            rev = c
+                .txn(Txn::new().and_then(ops))
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+        }
+        rev
+    };
+    let rev = write_all(&mut c).await;
+    c.compact(rev, None).await.unwrap();
+    let old = c
+        .get("k000", Some(GetOptions::new().with_revision(2)))
+        .await;
+    assert!(
+        format!("{old:?}").contains("required revision has been compacted"),
+        "{old:?}"
+    );
+    // All but each key's last revision go, with nothing else arriving.
+    let want = KEYS * (WRITES - 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped(&s) < want {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} dropped",
+            dropped(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dropped(&s), want);
+    let rev = write_all(&mut c).await;
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    // Each key's survivor of the first compaction goes too.
+    assert_eq!(
+        dropped(&s),
+        want + KEYS * WRITES,
+        "physical answered before deleting"
+    );
+}

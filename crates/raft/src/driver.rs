@@ -720,6 +720,7 @@ impl Driver {
         }
         if rewrite && !gap {
             failpoint::crash("raft-before-snapshot");
+            let started = std::time::Instant::now();
             let store = self.node.store();
             let at = self.log.rewrite(
                 self.max_wal_files,
@@ -732,7 +733,7 @@ impl Driver {
             self.node.mut_store().set_positions(&at);
             self.wal_compacted = index;
             failpoint::crash("raft-after-snapshot");
-            tracing::info!(index, term, "compacted raft log");
+            tracing::info!(index, term, took = ?started.elapsed(), "compacted raft log");
         }
         // Older configurations can no longer be asked for.
         let keep_from = self

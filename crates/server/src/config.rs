@@ -54,16 +54,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
         "ETCD_COMPACT_HASH_CHECK_TIME",
         true,
     ),
-    (
-        "compaction-batch-limit",
-        "ETCD_COMPACTION_BATCH_LIMIT",
-        true,
-    ),
-    (
-        "compaction-sleep-interval",
-        "ETCD_COMPACTION_SLEEP_INTERVAL",
-        true,
-    ),
     ("cors", "ETCD_CORS", true),
     ("discovery", "ETCD_DISCOVERY", true),
     ("discovery-cacert", "ETCD_DISCOVERY_CACERT", true),
@@ -139,11 +129,6 @@ const IGNORED_FLAGS: &[(&str, &str, bool)] = &[
     (
         "experimental-backend-bbolt-freelist-type",
         "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE",
-        true,
-    ),
-    (
-        "experimental-compaction-batch-limit",
-        "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT",
         true,
     ),
     (
@@ -363,6 +348,22 @@ pub struct Flags {
         default_value_t = 5000
     )]
     pub snapshot_catchup_entries: u64,
+    /// Keys and revisions a compaction deletes per step (0: etcd's default, 1000).
+    #[arg(
+        long = "experimental-compaction-batch-limit",
+        alias = "compaction-batch-limit",
+        env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT",
+        default_value_t = 1000
+    )]
+    pub compaction_batch_limit: i64,
+    /// How long an idle member waits between compaction steps (0: etcd's default, 10ms).
+    #[arg(
+        long = "experimental-compaction-sleep-interval",
+        alias = "compaction-sleep-interval",
+        env = "ETCD_EXPERIMENTAL_COMPACTION_SLEEP_INTERVAL",
+        default_value = "10ms"
+    )]
+    pub compaction_sleep_interval: String,
     /// Received snapshots that may wait to be installed at once (0: no bound).
     #[arg(
         long = "max-snapshots",
@@ -881,6 +882,11 @@ struct FileConfig {
     max_concurrent_streams: Option<u32>,
     snapshot_count: Option<u64>,
     experimental_snapshot_catchup_entries: Option<u64>,
+    experimental_compaction_batch_limit: Option<i64>,
+    compaction_batch_limit: Option<i64>,
+    /// Go's `time.Duration` in a config file: nanoseconds.
+    experimental_compaction_sleep_interval: Option<u64>,
+    compaction_sleep_interval: Option<u64>,
     max_snapshots: Option<usize>,
     max_wals: Option<usize>,
     max_learners: Option<usize>,
@@ -1104,6 +1110,10 @@ pub struct Config {
     pub snapshot_count: u64,
     /// Log entries kept behind a snapshot so slightly lagging followers need no snapshot.
     pub snapshot_catchup_entries: u64,
+    /// Keys and revisions per compaction step (`--compaction-batch-limit`).
+    pub compaction_batch_limit: usize,
+    /// An idle member's wait between compaction steps (`--compaction-sleep-interval`).
+    pub compaction_sleep_interval: Duration,
     /// Received snapshots staged at once (`--max-snapshots`; 0: no bound).
     pub max_snapshots: usize,
     /// WAL segment files kept, superseded ones included (`--max-wals`; 0: all).
@@ -1703,6 +1713,15 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         snapshot_catchup_entries: c
             .experimental_snapshot_catchup_entries
             .unwrap_or(d.snapshot_catchup_entries),
+        compaction_batch_limit: c
+            .compaction_batch_limit
+            .or(c.experimental_compaction_batch_limit)
+            .unwrap_or(d.compaction_batch_limit),
+        compaction_sleep_interval: c
+            .compaction_sleep_interval
+            .or(c.experimental_compaction_sleep_interval)
+            .map(file_duration)
+            .unwrap_or(d.compaction_sleep_interval),
         max_snapshots: c.max_snapshots.unwrap_or(d.max_snapshots),
         max_wals: c.max_wals.unwrap_or(d.max_wals),
         max_learners: c.max_learners.unwrap_or(d.max_learners),
@@ -1943,6 +1962,17 @@ impl Config {
             },
             snapshot_count: f.snapshot_count,
             snapshot_catchup_entries: f.snapshot_catchup_entries,
+            // 0 (or less) is etcd's default, as etcd's store reads it.
+            compaction_batch_limit: usize::try_from(f.compaction_batch_limit)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(1000),
+            compaction_sleep_interval: Some(duration(
+                "--experimental-compaction-sleep-interval",
+                &f.compaction_sleep_interval,
+            )?)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_millis(10)),
             max_snapshots: f.max_snapshots,
             max_wals: f.max_wals,
             max_learners: f.max_learners,
@@ -2073,6 +2103,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--listen-client-urls"), "{e}");
+    }
+
+    /// etcd's compaction pacing, by 3.4's and 3.6+'s names, in flags and a file; 0 is
+    /// etcd's default, as etcd's store reads it.
+    #[test]
+    fn compaction_batch_limit_and_sleep_interval() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.compaction_batch_limit, 1000);
+        assert_eq!(c.compaction_sleep_interval, Duration::from_millis(10));
+        let c = parse(&[
+            "--experimental-compaction-batch-limit=50",
+            "--compaction-sleep-interval=1s",
+        ])
+        .unwrap();
+        assert_eq!(c.compaction_batch_limit, 50);
+        assert_eq!(c.compaction_sleep_interval, Duration::from_secs(1));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse(&[
+            "--compaction-batch-limit=0",
+            "--compaction-sleep-interval=0",
+        ])
+        .unwrap();
+        assert_eq!(c.compaction_batch_limit, 1000);
+        assert_eq!(c.compaction_sleep_interval, Duration::from_millis(10));
+        assert!(parse(&["--compaction-sleep-interval=soon"]).is_err());
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "compaction-batch-limit: 20\nexperimental-compaction-sleep-interval: 5000000\n",
+        )
+        .unwrap();
+        let c = parse(&["--config-file", p.to_str().unwrap()]).unwrap();
+        assert_eq!(c.compaction_batch_limit, 20);
+        assert_eq!(c.compaction_sleep_interval, Duration::from_millis(5));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

@@ -129,6 +129,8 @@ impl EtcdServer {
             last_compact,
             last_trim: last_compact,
             trim_bytes: 0,
+            compaction_step: cfg.compaction_batch_limit,
+            compaction_idle: cfg.compaction_sleep_interval,
             trim_every: (cfg.snapshot_catchup_entries / crate::limits::TRIMS_PER_CATCH_UP_WINDOW)
                 .max(1),
             warn_apply: cfg.warning_apply_duration,

@@ -124,6 +124,12 @@ impl KeyHistory {
     }
 }
 
+#[derive(Debug, Clone)]
+struct Compacting {
+    at: i64,
+    from: Option<Key>,
+}
+
 #[derive(Debug)]
 struct Index {
     keys: BTreeMap<Key, KeyHistory>,
@@ -145,8 +151,58 @@ struct Index {
     auth: AuthState,
     /// Revisions removed by compactions since this store was opened (for metrics only).
     compacted_revs: u64,
+    /// A compaction applied but not yet done: the revisions at or below `at` that it drops
+    /// are deleted in bounded steps ([`Mvcc::compact_step`]), from key `from` on. Reads
+    /// never see them (they ask for revisions at or above `compact_rev`).
+    compacting: Option<Compacting>,
     /// The enabled downgrade job's target (`major << 32 | minor`), 0 for none.
     downgrade: u64,
+}
+
+/// One step of the compaction in progress: deletes what it drops for keys from where the
+/// last step stopped, until `limit` keys and revisions have been handled. Returns whether
+/// more remains.
+fn drop_compacted(idx: &mut Index, w: &mut WriteTx<'_>, limit: usize) -> Result<bool, KvError> {
+    let Some(job) = idx.compacting.take() else {
+        return Ok(false);
+    };
+    let at = job.at;
+    let mut work = 0usize;
+    let mut emptied = Vec::new();
+    let mut next = None;
+    let range = match &job.from {
+        Some(k) => idx.keys.range_mut(k.clone()..),
+        None => idx.keys.range_mut(..),
+    };
+    for (key, h) in range {
+        if work >= limit {
+            next = Some(key.clone());
+            break;
+        }
+        work += 1;
+        let pos = h.revs.partition_point(|(r, _)| r.main <= at);
+        let keep_from = match pos.checked_sub(1).map(|i| h.revs[i]) {
+            Some((_, false)) => pos - 1,
+            _ => pos,
+        };
+        for (rev, _) in h.revs.drain(..keep_from) {
+            w.delete_rev(rev)?;
+            idx.compacted_revs += 1;
+            work += 1;
+        }
+        if h.revs.is_empty() {
+            emptied.push(key.clone());
+        }
+    }
+    for k in emptied {
+        idx.keys.remove(&k);
+    }
+    let more = next.is_some();
+    idx.compacting = next.map(|from| Compacting {
+        at,
+        from: Some(from),
+    });
+    Ok(more)
 }
 
 pub struct Mvcc {
@@ -831,6 +887,11 @@ impl WriteCtx<'_, '_, '_> {
         Ok(resp)
     }
 
+    /// etcd's compaction: from the moment it applies, reads below `c.revision` fail; the
+    /// revisions it drops are deleted later in bounded steps, as etcd's scheduled compaction
+    /// does (the applier runs them between batches), so applying it costs the same whatever
+    /// the history. `physical` deletes them all before answering, as etcd answers it only
+    /// once they are gone.
     fn compact(&mut self, c: &CompactionRequest) -> Result<CompactionResponse, KvError> {
         if c.revision <= self.idx.compact_rev {
             return Err(KvError::Compacted);
@@ -839,23 +900,10 @@ impl WriteCtx<'_, '_, '_> {
             return Err(KvError::FutureRev);
         }
         let at = c.revision;
-        let mut emptied = Vec::new();
-        for (key, h) in self.idx.keys.iter_mut() {
-            let pos = h.revs.partition_point(|(r, _)| r.main <= at);
-            let keep_from = match pos.checked_sub(1).map(|i| h.revs[i]) {
-                Some((_, false)) => pos - 1,
-                _ => pos,
-            };
-            for (rev, _) in h.revs.drain(..keep_from) {
-                self.w.delete_rev(rev)?;
-                self.idx.compacted_revs += 1;
-            }
-            if h.revs.is_empty() {
-                emptied.push(key.clone());
-            }
-        }
-        for k in emptied {
-            self.idx.keys.remove(&k);
+        // A later compaction covers an earlier one still in progress: start over at `at`.
+        self.idx.compacting = Some(Compacting { at, from: None });
+        if c.physical {
+            while drop_compacted(self.idx, self.w, usize::MAX)? {}
         }
         self.idx.compact_rev = at;
         self.w.set_meta(META_COMPACT, at as u64)?;
@@ -887,6 +935,7 @@ impl Mvcc {
             leases: BTreeMap::new(),
             key_lease: std::collections::HashMap::new(),
             compacted_revs: 0,
+            compacting: None,
             downgrade: 0,
             alarms: backend
                 .rows(schema::ALARMS)?
@@ -930,6 +979,12 @@ impl Mvcc {
             idx.downgrade = r.meta(META_DOWNGRADE)?.unwrap_or(0);
             if let Some(c) = r.meta(META_COMPACT)? {
                 idx.compact_rev = c as i64;
+                // Whatever a compaction left undone before a restart (or came in a
+                // snapshot) is finished in the background; a pass over done keys is cheap.
+                idx.compacting = Some(Compacting {
+                    at: c as i64,
+                    from: None,
+                });
             }
             let mut bad = None;
             r.for_each_rev(|rev, stored| {
@@ -1125,6 +1180,30 @@ impl Mvcc {
             .unwrap_or_default()
     }
 
+    /// Whether a compaction has revisions left to delete.
+    pub fn compacting(&self) -> bool {
+        self.read().compacting.is_some()
+    }
+
+    /// Deletes up to `limit` keys' and revisions' worth of what the compaction in progress
+    /// drops, in one (not yet durable) store transaction. Returns whether more remains.
+    pub fn compact_step(&self, limit: usize) -> Result<bool, KvError> {
+        let mut idx = self.write();
+        if idx.compacting.is_none() {
+            return Ok(false);
+        }
+        let idx = &mut *idx;
+        self.backend
+            .update(false, |w| drop_compacted(idx, w, limit.max(1)))
+    }
+
+    /// Finishes the compaction in progress, so a hash or an export sees the store as every
+    /// member ends up holding it, whatever its progress.
+    fn finish_compaction(&self) -> Result<(), KvError> {
+        while self.compact_step(usize::MAX)? {}
+        Ok(())
+    }
+
     /// Rewrites the backend compactly while reads and writes go on (see
     /// [`Backend::defragment`]); returns the file size before and after.
     pub fn defragment(&self) -> Result<(u64, u64), KvError> {
@@ -1139,6 +1218,7 @@ impl Mvcc {
     /// Streams the whole state (keys, history, members, applied index) from one consistent
     /// read; the payload of a raft snapshot.
     pub fn export(&self, out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), KvError> {
+        self.finish_compaction()?;
         Ok(self.backend.export(out)?)
     }
 
@@ -1148,6 +1228,7 @@ impl Mvcc {
         size: &mut dyn FnMut(u64) -> std::io::Result<()>,
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), KvError> {
+        self.finish_compaction()?;
         Ok(self.backend.export_sized(size, out)?)
     }
 
@@ -1255,6 +1336,7 @@ impl Mvcc {
     /// identical on members that applied the same log. Returns (hash, compact revision, the
     /// revision hashed).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), KvError> {
+        self.finish_compaction()?;
         // The index is read under its lock together with a read snapshot of the rows, so the
         // two agree; the lock is released before the rows are hashed.
         let (snap, keep, any_live, compact, at) = {
@@ -1794,6 +1876,73 @@ mod hash_tests {
         s.apply_batch(&[(4, Some(compact))], false).unwrap();
         let page = s.range_page::<KvError>(b"a", b"c", p.at, false, 10, 10, &mut |_| Ok(()));
         assert!(matches!(page, Err(KvError::Compacted)), "{page:?}");
+    }
+
+    fn compaction(index: u64, revision: i64, physical: bool) -> (u64, Option<RaftRequest>) {
+        let r = RaftRequest {
+            request: Some(raft_request::Request::Compaction(CompactionRequest {
+                revision,
+                physical,
+            })),
+            ..Default::default()
+        };
+        (index, Some(r))
+    }
+
+    /// A compaction applies at once whatever the history, and its revisions are deleted in
+    /// bounded steps afterwards (after a restart too); reads below it fail from the start,
+    /// and the store ends as a physical compaction leaves it, with the same hash.
+    #[test]
+    fn compaction_is_applied_at_once_and_deleted_in_bounded_steps() {
+        // 40 keys written 50 times each: 2,000 revisions, 1,960 of them dropped at 2,001.
+        let mut history = Vec::new();
+        for i in 0..2000u64 {
+            history.push(put(i + 1, &format!("k{:02}", i % 40), &i.to_string()));
+        }
+        let (_dp, physical) = store(&history);
+        physical
+            .apply_batch(&[compaction(2001, 2001, true)], false)
+            .unwrap();
+        assert!(!physical.compacting());
+        assert_eq!(physical.compacted_revisions(), 1960);
+
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            let s = Mvcc::open(&path).unwrap();
+            s.apply_batch(&history, false).unwrap();
+            s.apply_batch(&[compaction(2001, 2001, false)], true)
+                .unwrap();
+            // Applied, not yet deleted; reads below it already fail.
+            assert!(s.compacting());
+            assert_eq!(s.compacted_revisions(), 0);
+            let old = RangeRequest {
+                key: b"k00".to_vec(),
+                revision: 100,
+                ..Default::default()
+            };
+            assert!(matches!(s.range(&old), Err(KvError::Compacted)));
+            // One bounded step, then the member stops.
+            assert!(s.compact_step(500).unwrap());
+            assert!(s.compacted_revisions() > 0 && s.compacted_revisions() < 500);
+            s.sync().unwrap();
+        }
+        let s = Mvcc::open(&path).unwrap();
+        assert!(s.compacting());
+        let mut steps = 0;
+        while s.compact_step(500).unwrap() {
+            steps += 1;
+        }
+        assert!(steps >= 2, "{steps} steps");
+        assert!(!s.compacting());
+        assert_eq!(s.hash_kv(0).unwrap(), physical.hash_kv(0).unwrap());
+        assert_eq!(s.key_count(), 40);
+        // A hash mid-compaction finishes it first, so members agree whatever their progress.
+        let (_dh, h) = store(&history);
+        h.apply_batch(&[compaction(2001, 2001, false)], false)
+            .unwrap();
+        assert_eq!(h.hash_kv(0).unwrap(), physical.hash_kv(0).unwrap());
+        assert!(!h.compacting());
     }
 
     #[test]

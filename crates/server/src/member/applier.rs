@@ -43,6 +43,12 @@ pub struct Applier {
     pub(crate) trim_every: u64,
     /// Entry bytes applied since the last trim.
     pub(crate) trim_bytes: u64,
+    /// Keys and revisions per compaction step (`--compaction-batch-limit`); a step runs
+    /// after each applied batch, so this bounds what a compaction adds to one.
+    pub(crate) compaction_step: usize,
+    /// How long an idle applier waits for entries before its next whole compaction step
+    /// (`--compaction-sleep-interval`, the pause etcd takes between its batches).
+    pub(crate) compaction_idle: std::time::Duration,
     /// A batch slower than this is logged and counted (`--experimental-warning-apply-duration`).
     pub(crate) warn_apply: std::time::Duration,
     pub(crate) compact: Box<dyn Fn(u64, bool) + Send>,
@@ -64,12 +70,37 @@ pub struct Applier {
     pub(crate) failed: watch::Sender<Option<String>>,
 }
 
+/// A compaction step taken between applied batches handles this fraction of
+/// `--compaction-batch-limit`; idle steps handle all of it.
+const BUSY_STEP_FRACTION: usize = 10;
+
 impl Applier {
     /// Applies until the driver stops, or a storage failure stops it first (reported on
     /// `failed`; nothing after it is applied or answered).
     pub fn run(mut self, committed: std::sync::mpsc::Receiver<Apply>) {
         let mut next = None;
-        while let Some(work) = next.take().or_else(|| committed.recv().ok()) {
+        loop {
+            let work = match next.take() {
+                Some(w) => w,
+                // A compaction in progress takes a step whenever nothing arrives for a while.
+                None if self.store.current().compacting() => {
+                    match committed.recv_timeout(self.compaction_idle) {
+                        Ok(w) => w,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = self.compact_step(self.compaction_step) {
+                                self.stop(e);
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match committed.recv() {
+                    Ok(w) => w,
+                    Err(_) => break,
+                },
+            };
             let res = match work {
                 Apply::Entries(mut batch) => {
                     // Batches that queued up meanwhile share one store transaction: each
@@ -94,15 +125,29 @@ impl Applier {
                 }
             };
             if let Err(e) = res {
-                // The disk failed: stop acknowledging anything, and stop the member.
-                tracing::error!(error = %e, "apply failed; stopping");
-                self.failed.send_replace(Some(format!("apply failed: {e}")));
+                self.stop(e);
                 return;
             }
         }
         if let Err(e) = self.store.current().sync() {
             tracing::error!(error = %e, "final backend sync failed");
         }
+    }
+
+    /// The disk failed: stop acknowledging anything, and stop the member.
+    fn stop(&self, e: KvError) {
+        tracing::error!(error = %e, "apply failed; stopping");
+        self.failed.send_replace(Some(format!("apply failed: {e}")));
+    }
+
+    /// One bounded step of the compaction in progress (see `Mvcc::compact_step`).
+    fn compact_step(&mut self, limit: usize) -> Result<(), KvError> {
+        let mvcc = self.store.current();
+        let before = mvcc.compacted_revisions();
+        mvcc.compact_step(limit)?;
+        let dropped = mvcc.compacted_revisions().saturating_sub(before);
+        crate::stats::add(crate::stats::Counter::CompactionKeys, dropped);
+        Ok(())
     }
 
     /// Replaces the state machine with a received snapshot: build a new store beside the
@@ -233,6 +278,12 @@ impl Applier {
             self.last_trim = last;
             self.trim_bytes = 0;
             (self.compact)(last, false);
+        }
+        // Under load a compaction in progress advances a tenth of a step per batch, after the
+        // batch's answers are out: a step delays the entries behind it, so busy steps are
+        // small (a whole one added 1.5 ms to a 0.4 ms put p99).
+        if mvcc.compacting() {
+            self.compact_step((self.compaction_step / BUSY_STEP_FRACTION).max(1))?;
         }
         // The periodic sync only bounds how much WAL a restart replays, so it runs after the
         // batch's events and answers are out (inside the batch it held them for a whole fsync
