@@ -464,6 +464,8 @@ pub fn write(
     size: &mut dyn FnMut(u64) -> std::io::Result<()>,
     out: &mut dyn std::io::Write,
 ) -> Result<u64, KvError> {
+    // etcd's file holds no revision its compaction dropped.
+    mvcc.finish_compaction()?;
     let snap = mvcc.read_snapshot()?;
     let meta_u64 = |n: &str| snap.meta(n).map(|v| v.unwrap_or(0));
     let current = meta_u64(META_REV)? as i64;

@@ -210,6 +210,10 @@ pub struct Mvcc {
     index: RwLock<Index>,
     /// Mirrors `index.auth.enabled()` so the common case (auth off) costs no lock.
     auth_enabled: std::sync::atomic::AtomicBool,
+    /// Set when a compaction step run outside the applier (for a hash or an export) failed:
+    /// the store's uncommitted writes went with it, so nothing applies any more and the
+    /// applier stops the member on its next batch, as on any storage failure.
+    failed: std::sync::OnceLock<String>,
 }
 
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue, KvError> {
@@ -1025,6 +1029,7 @@ impl Mvcc {
             backend,
             index: RwLock::new(idx),
             auth_enabled: enabled.into(),
+            failed: std::sync::OnceLock::new(),
         })
     }
 
@@ -1044,6 +1049,7 @@ impl Mvcc {
         entries: &[(u64, Option<RaftRequest>)],
         durable: bool,
     ) -> Result<AppliedBatch, KvError> {
+        self.check_failed()?;
         let mut idx = self.write();
         let idx = &mut *idx;
         idx.events.clear();
@@ -1188,18 +1194,31 @@ impl Mvcc {
     /// Deletes up to `limit` keys' and revisions' worth of what the compaction in progress
     /// drops, in one (not yet durable) store transaction. Returns whether more remains.
     pub fn compact_step(&self, limit: usize) -> Result<bool, KvError> {
+        self.check_failed()?;
         let mut idx = self.write();
         if idx.compacting.is_none() {
             return Ok(false);
         }
         let idx = &mut *idx;
-        self.backend
-            .update(false, |w| drop_compacted(idx, w, limit.max(1)))
+        let out = self
+            .backend
+            .update(false, |w| drop_compacted(idx, w, limit.max(1)));
+        if let Err(e) = &out {
+            let _ = self.failed.set(e.to_string());
+        }
+        out
+    }
+
+    fn check_failed(&self) -> Result<(), KvError> {
+        match self.failed.get() {
+            Some(e) => Err(KvError::Corrupt(format!("store failed: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// Finishes the compaction in progress, so a hash or an export sees the store as every
     /// member ends up holding it, whatever its progress.
-    fn finish_compaction(&self) -> Result<(), KvError> {
+    pub(crate) fn finish_compaction(&self) -> Result<(), KvError> {
         while self.compact_step(usize::MAX)? {}
         Ok(())
     }
