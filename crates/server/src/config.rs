@@ -211,6 +211,34 @@ fn with_ignored_flags(mut cmd: clap::Command) -> clap::Command {
     cmd
 }
 
+/// etcd 3.6 renamed `--experimental-*` flags to plain names, each read from its own `ETCD_*`
+/// variable as well (`ETCD_WARNING_APPLY_DURATION`). clap reads one variable per flag (the
+/// experimental name's), so a plain name's variable becomes its flag when neither the flag
+/// nor the experimental variable was given.
+fn renamed_env_args(cmd: &clap::Command, m: &clap::ArgMatches) -> Vec<String> {
+    let mut out = Vec::new();
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        let unset = matches!(
+            m.value_source(arg.get_id().as_str()),
+            None | Some(clap::parser::ValueSource::DefaultValue)
+        );
+        if !long.starts_with("experimental-") || !unset {
+            continue;
+        }
+        for alias in arg.get_all_aliases().unwrap_or_default() {
+            let var = format!("ETCD_{}", alias.to_uppercase().replace('-', "_"));
+            if let Ok(v) = std::env::var(&var) {
+                out.push(format!("--{alias}={v}"));
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Warnings for the ignored flags that were given; an error for a forced new cluster.
 fn ignored_given(m: &clap::ArgMatches) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
@@ -1888,10 +1916,17 @@ impl Config {
             }
             ConfigError::Flags(e.to_string().trim_end().to_string())
         };
-        let matches = with_ignored_flags(Flags::command())
-            .override_help(HELP)
-            .try_get_matches_from(normalize_args(args))
+        let cmd = with_ignored_flags(Flags::command()).override_help(HELP);
+        let mut args = normalize_args(args);
+        let mut matches = cmd
+            .clone()
+            .try_get_matches_from(&args)
             .map_err(flag_error)?;
+        let renamed = renamed_env_args(&cmd, &matches);
+        if !renamed.is_empty() {
+            args.extend(renamed);
+            matches = cmd.try_get_matches_from(&args).map_err(flag_error)?;
+        }
         let mut f = Flags::from_arg_matches(&matches).map_err(flag_error)?;
         let ignored = ignored_given(&matches)?;
         if let Some(path) = f.config_file.clone() {
@@ -2139,6 +2174,17 @@ mod tests {
         assert_eq!(c.compaction_batch_limit, 20);
         assert_eq!(c.compaction_sleep_interval, Duration::from_millis(5));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // etcd 3.6+'s variables for the plain names (no other test reads these two); a flag
+        // still wins over a variable.
+        std::env::set_var("ETCD_COMPACTION_BATCH_LIMIT", "30");
+        std::env::set_var("ETCD_COMPACTION_SLEEP_INTERVAL", "2ms");
+        let c = parse(&[]).unwrap();
+        let flagged = parse(&["--experimental-compaction-batch-limit=40"]).unwrap();
+        std::env::remove_var("ETCD_COMPACTION_BATCH_LIMIT");
+        std::env::remove_var("ETCD_COMPACTION_SLEEP_INTERVAL");
+        assert_eq!(c.compaction_batch_limit, 30);
+        assert_eq!(c.compaction_sleep_interval, Duration::from_millis(2));
+        assert_eq!(flagged.compaction_batch_limit, 40);
     }
 
     #[test]
