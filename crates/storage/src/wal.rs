@@ -127,25 +127,19 @@ impl Reader {
                     .1
             }
         };
-        let mut head = [0u8; HEADER_LEN];
-        f.read_exact_at(&mut head, pos.offset)
+        let mut buf = vec![0u8; HEADER_LEN];
+        f.read_exact_at(&mut buf, pos.offset)
             .map_err(io_err(&path))?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 || len > MAX_RECORD_BYTES + 1 {
-            return Err(corrupt("invalid record length"));
-        }
-        let mut body = vec![0u8; len];
-        f.read_exact_at(&mut body, pos.offset + HEADER_LEN as u64)
+        let len = record_len(&buf).ok_or_else(|| corrupt("invalid record length"))?;
+        buf.resize(HEADER_LEN + len, 0);
+        f.read_exact_at(&mut buf[HEADER_LEN..], pos.offset + HEADER_LEN as u64)
             .map_err(io_err(&path))?;
-        if crc32c::crc32c(&body) != crc {
-            return Err(corrupt("crc mismatch"));
+        match decode_at(&buf, 0) {
+            Decoded::Record(rec, _) if rec.kind == kind => Ok(rec.data),
+            Decoded::Record(..) => Err(corrupt("not the record kind expected there")),
+            Decoded::Bad(reason, _) => Err(corrupt(reason)),
+            Decoded::End => Err(corrupt("invalid record length")),
         }
-        if body[0] != kind {
-            return Err(corrupt("not the record kind expected there"));
-        }
-        body.remove(0);
-        Ok(body)
     }
 }
 
@@ -226,6 +220,13 @@ enum Decoded {
     Bad(&'static str, bool),
 }
 
+/// The length a record header (at least [`HEADER_LEN`] bytes) announces, if one can be valid:
+/// checked before anything is allocated for it.
+fn record_len(head: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    (len != 0 && len <= MAX_RECORD_BYTES + 1).then_some(len)
+}
+
 fn decode_at(buf: &[u8], off: usize) -> Decoded {
     let rest = &buf[off..];
     if rest.iter().all(|b| *b == 0) {
@@ -234,11 +235,10 @@ fn decode_at(buf: &[u8], off: usize) -> Decoded {
     if rest.len() < HEADER_LEN {
         return Decoded::Bad("short record header", true);
     }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-    if len == 0 || len > MAX_RECORD_BYTES + 1 {
+    let Some(len) = record_len(rest) else {
         return Decoded::Bad("invalid record length", false);
-    }
+    };
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
     if rest.len() < HEADER_LEN + len {
         // A record cut short by the end of the file can only be a torn append.
         return Decoded::Bad("record extends past end of file", true);
