@@ -39,6 +39,18 @@ async fn agreed_leader(endpoints: &[String]) -> Option<u64> {
 }
 
 /// Polls `f` every 50 ms until it yields a value or `limit` passes.
+/// The leader the members agree on (within 10 s): its ID and which of `endpoints` it is.
+async fn leader_index(endpoints: &[String]) -> (u64, usize) {
+    let leader = eventually(Duration::from_secs(10), || agreed_leader(endpoints)).await;
+    let mut idx = 0;
+    for (i, ep) in endpoints.iter().enumerate() {
+        if status(ep).await.unwrap().0 == leader {
+            idx = i;
+        }
+    }
+    (leader, idx)
+}
+
 async fn eventually<T, F: Future<Output = Option<T>>>(limit: Duration, f: impl Fn() -> F) -> T {
     let start = Instant::now();
     loop {
@@ -108,13 +120,7 @@ fn killed_leader_is_replaced_within_3s_and_catches_up_on_restart() {
     let mut c = Cluster::start(Kind::Ballast, 3, &[]);
     let eps = c.endpoints();
     let idx = rt.block_on(async {
-        let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;
-        let mut idx = 0;
-        for (i, ep) in eps.iter().enumerate() {
-            if status(ep).await.unwrap().0 == leader {
-                idx = i;
-            }
-        }
+        let (leader, idx) = leader_index(&eps).await;
         for i in 0..20 {
             put(&eps[(idx + 1) % 3], &format!("before/{i}"), "v")
                 .await
@@ -230,16 +236,8 @@ fn lagging_follower_catches_up_by_snapshot() {
         ],
     );
     let eps = c.endpoints();
-    let (leader_idx, lagging) = rt.block_on(async {
-        let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;
-        let mut idx = 0;
-        for (i, ep) in eps.iter().enumerate() {
-            if status(ep).await.unwrap().0 == leader {
-                idx = i;
-            }
-        }
-        (idx, (idx + 1) % 3)
-    });
+    let (_, leader_idx) = rt.block_on(leader_index(&eps));
+    let lagging = (leader_idx + 1) % 3;
     c.members[lagging].kill9();
     rt.block_on(async {
         let mut cl = client(&eps[leader_idx]).await.unwrap();
@@ -284,16 +282,8 @@ fn lagging_follower_catches_up_from_entries_the_leader_reads_back_from_its_wal()
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut c = Cluster::start(Kind::Ballast, 3, &[]);
     let eps = c.endpoints();
-    let (leader_idx, lagging) = rt.block_on(async {
-        let leader = eventually(Duration::from_secs(10), || agreed_leader(&eps)).await;
-        let mut idx = 0;
-        for (i, ep) in eps.iter().enumerate() {
-            if status(ep).await.unwrap().0 == leader {
-                idx = i;
-            }
-        }
-        (idx, (idx + 1) % 3)
-    });
+    let (_, leader_idx) = rt.block_on(leader_index(&eps));
+    let lagging = (leader_idx + 1) % 3;
     c.members[lagging].kill9();
     let leader_pid = c.members[leader_idx].child.as_ref().unwrap().id();
     let before = crate::kv::rss_bytes(leader_pid);
