@@ -1718,7 +1718,7 @@ const METRICS_NOT_IN_BALLAST: &[(&str, &str)] = &[
     ("etcd_snap_fsync_duration_seconds", "etcd's raft snapshot .snap files; Ballast's store is its raft snapshot and writes no .snap file"),
     ("etcd_debugging_snap_save_marshalling_duration_seconds", "etcd's raft snapshot .snap files, which Ballast does not write"),
     ("etcd_debugging_snap_save_total_duration_seconds", "etcd's raft snapshot .snap files, which Ballast does not write"),
-    ("etcd_debugging_mvcc_index_compaction_pause_duration_milliseconds", "Ballast compacts its key index and its store in one applied transaction, reported as the db compaction pause"),
+    ("etcd_debugging_mvcc_index_compaction_pause_duration_milliseconds", "Ballast compacts its key index in the applied batch that holds the compaction, reported as a db compaction pause"),
     ("etcd_debugging_mvcc_pending_events_total", "etcd's victim batches of events held for slow watchers; a slow Ballast watcher re-reads history instead and holds no pending events"),
     ("etcd_mvcc_db_open_read_transactions", "bbolt read transactions that block its remapping; redb readers are MVCC snapshots that never block the writer, and are not counted"),
     ("grpc_server_msg_received_total", "go-grpc-prometheus's per-message stream counts; Ballast counts calls (grpc_server_started/handled_total) and bytes (etcd_network_client_grpc_*_bytes_total)"),
@@ -2093,14 +2093,17 @@ async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() 
     const WRITES: usize = 100;
     let s = Server::start(Kind::Ballast, &[]);
     let mut c = Client::connect([s.endpoint()], None).await.unwrap();
-    let dropped = |s: &Server| {
+    let figure = |s: &Server, name: &str| {
         let (_, _, body) = crate::gateway::request(s.port, "GET", "/metrics", "", "");
-        metric(
-            &parse_metrics(&body),
-            "etcd_debugging_mvcc_db_compaction_keys_total",
-            "",
+        metric(&parse_metrics(&body), name, "").unwrap_or(0.0) as usize
+    };
+    let dropped = |s: &Server| figure(s, "etcd_debugging_mvcc_db_compaction_keys_total");
+    // etcd observes a compaction's total duration once, when its last batch is done.
+    let finished = |s: &Server| {
+        figure(
+            s,
+            "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds_count",
         )
-        .unwrap_or(0.0) as usize
     };
     let write_all = async |c: &mut Client| {
         let mut rev = 0;
@@ -2120,6 +2123,12 @@ async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() 
     };
     let rev = write_all(&mut c).await;
     c.compact(rev, None).await.unwrap();
+    // Read in this order, a finished compaction must have deleted everything it drops.
+    let (done, gone) = (finished(&s), dropped(&s));
+    assert!(
+        done == 0 || gone == KEYS * (WRITES - 1),
+        "finished at {gone}"
+    );
     let old = c
         .get("k000", Some(GetOptions::new().with_revision(2)))
         .await;
@@ -2139,6 +2148,11 @@ async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(dropped(&s), want);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while finished(&s) < 1 {
+        assert!(Instant::now() < deadline, "total duration never observed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rev = write_all(&mut c).await;
     c.compact(rev, Some(CompactionOptions::new().with_physical()))
         .await
@@ -2149,4 +2163,5 @@ async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() 
         want + KEYS * WRITES,
         "physical answered before deleting"
     );
+    assert_eq!(finished(&s), 2);
 }

@@ -131,6 +131,7 @@ impl EtcdServer {
             trim_bytes: 0,
             compaction_step: cfg.compaction_batch_limit,
             compaction_idle: cfg.compaction_sleep_interval,
+            compaction_started: None,
             trim_every: (cfg.snapshot_catchup_entries / crate::limits::TRIMS_PER_CATCH_UP_WINDOW)
                 .max(1),
             warn_apply: cfg.warning_apply_duration,

@@ -49,6 +49,9 @@ pub struct Applier {
     /// How long an idle applier waits for entries before its next whole compaction step
     /// (`--compaction-sleep-interval`, the pause etcd takes between its batches).
     pub(crate) compaction_idle: std::time::Duration,
+    /// When the compaction whose deletions are still in progress was applied (etcd's
+    /// compaction total duration runs from there to its last batch).
+    pub(crate) compaction_started: Option<Instant>,
     /// A batch slower than this is logged and counted (`--experimental-warning-apply-duration`).
     pub(crate) warn_apply: std::time::Duration,
     pub(crate) compact: Box<dyn Fn(u64, bool) + Send>,
@@ -91,6 +94,7 @@ impl Applier {
                                 self.stop(e);
                                 return;
                             }
+                            self.compaction_finished();
                             continue;
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -144,10 +148,39 @@ impl Applier {
     fn compact_step(&mut self, limit: usize) -> Result<(), KvError> {
         let mvcc = self.store.current();
         let before = mvcc.compacted_revisions();
+        let started = Instant::now();
         mvcc.compact_step(limit)?;
+        crate::stats::COMPACTION_PAUSE_MS
+            .get()
+            .observe_value(started.elapsed().as_secs_f64() * 1000.0);
         let dropped = mvcc.compacted_revisions().saturating_sub(before);
         crate::stats::add(crate::stats::Counter::CompactionKeys, dropped);
         Ok(())
+    }
+
+    /// Once the compaction in progress has deleted all it drops: etcd's total duration, its
+    /// time of the last compaction and its log line.
+    fn compaction_finished(&mut self) {
+        let mvcc = self.store.current();
+        if mvcc.compacting() {
+            return;
+        }
+        let Some(started) = self.compaction_started.take() else {
+            return;
+        };
+        let took = started.elapsed();
+        crate::stats::COMPACTION_TOTAL_MS
+            .get()
+            .observe_value(took.as_secs_f64() * 1000.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::stats::COMPACTION_LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            compact_revision = mvcc.compact_rev(),
+            took = ?took,
+            "finished scheduled compaction"
+        );
     }
 
     /// Replaces the state machine with a received snapshot: build a new store beside the
@@ -238,7 +271,9 @@ impl Applier {
         let applied = mvcc.apply_batch(&entries, membership)?;
         failpoint::crash("apply-after");
         let results = applied.results;
-        observe_batch(&entries, &results, started.elapsed(), self.warn_apply);
+        if observe_batch(&entries, &results, started.elapsed(), self.warn_apply) > 0 {
+            self.compaction_started.get_or_insert(started);
+        }
         let compacted = mvcc.compacted_revisions().saturating_sub(compacted);
         crate::stats::add(crate::stats::Counter::CompactionKeys, compacted);
         self.watch.publish_from_thread(applied.events, applied.rev);
@@ -285,6 +320,7 @@ impl Applier {
         if mvcc.compacting() {
             self.compact_step((self.compaction_step / BUSY_STEP_FRACTION).max(1))?;
         }
+        self.compaction_finished();
         // The periodic sync only bounds how much WAL a restart replays, so it runs after the
         // batch's events and answers are out (inside the batch it held them for a whole fsync
         // of the store), and after the snapshot's sync, which resets its clock.
@@ -324,13 +360,13 @@ impl Applier {
 
 /// The batch's share of `/metrics`: mvcc and lease counters per applied entry, and each
 /// entry's apply time as an equal share of the batch's (entries of a batch apply in one store
-/// transaction, so none has a time of its own).
+/// transaction, so none has a time of its own). Returns how many compactions it applied.
 fn observe_batch(
     entries: &[(u64, Option<RaftRequest>)],
     results: &[Result<Applied, KvError>],
     took: std::time::Duration,
     warn_apply: std::time::Duration,
-) {
+) -> usize {
     // Results cover the entries past the applied index: the last ones.
     let skip = entries.len().saturating_sub(results.len());
     let share = took / u32::try_from(results.len().max(1)).unwrap_or(u32::MAX);
@@ -357,13 +393,10 @@ fn observe_batch(
         );
     }
     if compactions > 0 {
-        // Ballast compacts inside the apply, in one transaction: the pause is the whole of it.
-        let ms = took.as_secs_f64() * 1000.0;
-        crate::stats::COMPACTION_PAUSE_MS.get().observe_value(ms);
-        crate::stats::COMPACTION_TOTAL_MS.get().observe_value(ms);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        crate::stats::COMPACTION_LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+        // The batch that applied a compaction held the store like one of etcd's batches.
+        crate::stats::COMPACTION_PAUSE_MS
+            .get()
+            .observe_value(took.as_secs_f64() * 1000.0);
     }
+    compactions
 }
