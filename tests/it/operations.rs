@@ -2165,3 +2165,34 @@ async fn compacted_revisions_are_deleted_in_the_background_and_physical_waits() 
     );
     assert_eq!(finished(&s), 2);
 }
+
+/// After writes go quiet, `Status` shows what the store holds, as etcd's does: dbSize counts
+/// the values (Ballast's store file gets them on its idle sync, not with some later write)
+/// and dbSizeInUse lies between the values and dbSize.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_sizes_show_the_data_once_writes_go_quiet() {
+    const VALUES: usize = 200;
+    const SIZE: usize = 20_000;
+    for kind in [Kind::Etcd, Kind::Ballast] {
+        let s = Server::start(kind, &[]);
+        let mut c = etcd_client::Client::connect([s.endpoint()], None)
+            .await
+            .unwrap();
+        for i in 0..VALUES {
+            c.put(format!("k{i:04}"), vec![b'v'; SIZE], None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let st = c.status().await.unwrap();
+        let data = (VALUES * SIZE) as i64;
+        assert!(st.db_size() >= data, "{kind:?}: dbSize {}", st.db_size());
+        assert!(st.db_size() < 3 * data, "{kind:?}: dbSize {}", st.db_size());
+        let in_use = st.raft_used_db_size();
+        assert!(
+            in_use >= data && in_use <= st.db_size(),
+            "{kind:?}: in use {in_use} of {}",
+            st.db_size()
+        );
+    }
+}

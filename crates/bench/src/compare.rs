@@ -45,7 +45,7 @@ pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -153,21 +153,22 @@ impl Cluster {
 }
 
 fn health(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"true\"")
+    http_get(port, "/health").is_some_and(|body| body.contains("\"true\""))
 }
 
-fn vm_hwm(pid: u32) -> Option<u64> {
+/// A plain-HTTP GET of `path` from 127.0.0.1:`port`: the whole response, headers included.
+pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    Some(body)
+}
+
+pub(crate) fn vm_hwm(pid: u32) -> Option<u64> {
     proc_status_bytes(pid, "VmHWM:")
 }
 
@@ -551,6 +552,12 @@ fn svg(rows: &[Row], rss: (u64, u64)) -> String {
         0.5,
         false,
     ));
+    bars_svg(&bars)
+}
+
+/// A bar chart of ratios to etcd: (label, ratio, target, whether higher is better) per bar,
+/// each target marked, green where it is met.
+pub(crate) fn bars_svg(bars: &[(String, f64, f64, bool)]) -> String {
     let (w, row_h, left, top) = (760.0, 28.0, 300.0, 40.0);
     let max = bars
         .iter()

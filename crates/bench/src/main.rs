@@ -7,6 +7,7 @@ mod load;
 mod rangemem;
 mod rawwatch;
 mod report;
+mod scale;
 mod snapshot;
 mod workloads;
 
@@ -240,9 +241,25 @@ enum Cmd {
         /// Tiny totals and no files written: proves the orchestration, measures nothing
         #[arg(long = "dry-run")]
         dry_run: bool,
+        /// The scale suite instead: a million keys of Kubernetes-shaped data in etcd 3.4,
+        /// etcd 3.7 (--etcd37) and Ballast: load, footprint, big reads, compaction, restarts
+        #[arg(long)]
+        scale: bool,
+        /// The scale suite with 100,000 keys (CI runs it)
+        #[arg(long = "scale-quick")]
+        scale_quick: bool,
         /// The reference etcd binary
         #[arg(long, default_value = "etcd")]
         etcd: PathBuf,
+        /// etcd 3.7, the second reference of the scale suite
+        #[arg(long)]
+        etcd37: Option<PathBuf>,
+        /// Scale suite: measure Ballast alone (while working on it; no ratios)
+        #[arg(long = "ballast-only")]
+        ballast_only: bool,
+        /// Scale suite: copy each server's member log here
+        #[arg(long)]
+        logs: Option<PathBuf>,
         /// The ballast binary (default: beside this one)
         #[arg(long)]
         ballast: Option<PathBuf>,
@@ -505,11 +522,40 @@ fn main() {
                 workloads::lease_keepalive(&g, *total).await.map(render)
             }
             Cmd::Compare {
+                dry_run,
+                scale,
+                scale_quick,
+                etcd,
+                etcd37,
+                ballast,
+                out_dir,
+                ballast_only,
+                logs,
+                ..
+            } if *scale || *scale_quick => {
+                let a = scale::ScaleArgs {
+                    quick: *scale_quick,
+                    dry_run: *dry_run,
+                    etcd: etcd.clone(),
+                    etcd37: etcd37.clone(),
+                    ballast: ballast_bin(ballast),
+                    out_dir: out_dir.clone(),
+                    ballast_only: *ballast_only,
+                    logs: logs.clone(),
+                };
+                match scale::run(&a).await {
+                    Ok(true) => Ok(String::new()),
+                    Ok(false) => Err("not every target was met".to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            Cmd::Compare {
                 quick,
                 dry_run,
                 etcd,
                 ballast,
                 out_dir,
+                ..
             } => {
                 let a = compare::CompareArgs {
                     quick: *quick,

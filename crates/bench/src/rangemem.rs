@@ -11,7 +11,7 @@ use ballast_api::etcdserverpb::kv_client::KvClient;
 use ballast_api::etcdserverpb::RangeRequest;
 use tokio_stream::StreamExt;
 
-use crate::compare::{self, Cluster};
+use crate::compare;
 use crate::snapshot::{cpu_ticks, filled_pair, median, mib, vm_rss, RssPeak};
 
 pub struct RangeArgs {
@@ -43,12 +43,12 @@ impl RangeArgs {
 
 /// One read of the whole prefix by some clients: wall time, bytes received, the member's
 /// CPU and its resident memory before and at its peak.
-struct Measured {
-    secs: f64,
-    bytes: u64,
-    cpu_secs: f64,
-    rss_before: u64,
-    rss_peak: u64,
+pub(crate) struct Measured {
+    pub(crate) secs: f64,
+    pub(crate) bytes: u64,
+    pub(crate) cpu_secs: f64,
+    pub(crate) rss_before: u64,
+    pub(crate) rss_peak: u64,
 }
 
 async fn client(ep: &str) -> Result<KvClient<tonic::transport::Channel>, String> {
@@ -63,7 +63,7 @@ async fn client(ep: &str) -> Result<KvClient<tonic::transport::Channel>, String>
 }
 
 /// The whole keyspace as one RangeStream; returns the bytes of values received.
-async fn stream_all(ep: String) -> Result<u64, String> {
+pub(crate) async fn stream_all(ep: String) -> Result<u64, String> {
     let mut kv = client(&ep).await?;
     let req = RangeRequest {
         key: vec![0],
@@ -111,12 +111,11 @@ async fn page_all(ep: String, page: i64) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Runs `read` while sampling the member's resident memory.
-async fn measure<F>(c: &Cluster, read: F) -> Result<Measured, String>
+/// Runs `read` while sampling the resident memory of the member with process id `pid`.
+pub(crate) async fn measure<F>(pid: u32, read: F) -> Result<Measured, String>
 where
     F: std::future::Future<Output = Result<u64, String>>,
 {
-    let pid = c.members[0].child.id();
     let rss_before = vm_rss(pid);
     let cpu_before = cpu_ticks(pid);
     let sampler = RssPeak::start(pid);
@@ -159,7 +158,7 @@ async fn unary_all(ep: String) -> Result<u64, String> {
 
 /// `clients` readers of the whole keyspace at once: in pages of `page` keys, or with page 0
 /// one unary Range each.
-async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> {
+pub(crate) async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
         if page > 0 {
@@ -187,11 +186,12 @@ pub async fn run(a: &RangeArgs) -> Result<String, String> {
             let ep = cluster.endpoints()[0].clone();
             compare::settle();
             eprintln!("range: round {round}, {kind:?}, RangeStream ...");
-            streamed.push(measure(cluster, stream_all(ep.clone())).await?);
+            streamed.push(measure(cluster.members[0].child.id(), stream_all(ep.clone())).await?);
             compare::settle();
             let clients = a.readers(*kind);
             eprintln!("range: round {round}, {kind:?}, {clients} unary readers ...");
-            paged.push(measure(cluster, paged_by(ep, clients, a.page)).await?);
+            paged
+                .push(measure(cluster.members[0].child.id(), paged_by(ep, clients, a.page)).await?);
         }
     }
     let mut t = format!(

@@ -927,6 +927,8 @@ impl Driver {
 
     fn on_ready(&mut self) -> Result<(), RaftError> {
         if !self.node.has_ready() {
+            // A restarted lone voter has nothing to hand off, so no Ready ever comes first.
+            self.campaign_if_alone()?;
             self.publish_status();
             return Ok(());
         }
@@ -971,6 +973,14 @@ impl Driver {
         self.send(light.take_messages());
         self.hand_off(light.take_committed_entries())?;
         self.node.advance_apply();
+        self.campaign_if_alone()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    /// A lone voter campaigns once everything committed is handed off (raft refuses before),
+    /// instead of waiting out an election timeout.
+    fn campaign_if_alone(&mut self) -> Result<(), RaftError> {
         let log = &self.node.raft.raft_log;
         if self.lone_voter && log.applied >= log.committed {
             self.lone_voter = false;
@@ -978,7 +988,6 @@ impl Driver {
                 self.node.campaign()?;
             }
         }
-        self.publish_status();
         Ok(())
     }
 

@@ -132,6 +132,7 @@ impl EtcdServer {
             compaction_step: cfg.compaction_batch_limit,
             compaction_idle: cfg.compaction_sleep_interval,
             compaction_started: None,
+            unsynced: false,
             trim_every: (cfg.snapshot_catchup_entries / crate::limits::TRIMS_PER_CATCH_UP_WINDOW)
                 .max(1),
             warn_apply: cfg.warning_apply_duration,

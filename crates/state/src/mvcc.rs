@@ -216,6 +216,20 @@ pub struct Mvcc {
     failed: std::sync::OnceLock<String>,
 }
 
+/// The fields of a stored `KeyValue` the index is rebuilt from (its field numbers); prost
+/// skips the value without copying it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct IndexFields {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
+}
+
 fn decode_kv(bytes: &[u8]) -> Result<KeyValue, KvError> {
     KeyValue::decode(bytes).map_err(|e| KvError::Corrupt(e.to_string()))
 }
@@ -990,35 +1004,38 @@ impl Mvcc {
                     from: None,
                 });
             }
-            let mut bad = None;
-            r.for_each_rev(|rev, stored| {
-                let kv = match decode_kv(&stored.kv) {
-                    Ok(kv) => kv,
-                    Err(e) => {
-                        bad = Some(e);
-                        return Err(BackendError::Malformed(rev));
-                    }
-                };
-                idx.rev = idx.rev.max(rev.main);
-                // Revisions arrive in order, so the last one seen decides a key's lease.
-                if stored.tombstone || kv.lease == 0 {
-                    idx.key_lease.remove(&kv.key);
-                } else {
-                    idx.key_lease.insert(kv.key.clone(), kv.lease);
-                }
-                let h = idx.keys.entry(Key::new(&kv.key)).or_default();
-                h.revs.push((rev, stored.tombstone));
-                if stored.tombstone {
-                    h.version = 0;
-                    h.create_rev = 0;
-                } else {
-                    h.version = kv.version;
-                    h.create_rev = kv.create_revision;
-                }
-                Ok(())
-            })?;
             Ok::<_, KvError>(())
         })?;
+        // The rows straight from a read snapshot (nothing is held at open), decoding only
+        // what the index keeps: the values, most of the file, are never copied.
+        let rows = backend.read_snapshot()?;
+        rows.for_each_rev(&mut |rev, tombstone, row| {
+            let kv = IndexFields::decode(row).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("revision {rev:?}: {e}"),
+                )
+            })?;
+            idx.rev = idx.rev.max(rev.main);
+            // Revisions arrive in order, so the last one seen decides a key's lease.
+            if tombstone || kv.lease == 0 {
+                idx.key_lease.remove(&kv.key);
+            } else {
+                idx.key_lease.insert(kv.key.clone(), kv.lease);
+            }
+            let h = idx.keys.entry(Key::new(&kv.key)).or_default();
+            h.revs.push((rev, tombstone));
+            if tombstone {
+                h.version = 0;
+                h.create_rev = 0;
+            } else {
+                h.version = kv.version;
+                h.create_rev = kv.create_revision;
+            }
+            Ok(())
+        })
+        .map_err(|e| KvError::Corrupt(e.to_string()))?;
+        drop(rows);
         for (key, lease) in &idx.key_lease {
             if let Some(l) = idx.leases.get_mut(lease) {
                 l.keys.insert(key.clone());

@@ -24,6 +24,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The store's own accounting of its size ([`Usage`]): never exported, copied or hashed.
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+const USAGE_STORED: &str = "stored_bytes";
+const USAGE_RATIO: &str = "page_bytes_per_stored_ppm";
 const TOMBSTONE: u8 = 1;
 const SNAP_KV: u8 = 0;
 const SNAP_META: u8 = 1;
@@ -166,11 +170,67 @@ pub struct Backend {
     recent: RwLock<Rows>,
     /// Rows removed so far: a defragmentation that saw none during its copy skips the diff.
     removals: AtomicU64,
-    /// The file's length, refreshed after every commit: the quota check reads it on every
+    /// The bytes the file takes on disk, refreshed after every commit: the quota check reads it on every
     /// proposal, which must not cost a `stat` each.
     file_size: AtomicU64,
     /// What `--quota-backend-bytes` counts, refreshed with `file_size`: see [`Backend::quota_size`].
     quota_size: AtomicU64,
+    usage: Usage,
+}
+
+/// What the pages in use come to, without counting them. redb counts them only by walking
+/// every page of every tree (its `stats`), which on a store of gigabytes reads the whole file
+/// under the writer lock, so every `/metrics` scrape and `Status` stalled writes for as long.
+/// Instead every write adds or subtracts the bytes of the rows it stores or removes, and the
+/// pages those bytes take is estimated with the ratio of the last real count (when the store
+/// was tiny, defragmented or restored). Both figures are stored with every commit.
+struct Usage {
+    /// Bytes of keys and values in every table, as redb's `stored_bytes` counts them.
+    stored: AtomicU64,
+    /// Bytes of pages per stored byte at the last count, in millionths.
+    ratio_ppm: AtomicU64,
+    /// The pages in use at the last commit: counted while the file is tiny, else estimated.
+    in_use: AtomicU64,
+}
+
+/// One count of the pages in use (a walk over every tree).
+struct Counted {
+    page_bytes: u64,
+    stored: u64,
+}
+
+const PPM: u64 = 1_000_000;
+
+impl Usage {
+    fn set_counted(&self, c: &Counted) {
+        self.stored.store(c.stored, Ordering::Relaxed);
+        if c.stored > 0 {
+            let ratio = (c.page_bytes as u128 * PPM as u128 / c.stored as u128) as u64;
+            self.ratio_ppm.store(ratio.max(PPM), Ordering::Relaxed);
+        }
+        self.in_use.store(c.page_bytes, Ordering::Relaxed);
+    }
+
+    fn add(&self, delta: i64) {
+        let _ = self
+            .stored
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add_signed(delta))
+            });
+    }
+
+    fn estimate(&self) -> u64 {
+        let stored = self.stored.load(Ordering::Relaxed) as u128;
+        (stored * self.ratio_ppm.load(Ordering::Relaxed) as u128 / PPM as u128) as u64
+    }
+
+    /// Writes both figures into the transaction about to commit.
+    fn persist(&self, tx: &redb::WriteTransaction) -> Result<(), BackendError> {
+        let mut t = tx.open_table(USAGE)?;
+        t.insert(USAGE_STORED, self.stored.load(Ordering::Relaxed))?;
+        t.insert(USAGE_RATIO, self.ratio_ppm.load(Ordering::Relaxed))?;
+        Ok(())
+    }
 }
 
 /// Below this file size every commit also counts the pages in use (`stats` walks every tree,
@@ -179,10 +239,32 @@ pub struct Backend {
 /// small quota counts; above it that fixed floor no longer matters and the file is counted.
 const COUNT_PAGES_BELOW: u64 = 1 << 20;
 
-/// Bytes in the pages a transaction's database has allocated.
-fn pages_in_use(tx: &redb::WriteTransaction) -> Option<u64> {
+/// Bytes in the pages a transaction's database has allocated, and of the keys and values
+/// they hold: a walk over every page.
+fn count_pages(tx: &redb::WriteTransaction) -> Option<Counted> {
     let s = tx.stats().ok()?;
-    Some(s.allocated_pages() * s.page_size() as u64)
+    Some(Counted {
+        page_bytes: s.allocated_pages() * s.page_size() as u64,
+        stored: s.stored_bytes(),
+    })
+}
+
+/// The bytes a file takes on disk (etcd's dbSize is "physically allocated"): redb grows its
+/// file by doubling, and the tail it has not written yet is a hole that takes no space.
+fn physical_len(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    match m.blocks() * 512 {
+        0 => m.len(),
+        blocks => blocks.min(m.len()),
+    }
+}
+
+/// The size figures a previous commit stored, if any.
+fn stored_usage(tx: &redb::WriteTransaction) -> Result<Option<(u64, u64)>, BackendError> {
+    let t = tx.open_table(USAGE)?;
+    let stored = t.get(USAGE_STORED)?.map(|g| g.value());
+    let ratio = t.get(USAGE_RATIO)?.map(|g| g.value());
+    Ok(stored.zip(ratio))
 }
 
 impl Backend {
@@ -209,8 +291,6 @@ impl Backend {
                 Err(e) => return Err(e.into()),
             }
         }
-        let in_use = pages_in_use(&tx);
-        tx.commit()?;
         let b = Backend {
             db: RwLock::new(Arc::new(db)),
             tables,
@@ -220,17 +300,40 @@ impl Backend {
             removals: AtomicU64::new(0),
             file_size: AtomicU64::new(0),
             quota_size: AtomicU64::new(0),
+            usage: Usage {
+                stored: AtomicU64::new(0),
+                ratio_ppm: AtomicU64::new(PPM),
+                in_use: AtomicU64::new(0),
+            },
         };
+        let small = std::fs::metadata(path).map_or(true, |m| physical_len(&m) <= COUNT_PAGES_BELOW);
+        // A store written before its figures were kept is counted once, here.
+        let in_use = match stored_usage(&tx)? {
+            Some((stored, ratio)) if !small => {
+                b.usage.stored.store(stored, Ordering::Relaxed);
+                b.usage.ratio_ppm.store(ratio.max(PPM), Ordering::Relaxed);
+                None
+            }
+            _ => count_pages(&tx).map(|c| {
+                b.usage.set_counted(&c);
+                c.page_bytes
+            }),
+        };
+        b.usage.persist(&tx)?;
+        tx.commit()?;
         b.refresh_size(in_use);
         Ok(b)
     }
 
-    /// Re-reads the file's length; `in_use` is the pages in use when the caller counted them.
+    /// Re-reads the file's length; `in_use` is the pages in use when the caller counted them
+    /// (else they are estimated, see [`Usage`]).
     fn refresh_size(&self, in_use: Option<u64>) {
-        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(&self.path).map_or(0, |m| physical_len(&m));
         self.file_size.store(len, Ordering::Relaxed);
         let counted = in_use.filter(|_| len <= COUNT_PAGES_BELOW).unwrap_or(len);
         self.quota_size.store(counted, Ordering::Relaxed);
+        let in_use = in_use.unwrap_or_else(|| self.usage.estimate());
+        self.usage.in_use.store(in_use.min(len), Ordering::Relaxed);
     }
 
     fn db(&self) -> Arc<Database> {
@@ -264,7 +367,7 @@ impl Backend {
                 writes: 0,
             },
         };
-        let (out, staged) = match self.run_update(&held.tx, f) {
+        let (out, staged, stored) = match self.run_update(&held.tx, f) {
             Ok(r) => r,
             Err(e) => {
                 drop(held);
@@ -272,6 +375,7 @@ impl Backend {
                 return Err(e);
             }
         };
+        self.usage.add(stored);
         let writes = held.writes + staged.len();
         let hold = !durable
             && writes < HOLD_WRITES
@@ -293,8 +397,9 @@ impl Backend {
         &self,
         tx: &redb::WriteTransaction,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
-    ) -> Result<(R, Rows), E> {
+    ) -> Result<(R, Rows, i64), E> {
         let mut w = WriteTx {
+            stored: 0,
             kv: tx.open_table(KV).map_err(BackendError::from)?,
             meta: tx.open_table(META).map_err(BackendError::from)?,
             tables: self
@@ -306,7 +411,7 @@ impl Backend {
             removals: &self.removals,
         };
         let out = f(&mut w)?;
-        Ok((out, std::mem::take(&mut w.staged)))
+        Ok((out, std::mem::take(&mut w.staged), w.stored))
     }
 
     fn commit(&self, mut tx: redb::WriteTransaction, durable: bool) -> Result<(), BackendError> {
@@ -316,8 +421,13 @@ impl Backend {
             Durability::None
         })?;
         let in_use = (self.size() <= COUNT_PAGES_BELOW)
-            .then(|| pages_in_use(&tx))
-            .flatten();
+            .then(|| count_pages(&tx))
+            .flatten()
+            .map(|c| {
+                self.usage.set_counted(&c);
+                c.page_bytes
+            });
+        self.usage.persist(&tx)?;
         let started = Instant::now();
         crate::failpoint::io("backend-commit").map_err(io_error("commit"))?;
         tx.commit()?;
@@ -488,6 +598,13 @@ impl Backend {
             }
             tx.commit()?;
         }
+        // The rows went in around the accounting: count them once.
+        let tx = b.db().begin_write()?;
+        if let Some(c) = count_pages(&tx) {
+            b.usage.set_counted(&c);
+        }
+        b.usage.persist(&tx)?;
+        tx.commit()?;
         b.update(true, |_| Ok::<_, BackendError>(()))
     }
 
@@ -544,11 +661,20 @@ impl Backend {
         if let Some(dir) = self.path.parent() {
             crate::wal::sync_dir(dir).map_err(io)?;
         }
-        let in_use = dst.begin_write().ok().and_then(|tx| {
-            let n = pages_in_use(&tx);
-            tx.abort().ok();
-            n
-        });
+        // The copy went around the accounting: count the new file once (its rows are what
+        // the old one held, so the stored bytes are unchanged unless writes came meanwhile).
+        let in_use = match dst.begin_write() {
+            Ok(tx) => {
+                let c = count_pages(&tx);
+                if let Some(c) = &c {
+                    self.usage.set_counted(c);
+                    self.usage.persist(&tx)?;
+                }
+                tx.commit()?;
+                c.map(|c| c.page_bytes)
+            }
+            Err(_) => None,
+        };
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dst);
         self.refresh_size(in_use);
         Ok((before, self.size()))
@@ -566,21 +692,10 @@ impl Backend {
         self.file_size.load(Ordering::Relaxed)
     }
 
-    /// Bytes holding live data (the rest of [`Backend::size`] is free pages).
+    /// Bytes holding live data (the rest of [`Backend::size`] is free pages), as of the last
+    /// commit: counted while the store is tiny, else estimated (see [`Usage`]).
     pub fn size_in_use(&self) -> u64 {
-        let writer = self.lock_writer();
-        let stats = match writer.as_ref() {
-            Some(h) => h.tx.stats().map_err(redb::TransactionError::from),
-            None => self.db().begin_write().and_then(|tx| {
-                let s = tx.stats().map_err(redb::TransactionError::from);
-                tx.abort().ok();
-                s
-            }),
-        };
-        match stats {
-            Ok(s) => s.allocated_pages() * s.page_size() as u64,
-            Err(_) => self.size(),
-        }
+        self.usage.in_use.load(Ordering::Relaxed)
     }
 }
 
@@ -633,6 +748,8 @@ impl ReadSnapshot {
 
 pub struct WriteTx<'a> {
     removals: &'a AtomicU64,
+    /// Bytes of keys and values this update added, less those it removed.
+    stored: i64,
     staged: Rows,
     kv: redb::Table<'a, &'static [u8], &'static [u8]>,
     meta: redb::Table<'a, &'static str, u64>,
@@ -640,23 +757,31 @@ pub struct WriteTx<'a> {
     tables: Vec<(&'static str, BytesTable<'a>)>,
 }
 
+/// A row's bytes as the size accounting counts them (redb's stored bytes: key and value).
+fn row_bytes(key: usize, value: usize) -> i64 {
+    i64::try_from(key + value).unwrap_or(i64::MAX)
+}
+
 impl WriteTx<'_> {
     /// Stores `value` under `key` in the caller's table `t`.
     pub fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
-            Some((_, table)) => table.insert(key, value)?,
+        let old = match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
+            Some((_, table)) => table.insert(key, value)?.map(|g| g.value().len()),
             // A table the backend was not opened with: the caller's mistake, not a panic.
             None => return Err(BackendError::BadTable(t.name)),
         };
+        self.stored +=
+            row_bytes(key.len(), value.len()) - old.map_or(0, |v| row_bytes(key.len(), v));
         Ok(())
     }
 
     /// Removes `key` from the caller's table `t` (nothing if absent).
     pub fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), BackendError> {
-        match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
-            Some((_, table)) => table.remove(key)?,
+        let old = match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
+            Some((_, table)) => table.remove(key)?.map(|g| g.value().len()),
             None => return Err(BackendError::BadTable(t.name)),
         };
+        self.stored -= old.map_or(0, |v| row_bytes(key.len(), v));
         Ok(())
     }
 
@@ -685,19 +810,30 @@ impl WriteTx<'_> {
                 }
             }
         });
-        self.kv.insert(rev.to_bytes().as_slice(), row)?;
+        let len = row.len();
+        let old = self
+            .kv
+            .insert(rev.to_bytes().as_slice(), row)?
+            .map(|g| g.value().len());
+        self.stored += row_bytes(16, len) - old.map_or(0, |v| row_bytes(16, v));
         Ok(())
     }
 
     pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
-        self.kv.remove(rev.to_bytes().as_slice())?;
+        let old = self
+            .kv
+            .remove(rev.to_bytes().as_slice())?
+            .map(|g| g.value().len());
+        self.stored -= old.map_or(0, |v| row_bytes(16, v));
         self.staged.delete(rev);
         self.removals.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     pub fn set_meta(&mut self, name: &'static str, v: u64) -> Result<(), BackendError> {
-        self.meta.insert(name, v)?;
+        if self.meta.insert(name, v)?.is_none() {
+            self.stored += row_bytes(name.len(), 8);
+        }
         self.staged.meta.insert(name, v);
         Ok(())
     }
@@ -1015,6 +1151,60 @@ mod tests {
         assert_eq!(b.quota_size(), b.size());
     }
 
+    /// Above the size where pages are counted, the bytes in use follow what is written and
+    /// removed (estimated, with no walk over the file), survive a restart, and are counted
+    /// again by a defragmentation.
+    #[test]
+    fn size_in_use_follows_writes_and_deletes_without_counting_pages() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        let b = Backend::open(&path, T).unwrap();
+        for i in 1..=1000 {
+            b.update(false, |w| w.put_rev(Rev::new(i, 0), false, &[7u8; 3000]))
+                .unwrap();
+        }
+        b.update(true, |_| Ok::<_, BackendError>(())).unwrap();
+        assert!(b.size() > COUNT_PAGES_BELOW);
+        let full = b.size_in_use();
+        assert!(
+            full >= 1000 * 3000 && full <= b.size(),
+            "{full} of {}",
+            b.size()
+        );
+        b.update(true, |w| {
+            for i in 1..=500 {
+                w.delete_rev(Rev::new(i, 0))?;
+            }
+            Ok::<_, BackendError>(())
+        })
+        .unwrap();
+        let half = b.size_in_use();
+        assert!(
+            half > full * 4 / 10 && half < full * 6 / 10,
+            "{half} of {full}"
+        );
+        // The figure never waits for the writer (it used to walk the file holding it).
+        std::thread::scope(|s| {
+            let writer = b.lock_writer();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let b = &b;
+            s.spawn(move || tx.send(b.size_in_use()));
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+            drop(writer);
+            assert_eq!(got, Ok(half));
+        });
+        drop(b);
+        let b = Backend::open(&path, T).unwrap();
+        assert_eq!(b.size_in_use(), half);
+        b.defragment().unwrap();
+        let counted = b.size_in_use();
+        assert!(
+            counted > half / 2 && counted < half * 2,
+            "{counted} vs {half}"
+        );
+        assert!(counted <= b.size());
+    }
+
     fn dump(b: &Backend) -> Vec<u8> {
         let mut out = Vec::new();
         b.export(&mut |r| {
@@ -1056,7 +1246,7 @@ mod tests {
         };
         let (before, after) = b.defragment().unwrap();
         writer.join().unwrap();
-        assert!(after < before / 2, "{before} -> {after}");
+        assert!(after < before, "{before} -> {after}");
         let expected: Vec<i64> = (2101..=2300).collect();
         let live = |b: &Backend| {
             let mut got = Vec::new();

@@ -81,13 +81,26 @@ const ROUND: Duration = Duration::from_secs(2);
 /// Compares this member's history with every other member's that answers within [`ROUND`].
 pub async fn compare_with_peers(c: &Checker) -> Result<Vec<Mismatch>, ServerError> {
     let mvcc = c.store.current();
-    let (ours, compacted, revision) = mvcc.hash_kv(mvcc.current_rev())?;
+    let peers: Vec<u64> = mvcc
+        .members()
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id != c.member_id)
+        .collect();
+    // Nothing to compare with: hashing the whole store would only delay start-up.
+    if peers.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A hash reads the whole store: off the runtime's workers.
+    let (ours, compacted, revision) =
+        tokio::task::spawn_blocking(move || mvcc.hash_kv(mvcc.current_rev()))
+            .await
+            // Cancelled: the runtime is shutting down.
+            .map_err(|_| ServerError::Stopped)??;
     let mut asks = tokio::task::JoinSet::new();
-    for m in mvcc.members() {
-        if m.id != c.member_id {
-            let transport = c.transport.clone();
-            asks.spawn(async move { (m.id, peer_hash(&transport, m.id, revision).await) });
-        }
+    for id in peers {
+        let transport = c.transport.clone();
+        asks.spawn(async move { (id, peer_hash(&transport, id, revision).await) });
     }
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + ROUND;
