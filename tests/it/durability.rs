@@ -335,3 +335,57 @@ fn a_restarted_single_member_leads_without_waiting_out_the_election_timeout() {
         assert_eq!((out.as_str(), code), ("k\nv\n", 0), "{err}");
     }
 }
+
+/// A linearizable read that reaches a member the moment it accepts connections, while it is
+/// still opening its store and electing itself, is answered once it leads. raft drops a
+/// ReadIndex that comes before a new leader has committed in its term; such a read used to
+/// wait out the request timeout (7 s), now the driver holds it until then and asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sent_while_a_member_starts_is_answered_once_it_leads() {
+    use std::io::{Read, Write};
+    let mut s = Server::start(Kind::Ballast, &[]);
+    let mut c = Client::connect([s.endpoint()], None).await.unwrap();
+    // Enough data that opening the store takes a moment.
+    for t in 0..100 {
+        let ops: Vec<etcd_client::TxnOp> = (0..100)
+            .map(|i| etcd_client::TxnOp::put(format!("k{t:03}-{i:03}"), vec![b'v'; 200], None))
+            .collect();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+    }
+    drop(c);
+    for clean in [true, false] {
+        if clean {
+            s.terminate();
+        } else {
+            s.kill9();
+        }
+        s.launch();
+        let port = s.port;
+        let (raw, failed) = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            loop {
+                assert!(started.elapsed() < Duration::from_secs(30), "never served");
+                if let Ok(mut t) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = t.set_read_timeout(Some(Duration::from_secs(4)));
+                    let body = r#"{"key":"azAwMC0wMDA="}"#;
+                    let _ = write!(
+                        t,
+                        "POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let mut raw = String::new();
+                    let r = t.read_to_string(&mut raw);
+                    if r.is_err() || !raw.is_empty() {
+                        return (raw, r.is_err());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(!failed, "no answer within 4 s (clean stop: {clean})");
+        assert!(raw.contains("\"kvs\""), "clean stop: {clean}: {raw}");
+        s.wait_healthy(Duration::from_secs(20));
+    }
+}

@@ -43,6 +43,9 @@ use crate::transport::{Inbound, Transport};
 
 /// How many nice levels below the rest of the process the driver runs.
 const DRIVER_NICE: i32 = 5;
+/// How long an unanswered ReadIndex waits before it is asked for again (etcd's
+/// `readIndexRetryTime`).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 /// Lowers the calling thread's priority by [`DRIVER_NICE`], from whatever the operator gave
 /// the process. At equal priority, each proposal woke the driver onto the CPU of the thread
@@ -425,6 +428,7 @@ impl Node {
             tick: cfg.tick,
             reads: HashMap::new(),
             next_read: 0,
+            read_asked: None,
             lone_voter,
             catch_up_entries: cfg.catch_up_entries,
             max_wal_files: cfg.max_wal_files,
@@ -568,6 +572,10 @@ struct Driver {
     tick: Duration,
     reads: HashMap<u64, Vec<oneshot::Sender<Result<u64, RaftError>>>>,
     next_read: u64,
+    /// When the newest pending read context was last asked for (`None`: not yet). raft drops
+    /// a ReadIndex silently (a leader that has not committed in its term yet, a lost
+    /// message), so unanswered reads are asked for again, as etcd retries its read loop.
+    read_asked: Option<Instant>,
     /// Campaign once the configuration is applied: this member is the only voter.
     lone_voter: bool,
     catch_up_entries: u64,
@@ -635,20 +643,47 @@ impl Driver {
             self.flush_proposals();
             if !reads.is_empty() {
                 self.next_read += 1;
-                let ctx = self.next_read;
-                self.reads.insert(ctx, reads);
-                // The leader keys pending reads by context, so contexts must be unique across
-                // members, not just here: prefix this member's id.
-                let mut rctx = self.member.member_id.to_be_bytes().to_vec();
-                rctx.extend_from_slice(&ctx.to_be_bytes());
-                self.node.read_index(rctx);
+                self.reads.insert(self.next_read, reads);
+                self.read_asked = None;
             }
+            self.ask_reads();
             if Instant::now() >= next_tick {
                 self.node.tick();
                 next_tick = Instant::now() + self.tick;
             }
             self.on_ready()?;
+            // A leader's first commit in its term, just handled, lets held reads go now.
+            if self.ask_reads() {
+                self.on_ready()?;
+            }
         }
+    }
+
+    /// Asks raft for the read index of the newest pending read context (answering it answers
+    /// every earlier one): at once, and again every `READ_INDEX_RETRY` until answered. A
+    /// leader waits until it has committed in its term, since raft would drop the request.
+    fn ask_reads(&mut self) -> bool {
+        if self.reads.is_empty() {
+            self.read_asked = None;
+            return false;
+        }
+        if self
+            .read_asked
+            .is_some_and(|at| at.elapsed() < READ_INDEX_RETRY)
+        {
+            return false;
+        }
+        let r = &self.node.raft;
+        if r.state == StateRole::Leader && !r.commit_to_current_term() {
+            return false;
+        }
+        // The leader keys pending reads by context, so contexts must be unique across
+        // members, not just here: prefix this member's id.
+        let mut rctx = self.member.member_id.to_be_bytes().to_vec();
+        rctx.extend_from_slice(&self.next_read.to_be_bytes());
+        self.node.read_index(rctx);
+        self.read_asked = Some(Instant::now());
+        true
     }
 
     fn step(&mut self, m: Inbound) {
