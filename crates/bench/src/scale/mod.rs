@@ -6,6 +6,7 @@
 //! reported beside the etcds' with the ratio, in `docs/benchmarks/scale{,-quick}.md` and a chart.
 
 mod dataset;
+mod leases;
 mod node;
 
 use std::fmt::Write as _;
@@ -53,6 +54,7 @@ struct Plan {
     /// How long puts run without, then with, a compaction.
     window: Duration,
     put_rate: u64,
+    leases: leases::LeasePlan,
 }
 
 impl Plan {
@@ -64,6 +66,27 @@ impl Plan {
         } else {
             (1_000_000, 128, 20, Duration::from_secs(30), 500)
         };
+        // Leases: kept alive three times per TTL by 100 clients for a window, then 10,000
+        // (the figures) left to expire at once.
+        let leases = if a.dry_run {
+            leases::LeasePlan {
+                leases: 200,
+                clients: 10,
+                ttl: 6,
+                window: Duration::from_secs(3),
+                expiring: 100,
+                expiring_ttl: 3,
+            }
+        } else {
+            leases::LeasePlan {
+                leases: if a.quick { 10_000 } else { 100_000 },
+                clients: 100,
+                ttl: 30,
+                window: Duration::from_secs(if a.quick { 20 } else { 40 }),
+                expiring: 10_000,
+                expiring_ttl: 10,
+            }
+        };
         Plan {
             keys,
             rewrites: 3,
@@ -72,6 +95,7 @@ impl Plan {
             page: 500,
             window,
             put_rate,
+            leases,
         }
     }
 }
@@ -114,6 +138,7 @@ struct Measured {
     compacted_disk: u64,
     restart_clean: f64,
     restart_killed: f64,
+    leases: leases::LeaseMeasured,
 }
 
 pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
@@ -147,6 +172,7 @@ pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
                 .push(by_size(s, size, plan.per_size_mib, &data).await?);
         }
         whole_set(s, &plan, &data, &mut m, a.logs.as_deref()).await?;
+        m.leases = on_leases(s, &plan.leases).await?;
         results.push(m);
     }
     let figures = figures(&results, &plan, &data);
@@ -222,6 +248,21 @@ async fn by_size(s: &Server, size: usize, mib: u64, data: &Dataset) -> Result<(u
     defragment(&node).await?;
     let defragmented = node.status().await?.db_size as u64;
     Ok((written, defragmented))
+}
+
+/// The leases measurements, on a fresh store.
+async fn on_leases(s: &Server, plan: &leases::LeasePlan) -> Result<leases::LeaseMeasured, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut node = Node::new(&s.bin, dir.path(), &flags())?;
+    node.start().await?;
+    compare::settle();
+    eprintln!(
+        "scale: {}: {} leases kept alive, then {} expiring ...",
+        s.label, plan.leases, plan.expiring
+    );
+    let m = leases::measure(&node, plan).await?;
+    node.stop(true)?;
+    Ok(m)
 }
 
 async fn defragment(node: &Node) -> Result<(), String> {
@@ -445,6 +486,7 @@ enum Unit {
     Millis,
     PerSec,
     Times,
+    Count,
 }
 
 struct Figure {
@@ -652,6 +694,49 @@ fn figures(ms: &[Measured], plan: &Plan, data: &Dataset) -> Vec<Figure> {
             Target::AtMost(0.25),
         ),
     ]);
+    let l = &plan.leases;
+    let kept = format!("{} leases kept alive by {} clients", l.leases, l.clients);
+    v.extend([
+        fig(
+            format!("{} leases granted: grants/s", l.leases),
+            Unit::PerSec,
+            each(&|m| Some(m.leases.grants_per_sec)),
+            Target::None,
+        ),
+        fig(
+            format!("{kept}: keep-alives/s"),
+            Unit::PerSec,
+            each(&|m| Some(m.leases.keepalives.rps())),
+            Target::None,
+        ),
+        fig(
+            format!("{kept}: keep-alive p99"),
+            Unit::Millis,
+            each(&|m| Some(p99(&m.leases.keepalives) * 1000.0)),
+            Target::None,
+        ),
+        fig(
+            format!("{kept}: member CPU"),
+            Unit::Secs,
+            each(&|m| Some(m.leases.cpu)),
+            Target::None,
+        ),
+        fig(
+            format!("{kept}: leases lost"),
+            Unit::Count,
+            each(&|m| Some(m.leases.lost as f64)),
+            Target::OwnAtMost(0.0),
+        ),
+        fig(
+            format!(
+                "{} leases expiring at once: keys gone, after the TTL, in",
+                l.expiring
+            ),
+            Unit::Secs,
+            each(&|m| Some(m.leases.expiry_secs)),
+            Target::None,
+        ),
+    ]);
     v
 }
 
@@ -664,6 +749,7 @@ fn show(unit: Unit, v: Option<f64>) -> String {
         Unit::Millis => format!("{v:.2} ms"),
         Unit::PerSec => format!("{v:.0}"),
         Unit::Times => format!("{v:.2}x"),
+        Unit::Count => format!("{v:.0}"),
     }
 }
 
