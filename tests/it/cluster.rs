@@ -272,6 +272,17 @@ impl Server {
         }
     }
 
+    /// Stops the process (SIGTERM and a wait when `clean`, else SIGKILL) and starts it again
+    /// on the same data, without waiting for it to serve.
+    pub fn relaunch(&mut self, clean: bool) {
+        if clean {
+            self.terminate();
+        } else {
+            self.kill9();
+        }
+        self.launch();
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -324,12 +324,7 @@ fn a_restarted_single_member_leads_without_waiting_out_the_election_timeout() {
     let (_, err, code) = crate::cluster::etcdctl(&s.endpoint(), &["put", "k", "v"], None);
     assert_eq!(code, 0, "{err}");
     for clean in [true, false] {
-        if clean {
-            s.terminate();
-        } else {
-            s.kill9();
-        }
-        s.launch();
+        s.relaunch(clean);
         s.wait_healthy(Duration::from_secs(5));
         let (out, err, code) = crate::cluster::etcdctl(&s.endpoint(), &["get", "k"], None);
         assert_eq!((out.as_str(), code), ("k\nv\n", 0), "{err}");
@@ -354,12 +349,7 @@ async fn a_read_sent_while_a_member_starts_is_answered_once_it_leads() {
     }
     drop(c);
     for clean in [true, false] {
-        if clean {
-            s.terminate();
-        } else {
-            s.kill9();
-        }
-        s.launch();
+        s.relaunch(clean);
         let port = s.port;
         let (raw, failed) = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
