@@ -45,6 +45,11 @@ async fn send(ch: Conn, op: KvOp) -> Result<(), String> {
     res.map_err(status_text)
 }
 
+/// One put on `ch`, for workloads built elsewhere (the scale suite).
+pub(crate) async fn put_once(ch: Conn, req: PutRequest) -> Result<(), String> {
+    send(ch, KvOp::Put(req)).await
+}
+
 /// etcd's key scheme: the key number as a varint, zero-padded to `size` bytes.
 pub fn key(n: u64, size: usize) -> Vec<u8> {
     let mut k = vec![0u8; size.max(1)];

@@ -14,10 +14,10 @@ use ballast_api::etcdserverpb::{
 };
 use tokio::sync::Mutex;
 
-use crate::conn::Conn;
 use crate::report::Stats;
 use crate::snapshot::cpu_ticks;
 
+use super::conn;
 use super::node::Node;
 
 pub(crate) struct LeasePlan {
@@ -49,12 +49,6 @@ const EXPIRY_LIMIT: Duration = Duration::from_secs(600);
 /// Keep-alive requests in flight per stream before the sender waits.
 const STREAM_QUEUE: usize = 1024;
 const EXPIRING_PREFIX: &str = "/registry/events/expiring/";
-
-async fn conn(ep: &str) -> Result<Conn, String> {
-    Conn::connect(&format!("http://{ep}"), Duration::from_secs(5))
-        .await
-        .map_err(|e| format!("{ep}: {e}"))
-}
 
 /// `n` leases of `ttl` seconds granted by `clients` clients at once.
 async fn grant(ep: &str, n: usize, clients: usize, ttl: i64) -> Result<Vec<i64>, String> {

@@ -230,13 +230,7 @@ async fn by_size(s: &Server, size: usize, mib: u64, data: &Dataset) -> Result<(u
             value: value.to_vec(),
             ..Default::default()
         };
-        async move {
-            KvClient::new(ch)
-                .put(req)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.message().to_string())
-        }
+        crate::workloads::put_once(ch, req)
     })
     .await;
     if let Some((e, _)) = stats.errors.iter().next() {
@@ -375,13 +369,7 @@ async fn load(node: &Node, data: &Arc<Dataset>) -> Result<Stats, String> {
                 lease,
                 ..Default::default()
             };
-            async move {
-                KvClient::new(ch)
-                    .put(req)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.message().to_string())
-            }
+            crate::workloads::put_once(ch, req)
         })
         .await,
     )
@@ -408,13 +396,7 @@ async fn compaction(s: &Server, node: &Node, plan: &Plan, m: &mut Measured) -> R
                         value: vec![b'h'; 300],
                         ..Default::default()
                     };
-                    async move {
-                        KvClient::new(ch)
-                            .put(req)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.message().to_string())
-                    }
+                    crate::workloads::put_once(ch, req)
                 })
                 .await,
             )
