@@ -93,41 +93,22 @@ impl Applier {
         loop {
             let work = match next.take() {
                 Some(w) => w,
-                // A compaction in progress takes a step whenever nothing arrives for a while.
-                None if self.store.current().compacting() => {
-                    match committed.recv_timeout(self.compaction_idle) {
+                None => match self.idle_wait() {
+                    Some(wait) => match committed.recv_timeout(wait) {
                         Ok(w) => w,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.compact_step(self.compaction_step) {
-                                self.stop(e);
-                                return;
-                            }
-                            self.compaction_finished();
-                            continue;
-                        }
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                // What the last batches applied reaches the store's file once things go quiet,
-                // not only with the next batch: a restart replays less, and the file's size
-                // (dbSize) shows what it holds.
-                None if self.unsynced => {
-                    let wait = BACKEND_SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed());
-                    match committed.recv_timeout(wait) {
-                        Ok(w) => w,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.sync_store(&self.store.current()) {
+                            if let Err(e) = self.idle_work() {
                                 self.stop(e);
                                 return;
                             }
                             continue;
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                None => match committed.recv() {
-                    Ok(w) => w,
-                    Err(_) => break,
+                    },
+                    None => match committed.recv() {
+                        Ok(w) => w,
+                        Err(_) => break,
+                    },
                 },
             };
             let res = match work {
@@ -160,6 +141,32 @@ impl Applier {
         }
         if let Err(e) = self.store.current().sync() {
             tracing::error!(error = %e, "final backend sync failed");
+        }
+    }
+
+    /// How long to wait for entries before doing idle work, if there is any: a compaction in
+    /// progress takes a whole step whenever nothing arrives for `--compaction-sleep-interval`;
+    /// otherwise what the last batches applied reaches the store's file once things go quiet,
+    /// not only with the next batch (a restart replays less, and dbSize shows what it holds).
+    fn idle_wait(&self) -> Option<Duration> {
+        if self.store.current().compacting() {
+            Some(self.compaction_idle)
+        } else if self.unsynced {
+            Some(BACKEND_SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed()))
+        } else {
+            None
+        }
+    }
+
+    /// The idle work [`Applier::idle_wait`] waited for.
+    fn idle_work(&mut self) -> Result<(), KvError> {
+        let mvcc = self.store.current();
+        if mvcc.compacting() {
+            self.compact_step(self.compaction_step)?;
+            self.compaction_finished();
+            Ok(())
+        } else {
+            self.sync_store(&mvcc)
         }
     }
 
