@@ -1,7 +1,8 @@
 //! The MVCC backend: a redb database holding every stored revision and the apply metadata.
 //!
 //! Table `kv`: 16-byte big-endian `(main, sub)` revision -> `flags: u8 | encoded value`
-//! (flag bit 0 marks a tombstone). Table `meta`: name -> u64 (e.g. the consistent index). Any
+//! (flag bit 0 marks a tombstone); a long value is stored in parts (`split`), and read back
+//! whole. Table `meta`: name -> u64 (e.g. the consistent index). Any
 //! other table is one the caller names ([`Table`]): bytes under bytes, whose meaning is the
 //! caller's (the state machine's schema lives in `ballast-state`).
 //!
@@ -20,9 +21,10 @@ use std::time::Instant;
 
 use crate::limits::{HOLD_BYTES, HOLD_FOR, HOLD_WRITES, IMPORT_BATCH_BYTES, MAX_SNAPSHOT_FIELD};
 use crate::overlay::Rows;
+use crate::split;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The store's own accounting of its size ([`Usage`]): never exported, copied or hashed.
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
@@ -283,6 +285,8 @@ impl Backend {
         let db = create_db(path)?;
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
+        tx.open_table(split::PAGES)?;
+        tx.open_table(split::PIECES)?;
         tx.open_table(META)?;
         for t in tables {
             match tx.open_table(t.def()) {
@@ -400,7 +404,7 @@ impl Backend {
     ) -> Result<(R, Rows, i64), E> {
         let mut w = WriteTx {
             stored: 0,
-            kv: tx.open_table(KV).map_err(BackendError::from)?,
+            rows: split::Writer::open(tx)?,
             meta: tx.open_table(META).map_err(BackendError::from)?,
             tables: self
                 .tables
@@ -465,11 +469,12 @@ impl Backend {
     ) -> Result<R, E> {
         let recent = self.recent();
         let tx = self.db().begin_read().map_err(BackendError::from)?;
-        let kv = tx.open_table(KV).map_err(BackendError::from)?;
-        let meta = tx.open_table(META).map_err(BackendError::from)?;
+        let open = |t| tx.open_table(t).map_err(BackendError::from);
         f(&ReadTx {
-            kv,
-            meta,
+            kv: open(KV)?,
+            pages: open(split::PAGES)?,
+            pieces: open(split::PIECES)?,
+            meta: tx.open_table(META).map_err(BackendError::from)?,
             recent: &recent,
         })
     }
@@ -565,7 +570,7 @@ impl Backend {
             let mut tx = b.db().begin_write()?;
             tx.set_durability(Durability::None)?;
             {
-                let mut kv = tx.open_table(KV)?;
+                let mut kv = split::Writer::open(&tx)?;
                 let mut meta = tx.open_table(META)?;
                 let mut small = Vec::with_capacity(tables.len());
                 for t in tables {
@@ -580,7 +585,8 @@ impl Backend {
                     match keep(rec) {
                         None => {}
                         Some(SnapRecord::Kv(k, v)) => {
-                            kv.insert(k.as_slice(), v.as_slice())?;
+                            let rev = Rev::from_bytes(&k).ok_or_else(|| bad("revision key"))?;
+                            kv.insert(rev, &v)?;
                         }
                         Some(SnapRecord::Meta(name, v)) => {
                             meta.insert(name.as_str(), v)?;
@@ -637,16 +643,18 @@ impl Backend {
         {
             let kv_src = src.open_table(KV)?;
             if self.removals.load(Ordering::Relaxed) != removals {
-                let mut kv = tx.open_table(KV)?;
+                let mut rows = split::Writer::open(&tx)?;
                 let mut gone = Vec::new();
-                for row in kv.iter()? {
+                for row in rows.kv.iter()? {
                     let k = row?.0.value().to_vec();
                     if kv_src.get(k.as_slice())?.is_none() {
-                        gone.push(k);
+                        gone.push(
+                            Rev::from_bytes(&k).ok_or(BackendError::Malformed(Rev::default()))?,
+                        );
                     }
                 }
-                for k in gone {
-                    kv.remove(k.as_slice())?;
+                for rev in gone {
+                    rows.remove_row(rev)?;
                 }
             }
             replace_table(&src, &mut tx, META)?;
@@ -718,17 +726,10 @@ pub struct ReadSnapshot {
 impl ReadSnapshot {
     /// Every stored revision in order: revision, tombstone flag, the stored value.
     pub fn for_each_rev(&self, f: &mut SnapshotRevVisitor<'_>) -> Result<(), BackendError> {
-        let table = self.tx.open_table(KV)?;
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-            let (&flags, kv) = v
-                .value()
-                .split_first()
-                .ok_or(BackendError::Malformed(rev))?;
-            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("snapshot export"))?;
-        }
-        Ok(())
+        whole_rows(&self.tx, &mut |rev, row| {
+            let (&flags, kv) = row.split_first().ok_or(BackendError::Malformed(rev))?;
+            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("snapshot export"))
+        })
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
@@ -751,7 +752,7 @@ pub struct WriteTx<'a> {
     /// Bytes of keys and values this update added, less those it removed.
     stored: i64,
     staged: Rows,
-    kv: redb::Table<'a, &'static [u8], &'static [u8]>,
+    rows: split::Writer<'a>,
     meta: redb::Table<'a, &'static str, u64>,
     /// The caller's tables, by name.
     tables: Vec<(&'static str, BytesTable<'a>)>,
@@ -810,21 +811,12 @@ impl WriteTx<'_> {
                 }
             }
         });
-        let len = row.len();
-        let old = self
-            .kv
-            .insert(rev.to_bytes().as_slice(), row)?
-            .map(|g| g.value().len());
-        self.stored += row_bytes(16, len) - old.map_or(0, |v| row_bytes(16, v));
+        self.stored += self.rows.insert(rev, row)?;
         Ok(())
     }
 
     pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
-        let old = self
-            .kv
-            .remove(rev.to_bytes().as_slice())?
-            .map(|g| g.value().len());
-        self.stored -= old.map_or(0, |v| row_bytes(16, v));
+        self.stored += self.rows.remove_row(rev)?.0;
         self.staged.delete(rev);
         self.removals.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -841,10 +833,14 @@ impl WriteTx<'_> {
 
 impl RevRead for WriteTx<'_> {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
-        match self.kv.get(rev.to_bytes().as_slice())? {
-            Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
-            None => Ok(None),
-        }
+        self.rows
+            .get(rev)?
+            .map(|r| decode_stored(rev, &r))
+            .transpose()
+    }
+
+    fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
+        self.rows.value_len(rev)
     }
 
     fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
@@ -852,8 +848,12 @@ impl RevRead for WriteTx<'_> {
     }
 }
 
+type ReadOnlyBytes = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 pub struct ReadTx<'a> {
-    kv: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    kv: ReadOnlyBytes,
+    pages: ReadOnlyBytes,
+    pieces: ReadOnlyBytes,
     meta: redb::ReadOnlyTable<&'static str, u64>,
     recent: &'a Rows,
 }
@@ -899,9 +899,16 @@ impl ReadTx<'_> {
         };
         let mut recent = self.recent.range(from, to).peekable();
         let mut emit = |rev: Rev, row: &[u8]| f(rev, decode_stored(rev, row)?);
+        let mut whole = Vec::new();
         for item in committed {
             let (k, v) = item?;
             let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+            let mut v = v.value();
+            if split::is_split(v) {
+                whole.clear();
+                split::join(rev, v, &self.pages, &self.pieces, &mut whole)?;
+                v = &whole;
+            }
             while let Some((r, row)) = recent.next_if(|(r, _)| *r < rev) {
                 if !emit(r, row)? {
                     return Ok(());
@@ -910,7 +917,7 @@ impl ReadTx<'_> {
             let go_on = match recent.next_if(|(r, _)| *r == rev) {
                 Some((_, row)) => emit(rev, row)?,
                 None if self.recent.is_gone(rev) => true,
-                None => emit(rev, v.value())?,
+                None => emit(rev, v)?,
             };
             if !go_on {
                 return Ok(());
@@ -930,10 +937,12 @@ impl RevRead for ReadTx<'_> {
         if let Some(row) = self.recent.get(rev) {
             return row.map(|r| decode_stored(rev, r)).transpose();
         }
-        match self.kv.get(rev.to_bytes().as_slice())? {
-            Some(g) => Ok(Some(decode_stored(rev, g.value())?)),
-            None => Ok(None),
-        }
+        let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        let mut whole = Vec::new();
+        split::join(rev, row.value(), &self.pages, &self.pieces, &mut whole)?;
+        Ok(Some(decode_stored(rev, &whole)?))
     }
 
     fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
@@ -941,7 +950,7 @@ impl RevRead for ReadTx<'_> {
             return row.map(|r| stored_len(rev, r)).transpose();
         }
         match self.kv.get(rev.to_bytes().as_slice())? {
-            Some(g) => Ok(Some(stored_len(rev, g.value())?)),
+            Some(g) => Ok(Some(split::value_len(rev, g.value())?)),
             None => Ok(None),
         }
     }
@@ -1205,6 +1214,69 @@ mod tests {
         assert!(counted <= b.size());
     }
 
+    /// Long values are stored in parts (`split`): they read back whole from the held
+    /// transaction, committed views, snapshot walks and an export/import, and take about
+    /// their own size in pages (whole, 2 kB values took 2x, 20 kB 1.6x).
+    #[test]
+    fn long_values_read_back_whole_and_take_about_their_size() {
+        for (len, most) in [(2_100usize, 1.3), (20_060, 1.05), (100_060, 1.05)] {
+            let d = tempfile::tempdir().unwrap();
+            let b = Backend::open(&d.path().join("db"), T).unwrap();
+            let empty = count_pages(&b.db().begin_write().unwrap())
+                .unwrap()
+                .page_bytes;
+            let n = (8usize << 20) / len;
+            let value = |m: usize| -> Vec<u8> { (0..len).map(|i| (i * 7 + m) as u8).collect() };
+            for m in 1..=n {
+                b.update(false, |w| {
+                    w.put_rev(Rev::new(m as i64, 0), false, &value(m))
+                })
+                .unwrap();
+            }
+            let check = |b: &Backend| {
+                let rows = revs_in(b, 1, n as i64 + 1);
+                assert_eq!(rows.len(), n);
+                for (m, kv) in rows {
+                    assert!(kv == value(m as usize), "{len}: revision {m}");
+                }
+                b.view(|r| {
+                    assert_eq!(r.kv_len(Rev::new(3, 0))?, Some(len));
+                    assert_eq!(r.get_rev(Rev::new(3, 0))?.map(|s| s.kv), Some(value(3)));
+                    Ok::<_, BackendError>(())
+                })
+                .unwrap();
+            };
+            check(&b);
+            b.update(true, |_| Ok::<_, BackendError>(())).unwrap();
+            check(&b);
+            let mut walked = 0;
+            b.read_snapshot()
+                .unwrap()
+                .for_each_rev(&mut |rev, _, kv| {
+                    assert!(kv == value(rev.main as usize));
+                    walked += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(walked, n);
+            let pages = count_pages(&b.db().begin_write().unwrap())
+                .unwrap()
+                .page_bytes
+                - empty;
+            let ratio = pages as f64 / (n * len) as f64;
+            assert!(
+                ratio <= most,
+                "{len}-byte values: {ratio:.3}x their size in pages"
+            );
+            let exported = dump(&b);
+            let copy = d.path().join("copy");
+            Backend::import(&copy, T, exported.as_slice()).unwrap();
+            let c = Backend::open(&copy, T).unwrap();
+            check(&c);
+            assert!(dump(&c) == exported);
+        }
+    }
+
     fn dump(b: &Backend) -> Vec<u8> {
         let mut out = Vec::new();
         b.export(&mut |r| {
@@ -1416,6 +1488,23 @@ mod tests {
 /// Receives (table tag, key, value) of each row.
 type RowVisitor<'a> = dyn FnMut(u8, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 
+/// Visits one stored revision's whole row (`flags | value`).
+type WholeRowVisitor<'a> = dyn FnMut(Rev, &[u8]) -> Result<(), BackendError> + 'a;
+
+/// Visits every stored revision in order, with its whole row.
+fn whole_rows(tx: &redb::ReadTransaction, f: &mut WholeRowVisitor<'_>) -> Result<(), BackendError> {
+    let (pages, pieces) = (tx.open_table(split::PAGES)?, tx.open_table(split::PIECES)?);
+    let mut whole = Vec::new();
+    for row in tx.open_table(KV)?.iter()? {
+        let (k, v) = row?;
+        let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+        whole.clear();
+        split::join(rev, v.value(), &pages, &pieces, &mut whole)?;
+        f(rev, &whole)?;
+    }
+    Ok(())
+}
+
 /// Visits every row of every table as raw snapshot fields, in the order the stream holds them.
 fn walk(
     tx: &redb::ReadTransaction,
@@ -1423,10 +1512,9 @@ fn walk(
     f: &mut RowVisitor<'_>,
 ) -> Result<(), BackendError> {
     let io = io_error("snapshot export");
-    for row in tx.open_table(KV)?.iter()? {
-        let (k, v) = row?;
-        f(SNAP_KV, k.value(), v.value()).map_err(io)?;
-    }
+    whole_rows(tx, &mut |rev, row| {
+        f(SNAP_KV, &rev.to_bytes(), row).map_err(io)
+    })?;
     for row in tx.open_table(META)?.iter()? {
         let (k, v) = row?;
         f(SNAP_META, k.value().as_bytes(), &v.value().to_le_bytes()).map_err(io)?;
@@ -1650,6 +1738,11 @@ fn copy_kv(
     after: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, BackendError> {
     let table = src.open_table(KV)?;
+    let (pages, pieces) = (
+        src.open_table(split::PAGES)?,
+        src.open_table(split::PIECES)?,
+    );
+    let mut whole = Vec::new();
     let mut rows = match after {
         Some(k) => {
             table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?
@@ -1663,11 +1756,15 @@ fn copy_kv(
         let mut batch = 0usize;
         let mut more = false;
         {
-            let mut out = tx.open_table(KV)?;
+            let mut out = split::Writer::open(&tx)?;
             for row in rows.by_ref() {
                 let (k, v) = row?;
-                out.insert(k.value(), v.value())?;
-                batch += k.value().len() + v.value().len();
+                let rev =
+                    Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
+                whole.clear();
+                split::join(rev, v.value(), &pages, &pieces, &mut whole)?;
+                out.insert(rev, &whole)?;
+                batch += k.value().len() + whole.len();
                 last = Some(k.value().to_vec());
                 if batch >= IMPORT_BATCH_BYTES {
                     more = true;

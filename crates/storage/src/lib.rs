@@ -3,6 +3,7 @@
 //! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
 //! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
 //! * [`limits`]: every bound this layer keeps.
+//! * `split`: long values stored in parts that fill redb's pages (the `kv` row layout).
 //! * [`stats`]: latency histograms of WAL fsyncs and backend commits, for `/metrics`.
 //! * [`failpoint`]: crash, I/O-error and safety-breaking switches for fault injection (only
 //!   with the `failpoints` feature).
@@ -16,6 +17,7 @@ pub mod failpoint;
 pub mod limits;
 mod overlay;
 pub mod private;
+mod split;
 pub mod stats;
 pub mod wal;
 

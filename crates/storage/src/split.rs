@@ -1,0 +1,397 @@
+//! Large revision rows stored in parts that fill redb's pages.
+//!
+//! redb gives every B-tree leaf a power-of-two number of 4 KiB pages, so a row a little over a
+//! power of two takes nearly twice its size, and rows of 2-4 KiB fit one to a leaf: a store of
+//! 20 kB values was 1.6x etcd's bbolt file, of 2 kB values 2x the data. So a row longer than
+//! [`INLINE_MAX`] is cut, in order, into:
+//! * *pages*: parts sized to fill a leaf of exactly `2^order` pages alone (table `kv_pages`),
+//!   largest first, while at least a one-page part is left;
+//! * *pieces*: what is left, if more than [`INLINE_MAX`], in equal parts of at most
+//!   [`PIECE_MAX`] (table `kv_pieces`), which pack many to a leaf like small rows;
+//! * the rest, inline in the `kv` row after a header: `flags | SPLIT`, the whole length
+//!   (u32 LE), the number of pages and of pieces (u8 each).
+//!
+//! Parts are keyed by the 16-byte revision and a u32 big-endian index. Measured on redb 4.6
+//! with 16 MiB of values (docs/storage-layout.md): 2 kB values 32.7 -> 19.9 MiB, 4 kB
+//! 32.4 -> 16.9, 20 kB 26.3 -> 16.6, 100 kB 20.9 -> 16.1, 1 MB 16.0 -> 15.3.
+//!
+//! Invariant: everything outside this module sees whole rows (`flags | encoded value`, no
+//! SPLIT bit): views, the overlay, snapshot streams and hashes never depend on the layout.
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::backend::{BackendError, Rev};
+
+pub(crate) const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pages");
+pub(crate) const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pieces");
+
+/// The flag bit of a `kv` row whose value is split.
+pub(crate) const SPLIT: u8 = 2;
+/// Rows up to this long are stored whole; so is the inline rest of a split row.
+pub(crate) const INLINE_MAX: usize = 1024;
+/// Longest piece (a few to a page, packed with other pieces).
+pub(crate) const PIECE_MAX: usize = 1000;
+const PAGE: usize = 4096;
+/// What a leaf holding one part spends besides the part: its header (4 bytes), the key's and
+/// the value's end offsets (4 each) and the 20-byte key. Checked by
+/// `tests::a_page_part_fills_its_leaf_exactly`.
+const LEAF_OVERHEAD: usize = 32;
+/// Largest page part: 1 MiB leaves (a 64 MiB row is under 80 parts).
+const MAX_ORDER: u32 = 8;
+/// `flags`, whole length, page count, piece count.
+const HEADER: usize = 1 + 4 + 1 + 1;
+
+/// How many bytes a page part of `order` holds.
+const fn page_fit(order: u32) -> usize {
+    (PAGE << order) - LEAF_OVERHEAD
+}
+
+/// Where each part of a value of a given length goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Lengths of the page parts, in order.
+    pages: Vec<usize>,
+    pieces: usize,
+    piece_len: usize,
+    /// Bytes left inline in the row.
+    inline: usize,
+}
+
+/// How a value of `len` bytes is stored; `None` when it is stored whole.
+pub(crate) fn plan(len: usize) -> Option<Plan> {
+    if len <= INLINE_MAX {
+        return None;
+    }
+    let mut pages = Vec::new();
+    let mut rest = len;
+    while rest >= page_fit(0) {
+        let order = (0..=MAX_ORDER)
+            .rev()
+            .find(|&o| page_fit(o) <= rest)
+            .unwrap_or(0);
+        pages.push(page_fit(order));
+        rest -= page_fit(order);
+    }
+    let (pieces, piece_len) = if rest > INLINE_MAX {
+        let n = rest.div_ceil(PIECE_MAX);
+        (n, rest.div_ceil(n))
+    } else {
+        (0, 0)
+    };
+    let inline = rest - (pieces * piece_len).min(rest);
+    Some(Plan {
+        pages,
+        pieces,
+        piece_len,
+        inline,
+    })
+}
+
+fn part_key(rev: Rev, i: usize) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&rev.to_bytes());
+    k[16..].copy_from_slice(&(i as u32).to_be_bytes());
+    k
+}
+
+/// A split row's header: whole length, page count, piece count.
+fn header(rev: Rev, row: &[u8]) -> Result<(usize, usize, usize), BackendError> {
+    let h = row.get(..HEADER).ok_or(BackendError::Malformed(rev))?;
+    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    Ok((len, h[5] as usize, h[6] as usize))
+}
+
+/// Whether a stored `kv` row is split.
+pub(crate) fn is_split(row: &[u8]) -> bool {
+    row.first().is_some_and(|f| f & SPLIT != 0)
+}
+
+/// The length of the encoded value a stored `kv` row holds, whole or split.
+pub(crate) fn value_len(rev: Rev, row: &[u8]) -> Result<usize, BackendError> {
+    if is_split(row) {
+        return Ok(header(rev, row)?.0);
+    }
+    row.len().checked_sub(1).ok_or(BackendError::Malformed(rev))
+}
+
+/// Appends the whole row (`flags | value`) a stored `kv` row stands for to `out`, reading its
+/// parts; a part missing or of the wrong length is [`BackendError::Malformed`].
+pub(crate) fn join<T>(
+    rev: Rev,
+    row: &[u8],
+    pages: &T,
+    pieces: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), BackendError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    if !is_split(row) {
+        out.extend_from_slice(row);
+        return Ok(());
+    }
+    let (len, n_pages, n_pieces) = header(rev, row)?;
+    // The length is checked against what is read, not trusted for the allocation.
+    out.reserve(len.min(crate::limits::MAX_RECORD_BYTES) + 1);
+    let start = out.len();
+    out.push(row[0] & !SPLIT);
+    for (table, n) in [(pages, n_pages), (pieces, n_pieces)] {
+        for i in 0..n {
+            let part = table
+                .get(part_key(rev, i).as_slice())?
+                .ok_or(BackendError::Malformed(rev))?;
+            out.extend_from_slice(part.value());
+            if out.len() - start > len + 1 {
+                return Err(BackendError::Malformed(rev));
+            }
+        }
+    }
+    out.extend_from_slice(&row[HEADER..]);
+    if out.len() - start != len + 1 {
+        return Err(BackendError::Malformed(rev));
+    }
+    Ok(())
+}
+
+/// The `kv` table with the part tables, for writing rows in whatever layout they need.
+pub(crate) struct Writer<'a> {
+    pub(crate) kv: redb::Table<'a, &'static [u8], &'static [u8]>,
+    pub(crate) pages: redb::Table<'a, &'static [u8], &'static [u8]>,
+    pub(crate) pieces: redb::Table<'a, &'static [u8], &'static [u8]>,
+    /// Reused for split rows' headers.
+    scratch: Vec<u8>,
+}
+
+/// redb's stored bytes (keys and values) of one table entry.
+fn entry_bytes(key: usize, value: usize) -> i64 {
+    i64::try_from(key + value).unwrap_or(i64::MAX)
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn open(tx: &'a redb::WriteTransaction) -> Result<Self, BackendError> {
+        Ok(Writer {
+            kv: tx.open_table(crate::backend::KV)?,
+            pages: tx.open_table(PAGES)?,
+            pieces: tx.open_table(PIECES)?,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Stores the whole row `row` (`flags | value`) at `rev`, replacing what was there.
+    /// Returns the change in stored bytes.
+    pub(crate) fn insert(&mut self, rev: Rev, row: &[u8]) -> Result<i64, BackendError> {
+        let mut delta = self.remove(rev)?;
+        let key = rev.to_bytes();
+        let (&flags, value) = row.split_first().ok_or(BackendError::Malformed(rev))?;
+        // A whole row never carries the bit (a snapshot stream that sets it is damaged).
+        if flags & SPLIT != 0 {
+            return Err(BackendError::Malformed(rev));
+        }
+        let Some(plan) = plan(value.len()) else {
+            self.kv.insert(key.as_slice(), row)?;
+            return Ok(delta + entry_bytes(16, row.len()));
+        };
+        let too_many = |_| BackendError::Malformed(rev);
+        let mut rest = value;
+        for (i, &n) in plan.pages.iter().enumerate() {
+            let (part, tail) = rest.split_at(n);
+            self.pages.insert(part_key(rev, i).as_slice(), part)?;
+            delta += entry_bytes(20, n);
+            rest = tail;
+        }
+        for i in 0..plan.pieces {
+            let (part, tail) = rest.split_at(plan.piece_len.min(rest.len()));
+            self.pieces.insert(part_key(rev, i).as_slice(), part)?;
+            delta += entry_bytes(20, part.len());
+            rest = tail;
+        }
+        debug_assert_eq!(rest.len(), plan.inline);
+        self.scratch.clear();
+        self.scratch.push(flags | SPLIT);
+        let len = u32::try_from(value.len()).map_err(too_many)?;
+        self.scratch.extend_from_slice(&len.to_le_bytes());
+        self.scratch
+            .push(u8::try_from(plan.pages.len()).map_err(too_many)?);
+        self.scratch
+            .push(u8::try_from(plan.pieces).map_err(too_many)?);
+        self.scratch.extend_from_slice(rest);
+        self.kv.insert(key.as_slice(), self.scratch.as_slice())?;
+        Ok(delta + entry_bytes(16, self.scratch.len()))
+    }
+
+    /// Removes the row at `rev` and its parts. Returns the change in stored bytes (zero or
+    /// less) and whether there was a row.
+    pub(crate) fn remove_row(&mut self, rev: Rev) -> Result<(i64, bool), BackendError> {
+        let Some(old) = self.kv.remove(rev.to_bytes().as_slice())? else {
+            return Ok((0, false));
+        };
+        let row = old.value();
+        let mut delta = -entry_bytes(16, row.len());
+        if is_split(row) {
+            let (_, n_pages, n_pieces) = header(rev, row)?;
+            drop(old);
+            for (table, n) in [(&mut self.pages, n_pages), (&mut self.pieces, n_pieces)] {
+                for i in 0..n {
+                    if let Some(p) = table.remove(part_key(rev, i).as_slice())? {
+                        delta -= entry_bytes(20, p.value().len());
+                    }
+                }
+            }
+        }
+        Ok((delta, true))
+    }
+
+    fn remove(&mut self, rev: Rev) -> Result<i64, BackendError> {
+        Ok(self.remove_row(rev)?.0)
+    }
+
+    /// The whole row at `rev`, if any.
+    pub(crate) fn get(&self, rev: Rev) -> Result<Option<Vec<u8>>, BackendError> {
+        let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        join(rev, row.value(), &self.pages, &self.pieces, &mut out)?;
+        Ok(Some(out))
+    }
+
+    /// The length of the value stored at `rev`, if any, without reading its parts.
+    pub(crate) fn value_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
+        match self.kv.get(rev.to_bytes().as_slice())? {
+            Some(row) => Ok(Some(value_len(rev, row.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, ReadableTableMetadata};
+
+    #[test]
+    fn plans_cover_the_value_exactly() {
+        for len in (0..70_000)
+            .step_by(7)
+            .chain([page_fit(0), page_fit(3) + 1, 5 << 20])
+        {
+            let Some(p) = plan(len) else {
+                assert!(len <= INLINE_MAX);
+                continue;
+            };
+            let in_pages: usize = p.pages.iter().sum();
+            let in_pieces = len - in_pages - p.inline;
+            assert!(p.inline <= INLINE_MAX, "{len}: {p:?}");
+            assert!(p
+                .pages
+                .iter()
+                .all(|&n| (page_fit(0)..=page_fit(MAX_ORDER)).contains(&n)));
+            assert!(
+                len - in_pages < page_fit(0),
+                "{len}: a whole page left over"
+            );
+            if p.pieces > 0 {
+                assert!(p.inline == 0 && p.piece_len <= PIECE_MAX, "{len}: {p:?}");
+                assert!(in_pieces > (p.pieces - 1) * p.piece_len);
+                assert!(in_pieces <= p.pieces * p.piece_len);
+            }
+            assert!(p.pages.len() <= 255 && p.pieces <= 255);
+        }
+    }
+
+    fn allocated(db: &Database) -> u64 {
+        let tx = db.begin_write().unwrap();
+        let s = tx.stats().unwrap();
+        s.allocated_pages() * s.page_size() as u64
+    }
+
+    /// A redb upgrade that changes its leaf layout would quietly double every page part.
+    #[test]
+    fn a_page_part_fills_its_leaf_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        for (order, extra) in [(0, 0), (2, 0), (0, 1)] {
+            let path = dir.path().join(format!("db{order}{extra}"));
+            let db = Database::create(&path).unwrap();
+            let before = allocated(&db);
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(PAGES).unwrap();
+                let part = vec![7u8; page_fit(order) + extra];
+                for i in 0..64 {
+                    t.insert(part_key(Rev::new(1, 0), i).as_slice(), part.as_slice())
+                        .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+            let per_part = (allocated(&db) - before) / 64;
+            let leaf = (PAGE << order) as u64;
+            if extra == 0 {
+                // One leaf each, plus a share of the branch page over them.
+                assert!((leaf..leaf + leaf / 8).contains(&per_part), "{per_part}");
+            } else {
+                assert!(per_part >= 2 * leaf, "{per_part}");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_of_every_size_read_back_whole_and_removal_leaves_no_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db")).unwrap();
+        let tx = db.begin_write().unwrap();
+        let sizes = [
+            0, 1, 1024, 1025, 2100, 4063, 4064, 4065, 20_060, 100_060, 1_000_060,
+        ];
+        {
+            let mut w = Writer::open(&tx).unwrap();
+            let mut stored = 0;
+            for (i, &n) in sizes.iter().enumerate() {
+                let mut row: Vec<u8> = (0..=n).map(|b| (b * 31 + i) as u8).collect();
+                row[0] = (i % 2) as u8;
+                let rev = Rev::new(i as i64 + 1, 0);
+                // Overwriting a longer row drops the parts this one does not need.
+                stored += w.insert(rev, &vec![0u8; 300_000]).unwrap();
+                stored += w.insert(rev, &row).unwrap();
+                assert_eq!(w.get(rev).unwrap().as_deref(), Some(row.as_slice()));
+                assert_eq!(w.value_len(rev).unwrap(), Some(n));
+            }
+            assert!(stored > 0);
+            for i in 0..sizes.len() {
+                let (d, had) = w.remove_row(Rev::new(i as i64 + 1, 0)).unwrap();
+                assert!(had);
+                stored += d;
+            }
+            assert_eq!(stored, 0);
+            assert_eq!(w.kv.len().unwrap(), 0);
+            assert_eq!(w.pages.len().unwrap(), 0);
+            assert_eq!(w.pieces.len().unwrap(), 0);
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_short_part_is_malformed_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("db")).unwrap();
+        let tx = db.begin_write().unwrap();
+        let rev = Rev::new(5, 0);
+        let mut w = Writer::open(&tx).unwrap();
+        // One page part, three pieces.
+        let row = vec![0u8; page_fit(0) + 2101];
+        w.insert(rev, &row).unwrap();
+        w.pages.remove(part_key(rev, 0).as_slice()).unwrap();
+        assert!(matches!(w.get(rev), Err(BackendError::Malformed(r)) if r == rev));
+        w.insert(rev, &row).unwrap();
+        w.pieces.remove(part_key(rev, 0).as_slice()).unwrap();
+        assert!(matches!(w.get(rev), Err(BackendError::Malformed(r)) if r == rev));
+        w.pieces
+            .insert(part_key(rev, 0).as_slice(), &[1u8][..])
+            .unwrap();
+        assert!(matches!(w.get(rev), Err(BackendError::Malformed(_))));
+        assert!(w.insert(rev, &[SPLIT, 1, 2]).is_err());
+        for bad in [&[SPLIT][..], &[SPLIT, 0xff, 0xff, 0xff, 0xff, 9, 9][..]] {
+            w.kv.insert(rev.to_bytes().as_slice(), bad).unwrap();
+            assert!(w.get(rev).is_err());
+        }
+    }
+}
