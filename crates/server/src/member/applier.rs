@@ -77,7 +77,8 @@ pub struct Applier {
 
 /// A compaction step taken between applied batches handles at most this fraction of
 /// `--compaction-batch-limit`, in slices of `BUSY_SLICE` keys and revisions until
-/// `BUSY_STEP_BUDGET` has passed; idle steps handle all of it.
+/// `BUSY_STEP_BUDGET` has passed; idle steps handle all of it, in the same slices, unless
+/// entries arrive first.
 const BUSY_STEP_FRACTION: usize = 10;
 const BUSY_SLICE: usize = 10;
 /// What a busy compaction step may add to the batch behind it: deleting a revision whose page
@@ -97,9 +98,12 @@ impl Applier {
                     Some(wait) => match committed.recv_timeout(wait) {
                         Ok(w) => w,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            if let Err(e) = self.idle_work() {
-                                self.stop(e);
-                                return;
+                            match self.idle_work(&committed) {
+                                Ok(arrived) => next = arrived,
+                                Err(e) => {
+                                    self.stop(e);
+                                    return;
+                                }
                             }
                             continue;
                         }
@@ -158,16 +162,29 @@ impl Applier {
         }
     }
 
-    /// The idle work [`Applier::idle_wait`] waited for.
-    fn idle_work(&mut self) -> Result<(), KvError> {
+    /// The idle work [`Applier::idle_wait`] waited for. A compaction step goes in slices and
+    /// stops early when entries arrive (returned, to be applied next): a whole step of 1,000
+    /// revisions took 7-17 ms on a 400 MiB store, which every put arriving meanwhile waited
+    /// out.
+    fn idle_work(
+        &mut self,
+        committed: &std::sync::mpsc::Receiver<Apply>,
+    ) -> Result<Option<Apply>, KvError> {
         let mvcc = self.store.current();
-        if mvcc.compacting() {
-            self.compact_step(self.compaction_step)?;
-            self.compaction_finished();
-            Ok(())
-        } else {
-            self.sync_store(&mvcc)
+        if !mvcc.compacting() {
+            self.sync_store(&mvcc)?;
+            return Ok(None);
         }
+        let mut arrived = None;
+        self.compact_slices(self.compaction_step, |_| match committed.try_recv() {
+            Ok(work) => {
+                arrived = Some(work);
+                true
+            }
+            Err(_) => false,
+        })?;
+        self.compaction_finished();
+        Ok(arrived)
     }
 
     /// The disk failed: stop acknowledging anything, and stop the member.
@@ -176,12 +193,26 @@ impl Applier {
         self.failed.send_replace(Some(format!("apply failed: {e}")));
     }
 
-    /// One bounded step of the compaction in progress (see `Mvcc::compact_step`).
-    fn compact_step(&mut self, limit: usize) -> Result<(), KvError> {
+    /// One step of the compaction in progress, of at most `limit` keys and revisions, taken
+    /// in slices of `BUSY_SLICE` (see `Mvcc::compact_step`) until `stop` (given the time
+    /// spent) says so. One pause is observed for the step, as etcd observes one per batch.
+    fn compact_slices(
+        &mut self,
+        limit: usize,
+        mut stop: impl FnMut(Duration) -> bool,
+    ) -> Result<(), KvError> {
         let mvcc = self.store.current();
         let before = mvcc.compacted_revisions();
         let started = Instant::now();
-        mvcc.compact_step(limit)?;
+        let mut left = limit.max(1);
+        while left > 0 && mvcc.compacting() {
+            let slice = left.min(BUSY_SLICE);
+            mvcc.compact_step(slice)?;
+            left -= slice;
+            if stop(started.elapsed()) {
+                break;
+            }
+        }
         crate::stats::COMPACTION_PAUSE_MS
             .get()
             .observe_value(started.elapsed().as_secs_f64() * 1000.0);
@@ -349,12 +380,10 @@ impl Applier {
         // Under load a compaction in progress advances a little per batch, after the batch's
         // answers are out: a step delays the entries behind it, so busy steps are small and
         // timed (a whole one added 1.5 ms to a 0.4 ms put p99).
-        let started = Instant::now();
-        let mut left = (self.compaction_step / BUSY_STEP_FRACTION).max(1);
-        while left > 0 && mvcc.compacting() && started.elapsed() < BUSY_STEP_BUDGET {
-            let slice = left.min(BUSY_SLICE);
-            self.compact_step(slice)?;
-            left -= slice;
+        if mvcc.compacting() {
+            self.compact_slices(self.compaction_step / BUSY_STEP_FRACTION, |spent| {
+                spent >= BUSY_STEP_BUDGET
+            })?;
         }
         self.compaction_finished();
         // The periodic sync only bounds how much WAL a restart replays, so it runs after the
