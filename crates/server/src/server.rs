@@ -132,7 +132,6 @@ impl EtcdServer {
             compaction_step: cfg.compaction_batch_limit,
             compaction_idle: cfg.compaction_sleep_interval,
             compaction_started: None,
-            unsynced: false,
             trim_every: (cfg.snapshot_catchup_entries / crate::limits::TRIMS_PER_CATCH_UP_WINDOW)
                 .max(1),
             warn_apply: cfg.warning_apply_duration,
@@ -141,7 +140,6 @@ impl EtcdServer {
             watch: hub.clone(),
             lessor: lessor.clone(),
             applied: applied_tx,
-            last_sync: Instant::now(),
             transport: node.transport(),
             member_id,
             was_member: mvcc.members().iter().any(|m| m.id == member_id),

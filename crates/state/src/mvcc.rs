@@ -1644,6 +1644,11 @@ impl Mvcc {
         self.backend.size_in_use()
     }
 
+    /// Row writes the store has staged and not yet begun to commit.
+    pub fn staged_writes(&self) -> usize {
+        self.backend.staged_writes()
+    }
+
     /// Forces everything applied so far to disk.
     pub fn sync(&self) -> Result<(), KvError> {
         let _idx = self.read();

@@ -16,12 +16,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
-use crate::limits::{HOLD_BYTES, HOLD_FOR, HOLD_WRITES, IMPORT_BATCH_BYTES, MAX_SNAPSHOT_FIELD};
+use crate::limits::{
+    HOLD_BYTES, HOLD_FOR, HOLD_WRITES, IMPORT_BATCH_BYTES, MAX_SNAPSHOT_FIELD, STAGED_MAX_BYTES,
+    STAGED_MAX_WRITES, SYNC_EVERY,
+};
 use crate::overlay::Rows;
 use crate::split;
+use crate::staging::{self, Flow, Gen};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 pub(crate) const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -46,8 +50,6 @@ pub struct Table {
 
 /// The rows of a caller's table: (key, value) pairs.
 pub type TableRows = Vec<(Vec<u8>, Vec<u8>)>;
-
-type BytesTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
 
 impl Table {
     fn def(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -87,6 +89,9 @@ pub enum BackendError {
     Malformed(Rev),
     #[error("backend: table {0:?} is not usable: its tag is reserved or taken")]
     BadTable(&'static str),
+    /// An earlier commit failed: nothing written since is kept.
+    #[error("backend: the store writer stopped: {0}")]
+    Stopped(String),
 }
 
 /// An I/O error while doing `what`.
@@ -150,26 +155,43 @@ pub trait RevRead {
     fn meta(&self, name: &str) -> Result<Option<u64>, BackendError>;
 }
 
-/// A write transaction left open by non-durable updates, not yet committed.
-struct Held {
-    tx: redb::WriteTransaction,
-    since: Instant,
-    writes: usize,
+/// The store: see [`Core`], which it derefs to. It owns the store writer thread: dropping it
+/// commits everything staged, durably, and ends the thread.
+pub struct Backend {
+    core: Arc<Core>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-pub struct Backend {
-    /// Replaced whole by [`Backend::defragment`]; readers hold their own `Arc` meanwhile.
+impl std::ops::Deref for Backend {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+pub struct Core {
+    /// Replaced whole by [`Core::defragment`]; readers hold their own `Arc` meanwhile.
     db: RwLock<Arc<Database>>,
     /// The caller's tables besides `kv` and `meta`.
     tables: &'static [Table],
     path: PathBuf,
-    /// Taken by every write transaction and by the last phase of a defragmentation; guards
-    /// the transaction held open between updates.
-    writer: Mutex<Option<Held>>,
-    /// What the held transaction wrote, for views. A view takes this (shared) before its read
-    /// transaction, and a commit empties it (exclusively) after committing: a view's snapshot
-    /// misses nothing this lacks.
-    recent: RwLock<Rows>,
+    /// Serializes updates: each one stages after the one before it.
+    updates: Mutex<()>,
+    /// Held by the store writer around each redb write transaction, and by the last phase of
+    /// a defragmentation.
+    writer: Mutex<()>,
+    /// What updates staged since the writer last took it, and what it is committing now
+    /// (`staging`). A view takes both (shared, this order) before its read transaction; the
+    /// writer moves `open` into `sealed` exclusively, and empties `sealed` exclusively after
+    /// committing it: a view's snapshot misses nothing these lack.
+    open: RwLock<Gen>,
+    sealed: RwLock<Arc<Gen>>,
+    flow: Mutex<Flow>,
+    /// Signalled when updates want the writer (a durable update, a reader, full limits).
+    wake: Condvar,
+    /// Signalled by the writer when it took or committed a generation.
+    moved: Condvar,
     /// Rows removed so far: a defragmentation that saw none during its copy skips the diff.
     removals: AtomicU64,
     /// The bytes the file takes on disk, refreshed after every commit: the quota check reads it on every
@@ -295,12 +317,17 @@ impl Backend {
                 Err(e) => return Err(e.into()),
             }
         }
-        let b = Backend {
+        let b = Core {
             db: RwLock::new(Arc::new(db)),
             tables,
             path: path.to_path_buf(),
-            writer: Mutex::new(None),
-            recent: RwLock::default(),
+            updates: Mutex::new(()),
+            writer: Mutex::new(()),
+            open: RwLock::default(),
+            sealed: RwLock::default(),
+            flow: Mutex::new(Flow::new()),
+            wake: Condvar::new(),
+            moved: Condvar::new(),
             removals: AtomicU64::new(0),
             file_size: AtomicU64::new(0),
             quota_size: AtomicU64::new(0),
@@ -326,221 +353,16 @@ impl Backend {
         b.usage.persist(&tx)?;
         tx.commit()?;
         b.refresh_size(in_use);
-        Ok(b)
-    }
-
-    /// Re-reads the file's length; `in_use` is the pages in use when the caller counted them
-    /// (else they are estimated, see [`Usage`]).
-    fn refresh_size(&self, in_use: Option<u64>) {
-        let len = std::fs::metadata(&self.path).map_or(0, |m| physical_len(&m));
-        self.file_size.store(len, Ordering::Relaxed);
-        let counted = in_use.filter(|_| len <= COUNT_PAGES_BELOW).unwrap_or(len);
-        self.quota_size.store(counted, Ordering::Relaxed);
-        let in_use = in_use.unwrap_or_else(|| self.usage.estimate());
-        self.usage.in_use.store(in_use.min(len), Ordering::Relaxed);
-    }
-
-    fn db(&self) -> Arc<Database> {
-        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn lock_writer(&self) -> MutexGuard<'_, Option<Held>> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn recent(&self) -> RwLockReadGuard<'_, Rows> {
-        self.recent.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` in one write transaction. `durable` commits it with an fsync; otherwise it may
-    /// be held open for the next updates (see the module comment) and commits with them, made
-    /// persistent by the next durable commit (the WAL covers the gap on a crash). An error
-    /// aborts the transaction, with the held updates before it: callers treat a failed update
-    /// as fatal (the applier stops the member), so memory never runs ahead of the file.
-    pub fn update<R, E: From<BackendError>>(
-        &self,
-        durable: bool,
-        f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
-    ) -> Result<R, E> {
-        let mut writer = self.lock_writer();
-        let held = match writer.take() {
-            Some(h) => h,
-            None => Held {
-                tx: self.db().begin_write().map_err(BackendError::from)?,
-                since: Instant::now(),
-                writes: 0,
-            },
-        };
-        let (out, staged, stored) = match self.run_update(&held.tx, f) {
-            Ok(r) => r,
-            Err(e) => {
-                drop(held);
-                self.clear_recent();
-                return Err(e);
-            }
-        };
-        self.usage.add(stored);
-        let writes = held.writes + staged.len();
-        let hold = !durable
-            && writes < HOLD_WRITES
-            && held.since.elapsed() < HOLD_FOR
-            && self.recent().bytes() + staged.bytes() < HOLD_BYTES;
-        if hold {
-            self.recent
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(&staged);
-            *writer = Some(Held { writes, ..held });
-        } else {
-            self.commit(held.tx, durable)?;
-        }
-        Ok(out)
-    }
-
-    fn run_update<R, E: From<BackendError>>(
-        &self,
-        tx: &redb::WriteTransaction,
-        f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
-    ) -> Result<(R, Rows, i64), E> {
-        let mut w = WriteTx {
-            stored: 0,
-            rows: split::Writer::open(tx)?,
-            meta: tx.open_table(META).map_err(BackendError::from)?,
-            tables: self
-                .tables
-                .iter()
-                .map(|t| Ok((t.name, tx.open_table(t.def())?)))
-                .collect::<Result<_, BackendError>>()?,
-            staged: Rows::default(),
-            removals: &self.removals,
-        };
-        let out = f(&mut w)?;
-        Ok((out, std::mem::take(&mut w.staged), w.stored))
-    }
-
-    fn commit(&self, mut tx: redb::WriteTransaction, durable: bool) -> Result<(), BackendError> {
-        tx.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
-        let in_use = (self.size() <= COUNT_PAGES_BELOW)
-            .then(|| count_pages(&tx))
-            .flatten()
-            .map(|c| {
-                self.usage.set_counted(&c);
-                c.page_bytes
-            });
-        self.usage.persist(&tx)?;
-        let started = Instant::now();
-        crate::failpoint::io("backend-commit").map_err(io_error("commit"))?;
-        tx.commit()?;
-        crate::stats::BACKEND_COMMIT.observe(started.elapsed());
-        self.refresh_size(in_use);
-        self.clear_recent();
-        Ok(())
-    }
-
-    fn clear_recent(&self) {
-        self.recent
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// Commits the held transaction, if any, so redb's own read transactions see everything.
-    fn flush_held(&self, writer: &mut MutexGuard<'_, Option<Held>>) -> Result<(), BackendError> {
-        match writer.take() {
-            Some(h) => self.commit(h.tx, false),
-            None => Ok(()),
-        }
-    }
-
-    /// A read transaction over everything written so far.
-    fn begin_read_all(&self) -> Result<redb::ReadTransaction, BackendError> {
-        self.flush_held(&mut self.lock_writer())?;
-        Ok(self.db().begin_read()?)
-    }
-
-    /// Runs `f` over a consistent read-only snapshot.
-    pub fn view<R, E: From<BackendError>>(
-        &self,
-        f: impl FnOnce(&ReadTx) -> Result<R, E>,
-    ) -> Result<R, E> {
-        let recent = self.recent();
-        let tx = self.db().begin_read().map_err(BackendError::from)?;
-        let open = |t| tx.open_table(t).map_err(BackendError::from);
-        f(&ReadTx {
-            kv: open(KV)?,
-            pages: open(split::PAGES)?,
-            pieces: open(split::PIECES)?,
-            meta: tx.open_table(META).map_err(BackendError::from)?,
-            recent: &recent,
+        let core = Arc::new(b);
+        let writer = core.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run_writer())
+            .map_err(io_error("start the store writer"))?;
+        Ok(Backend {
+            core,
+            writer_thread: Some(writer_thread),
         })
-    }
-
-    /// A read-only snapshot of everything written so far, which can be walked any number of
-    /// times and always shows the same rows (writers are not blocked meanwhile).
-    pub fn read_snapshot(&self) -> Result<ReadSnapshot, BackendError> {
-        Ok(ReadSnapshot {
-            tx: self.begin_read_all()?,
-        })
-    }
-
-    /// Every row of `table`, in key order (sees every update made so far).
-    pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
-        self.read_snapshot()?.rows(table)
-    }
-
-    /// Streams every table as snapshot records (`table u8 | klen u32 | key | vlen u32 | value`,
-    /// little endian) from one consistent read transaction: writers are never blocked, and
-    /// memory stays bounded by what `out` buffers.
-    pub fn export(
-        &self,
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<(), BackendError> {
-        self.export_sized(&mut |_| Ok(()), out)
-    }
-
-    /// [`Backend::export`], first telling `size` how many bytes the stream will hold (one
-    /// extra pass over the same read transaction, so the number is exact).
-    pub fn export_sized(
-        &self,
-        size: &mut dyn FnMut(u64) -> std::io::Result<()>,
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<(), BackendError> {
-        let tx = self.begin_read_all()?;
-        let io = io_error("snapshot export");
-        let mut total = 9 + 8 + 4;
-        walk(&tx, self.tables, &mut |_, k, v| {
-            total += 9 + k.len() as u64 + v.len() as u64;
-            Ok(())
-        })?;
-        size(total).map_err(io)?;
-        let mut rec = Vec::new();
-        let (mut count, mut crc) = (0u64, 0u32);
-        let mut put = |table: u8, k: &[u8], v: &[u8]| {
-            // The end record carries the count and checksum of everything before it.
-            let (n, sum) = (count.to_le_bytes(), crc.to_le_bytes());
-            let (k, v) = if table == SNAP_END {
-                (&n[..], &sum[..])
-            } else {
-                (k, v)
-            };
-            rec.clear();
-            rec.push(table);
-            rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            rec.extend_from_slice(k);
-            rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            rec.extend_from_slice(v);
-            if table != SNAP_END {
-                count += 1;
-                crc = crc32c::crc32c_append(crc, &rec);
-            }
-            out(&rec)
-        };
-        walk(&tx, self.tables, &mut |table, k, v| put(table, k, v))?;
-        put(SNAP_END, &[], &[]).map_err(io)
     }
 
     /// Builds a new database at `path` from an [`Backend::export`] stream, committing in
@@ -613,6 +435,367 @@ impl Backend {
         tx.commit()?;
         b.update(true, |_| Ok::<_, BackendError>(()))
     }
+}
+
+impl Core {
+    /// Re-reads the file's length; `in_use` is the pages in use when the caller counted them
+    /// (else they are estimated, see [`Usage`]).
+    fn refresh_size(&self, in_use: Option<u64>) {
+        let len = std::fs::metadata(&self.path).map_or(0, |m| physical_len(&m));
+        self.file_size.store(len, Ordering::Relaxed);
+        let counted = in_use.filter(|_| len <= COUNT_PAGES_BELOW).unwrap_or(len);
+        self.quota_size.store(counted, Ordering::Relaxed);
+        let in_use = in_use.unwrap_or_else(|| self.usage.estimate());
+        self.usage.in_use.store(in_use.min(len), Ordering::Relaxed);
+    }
+
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flow(&self) -> MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_gen(&self) -> RwLockReadGuard<'_, Gen> {
+        self.open.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sealed_gen(&self) -> RwLockReadGuard<'_, Arc<Gen>> {
+        self.sealed.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` as one update: its writes are staged together or, if it fails, not at all,
+    /// and seen by every view from when this returns. The store writer commits them with the
+    /// updates around them (see the `staging` module); `durable` waits until a durable commit
+    /// holds them. A commit that fails stops the writer, and every update after it fails:
+    /// callers treat that as fatal (the applier stops the member).
+    pub fn update<R, E: From<BackendError>>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let _serial = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        self.wait_for_room()?;
+        let (out, staged) = {
+            let open = self.open_gen();
+            let sealed = self.sealed_gen();
+            let tx = self.db().begin_read().map_err(BackendError::from)?;
+            let mut w = WriteTx {
+                staged: Gen::default(),
+                view: ReadTx::new(&tx, [&open.rows, &sealed.rows])?,
+                tables: self.tables,
+                removals: &self.removals,
+            };
+            let out = f(&mut w)?;
+            (out, w.staged)
+        };
+        let notify = durable || staged.writes > 0;
+        let seq = {
+            let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+            open.absorb(staged);
+            let mut flow = self.flow();
+            flow.staged += 1;
+            let first = flow.since.is_none();
+            flow.since.get_or_insert_with(Instant::now);
+            flow.writes = open.writes;
+            flow.bytes = open.bytes;
+            if durable {
+                flow.want_durable = flow.staged;
+            }
+            let full = flow.writes >= HOLD_WRITES || flow.bytes >= HOLD_BYTES;
+            if notify && (durable || first || full) {
+                self.wake.notify_one();
+            }
+            flow.staged
+        };
+        if durable {
+            self.wait_until(|f| f.durable >= seq)?;
+        }
+        Ok(out)
+    }
+
+    /// Waits while the staged writes are at their bound ([`STAGED_MAX_WRITES`],
+    /// [`STAGED_MAX_BYTES`]), so memory stays bounded when the disk is slower than updates.
+    fn wait_for_room(&self) -> Result<(), BackendError> {
+        let mut flow = self.flow();
+        loop {
+            if let Some(e) = &flow.failed {
+                return Err(BackendError::Stopped(e.clone()));
+            }
+            if flow.writes < STAGED_MAX_WRITES && flow.bytes < STAGED_MAX_BYTES {
+                return Ok(());
+            }
+            self.wake.notify_one();
+            flow = self.moved.wait(flow).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits for the writer until `done` holds (or it failed).
+    fn wait_until(&self, done: impl Fn(&Flow) -> bool) -> Result<(), BackendError> {
+        let mut flow = self.flow();
+        loop {
+            if done(&flow) {
+                return Ok(());
+            }
+            if let Some(e) = &flow.failed {
+                return Err(BackendError::Stopped(e.clone()));
+            }
+            self.wake.notify_one();
+            flow = self.moved.wait(flow).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits until everything staged so far is committed (durably, if asked), so redb's own
+    /// read transactions see it.
+    fn flush(&self, durable: bool) -> Result<(), BackendError> {
+        let target = {
+            let mut flow = self.flow();
+            let target = flow.staged;
+            if durable {
+                flow.want_durable = flow.want_durable.max(target);
+            } else {
+                flow.want_written = flow.want_written.max(target);
+            }
+            target
+        };
+        self.wake.notify_one();
+        if durable {
+            self.wait_until(|f| f.durable >= target)
+        } else {
+            self.wait_until(|f| f.written >= target)
+        }
+    }
+
+    /// The store writer: commits what updates staged, when a durable update or a reader asks,
+    /// when [`HOLD_FOR`] has passed since the oldest staged update, or at [`HOLD_WRITES`] /
+    /// [`HOLD_BYTES`], and commits durably at least every [`SYNC_EVERY`] (the WAL covers the
+    /// rest after a crash). Ends, after a last durable commit, when the backend is dropped.
+    fn run_writer(&self) {
+        loop {
+            let (target, durable) = {
+                let mut flow = self.flow();
+                loop {
+                    if flow.failed.is_some() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let pending = flow.staged > flow.written;
+                    let unsynced = flow.written > flow.durable || pending;
+                    let held_out = flow.since.is_some_and(|s| now >= s + HOLD_FOR);
+                    let full = flow.writes >= HOLD_WRITES || flow.bytes >= HOLD_BYTES;
+                    let asked =
+                        flow.want_written > flow.written || flow.want_durable > flow.durable;
+                    let sync_due = unsynced && now >= flow.last_durable + SYNC_EVERY;
+                    if asked || sync_due || (pending && (held_out || full)) {
+                        break;
+                    }
+                    if flow.stop {
+                        if !unsynced {
+                            return;
+                        }
+                        break;
+                    }
+                    let mut wait: Option<std::time::Duration> = None;
+                    if let Some(s) = flow.since {
+                        wait = Some((s + HOLD_FOR).saturating_duration_since(now));
+                    }
+                    if unsynced {
+                        let sync = (flow.last_durable + SYNC_EVERY).saturating_duration_since(now);
+                        wait = Some(wait.map_or(sync, |w| w.min(sync)));
+                    }
+                    flow = match wait {
+                        Some(d) => self
+                            .wake
+                            .wait_timeout(flow, d)
+                            .map_or_else(|p| p.into_inner().0, |r| r.0),
+                        None => self.wake.wait(flow).unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+                let now = Instant::now();
+                let durable = flow.want_durable > flow.durable
+                    || flow.stop
+                    || now >= flow.last_durable + SYNC_EVERY;
+                flow.since = None;
+                flow.writes = 0;
+                flow.bytes = 0;
+                (flow.staged, durable)
+            };
+            // Everything staged up to `target` is in `open` now (updates stage, then count).
+            let gen = {
+                let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+                let mut sealed = self.sealed.write().unwrap_or_else(|p| p.into_inner());
+                let gen = Arc::new(std::mem::take(&mut *open));
+                *sealed = gen.clone();
+                gen
+            };
+            self.moved.notify_all();
+            let result = self.write_gen(&gen, durable);
+            let mut flow = self.flow();
+            match result {
+                Ok(()) => {
+                    drop(flow);
+                    // Committed: readers find it in redb from now on.
+                    *self.sealed.write().unwrap_or_else(|p| p.into_inner()) = Arc::default();
+                    flow = self.flow();
+                    flow.written = flow.written.max(target);
+                    if durable {
+                        flow.durable = flow.durable.max(target);
+                        flow.last_durable = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store commit failed; no later update is kept");
+                    flow.failed = Some(e.to_string());
+                }
+            }
+            drop(flow);
+            self.moved.notify_all();
+        }
+    }
+
+    /// Writes one generation into a redb transaction and commits it.
+    fn write_gen(&self, gen: &Gen, durable: bool) -> Result<(), BackendError> {
+        let _writer = self.lock_writer();
+        let tx = self.db().begin_write()?;
+        let mut stored = 0i64;
+        {
+            let mut rows = split::Writer::open(&tx)?;
+            for rev in gen.rows.gone_revs() {
+                stored += rows.remove_row(rev)?.0;
+            }
+            for (rev, row) in gen.rows.live() {
+                stored += rows.insert(rev, row)?;
+            }
+            let mut meta = tx.open_table(META)?;
+            for (name, v) in &gen.rows.meta {
+                if meta.insert(*name, *v)?.is_none() {
+                    stored += row_bytes(name.len(), 8);
+                }
+            }
+            for ((t, key), value) in &gen.tables {
+                let table = self.tables.get(*t).ok_or(BackendError::BadTable("?"))?;
+                let mut table = tx.open_table(table.def())?;
+                let old = match value {
+                    Some(v) => {
+                        stored += row_bytes(key.len(), v.len());
+                        table.insert(key.as_slice(), v.as_slice())?
+                    }
+                    None => table.remove(key.as_slice())?,
+                };
+                stored -= old.map_or(0, |o| row_bytes(key.len(), o.value().len()));
+            }
+        }
+        self.usage.add(stored);
+        self.commit(tx, durable)
+    }
+
+    fn commit(&self, mut tx: redb::WriteTransaction, durable: bool) -> Result<(), BackendError> {
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        let in_use = (self.size() <= COUNT_PAGES_BELOW)
+            .then(|| count_pages(&tx))
+            .flatten()
+            .map(|c| {
+                self.usage.set_counted(&c);
+                c.page_bytes
+            });
+        self.usage.persist(&tx)?;
+        let started = Instant::now();
+        crate::failpoint::io("backend-commit").map_err(io_error("commit"))?;
+        tx.commit()?;
+        crate::stats::BACKEND_COMMIT.observe(started.elapsed());
+        self.refresh_size(in_use);
+        Ok(())
+    }
+
+    /// A read transaction over everything written so far.
+    fn begin_read_all(&self) -> Result<redb::ReadTransaction, BackendError> {
+        self.flush(false)?;
+        Ok(self.db().begin_read()?)
+    }
+
+    /// Runs `f` over a consistent read-only snapshot.
+    pub fn view<R, E: From<BackendError>>(
+        &self,
+        f: impl FnOnce(&ReadTx) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let open = self.open_gen();
+        let sealed = self.sealed_gen();
+        let tx = self.db().begin_read().map_err(BackendError::from)?;
+        f(&ReadTx::new(&tx, [&open.rows, &sealed.rows])?)
+    }
+
+    /// A read-only snapshot of everything written so far, which can be walked any number of
+    /// times and always shows the same rows (writers are not blocked meanwhile).
+    pub fn read_snapshot(&self) -> Result<ReadSnapshot, BackendError> {
+        Ok(ReadSnapshot {
+            tx: self.begin_read_all()?,
+        })
+    }
+
+    /// Every row of `table`, in key order (sees every update made so far).
+    pub fn rows(&self, table: Table) -> Result<TableRows, BackendError> {
+        self.read_snapshot()?.rows(table)
+    }
+
+    /// Streams every table as snapshot records (`table u8 | klen u32 | key | vlen u32 | value`,
+    /// little endian) from one consistent read transaction: writers are never blocked, and
+    /// memory stays bounded by what `out` buffers.
+    pub fn export(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BackendError> {
+        self.export_sized(&mut |_| Ok(()), out)
+    }
+
+    /// [`Backend::export`], first telling `size` how many bytes the stream will hold (one
+    /// extra pass over the same read transaction, so the number is exact).
+    pub fn export_sized(
+        &self,
+        size: &mut dyn FnMut(u64) -> std::io::Result<()>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), BackendError> {
+        let tx = self.begin_read_all()?;
+        let io = io_error("snapshot export");
+        let mut total = 9 + 8 + 4;
+        walk(&tx, self.tables, &mut |_, k, v| {
+            total += 9 + k.len() as u64 + v.len() as u64;
+            Ok(())
+        })?;
+        size(total).map_err(io)?;
+        let mut rec = Vec::new();
+        let (mut count, mut crc) = (0u64, 0u32);
+        let mut put = |table: u8, k: &[u8], v: &[u8]| {
+            // The end record carries the count and checksum of everything before it.
+            let (n, sum) = (count.to_le_bytes(), crc.to_le_bytes());
+            let (k, v) = if table == SNAP_END {
+                (&n[..], &sum[..])
+            } else {
+                (k, v)
+            };
+            rec.clear();
+            rec.push(table);
+            rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            rec.extend_from_slice(k);
+            rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            rec.extend_from_slice(v);
+            if table != SNAP_END {
+                count += 1;
+                crc = crc32c::crc32c_append(crc, &rec);
+            }
+            out(&rec)
+        };
+        walk(&tx, self.tables, &mut |table, k, v| put(table, k, v))?;
+        put(SNAP_END, &[], &[]).map_err(io)
+    }
 
     /// Rewrites the database into a fresh, compact file and switches to it, without stopping
     /// readers or (but for a short final step) writers: the bulk is copied from a read
@@ -634,8 +817,9 @@ impl Backend {
             let src = self.begin_read_all()?;
             copy_kv(&src, &dst, None)?
         };
-        let mut writer = self.lock_writer();
-        self.flush_held(&mut writer)?;
+        // What is staged after this flush is written into the new file once it is in place.
+        self.flush(false)?;
+        let _writer = self.lock_writer();
         let src = self.db().begin_read()?;
         copy_kv(&src, &dst, last.as_deref())?;
         let mut tx = dst.begin_write()?;
@@ -700,6 +884,11 @@ impl Backend {
         self.file_size.load(Ordering::Relaxed)
     }
 
+    /// Row writes staged and not yet taken by the store writer.
+    pub fn staged_writes(&self) -> usize {
+        self.flow().writes
+    }
+
     /// Bytes holding live data (the rest of [`Backend::size`] is free pages), as of the last
     /// commit: counted while the store is tiny, else estimated (see [`Usage`]).
     pub fn size_in_use(&self) -> u64 {
@@ -709,9 +898,12 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        // Dropping the held transaction would abort it: commit it, as it would have been.
-        let mut writer = self.lock_writer();
-        let _ = self.flush_held(&mut writer);
+        // The writer commits everything staged, durably, and ends.
+        self.flow().stop = true;
+        self.wake.notify_one();
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -747,15 +939,13 @@ impl ReadSnapshot {
     }
 }
 
+/// One update: what it writes is staged here, and reads see it first, then what earlier
+/// updates staged, then the committed store.
 pub struct WriteTx<'a> {
     removals: &'a AtomicU64,
-    /// Bytes of keys and values this update added, less those it removed.
-    stored: i64,
-    staged: Rows,
-    rows: split::Writer<'a>,
-    meta: redb::Table<'a, &'static str, u64>,
-    /// The caller's tables, by name.
-    tables: Vec<(&'static str, BytesTable<'a>)>,
+    staged: Gen,
+    view: ReadTx<'a>,
+    tables: &'static [Table],
 }
 
 /// A row's bytes as the size accounting counts them (redb's stored bytes: key and value).
@@ -764,25 +954,31 @@ fn row_bytes(key: usize, value: usize) -> i64 {
 }
 
 impl WriteTx<'_> {
+    fn table_index(&self, t: Table) -> Result<usize, BackendError> {
+        // A table the backend was not opened with: the caller's mistake, not a panic.
+        self.tables
+            .iter()
+            .position(|o| o.name == t.name)
+            .ok_or(BackendError::BadTable(t.name))
+    }
+
     /// Stores `value` under `key` in the caller's table `t`.
     pub fn put(&mut self, t: Table, key: &[u8], value: &[u8]) -> Result<(), BackendError> {
-        let old = match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
-            Some((_, table)) => table.insert(key, value)?.map(|g| g.value().len()),
-            // A table the backend was not opened with: the caller's mistake, not a panic.
-            None => return Err(BackendError::BadTable(t.name)),
-        };
-        self.stored +=
-            row_bytes(key.len(), value.len()) - old.map_or(0, |v| row_bytes(key.len(), v));
+        let i = self.table_index(t)?;
+        self.staged.writes += 1;
+        self.staged.bytes += key.len() + value.len();
+        self.staged
+            .tables
+            .insert((i, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
     /// Removes `key` from the caller's table `t` (nothing if absent).
     pub fn delete(&mut self, t: Table, key: &[u8]) -> Result<(), BackendError> {
-        let old = match self.tables.iter_mut().find(|(n, _)| *n == t.name) {
-            Some((_, table)) => table.remove(key)?.map(|g| g.value().len()),
-            None => return Err(BackendError::BadTable(t.name)),
-        };
-        self.stored -= old.map_or(0, |v| row_bytes(key.len(), v));
+        let i = self.table_index(t)?;
+        self.staged.writes += 1;
+        self.staged.bytes += key.len();
+        self.staged.tables.insert((i, key.to_vec()), None);
         Ok(())
     }
 
@@ -791,7 +987,7 @@ impl WriteTx<'_> {
     }
 
     /// [`WriteTx::put_rev`] with the record written by `encode` (about `len` bytes) straight
-    /// into the stored row, saving a buffer and a copy per write on the apply path.
+    /// into the staged row, saving a buffer and a copy per write on the apply path.
     pub fn put_rev_with(
         &mut self,
         rev: Rev,
@@ -799,7 +995,7 @@ impl WriteTx<'_> {
         len: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), BackendError> {
-        let row = self.staged.push_with(rev, |v| {
+        let row = self.staged.rows.push_with(rev, |v| {
             v.reserve(len + 1);
             v.push(if tombstone { TOMBSTONE } else { 0 });
             encode(v);
@@ -811,57 +1007,89 @@ impl WriteTx<'_> {
                 }
             }
         });
-        self.stored += self.rows.insert(rev, row)?;
+        self.staged.bytes += row.len();
+        self.staged.writes += 1;
         Ok(())
     }
 
     pub fn delete_rev(&mut self, rev: Rev) -> Result<(), BackendError> {
-        self.stored += self.rows.remove_row(rev)?.0;
-        self.staged.delete(rev);
+        self.staged.rows.delete(rev);
+        self.staged.writes += 1;
         self.removals.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     pub fn set_meta(&mut self, name: &'static str, v: u64) -> Result<(), BackendError> {
-        if self.meta.insert(name, v)?.is_none() {
-            self.stored += row_bytes(name.len(), 8);
-        }
-        self.staged.meta.insert(name, v);
+        self.staged.rows.meta.insert(name, v);
         Ok(())
     }
 }
 
 impl RevRead for WriteTx<'_> {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
-        self.rows
-            .get(rev)?
-            .map(|r| decode_stored(rev, &r))
-            .transpose()
+        match self.staged.rows.get(rev) {
+            Some(row) => row.map(|r| decode_stored(rev, r)).transpose(),
+            None => self.view.get_rev(rev),
+        }
     }
 
     fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
-        self.rows.value_len(rev)
+        match self.staged.rows.get(rev) {
+            Some(row) => row.map(|r| stored_len(rev, r)).transpose(),
+            None => self.view.kv_len(rev),
+        }
     }
 
     fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
-        Ok(self.meta.get(name)?.map(|g| g.value()))
+        match self.staged.rows.meta.get(name) {
+            Some(&v) => Ok(Some(v)),
+            None => self.view.meta(name),
+        }
     }
 }
 
 type ReadOnlyBytes = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
+/// A consistent view: the staged generations (newest first) over a committed snapshot.
 pub struct ReadTx<'a> {
     kv: ReadOnlyBytes,
     pages: ReadOnlyBytes,
     pieces: ReadOnlyBytes,
     meta: redb::ReadOnlyTable<&'static str, u64>,
-    recent: &'a Rows,
+    overlays: [&'a Rows; 2],
 }
 
 /// Visits one stored revision; returns whether to go on.
 type RevVisitor<'f> = dyn FnMut(Rev, Stored) -> Result<bool, BackendError> + 'f;
 
-impl ReadTx<'_> {
+/// The overlays' next revision in a walk, if any.
+fn next_staged<'r, I: Iterator<Item = (Rev, &'r [u8])>>(
+    walks: &mut [std::iter::Peekable<I>],
+) -> Option<Rev> {
+    walks.iter_mut().filter_map(|w| w.peek().map(|e| e.0)).min()
+}
+
+/// Moves every overlay walk past `rev`.
+fn skip_staged<'r, I: Iterator<Item = (Rev, &'r [u8])>>(
+    walks: &mut [std::iter::Peekable<I>],
+    rev: Rev,
+) {
+    for w in walks {
+        while w.next_if(|e| e.0 <= rev).is_some() {}
+    }
+}
+
+impl<'a> ReadTx<'a> {
+    fn new(tx: &redb::ReadTransaction, overlays: [&'a Rows; 2]) -> Result<Self, BackendError> {
+        Ok(ReadTx {
+            kv: tx.open_table(KV)?,
+            pages: tx.open_table(split::PAGES)?,
+            pieces: tx.open_table(split::PIECES)?,
+            meta: tx.open_table(META)?,
+            overlays,
+        })
+    }
+
     /// Visits every stored revision in revision order (used to rebuild the in-memory index).
     pub fn for_each_rev(
         &self,
@@ -883,8 +1111,8 @@ impl ReadTx<'_> {
         self.visit(from, Some(to), &mut f)
     }
 
-    /// The committed rows from `from` (to `to`, exclusive) merged with the held transaction's:
-    /// its writes replace committed rows, its deletions hide them.
+    /// The committed rows from `from` (to `to`, exclusive) merged with the staged ones: the
+    /// newest overlay that knows a revision decides (its row replaces, its deletion hides).
     fn visit(
         &self,
         from: Rev,
@@ -897,34 +1125,46 @@ impl ReadTx<'_> {
             Some(hi) => self.kv.range(lo.as_slice()..hi.as_slice())?,
             None => self.kv.range(lo.as_slice()..)?,
         };
-        let mut recent = self.recent.range(from, to).peekable();
-        let mut emit = |rev: Rev, row: &[u8]| f(rev, decode_stored(rev, row)?);
+        let mut walks = self.overlays.map(|o| o.range(from, to).peekable());
+        let overlays = &self.overlays;
+        // Emits what the overlays say of `rev`, if they know it; `None`: they do not.
+        let staged = |rev: Rev, f: &mut RevVisitor<'_>| -> Result<Option<bool>, BackendError> {
+            match staging::resolve(overlays, rev) {
+                Some(Some(row)) => Ok(Some(f(rev, decode_stored(rev, row)?)?)),
+                Some(None) => Ok(Some(true)),
+                None => Ok(None),
+            }
+        };
         let mut whole = Vec::new();
         for item in committed {
             let (k, v) = item?;
             let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-            let mut v = v.value();
-            if split::is_split(v) {
-                whole.clear();
-                split::join(rev, v, &self.pages, &self.pieces, &mut whole)?;
-                v = &whole;
-            }
-            while let Some((r, row)) = recent.next_if(|(r, _)| *r < rev) {
-                if !emit(r, row)? {
+            while let Some(r) = next_staged(&mut walks).filter(|r| *r < rev) {
+                skip_staged(&mut walks, r);
+                if staged(r, f)? == Some(false) {
                     return Ok(());
                 }
             }
-            let go_on = match recent.next_if(|(r, _)| *r == rev) {
-                Some((_, row)) => emit(rev, row)?,
-                None if self.recent.is_gone(rev) => true,
-                None => emit(rev, v)?,
+            skip_staged(&mut walks, rev);
+            let go_on = match staged(rev, f)? {
+                Some(go_on) => go_on,
+                None => {
+                    let mut v = v.value();
+                    if split::is_split(v) {
+                        whole.clear();
+                        split::join(rev, v, &self.pages, &self.pieces, &mut whole)?;
+                        v = &whole;
+                    }
+                    f(rev, decode_stored(rev, v)?)?
+                }
             };
             if !go_on {
                 return Ok(());
             }
         }
-        for (r, row) in recent {
-            if !emit(r, row)? {
+        while let Some(r) = next_staged(&mut walks) {
+            skip_staged(&mut walks, r);
+            if staged(r, f)? == Some(false) {
                 break;
             }
         }
@@ -934,7 +1174,7 @@ impl ReadTx<'_> {
 
 impl RevRead for ReadTx<'_> {
     fn get_rev(&self, rev: Rev) -> Result<Option<Stored>, BackendError> {
-        if let Some(row) = self.recent.get(rev) {
+        if let Some(row) = staging::resolve(&self.overlays, rev) {
             return row.map(|r| decode_stored(rev, r)).transpose();
         }
         let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
@@ -946,7 +1186,7 @@ impl RevRead for ReadTx<'_> {
     }
 
     fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
-        if let Some(row) = self.recent.get(rev) {
+        if let Some(row) = staging::resolve(&self.overlays, rev) {
             return row.map(|r| stored_len(rev, r)).transpose();
         }
         match self.kv.get(rev.to_bytes().as_slice())? {
@@ -956,7 +1196,7 @@ impl RevRead for ReadTx<'_> {
     }
 
     fn meta(&self, name: &str) -> Result<Option<u64>, BackendError> {
-        if let Some(&v) = self.recent.meta.get(name) {
+        if let Some(v) = staging::resolve_meta(&self.overlays, name) {
             return Ok(Some(v));
         }
         Ok(self.meta.get(name)?.map(|g| g.value()))
@@ -1018,10 +1258,19 @@ mod tests {
         got
     }
 
-    /// Non-durable updates stay in one open transaction, and views see its rows, deletions
-    /// and meta values merged with the committed ones, as if it had committed.
+    /// Waits (up to 10 s) until `done` holds of the writer's progress.
+    fn eventually(b: &Backend, what: &str, done: impl Fn(&Flow) -> bool) {
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        while !done(&b.flow()) {
+            assert!(Instant::now() < until, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Views see what updates staged, whether the writer has taken it (sealed, being
+    /// committed) or not (open), merged with the committed rows: rows, deletions, meta values.
     #[test]
-    fn views_see_what_a_held_transaction_wrote() {
+    fn views_see_what_updates_staged_before_the_writer_commits_it() {
         let d = tempfile::tempdir().unwrap();
         let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(true, |w| {
@@ -1029,39 +1278,55 @@ mod tests {
             w.set_meta("rev", 4)
         })
         .unwrap();
+        // A commit that takes long: the writer takes what is staged, then waits here.
+        let slow = b.lock_writer();
         b.update(false, |w| {
             w.put_rev(Rev::new(5, 0), false, b"new")?;
             w.delete_rev(Rev::new(2, 0))?;
             w.set_meta("rev", 5)
         })
         .unwrap();
-        b.update(false, |w| w.put_rev(Rev::new(6, 0), true, b"gone"))
+        let until = Instant::now() + std::time::Duration::from_secs(10);
+        while b.sealed_gen().writes == 0 {
+            assert!(
+                Instant::now() < until,
+                "the writer never took the staged writes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        b.update(false, |w| {
+            w.put_rev(Rev::new(6, 0), true, b"gone")?;
+            w.delete_rev(Rev::new(3, 0))
+        })
+        .unwrap();
+        assert!(b.open_gen().writes > 0 && b.sealed_gen().writes > 0);
+        let check = |b: &Backend| {
+            b.view(|r| {
+                assert!(r.get_rev(Rev::new(2, 0))?.is_none());
+                assert_eq!(r.get_rev(Rev::new(5, 0))?.unwrap().kv, b"new");
+                assert_eq!(r.kv_len(Rev::new(5, 0))?, Some(3));
+                assert!(r.get_rev(Rev::new(6, 0))?.unwrap().tombstone);
+                assert_eq!(r.meta("rev")?, Some(5));
+                Ok::<_, BackendError>(())
+            })
             .unwrap();
-        assert!(b.lock_writer().is_some(), "the transaction is still open");
-        b.view(|r| {
-            assert!(r.get_rev(Rev::new(2, 0))?.is_none());
-            assert_eq!(r.get_rev(Rev::new(5, 0))?.unwrap().kv, b"new");
-            assert!(r.get_rev(Rev::new(6, 0))?.unwrap().tombstone);
-            assert_eq!(r.meta("rev")?, Some(5));
+            let all: Vec<i64> = revs_in(b, 0, 100).into_iter().map(|(m, _)| m).collect();
+            assert_eq!(all, [1, 4, 5, 6]);
+            assert_eq!(
+                revs_in(b, 4, 6),
+                [(4, b"old".to_vec()), (5, b"new".to_vec())]
+            );
+        };
+        check(&b);
+        // An update reads what earlier ones staged too.
+        b.update(false, |w| {
+            assert_eq!(w.get_rev(Rev::new(5, 0))?.unwrap().kv, b"new");
+            assert!(w.get_rev(Rev::new(3, 0))?.is_none());
+            assert_eq!(w.meta("rev")?, Some(5));
             Ok::<_, BackendError>(())
         })
         .unwrap();
-        let all = |b: &Backend| {
-            revs_in(b, 0, 100)
-                .into_iter()
-                .map(|(m, _)| m)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(all(&b), [1, 3, 4, 5, 6]);
-        assert_eq!(
-            revs_in(&b, 3, 6),
-            [
-                (3, b"old".to_vec()),
-                (4, b"old".to_vec()),
-                (5, b"new".to_vec())
-            ]
-        );
-        // An early stop is honoured in the held part too.
+        // An early stop is honoured in the staged part too.
         let mut seen = 0;
         b.view(|r| {
             r.for_each_rev_between(Rev::new(4, 0), Rev::new(9, 0), |_, _| {
@@ -1071,61 +1336,101 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, 2);
-        // Reading the other tables commits it first; then nothing is left in `recent`.
+        drop(slow);
+        // Reading the other tables waits for everything to be committed.
         b.rows(MEMBERS).unwrap();
-        assert!(b.lock_writer().is_none());
-        assert_eq!(b.recent().len(), 0);
-        assert_eq!(all(&b), [1, 3, 4, 5, 6]);
+        assert_eq!(b.open_gen().writes + b.sealed_gen().writes, 0);
+        check(&b);
+    }
+
+    /// Updates stage and return while a commit is in progress: nothing an update does waits
+    /// for the disk, until the staged writes reach their bound.
+    #[test]
+    fn updates_do_not_wait_for_a_commit_until_the_staged_writes_are_at_their_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Arc::new(Backend::open(&d.path().join("db"), T).unwrap());
+        let slow = b.lock_writer();
+        for m in 1..=1000 {
+            b.update(false, |w| w.put_rev(Rev::new(m, 0), false, b"v"))
+                .unwrap();
+        }
+        assert_eq!(revs_in(&b, 0, 2000).len(), 1000);
+        let more = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                for m in 0..(2 * STAGED_MAX_WRITES as i64 / 1000 + 2) {
+                    b.update(false, |w| {
+                        (0..1000).try_for_each(|i| {
+                            w.put_rev(Rev::new(10_000 + m * 1000 + i, 0), false, b"w")
+                        })
+                    })
+                    .unwrap();
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!more.is_finished(), "staging went past its bound");
+        drop(slow);
+        more.join().unwrap();
+        b.update(true, |_| Ok::<_, BackendError>(())).unwrap();
+        let f = b.flow();
+        assert_eq!((f.written, f.durable), (f.staged, f.staged));
     }
 
     #[test]
-    fn a_held_transaction_commits_on_a_durable_update_its_limits_and_drop() {
+    fn staged_writes_are_committed_when_asked_after_a_while_and_on_drop() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("db");
         let b = Backend::open(&path, T).unwrap();
         b.update(false, |w| w.put_rev(Rev::new(1, 0), false, b"a"))
             .unwrap();
-        assert!(b.lock_writer().is_some());
         b.update(true, |w| w.set_meta("rev", 1)).unwrap();
-        assert!(
-            b.lock_writer().is_none(),
-            "a durable update commits the held writes"
-        );
+        {
+            let f = b.flow();
+            assert_eq!(
+                f.durable, f.staged,
+                "a durable update returns once it is durable"
+            );
+        }
+        b.update(false, |w| w.put_rev(Rev::new(2, 0), false, b"b"))
+            .unwrap();
+        eventually(&b, "committed once held for long enough", |f| {
+            f.written == f.staged
+        });
+        eventually(&b, "made durable within a second or so", |f| {
+            f.durable == f.staged
+        });
         b.update(false, |w| {
-            (2..2 + HOLD_WRITES as i64).try_for_each(|m| w.put_rev(Rev::new(m, 0), false, b"x"))
+            (3..3 + HOLD_WRITES as i64).try_for_each(|m| w.put_rev(Rev::new(m, 0), false, b"x"))
         })
         .unwrap();
-        assert!(b.lock_writer().is_none(), "committed at the write limit");
-        b.update(false, |w| w.put_rev(Rev::new(20_000, 0), false, b"y"))
-            .unwrap();
-        std::thread::sleep(HOLD_FOR);
-        b.update(false, |w| w.put_rev(Rev::new(20_001, 0), false, b"z"))
-            .unwrap();
-        assert!(
-            b.lock_writer().is_none(),
-            "committed once held for long enough"
-        );
+        eventually(&b, "committed at the write limit", |f| {
+            f.written == f.staged
+        });
         b.update(false, |w| w.put_rev(Rev::new(20_002, 0), false, b"last"))
             .unwrap();
         drop(b);
         let b = Backend::open(&path, T).unwrap();
-        assert_eq!(revs_in(&b, 20_000, 30_000).len(), 3);
-        assert_eq!(revs_in(&b, 0, 2).len(), 1);
+        assert_eq!(revs_in(&b, 20_000, 30_000).len(), 1);
+        assert_eq!(revs_in(&b, 0, 3).len(), 2);
+        assert_eq!(b.view(|r| r.meta("rev")).unwrap(), Some(1));
     }
 
-    /// A failed update aborts the held transaction with it; views then show the last commit.
+    /// A failed update stages nothing; what earlier updates staged stands.
     #[test]
-    fn a_failed_update_drops_the_held_writes_from_views_too() {
+    fn a_failed_update_leaves_nothing_behind() {
         let d = tempfile::tempdir().unwrap();
         let b = Backend::open(&d.path().join("db"), T).unwrap();
         b.update(false, |w| w.put_rev(Rev::new(1, 0), false, b"a"))
             .unwrap();
         let r: Result<(), BackendError> = b.update(false, |w| {
             w.put_rev(Rev::new(2, 0), false, b"b")?;
+            w.put(MEMBERS, b"k", b"v")?;
             Err(BackendError::Malformed(Rev::new(2, 0)))
         });
         assert!(r.is_err());
-        assert!(revs_in(&b, 0, 10).is_empty());
+        assert_eq!(revs_in(&b, 0, 10), [(1, b"a".to_vec())]);
+        assert!(b.rows(MEMBERS).unwrap().is_empty());
     }
 
     /// A tiny store's quota counts its pages in use (below redb's fixed file size), growing

@@ -3,6 +3,7 @@
 //! * [`wal`]: append-only, checksummed, segmented log of opaque records (the raft log lives here).
 //! * [`backend`]: the redb database that holds MVCC revisions and apply metadata.
 //! * [`limits`]: every bound this layer keeps.
+//! * `staging`: writes staged by updates until the store writer commits them.
 //! * `split`: long values stored in parts that fill redb's pages (the `kv` row layout).
 //! * [`stats`]: latency histograms of WAL fsyncs and backend commits, for `/metrics`.
 //! * [`failpoint`]: crash, I/O-error and safety-breaking switches for fault injection (only
@@ -18,6 +19,7 @@ pub mod limits;
 mod overlay;
 pub mod private;
 mod split;
+mod staging;
 pub mod stats;
 pub mod wal;
 

@@ -19,9 +19,13 @@ pub const HOLD_WRITES: usize = 10_000;
 /// Most row bytes it holds (large values would otherwise be kept twice, in redb's dirty pages
 /// and for readers, until the interval ends).
 pub const HOLD_BYTES: usize = 8 << 20;
-/// Room the held transaction's overlay keeps across commits: more is given back, so one
-/// burst of large values does not stay resident.
-pub const OVERLAY_KEEP_BYTES: usize = 1 << 20;
+/// Staged writes an update waits behind (the store writer is that far behind the updates):
+/// what staging may hold in memory, besides the generation being committed.
+pub const STAGED_MAX_WRITES: usize = 4 * HOLD_WRITES;
+pub const STAGED_MAX_BYTES: usize = 4 * HOLD_BYTES;
+/// Longest the store goes without a durable commit while it has writes that are not durable:
+/// the WAL covers them after a crash, this bounds how much of it a restart replays.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Records per snapshot import transaction are capped by size, so memory stays bounded.
 pub const IMPORT_BATCH_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.

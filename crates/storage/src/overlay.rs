@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::backend::Rev;
-use crate::limits::OVERLAY_KEEP_BYTES;
 
 #[derive(Default)]
 pub(crate) struct Rows {
@@ -79,15 +78,6 @@ impl Rows {
             .map(|&(r, s, e)| (r, &self.bytes[s..e]))
     }
 
-    /// Rows written here.
-    pub(crate) fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// Adds what a later transaction wrote.
     pub(crate) fn extend(&mut self, later: &Rows) {
         let base = self.bytes.len();
@@ -99,13 +89,17 @@ impl Rows {
         self.meta.extend(later.meta.iter().map(|(k, v)| (*k, *v)));
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.bytes.clear();
-        self.bytes.shrink_to(OVERLAY_KEEP_BYTES);
-        self.index.clear();
-        self.index.shrink_to(OVERLAY_KEEP_BYTES / 64);
-        self.gone.clear();
-        self.meta.clear();
+    /// Rows written here and not deleted since, in revision order.
+    pub(crate) fn live(&self) -> impl Iterator<Item = (Rev, &[u8])> + '_ {
+        self.index
+            .iter()
+            .filter(|e| !self.is_gone(e.0))
+            .map(|&(r, s, e)| (r, &self.bytes[s..e]))
+    }
+
+    /// Revisions deleted here (and not written again since).
+    pub(crate) fn gone_revs(&self) -> impl Iterator<Item = Rev> + '_ {
+        self.gone.iter().copied()
     }
 }
 
@@ -171,9 +165,6 @@ mod tests {
                 .map(|(r, b)| (r, b.to_vec()))
                 .collect();
             prop_assert_eq!(got, live);
-            rows.clear();
-            prop_assert_eq!(rows.len(), 0);
-            prop_assert!(rows.get(Rev::new(1, 0)).is_none());
         }
     }
 }

@@ -246,6 +246,7 @@ impl<'a> Writer<'a> {
     }
 
     /// The whole row at `rev`, if any.
+    #[cfg(test)]
     pub(crate) fn get(&self, rev: Rev) -> Result<Option<Vec<u8>>, BackendError> {
         let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
             return Ok(None);
@@ -256,6 +257,7 @@ impl<'a> Writer<'a> {
     }
 
     /// The length of the value stored at `rev`, if any, without reading its parts.
+    #[cfg(test)]
     pub(crate) fn value_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
         match self.kv.get(rev.to_bytes().as_slice())? {
             Some(row) => Ok(Some(value_len(rev, row.value())?)),

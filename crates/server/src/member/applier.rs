@@ -26,9 +26,6 @@ use crate::background::lease::Lessor;
 use crate::limits::MAX_MERGED_ENTRIES;
 use crate::watch::WatchHub;
 
-/// How often applied state is forced to disk; the WAL covers anything newer after a crash.
-const BACKEND_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Applies committed entries in log order on its own thread, so applying never blocks the
 /// driver's next fsync.
 pub struct Applier {
@@ -59,9 +56,6 @@ pub struct Applier {
     pub(crate) lessor: Arc<Lessor>,
     pub(crate) waiters: Arc<ProposalWaiters>,
     pub(crate) applied: watch::Sender<u64>,
-    pub(crate) last_sync: Instant,
-    /// Whether batches were applied since the last sync of the store.
-    pub(crate) unsynced: bool,
     pub(crate) transport: Transport,
     pub(crate) member_id: u64,
     /// Whether this member's own record has been applied (a joiner's comes later).
@@ -85,6 +79,10 @@ const BUSY_SLICE: usize = 10;
 /// is not cached reads it first, so a count alone did not bound the delay (100 revisions of a
 /// 1 GiB store added 2.5 ms to a 0.5 ms put p99).
 const BUSY_STEP_BUDGET: Duration = Duration::from_micros(200);
+/// Compaction stages deletions only while the store writer has fewer writes than this
+/// waiting: staging a deletion is cheap, writing it is not, and a compaction that ran ahead
+/// of the writer would fill the staged writes' bound and make every update wait.
+const COMPACTION_BACKLOG: usize = 2_000;
 
 impl Applier {
     /// Applies until the driver stops, or a storage failure stops it first (reported on
@@ -149,17 +147,13 @@ impl Applier {
     }
 
     /// How long to wait for entries before doing idle work, if there is any: a compaction in
-    /// progress takes a whole step whenever nothing arrives for `--compaction-sleep-interval`;
-    /// otherwise what the last batches applied reaches the store's file once things go quiet,
-    /// not only with the next batch (a restart replays less, and dbSize shows what it holds).
+    /// progress takes a whole step whenever nothing arrives for `--compaction-sleep-interval`.
+    /// (The store's own writer makes applied state durable, within a second, busy or idle.)
     fn idle_wait(&self) -> Option<Duration> {
-        if self.store.current().compacting() {
-            Some(self.compaction_idle)
-        } else if self.unsynced {
-            Some(BACKEND_SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed()))
-        } else {
-            None
-        }
+        self.store
+            .current()
+            .compacting()
+            .then_some(self.compaction_idle)
     }
 
     /// The idle work [`Applier::idle_wait`] waited for. A compaction step goes in slices and
@@ -171,8 +165,7 @@ impl Applier {
         committed: &std::sync::mpsc::Receiver<Apply>,
     ) -> Result<Option<Apply>, KvError> {
         let mvcc = self.store.current();
-        if !mvcc.compacting() {
-            self.sync_store(&mvcc)?;
+        if !mvcc.compacting() || mvcc.staged_writes() >= COMPACTION_BACKLOG {
             return Ok(None);
         }
         let mut arrived = None;
@@ -205,7 +198,7 @@ impl Applier {
         let before = mvcc.compacted_revisions();
         let started = Instant::now();
         let mut left = limit.max(1);
-        while left > 0 && mvcc.compacting() {
+        while left > 0 && mvcc.compacting() && mvcc.staged_writes() < COMPACTION_BACKLOG {
             let slice = left.min(BUSY_SLICE);
             mvcc.compact_step(slice)?;
             left -= slice;
@@ -340,9 +333,6 @@ impl Applier {
         let compacted = mvcc.compacted_revisions().saturating_sub(compacted);
         crate::stats::add(crate::stats::Counter::CompactionKeys, compacted);
         self.watch.publish_from_thread(applied.events, applied.rev);
-        if membership {
-            self.last_sync = Instant::now();
-        }
         // Effects first, so a client that hears back can already use what it created.
         for res in results.iter().flatten() {
             match res {
@@ -365,7 +355,7 @@ impl Applier {
         }
         if last.saturating_sub(self.last_compact) >= self.snapshot_count {
             // The WAL may only drop what the store holds durably.
-            self.sync_store(&mvcc)?;
+            mvcc.sync()?;
             self.last_compact = last;
             self.last_trim = last;
             self.trim_bytes = 0;
@@ -380,26 +370,12 @@ impl Applier {
         // Under load a compaction in progress advances a little per batch, after the batch's
         // answers are out: a step delays the entries behind it, so busy steps are small and
         // timed (a whole one added 1.5 ms to a 0.4 ms put p99).
-        if mvcc.compacting() {
+        if mvcc.compacting() && mvcc.staged_writes() < COMPACTION_BACKLOG {
             self.compact_slices(self.compaction_step / BUSY_STEP_FRACTION, |spent| {
                 spent >= BUSY_STEP_BUDGET
             })?;
         }
         self.compaction_finished();
-        // The periodic sync only bounds how much WAL a restart replays, so it runs after the
-        // batch's events and answers are out (inside the batch it held them for a whole fsync
-        // of the store), and after the snapshot's sync, which resets its clock.
-        self.unsynced = true;
-        if self.last_sync.elapsed() >= BACKEND_SYNC_INTERVAL {
-            self.sync_store(&mvcc)?;
-        }
-        Ok(())
-    }
-
-    fn sync_store(&mut self, mvcc: &Mvcc) -> Result<(), KvError> {
-        mvcc.sync()?;
-        self.last_sync = Instant::now();
-        self.unsynced = false;
         Ok(())
     }
 
