@@ -6,13 +6,12 @@
 //! other table is one the caller names ([`Table`]): bytes under bytes, whose meaning is the
 //! caller's (the state machine's schema lives in `ballast-state`).
 //!
-//! All mutation goes through [`Backend::update`]: the closure's writes commit together or not at
-//! all, so an error part-way through a request never leaves half of it applied.
-//!
-//! Like etcd's batched bbolt transaction, non-durable updates share one write transaction for
-//! up to [`HOLD_FOR`] or [`HOLD_WRITES`] writes: each redb commit copies the B-tree pages it
-//! touched and records their freeing. Readers see committed state only, so the rows and metadata written by the held
-//! transaction are kept in an overlay too (`overlay::Rows`), and views read through it.
+//! All mutation goes through [`Core::update`]: the closure's writes are staged together or not
+//! at all, so an error part-way through a request never leaves half of it applied. Staged
+//! writes are committed by the store writer thread (see `staging`): like etcd's batched bbolt
+//! transaction, one redb commit takes up to [`HOLD_FOR`] or [`HOLD_WRITES`] of them (each
+//! commit copies the B-tree pages it touched and records their freeing), and views read the
+//! staged rows over redb's committed ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
