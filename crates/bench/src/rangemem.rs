@@ -84,6 +84,24 @@ pub(crate) async fn stream_all(ep: String) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// `clients` whole-keyspace RangeStreams at once; returns the bytes of values received.
+pub(crate) async fn streamed_by(ep: String, clients: usize) -> Result<u64, String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients.max(1) {
+        tasks.spawn(stream_all(ep.clone()));
+    }
+    sum_of(tasks).await
+}
+
+/// The sum of what every task returned, or the first error.
+async fn sum_of(mut tasks: tokio::task::JoinSet<Result<u64, String>>) -> Result<u64, String> {
+    let mut total = 0;
+    while let Some(r) = tasks.join_next().await {
+        total += r.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
+}
+
 /// The whole keyspace in pages of `page` keys, each page a unary Range from the last key on.
 async fn page_all(ep: String, page: i64) -> Result<u64, String> {
     let mut kv = client(&ep).await?;
@@ -167,11 +185,7 @@ pub(crate) async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u6
             tasks.spawn(unary_all(ep.clone()));
         }
     }
-    let mut total = 0;
-    while let Some(r) = tasks.join_next().await {
-        total += r.map_err(|e| e.to_string())??;
-    }
-    Ok(total)
+    sum_of(tasks).await
 }
 
 pub async fn run(a: &RangeArgs) -> Result<String, String> {
