@@ -919,7 +919,7 @@ impl ReadSnapshot {
     pub fn for_each_rev(&self, f: &mut SnapshotRevVisitor<'_>) -> Result<(), BackendError> {
         whole_rows(&self.tx, &mut |rev, row| {
             let (&flags, kv) = row.split_first().ok_or(BackendError::Malformed(rev))?;
-            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("snapshot export"))
+            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("reading stored revisions"))
         })
     }
 
