@@ -493,7 +493,6 @@ impl Core {
             let out = f(&mut w)?;
             (out, w.staged)
         };
-        let notify = durable || staged.writes > 0;
         let seq = {
             let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
             open.absorb(staged);
@@ -507,7 +506,9 @@ impl Core {
                 flow.want_durable = flow.staged;
             }
             let full = flow.writes >= HOLD_WRITES || flow.bytes >= HOLD_BYTES;
-            if notify && (durable || first || full) {
+            // An idle writer waits without a deadline: the first update after it wakes it,
+            // whatever it wrote (an entry may only move the applied index).
+            if durable || first || full {
                 self.wake.notify_one();
             }
             flow.staged
@@ -1413,6 +1414,24 @@ mod tests {
         assert_eq!(revs_in(&b, 20_000, 30_000).len(), 1);
         assert_eq!(revs_in(&b, 0, 3).len(), 2);
         assert_eq!(b.view(|r| r.meta("rev")).unwrap(), Some(1));
+    }
+
+    /// An idle writer is woken by the first update after it, whatever that update wrote
+    /// (an entry that only moves the applied index, then puts).
+    #[test]
+    fn the_first_update_after_a_quiet_spell_wakes_the_writer_even_with_no_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let b = Backend::open(&d.path().join("db"), T).unwrap();
+        b.update(true, |w| w.set_meta("rev", 1)).unwrap();
+        b.update(false, |w| w.set_meta("rev", 2)).unwrap();
+        b.update(false, |w| w.put_rev(Rev::new(3, 0), false, b"c"))
+            .unwrap();
+        eventually(&b, "committed within the batch interval", |f| {
+            f.written == f.staged
+        });
+        eventually(&b, "made durable within a second or so", |f| {
+            f.durable == f.staged
+        });
     }
 
     /// A failed update stages nothing; what earlier updates staged stands.
