@@ -522,17 +522,10 @@ impl Core {
     /// Waits while the staged writes are at their bound ([`STAGED_MAX_WRITES`],
     /// [`STAGED_MAX_BYTES`]), so memory stays bounded when the disk is slower than updates.
     fn wait_for_room(&self) -> Result<(), BackendError> {
-        let mut flow = self.flow();
-        loop {
-            if let Some(e) = &flow.failed {
-                return Err(BackendError::Stopped(e.clone()));
-            }
-            if flow.writes < STAGED_MAX_WRITES && flow.bytes < STAGED_MAX_BYTES {
-                return Ok(());
-            }
-            self.wake.notify_one();
-            flow = self.moved.wait(flow).unwrap_or_else(|p| p.into_inner());
-        }
+        // Not once the writer has failed: the wait then ends in its error.
+        self.wait_until(|f| {
+            f.failed.is_none() && f.writes < STAGED_MAX_WRITES && f.bytes < STAGED_MAX_BYTES
+        })
     }
 
     /// Waits for the writer until `done` holds (or it failed).
@@ -579,7 +572,7 @@ impl Core {
         loop {
             let (target, durable) = {
                 let mut flow = self.flow();
-                loop {
+                let durable = loop {
                     if flow.failed.is_some() {
                         return;
                     }
@@ -592,13 +585,13 @@ impl Core {
                         flow.want_written > flow.written || flow.want_durable > flow.durable;
                     let sync_due = unsynced && now >= flow.last_durable + SYNC_EVERY;
                     if asked || sync_due || (pending && (held_out || full)) {
-                        break;
+                        break flow.want_durable > flow.durable || sync_due || flow.stop;
                     }
                     if flow.stop {
                         if !unsynced {
                             return;
                         }
-                        break;
+                        break true;
                     }
                     let mut wait: Option<std::time::Duration> = None;
                     if let Some(s) = flow.since {
@@ -615,11 +608,7 @@ impl Core {
                             .map_or_else(|p| p.into_inner().0, |r| r.0),
                         None => self.wake.wait(flow).unwrap_or_else(|p| p.into_inner()),
                     };
-                }
-                let now = Instant::now();
-                let durable = flow.want_durable > flow.durable
-                    || flow.stop
-                    || now >= flow.last_durable + SYNC_EVERY;
+                };
                 flow.since = None;
                 flow.writes = 0;
                 flow.bytes = 0;
@@ -634,14 +623,11 @@ impl Core {
                 gen
             };
             self.moved.notify_all();
-            let result = self.write_gen(&gen, durable);
-            let mut flow = self.flow();
-            match result {
+            match self.write_gen(&gen, durable) {
                 Ok(()) => {
-                    drop(flow);
                     // Committed: readers find it in redb from now on.
                     *self.sealed.write().unwrap_or_else(|p| p.into_inner()) = Arc::default();
-                    flow = self.flow();
+                    let mut flow = self.flow();
                     flow.written = flow.written.max(target);
                     if durable {
                         flow.durable = flow.durable.max(target);
@@ -650,10 +636,9 @@ impl Core {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "store commit failed; no later update is kept");
-                    flow.failed = Some(e.to_string());
+                    self.flow().failed = Some(e.to_string());
                 }
             }
-            drop(flow);
             self.moved.notify_all();
         }
     }
@@ -666,7 +651,7 @@ impl Core {
         {
             let mut rows = split::Writer::open(&tx)?;
             for rev in gen.rows.gone_revs() {
-                stored += rows.remove_row(rev)?.0;
+                stored += rows.remove_row(rev)?;
             }
             for (rev, row) in gen.rows.live() {
                 stored += rows.insert(rev, row)?;
@@ -677,9 +662,20 @@ impl Core {
                     stored += row_bytes(name.len(), 8);
                 }
             }
+            // Ordered by table, so each is opened once.
+            let mut open: Option<(usize, redb::Table<'_, &[u8], &[u8]>)> = None;
             for ((t, key), value) in &gen.tables {
-                let table = self.tables.get(*t).ok_or(BackendError::BadTable("?"))?;
-                let mut table = tx.open_table(table.def())?;
+                let table = match &mut open {
+                    Some((o, table)) if o == t => table,
+                    _ => {
+                        let def = self
+                            .tables
+                            .get(*t)
+                            .ok_or(BackendError::BadTable("?"))?
+                            .def();
+                        &mut open.insert((*t, tx.open_table(def)?)).1
+                    }
+                };
                 let old = match value {
                     Some(v) => {
                         stored += row_bytes(key.len(), v.len());
@@ -949,7 +945,7 @@ pub struct WriteTx<'a> {
 }
 
 /// A row's bytes as the size accounting counts them (redb's stored bytes: key and value).
-fn row_bytes(key: usize, value: usize) -> i64 {
+pub(crate) fn row_bytes(key: usize, value: usize) -> i64 {
     i64::try_from(key + value).unwrap_or(i64::MAX)
 }
 
@@ -1149,12 +1145,7 @@ impl<'a> ReadTx<'a> {
             let go_on = match staged(rev, f)? {
                 Some(go_on) => go_on,
                 None => {
-                    let mut v = v.value();
-                    if split::is_split(v) {
-                        whole.clear();
-                        split::join(rev, v, &self.pages, &self.pieces, &mut whole)?;
-                        v = &whole;
-                    }
+                    let v = split::whole(rev, v.value(), &self.pages, &self.pieces, &mut whole)?;
                     f(rev, decode_stored(rev, v)?)?
                 }
             };
@@ -1180,9 +1171,9 @@ impl RevRead for ReadTx<'_> {
         let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
             return Ok(None);
         };
-        let mut whole = Vec::new();
-        split::join(rev, row.value(), &self.pages, &self.pieces, &mut whole)?;
-        Ok(Some(decode_stored(rev, &whole)?))
+        let mut buf = Vec::new();
+        let row = split::whole(rev, row.value(), &self.pages, &self.pieces, &mut buf)?;
+        Ok(Some(decode_stored(rev, row)?))
     }
 
     fn kv_len(&self, rev: Rev) -> Result<Option<usize>, BackendError> {
@@ -1819,13 +1810,14 @@ type WholeRowVisitor<'a> = dyn FnMut(Rev, &[u8]) -> Result<(), BackendError> + '
 /// Visits every stored revision in order, with its whole row.
 fn whole_rows(tx: &redb::ReadTransaction, f: &mut WholeRowVisitor<'_>) -> Result<(), BackendError> {
     let (pages, pieces) = (tx.open_table(split::PAGES)?, tx.open_table(split::PIECES)?);
-    let mut whole = Vec::new();
+    let mut buf = Vec::new();
     for row in tx.open_table(KV)?.iter()? {
         let (k, v) = row?;
         let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-        whole.clear();
-        split::join(rev, v.value(), &pages, &pieces, &mut whole)?;
-        f(rev, &whole)?;
+        f(
+            rev,
+            split::whole(rev, v.value(), &pages, &pieces, &mut buf)?,
+        )?;
     }
     Ok(())
 }
@@ -2067,7 +2059,7 @@ fn copy_kv(
         src.open_table(split::PAGES)?,
         src.open_table(split::PIECES)?,
     );
-    let mut whole = Vec::new();
+    let mut buf = Vec::new();
     let mut rows = match after {
         Some(k) => {
             table.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?
@@ -2086,9 +2078,8 @@ fn copy_kv(
                 let (k, v) = row?;
                 let rev =
                     Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-                whole.clear();
-                split::join(rev, v.value(), &pages, &pieces, &mut whole)?;
-                out.insert(rev, &whole)?;
+                let whole = split::whole(rev, v.value(), &pages, &pieces, &mut buf)?;
+                out.insert(rev, whole)?;
                 batch += k.value().len() + whole.len();
                 last = Some(k.value().to_vec());
                 if batch >= IMPORT_BATCH_BYTES {

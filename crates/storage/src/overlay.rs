@@ -91,10 +91,7 @@ impl Rows {
 
     /// Rows written here and not deleted since, in revision order.
     pub(crate) fn live(&self) -> impl Iterator<Item = (Rev, &[u8])> + '_ {
-        self.index
-            .iter()
-            .filter(|e| !self.is_gone(e.0))
-            .map(|&(r, s, e)| (r, &self.bytes[s..e]))
+        self.range(Rev::new(i64::MIN, i64::MIN), None)
     }
 
     /// Revisions deleted here (and not written again since).

@@ -20,7 +20,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::backend::{BackendError, Rev};
+use crate::backend::{row_bytes, BackendError, Rev};
 
 pub(crate) const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pages");
 pub(crate) const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pieces");
@@ -114,9 +114,29 @@ pub(crate) fn value_len(rev: Rev, row: &[u8]) -> Result<usize, BackendError> {
     row.len().checked_sub(1).ok_or(BackendError::Malformed(rev))
 }
 
-/// Appends the whole row (`flags | value`) a stored `kv` row stands for to `out`, reading its
-/// parts; a part missing or of the wrong length is [`BackendError::Malformed`].
-pub(crate) fn join<T>(
+/// The whole row (`flags | value`) a stored `kv` row stands for: the row itself, or for a
+/// split one its parts joined in `buf`; a part missing or of the wrong length is
+/// [`BackendError::Malformed`].
+pub(crate) fn whole<'r, T>(
+    rev: Rev,
+    row: &'r [u8],
+    pages: &T,
+    pieces: &T,
+    buf: &'r mut Vec<u8>,
+) -> Result<&'r [u8], BackendError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    if !is_split(row) {
+        return Ok(row);
+    }
+    buf.clear();
+    join(rev, row, pages, pieces, buf)?;
+    Ok(buf)
+}
+
+/// Appends the whole row a split `kv` row stands for to `out`, reading its parts.
+fn join<T>(
     rev: Rev,
     row: &[u8],
     pages: &T,
@@ -126,10 +146,6 @@ pub(crate) fn join<T>(
 where
     T: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    if !is_split(row) {
-        out.extend_from_slice(row);
-        return Ok(());
-    }
     let (len, n_pages, n_pieces) = header(rev, row)?;
     // The length is checked against what is read, not trusted for the allocation.
     out.reserve(len.min(crate::limits::MAX_RECORD_BYTES) + 1);
@@ -162,9 +178,15 @@ pub(crate) struct Writer<'a> {
     scratch: Vec<u8>,
 }
 
-/// redb's stored bytes (keys and values) of one table entry.
-fn entry_bytes(key: usize, value: usize) -> i64 {
-    i64::try_from(key + value).unwrap_or(i64::MAX)
+/// Writes part `i` of `rev` into `table`. Returns the change in stored bytes.
+fn put_part(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    rev: Rev,
+    i: usize,
+    part: &[u8],
+) -> Result<i64, BackendError> {
+    let old = table.insert(part_key(rev, i).as_slice(), part)?;
+    Ok(row_bytes(20, part.len()) - old.map_or(0, |o| row_bytes(20, o.value().len())))
 }
 
 impl<'a> Writer<'a> {
@@ -178,71 +200,98 @@ impl<'a> Writer<'a> {
     }
 
     /// Stores the whole row `row` (`flags | value`) at `rev`, replacing what was there.
-    /// Returns the change in stored bytes.
+    /// Returns the change in stored bytes. Revisions are almost always new, so the row is
+    /// written first and what it replaced looked at after, one lookup instead of two.
     pub(crate) fn insert(&mut self, rev: Rev, row: &[u8]) -> Result<i64, BackendError> {
-        let mut delta = self.remove(rev)?;
         let key = rev.to_bytes();
         let (&flags, value) = row.split_first().ok_or(BackendError::Malformed(rev))?;
         // A whole row never carries the bit (a snapshot stream that sets it is damaged).
         if flags & SPLIT != 0 {
             return Err(BackendError::Malformed(rev));
         }
-        let Some(plan) = plan(value.len()) else {
-            self.kv.insert(key.as_slice(), row)?;
-            return Ok(delta + entry_bytes(16, row.len()));
+        let mut delta = 0;
+        let (stored, parts) = match plan(value.len()) {
+            None => (row, [0, 0]),
+            Some(plan) => {
+                let too_many = |_| BackendError::Malformed(rev);
+                let mut rest = value;
+                for (i, &n) in plan.pages.iter().enumerate() {
+                    let (part, tail) = rest.split_at(n);
+                    delta += put_part(&mut self.pages, rev, i, part)?;
+                    rest = tail;
+                }
+                for i in 0..plan.pieces {
+                    let (part, tail) = rest.split_at(plan.piece_len.min(rest.len()));
+                    delta += put_part(&mut self.pieces, rev, i, part)?;
+                    rest = tail;
+                }
+                debug_assert_eq!(rest.len(), plan.inline);
+                self.scratch.clear();
+                self.scratch.push(flags | SPLIT);
+                let len = u32::try_from(value.len()).map_err(too_many)?;
+                self.scratch.extend_from_slice(&len.to_le_bytes());
+                self.scratch
+                    .push(u8::try_from(plan.pages.len()).map_err(too_many)?);
+                self.scratch
+                    .push(u8::try_from(plan.pieces).map_err(too_many)?);
+                self.scratch.extend_from_slice(rest);
+                (self.scratch.as_slice(), [plan.pages.len(), plan.pieces])
+            }
         };
-        let too_many = |_| BackendError::Malformed(rev);
-        let mut rest = value;
-        for (i, &n) in plan.pages.iter().enumerate() {
-            let (part, tail) = rest.split_at(n);
-            self.pages.insert(part_key(rev, i).as_slice(), part)?;
-            delta += entry_bytes(20, n);
-            rest = tail;
+        delta += row_bytes(16, stored.len());
+        let old_parts = match self.kv.insert(key.as_slice(), stored)? {
+            Some(old) => {
+                let old = old.value();
+                delta -= row_bytes(16, old.len());
+                is_split(old)
+                    .then(|| header(rev, old).map(|(_, p, q)| [p, q]))
+                    .transpose()?
+            }
+            None => None,
+        };
+        // The parts the old row had beyond the new one's (those below were overwritten).
+        if let Some(old_parts) = old_parts {
+            delta += self.remove_parts(rev, old_parts, parts)?;
         }
-        for i in 0..plan.pieces {
-            let (part, tail) = rest.split_at(plan.piece_len.min(rest.len()));
-            self.pieces.insert(part_key(rev, i).as_slice(), part)?;
-            delta += entry_bytes(20, part.len());
-            rest = tail;
-        }
-        debug_assert_eq!(rest.len(), plan.inline);
-        self.scratch.clear();
-        self.scratch.push(flags | SPLIT);
-        let len = u32::try_from(value.len()).map_err(too_many)?;
-        self.scratch.extend_from_slice(&len.to_le_bytes());
-        self.scratch
-            .push(u8::try_from(plan.pages.len()).map_err(too_many)?);
-        self.scratch
-            .push(u8::try_from(plan.pieces).map_err(too_many)?);
-        self.scratch.extend_from_slice(rest);
-        self.kv.insert(key.as_slice(), self.scratch.as_slice())?;
-        Ok(delta + entry_bytes(16, self.scratch.len()))
+        Ok(delta)
     }
 
     /// Removes the row at `rev` and its parts. Returns the change in stored bytes (zero or
-    /// less) and whether there was a row.
-    pub(crate) fn remove_row(&mut self, rev: Rev) -> Result<(i64, bool), BackendError> {
+    /// less).
+    pub(crate) fn remove_row(&mut self, rev: Rev) -> Result<i64, BackendError> {
         let Some(old) = self.kv.remove(rev.to_bytes().as_slice())? else {
-            return Ok((0, false));
+            return Ok(0);
         };
         let row = old.value();
-        let mut delta = -entry_bytes(16, row.len());
-        if is_split(row) {
-            let (_, n_pages, n_pieces) = header(rev, row)?;
-            drop(old);
-            for (table, n) in [(&mut self.pages, n_pages), (&mut self.pieces, n_pieces)] {
-                for i in 0..n {
-                    if let Some(p) = table.remove(part_key(rev, i).as_slice())? {
-                        delta -= entry_bytes(20, p.value().len());
-                    }
+        let delta = -row_bytes(16, row.len());
+        if !is_split(row) {
+            return Ok(delta);
+        }
+        let (_, n_pages, n_pieces) = header(rev, row)?;
+        drop(old);
+        Ok(delta + self.remove_parts(rev, [n_pages, n_pieces], [0, 0])?)
+    }
+
+    /// Removes the page and piece parts of `rev` from index `from` up to `to` (exclusive).
+    /// Returns the change in stored bytes.
+    fn remove_parts(
+        &mut self,
+        rev: Rev,
+        to: [usize; 2],
+        from: [usize; 2],
+    ) -> Result<i64, BackendError> {
+        let mut delta = 0;
+        for (table, i, n) in [
+            (&mut self.pages, from[0], to[0]),
+            (&mut self.pieces, from[1], to[1]),
+        ] {
+            for i in i..n {
+                if let Some(p) = table.remove(part_key(rev, i).as_slice())? {
+                    delta -= row_bytes(20, p.value().len());
                 }
             }
         }
-        Ok((delta, true))
-    }
-
-    fn remove(&mut self, rev: Rev) -> Result<i64, BackendError> {
-        Ok(self.remove_row(rev)?.0)
+        Ok(delta)
     }
 
     /// The whole row at `rev`, if any.
@@ -251,9 +300,10 @@ impl<'a> Writer<'a> {
         let Some(row) = self.kv.get(rev.to_bytes().as_slice())? else {
             return Ok(None);
         };
-        let mut out = Vec::new();
-        join(rev, row.value(), &self.pages, &self.pieces, &mut out)?;
-        Ok(Some(out))
+        let mut buf = Vec::new();
+        Ok(Some(
+            whole(rev, row.value(), &self.pages, &self.pieces, &mut buf)?.to_vec(),
+        ))
     }
 
     /// The length of the value stored at `rev`, if any, without reading its parts.
@@ -359,8 +409,8 @@ mod tests {
             }
             assert!(stored > 0);
             for i in 0..sizes.len() {
-                let (d, had) = w.remove_row(Rev::new(i as i64 + 1, 0)).unwrap();
-                assert!(had);
+                let d = w.remove_row(Rev::new(i as i64 + 1, 0)).unwrap();
+                assert!(d < 0, "a row was removed");
                 stored += d;
             }
             assert_eq!(stored, 0);
