@@ -50,6 +50,9 @@ pub struct Table {
 /// The rows of a caller's table: (key, value) pairs.
 pub type TableRows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A redb table of bytes under bytes, open for writing.
+pub(crate) type BytesTable<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
+
 impl Table {
     fn def(self) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
         TableDefinition::new(self.name)
@@ -663,7 +666,7 @@ impl Core {
                 }
             }
             // Ordered by table, so each is opened once.
-            let mut open: Option<(usize, redb::Table<'_, &[u8], &[u8]>)> = None;
+            let mut open: Option<(usize, BytesTable<'_>)> = None;
             for ((t, key), value) in &gen.tables {
                 let table = match &mut open {
                     Some((o, table)) if o == t => table,

@@ -20,7 +20,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
-use crate::backend::{row_bytes, BackendError, Rev};
+use crate::backend::{row_bytes, BackendError, BytesTable, Rev};
 
 pub(crate) const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pages");
 pub(crate) const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_pieces");
@@ -171,16 +171,16 @@ where
 
 /// The `kv` table with the part tables, for writing rows in whatever layout they need.
 pub(crate) struct Writer<'a> {
-    pub(crate) kv: redb::Table<'a, &'static [u8], &'static [u8]>,
-    pub(crate) pages: redb::Table<'a, &'static [u8], &'static [u8]>,
-    pub(crate) pieces: redb::Table<'a, &'static [u8], &'static [u8]>,
+    pub(crate) kv: BytesTable<'a>,
+    pub(crate) pages: BytesTable<'a>,
+    pub(crate) pieces: BytesTable<'a>,
     /// Reused for split rows' headers.
     scratch: Vec<u8>,
 }
 
 /// Writes part `i` of `rev` into `table`. Returns the change in stored bytes.
 fn put_part(
-    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    table: &mut BytesTable<'_>,
     rev: Rev,
     i: usize,
     part: &[u8],
