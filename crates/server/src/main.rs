@@ -191,9 +191,15 @@ fn bind_tcp(
 /// tokio's `TcpListener::bind` backlog.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Why the member stops when its applier did (a storage failure).
-fn applier_stopped(reason: Option<String>) -> String {
-    reason.unwrap_or_else(|| "the applier stopped".into())
+/// Why the member stops when its applier did: its storage failure, or, when it ended without
+/// one because the raft driver had stopped (the driver's failure is set before its entries
+/// channel closes), the driver's.
+fn applier_stopped(reason: Option<String>, driver_failed: bool) -> String {
+    match reason {
+        Some(r) => r,
+        None if driver_failed => "raft driver stopped on a storage failure".into(),
+        None => "the applier stopped".into(),
+    }
 }
 
 /// Request work runs on tokio's workers; the raft driver and the applier are threads of their
@@ -338,7 +344,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     tokio::select! {
         _ = server.publish_attributes() => {}
         r = apply_failed.wait_for(|f| f.is_some()) => {
-            return Err(applier_stopped(r.ok().and_then(|f| f.clone())));
+            let driver_failed = server.raft_status().fatal.is_some();
+            return Err(applier_stopped(r.ok().and_then(|f| f.clone()), driver_failed));
         }
         _ = status.wait_for(|s| s.fatal.is_some()) => {
             return Err("raft driver stopped on a storage failure".into());
@@ -437,7 +444,8 @@ async fn run(cfg: Config) -> Result<(), String> {
             return Err("raft driver stopped on a storage failure".into());
         }
         r = apply_failed.wait_for(|f| f.is_some()) => {
-            return Err(applier_stopped(r.ok().and_then(|f| f.clone())));
+            let driver_failed = server.raft_status().fatal.is_some();
+            return Err(applier_stopped(r.ok().and_then(|f| f.clone()), driver_failed));
         }
         _ = removed.wait_for(|r| *r) => {
             // Let the reply to the MemberRemove that removed us leave before stopping.
