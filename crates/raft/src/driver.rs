@@ -342,13 +342,13 @@ impl Node {
         let log;
         let member;
         if RaftLog::exists(&cfg.wal_dir) {
-            let (l, rec) = RaftLog::open(&cfg.wal_dir)?;
+            let (l, rec) = RaftLog::open(&cfg.wal_dir, cfg.applied)?;
             storage = LogStore::new(rec.conf_state.clone());
             if rec.snapshot.index > 0 {
-                storage.apply_snapshot(rec.snapshot);
-                storage.set_conf_state(rec.conf_state);
+                storage.apply_snapshot(rec.snapshot.clone());
+                storage.set_conf_state(rec.conf_state.clone());
             }
-            storage.append_at(&rec.entries, &rec.positions)?;
+            storage.recover(&rec)?;
             let mut hs = rec.hard_state;
             hs.commit = hs.commit.max(storage.hard_state().commit);
             storage.set_hard_state(hs);
@@ -616,6 +616,10 @@ impl Driver {
 
     async fn run_loop(&mut self) -> Result<(), RaftError> {
         let mut next_tick = Instant::now() + self.tick;
+        // A lone voter with nothing left to apply leads at once, not after the first tick.
+        self.on_ready()?;
+        self.campaign_if_alone()?;
+        self.on_ready()?;
         loop {
             let mut reads = Vec::new();
             tokio::select! {

@@ -37,10 +37,24 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// The last snapshot point: entries at or below it live only in the state machine.
     pub snapshot: SnapshotMetadata,
-    /// Entries after the snapshot point.
+    /// Entries after the snapshot point. Those at or below `logged_to` hold only index and
+    /// term: the state machine has applied them, and the WAL keeps them.
     pub entries: Vec<Entry>,
     /// Where each of `entries` lies in the log.
     pub positions: Vec<RecordPos>,
+    /// Each entry's encoded size.
+    pub sizes: Vec<u64>,
+    pub logged_to: u64,
+}
+
+/// The fields of a logged `eraftpb.Entry` (its field numbers) a restart needs for applied
+/// entries; prost skips the data without copying it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EntryHead {
+    #[prost(uint64, tag = "2")]
+    term: u64,
+    #[prost(uint64, tag = "3")]
+    index: u64,
 }
 
 pub struct RaftLog {
@@ -54,8 +68,12 @@ pub enum Retained<'a> {
 }
 
 fn decode<M: protobuf::Message>(rec: &Record) -> Result<M, LogError> {
-    M::parse_from_bytes(&rec.data).map_err(|e| LogError::Decode {
-        kind: rec.kind,
+    decode_bytes(rec.kind, &rec.data)
+}
+
+fn decode_bytes<M: protobuf::Message>(kind: u8, data: &[u8]) -> Result<M, LogError> {
+    M::parse_from_bytes(data).map_err(|e| LogError::Decode {
+        kind,
         reason: e.to_string(),
     })
 }
@@ -96,21 +114,24 @@ impl RaftLog {
         Ok(())
     }
 
-    pub fn open(dir: &Path) -> Result<(RaftLog, Recovered), LogError> {
-        let (wal, records, _) = Wal::open(dir)?;
+    /// Opens the log in `dir`. Entries at or below `applied` (what the state machine holds)
+    /// are recovered as index and term only: decoding every entry whole took most of a
+    /// restart's time, for entries only a lagging follower may ever ask for again.
+    pub fn open(dir: &Path, applied: u64) -> Result<(RaftLog, Recovered), LogError> {
         let mut member = None;
         let mut conf_state = ConfState::default();
         let mut hard_state = HardState::default();
         let mut snapshot = SnapshotMetadata::default();
         let mut entries: Vec<Entry> = Vec::new();
         let mut positions = Vec::new();
-        for rec in &records {
-            match rec.kind {
+        let mut sizes = Vec::new();
+        let (wal, _) = Wal::open_each(dir, |kind, data: &[u8], pos| {
+            match kind {
                 KIND_MEMBER => {
-                    let b = &rec.data;
+                    let b = data;
                     if b.len() != 16 {
                         return Err(LogError::Decode {
-                            kind: rec.kind,
+                            kind,
                             reason: "member record is not 16 bytes".into(),
                         });
                     }
@@ -123,23 +144,43 @@ impl RaftLog {
                         cluster_id: u64::from_le_bytes(cid),
                     });
                 }
-                KIND_CONF_STATE => conf_state = decode(rec)?,
-                KIND_HARD_STATE => hard_state = decode(rec)?,
+                KIND_CONF_STATE => conf_state = decode_bytes(kind, data)?,
+                KIND_HARD_STATE => hard_state = decode_bytes(kind, data)?,
                 KIND_SNAPSHOT => {
                     // Everything logged before a snapshot record is superseded by it; the
                     // entries after it follow as ordinary records.
-                    snapshot = decode(rec)?;
+                    snapshot = decode_bytes(kind, data)?;
                     entries.clear();
                     positions.clear();
+                    sizes.clear();
                 }
                 KIND_ENTRY => {
-                    let e: Entry = decode(rec)?;
+                    let head = <EntryHead as prost::Message>::decode(data).map_err(|e| {
+                        LogError::Decode {
+                            kind,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    // Covered by the snapshot: the log store would drop it.
+                    if head.index <= snapshot.index {
+                        return Ok(());
+                    }
+                    let e = if head.index <= applied {
+                        let mut e = Entry::default();
+                        e.index = head.index;
+                        e.term = head.term;
+                        e
+                    } else {
+                        decode_bytes(kind, data)?
+                    };
                     // A later append at an index overwrites that index and everything after it.
                     let keep = entries.partition_point(|x| x.index < e.index);
                     entries.truncate(keep);
                     positions.truncate(keep);
+                    sizes.truncate(keep);
                     entries.push(e);
-                    positions.push(rec.pos);
+                    positions.push(pos);
+                    sizes.push(data.len() as u64);
                 }
                 other => {
                     return Err(LogError::Decode {
@@ -148,7 +189,8 @@ impl RaftLog {
                     })
                 }
             }
-        }
+            Ok(())
+        })?;
         let member = member.ok_or(LogError::NoMember)?;
         Ok((
             RaftLog { wal },
@@ -159,6 +201,8 @@ impl RaftLog {
                 snapshot,
                 entries,
                 positions,
+                sizes,
+                logged_to: applied,
             },
         ))
     }

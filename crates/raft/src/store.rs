@@ -148,6 +148,25 @@ impl LogStore {
         Ok(())
     }
 
+    /// Appends the entries a restart read from the log; those it read as index and term only
+    /// (at or below `rec.logged_to`) stay that way, read back from the WAL when asked for.
+    pub fn recover(&mut self, rec: &crate::log::Recovered) -> Result<(), StorageError> {
+        self.append_at(&rec.entries, &rec.positions)?;
+        let first = self.first();
+        for ((e, size), pos) in rec.entries.iter().zip(&rec.sizes).zip(&rec.positions) {
+            if e.index < first || e.index > rec.logged_to {
+                continue;
+            }
+            if let Some(s) = self.entries.get_mut((e.index - first) as usize) {
+                debug_assert_eq!(s.pos, Some(*pos));
+                s.size = *size;
+                s.logged = true;
+                self.logged_to = self.logged_to.max(e.index);
+            }
+        }
+        Ok(())
+    }
+
     /// Records that the state machine has applied everything up to `meta.index`, and drops
     /// entries up to `keep` before it. Of the applied entries left, all but the newest
     /// [`HELD_APPLIED_BYTES`] keep only index and term in memory.
@@ -394,8 +413,24 @@ mod tests {
             .unwrap();
         s.set_positions(&at);
         assert_eq!(s.entries(1, 41, None, ctx()).unwrap(), ents);
-        let (_, rec) = RaftLog::open(d.path()).unwrap();
-        assert_eq!(rec.entries, ents);
+        // A restart skips what the snapshot record covers.
+        let (_, rec) = RaftLog::open(d.path(), 0).unwrap();
+        assert!(rec.entries == ents[30..]);
+        // It reads applied entries as index and term only; the store reads them back.
+        let (_, rec) = RaftLog::open(d.path(), 35).unwrap();
+        assert!(rec.entries[..5].iter().all(|e| e.data.is_empty()));
+        assert!(rec.entries[5..] == ents[35..]);
+        let mut restarted = LogStore::new(ConfState::default());
+        restarted.set_wal_dir(d.path().to_path_buf());
+        restarted.apply_snapshot(rec.snapshot.clone());
+        restarted.recover(&rec).unwrap();
+        assert_eq!(logged(&restarted), 5);
+        assert!(restarted.entries(31, 41, None, ctx()).unwrap() == ents[30..]);
+        // The size limit counts them whole: two 100 KiB entries fit in 250 KiB.
+        assert_eq!(
+            restarted.entries(31, 41, 250 << 10, ctx()).unwrap().len(),
+            2
+        );
         // An entry that cannot be read back is as if compacted: raft sends a snapshot.
         s.entries[0].pos = Some(s.entries[5].pos.unwrap());
         assert!(matches!(

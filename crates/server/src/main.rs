@@ -456,6 +456,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
     }
     tracing::info!("received signal; shutting down");
+    // The next start reads the index instead of rebuilding it from every stored revision.
+    ballast_server::member::checkpoint::write(&server.mvcc());
     server.mvcc().sync().map_err(|e| e.to_string())?;
     Ok(())
 }

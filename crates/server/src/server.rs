@@ -74,7 +74,15 @@ impl EtcdServer {
             );
         }
         let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
+        let opened = std::time::Instant::now();
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join(layout::STORE_FILE))?);
+        tracing::info!(
+            keys = mvcc.key_count(),
+            revision = mvcc.current_rev(),
+            key_index = %mvcc.index_source(),
+            took = ?opened.elapsed(),
+            "opened the store"
+        );
         let start = bootstrap::identity(&cfg, &mvcc)?;
         let runtime = tokio::runtime::Handle::try_current()?;
         let (node, committed) = Node::start(NodeConfig {
@@ -148,6 +156,7 @@ impl EtcdServer {
             file_swap: file_swap.clone(),
             auth: auth.clone(),
             failed: failed_tx,
+            checkpoint: crate::member::checkpoint::Checkpointer::new(&mvcc),
         };
         std::thread::Builder::new()
             .name("applier".into())

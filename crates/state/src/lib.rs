@@ -13,6 +13,7 @@ pub mod error;
 pub mod etcd_db;
 pub mod etcd_log;
 pub mod etcd_wal;
+pub mod indexfile;
 mod key;
 pub mod layout;
 pub mod lease_clock;

@@ -44,6 +44,8 @@ enum Op {
     /// If key's value equals v then put(k2, v2) else delete k2.
     Cas(u8, u8, u8, u8),
     Compact(u8),
+    /// Write the key index checkpoint (see `indexfile`).
+    Checkpoint,
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -56,6 +58,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..6, proptest::option::of(0u8..7)).prop_map(|(k, e)| Op::Del(k, e)),
         2 => (0u8..6, 0u8..4, 0u8..6, 0u8..4).prop_map(|(a, b, c, d)| Op::Cas(a, b, c, d)),
         1 => (0u8..40).prop_map(Op::Compact),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -146,9 +149,16 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
         history: vec![Snapshot::new(), Snapshot::new()],
         compacted: -1,
     };
+    let mut checkpoint = None;
+    let mut index = 0;
     for (i, op) in ops.into_iter().enumerate() {
-        let index = i as u64 + 1;
         let (req, next): (Request, Option<Snapshot>) = match op {
+            Op::Checkpoint => {
+                let rev = store.checkpoint_index().unwrap();
+                assert_eq!(rev, m.rev());
+                checkpoint = Some(rev);
+                continue;
+            }
             Op::Put(k, v) => {
                 let mut s = m.cur().clone();
                 model_put(&mut s, &key(k), vec![v], m.rev() + 1);
@@ -216,6 +226,7 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
         } else {
             0
         };
+        index += 1;
         let res = store
             .apply_batch(
                 &[(
@@ -252,6 +263,18 @@ fn run(ops: Vec<Op>, reopen_every: usize) {
             drop(store);
             store = Mvcc::open(&path).unwrap();
             assert_eq!(store.applied_index(), index);
+            // A checkpoint is used unless a compaction passed it.
+            let used = matches!(
+                store.index_source(),
+                crate::mvcc::IndexSource::Checkpoint { .. }
+            );
+            assert_eq!(
+                used,
+                checkpoint.is_some_and(|r| r >= m.compacted),
+                "{}",
+                store.index_source()
+            );
+            assert_eq!(store.index_digest(), crate::mvcc::rebuilt_digest(&path));
         }
         check_reads(&store, &m);
     }

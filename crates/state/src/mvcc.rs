@@ -36,6 +36,13 @@ pub(crate) const META_REV: &str = "current_rev";
 pub(crate) const META_COMPACT: &str = "compact_rev";
 /// The downgrade job's target as `major << 32 | minor`; 0 or absent: none.
 pub(crate) const META_DOWNGRADE: &str = "downgrade_target";
+/// The revision and checksum of the key index checkpoint the store's rows match (see
+/// [`crate::indexfile`]).
+pub(crate) const META_INDEX_REV: &str = "index_checkpoint_rev";
+pub(crate) const META_INDEX_SUM: &str = "index_checkpoint_sum";
+/// Keys a checkpoint copies per hold of the index's read lock: the applier waits at most
+/// for one chunk.
+const CHECKPOINT_CHUNK: usize = 1_024;
 
 /// The result of applying one log entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +221,121 @@ pub struct Mvcc {
     /// the store's uncommitted writes went with it, so nothing applies any more and the
     /// applier stops the member on its next batch, as on any storage failure.
     failed: std::sync::OnceLock<String>,
+    /// Where the key index checkpoint goes, beside the store.
+    index_path: std::path::PathBuf,
+    /// How the key index was built at open.
+    index_source: IndexSource,
+}
+
+/// A key's entry in the index: key, revisions, creation revision, version, lease.
+#[cfg(test)]
+pub(crate) type IndexDigest = (Vec<u8>, Vec<(Rev, bool)>, i64, i64, i64);
+
+/// The key index of a copy of the store at `path` built from its rows alone.
+#[cfg(test)]
+pub(crate) fn rebuilt_digest(path: &Path) -> Vec<IndexDigest> {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    std::fs::copy(path, &copy).unwrap();
+    let s = Mvcc::open(&copy).unwrap();
+    assert!(matches!(s.index_source(), IndexSource::Rebuilt(_)));
+    s.index_digest()
+}
+
+/// How [`Mvcc::open`] built the key index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexSource {
+    /// From every stored revision; why the checkpoint was not used.
+    Rebuilt(String),
+    /// From the checkpoint at `rev` and the `replayed` revisions stored after it.
+    Checkpoint { rev: i64, keys: u64, replayed: u64 },
+}
+
+impl std::fmt::Display for IndexSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexSource::Rebuilt(why) => write!(f, "rebuilt from the store ({why})"),
+            IndexSource::Checkpoint {
+                rev,
+                keys,
+                replayed,
+            } => write!(
+                f,
+                "read from the checkpoint at revision {rev} ({keys} keys) and {replayed} revisions after it"
+            ),
+        }
+    }
+}
+
+/// Adds one stored revision (in revision order) to the index being built at open.
+fn index_row(idx: &mut Index, rev: Rev, tombstone: bool, row: &[u8]) -> std::io::Result<()> {
+    let kv = IndexFields::decode(row).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("revision {rev:?}: {e}"),
+        )
+    })?;
+    idx.rev = idx.rev.max(rev.main);
+    // Revisions arrive in order, so the last one seen decides a key's lease.
+    if tombstone || kv.lease == 0 {
+        idx.key_lease.remove(&kv.key);
+    } else {
+        idx.key_lease.insert(kv.key.clone(), kv.lease);
+    }
+    let h = idx.keys.entry(Key::new(&kv.key)).or_default();
+    h.revs.push((rev, tombstone));
+    if tombstone {
+        h.version = 0;
+        h.create_rev = 0;
+    } else {
+        h.version = kv.version;
+        h.create_rev = kv.create_revision;
+    }
+    Ok(())
+}
+
+/// Fills the index from the checkpoint the store recorded, if it can be used, and returns the
+/// revision to replay stored rows from; on any failure the index is left empty and the
+/// reason returned. A checkpoint at revision `R` is used only when the store's revision is
+/// at least `R` and its compaction revision at most `R`: a compaction past `R` deleted
+/// tombstones after `R` that the replay would need to end keys the file holds live.
+fn load_checkpoint(
+    idx: &mut Index,
+    path: &Path,
+    recorded: Option<(u64, u64)>,
+) -> Result<(Rev, u64), String> {
+    let Some((rev, sum)) = recorded else {
+        return Err("no checkpoint recorded".into());
+    };
+    let rev = i64::try_from(rev).map_err(|_| "bad checkpoint revision".to_string())?;
+    if rev > idx.rev || rev < idx.compact_rev {
+        return Err(format!(
+            "checkpoint at revision {rev}, store at {} compacted at {}",
+            idx.rev, idx.compact_rev
+        ));
+    }
+    let sum = u32::try_from(sum).map_err(|_| "bad checkpoint checksum".to_string())?;
+    let read = crate::indexfile::read(path, rev, sum, &mut |r| {
+        if r.lease != 0 {
+            idx.key_lease.insert(r.key.clone(), r.lease);
+        }
+        idx.keys.insert(
+            Key::new(&r.key),
+            KeyHistory {
+                revs: r.revs,
+                create_rev: r.create_rev,
+                version: r.version,
+            },
+        );
+    });
+    match read {
+        Ok(keys) => Ok((Rev::new(rev + 1, 0), keys)),
+        Err(e) => {
+            idx.keys.clear();
+            idx.key_lease.clear();
+            Err(e.to_string())
+        }
+    }
 }
 
 /// The fields of a stored `KeyValue` the index is rebuilt from (its field numbers); prost
@@ -984,6 +1106,7 @@ impl Mvcc {
             idx.members.insert(id, m);
         }
         let auth_rows = backend.rows(schema::AUTH)?;
+        let mut checkpoint = None;
         backend.view(|r| {
             idx.auth = AuthState::load(
                 auth_rows,
@@ -995,6 +1118,7 @@ impl Mvcc {
                 idx.rev = rev as i64;
             }
             idx.downgrade = r.meta(META_DOWNGRADE)?.unwrap_or(0);
+            checkpoint = r.meta(META_INDEX_REV)?.zip(r.meta(META_INDEX_SUM)?);
             if let Some(c) = r.meta(META_COMPACT)? {
                 idx.compact_rev = c as i64;
                 // Whatever a compaction left undone before a restart (or came in a
@@ -1006,35 +1130,35 @@ impl Mvcc {
             }
             Ok::<_, KvError>(())
         })?;
+        let index_path = crate::indexfile::path_for(path);
+        let (from, index_source) = match load_checkpoint(&mut idx, &index_path, checkpoint) {
+            Ok((from, keys)) => (
+                from,
+                IndexSource::Checkpoint {
+                    rev: from.main - 1,
+                    keys,
+                    replayed: 0,
+                },
+            ),
+            Err(why) => (Rev::default(), IndexSource::Rebuilt(why)),
+        };
         // The rows straight from a read snapshot (nothing is held at open), decoding only
         // what the index keeps: the values, most of the file, are never copied.
         let rows = backend.read_snapshot()?;
-        rows.for_each_rev(&mut |rev, tombstone, row| {
-            let kv = IndexFields::decode(row).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("revision {rev:?}: {e}"),
-                )
-            })?;
-            idx.rev = idx.rev.max(rev.main);
-            // Revisions arrive in order, so the last one seen decides a key's lease.
-            if tombstone || kv.lease == 0 {
-                idx.key_lease.remove(&kv.key);
-            } else {
-                idx.key_lease.insert(kv.key.clone(), kv.lease);
-            }
-            let h = idx.keys.entry(Key::new(&kv.key)).or_default();
-            h.revs.push((rev, tombstone));
-            if tombstone {
-                h.version = 0;
-                h.create_rev = 0;
-            } else {
-                h.version = kv.version;
-                h.create_rev = kv.create_revision;
-            }
-            Ok(())
+        let mut replayed = 0u64;
+        rows.for_each_rev_from(from, &mut |rev, tombstone, row| {
+            replayed += 1;
+            index_row(&mut idx, rev, tombstone, row)
         })
         .map_err(|e| KvError::Corrupt(e.to_string()))?;
+        let index_source = match index_source {
+            IndexSource::Checkpoint { rev, keys, .. } => IndexSource::Checkpoint {
+                rev,
+                keys,
+                replayed,
+            },
+            rebuilt => rebuilt,
+        };
         drop(rows);
         for (key, lease) in &idx.key_lease {
             if let Some(l) = idx.leases.get_mut(lease) {
@@ -1047,7 +1171,101 @@ impl Mvcc {
             index: RwLock::new(idx),
             auth_enabled: enabled.into(),
             failed: std::sync::OnceLock::new(),
+            index_path,
+            index_source,
         })
+    }
+
+    /// The whole key index, with every compaction finished, to compare indexes built
+    /// differently.
+    #[cfg(test)]
+    pub(crate) fn index_digest(&self) -> Vec<IndexDigest> {
+        self.finish_compaction().unwrap();
+        let idx = self.read();
+        idx.keys
+            .iter()
+            .map(|(k, h)| {
+                let lease = idx.key_lease.get(k.as_bytes()).copied().unwrap_or(0);
+                (
+                    k.as_bytes().to_vec(),
+                    h.revs.clone(),
+                    h.create_rev,
+                    h.version,
+                    lease,
+                )
+            })
+            .collect()
+    }
+
+    /// How the key index was built at open.
+    pub fn index_source(&self) -> &IndexSource {
+        &self.index_source
+    }
+
+    /// The revision of the key index checkpoint the store records, if any.
+    pub fn index_checkpoint_rev(&self) -> Result<Option<i64>, KvError> {
+        Ok(self
+            .backend
+            .view(|r| r.meta(META_INDEX_REV))?
+            .map(|r| r as i64))
+    }
+
+    /// Writes the key index to its checkpoint file and records the file in the store, so the
+    /// next open reads it instead of every stored revision. Runs beside the applier: the
+    /// index is copied in chunks under its read lock, each key's revisions up to the
+    /// revision `R` it started at. A key's other fields may be newer than `R`; its revisions
+    /// after `R` are stored rows, which the next open replays over them. Returns `R`.
+    pub fn checkpoint_index(&self) -> Result<i64, crate::indexfile::IndexFileError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let rev = self.read().rev;
+        let mut w = crate::indexfile::Writer::create(&self.index_path, rev)?;
+        let mut buf = Vec::new();
+        let mut after: Option<Key> = None;
+        loop {
+            buf.clear();
+            let (mut records, mut last) = (0u64, None);
+            {
+                let idx = self.read();
+                // A failed apply changed the index without storing the change.
+                self.check_failed()?;
+                let range = match &after {
+                    Some(k) => idx.keys.range((Excluded(k.clone()), Unbounded)),
+                    None => idx.keys.range(..),
+                };
+                for (key, h) in range.take(CHECKPOINT_CHUNK) {
+                    last = Some(key.clone());
+                    let upto = h.revs.partition_point(|(r, _)| r.main <= rev);
+                    if upto == 0 {
+                        continue;
+                    }
+                    let bytes = key.as_bytes();
+                    let lease = idx.key_lease.get(bytes).copied().unwrap_or(0);
+                    crate::indexfile::encode(
+                        &mut buf,
+                        bytes,
+                        h.create_rev,
+                        h.version,
+                        lease,
+                        &h.revs[..upto],
+                    );
+                    records += 1;
+                }
+            }
+            w.chunk(&buf, records)?;
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        let sum = w.finish()?;
+        // Staged after every row up to `rev`: once this is durable, so are they.
+        self.backend.update(false, |w| {
+            self.check_failed()?;
+            w.set_meta(META_INDEX_REV, rev as u64)?;
+            w.set_meta(META_INDEX_SUM, u64::from(sum))?;
+            Ok::<_, KvError>(())
+        })?;
+        Ok(rev)
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Index> {
@@ -1105,6 +1323,10 @@ impl Mvcc {
             }
             Ok(out)
         });
+        if let Err(e) = &out {
+            // Before the index lock goes: a checkpoint must not copy what was not stored.
+            let _ = self.failed.set(e.to_string());
+        }
         self.auth_enabled
             .store(idx.auth.enabled(), std::sync::atomic::Ordering::Relaxed);
         // The next batch is likely as large: room for it now rather than regrown per event.
@@ -1790,6 +2012,122 @@ mod hash_tests {
         let s = Mvcc::open(&d.path().join("db")).unwrap();
         s.apply_batch(entries, false).unwrap();
         (d, s)
+    }
+
+    fn request(index: u64, r: raft_request::Request) -> (u64, Option<RaftRequest>) {
+        let r = RaftRequest {
+            request: Some(r),
+            ..Default::default()
+        };
+        (index, Some(r))
+    }
+
+    #[test]
+    fn a_checkpoint_taken_while_entries_apply_reopens_to_the_index_the_rows_give() {
+        use raft_request::Request as R;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        let mut index = 0u64;
+        let mut next = |r: R| {
+            index += 1;
+            request(index, r)
+        };
+        {
+            let s = std::sync::Arc::new(Mvcc::open(&path).unwrap());
+            let grant = |id| R::LeaseGrant(LeaseGrantRequest { ttl: 60, id });
+            s.apply_batch(&[next(grant(5)), next(grant(6))], false)
+                .unwrap();
+            let checkpoints = {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    (0..20)
+                        .map(|_| s.checkpoint_index().unwrap())
+                        .collect::<Vec<_>>()
+                })
+            };
+            for round in 0..400u32 {
+                let key = format!("k{}", round % 37).into_bytes();
+                let r = match round % 5 {
+                    0 => R::DeleteRange(DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    }),
+                    n => R::Put(PutRequest {
+                        key,
+                        value: vec![n as u8; 10],
+                        lease: [0, 5, 6][round as usize % 3],
+                        ..Default::default()
+                    }),
+                };
+                s.apply_batch(&[next(r)], false).unwrap();
+            }
+            let taken = checkpoints.join().unwrap();
+            assert!(taken.windows(2).all(|w| w[0] <= w[1]), "{taken:?}");
+            // After the last checkpoint: a lease revoked, keys deleted and written.
+            s.apply_batch(
+                &[
+                    next(R::LeaseRevoke(LeaseRevokeRequest { id: 5 })),
+                    next(R::Put(PutRequest {
+                        key: b"k1".to_vec(),
+                        lease: 6,
+                        ..Default::default()
+                    })),
+                ],
+                false,
+            )
+            .unwrap();
+            assert!(s.lease_keys(5).is_empty());
+            s.sync().unwrap();
+        }
+        let s = Mvcc::open(&path).unwrap();
+        assert!(
+            matches!(s.index_source(), IndexSource::Checkpoint { replayed, .. } if *replayed > 0),
+            "{}",
+            s.index_source()
+        );
+        assert_eq!(s.index_digest(), rebuilt_digest(&path));
+        assert!(s.lease_keys(6).contains(&b"k1".to_vec()));
+        assert_eq!(s.lease(5), None);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_checkpoint_means_a_rebuild() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        let other = d.path().join("other");
+        for (p, second) in [(&path, "b"), (&other, "c")] {
+            let s = Mvcc::open(p).unwrap();
+            s.apply_batch(&[put(1, "a", "1"), put(2, second, "2")], false)
+                .unwrap();
+            s.checkpoint_index().unwrap();
+            s.apply_batch(&[put(3, "a", "3")], false).unwrap();
+        }
+        assert!(matches!(
+            Mvcc::open(&path).unwrap().index_source(),
+            IndexSource::Checkpoint { replayed: 1, .. }
+        ));
+        let file = crate::indexfile::path_for(&path);
+        let good = std::fs::read(&file).unwrap();
+        let mut bad = good.clone();
+        bad[20] ^= 4;
+        // Damaged; another store's (same revision, other keys); missing.
+        let foreign = std::fs::read(crate::indexfile::path_for(&other)).unwrap();
+        for contents in [bad, foreign, vec![]] {
+            std::fs::write(&file, &contents).unwrap();
+            let s = Mvcc::open(&path).unwrap();
+            assert!(
+                matches!(s.index_source(), IndexSource::Rebuilt(_)),
+                "{}",
+                s.index_source()
+            );
+            let got = s
+                .range(&RangeRequest {
+                    key: b"a".to_vec(),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(got.kvs[0].value, b"3");
+        }
     }
 
     /// Every page of a pinned range, concatenated, as `RangeResponse.kvs` entries.

@@ -699,6 +699,10 @@ impl Core {
         } else {
             Durability::None
         })?;
+        // A durable commit records redb's allocator state (one more fsync, on the store
+        // writer): without it, opening the file after a crash, or after a stop that left the
+        // database unclosed, walked every page to rebuild that state (0.3 s of 330 MiB).
+        tx.set_quick_repair(durable);
         let in_use = (self.size() <= COUNT_PAGES_BELOW)
             .then(|| count_pages(&tx))
             .flatten()
@@ -917,7 +921,16 @@ pub struct ReadSnapshot {
 impl ReadSnapshot {
     /// Every stored revision in order: revision, tombstone flag, the stored value.
     pub fn for_each_rev(&self, f: &mut SnapshotRevVisitor<'_>) -> Result<(), BackendError> {
-        whole_rows(&self.tx, &mut |rev, row| {
+        self.for_each_rev_from(Rev::default(), f)
+    }
+
+    /// [`ReadSnapshot::for_each_rev`] from revision `from` on.
+    pub fn for_each_rev_from(
+        &self,
+        from: Rev,
+        f: &mut SnapshotRevVisitor<'_>,
+    ) -> Result<(), BackendError> {
+        whole_rows(&self.tx, from, &mut |rev, row| {
             let (&flags, kv) = row.split_first().ok_or(BackendError::Malformed(rev))?;
             f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("reading stored revisions"))
         })
@@ -1811,10 +1824,15 @@ type RowVisitor<'a> = dyn FnMut(u8, &[u8], &[u8]) -> std::io::Result<()> + 'a;
 type WholeRowVisitor<'a> = dyn FnMut(Rev, &[u8]) -> Result<(), BackendError> + 'a;
 
 /// Visits every stored revision in order, with its whole row.
-fn whole_rows(tx: &redb::ReadTransaction, f: &mut WholeRowVisitor<'_>) -> Result<(), BackendError> {
+fn whole_rows(
+    tx: &redb::ReadTransaction,
+    from: Rev,
+    f: &mut WholeRowVisitor<'_>,
+) -> Result<(), BackendError> {
     let (pages, pieces) = (tx.open_table(split::PAGES)?, tx.open_table(split::PIECES)?);
     let mut buf = Vec::new();
-    for row in tx.open_table(KV)?.iter()? {
+    let from = from.to_bytes();
+    for row in tx.open_table(KV)?.range(from.as_slice()..)? {
         let (k, v) = row?;
         let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
         f(
@@ -1832,7 +1850,7 @@ fn walk(
     f: &mut RowVisitor<'_>,
 ) -> Result<(), BackendError> {
     let io = io_error("snapshot export");
-    whole_rows(tx, &mut |rev, row| {
+    whole_rows(tx, Rev::default(), &mut |rev, row| {
         f(SNAP_KV, &rev.to_bytes(), row).map_err(io)
     })?;
     for row in tx.open_table(META)?.iter()? {

@@ -135,7 +135,11 @@ impl Reader {
         f.read_exact_at(&mut buf[HEADER_LEN..], pos.offset + HEADER_LEN as u64)
             .map_err(io_err(&path))?;
         match decode_at(&buf, 0) {
-            Decoded::Record(rec, _) if rec.kind == kind => Ok(rec.data),
+            Decoded::Record(k, data, _) if k == kind => {
+                buf.truncate(data.end);
+                buf.drain(..data.start);
+                Ok(buf)
+            }
             Decoded::Record(..) => Err(corrupt("not the record kind expected there")),
             Decoded::Bad(reason, _) => Err(corrupt(reason)),
             Decoded::End => Err(corrupt("invalid record length")),
@@ -213,7 +217,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 enum Decoded {
-    Record(Record, usize),
+    /// A record: its kind, where its data lies in the buffer, and its whole length.
+    Record(u8, std::ops::Range<usize>, usize),
     /// Only zeros from here on.
     End,
     /// Damage; the bool says whether it looks like a torn write (nothing valid can follow).
@@ -249,14 +254,8 @@ fn decode_at(buf: &[u8], off: usize) -> Decoded {
         let zero_after = rest[HEADER_LEN + len..].iter().all(|b| *b == 0);
         return Decoded::Bad("crc mismatch", is_last || zero_after);
     }
-    Decoded::Record(
-        Record {
-            kind: body[0],
-            data: body[1..].to_vec(),
-            pos: RecordPos::default(),
-        },
-        HEADER_LEN + len,
-    )
+    let start = off + HEADER_LEN + 1;
+    Decoded::Record(body[0], start..off + HEADER_LEN + len, HEADER_LEN + len)
 }
 
 impl Wal {
@@ -333,15 +332,33 @@ impl Wal {
     /// Opens an existing log, returning every record in order. A torn tail of the last segment
     /// is truncated (and reported); any other damage is [`WalError::Corrupt`].
     pub fn open(dir: &Path) -> Result<(Wal, Vec<Record>, OpenReport), WalError> {
+        let mut records = Vec::new();
+        let (wal, report) = Self::open_each(dir, |kind, data: &[u8], pos| {
+            records.push(Record {
+                kind,
+                data: data.to_vec(),
+                pos,
+            });
+            Ok::<_, WalError>(())
+        })?;
+        Ok((wal, records, report))
+    }
+
+    /// [`Wal::open`] handing each record to `visit` as it is read, without copying it: a
+    /// restart read 125 MiB of log, and copying every record out cost more than reading it.
+    pub fn open_each<E: From<WalError>>(
+        dir: &Path,
+        mut visit: impl FnMut(u8, &[u8], RecordPos) -> Result<(), E>,
+    ) -> Result<(Wal, OpenReport), E> {
         let segs = Self::segments(dir)?;
         let Some(&(last_seq, _)) = segs.last() else {
             return Err(WalError::Corrupt {
                 path: dir.to_path_buf(),
                 offset: 0,
                 reason: "no wal segments",
-            });
+            }
+            .into());
         };
-        let mut records = Vec::new();
         let mut report = OpenReport::default();
         let (mut last_size, mut last_len) = (0u64, 0u64);
         for (i, (seq, path)) in segs.iter().enumerate() {
@@ -367,29 +384,33 @@ impl Wal {
                             } else {
                                 "zeros in a sealed segment"
                             },
-                        });
+                        }
+                        .into());
                     }
-                    Decoded::Record(mut rec, n) => {
-                        rec.pos = RecordPos {
+                    Decoded::Record(kind, data, n) => {
+                        let pos = RecordPos {
                             seq: *seq,
                             offset: off as u64,
                         };
+                        let data = &buf[data];
                         if first {
-                            if rec.kind != KIND_SEGMENT_HEADER || rec.data != SEGMENT_MAGIC {
+                            if kind != KIND_SEGMENT_HEADER || data != SEGMENT_MAGIC {
                                 return Err(WalError::Corrupt {
                                     path: path.clone(),
                                     offset: 0,
                                     reason: "bad segment header",
-                                });
+                                }
+                                .into());
                             }
-                        } else if rec.kind == KIND_SEGMENT_HEADER {
+                        } else if kind == KIND_SEGMENT_HEADER {
                             return Err(WalError::Corrupt {
                                 path: path.clone(),
                                 offset: off as u64,
                                 reason: "segment header in mid-segment",
-                            });
+                            }
+                            .into());
                         } else {
-                            records.push(rec);
+                            visit(kind, data, pos)?;
                         }
                         first = false;
                         off += n;
@@ -400,7 +421,8 @@ impl Wal {
                                 path: path.clone(),
                                 offset: off as u64,
                                 reason,
-                            });
+                            }
+                            .into());
                         }
                         tracing::warn!(
                             file = %path.display(),
@@ -426,14 +448,16 @@ impl Wal {
                     path: path.clone(),
                     offset: 0,
                     reason: "empty segment",
-                });
+                }
+                .into());
             }
             if !is_last && (buf.len() as u64) < file_len {
                 return Err(WalError::Corrupt {
                     path: path.clone(),
                     offset: buf.len() as u64,
                     reason: "zeros in a sealed segment",
-                });
+                }
+                .into());
             }
             if *seq == last_seq {
                 last_size = buf.len() as u64;
@@ -454,7 +478,7 @@ impl Wal {
             size: last_size,
             allocated: last_len,
         };
-        Ok((wal, records, report))
+        Ok((wal, report))
     }
 
     /// Where the next appended record will lie.

@@ -67,6 +67,7 @@ pub struct Applier {
     pub(crate) auth: Arc<crate::auth::Authenticator>,
     /// Why applying stopped (a storage failure); the process exits on it.
     pub(crate) failed: watch::Sender<Option<String>>,
+    pub(crate) checkpoint: super::checkpoint::Checkpointer,
 }
 
 /// A compaction step taken between applied batches handles at most this fraction of
@@ -276,6 +277,7 @@ impl Applier {
         crate::stats::SNAP_DB_FSYNC.get().observe(synced.elapsed());
         let m = Arc::new(Mvcc::open(&db)?);
         let applied = m.applied_index();
+        self.checkpoint.reset(&m);
         self.store.replace(m);
         self.last_compact = applied;
         self.last_trim = applied;
@@ -376,6 +378,7 @@ impl Applier {
             spent >= BUSY_STEP_BUDGET
         })?;
         self.compaction_finished();
+        self.checkpoint.maybe_start(&mvcc);
         Ok(())
     }
 

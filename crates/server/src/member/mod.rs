@@ -7,6 +7,7 @@
 
 pub mod applier;
 pub mod bootstrap;
+pub mod checkpoint;
 pub mod convert;
 pub mod counters;
 mod error;
