@@ -29,7 +29,7 @@ use raft::eraftpb::{
     SnapshotMetadata,
 };
 use raft::prelude::{Config, RawNode};
-use raft::{SnapshotStatus, StateRole};
+use raft::{SnapshotStatus, StateRole, Storage};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -350,7 +350,15 @@ impl Node {
             }
             storage.recover(&rec)?;
             let mut hs = rec.hard_state;
-            hs.commit = hs.commit.max(storage.hard_state().commit);
+            // The commit index is made durable only with the next append, so the logged one
+            // may lag what the state machine applied. Whatever it applied was committed:
+            // without this, raft handed every entry in between to the applier again (read
+            // back from the WAL), and a restart's first read waited for them.
+            let last = storage.last_index().unwrap_or(0);
+            hs.commit = hs
+                .commit
+                .max(storage.hard_state().commit)
+                .max(cfg.applied.min(last));
             storage.set_hard_state(hs);
             log = l;
             member = rec.member;

@@ -51,10 +51,6 @@ pub const CONNECTION_HELD_BYTES: usize = 64 * 1024;
 /// HTTP/2 to judge.
 pub const AUTHORITY_MAX_HEADER_BLOCK: usize = 1 << 20;
 
-/// Chunks of a range stream queued for its client: the reader stays at most this far ahead,
-/// so a slow client holds a few chunks (each near `--max-request-bytes`), never the range.
-pub const RANGE_STREAM_QUEUE: usize = 2;
-
 /// Encoded key-values a unary `Range` builds in memory; a larger answer in key order is
 /// written as it is read (`rpc::large_range`), so twenty such reads hold megabytes, not their
 /// answers.
@@ -63,8 +59,8 @@ pub const RANGE_INLINE_BYTES: usize = 1 << 20;
 /// Key-values one page of a large range's sizing pass reads under the store's index lock.
 pub const LARGE_RANGE_PAGE: usize = 256 << 10;
 
-/// Bytes of a large range's message read and handed to HTTP/2 each time it asks for more
-/// (one chunk per stream at a time, besides what HTTP/2 buffers).
+/// Bytes of a large range's message, or of a range stream's chunk, read and handed to HTTP/2
+/// each time it asks for more (one piece per stream at a time, besides what HTTP/2 buffers).
 pub const LARGE_RANGE_CHUNK: usize = 64 << 10;
 
 /// Keys in a range stream's first chunk, as etcd 3.7 starts (`initialStreamChunkLimit`).

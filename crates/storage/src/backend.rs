@@ -307,7 +307,7 @@ impl Backend {
             }
         }
         let db = create_db(path)?;
-        let tx = db.begin_write()?;
+        let tx = durable_write(&db)?;
         tx.open_table(KV)?;
         tx.open_table(split::PAGES)?;
         tx.open_table(split::PIECES)?;
@@ -429,7 +429,7 @@ impl Backend {
             tx.commit()?;
         }
         // The rows went in around the accounting: count them once.
-        let tx = b.db().begin_write()?;
+        let tx = durable_write(&b.db())?;
         if let Some(c) = count_pages(&tx) {
             b.usage.set_counted(&c);
         }
@@ -825,8 +825,7 @@ impl Core {
         let _writer = self.lock_writer();
         let src = self.db().begin_read()?;
         copy_kv(&src, &dst, last.as_deref())?;
-        let mut tx = dst.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
+        let mut tx = durable_write(&dst)?;
         {
             let kv_src = src.open_table(KV)?;
             if self.removals.load(Ordering::Relaxed) != removals {
@@ -858,7 +857,7 @@ impl Core {
         }
         // The copy went around the accounting: count the new file once (its rows are what
         // the old one held, so the stored bytes are unchanged unless writes came meanwhile).
-        let in_use = match dst.begin_write() {
+        let in_use = match durable_write(&dst) {
             Ok(tx) => {
                 let c = count_pages(&tx);
                 if let Some(c) = &c {
@@ -2051,6 +2050,15 @@ fn upgrade_table(tx: &redb::WriteTransaction, t: Table) -> Result<(), BackendErr
         "upgraded an integer-keyed table to bytes"
     );
     Ok(())
+}
+
+/// A durable write transaction that records redb's allocator state, as every durable commit
+/// does (see `Core::commit`): a commit without it leaves the next open after a crash a walk
+/// of every page.
+fn durable_write(db: &Database) -> Result<redb::WriteTransaction, BackendError> {
+    let mut tx = db.begin_write()?;
+    tx.set_quick_repair(true);
+    Ok(tx)
 }
 
 fn create_db(path: &Path) -> Result<Database, BackendError> {

@@ -36,6 +36,12 @@ const MAX_MESSAGE: u64 = i32::MAX as u64;
 #[derive(Clone)]
 pub struct Streamed(Arc<Mutex<Option<GrpcBody>>>);
 
+impl Streamed {
+    pub fn new(body: GrpcBody) -> Streamed {
+        Streamed(Arc::new(Mutex::new(Some(body))))
+    }
+}
+
 /// Replaces the body of a response marked [`Streamed`] by the streamed message.
 pub fn take_streamed(resp: &mut axum::http::Response<GrpcBody>) {
     let Some(Streamed(body)) = resp.extensions_mut().remove::<Streamed>() else {
@@ -98,7 +104,7 @@ pub async fn respond(
     };
     let mut resp = Response::new(RangeResponse::default());
     resp.extensions_mut()
-        .insert(Streamed(Arc::new(Mutex::new(Some(GrpcBody::new(body))))));
+        .insert(Streamed::new(GrpcBody::new(body)));
     Ok(resp)
 }
 

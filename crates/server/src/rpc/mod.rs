@@ -9,6 +9,7 @@ pub mod kv;
 pub mod large_range;
 pub mod lease;
 pub mod maintenance;
+pub mod range_stream;
 pub mod watch;
 
 use tonic::{Code, Status};
