@@ -72,6 +72,17 @@ impl WatchConn {
         n: usize,
         timeout: Duration,
     ) -> Result<WatchConn, String> {
+        Self::open_each(authority, path, &vec![first.to_vec(); n], timeout).await
+    }
+
+    /// [`WatchConn::open`] with a stream per request of `firsts`, each sending its own.
+    pub async fn open_each(
+        authority: &str,
+        path: &str,
+        firsts: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<WatchConn, String> {
+        let n = firsts.len();
         let work = async {
             let sock = TcpStream::connect(authority)
                 .await
@@ -115,19 +126,19 @@ impl WatchConn {
                     c.max_streams
                 ));
             }
-            let msg = grpc_message(first);
+            let msgs: Vec<Vec<u8>> = firsts.iter().map(|f| grpc_message(f)).collect();
             // Request data is sent within the server's initial connection window, never
             // waiting for it to grow.
-            if n.saturating_mul(msg.len()) > DEFAULT_WINDOW as usize {
+            if msgs.iter().map(Vec::len).sum::<usize>() > DEFAULT_WINDOW as usize {
                 return Err(format!(
                     "{n} watch streams on one connection send more than one window; use more --conns"
                 ));
             }
             let headers = request_headers(authority, path);
-            for i in 0..n {
+            for (i, msg) in msgs.iter().enumerate() {
                 let id = stream_id(i);
                 frame(&mut c.out, HEADERS, END_HEADERS, id, &headers);
-                frame(&mut c.out, DATA, 0, id, &msg);
+                frame(&mut c.out, DATA, 0, id, msg);
             }
             c.flush().await?;
             while c.created < n {

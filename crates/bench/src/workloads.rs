@@ -755,21 +755,21 @@ type WatchStreamHandle = (mpsc::Sender<WatchRequest>, tonic::Streaming<WatchResp
 /// no more than that (the rest is skipped on the wire) keeps the tool's own CPU, which the
 /// servers under test share the machine with, out of the latencies it reports.
 #[derive(Clone, PartialEq, prost::Message)]
-struct EventRevisions {
+pub(crate) struct EventRevisions {
     #[prost(message, repeated, tag = "11")]
-    events: Vec<EventRevision>,
+    pub(crate) events: Vec<EventRevision>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct EventRevision {
+pub(crate) struct EventRevision {
     #[prost(message, optional, tag = "2")]
-    kv: Option<KvRevision>,
+    pub(crate) kv: Option<KvRevision>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-struct KvRevision {
+pub(crate) struct KvRevision {
     #[prost(int64, tag = "3")]
-    mod_revision: i64,
+    pub(crate) mod_revision: i64,
 }
 
 /// Opens a watch stream on `ch` starting with `creates`. They are queued before the call:

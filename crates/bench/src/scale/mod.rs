@@ -6,6 +6,7 @@
 //! reported beside the etcds' with the ratio, in `docs/benchmarks/scale{,-quick}.md` and a chart.
 
 mod dataset;
+mod fanout;
 mod leases;
 mod node;
 
@@ -55,6 +56,7 @@ struct Plan {
     window: Duration,
     put_rate: u64,
     leases: leases::LeasePlan,
+    fanout: fanout::FanoutPlan,
 }
 
 impl Plan {
@@ -87,7 +89,35 @@ impl Plan {
                 expiring_ttl: 10,
             }
         };
+        // Watch fan-out: the 10,000 watchers over 100 connections and 10 slow
+        // consumers.
+        let fanout = if a.dry_run {
+            fanout::FanoutPlan {
+                conns: 10,
+                per_conn: 20,
+                keys: 50,
+                rate: 50,
+                window: Duration::from_secs(1),
+                slow: 2,
+                value: 256,
+                burst: 100,
+                burst_clients: 4,
+            }
+        } else {
+            fanout::FanoutPlan {
+                conns: 100,
+                per_conn: 100,
+                keys: 1_000,
+                rate: 200,
+                window: Duration::from_secs(if a.quick { 10 } else { 30 }),
+                slow: 10,
+                value: 1024,
+                burst: if a.quick { 5_000 } else { 20_000 },
+                burst_clients: 16,
+            }
+        };
         Plan {
+            fanout,
             keys,
             rewrites: 3,
             per_size_mib,
@@ -139,6 +169,7 @@ struct Measured {
     restart_clean: f64,
     restart_killed: f64,
     leases: leases::LeaseMeasured,
+    fanout: fanout::FanoutMeasured,
 }
 
 pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
@@ -173,6 +204,7 @@ pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
         }
         whole_set(s, &plan, &data, &mut m, a.logs.as_deref()).await?;
         m.leases = on_leases(s, &plan.leases).await?;
+        m.fanout = on_fanout(s, &plan.fanout).await?;
         results.push(m);
     }
     let figures = figures(&results, &plan, &data);
@@ -255,6 +287,27 @@ async fn on_leases(s: &Server, plan: &leases::LeasePlan) -> Result<leases::Lease
         s.label, plan.leases, plan.expiring
     );
     let m = leases::measure(&node, plan).await?;
+    node.stop(true)?;
+    Ok(m)
+}
+
+/// The watch fan-out measurements, on a fresh store.
+async fn on_fanout(
+    s: &Server,
+    plan: &fanout::FanoutPlan,
+) -> Result<fanout::FanoutMeasured, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut node = Node::new(&s.bin, dir.path(), &flags())?;
+    node.start().await?;
+    compare::settle();
+    eprintln!(
+        "scale: {}: {} watchers on {} connections, then {} slow consumers ...",
+        s.label,
+        plan.watchers(),
+        plan.conns,
+        plan.slow
+    );
+    let m = fanout::measure(&node, plan).await?;
     node.stop(true)?;
     Ok(m)
 }
@@ -470,6 +523,8 @@ enum Target {
     AtMost(f64),
     /// Ballast's own figure at most this (a ratio it measures against itself).
     OwnAtMost(f64),
+    /// Ballast's own figure at least this.
+    OwnAtLeast(f64),
 }
 
 #[derive(Clone, Copy)]
@@ -514,6 +569,13 @@ impl Figure {
                     .copied()
                     .flatten()
                     .is_some_and(|b| b <= x),
+            ),
+            Target::OwnAtLeast(x) => Some(
+                self.values
+                    .last()
+                    .copied()
+                    .flatten()
+                    .is_some_and(|b| b >= x),
             ),
         }
     }
@@ -736,6 +798,58 @@ fn figures(ms: &[Measured], plan: &Plan, data: &Dataset) -> Vec<Figure> {
             Target::None,
         ),
     ]);
+    let f = &plan.fanout;
+    let watch = format!(
+        "{} watchers on {} connections, puts at {}/s",
+        f.watchers(),
+        f.conns,
+        f.rate
+    );
+    let slow = format!("{} slow consumers", f.slow);
+    v.extend([
+        fig(
+            format!("{watch}: event latency p99"),
+            Unit::Millis,
+            each(&|m| Some(p99(&m.fanout.latency) * 1000.0)),
+            Target::AtMost(0.5),
+        ),
+        fig(
+            format!("{watch}, {slow}: event latency p99"),
+            Unit::Millis,
+            each(&|m| Some(p99(&m.fanout.latency_slow) * 1000.0)),
+            Target::AtMost(0.5),
+        ),
+        fig(
+            format!("{watch}: events the healthy watchers missed"),
+            Unit::Count,
+            each(&|m| Some(m.fanout.missing as f64)),
+            Target::OwnAtMost(0.0),
+        ),
+        fig(
+            format!("{watch}: puts/s by {} clients", f.burst_clients),
+            Unit::PerSec,
+            each(&|m| Some(m.fanout.puts_per_sec)),
+            Target::None,
+        ),
+        fig(
+            format!("{watch}, {slow}: puts/s by {} clients", f.burst_clients),
+            Unit::PerSec,
+            each(&|m| Some(m.fanout.puts_per_sec_slow)),
+            Target::None,
+        ),
+        fig(
+            format!("{watch}: puts/s with / without the {slow}"),
+            Unit::Times,
+            each(&|m| Some(m.fanout.puts_per_sec_slow / m.fanout.puts_per_sec.max(1e-9))),
+            Target::OwnAtLeast(0.9),
+        ),
+        fig(
+            format!("{watch}: member RSS growth"),
+            Unit::Bytes,
+            each(&|m| Some(m.fanout.rss_growth as f64)),
+            Target::None,
+        ),
+    ]);
     v
 }
 
@@ -810,6 +924,7 @@ fn markdown(
             Target::None => String::new(),
             Target::AtMost(x) => format!("<= {x}x"),
             Target::OwnAtMost(x) => format!("Ballast <= {x}x"),
+            Target::OwnAtLeast(x) => format!("Ballast >= {x}x"),
         };
         let met = match f.met() {
             None => "",
@@ -836,6 +951,12 @@ fn bars(figures: &[Figure]) -> Vec<(String, f64, f64, bool)> {
                     .copied()
                     .flatten()
                     .map(|b| (f.name.clone(), b, x, false)),
+                Target::OwnAtLeast(x) => f
+                    .values
+                    .last()
+                    .copied()
+                    .flatten()
+                    .map(|b| (f.name.clone(), b, x, true)),
             }
         })
         .collect()
