@@ -18,6 +18,10 @@ pub const WATCH_STREAM_BUFFER: usize = 128;
 /// growing the hub without bound, far above what real clients open on one stream.
 pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 
+/// Encoded responses a watcher whose stream is full keeps in memory, in order, for its
+/// stream to take as it drains (etcd's victims); past it, it drops them and reads history.
+pub const WATCH_PENDING_BYTES: usize = 1 << 20;
+
 /// Events read from history per catch-up step of a watcher.
 pub const CATCH_UP_EVENTS: usize = 1000;
 

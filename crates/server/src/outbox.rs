@@ -142,6 +142,16 @@ impl Sender {
         Ok(st.reader.take())
     }
 
+    /// [`Sender::try_send_all`] for a batch held in a `Vec`, given back if it does not fit.
+    pub fn try_send_vec(&self, items: Vec<Item>) -> Result<Option<Waker>, TrySendError<Vec<Item>>> {
+        let mut st = self.0.lock();
+        if let Err(e) = st.admit(items.len()) {
+            return Err(e.with(items));
+        }
+        st.items.extend(items);
+        Ok(st.reader.take())
+    }
+
     /// Queues `item` if there is room, and wakes the reader.
     pub fn try_send(&self, item: Item) -> Result<(), TrySendError<Item>> {
         let reader = self.0.lock().push(item)?;
