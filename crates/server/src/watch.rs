@@ -51,6 +51,96 @@ struct Watcher {
     cancelled: Arc<AtomicBool>,
 }
 
+/// The synced watchers, indexed so a batch visits only those its events may concern: the
+/// watchers of each event's key, and the range and prefix watchers (etcd keeps single-key
+/// watchers in a map and ranges in an interval tree). Visiting every watcher per batch took
+/// most of the applier's share of the CPU with 10,000 watchers on 1,000 keys.
+///
+/// A synced watcher has everything up to the hub's revision; its `next_rev` is updated only
+/// when a batch concerns it, so it may lag: the hub's revision before a batch decides where
+/// the watcher stands when it leaves the synced set.
+#[derive(Default)]
+struct Synced {
+    all: HashMap<u64, Watcher>,
+    by_key: HashMap<Vec<u8>, Vec<u64>>,
+    ranged: std::collections::BTreeSet<u64>,
+    by_stream: HashMap<u64, Vec<u64>>,
+}
+
+impl Synced {
+    fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    fn insert(&mut self, key: u64, w: Watcher) {
+        if w.spec.range_end.is_empty() {
+            self.by_key.entry(w.spec.key.clone()).or_default().push(key);
+        } else {
+            self.ranged.insert(key);
+        }
+        self.by_stream.entry(w.stream).or_default().push(key);
+        self.all.insert(key, w);
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Watcher> {
+        let w = self.all.remove(&key)?;
+        if w.spec.range_end.is_empty() {
+            unlist(&mut self.by_key, &w.spec.key, key);
+        } else {
+            self.ranged.remove(&key);
+        }
+        unlist(&mut self.by_stream, &w.stream, key);
+        Some(w)
+    }
+
+    /// Removes the watchers of `stream` that `drop` picks.
+    fn remove_in_stream(&mut self, stream: u64, drop: impl Fn(&Watcher) -> bool) {
+        let keys: Vec<u64> = self
+            .by_stream
+            .get(&stream)
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|k| self.all.get(k).is_some_and(&drop))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for k in keys {
+            self.remove(k);
+        }
+    }
+
+    /// The watchers a batch may concern, each once, in key order.
+    fn candidates(&self, events: &[Event]) -> Vec<u64> {
+        let mut out: Vec<u64> = self.ranged.iter().copied().collect();
+        for e in events {
+            if let Some(ks) = e.kv.as_ref().and_then(|kv| self.by_key.get(&kv.key)) {
+                out.extend_from_slice(ks);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn drain(&mut self) -> Vec<Watcher> {
+        self.by_key.clear();
+        self.ranged.clear();
+        self.by_stream.clear();
+        self.all.drain().map(|(_, w)| w).collect()
+    }
+}
+
+/// Takes watcher `key` off `m`'s list for `k`, and the list once empty.
+fn unlist<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u64>>, k: &K, key: u64) {
+    if let Some(v) = m.get_mut(k) {
+        v.retain(|x| *x != key);
+        if v.is_empty() {
+            m.remove(k);
+        }
+    }
+}
+
 /// A watcher whose stream was full, and the responses it has yet to queue, each batch's with
 /// the first revision it covers.
 struct Waiting {
@@ -73,7 +163,7 @@ struct Hub {
     /// The last revision published to watchers.
     rev: i64,
     next_key: u64,
-    synced: HashMap<u64, Watcher>,
+    synced: Synced,
     waiting: HashMap<u64, Waiting>,
     /// Catching-up watchers per stream, and streams owed a progress response.
     catching_up: HashMap<u64, usize>,
@@ -105,7 +195,7 @@ impl WatchHub {
             hub: Mutex::new(Hub {
                 rev,
                 next_key: 0,
-                synced: HashMap::new(),
+                synced: Synced::default(),
                 waiting: HashMap::new(),
                 catching_up: HashMap::new(),
                 deferred_progress: HashMap::new(),
@@ -178,7 +268,7 @@ impl WatchHub {
         };
         flag.store(true, Ordering::SeqCst);
         hub.synced
-            .retain(|_, w| !(w.stream == stream && w.watch_id == watch_id));
+            .remove_in_stream(stream, |w| w.watch_id == watch_id);
         hub.waiting
             .retain(|_, v| !(v.w.stream == stream && v.w.watch_id == watch_id));
         true
@@ -187,7 +277,7 @@ impl WatchHub {
     /// Forgets every watcher of a closed stream.
     pub fn close_stream(&self, stream: u64) {
         let mut hub = self.lock();
-        hub.synced.retain(|_, w| w.stream != stream);
+        hub.synced.remove_in_stream(stream, |_| true);
         hub.waiting.retain(|_, v| v.w.stream != stream);
         hub.cancel_flags.retain(|(s, _), flag| {
             if *s == stream {
@@ -255,7 +345,7 @@ impl WatchHub {
     /// Sends progress to idle synced watchers that asked for it (`progress_notify`).
     pub fn notify_progress(&self) {
         let hub = self.lock();
-        for w in hub.synced.values().filter(|w| w.spec.progress_notify) {
+        for w in hub.synced.all.values().filter(|w| w.spec.progress_notify) {
             let _ = w.tx.try_send(Ok(self.progress(hub.rev, w.watch_id).into()));
         }
     }
@@ -286,6 +376,7 @@ impl WatchHub {
         if rev <= hub.rev && events.is_empty() {
             return;
         }
+        let before = hub.rev;
         hub.rev = hub.rev.max(rev);
         let store = if events.is_empty() {
             None
@@ -303,7 +394,10 @@ impl WatchHub {
         // of it (the common case: many watchers on one key or prefix).
         let mut whole: [Option<Bytes>; 2] = [None, None];
         let hub = &mut *hub;
-        for (key, w) in hub.synced.iter_mut() {
+        for key in hub.synced.candidates(events) {
+            let Some(w) = hub.synced.all.get_mut(&key) else {
+                continue;
+            };
             let Some(items) = self.batch_for(w, events, header, store.as_deref(), &mut whole)
             else {
                 w.next_rev = w.next_rev.max(rev + 1);
@@ -314,8 +408,8 @@ impl WatchHub {
                     w.next_rev = rev + 1;
                     wake.extend(waiting);
                 }
-                Err(TrySendError::Full(items)) => behind.push((*key, items)),
-                Err(TrySendError::Closed(_)) => closed.push(*key),
+                Err(TrySendError::Full(items)) => behind.push((key, items)),
+                Err(TrySendError::Closed(_)) => closed.push(key),
             }
         }
         // Waiting watchers keep this batch behind the ones they hold, while there is room.
@@ -341,10 +435,12 @@ impl WatchHub {
             w.wake();
         }
         for key in closed {
-            hub.synced.remove(&key);
+            hub.synced.remove(key);
         }
         for (key, items) in behind {
-            if let Some(w) = hub.synced.remove(&key) {
+            if let Some(mut w) = hub.synced.remove(key) {
+                // Synced: it had everything up to the revision before this batch.
+                w.next_rev = w.next_rev.max(before + 1);
                 self.start_waiting(hub, key, w, items, rev);
             }
         }
@@ -477,9 +573,11 @@ impl WatchHub {
     /// After the store was replaced by a snapshot: every watcher reads what it missed.
     pub fn resync(self: &Arc<Self>, rev: i64) {
         let mut hub = self.lock();
+        let before = hub.rev;
         hub.rev = hub.rev.max(rev);
-        let all: Vec<Watcher> = hub.synced.drain().map(|(_, w)| w).collect();
-        for w in all {
+        let all = hub.synced.drain();
+        for mut w in all {
+            w.next_rev = w.next_rev.max(before + 1);
             if w.next_rev <= hub.rev {
                 self.start_catch_up(&mut hub, w);
             } else {
@@ -850,7 +948,70 @@ mod tests {
         );
         // The first watcher, never read again, still waits; the second is synced.
         assert!(hub.lock().waiting.values().all(|v| v.w.stream == 1));
-        assert!(hub.lock().synced.values().any(|w| w.stream == 2));
+        assert!(hub.lock().synced.all.values().any(|w| w.stream == 2));
+    }
+
+    /// Batches visit only the watchers of their keys and the ranged ones; a watcher left
+    /// untouched by many batches, then found full, resumes exactly where it stood; cancelled
+    /// and closed watchers leave every index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watchers_are_found_by_key_and_range_and_untouched_ones_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(Mvcc::open(&d.path().join("db")).unwrap());
+        let hub = hub(store.clone());
+        let watch = |key: &str, end: &str| {
+            Spec::new(&WatchCreateRequest {
+                key: key.as_bytes().to_vec(),
+                range_end: end.as_bytes().to_vec(),
+                ..Default::default()
+            })
+        };
+        let (tx_a, mut rx_a) = channel(64);
+        let (tx_x, mut rx_x) = channel(1);
+        let (tx_p, mut rx_p) = channel(256);
+        let (tx_gone, _rx_gone) = channel(64);
+        hub.add(1, 0, watch("a", ""), 0, tx_a);
+        hub.add(2, 0, watch("x", ""), 0, tx_x);
+        hub.add(3, 0, watch("a", "c"), 0, tx_p.clone());
+        hub.add(3, 1, watch("b", ""), 0, tx_p);
+        hub.add(4, 0, watch("b", ""), 0, tx_gone.clone());
+        hub.add(4, 1, watch("a", "z"), 0, tx_gone);
+        assert!(hub.cancel(3, 1));
+        hub.close_stream(4);
+        {
+            let h = hub.lock();
+            assert_eq!(h.synced.len(), 3);
+            assert_eq!(h.synced.candidates(&[]).len(), 1, "one ranged watcher left");
+            assert!(!h.synced.by_key.contains_key(b"b".as_slice()));
+            assert!(!h.synced.by_stream.contains_key(&4));
+        }
+        let mut index = 0u64;
+        let mut write = |key: &str| {
+            index += 1;
+            let b = store.apply_batch(&[put(index, key)], false).unwrap();
+            hub.publish(&b.events, b.rev);
+            b.rev
+        };
+        let mut want_a = Vec::new();
+        let mut want_p = Vec::new();
+        for i in 0..60 {
+            let key = ["a", "b", "d"][i % 3];
+            let rev = write(key);
+            if key == "a" {
+                want_a.push(rev);
+            }
+            if key != "d" {
+                want_p.push(rev);
+            }
+        }
+        // "x" was in none of those batches; now three for it, and its stream holds one.
+        let want_x: Vec<i64> = (0..3).map(|_| write("x")).collect();
+        assert_eq!(revisions(&mut rx_a, want_a.len()).await, want_a);
+        assert_eq!(revisions(&mut rx_p, want_p.len()).await, want_p);
+        assert_eq!(revisions(&mut rx_x, 3).await, want_x);
+        let more = write("x");
+        assert_eq!(revisions(&mut rx_x, 1).await, vec![more]);
+        assert!(try_next(&mut rx_x).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
