@@ -21,6 +21,10 @@ pub const MAX_WATCHERS_PER_STREAM: usize = 100_000;
 /// Encoded responses a watcher whose stream is full keeps in memory, in order, for its
 /// stream to take as it drains (etcd's victims); past it, it drops them and reads history.
 pub const WATCH_PENDING_BYTES: usize = 1 << 20;
+/// The same for all waiting watchers together (counted per watcher, though watchers of one
+/// key or prefix share their responses' bytes): 10,000 watchers a client could not read fast
+/// enough must not hold a megabyte each.
+pub const WATCH_PENDING_TOTAL_BYTES: usize = 64 << 20;
 
 /// Events read from history per catch-up step of a watcher.
 pub const CATCH_UP_EVENTS: usize = 1000;

@@ -28,7 +28,7 @@ use ballast_state::{KvError, Mvcc};
 use prost::bytes::Bytes;
 use prost::Message;
 
-use crate::limits::{CATCH_UP_EVENTS, WATCH_PENDING_BYTES};
+use crate::limits::{CATCH_UP_EVENTS, WATCH_PENDING_BYTES, WATCH_PENDING_TOTAL_BYTES};
 use crate::outbox::{Item, TrySendError};
 
 /// Synced watchers from which the applier hands a batch's fan-out to a runtime worker; below
@@ -165,6 +165,9 @@ struct Hub {
     next_key: u64,
     synced: Synced,
     waiting: HashMap<u64, Waiting>,
+    /// What all waiting watchers hold (`Waiting::bytes` summed), at most
+    /// `WATCH_PENDING_TOTAL_BYTES`.
+    pending_bytes: usize,
     /// Catching-up watchers per stream, and streams owed a progress response.
     catching_up: HashMap<u64, usize>,
     deferred_progress: HashMap<u64, Sender>,
@@ -197,6 +200,7 @@ impl WatchHub {
                 next_key: 0,
                 synced: Synced::default(),
                 waiting: HashMap::new(),
+                pending_bytes: 0,
                 catching_up: HashMap::new(),
                 deferred_progress: HashMap::new(),
                 owed_progress: HashMap::new(),
@@ -269,8 +273,15 @@ impl WatchHub {
         flag.store(true, Ordering::SeqCst);
         hub.synced
             .remove_in_stream(stream, |w| w.watch_id == watch_id);
-        hub.waiting
-            .retain(|_, v| !(v.w.stream == stream && v.w.watch_id == watch_id));
+        let mut freed = 0;
+        hub.waiting.retain(|_, v| {
+            let keep = !(v.w.stream == stream && v.w.watch_id == watch_id);
+            if !keep {
+                freed += v.bytes;
+            }
+            keep
+        });
+        hub.pending_bytes -= freed;
         true
     }
 
@@ -278,7 +289,14 @@ impl WatchHub {
     pub fn close_stream(&self, stream: u64) {
         let mut hub = self.lock();
         hub.synced.remove_in_stream(stream, |_| true);
-        hub.waiting.retain(|_, v| v.w.stream != stream);
+        let mut freed = 0;
+        hub.waiting.retain(|_, v| {
+            if v.w.stream == stream {
+                freed += v.bytes;
+            }
+            v.w.stream != stream
+        });
+        hub.pending_bytes -= freed;
         hub.cancel_flags.retain(|(s, _), flag| {
             if *s == stream {
                 flag.store(true, Ordering::SeqCst);
@@ -413,6 +431,7 @@ impl WatchHub {
             }
         }
         // Waiting watchers keep this batch behind the ones they hold, while there is room.
+        let mut total = hub.pending_bytes;
         for v in hub.waiting.values_mut().filter(|v| !v.overflowed) {
             let Some(items) = self.batch_for(&v.w, events, header, store.as_deref(), &mut whole)
             else {
@@ -420,17 +439,20 @@ impl WatchHub {
                 continue;
             };
             let bytes = items_bytes(&items);
-            if v.bytes + bytes > WATCH_PENDING_BYTES {
+            if v.bytes + bytes > WATCH_PENDING_BYTES || total + bytes > WATCH_PENDING_TOTAL_BYTES {
                 v.overflowed = true;
                 v.w.next_rev = v.pending.front().map_or(v.w.next_rev, |p| p.0);
                 v.pending.clear();
+                total -= v.bytes;
                 v.bytes = 0;
             } else {
                 v.pending.push_back((v.w.next_rev, items));
                 v.bytes += bytes;
+                total += bytes;
                 v.w.next_rev = rev + 1;
             }
         }
+        hub.pending_bytes = total;
         for w in wake {
             w.wake();
         }
@@ -503,9 +525,10 @@ impl WatchHub {
         rev: i64,
     ) {
         let bytes = items_bytes(&items);
-        if bytes > WATCH_PENDING_BYTES {
+        if bytes > WATCH_PENDING_BYTES || hub.pending_bytes + bytes > WATCH_PENDING_TOTAL_BYTES {
             return self.start_catch_up(hub, w);
         }
+        hub.pending_bytes += bytes;
         *hub.catching_up.entry(w.stream).or_default() += 1;
         let from = w.next_rev;
         w.next_rev = rev + 1;
@@ -538,13 +561,16 @@ impl WatchHub {
                 };
                 match v.pending.pop_front() {
                     Some((_, items)) if !v.overflowed => {
-                        v.bytes -= items_bytes(&items);
+                        let n = items_bytes(&items);
+                        v.bytes -= n;
+                        hub.pending_bytes -= n;
                         items
                     }
                     _ => {
                         let Some(v) = hub.waiting.remove(&key) else {
                             return;
                         };
+                        hub.pending_bytes -= v.bytes;
                         if v.overflowed || v.w.next_rev <= hub.rev {
                             // The catch-up counts as this same slow watcher.
                             let me = self.clone();
@@ -562,7 +588,11 @@ impl WatchHub {
             };
             for item in items {
                 if tx.send(item).await.is_err() {
-                    self.lock().waiting.remove(&key);
+                    let mut hub = self.lock();
+                    if let Some(v) = hub.waiting.remove(&key) {
+                        hub.pending_bytes -= v.bytes;
+                    }
+                    drop(hub);
                     self.done_catching_up(stream);
                     return;
                 }
@@ -933,6 +963,7 @@ mod tests {
         put_all(1, 10);
         assert_eq!(revisions(&mut rx, 1).await, vec![52]);
         assert!(hub.lock().waiting.is_empty() && hub.lock().catching_up.is_empty());
+        assert_eq!(hub.lock().pending_bytes, 0);
 
         // A stream that stays full past the bound: history serves the rest, without gaps.
         let (tx, mut rx) = channel(2);
@@ -948,6 +979,8 @@ mod tests {
         );
         // The first watcher, never read again, still waits; the second is synced.
         assert!(hub.lock().waiting.values().all(|v| v.w.stream == 1));
+        hub.close_stream(1);
+        assert_eq!(hub.lock().pending_bytes, 0);
         assert!(hub.lock().synced.all.values().any(|w| w.stream == 2));
     }
 

@@ -100,7 +100,7 @@ impl Plan {
                 window: Duration::from_secs(1),
                 slow: 2,
                 value: 256,
-                burst: 100,
+                burst: Duration::from_millis(500),
                 burst_clients: 4,
             }
         } else {
@@ -112,7 +112,7 @@ impl Plan {
                 window: Duration::from_secs(if a.quick { 10 } else { 30 }),
                 slow: 10,
                 value: 1024,
-                burst: if a.quick { 5_000 } else { 20_000 },
+                burst: Duration::from_secs(if a.quick { 4 } else { 10 }),
                 burst_clients: 16,
             }
         };
