@@ -166,10 +166,11 @@ impl RaftLog {
                         return Ok(());
                     }
                     let e = if head.index <= applied {
-                        let mut e = Entry::default();
-                        e.index = head.index;
-                        e.term = head.term;
-                        e
+                        Entry {
+                            index: head.index,
+                            term: head.term,
+                            ..Default::default()
+                        }
                     } else {
                         decode_bytes(kind, data)?
                     };

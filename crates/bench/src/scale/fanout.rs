@@ -68,7 +68,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Watcher `i` watches the prefix (one in a hundred) or key `i % keys`; one in three asks
 /// for the previous key-value.
 fn create(plan: &FanoutPlan, i: usize) -> Vec<u8> {
-    let prefixed = i % 100 == 0;
+    let prefixed = i.is_multiple_of(100);
     let (key, range_end) = if prefixed {
         let mut end = PREFIX.as_bytes().to_vec();
         if let Some(b) = end.last_mut() {
@@ -82,7 +82,7 @@ fn create(plan: &FanoutPlan, i: usize) -> Vec<u8> {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key,
             range_end,
-            prev_kv: i % 3 == 0,
+            prev_kv: i.is_multiple_of(3),
             ..Default::default()
         })),
     }
@@ -98,7 +98,7 @@ fn reach(plan: &FanoutPlan) -> Vec<usize> {
     let mut per_key = vec![0usize; plan.keys];
     let mut prefixed = 0;
     for i in 0..plan.watchers() {
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             prefixed += 1;
         } else {
             per_key[i % plan.keys] += 1;

@@ -135,7 +135,7 @@ impl StreamBody {
         let size = first.encoded_len();
         let msg = RangeResponse {
             kvs: first.kvs,
-            header: last.then(|| header.clone()),
+            header: last.then_some(header),
             more: last && first.count > sent as i64,
             count: if last { first.count } else { 0 },
         };
