@@ -101,7 +101,9 @@ impl Writer {
         let mut tmp = path.as_os_str().to_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| IndexFileError::Io(tmp.clone(), e))?;
+        // Owner-only, as everything a member writes.
+        let file = ballast_storage::private::create_file(&tmp)
+            .map_err(|e| IndexFileError::Io(tmp.clone(), e))?;
         let mut w = Writer {
             path: path.to_path_buf(),
             tmp,

@@ -307,7 +307,7 @@ impl Backend {
             }
         }
         let db = create_db(path)?;
-        let tx = durable_write(&db)?;
+        let tx = durable_write(&db, path)?;
         tx.open_table(KV)?;
         tx.open_table(split::PAGES)?;
         tx.open_table(split::PIECES)?;
@@ -429,7 +429,7 @@ impl Backend {
             tx.commit()?;
         }
         // The rows went in around the accounting: count them once.
-        let tx = durable_write(&b.db())?;
+        let tx = durable_write(&b.db(), path)?;
         if let Some(c) = count_pages(&tx) {
             b.usage.set_counted(&c);
         }
@@ -701,8 +701,10 @@ impl Core {
         })?;
         // A durable commit records redb's allocator state (one more fsync, on the store
         // writer): without it, opening the file after a crash, or after a stop that left the
-        // database unclosed, walked every page to rebuild that state (0.3 s of 330 MiB).
-        tx.set_quick_repair(durable);
+        // database unclosed, walked every page to rebuild that state (0.3 s of 330 MiB). A
+        // tiny store is walked at once, and the state's pages would count against a quota
+        // of a few pages (see `durable_write`).
+        tx.set_quick_repair(durable && self.size() > COUNT_PAGES_BELOW);
         let in_use = (self.size() <= COUNT_PAGES_BELOW)
             .then(|| count_pages(&tx))
             .flatten()
@@ -825,7 +827,7 @@ impl Core {
         let _writer = self.lock_writer();
         let src = self.db().begin_read()?;
         copy_kv(&src, &dst, last.as_deref())?;
-        let mut tx = durable_write(&dst)?;
+        let mut tx = durable_write(&dst, &tmp)?;
         {
             let kv_src = src.open_table(KV)?;
             if self.removals.load(Ordering::Relaxed) != removals {
@@ -857,7 +859,7 @@ impl Core {
         }
         // The copy went around the accounting: count the new file once (its rows are what
         // the old one held, so the stored bytes are unchanged unless writes came meanwhile).
-        let in_use = match durable_write(&dst) {
+        let in_use = match durable_write(&dst, &self.path) {
             Ok(tx) => {
                 let c = count_pages(&tx);
                 if let Some(c) = &c {
@@ -2052,12 +2054,14 @@ fn upgrade_table(tx: &redb::WriteTransaction, t: Table) -> Result<(), BackendErr
     Ok(())
 }
 
-/// A durable write transaction that records redb's allocator state, as every durable commit
-/// does (see `Core::commit`): a commit without it leaves the next open after a crash a walk
-/// of every page.
-fn durable_write(db: &Database) -> Result<redb::WriteTransaction, BackendError> {
+/// A durable write transaction on the database in the file at `path` that records redb's
+/// allocator state when the file is past `COUNT_PAGES_BELOW`, as durable commits do (see
+/// `Core::commit`): a commit without it leaves the next open after a crash a walk of every
+/// page.
+fn durable_write(db: &Database, path: &Path) -> Result<redb::WriteTransaction, BackendError> {
     let mut tx = db.begin_write()?;
-    tx.set_quick_repair(true);
+    let big = std::fs::metadata(path).is_ok_and(|m| physical_len(&m) > COUNT_PAGES_BELOW);
+    tx.set_quick_repair(big);
     Ok(tx)
 }
 
