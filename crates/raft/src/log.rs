@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ballast_storage::{Reader, Record, RecordPos, Wal, WalError};
+use ballast_storage::{Reader, RecordPos, Wal, WalError};
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 
 const KIND_ENTRY: u8 = 1;
@@ -67,11 +67,7 @@ pub enum Retained<'a> {
     Logged(RecordPos),
 }
 
-fn decode<M: protobuf::Message>(rec: &Record) -> Result<M, LogError> {
-    decode_bytes(rec.kind, &rec.data)
-}
-
-fn decode_bytes<M: protobuf::Message>(kind: u8, data: &[u8]) -> Result<M, LogError> {
+fn decode<M: protobuf::Message>(kind: u8, data: &[u8]) -> Result<M, LogError> {
     M::parse_from_bytes(data).map_err(|e| LogError::Decode {
         kind,
         reason: e.to_string(),
@@ -144,12 +140,12 @@ impl RaftLog {
                         cluster_id: u64::from_le_bytes(cid),
                     });
                 }
-                KIND_CONF_STATE => conf_state = decode_bytes(kind, data)?,
-                KIND_HARD_STATE => hard_state = decode_bytes(kind, data)?,
+                KIND_CONF_STATE => conf_state = decode(kind, data)?,
+                KIND_HARD_STATE => hard_state = decode(kind, data)?,
                 KIND_SNAPSHOT => {
                     // Everything logged before a snapshot record is superseded by it; the
                     // entries after it follow as ordinary records.
-                    snapshot = decode_bytes(kind, data)?;
+                    snapshot = decode(kind, data)?;
                     entries.clear();
                     positions.clear();
                     sizes.clear();
@@ -172,7 +168,7 @@ impl RaftLog {
                             ..Default::default()
                         }
                     } else {
-                        decode_bytes(kind, data)?
+                        decode(kind, data)?
                     };
                     // A later append at an index overwrites that index and everything after it.
                     let keep = entries.partition_point(|x| x.index < e.index);
@@ -229,12 +225,7 @@ impl RaftLog {
 
     /// The entry record at `pos`, as written there by [`RaftLog::save`].
     pub fn read_entry(reader: &mut Reader, pos: RecordPos) -> Result<Entry, LogError> {
-        let data = reader.read(pos, KIND_ENTRY)?;
-        decode(&Record {
-            kind: KIND_ENTRY,
-            data,
-            pos,
-        })
+        decode(KIND_ENTRY, &reader.read(pos, KIND_ENTRY)?)
     }
 
     /// Records a received snapshot's position; durable only after [`RaftLog::sync`].

@@ -142,10 +142,10 @@ fn unlist<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Vec<u64>>, k: &K, key: u64
 }
 
 /// A watcher whose stream was full, and the responses it has yet to queue, each batch's with
-/// the first revision it covers.
+/// the first revision it covers and its size (`items_bytes`).
 struct Waiting {
     w: Watcher,
-    pending: std::collections::VecDeque<(i64, Vec<Item>)>,
+    pending: std::collections::VecDeque<(i64, Vec<Item>, usize)>,
     bytes: usize,
     /// Past `WATCH_PENDING_BYTES`: nothing more is kept, and the watcher catches up from
     /// `w.next_rev` once what its task holds is queued.
@@ -446,7 +446,7 @@ impl WatchHub {
                 total -= v.bytes;
                 v.bytes = 0;
             } else {
-                v.pending.push_back((v.w.next_rev, items));
+                v.pending.push_back((v.w.next_rev, items, bytes));
                 v.bytes += bytes;
                 total += bytes;
                 v.w.next_rev = rev + 1;
@@ -537,7 +537,7 @@ impl WatchHub {
             key,
             Waiting {
                 w,
-                pending: std::collections::VecDeque::from([(from, items)]),
+                pending: std::collections::VecDeque::from([(from, items, bytes)]),
                 bytes,
                 overflowed: false,
             },
@@ -560,8 +560,7 @@ impl WatchHub {
                     return;
                 };
                 match v.pending.pop_front() {
-                    Some((_, items)) if !v.overflowed => {
-                        let n = items_bytes(&items);
+                    Some((_, items, n)) if !v.overflowed => {
                         v.bytes -= n;
                         hub.pending_bytes -= n;
                         items

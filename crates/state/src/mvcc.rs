@@ -1131,17 +1131,8 @@ impl Mvcc {
             Ok::<_, KvError>(())
         })?;
         let index_path = crate::indexfile::path_for(path);
-        let (from, index_source) = match load_checkpoint(&mut idx, &index_path, checkpoint) {
-            Ok((from, keys)) => (
-                from,
-                IndexSource::Checkpoint {
-                    rev: from.main - 1,
-                    keys,
-                    replayed: 0,
-                },
-            ),
-            Err(why) => (Rev::default(), IndexSource::Rebuilt(why)),
-        };
+        let loaded = load_checkpoint(&mut idx, &index_path, checkpoint);
+        let from = loaded.as_ref().map_or(Rev::default(), |(from, _)| *from);
         // The rows straight from a read snapshot (nothing is held at open), decoding only
         // what the index keeps: the values, most of the file, are never copied.
         let rows = backend.read_snapshot()?;
@@ -1151,13 +1142,13 @@ impl Mvcc {
             index_row(&mut idx, rev, tombstone, row)
         })
         .map_err(|e| KvError::Corrupt(e.to_string()))?;
-        let index_source = match index_source {
-            IndexSource::Checkpoint { rev, keys, .. } => IndexSource::Checkpoint {
-                rev,
+        let index_source = match loaded {
+            Ok((from, keys)) => IndexSource::Checkpoint {
+                rev: from.main - 1,
                 keys,
                 replayed,
             },
-            rebuilt => rebuilt,
+            Err(why) => IndexSource::Rebuilt(why),
         };
         drop(rows);
         for (key, lease) in &idx.key_lease {

@@ -329,8 +329,8 @@ impl Wal {
         })
     }
 
-    /// Opens an existing log, returning every record in order. A torn tail of the last segment
-    /// is truncated (and reported); any other damage is [`WalError::Corrupt`].
+    /// [`Wal::open_each`], collecting every record (the tests' view of a log).
+    #[cfg(test)]
     pub fn open(dir: &Path) -> Result<(Wal, Vec<Record>, OpenReport), WalError> {
         let mut records = Vec::new();
         let (wal, report) = Self::open_each(dir, |kind, data: &[u8], pos| {
@@ -344,8 +344,10 @@ impl Wal {
         Ok((wal, records, report))
     }
 
-    /// [`Wal::open`] handing each record to `visit` as it is read, without copying it: a
-    /// restart read 125 MiB of log, and copying every record out cost more than reading it.
+    /// Opens an existing log, handing each record to `visit` in order as it is read, without
+    /// copying it (a restart read 125 MiB of log, and copying every record out cost more than
+    /// reading it). A torn tail of the last segment is truncated (and reported); any other
+    /// damage is [`WalError::Corrupt`].
     pub fn open_each<E: From<WalError>>(
         dir: &Path,
         mut visit: impl FnMut(u8, &[u8], RecordPos) -> Result<(), E>,

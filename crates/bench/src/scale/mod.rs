@@ -558,25 +558,18 @@ impl Figure {
     }
 
     /// Whether the target is met (`None`: no target).
+    /// Ballast's own figure (the last column).
+    fn own(&self) -> Option<f64> {
+        self.values.last().copied().flatten()
+    }
+
     fn met(&self) -> Option<bool> {
         let ratios: Vec<f64> = self.ratios().into_iter().flatten().collect();
         match self.target {
             Target::None => None,
             Target::AtMost(x) => Some(!ratios.is_empty() && ratios.iter().all(|r| *r <= x)),
-            Target::OwnAtMost(x) => Some(
-                self.values
-                    .last()
-                    .copied()
-                    .flatten()
-                    .is_some_and(|b| b <= x),
-            ),
-            Target::OwnAtLeast(x) => Some(
-                self.values
-                    .last()
-                    .copied()
-                    .flatten()
-                    .is_some_and(|b| b >= x),
-            ),
+            Target::OwnAtMost(x) => Some(self.own().is_some_and(|b| b <= x)),
+            Target::OwnAtLeast(x) => Some(self.own().is_some_and(|b| b >= x)),
         }
     }
 }
@@ -945,18 +938,8 @@ fn bars(figures: &[Figure]) -> Vec<(String, f64, f64, bool)> {
             match f.target {
                 Target::None => None,
                 Target::AtMost(x) => worst.map(|r| (f.name.clone(), r, x, false)),
-                Target::OwnAtMost(x) => f
-                    .values
-                    .last()
-                    .copied()
-                    .flatten()
-                    .map(|b| (f.name.clone(), b, x, false)),
-                Target::OwnAtLeast(x) => f
-                    .values
-                    .last()
-                    .copied()
-                    .flatten()
-                    .map(|b| (f.name.clone(), b, x, true)),
+                Target::OwnAtMost(x) => f.own().map(|b| (f.name.clone(), b, x, false)),
+                Target::OwnAtLeast(x) => f.own().map(|b| (f.name.clone(), b, x, true)),
             }
         })
         .collect()

@@ -74,7 +74,7 @@ impl Kv for KvService {
         let mut resp = Response::new(Box::pin(tokio_stream::empty()) as RangeStream);
         resp.extensions_mut()
             .insert(super::large_range::Streamed::new(tonic::body::Body::new(
-                body,
+                super::large_range::Pieces::new(body),
             )));
         Ok(resp)
     }

@@ -90,7 +90,7 @@ pub async fn respond(
     first.put_u32(total as u32);
     first.put_slice(&head);
     ballast_api::codec::SENT_BYTES.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
-    let body = RangeBody {
+    let body = Pieces::new(RangeBody {
         from: Some(req.key.clone()),
         mvcc,
         req,
@@ -100,8 +100,7 @@ pub async fn respond(
         kv_bytes,
         written: 0,
         sent: 0,
-        done: false,
-    };
+    });
     let mut resp = Response::new(RangeResponse::default());
     resp.extensions_mut()
         .insert(Streamed::new(GrpcBody::new(body)));
@@ -150,8 +149,8 @@ fn short(p: &Pinned, sent: usize) -> KvError {
     ))
 }
 
-/// The message: the prefix and header, the key-values a chunk per poll, `more` and `count`,
-/// then the status as trailers.
+/// The message: the prefix and header, the key-values a chunk per poll, then `more` and
+/// `count` (the trailers are `Pieces`').
 struct RangeBody {
     mvcc: Arc<Mvcc>,
     req: RangeRequest,
@@ -164,73 +163,73 @@ struct RangeBody {
     kv_bytes: u64,
     written: u64,
     sent: usize,
+}
+
+/// Key-values of a range read from `from` at revision `at`: at most `max_keys`, stopping past
+/// `LARGE_RANGE_CHUNK` bytes, written from the stored bytes as `RangeResponse.kvs` fields.
+pub(super) struct KvPiece {
+    pub(super) bytes: Bytes,
+    pub(super) keys: usize,
+    /// Where the range goes on; `None` once it is read.
+    pub(super) next: Option<Vec<u8>>,
+}
+
+pub(super) fn read_kvs(
+    mvcc: &Mvcc,
+    req: &RangeRequest,
+    from: &[u8],
+    at: i64,
+    max_keys: usize,
+) -> Result<KvPiece, Status> {
+    let mut buf = BytesMut::with_capacity(2 * LARGE_RANGE_CHUNK);
+    let mut keys = 0;
+    let next = mvcc
+        .range_page::<KvError>(
+            from,
+            &req.range_end,
+            at,
+            req.keys_only,
+            max_keys,
+            LARGE_RANGE_CHUNK,
+            &mut |kv| {
+                // Exactly `range_entry_len(kv.len())` bytes.
+                encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
+                encoding::encode_varint(kv.len() as u64, &mut buf);
+                buf.put_slice(kv);
+                keys += 1;
+                Ok(())
+            },
+        )
+        .map_err(kv_status)?;
+    Ok(KvPiece {
+        bytes: buf.freeze(),
+        keys,
+        next,
+    })
+}
+
+/// What a streamed gRPC body is made of: its data, a piece at a time.
+pub(super) trait NextPiece {
+    /// The next piece, read now; `None` once everything is written.
+    fn next_piece(&mut self) -> Result<Option<Bytes>, Status>;
+}
+
+/// A body of `P`'s pieces, each read when HTTP/2 asks for more, then the status as trailers:
+/// OK after the last piece, or the error that stopped it (a client never decodes a truncated
+/// message as a whole one).
+pub(super) struct Pieces<P> {
+    src: P,
+    /// The trailers are out.
     done: bool,
 }
 
-impl RangeBody {
-    /// The next chunk of key-values, read now.
-    fn chunk(&mut self) -> Result<Bytes, Status> {
-        let Some(from) = self.from.take() else {
-            return Err(kv_status(short(&self.p, self.sent)));
-        };
-        let mut buf = BytesMut::with_capacity(2 * LARGE_RANGE_CHUNK);
-        let (sent, written) = (&mut self.sent, &mut self.written);
-        self.from = self
-            .mvcc
-            .range_page::<KvError>(
-                &from,
-                &self.req.range_end,
-                self.p.at,
-                self.req.keys_only,
-                self.p.send - *sent,
-                LARGE_RANGE_CHUNK,
-                &mut |kv| {
-                    encoding::encode_key(2, WireType::LengthDelimited, &mut buf);
-                    encoding::encode_varint(kv.len() as u64, &mut buf);
-                    buf.put_slice(kv);
-                    *written += range_entry_len(kv.len()) as u64;
-                    *sent += 1;
-                    Ok(())
-                },
-            )
-            .map_err(kv_status)?;
-        if self.written > self.kv_bytes
-            || (self.sent == self.p.send && self.written != self.kv_bytes)
-        {
-            return Err(Status::internal(format!(
-                "range at revision {} changed size while read ({} bytes, {} expected)",
-                self.p.at, self.written, self.kv_bytes
-            )));
-        }
-        Ok(buf.freeze())
-    }
-
-    fn next_frame(&mut self) -> http_body::Frame<Bytes> {
-        if let Some(head) = self.head.take() {
-            return http_body::Frame::data(head);
-        }
-        let data = if self.sent < self.p.send {
-            self.chunk()
-        } else {
-            match self.tail.take() {
-                Some(tail) if !tail.is_empty() => Ok(tail),
-                _ => {
-                    self.done = true;
-                    return super::trailers(&Status::ok(""));
-                }
-            }
-        };
-        match data {
-            Ok(d) => http_body::Frame::data(d),
-            Err(status) => {
-                self.done = true;
-                super::trailers(&status)
-            }
-        }
+impl<P> Pieces<P> {
+    pub(super) fn new(src: P) -> Pieces<P> {
+        Pieces { src, done: false }
     }
 }
 
-impl http_body::Body for RangeBody {
+impl<P: NextPiece + Unpin> http_body::Body for Pieces<P> {
     type Data = Bytes;
     type Error = Status;
 
@@ -242,6 +241,57 @@ impl http_body::Body for RangeBody {
         if me.done {
             return Poll::Ready(None);
         }
-        Poll::Ready(Some(Ok(me.next_frame())))
+        let frame = match me.src.next_piece() {
+            Ok(Some(data)) => http_body::Frame::data(data),
+            Ok(None) => {
+                me.done = true;
+                super::trailers(&Status::ok(""))
+            }
+            Err(status) => {
+                me.done = true;
+                super::trailers(&status)
+            }
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+impl RangeBody {
+    /// The next chunk of key-values, read now.
+    fn chunk(&mut self) -> Result<Bytes, Status> {
+        let Some(from) = self.from.take() else {
+            return Err(kv_status(short(&self.p, self.sent)));
+        };
+        let piece = read_kvs(
+            &self.mvcc,
+            &self.req,
+            &from,
+            self.p.at,
+            self.p.send - self.sent,
+        )?;
+        self.from = piece.next;
+        self.sent += piece.keys;
+        self.written += piece.bytes.len() as u64;
+        if self.written > self.kv_bytes
+            || (self.sent == self.p.send && self.written != self.kv_bytes)
+        {
+            return Err(Status::internal(format!(
+                "range at revision {} changed size while read ({} bytes, {} expected)",
+                self.p.at, self.written, self.kv_bytes
+            )));
+        }
+        Ok(piece.bytes)
+    }
+}
+
+impl NextPiece for RangeBody {
+    fn next_piece(&mut self) -> Result<Option<Bytes>, Status> {
+        if let Some(head) = self.head.take() {
+            return Ok(Some(head));
+        }
+        if self.sent < self.p.send {
+            return self.chunk().map(Some);
+        }
+        Ok(self.tail.take().filter(|t| !t.is_empty()))
     }
 }
