@@ -1,7 +1,8 @@
 //! When the key index checkpoint is written (`Mvcc::checkpoint_index`): on a thread of its
-//! own beside the applier, once enough revisions have been applied since the last one or a
-//! compaction has passed it (the next open could not use it), at most once per interval; and
-//! at a clean stop (`main`).
+//! own beside the applier, once enough revisions have been applied since the last one, or,
+//! in a store of `MIN_REVISIONS` keys or more, when there is none or a compaction has passed
+//! it (the next open could not use it), at most once per interval; and at a clean stop
+//! (`main`).
 //!
 //! Invariant: one checkpoint at a time; a failed one is logged and retried later, never fatal
 //! (the next open rebuilds the index from the store instead).
@@ -53,8 +54,12 @@ impl Checkpointer {
         }
         let rev = mvcc.current_rev();
         let since = rev - self.last;
-        let passed = self.last == 0 || mvcc.compact_rev() > self.last;
-        let enough = since >= MIN_REVISIONS.max(mvcc.key_count() as i64 / KEYS_PER_REVISION);
+        let keys = mvcc.key_count() as i64;
+        // Under MIN_REVISIONS keys a rebuild at open takes milliseconds: no checkpoint just
+        // for a missing or passed one (a fresh member wrote one beside its first puts, and
+        // its commit could push a store at etcd's 13-page minimum quota over it).
+        let passed = keys >= MIN_REVISIONS && (self.last == 0 || mvcc.compact_rev() > self.last);
+        let enough = since >= MIN_REVISIONS.max(keys / KEYS_PER_REVISION);
         if since <= 0 || !(passed || enough) {
             return;
         }
