@@ -95,6 +95,8 @@ pub struct Server {
     pub member: Option<Member>,
     /// `BALLAST_FAILPOINTS` for a Ballast built with failpoints (`ballast-failpoints`).
     pub failpoints: Option<String>,
+    /// Environment variables for the process (credentials never go on a command line).
+    pub env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -132,6 +134,7 @@ impl Server {
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: None,
             failpoints: None,
+            env: Vec::new(),
             _tmp: Some(tmp),
         }
     }
@@ -148,6 +151,7 @@ impl Server {
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: None,
             failpoints: Some(failpoints.to_string()),
+            env: Vec::new(),
             _tmp: Some(tmp),
         };
         s.launch();
@@ -165,6 +169,7 @@ impl Server {
             args: extra.iter().map(|s| s.to_string()).collect(),
             member: Some(member),
             failpoints: None,
+            env: Vec::new(),
             _tmp: Some(tmp),
         }
     }
@@ -211,6 +216,7 @@ impl Server {
         if let Some(f) = &self.failpoints {
             cmd.env("BALLAST_FAILPOINTS", f);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .args(["--name", &name, "--data-dir"])
             .arg(&self.data_dir)

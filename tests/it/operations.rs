@@ -1300,12 +1300,19 @@ fn scheduled_backups_rotate_and_restore() {
         assert!(start.elapsed() < Duration::from_secs(20), "{}", s.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut files: Vec<String> = std::fs::read_dir(&backups)
+    let mut all: Vec<String> = std::fs::read_dir(&backups)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    files.sort();
-    assert_eq!(files.len(), 2, "rotated to the retention: {files:?}");
+    all.sort();
+    // Each snapshot with its manifest beside it, nothing else left behind.
+    let files: Vec<String> = all.iter().filter(|f| f.ends_with(".db")).cloned().collect();
+    assert_eq!(files.len(), 2, "rotated to the retention: {all:?}");
+    for f in &files {
+        let manifest = f.replace(".db", ".json");
+        assert!(all.contains(&manifest), "{all:?}");
+    }
+    assert_eq!(all.len(), 4, "{all:?}");
     for f in &files {
         assert!(f.starts_with("ballast-") && f.ends_with(".db"), "{f}");
         assert!(f.contains("-rev000000000002-"), "{f}");

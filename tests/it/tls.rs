@@ -14,23 +14,23 @@ use crate::cluster::{ballast_bin, bin_dir, free_port, run_ctl};
 
 /// A CA with a server certificate (127.0.0.1, localhost; server and client use, as kubeadm
 /// makes them) and a client certificate, as PEM files in `dir`.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+pub(crate) struct Pki {
+    pub(crate) ca: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
     /// A second client certificate, CN "alice".
-    alice_cert: PathBuf,
-    alice_key: PathBuf,
+    pub(crate) alice_cert: PathBuf,
+    pub(crate) alice_key: PathBuf,
     /// "server" certificates for one use each: serving only, and dialling only.
-    serving_only_cert: PathBuf,
-    serving_only_key: PathBuf,
-    dialling_only_cert: PathBuf,
-    dialling_only_key: PathBuf,
+    pub(crate) serving_only_cert: PathBuf,
+    pub(crate) serving_only_key: PathBuf,
+    pub(crate) dialling_only_cert: PathBuf,
+    pub(crate) dialling_only_key: PathBuf,
 }
 
-fn pki(dir: &Path, name: &str) -> Pki {
+pub(crate) fn pki(dir: &Path, name: &str) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -3,6 +3,7 @@
 
 mod alarm;
 mod auth;
+mod backup;
 mod check;
 mod concurrency;
 mod dial;
@@ -293,6 +294,11 @@ enum Cmd {
     Alarm {
         #[command(subcommand)]
         cmd: alarm::AlarmCmd,
+    },
+    /// Lists the scheduled backups in a directory or S3-compatible bucket (Ballast's own)
+    Backup {
+        #[command(subcommand)]
+        cmd: backup::BackupCmd,
     },
     /// Manages etcd node snapshots
     Snapshot {
@@ -830,6 +836,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Failure> {
         Cmd::MoveLeader { args } => member::move_leader(cli, p, timeout, args).await,
         Cmd::Downgrade { cmd } => downgrade::run(cli, p, timeout, cmd).await,
         Cmd::Snapshot { cmd } => snapshot::run(cli, p, cmd).await,
+        Cmd::Backup { cmd } => backup::run(p, cmd).await,
         Cmd::Alarm { cmd } => alarm::run(cli, p, timeout, cmd).await,
         Cmd::Check { cmd } => check::run(cli, cmd).await,
         Cmd::Defrag { cluster, data_dir } => {

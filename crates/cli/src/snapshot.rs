@@ -26,7 +26,7 @@ pub enum SnapshotCmd {
     /// Gets backend snapshot status of a given file
     Status { args: Vec<String> },
     /// Restores an etcd member snapshot to an etcd directory
-    Restore(RestoreFlags),
+    Restore(Box<RestoreFlags>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,6 +64,12 @@ pub struct RestoreFlags {
     /// Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)
     #[arg(long = "mark-compacted")]
     mark_compacted: bool,
+    /// Restore the newest scheduled backup from this store instead of a file (Ballast's own)
+    #[command(flatten)]
+    store: crate::backup::StoreFlags,
+    /// With --backup-url: the revision to restore (0: the newest backup)
+    #[arg(long = "to-revision", default_value_t = 0)]
+    to_revision: i64,
     args: Vec<String>,
 }
 
@@ -104,44 +110,90 @@ pub async fn run(cli: &Cli, p: &Printer, cmd: &SnapshotCmd) -> Result<(), Failur
             Ok(())
         }
         SnapshotCmd::Restore(f) => {
+            if !f.store.url.is_empty() {
+                return restore_backup(f).await;
+            }
             let [file] = f.args.as_slice() else {
                 return Err(Failure::BadArgs(
                     "snapshot restore requires exactly one argument".into(),
                 ));
             };
-            if (f.bump_revision == 0) == f.mark_compacted {
-                // etcdutl's own words, flag name included.
-                return Err(Failure::BadArgs(
-                    "--mark-compacted required if --revision-bump > 0".into(),
-                ));
-            }
-            let a = RestoreArgs {
-                snapshot: PathBuf::from(file),
-                name: f.name.clone(),
-                data_dir: Some(f.data_dir.clone()),
-                wal_dir: Some(f.wal_dir.clone()),
-                initial_cluster: f.initial_cluster.clone(),
-                initial_cluster_token: f.initial_cluster_token.clone(),
-                initial_advertise_peer_urls: f.initial_advertise_peer_urls.clone(),
-                skip_hash_check: f.skip_hash_check,
-                bump_revision: f.bump_revision,
-            };
-            log("restoring snapshot", serde_json::json!({"path": file}));
-            let r = restore(&a).map_err(|e| Failure::Other(e.to_string()))?;
-            log(
-                "restored snapshot",
-                serde_json::json!({
-                    "path": file,
-                    "data-dir": r.data_dir.display().to_string(),
-                    "wal-dir": r.wal_dir.display().to_string(),
-                    "member-id": format!("{:x}", r.member_id),
-                    "cluster-id": format!("{:x}", r.cluster_id),
-                    "revision": r.status.revision,
-                }),
-            );
-            Ok(())
+            restore_from(f, file)
         }
     }
+}
+
+/// `snapshot restore FILE`, as etcdutl runs it.
+fn restore_from(f: &RestoreFlags, file: &str) -> Result<(), Failure> {
+    if (f.bump_revision == 0) == f.mark_compacted {
+        // etcdutl's own words, flag name included.
+        return Err(Failure::BadArgs(
+            "--mark-compacted required if --revision-bump > 0".into(),
+        ));
+    }
+    let a = RestoreArgs {
+        snapshot: PathBuf::from(file),
+        name: f.name.clone(),
+        data_dir: Some(f.data_dir.clone()),
+        wal_dir: Some(f.wal_dir.clone()),
+        initial_cluster: f.initial_cluster.clone(),
+        initial_cluster_token: f.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: f.initial_advertise_peer_urls.clone(),
+        skip_hash_check: f.skip_hash_check,
+        bump_revision: f.bump_revision,
+    };
+    log("restoring snapshot", serde_json::json!({"path": file}));
+    let r = restore(&a).map_err(|e| Failure::Other(e.to_string()))?;
+    log(
+        "restored snapshot",
+        serde_json::json!({
+            "path": file,
+            "data-dir": r.data_dir.display().to_string(),
+            "wal-dir": r.wal_dir.display().to_string(),
+            "member-id": format!("{:x}", r.member_id),
+            "cluster-id": format!("{:x}", r.cluster_id),
+            "revision": r.status.revision,
+        }),
+    );
+    Ok(())
+}
+
+/// `snapshot restore --backup-url URL`: the newest backup (or the one at `--to-revision`),
+/// downloaded beside the new data directory, checked against its manifest, then restored as
+/// a file would be.
+async fn restore_backup(f: &RestoreFlags) -> Result<(), Failure> {
+    if !f.args.is_empty() {
+        return Err(Failure::BadArgs(
+            "snapshot restore takes a file or --backup-url, not both".into(),
+        ));
+    }
+    if f.data_dir.is_empty() {
+        return Err(Failure::BadArgs(
+            "snapshot restore --backup-url needs --data-dir".into(),
+        ));
+    }
+    let to = (f.to_revision > 0).then_some(f.to_revision);
+    let (tmp, m) = crate::backup::fetch_for_restore(&f.store, to, Path::new(&f.data_dir)).await?;
+    let file = tmp.display().to_string();
+    let checked = snapfile::status(&tmp)
+        .map_err(|e| Failure::Other(e.to_string()))
+        .and_then(|st| {
+            if st.revision == m.revision && st.hash == m.hash {
+                Ok(())
+            } else {
+                Err(Failure::Other(format!(
+                    "{}: holds revision {} (hash {:x}) where its manifest says {} ({:x})",
+                    m.snapshot, st.revision, st.hash, m.revision, m.hash
+                )))
+            }
+        });
+    log(
+        "fetched backup",
+        serde_json::json!({"snapshot": m.snapshot, "revision": m.revision, "size": m.size}),
+    );
+    let restored = checked.and_then(|()| restore_from(f, &file));
+    let _ = std::fs::remove_file(&tmp);
+    restored
 }
 
 fn print_status(p: &Printer, st: &snapfile::SnapStatus) {

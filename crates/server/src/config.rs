@@ -718,6 +718,45 @@ pub struct Flags {
         default_value = "24"
     )]
     pub backup_retention: usize,
+    /// Where the leader writes scheduled backups: `s3://bucket/prefix` or `file:///path`
+    /// (Ballast's own flag; empty = none). Credentials come from the standard AWS places.
+    #[arg(long = "backup-url", env = "BALLAST_BACKUP_URL", default_value = "")]
+    pub backup_url: String,
+    /// Drop backups older than this, never the newest (0: keep by count only).
+    #[arg(
+        long = "backup-max-age",
+        env = "BALLAST_BACKUP_MAX_AGE",
+        default_value = "0"
+    )]
+    pub backup_max_age: String,
+    /// The S3 endpoint (else `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`; else AWS).
+    #[arg(
+        long = "backup-endpoint",
+        env = "BALLAST_BACKUP_ENDPOINT",
+        default_value = ""
+    )]
+    pub backup_endpoint: String,
+    /// The S3 region (else `AWS_REGION` or `AWS_DEFAULT_REGION`; else us-east-1).
+    #[arg(
+        long = "backup-region",
+        env = "BALLAST_BACKUP_REGION",
+        default_value = ""
+    )]
+    pub backup_region: String,
+    /// `path`, `virtual` or `auto` (path style with a custom endpoint).
+    #[arg(
+        long = "backup-addressing-style",
+        env = "BALLAST_BACKUP_ADDRESSING_STYLE",
+        default_value = "auto"
+    )]
+    pub backup_addressing_style: String,
+    /// Extra CA certificates (PEM) for the S3 endpoint (else `AWS_CA_BUNDLE`).
+    #[arg(
+        long = "backup-ca-file",
+        env = "BALLAST_BACKUP_CA_FILE",
+        default_value = ""
+    )]
+    pub backup_ca_file: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -945,6 +984,12 @@ struct FileConfig {
     tls_max_version: Option<String>,
     backup_interval: Option<String>,
     backup_retention: Option<usize>,
+    backup_url: Option<String>,
+    backup_max_age: Option<String>,
+    backup_endpoint: Option<String>,
+    backup_region: Option<String>,
+    backup_addressing_style: Option<String>,
+    backup_ca_file: Option<String>,
     experimental_initial_corrupt_check: Option<bool>,
     feature_gates: Option<String>,
     strict_reconfig_check: Option<bool>,
@@ -1156,8 +1201,8 @@ pub struct Config {
     /// How often the leader records remaining lease TTLs through raft.
     pub lease_checkpoint_interval: Duration,
     pub auto_compaction: AutoCompaction,
-    /// Scheduled backups: directory, interval, how many to keep.
-    pub backup: Option<(PathBuf, Duration, usize)>,
+    /// Scheduled backups: where, how often, how many and how old to keep.
+    pub backup: Option<BackupConfig>,
     pub initial_corrupt_check: bool,
     /// `--strict-reconfig-check`: refuse membership changes that would break quorum.
     /// Serve the JSON gateway on the client URLs (`--enable-grpc-gateway`).
@@ -1606,18 +1651,62 @@ fn intervals(f: &Flags) -> Result<(Duration, Duration), ConfigError> {
     Ok((watch_progress_interval, lease_checkpoint_interval))
 }
 
-/// `--backup-dir`, `--backup-interval`, `--backup-retention`.
-fn backup(f: &Flags) -> Result<Option<(PathBuf, Duration, usize)>, ConfigError> {
-    let backup = if f.backup_dir.is_empty() {
-        None
-    } else {
-        let every = positive_duration("--backup-interval", &f.backup_interval, "30m")?;
-        if f.backup_retention == 0 {
-            return Err(invalid("--backup-retention", "0", "must be positive"));
+/// Scheduled backups (`--backup-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupConfig {
+    pub location: ballast_backup::Location,
+    pub s3: ballast_backup::S3Settings,
+    pub every: Duration,
+    pub keep: usize,
+    pub max_age: Option<Duration>,
+}
+
+/// `--backup-url` (or `--backup-dir`, which is `file://` for it), `--backup-interval`,
+/// `--backup-retention`, `--backup-max-age` and the S3 endpoint flags over the AWS CLI's
+/// variables.
+fn backup(f: &Flags) -> Result<Option<BackupConfig>, ConfigError> {
+    let location = match (f.backup_url.is_empty(), f.backup_dir.is_empty()) {
+        (true, true) => return Ok(None),
+        (false, false) => {
+            return Err(invalid(
+                "--backup-dir",
+                &f.backup_dir,
+                "use --backup-dir or --backup-url, not both",
+            ))
         }
-        Some((PathBuf::from(&f.backup_dir), every, f.backup_retention))
+        (true, false) => ballast_backup::Location::Dir(PathBuf::from(&f.backup_dir)),
+        (false, true) => ballast_backup::Location::parse(&f.backup_url)
+            .map_err(|e| invalid("--backup-url", &f.backup_url, e.to_string()))?,
     };
-    Ok(backup)
+    let every = positive_duration("--backup-interval", &f.backup_interval, "30m")?;
+    if f.backup_retention == 0 {
+        return Err(invalid("--backup-retention", "0", "must be positive"));
+    }
+    let max_age = match f.backup_max_age.as_str() {
+        "0" | "" => None,
+        v => Some(positive_duration("--backup-max-age", v, "168h")?),
+    };
+    let mut s3 = ballast_backup::S3Settings::from_env();
+    if !f.backup_endpoint.is_empty() {
+        s3.endpoint = Some(f.backup_endpoint.clone());
+    }
+    if !f.backup_region.is_empty() {
+        s3.region = f.backup_region.clone();
+    }
+    s3.addressing = f
+        .backup_addressing_style
+        .parse()
+        .map_err(|e: String| invalid("--backup-addressing-style", &f.backup_addressing_style, e))?;
+    if !f.backup_ca_file.is_empty() {
+        s3.ca_file = Some(PathBuf::from(&f.backup_ca_file));
+    }
+    Ok(Some(BackupConfig {
+        location,
+        s3,
+        every,
+        keep: f.backup_retention,
+        max_age,
+    }))
 }
 
 /// `--experimental-corrupt-check-time` (0: off).
@@ -1811,6 +1900,14 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         tls_max_version: c.tls_max_version.unwrap_or(d.tls_max_version),
         backup_interval: c.backup_interval.unwrap_or(d.backup_interval),
         backup_retention: c.backup_retention.unwrap_or(d.backup_retention),
+        backup_url: c.backup_url.unwrap_or(d.backup_url),
+        backup_max_age: c.backup_max_age.unwrap_or(d.backup_max_age),
+        backup_endpoint: c.backup_endpoint.unwrap_or(d.backup_endpoint),
+        backup_region: c.backup_region.unwrap_or(d.backup_region),
+        backup_addressing_style: c
+            .backup_addressing_style
+            .unwrap_or(d.backup_addressing_style),
+        backup_ca_file: c.backup_ca_file.unwrap_or(d.backup_ca_file),
         initial_corrupt_check: c
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),
@@ -2108,6 +2205,67 @@ mod tests {
         // grpc-go reads 0 as no limit.
         let c = parse(&["--max-concurrent-streams", "0"]).unwrap();
         assert_eq!(c.max_concurrent_streams, u32::MAX);
+    }
+
+    #[test]
+    fn backup_flags_name_a_directory_or_a_bucket() {
+        assert_eq!(parse(&[]).unwrap().backup, None);
+        let c = parse(&["--backup-dir", "/var/backups/b"]).unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!(
+            b.location,
+            ballast_backup::Location::Dir("/var/backups/b".into())
+        );
+        assert_eq!((b.keep, b.max_age), (24, None));
+        let c = parse(&[
+            "--backup-url",
+            "s3://bucket-1/prod/etcd",
+            "--backup-endpoint",
+            "http://127.0.0.1:9000",
+            "--backup-region",
+            "eu-west-1",
+            "--backup-max-age",
+            "168h",
+            "--backup-addressing-style",
+            "virtual",
+        ])
+        .unwrap();
+        let b = c.backup.unwrap();
+        assert_eq!(
+            b.location,
+            ballast_backup::Location::S3 {
+                bucket: "bucket-1".into(),
+                prefix: "prod/etcd".into()
+            }
+        );
+        assert_eq!(b.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(b.s3.region, "eu-west-1");
+        assert!(!b.s3.path_style());
+        assert_eq!(b.max_age, Some(Duration::from_secs(168 * 3600)));
+        for (args, flag) in [
+            (&["--backup-url", "s3://b"][..], "--backup-url"),
+            (&["--backup-url", "ftp://x/y"][..], "--backup-url"),
+            (
+                &["--backup-url", "s3://bucket/p", "--backup-dir", "/x"][..],
+                "--backup-dir",
+            ),
+            (
+                &[
+                    "--backup-url",
+                    "s3://bucket/p",
+                    "--backup-addressing-style",
+                    "odd",
+                ][..],
+                "--backup-addressing-style",
+            ),
+            (
+                &["--backup-url", "s3://bucket/p", "--backup-max-age", "soon"][..],
+                "--backup-max-age",
+            ),
+        ] {
+            let e = parse(args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -375,9 +375,14 @@ async fn run(cfg: Config) -> Result<(), String> {
         server.store().clone(),
         server.raft_status_watch(),
     ));
-    if let Some((dir, every, keep)) = server.cfg.backup.clone() {
+    if let Some(config) = server.cfg.backup.clone() {
         tokio::spawn(backup::run(
-            backup::Schedule { dir, every, keep },
+            backup::Schedule {
+                config,
+                scratch: server.cfg.data_dir.clone(),
+                member_id: server.member_id(),
+                cluster_id: server.cluster_id(),
+            },
             server.store().clone(),
             server.raft_status_watch(),
             server.backup_stats().clone(),

@@ -396,6 +396,24 @@ pub fn render(s: &EtcdServer) -> String {
         "Scheduled backups that failed.",
         b.failures.load(Ordering::Relaxed) as f64,
     );
+    o.one(
+        "ballast_backup_last_duration_seconds",
+        "gauge",
+        "How long the last verified scheduled backup took, snapshot to retention.",
+        b.last_duration_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+    );
+    o.one(
+        "ballast_backup_last_size_bytes",
+        "gauge",
+        "Bytes of the last verified scheduled backup.",
+        b.last_bytes.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "ballast_backup_last_revision",
+        "gauge",
+        "The revision the last verified scheduled backup holds.",
+        b.last_revision.load(Ordering::Relaxed) as f64,
+    );
     process(&mut o);
     o.0
 }

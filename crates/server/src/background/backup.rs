@@ -1,48 +1,27 @@
-//! Scheduled backups (Ballast's own; etcd needs an external agent): with `--backup-dir`, the
-//! leader writes a snapshot every `--backup-interval`, verifies it by reading it back (record
-//! checksums and the SHA-256 trailer), fsyncs it, renames it into place and keeps the newest
-//! `--backup-retention` files. Files are `ballast-<UTC time>-rev<revision>-<hash>.db`, the same
-//! format `snapshot save` writes, so `snapshot restore` takes them.
+//! Scheduled backups (Ballast's own; etcd needs an external agent): with `--backup-url` (or
+//! `--backup-dir`), the leader writes a snapshot every `--backup-interval`, verifies it by
+//! reading it back (record checksums and the SHA-256 trailer), stores it in the directory or
+//! bucket, then its manifest, and applies retention. Snapshots are etcd-format `.db` files,
+//! the same `snapshot save` writes, so `snapshot restore` (Ballast's or etcd's) takes them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use ballast_backup::catalog::{self, rfc3339};
+use ballast_backup::{BackupStoreError, Manifest, SnapshotName, Store};
 use ballast_raft::RaftStatus;
 use ballast_state::snapfile;
 use ballast_state::{KvError, Mvcc};
 use tokio::sync::watch;
 
+use crate::config::BackupConfig;
 use crate::member::counters::BackupStats;
-use crate::member::store::Store;
+use crate::member::store::Store as MemberStore;
 
-const PREFIX: &str = "ballast-";
-const SUFFIX: &str = ".db";
-
-/// `YYYYMMDDTHHMMSSZ` for a Unix time.
-fn utc_stamp(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = ballast_net::time::utc_civil(secs);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
-}
-
-/// Backup files in `dir`, oldest first (names sort by time).
-pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
+/// The local file a snapshot is written to before it is stored (hidden: listings skip it).
+const STAGING: &str = ".backup.tmp";
 
 /// Why a scheduled backup failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +38,8 @@ pub enum BackupError {
     Verify(#[from] snapfile::SnapFileError),
     #[error("the backup task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Store(#[from] BackupStoreError),
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
@@ -68,131 +49,130 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     }
 }
 
-/// Writes one verified backup into `dir`; returns its path.
-pub fn write_one(store: &Mvcc, dir: &Path, now: SystemTime) -> Result<PathBuf, BackupError> {
-    ballast_storage::private::create_dir_all(dir).map_err(io_at(dir))?;
-    let tmp = dir.join(".backup.tmp");
+/// Writes a snapshot of `store` to `tmp`, fsyncs it and reads it back end to end.
+pub fn write_verified(store: &Mvcc, tmp: &Path) -> Result<snapfile::SnapStatus, BackupError> {
+    if let Some(dir) = tmp.parent() {
+        ballast_storage::private::create_dir_all(dir).map_err(io_at(dir))?;
+    }
     let result = (|| {
-        let file = ballast_storage::private::create_file(&tmp).map_err(io_at(&tmp))?;
+        let file = ballast_storage::private::create_file(tmp).map_err(io_at(tmp))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         snapfile::write(store, &mut |_| Ok(()), &mut out)?;
-        let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_at(&tmp))?;
+        let file = out.into_inner().map_err(|e| io_at(tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_at(tmp))?;
         // Read back what reached the disk before trusting it.
-        let st = snapfile::status(&tmp)?;
-        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let name = format!(
-            "{PREFIX}{}-rev{:012}-{:08x}{SUFFIX}",
-            utc_stamp(secs),
-            st.revision,
-            st.hash
-        );
-        let path = dir.join(name);
-        std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
-        ballast_storage::wal::sync_dir(dir).map_err(io_at(dir))?;
-        Ok(path)
+        Ok(snapfile::status(tmp)?)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }
 
-/// Deletes all but the newest `keep` backups.
-pub fn rotate(dir: &Path, keep: usize) -> Result<(), BackupError> {
-    let all = list(dir);
-    let excess = all.len().saturating_sub(keep);
-    for old in &all[..excess] {
-        std::fs::remove_file(old).map_err(io_at(old))?;
-    }
-    if excess > 0 {
-        ballast_storage::wal::sync_dir(dir).map_err(io_at(dir))?;
-    }
-    Ok(())
-}
-
-/// Where, how often and how many backups the leader keeps (`--backup-*`).
+/// Where, how often and how many backups the leader keeps, and who it is.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    pub dir: PathBuf,
-    pub every: Duration,
-    pub keep: usize,
+    pub config: BackupConfig,
+    /// Where a snapshot bound for a bucket is written first (the data directory).
+    pub scratch: PathBuf,
+    pub member_id: u64,
+    pub cluster_id: u64,
 }
 
-/// Writes a verified backup every interval while this member leads, keeping the newest
-/// `keep`; runs for the member's life.
+/// One backup: snapshot, verify, store, manifest, retention. Returns the manifest.
+pub async fn back_up_once(
+    s: &Schedule,
+    target: &Store,
+    mvcc: Arc<Mvcc>,
+    now: SystemTime,
+) -> Result<Manifest, BackupError> {
+    let tmp = target.staging_dir(&s.scratch).join(STAGING);
+    let t = tmp.clone();
+    let (st, size) = tokio::task::spawn_blocking(move || {
+        let st = write_verified(&mvcc, &t)?;
+        let size = std::fs::metadata(&t).map_err(io_at(&t))?.len();
+        Ok::<_, BackupError>((st, size))
+    })
+    .await??;
+    let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let name = SnapshotName {
+        unix,
+        revision: st.revision,
+        hash: st.hash,
+    };
+    let m = Manifest {
+        snapshot: name.db(),
+        revision: st.revision,
+        hash: st.hash,
+        size,
+        total_keys: st.total_keys,
+        created: rfc3339(unix),
+        member_id: format!("{:x}", s.member_id),
+        cluster_id: format!("{:x}", s.cluster_id),
+    };
+    let stored = catalog::put_snapshot(target, &tmp, &m).await;
+    // A directory target renamed it; a bucket's copy is uploaded (or failed): either way the
+    // local file has served.
+    let _ = tokio::fs::remove_file(&tmp).await;
+    stored?;
+    let gone = catalog::prune(target, s.config.keep, s.config.max_age, unix).await?;
+    if !gone.is_empty() {
+        tracing::info!(url = %target, deleted = ?gone, "applied backup retention");
+    }
+    Ok(m)
+}
+
+/// Writes a verified backup every interval while this member leads; runs for the member's
+/// life. A failure is logged and counted; the member keeps serving and tries again next time.
 pub async fn run(
-    schedule: Schedule,
-    store: Store,
+    s: Schedule,
+    store: MemberStore,
     status: watch::Receiver<RaftStatus>,
     stats: Arc<BackupStats>,
 ) {
-    let Schedule { dir, every, keep } = schedule;
+    let target = match Store::open(&s.config.location, &s.config.s3) {
+        Ok(t) => t,
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(url = %s.config.location, error = %e, "cannot open the backup store; no backups will be written");
+            return;
+        }
+    };
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(s.config.every).await;
         if !status.borrow().is_leader {
             continue;
         }
-        let (mvcc, d) = (store.current(), dir.clone());
-        let done = tokio::task::spawn_blocking(move || {
-            let path = write_one(&mvcc, &d, SystemTime::now())?;
-            rotate(&d, keep)?;
-            Ok::<_, BackupError>(path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.into()));
-        match done {
-            Ok(path) => {
+        let started = Instant::now();
+        tracing::info!(url = %target, "writing scheduled backup");
+        match back_up_once(&s, &target, store.current(), SystemTime::now()).await {
+            Ok(m) => {
+                let took = started.elapsed();
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();
                 stats.last_success.store(now, Ordering::Relaxed);
-                tracing::info!(path = %path.display(), "wrote scheduled backup");
+                stats
+                    .last_duration_ms
+                    .store(took.as_millis() as u64, Ordering::Relaxed);
+                stats.last_bytes.store(m.size, Ordering::Relaxed);
+                stats
+                    .last_revision
+                    .store(u64::try_from(m.revision).unwrap_or(0), Ordering::Relaxed);
+                tracing::info!(
+                    url = %target,
+                    snapshot = %m.snapshot,
+                    revision = m.revision,
+                    size = m.size,
+                    took = ?took,
+                    "wrote scheduled backup"
+                );
             }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(dir = %dir.display(), error = %e, "scheduled backup failed");
+                tracing::error!(url = %target, error = %e, "scheduled backup failed");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_are_utc_and_sort_by_time() {
-        assert_eq!(utc_stamp(0), "19700101T000000Z");
-        assert_eq!(utc_stamp(1_795_453_706), "20261123T170826Z");
-        assert!(utc_stamp(1_000_000_000) < utc_stamp(1_795_453_706));
-    }
-
-    #[test]
-    fn rotation_keeps_the_newest() {
-        let d = tempfile::tempdir().expect("tmp");
-        for t in ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"] {
-            std::fs::write(d.path().join(format!("ballast-{t}-rev1-0.db")), b"x").expect("w");
-        }
-        std::fs::write(d.path().join("other.txt"), b"x").expect("w");
-        rotate(d.path(), 2).expect("rotate");
-        let left: Vec<String> = list(d.path())
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        assert_eq!(
-            left,
-            [
-                "ballast-20260102T000000Z-rev1-0.db",
-                "ballast-20260103T000000Z-rev1-0.db"
-            ]
-        );
-        assert!(d.path().join("other.txt").exists());
     }
 }

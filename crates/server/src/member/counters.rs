@@ -51,4 +51,8 @@ pub struct BackupStats {
     /// Unix seconds of the last verified backup (0: none yet).
     pub last_success: AtomicU64,
     pub failures: AtomicU64,
+    /// The last verified backup's duration (milliseconds), size and revision.
+    pub last_duration_ms: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_revision: AtomicU64,
 }

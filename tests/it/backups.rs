@@ -1,0 +1,436 @@
+//! Scheduled backups to an S3 API on loopback (moto's server, started here, with signature
+//! and policy checking on and the least-privilege policy docs/backups.md gives): rotation,
+//! restore from the bucket, a store that is down or refuses, and a leader killed mid-upload.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::{etcdctl, http_get, Cluster, Kind, Server};
+use crate::operations::{metric, parse_metrics};
+
+const BUCKET: &str = "ballast-backups";
+
+/// The python with moto installed: `$BALLAST_S3_PYTHON` (scripts/test sets it), otherwise
+/// installed or found in the cache by the same script.
+fn s3_python() -> &'static Path {
+    static PY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        if let Some(p) = std::env::var_os("BALLAST_S3_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-test-server");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/s3-test-server");
+        assert!(out.status.success(), "scripts/s3-test-server failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// One S3 API server process (tests/s3/s3server.py) with one bucket and one backup user.
+struct S3 {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    endpoint: String,
+    key: String,
+    secret: String,
+    prefix: String,
+}
+
+impl S3 {
+    fn start(prefix: &str, tls: Option<(&Path, &Path)>, log: &Path) -> S3 {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/s3server.py");
+        let mut cmd = Command::new(s3_python());
+        cmd.arg(script).args([BUCKET, prefix]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls").arg(cert).arg(key);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start the S3 server");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "S3 server: {e}: {line:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+        let s = |k: &str| v[k].as_str().unwrap().to_string();
+        S3 {
+            child,
+            stdin,
+            stdout,
+            endpoint: s("endpoint"),
+            key: s("access_key_id"),
+            secret: s("secret_access_key"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// `down`, `up` or `slow SECONDS`; returns once the server has done it.
+    fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "{cmd}");
+    }
+
+    fn url(&self) -> String {
+        format!("s3://{BUCKET}/{}", self.prefix)
+    }
+
+    /// The AWS CLI's variables for this server, with the backup user's keys.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", &self.key),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ballastctl with `env` (and nothing of the test's own AWS environment).
+fn ballastctl_env(env: &[(String, String)], args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(crate::cluster::bin_dir().join("ballastctl"))
+        .args(args)
+        .env_remove("AWS_PROFILE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// `backup list -w json`: the snapshots' manifests and the incomplete uploads.
+fn list(env: &[(String, String)], args: &[&str]) -> (Vec<serde_json::Value>, Vec<String>) {
+    let mut a = vec!["backup", "list", "-w", "json"];
+    a.extend_from_slice(args);
+    let (out, err, code) = ballastctl_env(env, &a);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let incomplete = v["incomplete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    (v["snapshots"].as_array().unwrap().clone(), incomplete)
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn backup_metric(s: &Server, name: &str) -> f64 {
+    let (_, text) = http_get(s.port, "/metrics").unwrap();
+    metric(&parse_metrics(&text), name, "").unwrap()
+}
+
+/// A member with `--backup-url s3://...` over TLS with its own CA (`--backup-ca-file`): the
+/// leader uploads verified snapshots with manifests, keeps `--backup-retention`, reports them
+/// as metrics; `backup list` shows them, and `snapshot restore --backup-url` restores the newest
+/// (or the one at `--to-revision`) into a member that serves the same data.
+#[test]
+fn backups_go_to_an_s3_bucket_over_tls_rotate_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::pki(dir.path(), "s3");
+    let s3 = S3::start(
+        "clusters/a",
+        Some((&pki.server_cert, &pki.server_key)),
+        &dir.path().join("s3.log"),
+    );
+    assert!(s3.endpoint.starts_with("https://"));
+    let url = s3.url();
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let mut s = Server::unstarted(
+        Kind::Ballast,
+        &[
+            "--backup-url",
+            &url,
+            "--backup-ca-file",
+            &ca,
+            "--backup-interval",
+            "1s",
+            "--backup-retention",
+            "2",
+        ],
+    );
+    s.env = s3.env();
+    s.spawn();
+    let ep = s.endpoint();
+    for i in 0..20 {
+        let (_, err, code) = etcdctl(&ep, &["put", &format!("k{i:02}"), &format!("v{i}")], None);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (out, _, _) = etcdctl(&ep, &["get", "k", "--prefix", "-w", "json"], None);
+    let rev = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    // Three backups after the last put: rotation has had one to delete.
+    let before = s.log().matches("wrote scheduled backup").count();
+    wait_for("three more backups", Duration::from_secs(30), || {
+        s.log().matches("wrote scheduled backup").count() >= before + 3
+    });
+    let mut env = s3.env();
+    let ca_flag = format!("--backup-ca-file={ca}");
+    let (snaps, incomplete) = list(&env, &["--backup-url", &url, &ca_flag]);
+    assert_eq!(snaps.len(), 2, "kept to the retention: {snaps:?}");
+    assert!(incomplete.is_empty(), "{incomplete:?}");
+    let newest = &snaps[1];
+    assert_eq!(newest["revision"].as_i64(), Some(rev), "{newest}");
+    assert_eq!(newest["totalKeys"].as_i64(), Some(20), "{newest}");
+    let (out, _, _) = etcdctl(&ep, &["endpoint", "status", "-w", "json"], None);
+    let header = &serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["Status"]["header"];
+    let hex = |k: &str| format!("{:x}", header[k].as_u64().unwrap());
+    assert_eq!(
+        newest["clusterId"].as_str(),
+        Some(hex("cluster_id").as_str())
+    );
+    assert_eq!(newest["memberId"].as_str(), Some(hex("member_id").as_str()));
+    assert_eq!(
+        backup_metric(&s, "ballast_backup_last_revision"),
+        rev as f64
+    );
+    assert!(backup_metric(&s, "ballast_backup_last_size_bytes") >= 20_000.0);
+    assert_eq!(backup_metric(&s, "ballast_backup_failures_total"), 0.0);
+
+    // Restore: without the CA the endpoint is not trusted; with it, the newest comes back.
+    let restored = Server::unstarted(Kind::Ballast, &[]);
+    let target = restored.data_dir.to_str().unwrap().to_string();
+    let restore = |extra: &[&str], env: &[(String, String)]| {
+        let mut a = vec![
+            "snapshot",
+            "restore",
+            "--backup-url",
+            &url,
+            "--data-dir",
+            &target,
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380",
+        ];
+        a.extend_from_slice(extra);
+        ballastctl_env(env, &a)
+    };
+    let (out, err, code) = restore(&[], &env);
+    assert_ne!(code, 0, "an untrusted endpoint is refused: {out}{err}");
+    assert!(!restored.data_dir.exists(), "nothing written on failure");
+    let missing = format!("--to-revision={}", rev + 1000);
+    let (out, err, code) = restore(&[&ca_flag, &missing], &env);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!("no backup at revision {}", rev + 1000)),
+        "{err}"
+    );
+    let exact = format!("--to-revision={rev}");
+    let (out, err, code) = restore(&[&ca_flag, &exact], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let mut restored = restored;
+    restored.spawn();
+    let (out, _, _) = etcdctl(&restored.endpoint(), &["get", "k", "--prefix"], None);
+    let want: String = (0..20).map(|i| format!("k{i:02}\nv{i}\n")).collect();
+    assert_eq!(out, want);
+
+    // Credentials come from the environment (or files), and a wrong one is a clear error.
+    env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    let (out, err, code) =
+        ballastctl_env(&env, &["backup", "list", "--backup-url", &url, &ca_flag]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+}
+
+/// While the store is unreachable, backups fail (logged, counted) and the member keeps
+/// serving and stays healthy; when it is back, backups resume. Wrong credentials fail the
+/// same way, with the store's reason in the log.
+#[test]
+fn backups_fail_while_the_store_is_down_and_the_member_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3::start("down", None, &dir.path().join("s3.log"));
+    let url = s3.url();
+    let flags = ["--backup-url", &url, "--backup-interval", "1s"];
+    let mut s = Server::unstarted(Kind::Ballast, &flags);
+    s.env = s3.env();
+    s.spawn();
+    wait_for("a first backup", Duration::from_secs(20), || {
+        s.log().contains("wrote scheduled backup")
+    });
+    s3.command("down");
+    let failures = backup_metric(&s, "ballast_backup_failures_total");
+    let mut n = 0;
+    wait_for("a failed backup", Duration::from_secs(60), || {
+        n += 1;
+        let (_, err, code) = etcdctl(&s.endpoint(), &["put", "during", &n.to_string()], None);
+        assert_eq!(code, 0, "writes go on while backups fail: {err}");
+        let (status, body) = http_get(s.port, "/health").unwrap();
+        assert_eq!((status, body.contains("\"true\"")), (200, true), "{body}");
+        backup_metric(&s, "ballast_backup_failures_total") > failures
+    });
+    assert!(s.log().contains("scheduled backup failed"), "{}", s.log());
+    let wrote = s.log().matches("wrote scheduled backup").count();
+    s3.command("up");
+    wait_for("backups again", Duration::from_secs(60), || {
+        s.log().matches("wrote scheduled backup").count() > wrote
+    });
+    let (snaps, _) = list(&s3.env(), &["--backup-url", &url]);
+    let newest = snaps.last().unwrap();
+    let (out, _, _) = etcdctl(&s.endpoint(), &["get", "during", "-w", "json"], None);
+    let rev = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        newest["revision"].as_i64(),
+        Some(rev),
+        "the newest holds the writes"
+    );
+
+    let mut wrong = Server::unstarted(Kind::Ballast, &flags);
+    wrong.env = s3.env();
+    wrong
+        .env
+        .push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    wrong.spawn();
+    wait_for("a refused backup", Duration::from_secs(20), || {
+        wrong.log().contains("scheduled backup failed")
+    });
+    assert!(
+        wrong.log().contains("SignatureDoesNotMatch"),
+        "{}",
+        wrong.log()
+    );
+    assert!(!wrong.log().contains("wrote scheduled backup"));
+    assert!(backup_metric(&wrong, "ballast_backup_failures_total") >= 1.0);
+}
+
+/// A 3-member cluster with a snapshot large enough for a multipart upload, the store slowed
+/// so the upload takes seconds: the leader is killed (kill -9) mid-upload. No partial object
+/// becomes a backup; the next leader uploads; every listed backup restores whole.
+#[test]
+fn a_leader_killed_mid_upload_leaves_only_whole_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3::start("killed", None, &dir.path().join("s3.log"));
+    let url = s3.url();
+    let mut members = Cluster::unstarted(
+        Kind::Ballast,
+        "m",
+        &[
+            (crate::cluster::free_port(), crate::cluster::free_port()),
+            (crate::cluster::free_port(), crate::cluster::free_port()),
+            (crate::cluster::free_port(), crate::cluster::free_port()),
+        ],
+        &["--backup-url", &url, "--backup-interval", "2s"],
+    );
+    for m in &mut members {
+        m.env = s3.env();
+        m.launch();
+    }
+    for m in &mut members {
+        m.wait_healthy(Duration::from_secs(20));
+    }
+    let c = Cluster { members };
+    // 12 MiB of values: two 8 MiB parts.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = etcd_client::Client::connect(c.endpoints(), None)
+            .await
+            .unwrap();
+        let value = vec![b'v'; 100 << 10];
+        for i in 0..120 {
+            cl.put(format!("big/{i:03}"), value.clone(), None)
+                .await
+                .unwrap();
+        }
+    });
+    let mut c = c;
+    let wrote = |m: &Server| m.log().matches("wrote scheduled backup").count();
+    let started = |m: &Server| m.log().matches("writing scheduled backup").count();
+    // Let one whole backup of the full data land first, then slow every upload request.
+    wait_for("a whole backup", Duration::from_secs(60), || {
+        c.members.iter().any(|m| wrote(m) >= 2)
+    });
+    s3.command("slow 1.5");
+    let mut leader = None;
+    wait_for("an upload under way", Duration::from_secs(30), || {
+        leader = c.members.iter().position(|m| started(m) > wrote(m));
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        started(&c.members[leader]) > wrote(&c.members[leader]),
+        "still uploading when killed"
+    );
+    c.members[leader].kill9();
+    s3.command("slow 0");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let before: Vec<usize> = others.iter().map(|i| wrote(&c.members[*i])).collect();
+    wait_for(
+        "a backup by the next leader",
+        Duration::from_secs(60),
+        || {
+            others
+                .iter()
+                .zip(&before)
+                .any(|(i, b)| wrote(&c.members[*i]) > *b)
+        },
+    );
+    let env = s3.env();
+    let (snaps, _) = list(&env, &["--backup-url", &url]);
+    assert!(snaps.len() >= 2, "{snaps:?}");
+    let restored = Server::unstarted(Kind::Ballast, &[]);
+    let target = restored.data_dir.to_str().unwrap().to_string();
+    let (out, err, code) = ballastctl_env(
+        &env,
+        &[
+            "snapshot",
+            "restore",
+            "--backup-url",
+            &url,
+            "--data-dir",
+            &target,
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let mut restored = restored;
+    restored.spawn();
+    let (out, _, _) = etcdctl(
+        &restored.endpoint(),
+        &["get", "big/", "--prefix", "--keys-only"],
+        None,
+    );
+    assert_eq!(out.lines().filter(|l| !l.is_empty()).count(), 120);
+}

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""An S3 API on loopback for Ballast's backup tests: moto's server with signature and policy
+checking on. It makes one IAM user with the least-privilege policy docs/backups.md gives for
+BUCKET/PREFIX, and that bucket, then prints one JSON line (endpoint, keys, bucket) and obeys
+commands on stdin: "down" closes the listener (the store unreachable), "up" opens it again on
+the same port with the same data, "slow SECONDS" delays every upload request by that much.
+It exits at the end of stdin.
+
+usage: s3server.py BUCKET PREFIX [--tls CERT KEY]
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+# The first four requests (the setup below, as an administrator would do it) go unchecked;
+# every later one must be signed by a known key and allowed by its user's policy.
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "4"
+
+import boto3  # noqa: E402
+from moto.moto_server.werkzeug_app import (  # noqa: E402
+    DomainDispatcherApplication,
+    create_backend_app,
+)
+from moto.iam import access_control  # noqa: E402
+from urllib.parse import quote, unquote  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+# moto hands botocore the request's query as werkzeug rebuilt it (`prefix=a/`), and botocore
+# takes it as already canonical, so any signed request with an escaped character in its query
+# (every S3 client escapes the `/` of a listing's prefix) fails its check. Put it in AWS's
+# canonical form first, as a real S3 does.
+_create_aws_request = access_control.IAMRequestBase._create_aws_request
+
+
+def _canonical(part):
+    return quote(unquote(part), safe="-_.~")
+
+
+def _decoded_query(self):
+    path, sep, query = self._path.partition("?")
+    if sep:
+        pairs = (p.partition("=") for p in query.split("&"))
+        self._path = path + "?" + "&".join(f"{_canonical(k)}={_canonical(v)}" for k, _, v in pairs)
+    return _create_aws_request(self)
+
+
+access_control.IAMRequestBase._create_aws_request = _decoded_query
+
+
+def policy(bucket, prefix):
+    """The policy docs/backups.md documents: list the prefix, read, write and delete in it."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": f"arn:aws:s3:::{bucket}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                ],
+                "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*",
+            },
+        ],
+    }
+
+
+def main():
+    bucket, prefix = sys.argv[1], sys.argv[2].strip("/")
+    tls = None
+    if len(sys.argv) == 6 and sys.argv[3] == "--tls":
+        tls = (sys.argv[4], sys.argv[5])
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    state = {"delay": 0.0}
+
+    def app(environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST") and state["delay"]:
+            time.sleep(state["delay"])
+        return moto_app(environ, start_response)
+
+    def up(port):
+        srv = make_server("127.0.0.1", port, app, threaded=True, ssl_context=tls)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        state["srv"] = srv
+        return srv.server_address[1]
+
+    port = up(0)
+    scheme = "https" if tls else "http"
+    endpoint = f"{scheme}://127.0.0.1:{port}"
+    anon = dict(
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="setup",
+        aws_secret_access_key="setup",
+        verify=False,
+    )
+    iam = boto3.client("iam", **anon)
+    iam.create_user(UserName="ballast")
+    iam.put_user_policy(
+        UserName="ballast",
+        PolicyName="ballast-backups",
+        PolicyDocument=json.dumps(policy(bucket, prefix)),
+    )
+    key = iam.create_access_key(UserName="ballast")["AccessKey"]
+    # The bucket is an administrator's to make; the backup user may not.
+    boto3.client("s3", **anon).create_bucket(Bucket=bucket)
+    print(
+        json.dumps(
+            {
+                "endpoint": endpoint,
+                "access_key_id": key["AccessKeyId"],
+                "secret_access_key": key["SecretAccessKey"],
+                "bucket": bucket,
+                "prefix": prefix,
+            }
+        ),
+        flush=True,
+    )
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "down" and "srv" in state:
+            srv = state.pop("srv")
+            srv.shutdown()
+            srv.server_close()
+        elif cmd == "up" and "srv" not in state:
+            up(port)
+        elif cmd.startswith("slow "):
+            state["delay"] = float(cmd.split()[1])
+        print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()
