@@ -116,6 +116,9 @@ pub struct Manifest {
     /// The snapshot's object name.
     pub snapshot: String,
     pub revision: i64,
+    /// The raft index the snapshot's store holds: the archive replays from the next one.
+    #[serde(default)]
+    pub index: u64,
     /// The snapshot's hash, as `snapshot status` prints it.
     pub hash: u32,
     /// Bytes of the snapshot object.
@@ -295,6 +298,7 @@ mod tests {
         Manifest {
             snapshot: n.db(),
             revision: n.revision,
+            index: 0,
             hash: n.hash,
             size,
             total_keys: 1,

@@ -3,6 +3,7 @@
 //! retention by count and age. The server's backup task and `ballastctl backup` and
 //! `snapshot restore --backup-url` share it.
 
+pub mod archive;
 pub mod catalog;
 pub mod location;
 pub mod store;

@@ -147,8 +147,9 @@ impl Store {
     pub async fn put_small(&self, name: &str, data: Vec<u8>) -> Result<()> {
         match &self.inner {
             Inner::Dir(d) => {
-                let (d, name) = (d.clone(), name.to_string());
+                let (d, name) = split(d, name);
                 blocking(move || {
+                    ballast_storage::private::create_dir_all(&d).map_err(io_at(&d))?;
                     let tmp = d.join(format!(".{name}.tmp"));
                     write_synced(&tmp, &data)?;
                     dir_put_file(&d, &name, &tmp).map(|_| ())
@@ -164,9 +165,19 @@ impl Store {
 
     /// Objects directly under the prefix (no sub-prefixes, no hidden staging files).
     pub async fn list(&self) -> Result<Vec<Object>> {
+        self.list_under("").await
+    }
+
+    /// Objects directly under `sub` (a sub-prefix such as `archive`, or "" for the prefix),
+    /// named relative to it.
+    pub async fn list_under(&self, sub: &str) -> Result<Vec<Object>> {
         match &self.inner {
             Inner::Dir(d) => {
-                let d = d.clone();
+                let d = if sub.is_empty() {
+                    d.clone()
+                } else {
+                    d.join(sub)
+                };
                 blocking(move || {
                     let rd = match std::fs::read_dir(&d) {
                         Ok(rd) => rd,
@@ -191,8 +202,14 @@ impl Store {
             }
             Inner::Bucket(op) => {
                 let mut out = Vec::new();
-                for e in op.list("/").await? {
+                let dir = if sub.is_empty() {
+                    "/".to_string()
+                } else {
+                    format!("{sub}/")
+                };
+                for e in op.list(&dir).await? {
                     let name = e.path().trim_start_matches('/');
+                    let name = name.strip_prefix(dir.as_str()).unwrap_or(name);
                     if e.metadata().is_file() && !name.is_empty() && !name.contains('/') {
                         out.push(Object {
                             name: name.to_string(),
@@ -296,9 +313,18 @@ impl Store {
 
     /// Makes deletions in a directory durable (a bucket's are on return).
     pub async fn sync(&self) -> Result<()> {
+        self.sync_under("").await
+    }
+
+    /// [`Store::sync`] for a sub-prefix.
+    pub async fn sync_under(&self, sub: &str) -> Result<()> {
         match &self.inner {
             Inner::Dir(d) => {
-                let d = d.clone();
+                let d = if sub.is_empty() {
+                    d.clone()
+                } else {
+                    d.join(sub)
+                };
                 blocking(move || ballast_storage::wal::sync_dir(&d).map_err(io_at(&d))).await
             }
             Inner::Bucket(_) => Ok(()),
@@ -309,6 +335,14 @@ impl Store {
 impl std::fmt::Display for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown)
+    }
+}
+
+/// A directory store's directory and file name for an object name that may hold `/`.
+fn split(d: &Path, name: &str) -> (PathBuf, String) {
+    match name.rsplit_once('/') {
+        Some((sub, file)) => (d.join(sub), file.to_string()),
+        None => (d.to_path_buf(), name.to_string()),
     }
 }
 

@@ -4,8 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use ballast_backup::archive::{self, Segment};
 use ballast_backup::catalog::{self, Catalog};
 use ballast_backup::{Location, Manifest, S3Settings, SnapshotName, Store};
+
+use ballast_api::ballast::internal::{raft_request, RaftRequest};
+use prost::Message;
 
 use crate::output::{table, Format, Printer};
 use crate::{human_bytes, Failure};
@@ -70,36 +74,58 @@ pub async fn run(p: &Printer, cmd: &BackupCmd) -> Result<(), Failure> {
             for (n, _) in &c.complete {
                 rows.push(catalog::read_manifest(&store, n).await.map_err(other)?);
             }
-            print_list(p, &c, &rows);
+            let segs = archive::segments(&store).await.map_err(other)?;
+            print_list(p, &c, &rows, &runs(&segs));
             Ok(())
         }
     }
 }
 
-fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest]) {
+/// The archive's contiguous runs of raft indexes: (first, last, segments).
+fn runs(segs: &[Segment]) -> Vec<(u64, u64, usize)> {
+    let mut out: Vec<(u64, u64, usize)> = Vec::new();
+    for s in segs {
+        match out.last_mut() {
+            Some(r) if s.first <= r.1 + 1 => {
+                r.1 = r.1.max(s.last);
+                r.2 += 1;
+            }
+            _ => out.push((s.first, s.last, 1)),
+        }
+    }
+    out
+}
+
+fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usize)]) {
     match p.format {
         Format::Json => println!(
             "{}",
             serde_json::json!({
                 "snapshots": ms,
                 "incomplete": c.incomplete.iter().map(SnapshotName::db).collect::<Vec<_>>(),
+                "archive": runs.iter().map(|(first, last, n)| serde_json::json!({
+                    "firstIndex": first, "lastIndex": last, "segments": n,
+                })).collect::<Vec<_>>(),
             })
         ),
-        Format::Table => table(
-            &[
+        Format::Table => {
+            let head = [
                 "SNAPSHOT",
                 "REVISION",
+                "INDEX",
                 "HASH",
                 "TOTAL KEYS",
                 "SIZE",
                 "CREATED",
                 "MEMBER",
-            ],
-            &ms.iter()
+            ];
+            let rows: Vec<Vec<String>> = ms
+                .iter()
                 .map(|m| {
                     vec![
                         m.snapshot.clone(),
                         m.revision.to_string(),
+                        m.index.to_string(),
                         format!("{:x}", m.hash),
                         m.total_keys.to_string(),
                         human_bytes(m.size),
@@ -107,14 +133,26 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest]) {
                         m.member_id.clone(),
                     ]
                 })
-                .collect::<Vec<_>>(),
-        ),
+                .collect();
+            table(&head, &rows);
+            if !runs.is_empty() {
+                let rows: Vec<Vec<String>> = runs
+                    .iter()
+                    .map(|(a, b, n)| vec![a.to_string(), b.to_string(), n.to_string()])
+                    .collect();
+                table(
+                    &["ARCHIVE FIRST INDEX", "ARCHIVE LAST INDEX", "SEGMENTS"],
+                    &rows,
+                );
+            }
+        }
         Format::Simple | Format::Fields => {
             for m in ms {
                 println!(
-                    "{}, {}, {:x}, {}, {}, {}, {}",
+                    "{}, {}, {}, {:x}, {}, {}, {}, {}",
                     m.snapshot,
                     m.revision,
+                    m.index,
                     m.hash,
                     m.total_keys,
                     human_bytes(m.size),
@@ -122,19 +160,30 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest]) {
                     m.member_id
                 );
             }
+            for (a, b, n) in runs {
+                println!("archive, {a}, {b}, {n}");
+            }
         }
     }
 }
 
+/// What a restore from a backup store needs: the snapshot (downloaded) and, for a revision
+/// past it, the store and the archive segments to replay after the snapshot's index.
+pub struct Fetched {
+    pub file: PathBuf,
+    pub manifest: Manifest,
+    pub replay: Option<(Store, Vec<Segment>, i64)>,
+}
+
 /// Downloads the newest complete backup at or below `to_revision` (the newest of all if
-/// `None`) into a new file beside `near`, checks it against its manifest, and returns its
-/// path and manifest. Without an archive a snapshot is the only state there is: a revision
-/// between snapshots is refused, never approximated.
+/// `None`) into a new file beside `near` and checks it against its manifest. A revision past
+/// that snapshot needs the archive, without a hole, from the snapshot's index on; otherwise
+/// it is refused, never approximated.
 pub async fn fetch_for_restore(
     f: &StoreFlags,
     to_revision: Option<i64>,
     near: &Path,
-) -> Result<(PathBuf, Manifest), Failure> {
+) -> Result<Fetched, Failure> {
     let store = f.open()?;
     let c = catalog::catalog(&store).await.map_err(other)?;
     let Some(n) = c.newest_at_or_below(to_revision) else {
@@ -143,13 +192,19 @@ pub async fn fetch_for_restore(
             None => format!("no backup in {store}"),
         }));
     };
-    if let Some(r) = to_revision.filter(|r| *r != n.revision) {
-        return Err(Failure::Other(format!(
-            "no backup at revision {r} in {store}: the newest below it is at revision {}, and there is no archive to replay from it",
-            n.revision
-        )));
-    }
     let m = catalog::read_manifest(&store, &n).await.map_err(other)?;
+    let mut replay = None;
+    if let Some(r) = to_revision.filter(|r| *r != n.revision) {
+        let segs = archive::segments(&store).await.map_err(other)?;
+        let (run, _) = archive::run_after(&segs, m.index);
+        if run.is_empty() || m.index == 0 {
+            return Err(Failure::Other(format!(
+                "no backup at revision {r} in {store}: the newest below it is at revision {}, and there is no archive to replay from it",
+                n.revision
+            )));
+        }
+        replay = Some((store.clone(), run, r));
+    }
     let dir = near
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -161,5 +216,73 @@ pub async fn fetch_for_restore(
         let _ = std::fs::remove_file(&tmp);
         return Err(other(e));
     }
-    Ok((tmp, m))
+    Ok(Fetched {
+        file: tmp,
+        manifest: m,
+        replay,
+    })
+}
+
+/// The request an archived entry applies, as the applier decodes it; membership, alarms and
+/// the downgrade job belong to the old cluster and are left out, as a restore leaves them.
+fn request_of(e: &archive::Entry) -> Option<RaftRequest> {
+    if e.conf_change || e.data.is_empty() {
+        return None;
+    }
+    let r = RaftRequest::decode(e.data.as_slice()).ok()?;
+    match r.request {
+        Some(
+            raft_request::Request::MemberChange(_)
+            | raft_request::Request::Alarm(_)
+            | raft_request::Request::DowngradeInfoSet(_),
+        ) => None,
+        _ => Some(r),
+    }
+}
+
+/// Entries applied per store transaction while replaying.
+const REPLAY_BATCH: usize = 1024;
+
+/// Replays `segs` after raft index `base` (the snapshot's) into the restored store at `db`
+/// until its revision is `to`: each entry
+/// makes at most one revision, so a batch never holds more entries than revisions still
+/// wanted, and replay stops right after the entry that made revision `to`. One segment is in
+/// memory at a time. The store then forgets the old cluster's raft index. Returns the
+/// revision reached.
+pub async fn replay(
+    db: &Path,
+    store: &Store,
+    segs: &[Segment],
+    base: u64,
+    to: i64,
+) -> Result<i64, Failure> {
+    let mvcc = ballast_state::Mvcc::open(db).map_err(other)?;
+    let mut rev = mvcc.current_rev();
+    // The snapshot holds everything up to its raft index.
+    let mut applied = base;
+    'segments: for seg in segs {
+        if rev >= to {
+            break;
+        }
+        let entries = archive::get(store, seg).await.map_err(other)?;
+        // Overlapping segments (two leaders for a moment) hold the same committed entries.
+        let floor = applied;
+        let mut it = entries.iter().filter(move |e| e.index > floor).peekable();
+        while it.peek().is_some() {
+            let room = usize::try_from(to - rev).unwrap_or(0).min(REPLAY_BATCH);
+            if room == 0 {
+                break 'segments;
+            }
+            let batch: Vec<(u64, Option<RaftRequest>)> = it
+                .by_ref()
+                .take(room)
+                .map(|e| (e.index, request_of(e)))
+                .collect();
+            applied = batch.last().map_or(applied, |b| b.0);
+            mvcc.apply_batch(&batch, false).map_err(other)?;
+            rev = mvcc.current_rev();
+        }
+    }
+    mvcc.forget_applied().map_err(other)?;
+    Ok(rev)
 }

@@ -173,9 +173,10 @@ async fn restore_backup(f: &RestoreFlags) -> Result<(), Failure> {
         ));
     }
     let to = (f.to_revision > 0).then_some(f.to_revision);
-    let (tmp, m) = crate::backup::fetch_for_restore(&f.store, to, Path::new(&f.data_dir)).await?;
+    let fetched = crate::backup::fetch_for_restore(&f.store, to, Path::new(&f.data_dir)).await?;
+    let (tmp, m) = (&fetched.file, &fetched.manifest);
     let file = tmp.display().to_string();
-    let checked = snapfile::status(&tmp)
+    let checked = snapfile::status(tmp)
         .map_err(|e| Failure::Other(e.to_string()))
         .and_then(|st| {
             if st.revision == m.revision && st.hash == m.hash {
@@ -192,8 +193,35 @@ async fn restore_backup(f: &RestoreFlags) -> Result<(), Failure> {
         serde_json::json!({"snapshot": m.snapshot, "revision": m.revision, "size": m.size}),
     );
     let restored = checked.and_then(|()| restore_from(f, &file));
-    let _ = std::fs::remove_file(&tmp);
-    restored
+    let _ = std::fs::remove_file(tmp);
+    restored?;
+    let Some((store, segs, to)) = &fetched.replay else {
+        return Ok(());
+    };
+    // The archive takes the restored store on to the revision asked for; on any failure the
+    // new data directory goes, as a failed restore leaves nothing behind.
+    let db = ballast_state::layout::snap_dir(Path::new(&f.data_dir))
+        .join(ballast_state::layout::STORE_FILE);
+    let replayed = match crate::backup::replay(&db, store, segs, m.index, *to).await {
+        Ok(rev) if rev == *to => Ok(rev),
+        Ok(rev) => Err(Failure::Other(format!(
+            "replaying the archive in {store} reached revision {rev}, not {to}: it holds nothing later"
+        ))),
+        Err(e) => Err(e),
+    };
+    match replayed {
+        Ok(rev) => {
+            log(
+                "replayed the backup archive",
+                serde_json::json!({"from-revision": m.revision, "revision": rev, "segments": segs.len()}),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&f.data_dir);
+            Err(e)
+        }
+    }
 }
 
 fn print_status(p: &Printer, st: &snapfile::SnapStatus) {

@@ -92,6 +92,9 @@ pub enum RaftError {
     /// The state machine could not install a received snapshot (its own words).
     #[error("raft storage: {0}")]
     SnapshotInstall(String),
+    /// Entries asked for are no longer in the log (compacted after a snapshot).
+    #[error("raft log: entries from {0} are compacted")]
+    Compacted(u64),
 }
 
 impl From<LogError> for RaftError {
@@ -238,6 +241,8 @@ enum Cmd {
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
     ActivePeers(oneshot::Sender<Result<Vec<(u64, bool)>, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
+    /// Committed entries from an index, up to a byte budget.
+    Committed(u64, u64, oneshot::Sender<Result<Vec<Committed>, RaftError>>),
     /// The state machine has applied everything up to `index`: drop in-memory entries before
     /// it (keeping the catch-up entries). With `durable`, it also holds them durably, so the
     /// WAL is rewritten from there too.
@@ -533,6 +538,18 @@ impl Node {
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
+    /// Committed entries from `low` on, as logged (at least one if any is committed, then up
+    /// to `max_bytes`): what a backup archive copies. `Compacted` if `low` is gone.
+    pub async fn committed_entries(
+        &self,
+        low: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Committed>, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Committed(low, max_bytes, tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
     /// The commit index a linearizable read must wait to have applied (raft ReadIndex).
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         let (tx, rx) = oneshot::channel();
@@ -722,6 +739,32 @@ impl Driver {
     /// state machine holds them durably, rewrites the WAL to start there too. Raft then sends
     /// followers that need older entries a snapshot, exported from the live store, which
     /// covers `index`.
+    fn committed_from(&self, low: u64, max_bytes: u64) -> Result<Vec<Committed>, RaftError> {
+        let commit = self.node.raft.raft_log.committed;
+        if low > commit {
+            return Ok(Vec::new());
+        }
+        let store = self.node.store();
+        let ctx = raft::GetEntriesContext::empty(false);
+        match store.entries(low, commit + 1, max_bytes, ctx) {
+            Ok(ents) => Ok(ents
+                .into_iter()
+                .map(|e| Committed {
+                    index: e.index,
+                    term: e.term,
+                    // A configuration change as logged (raft's own encoding).
+                    conf_change: e.get_entry_type() == EntryType::EntryConfChange,
+                    data: e.data.to_vec(),
+                    rejected: false,
+                })
+                .collect()),
+            Err(raft::Error::Store(raft::StorageError::Compacted)) => {
+                Err(RaftError::Compacted(low))
+            }
+            Err(e) => Err(RaftError::Raft(Arc::new(e))),
+        }
+    }
+
     fn compact(&mut self, index: u64, durable: bool) -> Result<(), RaftError> {
         let store = self.node.store();
         let trim = index > store.snapshot_metadata().index;
@@ -869,6 +912,9 @@ impl Driver {
                     Ok(())
                 };
                 let _ = tx.send(res);
+            }
+            Cmd::Committed(low, max_bytes, tx) => {
+                let _ = tx.send(self.committed_from(low, max_bytes));
             }
             Cmd::Compact { index, durable } => {
                 if let Err(e) = self.compact(index, durable) {

@@ -757,6 +757,24 @@ pub struct Flags {
         default_value = ""
     )]
     pub backup_ca_file: String,
+    /// Also archive every committed entry beside the snapshots, for restores to any revision.
+    #[arg(
+        long = "backup-archive",
+        env = "BALLAST_BACKUP_ARCHIVE",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub backup_archive: bool,
+    /// The longest a committed entry waits before the archive holds it.
+    #[arg(
+        long = "backup-archive-interval",
+        env = "BALLAST_BACKUP_ARCHIVE_INTERVAL",
+        default_value = "5s"
+    )]
+    pub backup_archive_interval: String,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -990,6 +1008,8 @@ struct FileConfig {
     backup_region: Option<String>,
     backup_addressing_style: Option<String>,
     backup_ca_file: Option<String>,
+    backup_archive: Option<bool>,
+    backup_archive_interval: Option<String>,
     experimental_initial_corrupt_check: Option<bool>,
     feature_gates: Option<String>,
     strict_reconfig_check: Option<bool>,
@@ -1659,6 +1679,8 @@ pub struct BackupConfig {
     pub every: Duration,
     pub keep: usize,
     pub max_age: Option<Duration>,
+    /// `--backup-archive`: how long a committed entry may wait for the archive.
+    pub archive: Option<Duration>,
 }
 
 /// `--backup-url` (or `--backup-dir`, which is `file://` for it), `--backup-interval`,
@@ -1666,6 +1688,13 @@ pub struct BackupConfig {
 /// variables.
 fn backup(f: &Flags) -> Result<Option<BackupConfig>, ConfigError> {
     let location = match (f.backup_url.is_empty(), f.backup_dir.is_empty()) {
+        (true, true) if f.backup_archive => {
+            return Err(invalid(
+                "--backup-archive",
+                "true",
+                "needs --backup-url or --backup-dir",
+            ))
+        }
         (true, true) => return Ok(None),
         (false, false) => {
             return Err(invalid(
@@ -1700,12 +1729,22 @@ fn backup(f: &Flags) -> Result<Option<BackupConfig>, ConfigError> {
     if !f.backup_ca_file.is_empty() {
         s3.ca_file = Some(PathBuf::from(&f.backup_ca_file));
     }
+    let archive = if f.backup_archive {
+        Some(positive_duration(
+            "--backup-archive-interval",
+            &f.backup_archive_interval,
+            "5s",
+        )?)
+    } else {
+        None
+    };
     Ok(Some(BackupConfig {
         location,
         s3,
         every,
         keep: f.backup_retention,
         max_age,
+        archive,
     }))
 }
 
@@ -1908,6 +1947,10 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
             .backup_addressing_style
             .unwrap_or(d.backup_addressing_style),
         backup_ca_file: c.backup_ca_file.unwrap_or(d.backup_ca_file),
+        backup_archive: c.backup_archive.unwrap_or(d.backup_archive),
+        backup_archive_interval: c
+            .backup_archive_interval
+            .unwrap_or(d.backup_archive_interval),
         initial_corrupt_check: c
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),

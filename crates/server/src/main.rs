@@ -384,6 +384,7 @@ async fn run(cfg: Config) -> Result<(), String> {
                 cluster_id: server.cluster_id(),
             },
             server.store().clone(),
+            server.raft_node(),
             server.raft_status_watch(),
             server.backup_stats().clone(),
         ));

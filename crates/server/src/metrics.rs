@@ -414,6 +414,30 @@ pub fn render(s: &EtcdServer) -> String {
         "The revision the last verified scheduled backup holds.",
         b.last_revision.load(Ordering::Relaxed) as f64,
     );
+    o.one(
+        "ballast_backup_archive_index",
+        "gauge",
+        "The last raft index the backup archive holds (0: none yet).",
+        b.archive_index.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "ballast_backup_archive_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time the backup archive last stored a segment (0: none yet).",
+        b.archive_last_success.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "ballast_backup_archive_failures_total",
+        "counter",
+        "Archive segments that failed to store (retried).",
+        b.archive_failures.load(Ordering::Relaxed) as f64,
+    );
+    o.one(
+        "ballast_backup_archive_gaps_total",
+        "counter",
+        "Times entries left the raft log before the archive held them (a new snapshot rebases it).",
+        b.archive_gaps.load(Ordering::Relaxed) as f64,
+    );
     process(&mut o);
     o.0
 }

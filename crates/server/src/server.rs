@@ -225,6 +225,11 @@ impl EtcdServer {
         &self.proposer
     }
 
+    /// The raft node, for the backup archive to read committed entries from.
+    pub fn raft_node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
     /// The member's store handle (the current store, across snapshot installs).
     pub fn store(&self) -> &Store {
         &self.store

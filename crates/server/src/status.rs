@@ -56,7 +56,8 @@ pub fn status(e: ServerError) -> Status {
             | RaftError::Encode(_)
             | RaftError::Thread(_)
             | RaftError::SnapshotNotStaged(_)
-            | RaftError::SnapshotInstall(_) => Code::Internal,
+            | RaftError::SnapshotInstall(_)
+            | RaftError::Compacted(_) => Code::Internal,
         },
         ServerError::Timeout | ServerError::Stopped => Code::Unavailable,
         ServerError::RequestTooLarge => Code::InvalidArgument,

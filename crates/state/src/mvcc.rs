@@ -1528,6 +1528,18 @@ impl Mvcc {
         Ok(rev)
     }
 
+    /// Forgets the raft index the store was applied to, durably: after a restore replays an
+    /// archive into it, the new cluster's own log starts again from the first index.
+    pub fn forget_applied(&self) -> Result<(), KvError> {
+        let mut idx = self.write();
+        self.backend.update(true, |w| {
+            w.set_meta(META_APPLIED, 0)?;
+            Ok::<_, KvError>(())
+        })?;
+        idx.applied = 0;
+        Ok(())
+    }
+
     /// A consistent read-only snapshot of the store, for exports that walk it more than once.
     pub fn read_snapshot(&self) -> Result<ballast_storage::backend::ReadSnapshot, KvError> {
         Ok(self.backend.read_snapshot()?)

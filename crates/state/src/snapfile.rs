@@ -216,6 +216,17 @@ pub fn status(path: &Path) -> Result<SnapStatus, SnapFileError> {
     scan_any(&mut f, len)
 }
 
+/// The raft index the store in an etcd-format snapshot file holds (`meta/consistent_index`),
+/// checked like [`status`] checks the file; 0 for a file without one.
+pub fn applied_index(path: &Path) -> Result<u64, SnapFileError> {
+    let mut f = open(path)?;
+    let len = data_len(path, &mut f, true)?;
+    if crate::etcd_db::is_etcd_db(&mut f).map_err(|e| io(path, e))? {
+        return Ok(crate::etcd_db::member_state(&mut f, len)?.applied);
+    }
+    Ok(0)
+}
+
 /// [`scan`] for Ballast's files, etcdctl's status for etcd's.
 fn scan_any(f: &mut File, len: u64) -> Result<SnapStatus, SnapFileError> {
     if crate::etcd_db::is_etcd_db(f).map_err(|e| SnapFileError::Io(e.to_string()))? {

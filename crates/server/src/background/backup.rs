@@ -88,10 +88,11 @@ pub async fn back_up_once(
 ) -> Result<Manifest, BackupError> {
     let tmp = target.staging_dir(&s.scratch).join(STAGING);
     let t = tmp.clone();
-    let (st, size) = tokio::task::spawn_blocking(move || {
+    let (st, size, index) = tokio::task::spawn_blocking(move || {
         let st = write_verified(&mvcc, &t)?;
         let size = std::fs::metadata(&t).map_err(io_at(&t))?.len();
-        Ok::<_, BackupError>((st, size))
+        let index = snapfile::applied_index(&t)?;
+        Ok::<_, BackupError>((st, size, index))
     })
     .await??;
     let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -103,6 +104,7 @@ pub async fn back_up_once(
     let m = Manifest {
         snapshot: name.db(),
         revision: st.revision,
+        index,
         hash: st.hash,
         size,
         total_keys: st.total_keys,
@@ -115,18 +117,29 @@ pub async fn back_up_once(
     // local file has served.
     let _ = tokio::fs::remove_file(&tmp).await;
     stored?;
-    let gone = catalog::prune(target, s.config.keep, s.config.max_age, unix).await?;
+    let mut gone = catalog::prune(target, s.config.keep, s.config.max_age, unix).await?;
+    if s.config.archive.is_some() {
+        // Segments only the deleted snapshots needed go with them.
+        let c = catalog::catalog(target).await?;
+        if let Some((oldest, _)) = c.complete.first() {
+            let index = catalog::read_manifest(target, oldest).await?.index;
+            gone.extend(ballast_backup::archive::prune_before(target, index).await?);
+        }
+    }
     if !gone.is_empty() {
         tracing::info!(url = %target, deleted = ?gone, "applied backup retention");
     }
     Ok(m)
 }
 
-/// Writes a verified backup every interval while this member leads; runs for the member's
-/// life. A failure is logged and counted; the member keeps serving and tries again next time.
+/// Writes a verified backup every interval while this member leads (and at once when the
+/// archive asks for one); runs for the member's life. With `--backup-archive` it also runs the
+/// archive. A failure is logged and counted; the member keeps serving and tries again next
+/// time.
 pub async fn run(
     s: Schedule,
     store: MemberStore,
+    node: Arc<ballast_raft::Node>,
     status: watch::Receiver<RaftStatus>,
     stats: Arc<BackupStats>,
 ) {
@@ -138,8 +151,22 @@ pub async fn run(
             return;
         }
     };
+    let snapshot_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(flush_every) = s.config.archive {
+        tokio::spawn(crate::background::archive::run(
+            target.clone(),
+            node,
+            status.clone(),
+            stats.clone(),
+            flush_every,
+            snapshot_now.clone(),
+        ));
+    }
     loop {
-        tokio::time::sleep(s.config.every).await;
+        tokio::select! {
+            () = tokio::time::sleep(s.config.every) => {}
+            () = snapshot_now.notified() => {}
+        }
         if !status.borrow().is_leader {
             continue;
         }

@@ -55,4 +55,10 @@ pub struct BackupStats {
     pub last_duration_ms: AtomicU64,
     pub last_bytes: AtomicU64,
     pub last_revision: AtomicU64,
+    /// The continuous archive: the last raft index it holds, when it last stored a segment
+    /// (Unix seconds), segments that failed, and gaps (entries compacted before archived).
+    pub archive_index: AtomicU64,
+    pub archive_last_success: AtomicU64,
+    pub archive_failures: AtomicU64,
+    pub archive_gaps: AtomicU64,
 }

@@ -1,0 +1,349 @@
+//! The continuous archive: committed raft entries, as the leader's log holds them, in
+//! immutable segment objects under `archive/`, named by the first and last index they hold
+//! (`archive/<first>-<last>.seg`, zero-padded so names sort by index). A snapshot's manifest
+//! records the raft index it holds; the snapshot plus the segments after that index rebuild
+//! the state at any later revision the archive reaches.
+//!
+//! A segment: `MAGIC`, then per entry index, term, kind (0 normal, 1 configuration change)
+//! and the data's length (u64, u64, u8, u32, little-endian), the data, and a CRC-32C of the
+//! record; then `END`, the entry count and a CRC-32C of everything before it. Reading one back
+//! trusts nothing: lengths are checked before allocating, indexes must run on from the name's
+//! first to its last without a hole, and every checksum must match.
+
+use crate::store::Store;
+use crate::{BackupStoreError, Result};
+
+/// The archive's sub-prefix.
+pub const DIR: &str = "archive";
+const MAGIC: &[u8; 8] = b"BLSTARC1";
+const END: &[u8; 4] = b"END.";
+const SUFFIX: &str = ".seg";
+/// Bytes of entries one segment holds at most (a segment may end sooner, at a flush).
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// The largest segment read back: one entry past `SEGMENT_BYTES` (raft entries are bounded
+/// by the request size limit) and the framing.
+pub const SEGMENT_LIMIT: u64 = 4 * SEGMENT_BYTES;
+/// The largest entry a segment may hold.
+pub const ENTRY_LIMIT: u32 = 64 << 20;
+const RECORD_HEAD: usize = 8 + 8 + 1 + 4;
+
+/// One archived log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub conf_change: bool,
+    pub data: Vec<u8>,
+}
+
+/// A segment object's index range, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Segment {
+    pub first: u64,
+    pub last: u64,
+}
+
+impl Segment {
+    /// The object's name under the archive's sub-prefix.
+    pub fn name(&self) -> String {
+        format!("{:020}-{:020}{SUFFIX}", self.first, self.last)
+    }
+
+    /// The object's name from the location's prefix.
+    pub fn path(&self) -> String {
+        format!("{DIR}/{}", self.name())
+    }
+
+    pub fn parse(name: &str) -> Option<Segment> {
+        let stem = name.strip_suffix(SUFFIX)?;
+        let (a, b) = stem.split_once('-')?;
+        if a.len() != 20
+            || b.len() != 20
+            || !(a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let s = Segment {
+            first: a.parse().ok()?,
+            last: b.parse().ok()?,
+        };
+        (s.first >= 1 && s.first <= s.last).then_some(s)
+    }
+}
+
+/// Encodes `entries` (consecutive indexes, at least one) as a segment.
+pub fn encode(entries: &[Entry]) -> Vec<u8> {
+    let size: usize = entries.iter().map(|e| RECORD_HEAD + e.data.len() + 4).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + size + END.len() + 8);
+    out.extend_from_slice(MAGIC);
+    for e in entries {
+        let start = out.len();
+        out.extend_from_slice(&e.index.to_le_bytes());
+        out.extend_from_slice(&e.term.to_le_bytes());
+        out.push(u8::from(e.conf_change));
+        out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.data);
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+    out.extend_from_slice(END);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a segment named `seg`; any damage is an error.
+pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Vec<Entry>> {
+    let bad = |why: String| BackupStoreError::Object {
+        name: seg.path(),
+        why,
+    };
+    let body_len = bytes
+        .len()
+        .checked_sub(4)
+        .filter(|n| *n >= MAGIC.len() + END.len() + 4)
+        .ok_or_else(|| bad("too short for a segment".into()))?;
+    let (body, crc) = bytes.split_at(body_len);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(bad("checksum mismatch".into()));
+    }
+    if &body[..MAGIC.len()] != MAGIC {
+        return Err(bad("not an archive segment".into()));
+    }
+    let expected = seg.last - seg.first + 1;
+    let mut out = Vec::new();
+    let mut at = MAGIC.len();
+    let le_u64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    loop {
+        let rest = &body[at..];
+        if rest.len() == END.len() + 4 && &rest[..END.len()] == END {
+            let count = u32::from_le_bytes(rest[END.len()..].try_into().unwrap_or([0; 4]));
+            if u64::from(count) != out.len() as u64 || out.len() as u64 != expected {
+                return Err(bad(format!(
+                    "{} entries where {expected} are named",
+                    out.len()
+                )));
+            }
+            return Ok(out);
+        }
+        if rest.len() < RECORD_HEAD + 4 {
+            return Err(bad("torn record".into()));
+        }
+        let index = le_u64(&rest[0..8]);
+        let term = le_u64(&rest[8..16]);
+        let kind = rest[16];
+        let len = u32::from_le_bytes(rest[17..21].try_into().unwrap_or([0; 4]));
+        if len > ENTRY_LIMIT || kind > 1 {
+            return Err(bad(format!("record at index {index}: bad header")));
+        }
+        let end = RECORD_HEAD + len as usize;
+        if rest.len() < end + 4 {
+            return Err(bad(format!("record at index {index}: torn")));
+        }
+        let crc = u32::from_le_bytes(rest[end..end + 4].try_into().unwrap_or([0; 4]));
+        if crc32c::crc32c(&rest[..end]) != crc {
+            return Err(bad(format!("record at index {index}: checksum mismatch")));
+        }
+        if index != seg.first + out.len() as u64 || index > seg.last {
+            return Err(bad(format!("index {index} out of order")));
+        }
+        out.push(Entry {
+            index,
+            term,
+            conf_change: kind == 1,
+            data: rest[RECORD_HEAD..end].to_vec(),
+        });
+        at += end + 4;
+    }
+}
+
+/// The archive's segments, by first index.
+pub async fn segments(store: &Store) -> Result<Vec<Segment>> {
+    let mut v: Vec<Segment> = store
+        .list_under(DIR)
+        .await?
+        .iter()
+        .filter_map(|o| Segment::parse(&o.name))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Stores one segment.
+pub async fn put(store: &Store, entries: &[Entry]) -> Result<Segment> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Err(BackupStoreError::Object {
+            name: DIR.into(),
+            why: "an empty segment".into(),
+        });
+    };
+    let seg = Segment {
+        first: first.index,
+        last: last.index,
+    };
+    store.put_small(&seg.path(), encode(entries)).await?;
+    Ok(seg)
+}
+
+/// Reads one segment back, checked.
+pub async fn get(store: &Store, seg: &Segment) -> Result<Vec<Entry>> {
+    let bytes = store.get_small(&seg.path(), SEGMENT_LIMIT).await?;
+    decode(seg, &bytes)
+}
+
+/// The segments to replay after raft index `base`, in order and without a hole: each one
+/// must start at or before the index after the last one's end. Returns them and, if the run
+/// stops at a hole before the newest segment, where the hole is.
+pub fn run_after(all: &[Segment], base: u64) -> (Vec<Segment>, Option<u64>) {
+    let mut next = base + 1;
+    let mut out = Vec::new();
+    for s in all {
+        if s.last < next {
+            continue;
+        }
+        if s.first > next {
+            return (out, Some(next));
+        }
+        next = s.last + 1;
+        out.push(*s);
+    }
+    (out, None)
+}
+
+/// Deletes segments that end at or before `index` (nothing restorable needs them once the
+/// oldest kept snapshot holds `index`). Returns their names.
+pub async fn prune_before(store: &Store, index: u64) -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    for s in segments(store).await? {
+        if s.last <= index {
+            store.delete(&s.path()).await?;
+            gone.push(s.path());
+        }
+    }
+    if !gone.is_empty() {
+        store.sync_under(DIR).await?;
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(first: u64, n: u64) -> Vec<Entry> {
+        (first..first + n)
+            .map(|i| Entry {
+                index: i,
+                term: 2,
+                conf_change: i % 7 == 0,
+                data: vec![i as u8; (i % 5) as usize],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_round_trip_and_any_damage_is_an_error() {
+        let es = entries(10, 9);
+        let seg = Segment {
+            first: 10,
+            last: 18,
+        };
+        let bytes = encode(&es);
+        assert_eq!(decode(&seg, &bytes).ok(), Some(es.clone()));
+        assert_eq!(Segment::parse(&seg.name()), Some(seg));
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(decode(&seg, &b).is_err(), "flipped byte {i}");
+        }
+        for n in 0..bytes.len() {
+            assert!(decode(&seg, &bytes[..n]).is_err(), "cut at {n}");
+        }
+        // The name must match the contents.
+        assert!(decode(
+            &Segment {
+                first: 10,
+                last: 19
+            },
+            &bytes
+        )
+        .is_err());
+        assert!(decode(
+            &Segment {
+                first: 11,
+                last: 18
+            },
+            &bytes
+        )
+        .is_err());
+        // A hole inside is refused even with good checksums.
+        let mut holed = es.clone();
+        holed.remove(3);
+        assert!(decode(&seg, &encode(&holed)).is_err());
+        for bad in [
+            "00000000000000000010-00000000000000000009.seg",
+            "00000000000000000000-00000000000000000009.seg",
+            "10-18.seg",
+            "00000000000000000010-00000000000000000018.db",
+        ] {
+            assert_eq!(Segment::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let seg = Segment { first: 1, last: 3 };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..600 {
+            let mut b: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if len > 8 {
+                b[..8].copy_from_slice(MAGIC);
+            }
+            assert!(decode(&seg, &b).is_err());
+        }
+    }
+
+    #[test]
+    fn a_run_stops_at_a_hole() {
+        let s = |first, last| Segment { first, last };
+        let all = [s(1, 5), s(6, 9), s(8, 12), s(20, 25)];
+        assert_eq!(
+            run_after(&all, 3),
+            (vec![s(1, 5), s(6, 9), s(8, 12)], Some(13))
+        );
+        assert_eq!(run_after(&all, 12), (vec![], Some(13)));
+        assert_eq!(run_after(&all, 19), (vec![s(20, 25)], None));
+        assert_eq!(run_after(&all, 30), (vec![], None));
+    }
+
+    #[tokio::test]
+    async fn segments_store_list_and_prune() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = Store::open(
+            &crate::Location::Dir(d.path().to_path_buf()),
+            &crate::S3Settings::from_env(),
+        )
+        .expect("open");
+        put(&store, &entries(1, 4)).await.expect("put");
+        put(&store, &entries(5, 3)).await.expect("put");
+        let segs = segments(&store).await.expect("list");
+        assert_eq!(
+            segs,
+            [Segment { first: 1, last: 4 }, Segment { first: 5, last: 7 }]
+        );
+        assert_eq!(get(&store, &segs[1]).await.expect("get"), entries(5, 3));
+        let gone = prune_before(&store, 4).await.expect("prune");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(segments(&store).await.expect("list"), [segs[1]]);
+        // The snapshot listing does not see the archive.
+        assert!(store.list().await.expect("list").is_empty());
+    }
+}

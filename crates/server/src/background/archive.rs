@@ -1,0 +1,152 @@
+//! The continuous backup archive (`--backup-archive`): while this member leads, committed
+//! raft entries after the newest backup's index go to the store as segments
+//! (`ballast_backup::archive`), at least every `--backup-archive-interval` and whenever
+//! `SEGMENT_BYTES` have gathered. A new leader resumes after the last stored segment, from
+//! its own log. Entries compacted out of the log before they were archived are a gap: it is
+//! logged and counted, a snapshot is asked for at once, and the archive starts again after
+//! it — never silently past the hole.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ballast_backup::archive::{self, Entry, SEGMENT_BYTES};
+use ballast_backup::{catalog, Store};
+use ballast_raft::{Node, RaftError, RaftStatus};
+use tokio::sync::{watch, Notify};
+
+use crate::member::counters::BackupStats;
+
+/// How often the archive looks for newly committed entries.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Where the archive goes on from: after the last segment, or after the newest snapshot when
+/// that is newer (or there is no segment yet). `None` until a snapshot exists (or one newer
+/// than `after` when a gap is being rebased).
+async fn resume_point(target: &Store, after: Option<u64>) -> ballast_backup::Result<Option<u64>> {
+    let c = catalog::catalog(target).await?;
+    let Some(newest) = c.newest_at_or_below(None) else {
+        return Ok(None);
+    };
+    let base = catalog::read_manifest(target, &newest).await?.index;
+    if base == 0 || after.is_some_and(|a| base < a) {
+        return Ok(None);
+    }
+    let last = archive::segments(target).await?.last().map(|s| s.last);
+    Ok(Some(match last {
+        Some(l) if l >= base => l + 1,
+        _ => base + 1,
+    }))
+}
+
+/// Runs for the member's life.
+pub async fn run(
+    target: Store,
+    node: Arc<Node>,
+    status: watch::Receiver<RaftStatus>,
+    stats: Arc<BackupStats>,
+    flush_every: Duration,
+    snapshot_now: Arc<Notify>,
+) {
+    let mut next: Option<u64> = None;
+    // Set after a gap: the first index the archive could not read.
+    let mut rebase_after: Option<u64> = None;
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let mut last_flush = Instant::now();
+    loop {
+        tokio::time::sleep(TICK.min(flush_every)).await;
+        if !status.borrow().is_leader {
+            next = None;
+            pending.clear();
+            pending_bytes = 0;
+            continue;
+        }
+        let from = match next {
+            Some(n) => n,
+            None => match resume_point(&target, rebase_after).await {
+                Ok(Some(n)) => {
+                    tracing::info!(url = %target, index = n, "backup archive resumes");
+                    rebase_after = None;
+                    next = Some(n);
+                    last_flush = Instant::now();
+                    n
+                }
+                Ok(None) => {
+                    // No snapshot to build on yet: ask for one.
+                    snapshot_now.notify_one();
+                    continue;
+                }
+                Err(e) => {
+                    stats.archive_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(url = %target, error = %e, "backup archive cannot list the store");
+                    continue;
+                }
+            },
+        };
+        // Gather committed entries, up to one segment's worth.
+        while pending_bytes < SEGMENT_BYTES {
+            let low = from + pending.len() as u64;
+            match node
+                .committed_entries(low, SEGMENT_BYTES - pending_bytes)
+                .await
+            {
+                Ok(v) if v.is_empty() => break,
+                Ok(v) => {
+                    for c in v {
+                        pending_bytes += c.data.len() as u64;
+                        pending.push(Entry {
+                            index: c.index,
+                            term: c.term,
+                            conf_change: c.conf_change,
+                            data: c.data,
+                        });
+                    }
+                }
+                Err(RaftError::Compacted(at)) => {
+                    stats.archive_gaps.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        url = %target,
+                        index = at,
+                        "backup archive gap: entries left the raft log before the archive held them; taking a snapshot to start again after it"
+                    );
+                    next = None;
+                    rebase_after = Some(at);
+                    pending.clear();
+                    pending_bytes = 0;
+                    snapshot_now.notify_one();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backup archive cannot read the raft log");
+                    break;
+                }
+            }
+        }
+        let due = last_flush.elapsed() >= flush_every || pending_bytes >= SEGMENT_BYTES;
+        if pending.is_empty() || !due {
+            continue;
+        }
+        match archive::put(&target, &pending).await {
+            Ok(seg) => {
+                next = Some(seg.last + 1);
+                pending.clear();
+                pending_bytes = 0;
+                last_flush = Instant::now();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                stats.archive_index.store(seg.last, Ordering::Relaxed);
+                stats.archive_last_success.store(now, Ordering::Relaxed);
+                tracing::debug!(url = %target, first = seg.first, last = seg.last, "archived entries");
+            }
+            Err(e) => {
+                // Kept and tried again at the next tick; reading stops while a segment's worth
+                // waits, so this holds at most one segment.
+                stats.archive_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(url = %target, error = %e, "backup archive segment failed");
+            }
+        }
+    }
+}
