@@ -560,6 +560,8 @@ fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut model = Model::default();
     let mut history: Vec<(i64, Model)> = Vec::new();
+    // A moment between two writes, for --to-time: (RFC 3339, the state then).
+    let mut moment: Option<(String, std::collections::BTreeMap<String, Kv>)> = None;
     let eps = c.endpoints();
     let leader_ep = |eps: &[String]| -> (usize, u64) {
         let (out, _, _) = etcdctl(&eps.join(","), &["endpoint", "status", "-w", "json"], None);
@@ -578,6 +580,25 @@ fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
             .unwrap();
         let lease = cl.lease_grant(600, None).await.unwrap().id();
         for step in 0..240 {
+            if step == 60 {
+                // Well after the last write (the archive stamps entries within its tick of
+                // 0.5 s) and before the next one, on a whole second.
+                std::thread::sleep(Duration::from_millis(1500));
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let secs = now.as_secs();
+                let out = Command::new("date")
+                    .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+                    .output()
+                    .unwrap();
+                moment = Some((
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                    model.keys.clone(),
+                ));
+                let wait = Duration::from_secs(secs + 1) - now + Duration::from_millis(100);
+                std::thread::sleep(wait);
+            }
             if step == 120 {
                 // Hand leadership to another member half way.
                 let (i, _) = leader_ep(&eps);
@@ -755,6 +776,56 @@ fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
         "{err}"
     );
     assert!(!beyond.data_dir.exists());
+
+    // As an etcd snapshot file that etcd's own restore takes, revisions intact.
+    let r = history[history.len() / 3].0;
+    let file = dir.path().join("at-r.db");
+    let to = format!("--to-revision={r}");
+    let (out, err, code) = ballastctl_env(
+        &env,
+        &[
+            "backup",
+            "export",
+            "--backup-url",
+            &url,
+            &to,
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let etcd = crate::cluster::restored_member(Kind::Etcd, &file, &[]);
+    assert_eq!(
+        served(&etcd.endpoint()),
+        (r, state_at(r)),
+        "etcd restored from the export"
+    );
+    drop(etcd);
+
+    // To a time: what was committed by then.
+    let (at, want) = moment.unwrap();
+    let restored = Server::unstarted(Kind::Ballast, &[]);
+    let target = restored.data_dir.to_str().unwrap().to_string();
+    let to = format!("--to-time={at}");
+    let (out, err, code) = ballastctl_env(
+        &env,
+        &[
+            "snapshot",
+            "restore",
+            "--backup-url",
+            &url,
+            &to,
+            "--data-dir",
+            &target,
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380",
+        ],
+    );
+    assert_eq!(code, 0, "restore to {at}: {out}{err}");
+    let mut restored = restored;
+    restored.spawn();
+    assert_eq!(served(&restored.endpoint()).1, want, "the state at {at}");
 
     // A whole 3-member cluster restored to a revision serves and takes writes.
     let r = history[history.len() / 2].0;

@@ -4,11 +4,13 @@
 //! records the raft index it holds; the snapshot plus the segments after that index rebuild
 //! the state at any later revision the archive reaches.
 //!
-//! A segment: `MAGIC`, then per entry index, term, kind (0 normal, 1 configuration change)
-//! and the data's length (u64, u64, u8, u32, little-endian), the data, and a CRC-32C of the
-//! record; then `END`, the entry count and a CRC-32C of everything before it. Reading one back
-//! trusts nothing: lengths are checked before allocating, indexes must run on from the name's
-//! first to its last without a hole, and every checksum must match.
+//! A segment: `MAGIC`, then per entry index, term, the Unix time in milliseconds the leader
+//! read it from its log, kind (0 normal, 1 configuration change) and the data's length (u64,
+//! u64, u64, u8, u32, little-endian), the data, and a CRC-32C of the record; then `END`, the
+//! entry count, the time through which the segment holds every committed entry (u32, u64)
+//! and a CRC-32C of everything before it. Reading one back trusts nothing: lengths are
+//! checked before allocating, indexes must run on from the name's first to its last without
+//! a hole, and every checksum must match.
 
 use crate::store::Store;
 use crate::{BackupStoreError, Result};
@@ -25,13 +27,16 @@ pub const SEGMENT_BYTES: u64 = 8 << 20;
 pub const SEGMENT_LIMIT: u64 = 4 * SEGMENT_BYTES;
 /// The largest entry a segment may hold.
 pub const ENTRY_LIMIT: u32 = 64 << 20;
-const RECORD_HEAD: usize = 8 + 8 + 1 + 4;
+const RECORD_HEAD: usize = 8 + 8 + 8 + 1 + 4;
+const TRAILER: usize = 4 + 4 + 8;
 
 /// One archived log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub index: u64,
     pub term: u64,
+    /// When the leader read it from its log (Unix milliseconds): it was committed by then.
+    pub unix_ms: u64,
     pub conf_change: bool,
     pub data: Vec<u8>,
 }
@@ -71,8 +76,16 @@ impl Segment {
     }
 }
 
-/// Encodes `entries` (consecutive indexes, at least one) as a segment.
-pub fn encode(entries: &[Entry]) -> Vec<u8> {
+/// A decoded segment: its entries, and the time through which it holds every committed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub entries: Vec<Entry>,
+    pub through_ms: u64,
+}
+
+/// Encodes `entries` (consecutive indexes, at least one) as a segment holding every entry
+/// committed by `through_ms`.
+pub fn encode(entries: &[Entry], through_ms: u64) -> Vec<u8> {
     let size: usize = entries.iter().map(|e| RECORD_HEAD + e.data.len() + 4).sum();
     let mut out = Vec::with_capacity(MAGIC.len() + size + END.len() + 8);
     out.extend_from_slice(MAGIC);
@@ -80,6 +93,7 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
         let start = out.len();
         out.extend_from_slice(&e.index.to_le_bytes());
         out.extend_from_slice(&e.term.to_le_bytes());
+        out.extend_from_slice(&e.unix_ms.to_le_bytes());
         out.push(u8::from(e.conf_change));
         out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
         out.extend_from_slice(&e.data);
@@ -88,13 +102,14 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
     }
     out.extend_from_slice(END);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    out.extend_from_slice(&through_ms.to_le_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// Decodes a segment named `seg`; any damage is an error.
-pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Vec<Entry>> {
+pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Decoded> {
     let bad = |why: String| BackupStoreError::Object {
         name: seg.path(),
         why,
@@ -102,7 +117,7 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Vec<Entry>> {
     let body_len = bytes
         .len()
         .checked_sub(4)
-        .filter(|n| *n >= MAGIC.len() + END.len() + 4)
+        .filter(|n| *n >= MAGIC.len() + TRAILER)
         .ok_or_else(|| bad("too short for a segment".into()))?;
     let (body, crc) = bytes.split_at(body_len);
     if crc32c::crc32c(body).to_le_bytes() != crc {
@@ -117,23 +132,27 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Vec<Entry>> {
     let le_u64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
     loop {
         let rest = &body[at..];
-        if rest.len() == END.len() + 4 && &rest[..END.len()] == END {
-            let count = u32::from_le_bytes(rest[END.len()..].try_into().unwrap_or([0; 4]));
+        if rest.len() == TRAILER && &rest[..END.len()] == END {
+            let count = u32::from_le_bytes(rest[4..8].try_into().unwrap_or([0; 4]));
             if u64::from(count) != out.len() as u64 || out.len() as u64 != expected {
                 return Err(bad(format!(
                     "{} entries where {expected} are named",
                     out.len()
                 )));
             }
-            return Ok(out);
+            return Ok(Decoded {
+                entries: out,
+                through_ms: le_u64(&rest[8..16]),
+            });
         }
         if rest.len() < RECORD_HEAD + 4 {
             return Err(bad("torn record".into()));
         }
         let index = le_u64(&rest[0..8]);
         let term = le_u64(&rest[8..16]);
-        let kind = rest[16];
-        let len = u32::from_le_bytes(rest[17..21].try_into().unwrap_or([0; 4]));
+        let unix_ms = le_u64(&rest[16..24]);
+        let kind = rest[24];
+        let len = u32::from_le_bytes(rest[25..29].try_into().unwrap_or([0; 4]));
         if len > ENTRY_LIMIT || kind > 1 {
             return Err(bad(format!("record at index {index}: bad header")));
         }
@@ -151,6 +170,7 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Vec<Entry>> {
         out.push(Entry {
             index,
             term,
+            unix_ms,
             conf_change: kind == 1,
             data: rest[RECORD_HEAD..end].to_vec(),
         });
@@ -170,8 +190,8 @@ pub async fn segments(store: &Store) -> Result<Vec<Segment>> {
     Ok(v)
 }
 
-/// Stores one segment.
-pub async fn put(store: &Store, entries: &[Entry]) -> Result<Segment> {
+/// Stores one segment holding every entry committed by `through_ms`.
+pub async fn put(store: &Store, entries: &[Entry], through_ms: u64) -> Result<Segment> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Err(BackupStoreError::Object {
             name: DIR.into(),
@@ -182,12 +202,14 @@ pub async fn put(store: &Store, entries: &[Entry]) -> Result<Segment> {
         first: first.index,
         last: last.index,
     };
-    store.put_small(&seg.path(), encode(entries)).await?;
+    store
+        .put_small(&seg.path(), encode(entries, through_ms))
+        .await?;
     Ok(seg)
 }
 
 /// Reads one segment back, checked.
-pub async fn get(store: &Store, seg: &Segment) -> Result<Vec<Entry>> {
+pub async fn get(store: &Store, seg: &Segment) -> Result<Decoded> {
     let bytes = store.get_small(&seg.path(), SEGMENT_LIMIT).await?;
     decode(seg, &bytes)
 }
@@ -236,6 +258,7 @@ mod tests {
             .map(|i| Entry {
                 index: i,
                 term: 2,
+                unix_ms: 1_800_000_000_000 + i,
                 conf_change: i % 7 == 0,
                 data: vec![i as u8; (i % 5) as usize],
             })
@@ -249,8 +272,14 @@ mod tests {
             first: 10,
             last: 18,
         };
-        let bytes = encode(&es);
-        assert_eq!(decode(&seg, &bytes).ok(), Some(es.clone()));
+        let bytes = encode(&es, 77);
+        assert_eq!(
+            decode(&seg, &bytes).ok(),
+            Some(Decoded {
+                entries: es.clone(),
+                through_ms: 77
+            })
+        );
         assert_eq!(Segment::parse(&seg.name()), Some(seg));
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
@@ -280,7 +309,7 @@ mod tests {
         // A hole inside is refused even with good checksums.
         let mut holed = es.clone();
         holed.remove(3);
-        assert!(decode(&seg, &encode(&holed)).is_err());
+        assert!(decode(&seg, &encode(&holed, 77)).is_err());
         for bad in [
             "00000000000000000010-00000000000000000009.seg",
             "00000000000000000000-00000000000000000009.seg",
@@ -332,14 +361,17 @@ mod tests {
             &crate::S3Settings::from_env(),
         )
         .expect("open");
-        put(&store, &entries(1, 4)).await.expect("put");
-        put(&store, &entries(5, 3)).await.expect("put");
+        put(&store, &entries(1, 4), 1).await.expect("put");
+        put(&store, &entries(5, 3), 2).await.expect("put");
         let segs = segments(&store).await.expect("list");
         assert_eq!(
             segs,
             [Segment { first: 1, last: 4 }, Segment { first: 5, last: 7 }]
         );
-        assert_eq!(get(&store, &segs[1]).await.expect("get"), entries(5, 3));
+        assert_eq!(
+            get(&store, &segs[1]).await.expect("get").entries,
+            entries(5, 3)
+        );
         let gone = prune_before(&store, 4).await.expect("prune");
         assert_eq!(gone.len(), 1);
         assert_eq!(segments(&store).await.expect("list"), [segs[1]]);

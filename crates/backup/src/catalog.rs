@@ -126,6 +126,10 @@ pub struct Manifest {
     pub total_keys: u64,
     /// RFC 3339 UTC.
     pub created: String,
+    /// The store's state in the snapshot was read by then (Unix milliseconds): a restore to
+    /// a time starts from a snapshot taken by that time.
+    #[serde(default)]
+    pub taken_ms: u64,
     /// The member that wrote it, and its cluster (hexadecimal, as etcdctl prints IDs).
     pub member_id: String,
     pub cluster_id: String,
@@ -303,6 +307,7 @@ mod tests {
             size,
             total_keys: 1,
             created: rfc3339(n.unix),
+            taken_ms: n.unix * 1000,
             member_id: "1".into(),
             cluster_id: "2".into(),
         }

@@ -18,6 +18,21 @@ use crate::{human_bytes, Failure};
 pub enum BackupCmd {
     /// Lists the scheduled backups in a backup store
     List(StoreFlags),
+    /// Writes the state a backup store holds (newest, at a revision or at a time) as an etcd snapshot file
+    Export(ExportFlags),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportFlags {
+    #[command(flatten)]
+    store: StoreFlags,
+    /// The revision to write (0: the newest backup)
+    #[arg(long = "to-revision", default_value_t = 0)]
+    to_revision: i64,
+    /// Write what was committed by this time (RFC 3339)
+    #[arg(long = "to-time", default_value = "")]
+    to_time: String,
+    args: Vec<String>,
 }
 
 /// Where the backups are and how to reach the bucket (the server's `--backup-*` flags).
@@ -78,6 +93,7 @@ pub async fn run(p: &Printer, cmd: &BackupCmd) -> Result<(), Failure> {
             print_list(p, &c, &rows, &runs(&segs));
             Ok(())
         }
+        BackupCmd::Export(f) => export(f).await,
     }
 }
 
@@ -167,43 +183,94 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usiz
     }
 }
 
-/// What a restore from a backup store needs: the snapshot (downloaded) and, for a revision
-/// past it, the store and the archive segments to replay after the snapshot's index.
+/// What state a restore rebuilds: the newest backup, the state right after the entry that
+/// made a revision, or every entry the leader had read from its log by a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Newest,
+    Revision(i64),
+    /// Unix milliseconds.
+    Time(u64),
+}
+
+/// What a restore from a backup store needs: the snapshot (downloaded) and, for a state past
+/// it, the store and the archive segments to replay after the snapshot's index.
 pub struct Fetched {
     pub file: PathBuf,
     pub manifest: Manifest,
-    pub replay: Option<(Store, Vec<Segment>, i64)>,
+    pub replay: Option<(Store, Vec<Segment>)>,
 }
 
-/// Downloads the newest complete backup at or below `to_revision` (the newest of all if
-/// `None`) into a new file beside `near` and checks it against its manifest. A revision past
-/// that snapshot needs the archive, without a hole, from the snapshot's index on; otherwise
-/// it is refused, never approximated.
+/// The newest complete snapshot whose state is at or before `target`.
+async fn base_for(store: &Store, c: &Catalog, target: Target) -> Result<Manifest, Failure> {
+    let none = || {
+        Failure::Other(match target {
+            Target::Newest => format!("no backup in {store}"),
+            Target::Revision(r) => format!("no backup at or below revision {r} in {store}"),
+            Target::Time(t) => format!(
+                "no backup taken by {} in {store}",
+                catalog::rfc3339(t / 1000)
+            ),
+        })
+    };
+    match target {
+        Target::Newest | Target::Revision(_) => {
+            let r = match target {
+                Target::Revision(r) => Some(r),
+                _ => None,
+            };
+            let n = c.newest_at_or_below(r).ok_or_else(none)?;
+            catalog::read_manifest(store, &n).await.map_err(other)
+        }
+        Target::Time(t) => {
+            for (n, _) in c.complete.iter().rev() {
+                let m = catalog::read_manifest(store, n).await.map_err(other)?;
+                // The snapshot's state was read by `taken_ms`: nothing after `t` is in it.
+                if m.taken_ms > 0 && m.taken_ms <= t {
+                    return Ok(m);
+                }
+            }
+            Err(none())
+        }
+    }
+}
+
+/// Downloads the newest complete backup whose state is at or before `target` into a new
+/// file beside `near` and checks it against its manifest. A state past that snapshot needs
+/// the archive, without a hole, from the snapshot's index on; otherwise it is refused, never
+/// approximated.
 pub async fn fetch_for_restore(
     f: &StoreFlags,
-    to_revision: Option<i64>,
+    target: Target,
     near: &Path,
 ) -> Result<Fetched, Failure> {
     let store = f.open()?;
     let c = catalog::catalog(&store).await.map_err(other)?;
-    let Some(n) = c.newest_at_or_below(to_revision) else {
-        return Err(Failure::Other(match to_revision {
-            Some(r) => format!("no backup at or below revision {r} in {store}"),
-            None => format!("no backup in {store}"),
-        }));
+    let m = base_for(&store, &c, target).await?;
+    let past = match target {
+        Target::Newest => false,
+        Target::Revision(r) => r != m.revision,
+        Target::Time(_) => true,
     };
-    let m = catalog::read_manifest(&store, &n).await.map_err(other)?;
     let mut replay = None;
-    if let Some(r) = to_revision.filter(|r| *r != n.revision) {
+    if past {
         let segs = archive::segments(&store).await.map_err(other)?;
         let (run, _) = archive::run_after(&segs, m.index);
-        if run.is_empty() || m.index == 0 {
-            return Err(Failure::Other(format!(
-                "no backup at revision {r} in {store}: the newest below it is at revision {}, and there is no archive to replay from it",
-                n.revision
-            )));
+        match (run.is_empty() || m.index == 0, target) {
+            (true, Target::Revision(r)) => {
+                return Err(Failure::Other(format!(
+                    "no backup at revision {r} in {store}: the newest below it is at revision {}, and there is no archive to replay from it",
+                    m.revision
+                )))
+            }
+            (true, _) => {
+                return Err(Failure::Other(format!(
+                    "no archive in {store} after the backup at revision {}",
+                    m.revision
+                )))
+            }
+            (false, _) => replay = Some((store.clone(), run)),
         }
-        replay = Some((store.clone(), run, r));
     }
     let dir = near
         .parent()
@@ -221,6 +288,211 @@ pub async fn fetch_for_restore(
         manifest: m,
         replay,
     })
+}
+
+/// `2026-12-07T09:30:00Z`, with optional fractional seconds and a `Z` or `±HH:MM` offset, as
+/// Unix milliseconds.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut ms = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut scaled: String = frac[..digits].chars().take(3).collect();
+        while scaled.len() < 3 {
+            scaled.push('0');
+        }
+        ms = scaled.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let digits = |t: &str| -> Option<i64> {
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let offset = match rest.as_bytes() {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let secs = digits(&rest[1..3])? * 3600 + digits(&rest[4..6])? * 60;
+            if *sign == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        _ => return None,
+    };
+    let unix = ballast_net::time::unix_of_civil(y, mo, d, h, mi, sec) - offset;
+    u64::try_from(unix * 1000 + ms).ok()
+}
+
+/// `--to-revision` and `--to-time` (neither: the newest backup).
+pub fn target(to_revision: i64, to_time: &str) -> Result<Target, Failure> {
+    match (to_revision, to_time) {
+        (0, "") => Ok(Target::Newest),
+        (r, "") if r > 0 => Ok(Target::Revision(r)),
+        (0, t) => parse_time(t).map(Target::Time).ok_or_else(|| {
+            Failure::BadArgs(format!(
+                "--to-time {t:?}: expected an RFC 3339 time such as 2026-12-07T09:30:00Z"
+            ))
+        }),
+        (r, "") => Err(Failure::BadArgs(format!(
+            "--to-revision {r}: must be positive"
+        ))),
+        _ => Err(Failure::BadArgs(
+            "use --to-revision or --to-time, not both".into(),
+        )),
+    }
+}
+
+/// Restores the state `target` names from the backups in `flags` into the new data directory
+/// `data_dir`: the snapshot is downloaded beside it, checked against its manifest, handed to
+/// `restore` (which builds the directory from a snapshot file), then the archive is replayed
+/// into the store. On any failure after `restore` the directory goes, as a failed restore
+/// leaves nothing behind.
+pub async fn restore_into(
+    flags: &StoreFlags,
+    target: Target,
+    data_dir: &Path,
+    restore: impl FnOnce(&str) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let fetched = fetch_for_restore(flags, target, data_dir).await?;
+    let (tmp, m) = (&fetched.file, &fetched.manifest);
+    let checked = ballast_state::snapfile::status(tmp)
+        .map_err(other)
+        .and_then(|st| {
+            if st.revision == m.revision && st.hash == m.hash {
+                Ok(())
+            } else {
+                Err(Failure::Other(format!(
+                    "{}: holds revision {} (hash {:x}) where its manifest says {} ({:x})",
+                    m.snapshot, st.revision, st.hash, m.revision, m.hash
+                )))
+            }
+        });
+    crate::snapshot::log(
+        "fetched backup",
+        serde_json::json!({"snapshot": m.snapshot, "revision": m.revision, "size": m.size}),
+    );
+    let restored = checked.and_then(|()| restore(&tmp.display().to_string()));
+    let _ = std::fs::remove_file(tmp);
+    restored?;
+    let Some((store, segs)) = &fetched.replay else {
+        return Ok(());
+    };
+    let db = ballast_state::layout::snap_dir(data_dir).join(ballast_state::layout::STORE_FILE);
+    match replay(&db, store, segs, m.index, target).await {
+        Ok(rev) => {
+            crate::snapshot::log(
+                "replayed the backup archive",
+                serde_json::json!({"from-revision": m.revision, "revision": rev, "segments": segs.len()}),
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(data_dir);
+            Err(e)
+        }
+    }
+}
+
+/// `backup export FILE`: the state restored into a scratch data directory beside `FILE`, then
+/// written from there as `snapshot save` writes a file (etcd's format, SHA-256 trailer; to
+/// `FILE.part`, fsynced, renamed, owner-only), so etcd's own `snapshot restore` takes it.
+async fn export(f: &ExportFlags) -> Result<(), Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let [file] = f.args.as_slice() else {
+        return Err(Failure::BadArgs(
+            "backup export expects one argument <filename>".into(),
+        ));
+    };
+    let target = target(f.to_revision, &f.to_time)?;
+    let out = Path::new(file);
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work = dir.join(format!(".{name}.restore"));
+    let _ = std::fs::remove_dir_all(&work);
+    let part = dir.join(format!("{name}.part"));
+    let done = async {
+        let work_dir = work.display().to_string();
+        restore_into(&f.store, target, &work, |snap| {
+            crate::restore::restore(&crate::restore::RestoreArgs {
+                snapshot: PathBuf::from(snap),
+                name: "default".into(),
+                data_dir: Some(work_dir.clone()),
+                wal_dir: None,
+                initial_cluster: "default=http://localhost:2380".into(),
+                initial_cluster_token: "etcd-cluster".into(),
+                initial_advertise_peer_urls: "http://localhost:2380".into(),
+                skip_hash_check: false,
+                bump_revision: 0,
+            })
+            .map(|_| ())
+            .map_err(other)
+        })
+        .await?;
+        let db = ballast_state::layout::snap_dir(&work).join(ballast_state::layout::STORE_FILE);
+        let mvcc = ballast_state::Mvcc::open(&db).map_err(other)?;
+        let _ = std::fs::remove_file(&part);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)
+            .map_err(|e| other(format!("could not open {} ({e})", part.display())))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        ballast_state::snapfile::write(&mvcc, &mut |_| Ok(()), &mut w).map_err(other)?;
+        w.flush().map_err(other)?;
+        let file = w.into_inner().map_err(|e| other(e.into_error()))?;
+        file.sync_all().map_err(other)?;
+        std::fs::rename(&part, out).map_err(other)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(other)?;
+        Ok::<_, Failure>(mvcc.current_rev())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    if done.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    let rev = done?;
+    crate::snapshot::log(
+        "saved",
+        serde_json::json!({"path": out.display().to_string(), "revision": rev}),
+    );
+    println!("Snapshot saved at {}", out.display());
+    Ok(())
 }
 
 /// The request an archived entry applies, as the applier decodes it; membership, alarms and
@@ -243,46 +515,119 @@ fn request_of(e: &archive::Entry) -> Option<RaftRequest> {
 /// Entries applied per store transaction while replaying.
 const REPLAY_BATCH: usize = 1024;
 
-/// Replays `segs` after raft index `base` (the snapshot's) into the restored store at `db`
-/// until its revision is `to`: each entry
-/// makes at most one revision, so a batch never holds more entries than revisions still
-/// wanted, and replay stops right after the entry that made revision `to`. One segment is in
-/// memory at a time. The store then forgets the old cluster's raft index. Returns the
-/// revision reached.
+/// Replays `segs` after raft index `base` (the snapshot's) into the restored store at `db`:
+/// to a revision, stopping right after the entry that made it (each entry makes at most one
+/// revision, so a batch never holds more entries than revisions still wanted); or to a time,
+/// through the last entry the leader had read from its log by then, which needs a segment
+/// that holds every entry committed through that time. One segment is in memory at a time.
+/// The store then forgets the old cluster's raft index. Returns the revision reached.
 pub async fn replay(
     db: &Path,
     store: &Store,
     segs: &[Segment],
     base: u64,
-    to: i64,
+    target: Target,
 ) -> Result<i64, Failure> {
     let mvcc = ballast_state::Mvcc::open(db).map_err(other)?;
     let mut rev = mvcc.current_rev();
     // The snapshot holds everything up to its raft index.
     let mut applied = base;
+    let mut covered_ms = 0u64;
+    let mut done = false;
     'segments: for seg in segs {
-        if rev >= to {
+        if matches!(target, Target::Revision(r) if rev >= r) {
+            done = true;
             break;
         }
-        let entries = archive::get(store, seg).await.map_err(other)?;
+        let seg = archive::get(store, seg).await.map_err(other)?;
+        covered_ms = covered_ms.max(seg.through_ms);
         // Overlapping segments (two leaders for a moment) hold the same committed entries.
         let floor = applied;
-        let mut it = entries.iter().filter(move |e| e.index > floor).peekable();
+        let mut it = seg
+            .entries
+            .iter()
+            .filter(move |e| e.index > floor)
+            .peekable();
         while it.peek().is_some() {
-            let room = usize::try_from(to - rev).unwrap_or(0).min(REPLAY_BATCH);
+            let room = match target {
+                Target::Revision(r) => usize::try_from(r - rev).unwrap_or(0),
+                _ => usize::MAX,
+            }
+            .min(REPLAY_BATCH);
             if room == 0 {
+                done = true;
                 break 'segments;
             }
-            let batch: Vec<(u64, Option<RaftRequest>)> = it
-                .by_ref()
-                .take(room)
-                .map(|e| (e.index, request_of(e)))
-                .collect();
+            let mut batch: Vec<(u64, Option<RaftRequest>)> = Vec::with_capacity(room.min(64));
+            while batch.len() < room {
+                let Some(e) = it.next_if(|e| match target {
+                    Target::Time(t) => e.unix_ms <= t,
+                    _ => true,
+                }) else {
+                    break;
+                };
+                batch.push((e.index, request_of(e)));
+            }
+            if batch.is_empty() {
+                // The next entry was read after the time asked for.
+                done = true;
+                break 'segments;
+            }
             applied = batch.last().map_or(applied, |b| b.0);
             mvcc.apply_batch(&batch, false).map_err(other)?;
             rev = mvcc.current_rev();
         }
     }
+    match target {
+        Target::Revision(r) if rev != r => {
+            return Err(Failure::Other(format!(
+                "replaying the archive in {store} reached revision {rev}, not {r}: it holds nothing later"
+            )))
+        }
+        Target::Time(t) if !done && covered_ms < t => {
+            return Err(Failure::Other(format!(
+                "the archive in {store} holds entries only through {}, before {}",
+                catalog::rfc3339(covered_ms / 1000),
+                catalog::rfc3339(t / 1000)
+            )))
+        }
+        _ => {}
+    }
     mvcc.forget_applied().map_err(other)?;
     Ok(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_parse_as_rfc3339() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2026-12-07T09:30:00Z"), Some(1_796_635_800_000));
+        assert_eq!(
+            parse_time("2026-12-07T09:30:00.25Z"),
+            Some(1_796_635_800_250)
+        );
+        assert_eq!(
+            parse_time("2026-12-07T10:30:00+01:00"),
+            parse_time("2026-12-07T09:30:00Z")
+        );
+        assert_eq!(
+            parse_time("2026-12-07T08:30:00.5-01:00"),
+            Some(1_796_635_800_500)
+        );
+        for bad in [
+            "",
+            "2026-12-07",
+            "2026-12-07 09:30:00Z",
+            "2026-13-07T09:30:00Z",
+            "2026-12-07T09:30:00",
+            "2026-12-07T09:30:00.Z",
+            "2026-12-07T09:30:00+0100",
+            "2026-12-07T09:30:00+x1:00",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
 }

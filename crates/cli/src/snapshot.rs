@@ -70,11 +70,14 @@ pub struct RestoreFlags {
     /// With --backup-url: the revision to restore (0: the newest backup)
     #[arg(long = "to-revision", default_value_t = 0)]
     to_revision: i64,
+    /// With --backup-url: restore what was committed by this time (RFC 3339)
+    #[arg(long = "to-time", default_value = "")]
+    to_time: String,
     args: Vec<String>,
 }
 
 /// One zap-style log line on stderr, as etcdctl's snapshot commands log their steps.
-fn log(msg: &str, fields: serde_json::Value) {
+pub(crate) fn log(msg: &str, fields: serde_json::Value) {
     let mut line = serde_json::json!({
         "level": "info",
         "ts": zap_timestamp(std::time::SystemTime::now()),
@@ -172,56 +175,11 @@ async fn restore_backup(f: &RestoreFlags) -> Result<(), Failure> {
             "snapshot restore --backup-url needs --data-dir".into(),
         ));
     }
-    let to = (f.to_revision > 0).then_some(f.to_revision);
-    let fetched = crate::backup::fetch_for_restore(&f.store, to, Path::new(&f.data_dir)).await?;
-    let (tmp, m) = (&fetched.file, &fetched.manifest);
-    let file = tmp.display().to_string();
-    let checked = snapfile::status(tmp)
-        .map_err(|e| Failure::Other(e.to_string()))
-        .and_then(|st| {
-            if st.revision == m.revision && st.hash == m.hash {
-                Ok(())
-            } else {
-                Err(Failure::Other(format!(
-                    "{}: holds revision {} (hash {:x}) where its manifest says {} ({:x})",
-                    m.snapshot, st.revision, st.hash, m.revision, m.hash
-                )))
-            }
-        });
-    log(
-        "fetched backup",
-        serde_json::json!({"snapshot": m.snapshot, "revision": m.revision, "size": m.size}),
-    );
-    let restored = checked.and_then(|()| restore_from(f, &file));
-    let _ = std::fs::remove_file(tmp);
-    restored?;
-    let Some((store, segs, to)) = &fetched.replay else {
-        return Ok(());
-    };
-    // The archive takes the restored store on to the revision asked for; on any failure the
-    // new data directory goes, as a failed restore leaves nothing behind.
-    let db = ballast_state::layout::snap_dir(Path::new(&f.data_dir))
-        .join(ballast_state::layout::STORE_FILE);
-    let replayed = match crate::backup::replay(&db, store, segs, m.index, *to).await {
-        Ok(rev) if rev == *to => Ok(rev),
-        Ok(rev) => Err(Failure::Other(format!(
-            "replaying the archive in {store} reached revision {rev}, not {to}: it holds nothing later"
-        ))),
-        Err(e) => Err(e),
-    };
-    match replayed {
-        Ok(rev) => {
-            log(
-                "replayed the backup archive",
-                serde_json::json!({"from-revision": m.revision, "revision": rev, "segments": segs.len()}),
-            );
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&f.data_dir);
-            Err(e)
-        }
-    }
+    let target = crate::backup::target(f.to_revision, &f.to_time)?;
+    crate::backup::restore_into(&f.store, target, Path::new(&f.data_dir), |file| {
+        restore_from(f, file)
+    })
+    .await
 }
 
 fn print_status(p: &Printer, st: &snapfile::SnapStatus) {

@@ -65,6 +65,7 @@ const COMMANDS: &[(&str, &str, &str, &str)] = &[
     ("role list", "list", "Lists all roles", ""),
     ("role revoke-permission", "revoke-permission <role name> <key> [endkey]", "Revokes a key from a role", ""),
     ("backup", "backup <subcommand>", "Scheduled backups in a directory or S3-compatible bucket (Ballast's own)", ""),
+    ("backup export", "export <filename> --backup-url <url> [--to-revision R | --to-time T]", "Writes the state a backup store holds (newest, at a revision or at a time) as an etcd snapshot file", ""),
     ("backup list", "list --backup-url <s3://bucket/prefix | file:///path>", "Lists the scheduled backups in a backup store", ""),
     ("snapshot", "snapshot <subcommand>", "Manages etcd node snapshots", ""),
     ("snapshot restore", "restore <filename | --backup-url url> --data-dir {output dir} [options]", "Restores an etcd member snapshot to an etcd directory", ""),

@@ -39,6 +39,12 @@ async fn resume_point(target: &Store, after: Option<u64>) -> ballast_backup::Res
     }))
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Runs for the member's life.
 pub async fn run(
     target: Store,
@@ -84,20 +90,28 @@ pub async fn run(
                 }
             },
         };
-        // Gather committed entries, up to one segment's worth.
+        // Gather committed entries, up to one segment's worth. Each is stamped with the time
+        // it was read: it was committed by then.
+        let mut through_ms = 0;
         while pending_bytes < SEGMENT_BYTES {
+            let read_at = unix_ms();
             let low = from + pending.len() as u64;
             match node
                 .committed_entries(low, SEGMENT_BYTES - pending_bytes)
                 .await
             {
-                Ok(v) if v.is_empty() => break,
+                Ok(v) if v.is_empty() => {
+                    // Everything committed before this read is gathered.
+                    through_ms = read_at;
+                    break;
+                }
                 Ok(v) => {
                     for c in v {
                         pending_bytes += c.data.len() as u64;
                         pending.push(Entry {
                             index: c.index,
                             term: c.term,
+                            unix_ms: read_at,
                             conf_change: c.conf_change,
                             data: c.data,
                         });
@@ -127,7 +141,11 @@ pub async fn run(
         if pending.is_empty() || !due {
             continue;
         }
-        match archive::put(&target, &pending).await {
+        // A segment cut at its size limit holds everything up to its last entry's read.
+        if through_ms == 0 {
+            through_ms = pending.last().map_or(0, |e| e.unix_ms);
+        }
+        match archive::put(&target, &pending, through_ms).await {
             Ok(seg) => {
                 next = Some(seg.last + 1);
                 pending.clear();

@@ -88,11 +88,15 @@ pub async fn back_up_once(
 ) -> Result<Manifest, BackupError> {
     let tmp = target.staging_dir(&s.scratch).join(STAGING);
     let t = tmp.clone();
-    let (st, size, index) = tokio::task::spawn_blocking(move || {
+    let (st, size, index, taken_ms) = tokio::task::spawn_blocking(move || {
         let st = write_verified(&mvcc, &t)?;
         let size = std::fs::metadata(&t).map_err(io_at(&t))?.len();
         let index = snapfile::applied_index(&t)?;
-        Ok::<_, BackupError>((st, size, index))
+        // Written and read back: the state in it was read before now.
+        let taken_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok::<_, BackupError>((st, size, index, taken_ms))
     })
     .await??;
     let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -109,6 +113,7 @@ pub async fn back_up_once(
         size,
         total_keys: st.total_keys,
         created: rfc3339(unix),
+        taken_ms,
         member_id: format!("{:x}", s.member_id),
         cluster_id: format!("{:x}", s.cluster_id),
     };
