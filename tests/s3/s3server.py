@@ -2,8 +2,8 @@
 """An S3 API on loopback for Ballast's backup tests: moto's server with signature and policy
 checking on. It makes one IAM user with the least-privilege policy docs/backups.md gives for
 BUCKET/PREFIX, and that bucket, then prints one JSON line (endpoint, keys, bucket) and obeys
-commands on stdin: "down" closes the listener (the store unreachable), "up" opens it again on
-the same port with the same data, "slow SECONDS" delays every upload request by that much.
+commands on stdin: "down" closes the listener and answers 503 on connections still open (the
+store unreachable), "up" opens it again on the same port with the same data, "slow SECONDS" delays every upload request by that much.
 It exits at the end of stdin.
 
 usage: s3server.py BUCKET PREFIX [--tls CERT KEY]
@@ -80,9 +80,12 @@ def main():
     if len(sys.argv) == 6 and sys.argv[3] == "--tls":
         tls = (sys.argv[4], sys.argv[5])
     moto_app = DomainDispatcherApplication(create_backend_app)
-    state = {"delay": 0.0}
+    state = {"delay": 0.0, "down": False}
 
     def app(environ, start_response):
+        if state["down"]:
+            start_response("503 Service Unavailable", [("Content-Length", "0")])
+            return [b""]
         if environ.get("REQUEST_METHOD") in ("PUT", "POST") and state["delay"]:
             time.sleep(state["delay"])
         return moto_app(environ, start_response)
@@ -129,10 +132,12 @@ def main():
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "down" and "srv" in state:
+            state["down"] = True
             srv = state.pop("srv")
             srv.shutdown()
             srv.server_close()
         elif cmd == "up" and "srv" not in state:
+            state["down"] = False
             up(port)
         elif cmd.startswith("slow "):
             state["delay"] = float(cmd.split()[1])

@@ -147,6 +147,9 @@ pub struct NodeConfig {
     pub max_snapshot_files: usize,
     /// Last index the state machine has durably applied.
     pub applied: u64,
+    /// The most entries a hold ([`Node::hold_log_after`]) may keep past where the log would
+    /// otherwise be compacted (the server passes `--snapshot-count`).
+    pub max_log_hold: u64,
     pub max_msg_bytes: u64,
     /// TLS for peer connections to and from `https` peer URLs.
     pub peer_tls: Option<crate::transport::PeerTls>,
@@ -262,6 +265,8 @@ pub struct Node {
     transport: Transport,
     status: watch::Receiver<RaftStatus>,
     commit: Arc<AtomicU64>,
+    /// Entries after this index stay in the log (0: no hold).
+    log_hold: Arc<AtomicU64>,
     member_id: u64,
     cluster_id: u64,
     _thread: JoinHandle<()>,
@@ -426,7 +431,10 @@ impl Node {
             transport.set_peer(*id, urls.clone());
         }
         let on_drop: Arc<OnceLock<DropHandler>> = Arc::new(OnceLock::new());
+        let log_hold = Arc::new(AtomicU64::new(0));
         let mut driver = Driver {
+            log_hold: log_hold.clone(),
+            max_log_hold: cfg.max_log_hold,
             node,
             on_drop: on_drop.clone(),
             log,
@@ -463,6 +471,7 @@ impl Node {
                 transport,
                 status: status_rx,
                 commit,
+                log_hold,
                 member_id: member.member_id,
                 cluster_id: member.cluster_id,
                 _thread: thread,
@@ -536,6 +545,13 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::TransferLeader(id, tx))?;
         rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Keeps entries after `index` in the log (0 lifts the hold), for the backup archive that
+    /// has not copied them yet: compaction stops short of them, by at most
+    /// `NodeConfig::max_log_hold` entries.
+    pub fn hold_log_after(&self, index: u64) {
+        self.log_hold.store(index, Ordering::Relaxed);
     }
 
     /// Committed entries from `low` on, as logged (at least one if any is committed, then up
@@ -612,6 +628,17 @@ struct Driver {
     max_msg_bytes: usize,
     /// Client proposals drained this turn, proposed together by [`Driver::flush_proposals`].
     proposals: Vec<(Vec<u8>, u64)>,
+    log_hold: Arc<AtomicU64>,
+    max_log_hold: u64,
+}
+
+/// Where compaction to `index` may go with entries after `hold` held (0: none), keeping at
+/// most `max_hold` extra entries: never below `hold` unless that would keep more.
+fn held_index(index: u64, hold: u64, max_hold: u64) -> u64 {
+    if hold == 0 || index <= hold {
+        return index;
+    }
+    hold.max(index.saturating_sub(max_hold))
 }
 
 impl Driver {
@@ -766,6 +793,17 @@ impl Driver {
     }
 
     fn compact(&mut self, index: u64, durable: bool) -> Result<(), RaftError> {
+        let held = held_index(
+            index,
+            self.log_hold.load(Ordering::Relaxed),
+            self.max_log_hold,
+        );
+        // A hold on entries already gone holds nothing.
+        let index = if self.node.store().term_of(held).is_some() {
+            held
+        } else {
+            index
+        };
         let store = self.node.store();
         let trim = index > store.snapshot_metadata().index;
         let rewrite = durable && index > self.wal_compacted;
@@ -1210,6 +1248,18 @@ mod tests {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         after.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_log_hold_stops_compaction_short_by_a_bounded_amount() {
+        // No hold, or a hold past the point: compaction goes where it was asked to.
+        assert_eq!(held_index(500, 0, 100), 500);
+        assert_eq!(held_index(500, 600, 100), 500);
+        // Entries after the hold stay...
+        assert_eq!(held_index(500, 450, 100), 450);
+        // ...but never more than the bound past the point.
+        assert_eq!(held_index(500, 100, 100), 400);
+        assert_eq!(held_index(50, 10, 100), 10);
     }
 
     #[test]

@@ -417,7 +417,7 @@ pub fn render(s: &EtcdServer) -> String {
     o.one(
         "ballast_backup_archive_index",
         "gauge",
-        "The last raft index the backup archive holds (0: none yet).",
+        "The last raft index the backups hold, snapshot and archive together (0: none yet).",
         b.archive_index.load(Ordering::Relaxed) as f64,
     );
     o.one(

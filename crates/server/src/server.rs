@@ -100,6 +100,7 @@ impl EtcdServer {
             max_wal_files: cfg.max_wals,
             max_snapshot_files: cfg.max_snapshots,
             applied: mvcc.applied_index(),
+            max_log_hold: cfg.snapshot_count,
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
         let node = Arc::new(node);

@@ -19,6 +19,9 @@ use crate::member::counters::BackupStats;
 
 /// How often the archive looks for newly committed entries.
 const TICK: Duration = Duration::from_millis(500);
+/// How often a member that does not lead learns how far the archive has got, so its own log
+/// keeps what the archive still needs should it lead next.
+const FOLLOWER_REFRESH: Duration = Duration::from_secs(5);
 
 /// Where the archive goes on from: after the last segment, or after the newest snapshot when
 /// that is newer (or there is no segment yet). `None` until a snapshot exists (or one newer
@@ -60,12 +63,22 @@ pub async fn run(
     let mut pending: Vec<Entry> = Vec::new();
     let mut pending_bytes = 0u64;
     let mut last_flush = Instant::now();
+    let mut last_refresh: Option<Instant> = None;
     loop {
         tokio::time::sleep(TICK.min(flush_every)).await;
         if !status.borrow().is_leader {
             next = None;
             pending.clear();
             pending_bytes = 0;
+            if last_refresh.is_none_or(|t| t.elapsed() >= FOLLOWER_REFRESH) {
+                last_refresh = Some(Instant::now());
+                if let Ok(Some(last)) = archive::segments(&target)
+                    .await
+                    .map(|v| v.last().map(|s| s.last))
+                {
+                    node.hold_log_after(last);
+                }
+            }
             continue;
         }
         let from = match next {
@@ -75,6 +88,9 @@ pub async fn run(
                     tracing::info!(url = %target, index = n, "backup archive resumes");
                     rebase_after = None;
                     next = Some(n);
+                    node.hold_log_after(n - 1);
+                    // The snapshot below holds everything before `n`.
+                    stats.archive_index.fetch_max(n - 1, Ordering::Relaxed);
                     last_flush = Instant::now();
                     n
                 }
@@ -148,6 +164,7 @@ pub async fn run(
         match archive::put(&target, &pending, through_ms).await {
             Ok(seg) => {
                 next = Some(seg.last + 1);
+                node.hold_log_after(seg.last);
                 pending.clear();
                 pending_bytes = 0;
                 last_flush = Instant::now();
