@@ -58,6 +58,7 @@ def policy(bucket, prefix):
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket"],
                 "Resource": f"arn:aws:s3:::{bucket}",
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}},
             },
             {
                 "Effect": "Allow",

@@ -183,8 +183,9 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usiz
     }
 }
 
-/// What state a restore rebuilds: the newest backup, the state right after the entry that
-/// made a revision, or every entry the leader had read from its log by a time.
+/// What state a restore rebuilds: the newest there is (the newest snapshot and all of the
+/// archive after it), the state right after the entry that made a revision, or every entry
+/// the leader had read from its log by a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Newest,
@@ -248,7 +249,8 @@ pub async fn fetch_for_restore(
     let c = catalog::catalog(&store).await.map_err(other)?;
     let m = base_for(&store, &c, target).await?;
     let past = match target {
-        Target::Newest => false,
+        // The newest state there is: the snapshot and all of the archive after it.
+        Target::Newest => true,
         Target::Revision(r) => r != m.revision,
         Target::Time(_) => true,
     };
@@ -257,6 +259,7 @@ pub async fn fetch_for_restore(
         let segs = archive::segments(&store).await.map_err(other)?;
         let (run, _) = archive::run_after(&segs, m.index);
         match (run.is_empty() || m.index == 0, target) {
+            (true, Target::Newest) => {}
             (true, Target::Revision(r)) => {
                 return Err(Failure::Other(format!(
                     "no backup at revision {r} in {store}: the newest below it is at revision {}, and there is no archive to replay from it",

@@ -64,7 +64,7 @@ pub struct RestoreFlags {
     /// Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)
     #[arg(long = "mark-compacted")]
     mark_compacted: bool,
-    /// Restore the newest scheduled backup from this store instead of a file (Ballast's own)
+    /// Restore from this backup store instead of a file: the newest snapshot and the archive after it (Ballast's own)
     #[command(flatten)]
     store: crate::backup::StoreFlags,
     /// With --backup-url: the revision to restore (0: the newest backup)
