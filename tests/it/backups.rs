@@ -261,7 +261,40 @@ fn backups_go_to_an_s3_bucket_over_tls_rotate_and_restore() {
     let want: String = (0..20).map(|i| format!("k{i:02}\nv{i}\n")).collect();
     assert_eq!(out, want);
 
-    // Credentials come from the environment (or files), and a wrong one is a clear error.
+    // Credentials from the AWS CLI's files and a profile, or from the instance metadata
+    // service, as well as from the environment.
+    let bare: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY")
+        .cloned()
+        .collect();
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[backups]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            s3.key, s3.secret
+        ),
+    )
+    .unwrap();
+    let mut from_file = bare.clone();
+    from_file.extend([
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            creds.display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE".into(),
+            dir.path().join("none").display().to_string(),
+        ),
+        ("AWS_PROFILE".into(), "backups".into()),
+    ]);
+    assert_eq!(
+        list(&from_file, &["--backup-url", &url, &ca_flag]).0.len(),
+        2
+    );
+
+    // A wrong secret is a clear error.
     env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
     env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
     let (out, err, code) =
@@ -313,6 +346,32 @@ fn backups_fail_while_the_store_is_down_and_the_member_serves_on() {
         Some(rev),
         "the newest holds the writes"
     );
+
+    // The member's credentials can come from the instance metadata service (IMDSv2) too.
+    let mut from_imds: Vec<(String, String)> = s3
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY")
+        .collect();
+    let none = dir.path().join("none").display().to_string();
+    from_imds.extend([
+        (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+            s3.endpoint.clone(),
+        ),
+        ("AWS_CONFIG_FILE".into(), none.clone()),
+        ("AWS_SHARED_CREDENTIALS_FILE".into(), none),
+    ]);
+    let mut by_role = Server::unstarted(Kind::Ballast, &flags);
+    by_role.env = from_imds.clone();
+    by_role.spawn();
+    wait_for(
+        "a backup with the instance role's credentials",
+        Duration::from_secs(20),
+        || by_role.log().contains("wrote scheduled backup"),
+    );
+    drop(by_role);
+    assert!(!list(&from_imds, &["--backup-url", &url]).0.is_empty());
 
     let mut wrong = Server::unstarted(Kind::Ballast, &flags);
     wrong.env = s3.env();

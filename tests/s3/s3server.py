@@ -4,6 +4,8 @@ checking on. It makes one IAM user with the least-privilege policy docs/backups.
 BUCKET/PREFIX, and that bucket, then prints one JSON line (endpoint, keys, bucket) and obeys
 commands on stdin: "down" closes the listener and answers 503 on connections still open (the
 store unreachable), "up" opens it again on the same port with the same data, "slow SECONDS" delays every upload request by that much.
+It also answers as EC2's instance metadata service (IMDSv2) would, with temporary credentials
+of a role that has the same policy, for AWS_EC2_METADATA_SERVICE_ENDPOINT.
 It exits at the end of stdin.
 
 usage: s3server.py BUCKET PREFIX [--tls CERT KEY]
@@ -14,9 +16,9 @@ import sys
 import threading
 import time
 
-# The first four requests (the setup below, as an administrator would do it) go unchecked;
-# every later one must be signed by a known key and allowed by its user's policy.
-os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "4"
+# The first seven requests (the setup below, as an administrator would do it) go unchecked;
+# every later one must be signed by a known key and allowed by its user's (or role's) policy.
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "7"
 
 import boto3  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
@@ -84,6 +86,9 @@ def main():
     state = {"delay": 0.0, "down": False}
 
     def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/latest/"):
+            return imds(environ, start_response, path)
         if state["down"]:
             start_response("503 Service Unavailable", [("Content-Length", "0")])
             return [b""]
@@ -97,6 +102,32 @@ def main():
         t.start()
         state["srv"] = srv
         return srv.server_address[1]
+
+    def imds(environ, start_response, path):
+        token = environ.get("HTTP_X_AWS_EC2_METADATA_TOKEN")
+        if path == "/latest/api/token" and environ.get("REQUEST_METHOD") == "PUT":
+            body = b"imds-session-token"
+        elif token != "imds-session-token":
+            start_response("401 Unauthorized", [("Content-Length", "0")])
+            return [b""]
+        elif path == "/latest/meta-data/iam/security-credentials/":
+            body = b"ballast-backup-role"
+        elif path == "/latest/meta-data/iam/security-credentials/ballast-backup-role":
+            body = json.dumps(
+                {
+                    "Code": "Success",
+                    "Type": "AWS-HMAC",
+                    "AccessKeyId": state["role"]["AccessKeyId"],
+                    "SecretAccessKey": state["role"]["SecretAccessKey"],
+                    "Token": state["role"]["SessionToken"],
+                    "Expiration": state["role"]["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            ).encode()
+        else:
+            start_response("404 Not Found", [("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
 
     port = up(0)
     scheme = "https" if tls else "http"
@@ -116,6 +147,24 @@ def main():
         PolicyDocument=json.dumps(policy(bucket, prefix)),
     )
     key = iam.create_access_key(UserName="ballast")["AccessKey"]
+    # An instance role with the same policy, and a session of it for the metadata service.
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = iam.create_role(
+        RoleName="ballast-backup-role", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]
+    iam.put_role_policy(
+        RoleName="ballast-backup-role",
+        PolicyName="ballast-backups",
+        PolicyDocument=json.dumps(policy(bucket, prefix)),
+    )
+    state["role"] = boto3.client("sts", **anon).assume_role(
+        RoleArn=role["Arn"], RoleSessionName="instance", DurationSeconds=3600
+    )["Credentials"]
     # The bucket is an administrator's to make; the backup user may not.
     boto3.client("s3", **anon).create_bucket(Bucket=bucket)
     print(
