@@ -566,12 +566,12 @@ fn served(endpoint: &str) -> (i64, std::collections::BTreeMap<String, Kv>) {
 
 /// Point-in-time restore: a 3-member cluster archives every committed entry to the bucket
 /// while a client writes puts, deletes, transactions and leased keys (and a lease revoke),
-/// with a leader change half way. The archive has no gap, and `snapshot restore --backup-url
+/// with a leader change half way and a leader killed (kill -9) later. The archive has no gap, and `snapshot restore --backup-url
 /// --to-revision R` at randomly chosen revisions rebuilds exactly what the client saw at R
 /// (keys, values, create and mod revisions, versions); a 3-member cluster restored that way
 /// serves and takes writes.
 #[test]
-fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
+fn restores_to_any_revision_from_the_archive_across_leader_changes() {
     use etcd_client::{Compare, PutOptions, Txn, TxnOp};
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().unwrap();
@@ -601,7 +601,7 @@ fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
     for m in &mut members {
         m.wait_healthy(Duration::from_secs(20));
     }
-    let c = Cluster { members };
+    let mut c = Cluster { members };
     let env = s3.env();
     // The archive starts from a snapshot, which the leader takes at once.
     let mut base_rev = 0;
@@ -674,6 +674,31 @@ fn restores_to_any_revision_from_the_archive_across_a_leader_change() {
                 let (_, err, code) =
                     etcdctl(&eps[i], &["move-leader", &format!("{other:x}")], None);
                 assert_eq!(code, 0, "{err}");
+            }
+            if step == 180 {
+                // A leader killed (kill -9) between two writes; the next one goes on.
+                let (i, killed) = leader_ep(&eps);
+                c.members[i].kill9();
+                let survivors: Vec<String> = eps
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, e)| e.clone())
+                    .collect();
+                wait_for("a new leader", Duration::from_secs(20), || {
+                    let (out, _, _) = etcdctl(
+                        &survivors.join(","),
+                        &["endpoint", "status", "-w", "json"],
+                        None,
+                    );
+                    serde_json::from_str::<serde_json::Value>(&out)
+                        .ok()
+                        .and_then(|v| v[0]["Status"]["leader"].as_u64())
+                        .is_some_and(|l| l != 0 && l != killed)
+                });
+                cl = etcd_client::Client::connect(survivors, None).await.unwrap();
+                c.members[i].launch();
+                c.members[i].wait_healthy(Duration::from_secs(20));
             }
             let k = format!("k{:02}", rng.gen_range(0..30));
             let v = format!("v{step}");
