@@ -788,8 +788,11 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             let runs = v["archive"].as_array().unwrap().clone();
             assert!(runs.len() <= 1, "no hole in the archive: {runs:?}");
-            runs.first()
-                .is_some_and(|r| r["lastIndex"].as_u64().unwrap() >= raft_index)
+            // The run ends at the last entry, and `backup list` knows its revision.
+            runs.first().is_some_and(|r| {
+                r["lastIndex"].as_u64().unwrap() >= raft_index
+                    && r["lastRevision"].as_i64() == Some(final_rev)
+            })
         },
     );
     eprintln!(

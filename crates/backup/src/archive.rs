@@ -1,6 +1,7 @@
 //! The continuous archive: committed raft entries, as the leader's log holds them, in
 //! immutable segment objects under `archive/`, named by the first and last index they hold
-//! (`archive/<first>-<last>.seg`, zero-padded so names sort by index). A snapshot's manifest
+//! and the revision the store is at after the last (`archive/<first>-<last>-<revision>.seg`,
+//! zero-padded so names sort by index; revision 0: not known). A snapshot's manifest
 //! records the raft index it holds; the snapshot plus the segments after that index rebuild
 //! the state at any later revision the archive reaches.
 //!
@@ -46,12 +47,17 @@ pub struct Entry {
 pub struct Segment {
     pub first: u64,
     pub last: u64,
+    /// The store's revision after the last entry (0: not known).
+    pub last_revision: i64,
 }
 
 impl Segment {
     /// The object's name under the archive's sub-prefix.
     pub fn name(&self) -> String {
-        format!("{:020}-{:020}{SUFFIX}", self.first, self.last)
+        format!(
+            "{:020}-{:020}-{:020}{SUFFIX}",
+            self.first, self.last, self.last_revision
+        )
     }
 
     /// The object's name from the location's prefix.
@@ -61,16 +67,19 @@ impl Segment {
 
     pub fn parse(name: &str) -> Option<Segment> {
         let stem = name.strip_suffix(SUFFIX)?;
-        let (a, b) = stem.split_once('-')?;
-        if a.len() != 20
-            || b.len() != 20
-            || !(a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit())
+        let mut parts = stem.split('-');
+        let (a, b, r) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || [a, b, r]
+                .iter()
+                .any(|p| p.len() != 20 || !p.bytes().all(|c| c.is_ascii_digit()))
         {
             return None;
         }
         let s = Segment {
             first: a.parse().ok()?,
             last: b.parse().ok()?,
+            last_revision: r.parse().ok()?,
         };
         (s.first >= 1 && s.first <= s.last).then_some(s)
     }
@@ -190,8 +199,14 @@ pub async fn segments(store: &Store) -> Result<Vec<Segment>> {
     Ok(v)
 }
 
-/// Stores one segment holding every entry committed by `through_ms`.
-pub async fn put(store: &Store, entries: &[Entry], through_ms: u64) -> Result<Segment> {
+/// Stores one segment holding every entry committed by `through_ms`, after whose last entry
+/// the store is at `last_revision` (0: not known).
+pub async fn put(
+    store: &Store,
+    entries: &[Entry],
+    through_ms: u64,
+    last_revision: i64,
+) -> Result<Segment> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Err(BackupStoreError::Object {
             name: DIR.into(),
@@ -201,6 +216,7 @@ pub async fn put(store: &Store, entries: &[Entry], through_ms: u64) -> Result<Se
     let seg = Segment {
         first: first.index,
         last: last.index,
+        last_revision,
     };
     store
         .put_small(&seg.path(), encode(entries, through_ms))
@@ -253,6 +269,14 @@ pub async fn prune_before(store: &Store, index: u64) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
+    fn sg(first: u64, last: u64, last_revision: i64) -> Segment {
+        Segment {
+            first,
+            last,
+            last_revision,
+        }
+    }
+
     fn entries(first: u64, n: u64) -> Vec<Entry> {
         (first..first + n)
             .map(|i| Entry {
@@ -268,10 +292,7 @@ mod tests {
     #[test]
     fn segments_round_trip_and_any_damage_is_an_error() {
         let es = entries(10, 9);
-        let seg = Segment {
-            first: 10,
-            last: 18,
-        };
+        let seg = sg(10, 18, 30);
         let bytes = encode(&es, 77);
         assert_eq!(
             decode(&seg, &bytes).ok(),
@@ -290,31 +311,19 @@ mod tests {
             assert!(decode(&seg, &bytes[..n]).is_err(), "cut at {n}");
         }
         // The name must match the contents.
-        assert!(decode(
-            &Segment {
-                first: 10,
-                last: 19
-            },
-            &bytes
-        )
-        .is_err());
-        assert!(decode(
-            &Segment {
-                first: 11,
-                last: 18
-            },
-            &bytes
-        )
-        .is_err());
+        assert!(decode(&sg(10, 19, 0), &bytes).is_err());
+        assert!(decode(&sg(11, 18, 0), &bytes).is_err());
         // A hole inside is refused even with good checksums.
         let mut holed = es.clone();
         holed.remove(3);
         assert!(decode(&seg, &encode(&holed, 77)).is_err());
         for bad in [
-            "00000000000000000010-00000000000000000009.seg",
-            "00000000000000000000-00000000000000000009.seg",
-            "10-18.seg",
-            "00000000000000000010-00000000000000000018.db",
+            "00000000000000000010-00000000000000000009-00000000000000000000.seg",
+            "00000000000000000000-00000000000000000009-00000000000000000000.seg",
+            "00000000000000000010-00000000000000000018.seg",
+            "10-18-30.seg",
+            "00000000000000000010-00000000000000000018-00000000000000000030.db",
+            "00000000000000000010-00000000000000000018-00000000000000000030-1.seg",
         ] {
             assert_eq!(Segment::parse(bad), None, "{bad}");
         }
@@ -322,7 +331,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let seg = Segment { first: 1, last: 3 };
+        let seg = sg(1, 3, 0);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for len in 0..600 {
             let mut b: Vec<u8> = (0..len)
@@ -342,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_run_stops_at_a_hole() {
-        let s = |first, last| Segment { first, last };
+        let s = |first, last| sg(first, last, 0);
         let all = [s(1, 5), s(6, 9), s(8, 12), s(20, 25)];
         assert_eq!(
             run_after(&all, 3),
@@ -361,13 +370,10 @@ mod tests {
             &crate::S3Settings::from_env(),
         )
         .expect("open");
-        put(&store, &entries(1, 4), 1).await.expect("put");
-        put(&store, &entries(5, 3), 2).await.expect("put");
+        put(&store, &entries(1, 4), 1, 3).await.expect("put");
+        put(&store, &entries(5, 3), 2, 0).await.expect("put");
         let segs = segments(&store).await.expect("list");
-        assert_eq!(
-            segs,
-            [Segment { first: 1, last: 4 }, Segment { first: 5, last: 7 }]
-        );
+        assert_eq!(segs, [sg(1, 4, 3), sg(5, 7, 0)]);
         assert_eq!(
             get(&store, &segs[1]).await.expect("get").entries,
             entries(5, 3)

@@ -97,30 +97,48 @@ pub async fn run(p: &Printer, cmd: &BackupCmd) -> Result<(), Failure> {
     }
 }
 
-/// The archive's contiguous runs of raft indexes: (first, last, segments).
-fn runs(segs: &[Segment]) -> Vec<(u64, u64, usize)> {
-    let mut out: Vec<(u64, u64, usize)> = Vec::new();
+/// A contiguous run of archived raft indexes.
+struct Run {
+    first: u64,
+    last: u64,
+    /// The revision after the run's last entry (0: not known).
+    last_revision: i64,
+    segments: usize,
+}
+
+/// The archive's contiguous runs of raft indexes.
+fn runs(segs: &[Segment]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
     for s in segs {
         match out.last_mut() {
-            Some(r) if s.first <= r.1 + 1 => {
-                r.1 = r.1.max(s.last);
-                r.2 += 1;
+            Some(r) if s.first <= r.last + 1 => {
+                if s.last >= r.last {
+                    r.last = s.last;
+                    r.last_revision = s.last_revision;
+                }
+                r.segments += 1;
             }
-            _ => out.push((s.first, s.last, 1)),
+            _ => out.push(Run {
+                first: s.first,
+                last: s.last,
+                last_revision: s.last_revision,
+                segments: 1,
+            }),
         }
     }
     out
 }
 
-fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usize)]) {
+fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[Run]) {
     match p.format {
         Format::Json => println!(
             "{}",
             serde_json::json!({
                 "snapshots": ms,
                 "incomplete": c.incomplete.iter().map(SnapshotName::db).collect::<Vec<_>>(),
-                "archive": runs.iter().map(|(first, last, n)| serde_json::json!({
-                    "firstIndex": first, "lastIndex": last, "segments": n,
+                "archive": runs.iter().map(|r| serde_json::json!({
+                    "firstIndex": r.first, "lastIndex": r.last,
+                    "lastRevision": r.last_revision, "segments": r.segments,
                 })).collect::<Vec<_>>(),
             })
         ),
@@ -154,10 +172,22 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usiz
             if !runs.is_empty() {
                 let rows: Vec<Vec<String>> = runs
                     .iter()
-                    .map(|(a, b, n)| vec![a.to_string(), b.to_string(), n.to_string()])
+                    .map(|r| {
+                        vec![
+                            r.first.to_string(),
+                            r.last.to_string(),
+                            r.last_revision.to_string(),
+                            r.segments.to_string(),
+                        ]
+                    })
                     .collect();
                 table(
-                    &["ARCHIVE FIRST INDEX", "ARCHIVE LAST INDEX", "SEGMENTS"],
+                    &[
+                        "ARCHIVE FIRST INDEX",
+                        "ARCHIVE LAST INDEX",
+                        "LAST REVISION",
+                        "SEGMENTS",
+                    ],
                     &rows,
                 );
             }
@@ -176,8 +206,11 @@ fn print_list(p: &Printer, c: &Catalog, ms: &[Manifest], runs: &[(u64, u64, usiz
                     m.member_id
                 );
             }
-            for (a, b, n) in runs {
-                println!("archive, {a}, {b}, {n}");
+            for r in runs {
+                println!(
+                    "archive, {}, {}, {}, {}",
+                    r.first, r.last, r.last_revision, r.segments
+                );
             }
         }
     }

@@ -244,8 +244,13 @@ enum Cmd {
     LearnerReady(u64, oneshot::Sender<Result<bool, RaftError>>),
     ActivePeers(oneshot::Sender<Result<Vec<(u64, bool)>, RaftError>>),
     TransferLeader(u64, oneshot::Sender<Result<(), RaftError>>),
-    /// Committed entries from an index, up to a byte budget.
-    Committed(u64, u64, oneshot::Sender<Result<Vec<Committed>, RaftError>>),
+    /// Committed entries from an index through another, up to a byte budget.
+    Committed(
+        u64,
+        u64,
+        u64,
+        oneshot::Sender<Result<Vec<Committed>, RaftError>>,
+    ),
     /// The state machine has applied everything up to `index`: drop in-memory entries before
     /// it (keeping the catch-up entries). With `durable`, it also holds them durably, so the
     /// WAL is rewritten from there too.
@@ -554,15 +559,17 @@ impl Node {
         self.log_hold.store(index, Ordering::Relaxed);
     }
 
-    /// Committed entries from `low` on, as logged (at least one if any is committed, then up
-    /// to `max_bytes`): what a backup archive copies. `Compacted` if `low` is gone.
+    /// Committed entries from `low` through `high`, as logged (at least one if any is
+    /// committed, then up to `max_bytes`): what a backup archive copies. `Compacted` if `low`
+    /// is gone.
     pub async fn committed_entries(
         &self,
         low: u64,
+        high: u64,
         max_bytes: u64,
     ) -> Result<Vec<Committed>, RaftError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Committed(low, max_bytes, tx))?;
+        self.send(Cmd::Committed(low, high, max_bytes, tx))?;
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
@@ -766,8 +773,13 @@ impl Driver {
     /// state machine holds them durably, rewrites the WAL to start there too. Raft then sends
     /// followers that need older entries a snapshot, exported from the live store, which
     /// covers `index`.
-    fn committed_from(&self, low: u64, max_bytes: u64) -> Result<Vec<Committed>, RaftError> {
-        let commit = self.node.raft.raft_log.committed;
+    fn committed_from(
+        &self,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Committed>, RaftError> {
+        let commit = self.node.raft.raft_log.committed.min(high);
         if low > commit {
             return Ok(Vec::new());
         }
@@ -951,8 +963,8 @@ impl Driver {
                 };
                 let _ = tx.send(res);
             }
-            Cmd::Committed(low, max_bytes, tx) => {
-                let _ = tx.send(self.committed_from(low, max_bytes));
+            Cmd::Committed(low, high, max_bytes, tx) => {
+                let _ = tx.send(self.committed_from(low, high, max_bytes));
             }
             Cmd::Compact { index, durable } => {
                 if let Err(e) = self.compact(index, durable) {

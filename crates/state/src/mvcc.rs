@@ -1856,6 +1856,12 @@ impl Mvcc {
         self.read().applied
     }
 
+    /// The applied raft index and the revision it left, read together.
+    pub fn applied_and_rev(&self) -> (u64, i64) {
+        let idx = self.read();
+        (idx.applied, idx.rev)
+    }
+
     pub fn db_size(&self) -> u64 {
         self.backend.size()
     }

@@ -51,6 +51,7 @@ fn unix_ms() -> u64 {
 /// Runs for the member's life.
 pub async fn run(
     target: Store,
+    member_store: crate::member::store::Store,
     node: Arc<Node>,
     status: watch::Receiver<RaftStatus>,
     stats: Arc<BackupStats>,
@@ -109,11 +110,13 @@ pub async fn run(
         // Gather committed entries, up to one segment's worth. Each is stamped with the time
         // it was read: it was committed by then.
         let mut through_ms = 0;
+        // Only what the store has applied, so the revision after the last entry is known.
+        let (applied, rev) = member_store.current().applied_and_rev();
         while pending_bytes < SEGMENT_BYTES {
             let read_at = unix_ms();
             let low = from + pending.len() as u64;
             match node
-                .committed_entries(low, SEGMENT_BYTES - pending_bytes)
+                .committed_entries(low, applied, SEGMENT_BYTES - pending_bytes)
                 .await
             {
                 Ok(v) if v.is_empty() => {
@@ -161,7 +164,11 @@ pub async fn run(
         if through_ms == 0 {
             through_ms = pending.last().map_or(0, |e| e.unix_ms);
         }
-        match archive::put(&target, &pending, through_ms).await {
+        let last_revision = match pending.last() {
+            Some(e) if e.index == applied => rev,
+            _ => 0,
+        };
+        match archive::put(&target, &pending, through_ms, last_revision).await {
             Ok(seg) => {
                 next = Some(seg.last + 1);
                 node.hold_log_after(seg.last);

@@ -160,6 +160,7 @@ pub async fn run(
     if let Some(flush_every) = s.config.archive {
         tokio::spawn(crate::background::archive::run(
             target.clone(),
+            store.clone(),
             node,
             status.clone(),
             stats.clone(),
