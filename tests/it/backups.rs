@@ -767,6 +767,14 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
             );
             history.push((r.header().unwrap().revision(), model.clone()));
         }
+        // The mistake to undo: a whole prefix deleted.
+        let r = cl
+            .delete("k", Some(etcd_client::DeleteOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert!(r.deleted() > 0);
+        model.keys.retain(|k, _| !k.starts_with('k'));
+        history.push((r.header().unwrap().revision(), model.clone()));
     });
     let final_rev = history.last().unwrap().0;
     // Everything committed reaches the archive within the interval, with no hole.
@@ -817,6 +825,8 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
     let mut targets: Vec<i64> = (0..3)
         .map(|_| rng.gen_range(base_rev + 1..=final_rev))
         .collect();
+    // Just before the prefix was deleted, and the end.
+    targets.push(final_rev - 1);
     targets.push(final_rev);
     for r in targets {
         let restored = Server::unstarted(Kind::Ballast, &[]);
@@ -991,8 +1001,9 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
 }
 
 /// The archive cannot copy entries while the store is down; once more than it may buffer
-/// (one segment) has gathered and the log is compacted past them (a small `--snapshot-count`
-/// bounds how long the archive may hold compaction back), that is a gap: logged, counted,
+/// (one segment) has gathered and the log is compacted past them (a small
+/// `--backup-archive-log-hold` bounds how long the archive may hold compaction back), that is
+/// a gap: logged, counted,
 /// never papered over — a snapshot is taken and the archive starts again after it. Revisions
 /// inside the hole are refused; those after it restore.
 #[test]
@@ -1014,6 +1025,8 @@ fn an_archive_gap_is_reported_and_a_snapshot_rebases_it() {
             "200",
             "--snapshot-catchup-entries",
             "50",
+            "--backup-archive-log-hold",
+            "200",
         ],
     );
     s.env = s3.env();

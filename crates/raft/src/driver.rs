@@ -148,7 +148,7 @@ pub struct NodeConfig {
     /// Last index the state machine has durably applied.
     pub applied: u64,
     /// The most entries a hold ([`Node::hold_log_after`]) may keep past where the log would
-    /// otherwise be compacted (the server passes `--snapshot-count`).
+    /// otherwise be compacted (`--backup-archive-log-hold`; 0: no hold).
     pub max_log_hold: u64,
     pub max_msg_bytes: u64,
     /// TLS for peer connections to and from `https` peer URLs.

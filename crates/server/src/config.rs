@@ -775,6 +775,14 @@ pub struct Flags {
         default_value = "5s"
     )]
     pub backup_archive_interval: String,
+    /// The most raft log entries the archive may keep from compaction while it catches up
+    /// (they stay in the WAL); past that, a gap.
+    #[arg(
+        long = "backup-archive-log-hold",
+        env = "BALLAST_BACKUP_ARCHIVE_LOG_HOLD",
+        default_value_t = 100_000
+    )]
+    pub backup_archive_log_hold: u64,
     #[arg(long = "log-level", env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     #[arg(long = "logger", env = "ETCD_LOGGER", default_value = "zap")]
@@ -1010,6 +1018,7 @@ struct FileConfig {
     backup_ca_file: Option<String>,
     backup_archive: Option<bool>,
     backup_archive_interval: Option<String>,
+    backup_archive_log_hold: Option<u64>,
     experimental_initial_corrupt_check: Option<bool>,
     feature_gates: Option<String>,
     strict_reconfig_check: Option<bool>,
@@ -1681,6 +1690,8 @@ pub struct BackupConfig {
     pub max_age: Option<Duration>,
     /// `--backup-archive`: how long a committed entry may wait for the archive.
     pub archive: Option<Duration>,
+    /// `--backup-archive-log-hold`: raft log entries the archive may keep from compaction.
+    pub log_hold: u64,
 }
 
 /// `--backup-url` (or `--backup-dir`, which is `file://` for it), `--backup-interval`,
@@ -1745,6 +1756,7 @@ fn backup(f: &Flags) -> Result<Option<BackupConfig>, ConfigError> {
         keep: f.backup_retention,
         max_age,
         archive,
+        log_hold: f.backup_archive_log_hold,
     }))
 }
 
@@ -1951,6 +1963,9 @@ fn apply_file(f: &mut Flags, path: &str) -> Result<(), ConfigError> {
         backup_archive_interval: c
             .backup_archive_interval
             .unwrap_or(d.backup_archive_interval),
+        backup_archive_log_hold: c
+            .backup_archive_log_hold
+            .unwrap_or(d.backup_archive_log_hold),
         initial_corrupt_check: c
             .experimental_initial_corrupt_check
             .unwrap_or(d.initial_corrupt_check),

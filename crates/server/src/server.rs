@@ -100,7 +100,11 @@ impl EtcdServer {
             max_wal_files: cfg.max_wals,
             max_snapshot_files: cfg.max_snapshots,
             applied: mvcc.applied_index(),
-            max_log_hold: cfg.snapshot_count,
+            max_log_hold: cfg
+                .backup
+                .as_ref()
+                .and_then(|b| b.archive.map(|_| b.log_hold))
+                .unwrap_or(0),
             max_msg_bytes: cfg.max_request_bytes + (1 << 20),
         })?;
         let node = Arc::new(node);

@@ -65,8 +65,13 @@ pub async fn run(
     let mut pending_bytes = 0u64;
     let mut last_flush = Instant::now();
     let mut last_refresh: Option<Instant> = None;
+    // Whether the last turn stored a full segment: then more is waiting, so no pause.
+    let mut behind = false;
     loop {
-        tokio::time::sleep(TICK.min(flush_every)).await;
+        if !behind {
+            tokio::time::sleep(TICK.min(flush_every)).await;
+        }
+        behind = false;
         if !status.borrow().is_leader {
             next = None;
             pending.clear();
@@ -170,6 +175,7 @@ pub async fn run(
         };
         match archive::put(&target, &pending, through_ms, last_revision).await {
             Ok(seg) => {
+                behind = pending_bytes >= SEGMENT_BYTES;
                 next = Some(seg.last + 1);
                 node.hold_log_after(seg.last);
                 pending.clear();

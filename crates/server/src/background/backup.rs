@@ -22,6 +22,8 @@ use crate::member::store::Store as MemberStore;
 
 /// The local file a snapshot is written to before it is stored (hidden: listings skip it).
 const STAGING: &str = ".backup.tmp";
+/// The least time between a failed backup and the next attempt.
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a scheduled backup failed.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,9 @@ pub async fn run(
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(url = %target, error = %e, "scheduled backup failed");
+                // The archive asks again at once while it has no snapshot to build on: do not
+                // hammer a store that refuses.
+                tokio::time::sleep(RETRY_AFTER_FAILURE.min(s.config.every)).await;
             }
         }
     }
