@@ -182,6 +182,7 @@ impl EtcdServer {
                 request_timeout: cfg.request_timeout(),
             },
             first_request_id(member_id, millis),
+            file_swap.clone(),
         );
         let reader = Reader::new(
             node.clone(),

@@ -46,7 +46,12 @@ struct Inner {
     next_id: AtomicU64,
     counters: Arc<ServerCounters>,
     limits: ProposeLimits,
+    /// Held while the store's file is replaced (here: compacted before refusing a write).
+    file_swap: Arc<std::sync::Mutex<()>>,
 }
+
+/// A store this small has its file compacted before a write is refused for the quota.
+const TINY_STORE_BYTES: u64 = 1 << 20;
 
 /// A request ID as a lease ID: the top bit cleared, as etcd clears it (a member whose low ID
 /// bits start with a 1 would otherwise hand out negative IDs etcdctl cannot parse back); never 0.
@@ -72,6 +77,7 @@ impl Proposer {
         counters: Arc<ServerCounters>,
         limits: ProposeLimits,
         first_id: u64,
+        file_swap: Arc<std::sync::Mutex<()>>,
     ) -> Proposer {
         Proposer(Arc::new(Inner {
             node,
@@ -80,6 +86,7 @@ impl Proposer {
             next_id: AtomicU64::new(first_id),
             counters,
             limits,
+            file_swap,
         }))
     }
 
@@ -139,6 +146,21 @@ impl Proposer {
         let quota = self.0.limits.quota_backend_bytes;
         if cost == 0 || quota == 0 || self.0.store.current().quota_size() + cost <= quota {
             return Ok(());
+        }
+        // A tiny store's pages in use depend on how its first commits fell (redb cannot reuse
+        // pages a reader or an undurable commit still holds): a few pages either way, which
+        // etcd's smallest quota (13 pages) notices. Compact the file before refusing.
+        let store = self.0.store.current();
+        if store.db_size() <= TINY_STORE_BYTES {
+            let swap = self.0.file_swap.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
+                store.defragment()
+            })
+            .await;
+            if self.0.store.current().quota_size() + cost <= quota {
+                return Ok(());
+            }
         }
         let raise = raft_request::Request::Alarm(AlarmRequest {
             action: AlarmAction::Activate as i32,
