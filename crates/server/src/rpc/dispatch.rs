@@ -198,6 +198,9 @@ fn grpc_unimplemented() -> Response<Body> {
     super::status(crate::server::ServerError::Unimplemented(String::new())).into_http::<Body>()
 }
 
+/// The most of an unserved request's body read before answering (Go's `maxPostHandlerReadBytes`).
+const UNREAD_BODY_DRAIN: usize = 256 << 10;
+
 /// What the client port answers for paths nobody serves: gRPC's Unimplemented to a gRPC
 /// call, as grpc-go does; Go's `http.NotFound` to anything else, as etcd's HTTP mux does.
 pub async fn unimplemented(req: axum::extract::Request) -> Response<Body> {
@@ -208,6 +211,9 @@ pub async fn unimplemented(req: axum::extract::Request) -> Response<Body> {
     if grpc {
         return grpc_unimplemented();
     }
+    // Read what is left of the request first, as Go's server does (up to its 256 KiB): a
+    // connection closed with a body unread is reset, and the client can lose the answer.
+    let _ = axum::body::to_bytes(req.into_body(), UNREAD_BODY_DRAIN).await;
     let mut r = Response::new(Body::from("404 page not found\n"));
     *r.status_mut() = http::StatusCode::NOT_FOUND;
     let h = r.headers_mut();
