@@ -142,6 +142,33 @@ fn list(env: &[(String, String)], args: &[&str]) -> (Vec<serde_json::Value>, Vec
     (v["snapshots"].as_array().unwrap().clone(), incomplete)
 }
 
+/// `snapshot restore --backup-url URL` (plus `extra`) into a new single member's data
+/// directory, with the flags `Server::start` gives a member: that member, not started, and
+/// ballastctl's output.
+fn restore_member(
+    env: &[(String, String)],
+    url: &str,
+    extra: &[&str],
+) -> (Server, (String, String, i32)) {
+    let restored = Server::unstarted(Kind::Ballast, &[]);
+    let target = restored.data_dir.to_str().unwrap().to_string();
+    let mut a = vec![
+        "snapshot",
+        "restore",
+        "--backup-url",
+        url,
+        "--data-dir",
+        &target,
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "default=http://127.0.0.1:2380",
+    ];
+    a.extend_from_slice(extra);
+    let out = ballastctl_env(env, &a);
+    (restored, out)
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -224,38 +251,19 @@ fn backups_go_to_an_s3_bucket_over_tls_rotate_and_restore() {
     assert_eq!(backup_metric(&s, "ballast_backup_failures_total"), 0.0);
 
     // Restore: without the CA the endpoint is not trusted; with it, the newest comes back.
-    let restored = Server::unstarted(Kind::Ballast, &[]);
-    let target = restored.data_dir.to_str().unwrap().to_string();
-    let restore = |extra: &[&str], env: &[(String, String)]| {
-        let mut a = vec![
-            "snapshot",
-            "restore",
-            "--backup-url",
-            &url,
-            "--data-dir",
-            &target,
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380",
-        ];
-        a.extend_from_slice(extra);
-        ballastctl_env(env, &a)
-    };
-    let (out, err, code) = restore(&[], &env);
+    let (untrusted, (out, err, code)) = restore_member(&env, &url, &[]);
     assert_ne!(code, 0, "an untrusted endpoint is refused: {out}{err}");
-    assert!(!restored.data_dir.exists(), "nothing written on failure");
+    assert!(!untrusted.data_dir.exists(), "nothing written on failure");
     let missing = format!("--to-revision={}", rev + 1000);
-    let (out, err, code) = restore(&[&ca_flag, &missing], &env);
+    let (_, (out, err, code)) = restore_member(&env, &url, &[&ca_flag, &missing]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(
         err.contains(&format!("no backup at revision {}", rev + 1000)),
         "{err}"
     );
     let exact = format!("--to-revision={rev}");
-    let (out, err, code) = restore(&[&ca_flag, &exact], &env);
+    let (mut restored, (out, err, code)) = restore_member(&env, &url, &[&ca_flag, &exact]);
     assert_eq!(code, 0, "{out}{err}");
-    let mut restored = restored;
     restored.spawn();
     let (out, _, _) = etcdctl(&restored.endpoint(), &["get", "k", "--prefix"], None);
     let want: String = (0..20).map(|i| format!("k{i:02}\nv{i}\n")).collect();
@@ -466,25 +474,8 @@ fn a_leader_killed_mid_upload_leaves_only_whole_backups() {
     let env = s3.env();
     let (snaps, _) = list(&env, &["--backup-url", &url]);
     assert!(snaps.len() >= 2, "{snaps:?}");
-    let restored = Server::unstarted(Kind::Ballast, &[]);
-    let target = restored.data_dir.to_str().unwrap().to_string();
-    let (out, err, code) = ballastctl_env(
-        &env,
-        &[
-            "snapshot",
-            "restore",
-            "--backup-url",
-            &url,
-            "--data-dir",
-            &target,
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380",
-        ],
-    );
+    let (mut restored, (out, err, code)) = restore_member(&env, &url, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    let mut restored = restored;
     restored.spawn();
     let (out, _, _) = etcdctl(
         &restored.endpoint(),
@@ -829,26 +820,9 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
     targets.push(final_rev - 1);
     targets.push(final_rev);
     for r in targets {
-        let restored = Server::unstarted(Kind::Ballast, &[]);
-        let target = restored.data_dir.to_str().unwrap().to_string();
         let to = format!("--to-revision={r}");
         let started = Instant::now();
-        let (out, err, code) = ballastctl_env(
-            &env,
-            &[
-                "snapshot",
-                "restore",
-                "--backup-url",
-                &url,
-                &to,
-                "--data-dir",
-                &target,
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-            ],
-        );
+        let (restored, (out, err, code)) = restore_member(&env, &url, &[&to]);
         assert_eq!(code, 0, "restore to {r}: {out}{err}");
         eprintln!(
             "measured: restore to revision {r} of {final_rev} took {:?}",
@@ -930,27 +904,9 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
 
     // To a time: what was committed by then.
     let (at, want) = moment.unwrap();
-    let restored = Server::unstarted(Kind::Ballast, &[]);
-    let target = restored.data_dir.to_str().unwrap().to_string();
     let to = format!("--to-time={at}");
-    let (out, err, code) = ballastctl_env(
-        &env,
-        &[
-            "snapshot",
-            "restore",
-            "--backup-url",
-            &url,
-            &to,
-            "--data-dir",
-            &target,
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380",
-        ],
-    );
+    let (mut restored, (out, err, code)) = restore_member(&env, &url, &[&to]);
     assert_eq!(code, 0, "restore to {at}: {out}{err}");
-    let mut restored = restored;
     restored.spawn();
     assert_eq!(served(&restored.endpoint()).1, want, "the state at {at}");
 
@@ -1105,28 +1061,7 @@ fn an_archive_gap_is_reported_and_a_snapshot_rebases_it() {
         "a hole between runs: {v}"
     );
 
-    let restore = |r: i64| {
-        let restored = Server::unstarted(Kind::Ballast, &[]);
-        let target = restored.data_dir.to_str().unwrap().to_string();
-        let to = format!("--to-revision={r}");
-        let out = ballastctl_env(
-            &env,
-            &[
-                "snapshot",
-                "restore",
-                "--backup-url",
-                &url,
-                &to,
-                "--data-dir",
-                &target,
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-cluster",
-                "default=http://127.0.0.1:2380",
-            ],
-        );
-        (restored, out)
-    };
+    let restore = |r: i64| restore_member(&env, &url, &[&format!("--to-revision={r}")]);
     // Inside the hole (the entries the store missed while down): refused, nothing written.
     let (r, (out, err, code)) = restore(before_rev + 10);
     assert_ne!(code, 0, "{out}");

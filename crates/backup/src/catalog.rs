@@ -44,26 +44,20 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 fn parse_stamp(s: &str) -> Option<u64> {
+    use ballast_net::time::{checked_unix_of_civil, digits};
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, mi, sec) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
-        return None;
-    }
-    let unix = ballast_net::time::unix_of_civil(y, mo, d, h, mi, sec);
-    // A day past the month's end would not come back the same.
-    (stamp(u64::try_from(unix).ok()?) == s)
-        .then_some(unix)
-        .and_then(|u| u64::try_from(u).ok())
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(digits);
+    checked_unix_of_civil(
+        num(0..4)?,
+        num(4..6)?,
+        num(6..8)?,
+        num(9..11)?,
+        num(11..13)?,
+        num(13..15)?,
+    )
 }
 
 impl SnapshotName {

@@ -173,11 +173,8 @@ impl Store {
     pub async fn list_under(&self, sub: &str) -> Result<Vec<Object>> {
         match &self.inner {
             Inner::Dir(d) => {
-                let d = if sub.is_empty() {
-                    d.clone()
-                } else {
-                    d.join(sub)
-                };
+                // `join("")` is the directory itself.
+                let d = d.join(sub);
                 blocking(move || {
                     let rd = match std::fs::read_dir(&d) {
                         Ok(rd) => rd,
@@ -320,11 +317,8 @@ impl Store {
     pub async fn sync_under(&self, sub: &str) -> Result<()> {
         match &self.inner {
             Inner::Dir(d) => {
-                let d = if sub.is_empty() {
-                    d.clone()
-                } else {
-                    d.join(sub)
-                };
+                // `join("")` is the directory itself.
+                let d = d.join(sub);
                 blocking(move || ballast_storage::wal::sync_dir(&d).map_err(io_at(&d))).await
             }
             Inner::Bucket(_) => Ok(()),

@@ -339,36 +339,30 @@ pub fn parse_time(s: &str) -> Option<u64> {
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
-        return None;
-    }
+    use ballast_net::time::{checked_unix_of_civil, digits};
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(digits);
+    let unix = checked_unix_of_civil(
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    )?;
     let mut rest = &s[19..];
     let mut ms = 0i64;
     if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
             return None;
         }
-        let mut scaled: String = frac[..digits].chars().take(3).collect();
+        let mut scaled: String = frac[..n].chars().take(3).collect();
         while scaled.len() < 3 {
             scaled.push('0');
         }
         ms = scaled.parse().ok()?;
-        rest = &frac[digits..];
+        rest = &frac[n..];
     }
-    let digits = |t: &str| -> Option<i64> {
-        t.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())?
-    };
     let offset = match rest.as_bytes() {
         b"Z" => 0,
         [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
@@ -381,7 +375,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    let unix = ballast_net::time::unix_of_civil(y, mo, d, h, mi, sec) - offset;
+    let unix = i64::try_from(unix).ok()? - offset;
     u64::try_from(unix * 1000 + ms).ok()
 }
 
@@ -658,6 +652,7 @@ mod tests {
             "2026-12-07",
             "2026-12-07 09:30:00Z",
             "2026-13-07T09:30:00Z",
+            "2026-02-31T09:30:00Z",
             "2026-12-07T09:30:00",
             "2026-12-07T09:30:00.Z",
             "2026-12-07T09:30:00+0100",

@@ -30,6 +30,31 @@ pub fn unix_of_civil(year: i64, month: i64, day: i64, h: i64, m: i64, s: i64) ->
     days * 86_400 + h * 3600 + m * 60 + s
 }
 
+/// Decimal digits and nothing else (no sign, no space), as a number: a field of a time read
+/// from text.
+pub fn digits(t: &str) -> Option<i64> {
+    (!t.is_empty() && t.bytes().all(|c| c.is_ascii_digit())).then(|| t.parse().ok())?
+}
+
+/// [`unix_of_civil`] for fields read from text: `None` unless they name a real moment at or
+/// after 1970 (no 31 February, no hour 24).
+pub fn checked_unix_of_civil(
+    year: i64,
+    month: i64,
+    day: i64,
+    h: i64,
+    m: i64,
+    s: i64,
+) -> Option<u64> {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 59 {
+        return None;
+    }
+    let unix = u64::try_from(unix_of_civil(year, month, day, h, m, s)).ok()?;
+    // A day past the month's end comes back as another date.
+    let (y2, mo2, d2, ..) = utc_civil(unix);
+    ((y2, mo2, d2) == (year, month, day)).then_some(unix)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -47,5 +72,31 @@ mod tests {
             assert_eq!(back, t as i64);
         }
         assert_eq!(super::unix_of_civil(1950, 1, 1, 0, 0, 0), -631_152_000);
+    }
+
+    #[test]
+    fn checked_fields_name_real_moments() {
+        assert_eq!(
+            super::checked_unix_of_civil(2000, 2, 29, 0, 0, 0),
+            Some(951_782_400)
+        );
+        for bad in [
+            (2001, 2, 29, 0, 0, 0),
+            (2026, 4, 31, 0, 0, 0),
+            (2026, 13, 1, 0, 0, 0),
+            (2026, 1, 1, 24, 0, 0),
+            (1969, 12, 31, 23, 59, 59),
+        ] {
+            let (y, mo, d, h, mi, s) = bad;
+            assert_eq!(
+                super::checked_unix_of_civil(y, mo, d, h, mi, s),
+                None,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(super::digits("0042"), Some(42));
+        for bad in ["", "+1", " 1", "1a"] {
+            assert_eq!(super::digits(bad), None, "{bad:?}");
+        }
     }
 }

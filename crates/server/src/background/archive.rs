@@ -8,7 +8,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ballast_backup::archive::{self, Entry, SEGMENT_BYTES};
 use ballast_backup::{catalog, Store};
@@ -43,9 +43,7 @@ async fn resume_point(target: &Store, after: Option<u64>) -> ballast_backup::Res
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::unix_now().as_millis() as u64
 }
 
 /// Runs for the member's life.
@@ -181,10 +179,7 @@ pub async fn run(
                 pending.clear();
                 pending_bytes = 0;
                 last_flush = Instant::now();
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+                let now = super::unix_now().as_secs();
                 stats.archive_index.store(seg.last, Ordering::Relaxed);
                 stats.archive_last_success.store(now, Ordering::Relaxed);
                 tracing::debug!(url = %target, first = seg.first, last = seg.last, "archived entries");

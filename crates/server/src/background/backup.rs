@@ -95,9 +95,7 @@ pub async fn back_up_once(
         let size = std::fs::metadata(&t).map_err(io_at(&t))?.len();
         let index = snapfile::applied_index(&t)?;
         // Written and read back: the state in it was read before now.
-        let taken_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let taken_ms = super::unix_now().as_millis() as u64;
         Ok::<_, BackupError>((st, size, index, taken_ms))
     })
     .await??;
@@ -183,10 +181,7 @@ pub async fn run(
         match back_up_once(&s, &target, store.current(), SystemTime::now()).await {
             Ok(m) => {
                 let took = started.elapsed();
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+                let now = super::unix_now().as_secs();
                 stats.last_success.store(now, Ordering::Relaxed);
                 stats
                     .last_duration_ms

@@ -8,3 +8,11 @@ pub mod backup;
 pub mod compactor;
 pub mod corrupt;
 pub mod lease;
+
+/// Time since the Unix epoch by the wall clock (zero if the clock is before it): what backups
+/// record and report.
+pub(crate) fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
