@@ -370,6 +370,9 @@ fn backups_fail_while_the_store_is_down_and_the_member_serves_on() {
         ("AWS_CONFIG_FILE".into(), none.clone()),
         ("AWS_SHARED_CREDENTIALS_FILE".into(), none),
     ]);
+    // Other members: each its own cluster, so each its own prefix (a store holds one history).
+    let role_url = format!("{url}/role");
+    let flags = ["--backup-url", &role_url, "--backup-interval", "1s"];
     let mut by_role = Server::unstarted(Kind::Ballast, &flags);
     by_role.env = from_imds.clone();
     by_role.spawn();
@@ -379,8 +382,10 @@ fn backups_fail_while_the_store_is_down_and_the_member_serves_on() {
         || by_role.log().contains("wrote scheduled backup"),
     );
     drop(by_role);
-    assert!(!list(&from_imds, &["--backup-url", &url]).0.is_empty());
+    assert!(!list(&from_imds, &["--backup-url", &role_url]).0.is_empty());
 
+    let wrong_url = format!("{url}/wrong");
+    let flags = ["--backup-url", &wrong_url, "--backup-interval", "1s"];
     let mut wrong = Server::unstarted(Kind::Ballast, &flags);
     wrong.env = s3.env();
     wrong
@@ -910,12 +915,34 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
     restored.spawn();
     assert_eq!(served(&restored.endpoint()).1, want, "the state at {at}");
 
-    // A whole 3-member cluster restored to a revision serves and takes writes.
+    // A whole 3-member cluster restored to a revision serves and takes writes. Left with the
+    // old cluster's --backup-url, it refuses to write there: its new log would continue the
+    // old archive and make later restores wrong.
     let r = history[history.len() / 2].0;
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| (crate::cluster::free_port(), crate::cluster::free_port()))
         .collect();
-    let mut restored = Cluster::unstarted(Kind::Ballast, "r", &ports, &[]);
+    let listing = |env: &[(String, String)]| {
+        let (out, err, code) =
+            ballastctl_env(env, &["backup", "list", "-w", "json", "--backup-url", &url]);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let before = listing(&env);
+    let mut restored = Cluster::unstarted(
+        Kind::Ballast,
+        "r",
+        &ports,
+        &[
+            "--backup-url",
+            &url,
+            "--backup-interval",
+            "2s",
+            "--backup-archive",
+            "--backup-archive-interval",
+            "1s",
+        ],
+    );
     for (m, (_, peer)) in restored.iter().zip(&ports) {
         let member = m.member.as_ref().unwrap();
         let to = format!("--to-revision={r}");
@@ -940,12 +967,45 @@ fn restores_to_any_revision_from_the_archive_across_leader_changes() {
         );
         assert_eq!(code, 0, "{out}{err}");
     }
-    restored.iter_mut().for_each(Server::launch);
+    for m in &mut restored {
+        m.env = s3.env();
+        m.launch();
+    }
     for m in &mut restored {
         m.wait_healthy(Duration::from_secs(20));
     }
     let (rev, keys) = served(&restored[2].endpoint());
     assert_eq!((rev, keys), (r, state_at(r)));
+    let refused = |what: &str| {
+        restored.iter().any(|m| {
+            m.log()
+                .lines()
+                .any(|l| l.contains(what) && l.contains("holds another cluster's history"))
+        })
+    };
+    wait_for(
+        "the restored cluster to refuse",
+        Duration::from_secs(20),
+        || refused("backup archive refused") && refused("scheduled backup failed"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(listing(&env), before, "nothing written to the old prefix");
+    // Given a new prefix, it backs up and archives there.
+    let fresh = format!("{url}/restored");
+    for m in &mut restored {
+        m.terminate();
+        let at = m.args.iter().position(|a| a == "--backup-url").unwrap();
+        m.args[at + 1] = fresh.clone();
+        m.launch();
+    }
+    for m in &mut restored {
+        m.wait_healthy(Duration::from_secs(20));
+    }
+    wait_for(
+        "a backup under the new prefix",
+        Duration::from_secs(30),
+        || !list(&env, &["--backup-url", &fresh]).0.is_empty(),
+    );
     let (_, err, code) = etcdctl(&restored[0].endpoint(), &["put", "new", "write"], None);
     assert_eq!(code, 0, "{err}");
     let (out, _, _) = etcdctl(

@@ -5,20 +5,25 @@
 //! records the raft index it holds; the snapshot plus the segments after that index rebuild
 //! the state at any later revision the archive reaches.
 //!
-//! A segment: `MAGIC`, then per entry index, term, the Unix time in milliseconds the leader
+//! A segment: `MAGIC`, the term of the entry before its first (0: not known), then per entry index, term, the Unix time in milliseconds the leader
 //! read it from its log, kind (0 normal, 1 configuration change) and the data's length (u64,
 //! u64, u64, u8, u32, little-endian), the data, and a CRC-32C of the record; then `END`, the
 //! entry count, the time through which the segment holds every committed entry (u32, u64)
 //! and a CRC-32C of everything before it. Reading one back trusts nothing: lengths are
 //! checked before allocating, indexes must run on from the name's first to its last without
-//! a hole, and every checksum must match.
+//! a hole, terms never fall, and every checksum must match.
+//!
+//! Terms tell one raft history from another: two logs holding an entry of the same index and
+//! term agree up to it. A restore checks that each segment continues the snapshot or the
+//! segment before it ([`Decoded::continues`]), so the archive of another cluster (one restored
+//! from these backups and writing to the same prefix) is never replayed onto this one.
 
 use crate::store::Store;
 use crate::{BackupStoreError, Result};
 
 /// The archive's sub-prefix.
 pub const DIR: &str = "archive";
-const MAGIC: &[u8; 8] = b"BLSTARC1";
+const MAGIC: &[u8; 8] = b"BLSTARC2";
 const END: &[u8; 4] = b"END.";
 const SUFFIX: &str = ".seg";
 /// Bytes of entries one segment holds at most (a segment may end sooner, at a flush).
@@ -30,6 +35,7 @@ pub const SEGMENT_LIMIT: u64 = 4 * SEGMENT_BYTES;
 pub const ENTRY_LIMIT: u32 = 64 << 20;
 const RECORD_HEAD: usize = 8 + 8 + 8 + 1 + 4;
 const TRAILER: usize = 4 + 4 + 8;
+const HEAD: usize = MAGIC.len() + 8;
 
 /// One archived log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,19 +91,42 @@ impl Segment {
     }
 }
 
-/// A decoded segment: its entries, and the time through which it holds every committed entry.
+/// A decoded segment: its entries, the term of the entry before them, and the time through
+/// which it holds every committed entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
+    /// The term of the entry before the first (0: not known).
+    pub prev_term: u64,
     pub entries: Vec<Entry>,
     pub through_ms: u64,
 }
 
-/// Encodes `entries` (consecutive indexes, at least one) as a segment holding every entry
-/// committed by `through_ms`.
-pub fn encode(entries: &[Entry], through_ms: u64) -> Vec<u8> {
+impl Decoded {
+    /// Whether these entries continue a log whose entry at `index` has `term`: the entry
+    /// before the first, or one inside, agrees. `None`: nothing to compare (a term not known,
+    /// or `index` not next to or inside the segment).
+    pub fn continues(&self, index: u64, term: u64) -> Option<bool> {
+        let first = self.entries.first()?.index;
+        if term == 0 {
+            return None;
+        }
+        if index + 1 == first {
+            return (self.prev_term != 0).then_some(self.prev_term == term);
+        }
+        let e = self
+            .entries
+            .get(usize::try_from(index.checked_sub(first)?).ok()?)?;
+        Some(e.term == term)
+    }
+}
+
+/// Encodes `entries` (consecutive indexes, at least one), after an entry of `prev_term` (0: not
+/// known), as a segment holding every entry committed by `through_ms`.
+pub fn encode(entries: &[Entry], prev_term: u64, through_ms: u64) -> Vec<u8> {
     let size: usize = entries.iter().map(|e| RECORD_HEAD + e.data.len() + 4).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + size + END.len() + 8);
+    let mut out = Vec::with_capacity(HEAD + size + TRAILER + 4);
     out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&prev_term.to_le_bytes());
     for e in entries {
         let start = out.len();
         out.extend_from_slice(&e.index.to_le_bytes());
@@ -126,7 +155,7 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Decoded> {
     let body_len = bytes
         .len()
         .checked_sub(4)
-        .filter(|n| *n >= MAGIC.len() + TRAILER)
+        .filter(|n| *n >= HEAD + TRAILER)
         .ok_or_else(|| bad("too short for a segment".into()))?;
     let (body, crc) = bytes.split_at(body_len);
     if crc32c::crc32c(body).to_le_bytes() != crc {
@@ -136,9 +165,10 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Decoded> {
         return Err(bad("not an archive segment".into()));
     }
     let expected = seg.last - seg.first + 1;
-    let mut out = Vec::new();
-    let mut at = MAGIC.len();
+    let mut out: Vec<Entry> = Vec::new();
     let le_u64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let prev_term = le_u64(&body[MAGIC.len()..HEAD]);
+    let mut at = HEAD;
     loop {
         let rest = &body[at..];
         if rest.len() == TRAILER && &rest[..END.len()] == END {
@@ -150,6 +180,7 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Decoded> {
                 )));
             }
             return Ok(Decoded {
+                prev_term,
                 entries: out,
                 through_ms: le_u64(&rest[8..16]),
             });
@@ -176,6 +207,10 @@ pub fn decode(seg: &Segment, bytes: &[u8]) -> Result<Decoded> {
         if index != seg.first + out.len() as u64 || index > seg.last {
             return Err(bad(format!("index {index} out of order")));
         }
+        // A raft log's terms never fall.
+        if term < out.last().map_or(prev_term, |e| e.term) {
+            return Err(bad(format!("index {index}: its term {term} falls")));
+        }
         out.push(Entry {
             index,
             term,
@@ -199,11 +234,13 @@ pub async fn segments(store: &Store) -> Result<Vec<Segment>> {
     Ok(v)
 }
 
-/// Stores one segment holding every entry committed by `through_ms`, after whose last entry
-/// the store is at `last_revision` (0: not known).
+/// Stores one segment of `entries` after an entry of `prev_term` (0: not known), holding every
+/// entry committed by `through_ms`, after whose last entry the store is at `last_revision`
+/// (0: not known).
 pub async fn put(
     store: &Store,
     entries: &[Entry],
+    prev_term: u64,
     through_ms: u64,
     last_revision: i64,
 ) -> Result<Segment> {
@@ -219,7 +256,7 @@ pub async fn put(
         last_revision,
     };
     store
-        .put_small(&seg.path(), encode(entries, through_ms))
+        .put_small(&seg.path(), encode(entries, prev_term, through_ms))
         .await?;
     Ok(seg)
 }
@@ -281,7 +318,7 @@ mod tests {
         (first..first + n)
             .map(|i| Entry {
                 index: i,
-                term: 2,
+                term: 2 + i / 12,
                 unix_ms: 1_800_000_000_000 + i,
                 conf_change: i % 7 == 0,
                 data: vec![i as u8; (i % 5) as usize],
@@ -293,10 +330,11 @@ mod tests {
     fn segments_round_trip_and_any_damage_is_an_error() {
         let es = entries(10, 9);
         let seg = sg(10, 18, 30);
-        let bytes = encode(&es, 77);
+        let bytes = encode(&es, 2, 77);
         assert_eq!(
             decode(&seg, &bytes).ok(),
             Some(Decoded {
+                prev_term: 2,
                 entries: es.clone(),
                 through_ms: 77
             })
@@ -316,7 +354,12 @@ mod tests {
         // A hole inside is refused even with good checksums.
         let mut holed = es.clone();
         holed.remove(3);
-        assert!(decode(&seg, &encode(&holed, 77)).is_err());
+        assert!(decode(&seg, &encode(&holed, 2, 77)).is_err());
+        // So is a falling term, and a first term below the one before it.
+        let mut fell = es.clone();
+        fell[5].term = 1;
+        assert!(decode(&seg, &encode(&fell, 2, 77)).is_err());
+        assert!(decode(&seg, &encode(&es, 3, 77)).is_err());
         for bad in [
             "00000000000000000010-00000000000000000009-00000000000000000000.seg",
             "00000000000000000000-00000000000000000009-00000000000000000000.seg",
@@ -327,6 +370,21 @@ mod tests {
         ] {
             assert_eq!(Segment::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_segment_continues_only_the_history_it_follows() {
+        // Entries 10..=18: terms 2 through 11, 3 from 12.
+        let d = decode(&sg(10, 18, 0), &encode(&entries(10, 9), 2, 0)).expect("decode");
+        assert_eq!(d.continues(9, 2), Some(true));
+        assert_eq!(d.continues(9, 5), Some(false));
+        assert_eq!(d.continues(12, 3), Some(true));
+        assert_eq!(d.continues(12, 2), Some(false));
+        assert_eq!(d.continues(9, 0), None);
+        assert_eq!(d.continues(5, 2), None);
+        assert_eq!(d.continues(19, 3), None);
+        let unknown = decode(&sg(10, 18, 0), &encode(&entries(10, 9), 0, 0)).expect("decode");
+        assert_eq!(unknown.continues(9, 2), None);
     }
 
     #[test]
@@ -370,8 +428,8 @@ mod tests {
             &crate::S3Settings::from_env(),
         )
         .expect("open");
-        put(&store, &entries(1, 4), 1, 3).await.expect("put");
-        put(&store, &entries(5, 3), 2, 0).await.expect("put");
+        put(&store, &entries(1, 4), 0, 1, 3).await.expect("put");
+        put(&store, &entries(5, 3), 2, 2, 0).await.expect("put");
         let segs = segments(&store).await.expect("list");
         assert_eq!(segs, [sg(1, 4, 3), sg(5, 7, 0)]);
         assert_eq!(

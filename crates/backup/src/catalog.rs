@@ -113,6 +113,10 @@ pub struct Manifest {
     /// The raft index the snapshot's store holds: the archive replays from the next one.
     #[serde(default)]
     pub index: u64,
+    /// The raft term of the entry at `index` (0: not known): the archive replayed after it must
+    /// continue this history.
+    #[serde(default)]
+    pub term: u64,
     /// The snapshot's hash, as `snapshot status` prints it.
     pub hash: u32,
     /// Bytes of the snapshot object.
@@ -297,6 +301,7 @@ mod tests {
             snapshot: n.db(),
             revision: n.revision,
             index: 0,
+            term: 0,
             hash: n.hash,
             size,
             total_keys: 1,

@@ -434,7 +434,7 @@ pub async fn restore_into(
         return Ok(());
     };
     let db = ballast_state::layout::snap_dir(data_dir).join(ballast_state::layout::STORE_FILE);
-    match replay(&db, store, segs, m.index, target).await {
+    match replay(&db, store, segs, m, target).await {
         Ok(rev) => {
             crate::snapshot::log(
                 "replayed the backup archive",
@@ -545,7 +545,9 @@ fn request_of(e: &archive::Entry) -> Option<RaftRequest> {
 /// Entries applied per store transaction while replaying.
 const REPLAY_BATCH: usize = 1024;
 
-/// Replays `segs` after raft index `base` (the snapshot's) into the restored store at `db`:
+/// Replays `segs` after the raft index of `base` (the snapshot's manifest) into the restored
+/// store at `db`, each segment checked to continue the history before it (the snapshot's, then
+/// the segment's before):
 /// to a revision, stopping right after the entry that made it (each entry makes at most one
 /// revision, so a batch never holds more entries than revisions still wanted); or to a time,
 /// through the last entry the leader had read from its log by then, which needs a segment
@@ -555,13 +557,16 @@ pub async fn replay(
     db: &Path,
     store: &Store,
     segs: &[Segment],
-    base: u64,
+    base: &Manifest,
     target: Target,
 ) -> Result<i64, Failure> {
     let mvcc = ballast_state::Mvcc::open(db).map_err(other)?;
     let mut rev = mvcc.current_rev();
     // The snapshot holds everything up to its raft index.
-    let mut applied = base;
+    let mut applied = base.index;
+    // The term of the entry at `applied` (0: not known), and what holds it.
+    let mut applied_term = base.term;
+    let mut holder = format!("the backup {}", base.snapshot);
     let mut covered_ms = 0u64;
     let mut done = false;
     'segments: for seg in segs {
@@ -569,7 +574,14 @@ pub async fn replay(
             done = true;
             break;
         }
+        let name = seg.path();
         let seg = archive::get(store, seg).await.map_err(other)?;
+        if seg.continues(applied, applied_term) == Some(false) {
+            return Err(Failure::Other(format!(
+                "the archive in {store} does not continue {holder} at raft index {applied} (term {applied_term}): {name} belongs to another cluster's history; restore from a prefix only one cluster has written"
+            )));
+        }
+        holder = name;
         covered_ms = covered_ms.max(seg.through_ms);
         // Overlapping segments (two leaders for a moment) hold the same committed entries.
         let floor = applied;
@@ -589,6 +601,7 @@ pub async fn replay(
                 break 'segments;
             }
             let mut batch: Vec<(u64, Option<RaftRequest>)> = Vec::with_capacity(room.min(64));
+            let mut batch_term = applied_term;
             while batch.len() < room {
                 let Some(e) = it.next_if(|e| match target {
                     Target::Time(t) => e.unix_ms <= t,
@@ -597,6 +610,7 @@ pub async fn replay(
                     break;
                 };
                 batch.push((e.index, request_of(e)));
+                batch_term = e.term;
             }
             if batch.is_empty() {
                 // The next entry was read after the time asked for.
@@ -604,6 +618,7 @@ pub async fn replay(
                 break 'segments;
             }
             applied = batch.last().map_or(applied, |b| b.0);
+            applied_term = batch_term;
             mvcc.apply_batch(&batch, false).map_err(other)?;
             rev = mvcc.current_rev();
         }

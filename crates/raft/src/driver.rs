@@ -168,6 +168,17 @@ pub struct Committed {
     pub rejected: bool,
 }
 
+/// Where an index stands in a member's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTerm {
+    /// The entry's term.
+    Term(u64),
+    /// Compacted out of the log: its term is no longer known here.
+    Gone,
+    /// Past the last entry.
+    Beyond,
+}
+
 /// Work for the applier, in log order.
 pub enum Apply {
     Entries(Vec<Committed>),
@@ -251,6 +262,8 @@ enum Cmd {
         u64,
         oneshot::Sender<Result<Vec<Committed>, RaftError>>,
     ),
+    /// The term of the entry at an index.
+    LogTerm(u64, oneshot::Sender<LogTerm>),
     /// The state machine has applied everything up to `index`: drop in-memory entries before
     /// it (keeping the catch-up entries). With `durable`, it also holds them durably, so the
     /// WAL is rewritten from there too.
@@ -571,6 +584,14 @@ impl Node {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Committed(low, high, max_bytes, tx))?;
         rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// The term of the entry at `index` in this member's log: what tells one raft history
+    /// from another (two logs with an entry of the same index and term agree up to it).
+    pub async fn log_term(&self, index: u64) -> Result<LogTerm, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::LogTerm(index, tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)
     }
 
     /// The commit index a linearizable read must wait to have applied (raft ReadIndex).
@@ -965,6 +986,19 @@ impl Driver {
             }
             Cmd::Committed(low, high, max_bytes, tx) => {
                 let _ = tx.send(self.committed_from(low, high, max_bytes));
+            }
+            Cmd::LogTerm(index, tx) => {
+                let log = &self.node.raft.raft_log;
+                let at = if index > log.last_index() {
+                    LogTerm::Beyond
+                } else {
+                    // raft's log: the unstable tail too; 0 for an index before the first.
+                    match log.term(index) {
+                        Ok(t) if t > 0 => LogTerm::Term(t),
+                        _ => LogTerm::Gone,
+                    }
+                };
+                let _ = tx.send(at);
             }
             Cmd::Compact { index, durable } => {
                 if let Err(e) = self.compact(index, durable) {

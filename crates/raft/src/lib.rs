@@ -11,6 +11,7 @@ mod store;
 mod transport;
 
 pub use driver::{
-    Apply, Committed, ConfKind, ImportedEntry, ImportedLog, Node, NodeConfig, RaftError, RaftStatus,
+    Apply, Committed, ConfKind, ImportedEntry, ImportedLog, LogTerm, Node, NodeConfig, RaftError,
+    RaftStatus,
 };
 pub use transport::{fetch_membership, is_received_snapshot_file, PeerTls, Transport};

@@ -5,14 +5,20 @@
 //! its own log. Entries compacted out of the log before they were archived are a gap: it is
 //! logged and counted, a snapshot is asked for at once, and the archive starts again after
 //! it — never silently past the hole.
+//!
+//! A store holds one raft history. Before writing, the leader checks that the newest archived
+//! entry (or, with no archive, the newest snapshot's) is in its own log with the same term
+//! ([`check_history`]): a cluster restored from these backups starts a new log, and writing
+//! its entries after the old cluster's would make every later restore wrong. Such a store is
+//! refused until the cluster is given a new prefix (or the old objects are moved away).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_backup::archive::{self, Entry, SEGMENT_BYTES};
-use ballast_backup::{catalog, Store};
-use ballast_raft::{Node, RaftError, RaftStatus};
+use ballast_backup::{catalog, BackupStoreError, Store};
+use ballast_raft::{LogTerm, Node, RaftError, RaftStatus};
 use tokio::sync::{watch, Notify};
 
 use crate::member::counters::BackupStats;
@@ -22,6 +28,69 @@ const TICK: Duration = Duration::from_millis(500);
 /// How often a member that does not lead learns how far the archive has got, so its own log
 /// keeps what the archive still needs should it lead next.
 const FOLLOWER_REFRESH: Duration = Duration::from_secs(5);
+/// How long a store holding another history is left alone before it is checked again.
+const HISTORY_RECHECK: Duration = Duration::from_secs(30);
+
+/// Why this member may not write to a backup store.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{url} holds another cluster's history: its {what} (raft index {index}, term {term}) is not in this member's log, which {ours}; a cluster restored from backups must write to a new prefix (--backup-url), or the old objects must be moved away")]
+    Other {
+        url: String,
+        what: String,
+        index: u64,
+        term: u64,
+        ours: String,
+    },
+    #[error(transparent)]
+    Store(#[from] BackupStoreError),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
+/// Checks that `target` continues this member's raft log: its newest archived entry, or with
+/// no archive its newest snapshot's, is in the log with the same term. An entry compacted out
+/// of the log cannot be compared, and passes.
+pub async fn check_history(target: &Store, node: &Node) -> Result<(), HistoryError> {
+    let (what, index, term) = match archive::segments(target).await?.last() {
+        Some(seg) => {
+            let d = archive::get(target, seg).await?;
+            let term = d.entries.last().map_or(0, |e| e.term);
+            (format!("archive segment {}", seg.path()), seg.last, term)
+        }
+        None => {
+            let c = catalog::catalog(target).await?;
+            let Some(newest) = c.newest_at_or_below(None) else {
+                return Ok(());
+            };
+            let m = catalog::read_manifest(target, &newest).await?;
+            (format!("backup {}", m.snapshot), m.index, m.term)
+        }
+    };
+    if index == 0 {
+        return Ok(());
+    }
+    let ours = match node.log_term(index).await? {
+        LogTerm::Beyond => "ends before that index".to_string(),
+        LogTerm::Term(t) if term != 0 && t != term => format!("has term {t} there"),
+        LogTerm::Term(_) | LogTerm::Gone => return Ok(()),
+    };
+    Err(HistoryError::Other {
+        url: target.to_string(),
+        what,
+        index,
+        term,
+        ours,
+    })
+}
+
+/// The term of the entry at `index` in this member's log (0: not known).
+pub async fn term_at(node: &Node, index: u64) -> u64 {
+    match node.log_term(index).await {
+        Ok(LogTerm::Term(t)) => t,
+        _ => 0,
+    }
+}
 
 /// Where the archive goes on from: after the last segment, or after the newest snapshot when
 /// that is newer (or there is no segment yet). `None` until a snapshot exists (or one newer
@@ -57,6 +126,10 @@ pub async fn run(
     snapshot_now: Arc<Notify>,
 ) {
     let mut next: Option<u64> = None;
+    // The term of the entry before the next one (0: not known).
+    let mut prev_term = 0;
+    // Set while the store holds another history: when to check it again.
+    let mut recheck_at: Option<Instant> = None;
     // Set after a gap: the first index the archive could not read.
     let mut rebase_after: Option<u64> = None;
     let mut pending: Vec<Entry> = Vec::new();
@@ -87,28 +160,48 @@ pub async fn run(
         }
         let from = match next {
             Some(n) => n,
-            None => match resume_point(&target, rebase_after).await {
-                Ok(Some(n)) => {
-                    tracing::info!(url = %target, index = n, "backup archive resumes");
-                    rebase_after = None;
-                    next = Some(n);
-                    node.hold_log_after(n - 1);
-                    // The snapshot below holds everything before `n`.
-                    stats.archive_index.fetch_max(n - 1, Ordering::Relaxed);
-                    last_flush = Instant::now();
-                    n
-                }
-                Ok(None) => {
-                    // No snapshot to build on yet: ask for one.
-                    snapshot_now.notify_one();
+            None => {
+                if recheck_at.is_some_and(|t| Instant::now() < t) {
                     continue;
                 }
-                Err(e) => {
-                    stats.archive_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(url = %target, error = %e, "backup archive cannot list the store");
-                    continue;
+                recheck_at = None;
+                match check_history(&target, &node).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        stats.archive_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(url = %target, error = %e, "backup archive refused");
+                        let wait = match e {
+                            HistoryError::Other { .. } => HISTORY_RECHECK,
+                            _ => FOLLOWER_REFRESH,
+                        };
+                        recheck_at = Some(Instant::now() + wait);
+                        continue;
+                    }
                 }
-            },
+                match resume_point(&target, rebase_after).await {
+                    Ok(Some(n)) => {
+                        tracing::info!(url = %target, index = n, "backup archive resumes");
+                        prev_term = term_at(&node, n - 1).await;
+                        rebase_after = None;
+                        next = Some(n);
+                        node.hold_log_after(n - 1);
+                        // The snapshot below holds everything before `n`.
+                        stats.archive_index.fetch_max(n - 1, Ordering::Relaxed);
+                        last_flush = Instant::now();
+                        n
+                    }
+                    Ok(None) => {
+                        // No snapshot to build on yet: ask for one.
+                        snapshot_now.notify_one();
+                        continue;
+                    }
+                    Err(e) => {
+                        stats.archive_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(url = %target, error = %e, "backup archive cannot list the store");
+                        continue;
+                    }
+                }
+            }
         };
         // Gather committed entries, up to one segment's worth. Each is stamped with the time
         // it was read: it was committed by then.
@@ -171,9 +264,31 @@ pub async fn run(
             Some(e) if e.index == applied => rev,
             _ => 0,
         };
-        match archive::put(&target, &pending, through_ms, last_revision).await {
+        // A deposed leader may have stored a segment after this one resumed: what the stored
+        // run already holds from this segment's first entry on is left out, so no entry is
+        // archived twice. (Not knowing leaves an overlap, which a restore skips.)
+        if let (Ok(segs), Some(first)) = (archive::segments(&target).await, pending.first()) {
+            let held = archive::run_after(&segs, first.index - 1)
+                .0
+                .last()
+                .map_or(0, |s| s.last);
+            if held >= first.index {
+                let n = pending.iter().take_while(|e| e.index <= held).count();
+                prev_term = pending[n - 1].term;
+                pending.drain(..n);
+                pending_bytes = pending.iter().map(|e| e.data.len() as u64).sum();
+                tracing::info!(url = %target, through = held, "backup archive skips entries another leader stored");
+                next = Some(held + 1);
+                if pending.is_empty() {
+                    node.hold_log_after(held);
+                    continue;
+                }
+            }
+        }
+        match archive::put(&target, &pending, prev_term, through_ms, last_revision).await {
             Ok(seg) => {
                 behind = pending_bytes >= SEGMENT_BYTES;
+                prev_term = pending.last().map_or(prev_term, |e| e.term);
                 next = Some(seg.last + 1);
                 node.hold_log_after(seg.last);
                 pending.clear();

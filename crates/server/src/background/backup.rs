@@ -42,6 +42,8 @@ pub enum BackupError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Store(#[from] BackupStoreError),
+    #[error(transparent)]
+    History(#[from] super::archive::HistoryError),
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
@@ -81,13 +83,16 @@ pub struct Schedule {
     pub cluster_id: u64,
 }
 
-/// One backup: snapshot, verify, store, manifest, retention. Returns the manifest.
+/// One backup: check that the store holds this cluster's history, snapshot, verify, store,
+/// manifest, retention. Returns the manifest.
 pub async fn back_up_once(
     s: &Schedule,
     target: &Store,
+    node: &ballast_raft::Node,
     mvcc: Arc<Mvcc>,
     now: SystemTime,
 ) -> Result<Manifest, BackupError> {
+    super::archive::check_history(target, node).await?;
     let tmp = target.staging_dir(&s.scratch).join(STAGING);
     let t = tmp.clone();
     let (st, size, index, taken_ms) = tokio::task::spawn_blocking(move || {
@@ -109,6 +114,7 @@ pub async fn back_up_once(
         snapshot: name.db(),
         revision: st.revision,
         index,
+        term: super::archive::term_at(node, index).await,
         hash: st.hash,
         size,
         total_keys: st.total_keys,
@@ -161,7 +167,7 @@ pub async fn run(
         tokio::spawn(crate::background::archive::run(
             target.clone(),
             store.clone(),
-            node,
+            node.clone(),
             status.clone(),
             stats.clone(),
             flush_every,
@@ -178,7 +184,7 @@ pub async fn run(
         }
         let started = Instant::now();
         tracing::info!(url = %target, "writing scheduled backup");
-        match back_up_once(&s, &target, store.current(), SystemTime::now()).await {
+        match back_up_once(&s, &target, &node, store.current(), SystemTime::now()).await {
             Ok(m) => {
                 let took = started.elapsed();
                 let now = super::unix_now().as_secs();
