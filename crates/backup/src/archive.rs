@@ -286,6 +286,19 @@ pub fn run_after(all: &[Segment], base: u64) -> (Vec<Segment>, Option<u64>) {
     (out, None)
 }
 
+/// Leaves out of `pending` (consecutive entries about to be stored) those the stored run of
+/// `segs` already holds from `pending`'s first index on — a deposed leader may store a
+/// segment late. Returns the last index held and the term of the last entry left out, if any
+/// was.
+pub fn leave_out_stored(pending: &mut Vec<Entry>, segs: &[Segment]) -> Option<(u64, u64)> {
+    let first = pending.first()?.index;
+    let held = run_after(segs, first - 1).0.last()?.last;
+    let n = pending.iter().take_while(|e| e.index <= held).count();
+    let term = pending.get(n.checked_sub(1)?)?.term;
+    pending.drain(..n);
+    Some((held, term))
+}
+
 /// Deletes segments that end at or before `index` (nothing restorable needs them once the
 /// oldest kept snapshot holds `index`). Returns their names.
 pub async fn prune_before(store: &Store, index: u64) -> Result<Vec<String>> {
@@ -418,6 +431,27 @@ mod tests {
         assert_eq!(run_after(&all, 12), (vec![], Some(13)));
         assert_eq!(run_after(&all, 19), (vec![s(20, 25)], None));
         assert_eq!(run_after(&all, 30), (vec![], None));
+    }
+
+    #[test]
+    fn entries_another_leader_stored_are_left_out() {
+        let s = |first, last| sg(first, last, 0);
+        let mut p = entries(10, 6);
+        assert_eq!(leave_out_stored(&mut p, &[s(1, 9)]), None);
+        assert_eq!(p.len(), 6);
+        // A segment from a hole on does not count: nothing before it holds 10..=11.
+        assert_eq!(leave_out_stored(&mut p, &[s(1, 9), s(12, 20)]), None);
+        assert_eq!(
+            leave_out_stored(&mut p, &[s(1, 9), s(10, 12)]),
+            Some((12, 3))
+        );
+        assert_eq!(p.first().map(|e| e.index), Some(13));
+        assert_eq!(
+            leave_out_stored(&mut p, &[s(5, 13), s(14, 40)]),
+            Some((40, 3))
+        );
+        assert!(p.is_empty());
+        assert_eq!(leave_out_stored(&mut p, &[s(1, 50)]), None);
     }
 
     #[tokio::test]

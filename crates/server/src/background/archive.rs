@@ -267,17 +267,11 @@ pub async fn run(
         // A deposed leader may have stored a segment after this one resumed: what the stored
         // run already holds from this segment's first entry on is left out, so no entry is
         // archived twice. (Not knowing leaves an overlap, which a restore skips.)
-        if let (Ok(segs), Some(first)) = (archive::segments(&target).await, pending.first()) {
-            let held = archive::run_after(&segs, first.index - 1)
-                .0
-                .last()
-                .map_or(0, |s| s.last);
-            if held >= first.index {
-                let n = pending.iter().take_while(|e| e.index <= held).count();
-                prev_term = pending[n - 1].term;
-                pending.drain(..n);
+        if let Ok(segs) = archive::segments(&target).await {
+            if let Some((held, term)) = archive::leave_out_stored(&mut pending, &segs) {
+                prev_term = term;
                 pending_bytes = pending.iter().map(|e| e.data.len() as u64).sum();
-                tracing::info!(url = %target, through = held, "backup archive skips entries another leader stored");
+                tracing::info!(url = %target, through = held, "backup archive leaves out entries another leader stored");
                 next = Some(held + 1);
                 if pending.is_empty() {
                     node.hold_log_after(held);
