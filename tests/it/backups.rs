@@ -39,6 +39,9 @@ struct S3 {
     key: String,
     secret: String,
     prefix: String,
+    /// A role for web identity (IRSA) and the OIDC token that assumes it.
+    web_role_arn: String,
+    web_token: String,
 }
 
 impl S3 {
@@ -74,6 +77,8 @@ impl S3 {
             key: s("access_key_id"),
             secret: s("secret_access_key"),
             prefix: prefix.to_string(),
+            web_role_arn: s("web_role_arn"),
+            web_token: s("web_identity_token"),
         }
     }
 
@@ -383,6 +388,53 @@ fn backups_fail_while_the_store_is_down_and_the_member_serves_on() {
     );
     drop(by_role);
     assert!(!list(&from_imds, &["--backup-url", &role_url]).0.is_empty());
+
+    // And from a web identity, as EKS's IRSA gives a pod: a role ARN and a token file, traded
+    // at STS (AWS_ENDPOINT_URL's, as AWS SDKs take it) for the role's credentials. A token the
+    // STS refuses is a clear error.
+    let by_token = |url: &str, token: &str| {
+        let file = dir.path().join(format!("token-{}", token.len()));
+        std::fs::write(&file, token).unwrap();
+        let mut env: Vec<(String, String)> = from_imds
+            .iter()
+            .filter(|(k, _)| k != "AWS_EC2_METADATA_SERVICE_ENDPOINT")
+            .cloned()
+            .collect();
+        env.extend([
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ("AWS_ROLE_ARN".into(), s3.web_role_arn.clone()),
+            (
+                "AWS_WEB_IDENTITY_TOKEN_FILE".into(),
+                file.display().to_string(),
+            ),
+        ]);
+        let mut m = Server::unstarted(
+            Kind::Ballast,
+            &["--backup-url", url, "--backup-interval", "1s"],
+        );
+        m.env = env;
+        m.spawn();
+        m
+    };
+    let web_url = format!("{url}/web");
+    let by_web = by_token(&web_url, &s3.web_token);
+    wait_for(
+        "a backup with the web identity's credentials",
+        Duration::from_secs(20),
+        || by_web.log().contains("wrote scheduled backup"),
+    );
+    drop(by_web);
+    let refused = by_token(&format!("{url}/web2"), "not-the-token");
+    wait_for("a refused web identity", Duration::from_secs(20), || {
+        refused.log().contains("scheduled backup failed")
+    });
+    assert!(
+        refused.log().contains("InvalidIdentityToken"),
+        "{}",
+        refused.log()
+    );
+    assert!(!refused.log().contains("wrote scheduled backup"));
+    drop(refused);
 
     let wrong_url = format!("{url}/wrong");
     let flags = ["--backup-url", &wrong_url, "--backup-interval", "1s"];

@@ -5,20 +5,23 @@ BUCKET/PREFIX, and that bucket, then prints one JSON line (endpoint, keys, bucke
 commands on stdin: "down" closes the listener and answers 503 on connections still open (the
 store unreachable), "up" opens it again on the same port with the same data, "slow SECONDS" delays every upload request by that much.
 It also answers as EC2's instance metadata service (IMDSv2) would, with temporary credentials
-of a role that has the same policy, for AWS_EC2_METADATA_SERVICE_ENDPOINT.
+of a role that has the same policy, for AWS_EC2_METADATA_SERVICE_ENDPOINT; and as STS's
+AssumeRoleWithWebIdentity would for a second role with that policy (web identity, as EKS's
+IRSA gives a pod), given the OIDC token it prints (moto checks no token, so this does).
 It exits at the end of stdin.
 
 usage: s3server.py BUCKET PREFIX [--tls CERT KEY]
 """
+import io
 import json
 import os
 import sys
 import threading
 import time
 
-# The first seven requests (the setup below, as an administrator would do it) go unchecked;
+# The first nine requests (the setup below, as an administrator would do it) go unchecked;
 # every later one must be signed by a known key and allowed by its user's (or role's) policy.
-os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "7"
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "9"
 
 import boto3  # noqa: E402
 from moto.moto_server.werkzeug_app import (  # noqa: E402
@@ -26,7 +29,10 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     create_backend_app,
 )
 from moto.iam import access_control  # noqa: E402
-from urllib.parse import quote, unquote  # noqa: E402
+from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
+from moto.sts.models import sts_backends  # noqa: E402
+from urllib.parse import parse_qs, quote, unquote  # noqa: E402
+from xml.sax.saxutils import escape  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 # moto hands botocore the request's query as werkzeug rebuilt it (`prefix=a/`), and botocore
@@ -49,6 +55,10 @@ def _decoded_query(self):
 
 
 access_control.IAMRequestBase._create_aws_request = _decoded_query
+
+
+# The OIDC token a pod's projected service-account token file would hold.
+WEB_TOKEN = "eyJhbGciOiJSUzI1NiJ9.ballast-test-pod.signature"
 
 
 def policy(bucket, prefix):
@@ -89,6 +99,16 @@ def main():
         path = environ.get("PATH_INFO", "")
         if path.startswith("/latest/"):
             return imds(environ, start_response, path)
+        if (
+            environ.get("REQUEST_METHOD") == "POST"
+            and path in ("", "/")
+            and "HTTP_AUTHORIZATION" not in environ
+        ):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            form = parse_qs(body.decode("utf-8", "replace"))
+            if form.get("Action") == ["AssumeRoleWithWebIdentity"]:
+                return web_identity(form, start_response)
+            environ["wsgi.input"] = io.BytesIO(body)
         if state["down"]:
             start_response("503 Service Unavailable", [("Content-Length", "0")])
             return [b""]
@@ -102,6 +122,43 @@ def main():
         t.start()
         state["srv"] = srv
         return srv.server_address[1]
+
+    def web_identity(form, start_response):
+        one = lambda k: (form.get(k) or [""])[0]  # noqa: E731
+        ns = "https://sts.amazonaws.com/doc/2011-06-15/"
+        if one("WebIdentityToken") != WEB_TOKEN or one("RoleArn") != state["web_role_arn"]:
+            body = (
+                f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type>'
+                "<Code>InvalidIdentityToken</Code><Message>The web identity token "
+                "is not valid for this role</Message></Error><RequestId>1</RequestId>"
+                "</ErrorResponse>"
+            ).encode()
+            start_response("400 Bad Request", [("Content-Length", str(len(body)))])
+            return [body]
+        role = sts_backends[DEFAULT_ACCOUNT_ID]["global"].assume_role_with_web_identity(
+            region_name="us-east-1",
+            role_session_name=one("RoleSessionName") or "web",
+            role_arn=one("RoleArn"),
+            policy=None,
+            duration=3600,
+            external_id=None,
+        )
+        expiration = role.expiration.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = (
+            f'<AssumeRoleWithWebIdentityResponse xmlns="{ns}">'
+            "<AssumeRoleWithWebIdentityResult><Credentials>"
+            f"<AccessKeyId>{escape(role.access_key_id)}</AccessKeyId>"
+            f"<SecretAccessKey>{escape(role.secret_access_key)}</SecretAccessKey>"
+            f"<SessionToken>{escape(role.session_token)}</SessionToken>"
+            f"<Expiration>{expiration}</Expiration>"
+            "</Credentials></AssumeRoleWithWebIdentityResult>"
+            "<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>"
+            "</AssumeRoleWithWebIdentityResponse>"
+        ).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
 
     def imds(environ, start_response, path):
         token = environ.get("HTTP_X_AWS_EC2_METADATA_TOKEN")
@@ -165,6 +222,26 @@ def main():
     state["role"] = boto3.client("sts", **anon).assume_role(
         RoleArn=role["Arn"], RoleSessionName="instance", DurationSeconds=3600
     )["Credentials"]
+    # A role for pods with a web identity (EKS's IRSA), with the same policy.
+    web_trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.test"},
+                "Action": "sts:AssumeRoleWithWebIdentity",
+            }
+        ],
+    }
+    web_role = iam.create_role(
+        RoleName="ballast-backup-web", AssumeRolePolicyDocument=json.dumps(web_trust)
+    )["Role"]
+    iam.put_role_policy(
+        RoleName="ballast-backup-web",
+        PolicyName="ballast-backups",
+        PolicyDocument=json.dumps(policy(bucket, prefix)),
+    )
+    state["web_role_arn"] = web_role["Arn"]
     # The bucket is an administrator's to make; the backup user may not.
     boto3.client("s3", **anon).create_bucket(Bucket=bucket)
     print(
@@ -175,6 +252,8 @@ def main():
                 "secret_access_key": key["SecretAccessKey"],
                 "bucket": bucket,
                 "prefix": prefix,
+                "web_role_arn": web_role["Arn"],
+                "web_identity_token": WEB_TOKEN,
             }
         ),
         flush=True,

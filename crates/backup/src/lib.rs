@@ -27,6 +27,8 @@ pub enum BackupStoreError {
     Remote(#[from] opendal::Error),
     #[error("reading the CA bundle: {0}")]
     Ca(String),
+    #[error("invalid STS endpoint (AWS_ENDPOINT_URL_STS or AWS_ENDPOINT_URL) {0}")]
+    Endpoint(String),
     #[error("{name}: {why}")]
     Object { name: String, why: String },
 }

@@ -98,11 +98,15 @@ pub struct S3Settings {
     pub addressing: Addressing,
     /// Extra trusted CA certificates (PEM) for the endpoint's TLS.
     pub ca_file: Option<PathBuf>,
+    /// Where web identity (IRSA) credentials are asked for instead of AWS STS, as AWS SDKs
+    /// take it: an S3-compatible store's own STS (MinIO's, Ceph RGW's), or a VPC endpoint.
+    pub sts_endpoint: Option<String>,
 }
 
 impl S3Settings {
     /// The AWS CLI's variables: `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, `AWS_REGION` or
-    /// `AWS_DEFAULT_REGION` (else us-east-1), `AWS_CA_BUNDLE`.
+    /// `AWS_DEFAULT_REGION` (else us-east-1), `AWS_CA_BUNDLE`, and for STS
+    /// `AWS_ENDPOINT_URL_STS` or `AWS_ENDPOINT_URL`.
     pub fn from_env() -> S3Settings {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         S3Settings {
@@ -112,6 +116,7 @@ impl S3Settings {
                 .unwrap_or_else(|| "us-east-1".into()),
             addressing: Addressing::Auto,
             ca_file: var("AWS_CA_BUNDLE").map(PathBuf::from),
+            sts_endpoint: var("AWS_ENDPOINT_URL_STS").or_else(|| var("AWS_ENDPOINT_URL")),
         }
     }
 
@@ -177,6 +182,7 @@ mod tests {
             region: "us-east-1".into(),
             addressing: Addressing::Auto,
             ca_file: None,
+            sts_endpoint: None,
         };
         assert!(!s.path_style());
         s.endpoint = Some("http://127.0.0.1:9000".into());

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use opendal::layers::RetryLayer;
-use opendal::{HttpTransporter, OperationContext, Operator};
+use opendal::{HttpBody, HttpTransport, HttpTransporter, OperationContext, Operator};
+use opendal_http_transport_reqwest::ReqwestTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::location::{Location, S3Settings};
@@ -64,9 +65,10 @@ impl Store {
                     b = b.enable_virtual_host_style();
                 }
                 let client = http_client(s3.ca_file.as_deref())?;
-                let transport = HttpTransporter::new(
-                    opendal_http_transport_reqwest::ReqwestTransport::new(client),
-                );
+                let transport = HttpTransporter::new(Transport {
+                    inner: ReqwestTransport::new(client),
+                    sts: sts_base(s3.sts_endpoint.as_deref())?,
+                });
                 let op = Operator::new(b)?
                     .layer(RetryLayer::new().with_jitter().with_max_times(RETRIES))
                     .with_context(OperationContext::new().with_http_transport(transport));
@@ -384,6 +386,69 @@ fn dir_put_file(d: &Path, name: &str, src: &Path) -> Result<u64> {
     Ok(std::fs::metadata(&dest).map_err(io_at(&dest))?.len())
 }
 
+/// OpenDAL's reqwest transport, sending unsigned requests for AWS STS (web identity's
+/// `AssumeRoleWithWebIdentity`; the token is the credential) to the configured STS endpoint
+/// instead. A signed request is left as it is: its signature covers the host.
+struct Transport {
+    inner: ReqwestTransport,
+    sts: Option<http::Uri>,
+}
+
+impl HttpTransport for Transport {
+    async fn fetch(
+        &self,
+        mut req: http::Request<opendal::Buffer>,
+    ) -> opendal::Result<http::Response<HttpBody>> {
+        if let Some(base) = &self.sts {
+            if !req.headers().contains_key(http::header::AUTHORIZATION) {
+                if let Some(uri) = sts_redirect(req.uri(), base) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        self.inner.fetch(req).await
+    }
+}
+
+/// The STS endpoint's URI: an absolute http or https URL.
+fn sts_base(endpoint: Option<&str>) -> Result<Option<http::Uri>> {
+    let Some(e) = endpoint else {
+        return Ok(None);
+    };
+    let uri: http::Uri = e
+        .parse()
+        .map_err(|err| BackupStoreError::Endpoint(format!("{e}: {err}")))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
+        _ => Err(BackupStoreError::Endpoint(format!(
+            "{e}: not an http or https URL"
+        ))),
+    }
+}
+
+/// `uri` sent to `base` instead, if it is one of AWS STS's hosts (`sts.amazonaws.com`,
+/// `sts.<region>.amazonaws.com`, and China's).
+fn sts_redirect(uri: &http::Uri, base: &http::Uri) -> Option<http::Uri> {
+    let host = uri.host()?;
+    let rest = host.strip_prefix("sts.")?;
+    let aws = rest == "amazonaws.com"
+        || rest == "amazonaws.com.cn"
+        || rest
+            .split_once('.')
+            .is_some_and(|(_, d)| d == "amazonaws.com" || d == "amazonaws.com.cn");
+    if !aws {
+        return None;
+    }
+    let prefix = base.path().trim_end_matches('/');
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder()
+        .scheme(base.scheme_str()?)
+        .authority(base.authority()?.as_str())
+        .path_and_query(format!("{prefix}{pq}"))
+        .build()
+        .ok()
+}
+
 /// An HTTP client that trusts the system's roots plus `ca`, over rustls with ring (the
 /// provider the rest of Ballast uses).
 fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
@@ -410,4 +475,41 @@ fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
         .read_timeout(READ_TIMEOUT)
         .build()
         .map_err(|e| ca_err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_aws_sts_hosts_go_to_the_sts_endpoint() {
+        let base = sts_base(Some("https://minio.internal:9000/sts/"))
+            .expect("valid")
+            .expect("some");
+        let to = |u: &str| sts_redirect(&u.parse().expect("uri"), &base).map(|u| u.to_string());
+        assert_eq!(
+            to("https://sts.amazonaws.com/").as_deref(),
+            Some("https://minio.internal:9000/sts/")
+        );
+        assert_eq!(
+            to("https://sts.eu-west-1.amazonaws.com/?Action=X").as_deref(),
+            Some("https://minio.internal:9000/sts/?Action=X")
+        );
+        assert_eq!(
+            to("https://sts.cn-north-1.amazonaws.com.cn/").as_deref(),
+            Some("https://minio.internal:9000/sts/")
+        );
+        for other in [
+            "https://bucket.s3.amazonaws.com/key",
+            "https://sts.example.com/",
+            "https://sts.a.b.amazonaws.com/",
+            "http://169.254.169.254/latest/api/token",
+        ] {
+            assert_eq!(to(other), None, "{other}");
+        }
+        assert!(sts_base(None).expect("none").is_none());
+        for bad in ["minio:9000", "ftp://x/", "https://"] {
+            assert!(sts_base(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }
