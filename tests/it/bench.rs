@@ -167,9 +167,29 @@ fn compare_dry_run_drives_both_servers() {
         "--dry-run",
         &format!("--ballast={}", ballast.display()),
         &format!("--out-dir={}", out_dir.path().display()),
+        &format!(
+            "--etcd-benchmark={}",
+            crate::cluster::etcd_benchmark().display()
+        ),
+        "--rounds=1",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("| put, 3 members"), "{out}");
+    // etcd's own tool drove both loads, sharing the CPUs and (with two or more) pinned apart;
+    // every row has a figure for both servers.
+    let pinned = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    for row in ["| put | 1 | shared |", "| watch-latency | 1 | shared |"]
+        .into_iter()
+        .chain(pinned.then_some("| put | 1 | pinned |"))
+        .chain(pinned.then_some("| watch-latency | 1 | pinned |"))
+    {
+        let line = out.lines().find(|l| l.starts_with(row));
+        let cells: Vec<&str> = line.unwrap_or_default().split('|').map(str::trim).collect();
+        assert!(
+            cells.len() > 5 && cells[4] != "0" && cells[5] != "0",
+            "{row}:\n{out}"
+        );
+    }
     assert!(out.contains("| put, 1 member"), "{out}");
     assert!(out.contains("peak RSS per member"), "{out}");
     // Every row has figures for both servers and no errors.
@@ -209,6 +229,8 @@ fn scale_dry_run_measures_every_figure_on_every_server() {
         "compaction finished deleting in",
         "compacted + defragmented: dbSize",
         "restart after kill -9",
+        "a learner added and started: applied the leader's index in",
+        "on the leader during / without the catch-up",
         "watchers on 10 connections, puts at 50/s: event latency p99",
         "2 slow consumers: event latency p99",
         "puts/s with / without the 2 slow consumers",

@@ -52,6 +52,24 @@ pub enum Kind {
     Etcd37,
 }
 
+/// etcd's own benchmark tool: `$BALLAST_ETCD_BENCHMARK` when set (scripts/test sets it),
+/// otherwise built or found in the cache by scripts/etcd-benchmark.
+pub fn etcd_benchmark() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(b) = std::env::var_os("BALLAST_ETCD_BENCHMARK") {
+            return PathBuf::from(b);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-benchmark");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/etcd-benchmark");
+        assert!(out.status.success(), "scripts/etcd-benchmark failed");
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
 /// The directory holding etcd 3.7's `etcd`, `etcdctl` and `etcdutl`: `$BALLAST_ETCD37` when
 /// set (scripts/test sets it), otherwise built or found in the cache by the same script.
 pub fn etcd37_dir() -> &'static Path {

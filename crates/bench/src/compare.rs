@@ -20,6 +20,12 @@ pub struct CompareArgs {
     pub etcd: PathBuf,
     pub ballast: PathBuf,
     pub out_dir: PathBuf,
+    /// etcd's own benchmark tool: also drive the loads with it (`etcdtool`).
+    pub etcd_benchmark: Option<PathBuf>,
+    /// Rounds of the loads driven by etcd's tool.
+    pub rounds: usize,
+    /// CPUs the servers are pinned to (`taskset -c`), if any.
+    pub server_cpus: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +59,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
 }
 
 impl Cluster {
-    fn start(kind: Kind, n: usize, a: &CompareArgs) -> Result<Cluster, String> {
+    pub(crate) fn start(kind: Kind, n: usize, a: &CompareArgs) -> Result<Cluster, String> {
         Cluster::start_with(kind, n, a, &[])
     }
 
@@ -82,7 +88,15 @@ impl Cluster {
         for (i, (c, p)) in ports.iter().enumerate() {
             let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))
                 .map_err(|e| e.to_string())?;
-            let child = Command::new(&bin)
+            let mut cmd = match &a.server_cpus {
+                Some(cpus) => {
+                    let mut t = Command::new("taskset");
+                    t.args(["-c", cpus]).arg(&bin);
+                    t
+                }
+                None => Command::new(&bin),
+            };
+            let child = cmd
                 .arg(format!("--name=m{i}"))
                 .arg(format!(
                     "--data-dir={}",
@@ -398,10 +412,16 @@ pub async fn run(a: &CompareArgs) -> Result<bool, String> {
             max_p99_ratio: None,
         });
     }
-    let table = markdown(&rows, rss, a);
+    let mut table = markdown(&rows, rss, a);
+    let mut tool_met = true;
+    if let Some(tool) = &a.etcd_benchmark {
+        let tool_rows = crate::etcdtool::run(a, tool, a.rounds, plan.put_total, plan.watch_puts)?;
+        tool_met = crate::etcdtool::all_met(&tool_rows);
+        table.push_str(&crate::etcdtool::markdown(&tool_rows, tool));
+    }
     println!("{table}");
     let rss_met = rss.0 > 0 && (rss.1 as f64) <= 0.5 * rss.0 as f64;
-    let all_met = rows.iter().all(Row::met) && rss_met;
+    let all_met = rows.iter().all(Row::met) && rss_met && tool_met;
     if !a.dry_run {
         std::fs::create_dir_all(&a.out_dir).map_err(|e| e.to_string())?;
         let name = if a.quick { "compare-quick" } else { "compare" };

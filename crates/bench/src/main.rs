@@ -3,6 +3,7 @@
 
 mod compare;
 mod conn;
+mod etcdtool;
 mod load;
 mod rangemem;
 mod rawwatch;
@@ -267,6 +268,14 @@ enum Cmd {
         /// Where the table and chart go
         #[arg(long = "out-dir", default_value = "docs/benchmarks")]
         out_dir: PathBuf,
+        /// etcd's own benchmark tool (scripts/etcd-benchmark builds it): also drive put and
+        /// watch-latency with it, in rounds, unpinned and with the servers and the tool on
+        /// separate CPUs
+        #[arg(long = "etcd-benchmark")]
+        etcd_benchmark: Option<PathBuf>,
+        /// Rounds of the loads driven by etcd's benchmark tool
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Fill a fresh etcd and a fresh Ballast with the same data, then time a snapshot of each
     /// and measure how much its resident memory grows while it streams
@@ -559,6 +568,8 @@ fn main() {
                 etcd,
                 ballast,
                 out_dir,
+                etcd_benchmark,
+                rounds,
                 ..
             } => {
                 let a = compare::CompareArgs {
@@ -567,6 +578,9 @@ fn main() {
                     etcd: etcd.clone(),
                     ballast: ballast_bin(ballast),
                     out_dir: out_dir.clone(),
+                    etcd_benchmark: etcd_benchmark.clone(),
+                    rounds: (*rounds).max(1),
+                    server_cpus: None,
                 };
                 match compare::run(&a).await {
                     Ok(true) => Ok(String::new()),

@@ -99,6 +99,9 @@ pub(crate) async fn filled_pair(
         etcd: etcd.to_path_buf(),
         ballast: ballast.to_path_buf(),
         out_dir: PathBuf::new(),
+        etcd_benchmark: None,
+        rounds: 1,
+        server_cpus: None,
     };
     let quota = format!("--quota-backend-bytes={}", (data_mib * 4 + 1024) << 20);
     let mut servers = Vec::new();

@@ -5,6 +5,7 @@
 //! a compaction of the set's history, and restarts (clean and after kill -9). Every figure is
 //! reported beside the etcds' with the ratio, in `docs/benchmarks/scale{,-quick}.md` and a chart.
 
+mod catchup;
 mod dataset;
 mod fanout;
 mod leases;
@@ -57,6 +58,7 @@ struct Plan {
     put_rate: u64,
     leases: leases::LeasePlan,
     fanout: fanout::FanoutPlan,
+    catchup: catchup::CatchupPlan,
 }
 
 impl Plan {
@@ -118,6 +120,10 @@ impl Plan {
         };
         Plan {
             fanout,
+            catchup: catchup::CatchupPlan {
+                rate: put_rate,
+                window,
+            },
             keys,
             rewrites: 3,
             per_size_mib,
@@ -168,6 +174,7 @@ struct Measured {
     compacted_disk: u64,
     restart_clean: f64,
     restart_killed: f64,
+    catchup: catchup::CatchupMeasured,
     leases: leases::LeaseMeasured,
     fanout: fanout::FanoutMeasured,
 }
@@ -392,6 +399,12 @@ async fn whole_set(
     node.stop(false)?;
     compare::settle();
     m.restart_killed = node.start().await?.as_secs_f64();
+    compare::settle();
+    eprintln!(
+        "scale: {}: a learner catching up, puts at {}/s ...",
+        s.label, plan.catchup.rate
+    );
+    m.catchup = catchup::measure(&node, &s.bin, &flags(), &plan.catchup).await?;
     node.stop(true)?;
     if let Some(logs) = logs {
         let to = logs.join(format!("{}.log", s.label.replace(' ', "-")));
@@ -441,31 +454,34 @@ async fn load(node: &Node, data: &Arc<Dataset>) -> Result<Stats, String> {
 
 /// Puts at a fixed rate for a window, then again for a window that starts with a compaction of
 /// everything written so far; waits for the compaction's deletions to finish.
-async fn compaction(s: &Server, node: &Node, plan: &Plan, m: &mut Measured) -> Result<(), String> {
-    let puts = |offset: usize| {
-        let g = compare::global(vec![node.endpoint()], 2, 10);
-        let total = (plan.put_rate as f64 * plan.window.as_secs_f64()) as usize;
-        let rate = plan.put_rate;
-        async move {
-            let chans = crate::load::connect(&g).await?;
-            Ok::<Stats, String>(
-                crate::load::run(&g, &chans, total, rate, move |ch, i| {
-                    // Node heartbeats: a few hundred bytes over a thousand keys.
-                    let req = PutRequest {
-                        key: format!(
-                            "/registry/leases/kube-node-lease/node-{:04}",
-                            (offset + i) % 1000
-                        )
-                        .into_bytes(),
-                        value: vec![b'h'; 300],
-                        ..Default::default()
-                    };
-                    crate::workloads::put_once(ch, req)
-                })
-                .await,
+/// Node heartbeats (a few hundred bytes over a thousand keys) at `rate` for `window` on `ep`,
+/// on connections of their own.
+async fn heartbeats(
+    ep: String,
+    rate: u64,
+    window: Duration,
+    offset: usize,
+) -> Result<Stats, String> {
+    let g = compare::global(vec![ep], 2, 10);
+    let total = (rate as f64 * window.as_secs_f64()) as usize;
+    let chans = crate::load::connect(&g).await?;
+    Ok(crate::load::run(&g, &chans, total, rate, move |ch, i| {
+        let req = PutRequest {
+            key: format!(
+                "/registry/leases/kube-node-lease/node-{:04}",
+                (offset + i) % 1000
             )
-        }
-    };
+            .into_bytes(),
+            value: vec![b'h'; 300],
+            ..Default::default()
+        };
+        crate::workloads::put_once(ch, req)
+    })
+    .await)
+}
+
+async fn compaction(s: &Server, node: &Node, plan: &Plan, m: &mut Measured) -> Result<(), String> {
+    let puts = |offset: usize| heartbeats(node.endpoint(), plan.put_rate, plan.window, offset);
     eprintln!("scale: {}: puts without a compaction ...", s.label);
     m.put_quiet = puts(0).await?;
     let finished_before = compactions_finished(node.client_port).await;
@@ -746,6 +762,33 @@ fn figures(ms: &[Measured], plan: &Plan, data: &Dataset) -> Vec<Figure> {
             Unit::Secs,
             each(&|m| Some(m.restart_killed)),
             Target::AtMost(0.25),
+        ),
+        fig(
+            "a learner added and started: applied the leader's index in".into(),
+            Unit::Secs,
+            each(&|m| Some(m.catchup.secs)),
+            Target::AtMost(1.0),
+        ),
+        fig(
+            "catch-up: leader RSS growth".into(),
+            Unit::Bytes,
+            each(&|m| Some(m.catchup.leader_rss_growth as f64)),
+            Target::None,
+        ),
+        fig(
+            "catch-up: leader CPU".into(),
+            Unit::Secs,
+            each(&|m| Some(m.catchup.leader_cpu)),
+            Target::None,
+        ),
+        fig(
+            format!(
+                "put p99 at {}/s on the leader during / without the catch-up",
+                plan.catchup.rate
+            ),
+            Unit::Times,
+            each(&|m| Some(p99(&m.catchup.puts_during) / p99(&m.catchup.puts_quiet).max(1e-9))),
+            Target::OwnAtMost(2.0),
         ),
     ]);
     let l = &plan.leases;

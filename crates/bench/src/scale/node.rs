@@ -24,6 +24,9 @@ pub(crate) struct Node {
     peer_port: u16,
     extra: Vec<String>,
     child: Option<Child>,
+    name: &'static str,
+    /// `--initial-cluster` of a member joining another (started with `existing`).
+    joins: Option<String>,
 }
 
 impl Node {
@@ -36,7 +39,27 @@ impl Node {
             peer_port: crate::compare::free_port()?,
             extra: extra.to_vec(),
             child: None,
+            name: "m0",
+            joins: None,
         })
+    }
+
+    /// A member `m1` in `dir/data` that joins `leader`'s cluster once added to it; not
+    /// started yet.
+    pub(crate) fn joining(
+        bin: &Path,
+        dir: &Path,
+        extra: &[String],
+        leader: &Node,
+    ) -> Result<Node, String> {
+        let mut n = Node::new(bin, dir, extra)?;
+        n.name = "m1";
+        n.joins = Some(format!("m0={},m1={}", leader.peer_url(), n.peer_url()));
+        Ok(n)
+    }
+
+    pub(crate) fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     pub(crate) fn data_dir(&self) -> PathBuf {
@@ -58,15 +81,50 @@ impl Node {
     /// Starts the process and waits until a linearizable read succeeds; returns how long that
     /// took from the spawn.
     pub(crate) async fn start(&mut self) -> Result<Duration, String> {
+        let started = self.spawn()?;
+        loop {
+            if self.read_once().await.is_ok() {
+                return Ok(started.elapsed());
+            }
+            self.check_running(started)?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// An error if the process has exited or `started` is too long ago.
+    pub(crate) fn check_running(&mut self, started: Instant) -> Result<(), String> {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            return Err(format!(
+                "{} exited with {status} while starting (log: {})",
+                self.bin.display(),
+                self.log_path().display()
+            ));
+        }
+        if started.elapsed() > START_LIMIT {
+            return Err(format!(
+                "{} did not serve within {START_LIMIT:?}",
+                self.bin.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts the process; returns when it was spawned.
+    pub(crate) fn spawn(&mut self) -> Result<Instant, String> {
         let (c, p) = (self.client_port, self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .map_err(|e| e.to_string())?;
+        let own = format!("{}=http://127.0.0.1:{p}", self.name);
+        let (cluster, state) = match &self.joins {
+            Some(c) => (c.clone(), "existing"),
+            None => (own, "new"),
+        };
         let started = Instant::now();
         let child = Command::new(&self.bin)
-            .arg("--name=m0")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
@@ -74,8 +132,8 @@ impl Node {
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
             ))
-            .arg(format!("--initial-cluster=m0=http://127.0.0.1:{p}"))
-            .arg("--initial-cluster-state=new")
+            .arg(format!("--initial-cluster={cluster}"))
+            .arg(format!("--initial-cluster-state={state}"))
             .arg("--snapshot-count=100000")
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -84,25 +142,7 @@ impl Node {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
         self.child = Some(child);
-        loop {
-            if self.read_once().await.is_ok() {
-                return Ok(started.elapsed());
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                return Err(format!(
-                    "{} exited with {status} while starting (log: {})",
-                    self.bin.display(),
-                    self.log_path().display()
-                ));
-            }
-            if started.elapsed() > START_LIMIT {
-                return Err(format!(
-                    "{} did not serve within {START_LIMIT:?}",
-                    self.bin.display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        Ok(started)
     }
 
     async fn conn(&self) -> Result<Conn, String> {
