@@ -372,3 +372,92 @@ fn max_learners_bounds_learners_as_on_etcd() {
     );
     assert_eq!(run(Kind::Ballast), etcd);
 }
+
+/// A learner added to an idle member whose log is compacted gets the data as one snapshot:
+/// the snapshot point moves past the membership change at once, so the snapshot's
+/// configuration has the new member (raft ignores one that does not, after it crossed the
+/// wire whole, and an idle leader would send it again and again).
+#[test]
+fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
+    // The in-memory log is trimmed every 100 applied entries and keeps 1,000: a learner
+    // starting from nothing needs a snapshot, and the membership change is very unlikely
+    // to be the entry that moves the point by itself.
+    let mut c = Cluster::start(
+        Kind::Ballast,
+        1,
+        &["--experimental-snapshot-catchup-entries=1000"],
+    );
+    let leader = &mut c.members[0];
+    let ep = leader.endpoint();
+    let out = std::process::Command::new(bin_dir().join("ballast-bench"))
+        .args([
+            &format!("--endpoints={ep}"),
+            "--conns=2",
+            "--clients=10",
+            "put",
+            "--total=2500",
+            "--key-space-size=2500",
+            "--sequential-keys",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revision = |ep: &str| -> Option<i64> {
+        let (out, _, _) = etcdctl2(ep, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v[0]["Status"]["header"]["revision"].as_i64()
+    };
+    let (client, peer) = (free_port(), free_port());
+    let (out, err, code) = etcdctl2(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m1",
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{peer}"),
+        ],
+    );
+    assert_eq!(code, 0, "member add: {out}{err}");
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    // Nothing is written from here on: the cluster stays idle while the learner joins.
+    let want = revision(&ep).unwrap();
+    let mut joiner = Server::new_member(
+        Kind::Ballast,
+        Member {
+            name: "m1".into(),
+            peer_port: peer,
+            initial_cluster: initial,
+            state: "existing",
+        },
+        &["--experimental-snapshot-catchup-entries=1000"],
+    );
+    joiner.port = client;
+    joiner.launch();
+    let start = Instant::now();
+    while revision(&joiner.endpoint()) != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the learner did not catch up:\n{}\n{}",
+            joiner.log(),
+            leader.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(joiner.log().matches("installed snapshot").count(), 1);
+    assert_eq!(
+        leader.log().matches("sent snapshot").count(),
+        1,
+        "{}",
+        leader.log()
+    );
+}

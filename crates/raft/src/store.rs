@@ -336,11 +336,30 @@ impl Storage for LogStore {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A peer added after this point would ignore the snapshot ("not in the ConfState")
+        // after it crossed the wire whole; raft asks again once the point has moved on.
+        if to != raft::INVALID_ID && !in_conf(self.snapshot.get_conf_state(), to) {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         let mut s = Snapshot::default();
         s.set_metadata(self.snapshot.clone());
         Ok(s)
     }
+}
+
+/// Whether `id` is a voter or learner of `cs` (either side of a joint configuration).
+fn in_conf(cs: &ConfState, id: u64) -> bool {
+    [
+        cs.get_voters(),
+        cs.get_learners(),
+        cs.get_voters_outgoing(),
+        cs.get_learners_next(),
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
 }
 
 #[cfg(test)]
@@ -489,5 +508,20 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 5);
         assert_eq!(s.term(4).unwrap(), 3);
         assert_eq!(s.snapshot(0, 0).unwrap().get_metadata().index, 6);
+        // A peer the point's configuration does not have waits for a later point.
+        assert_eq!(
+            s.snapshot(0, 7).err(),
+            Some(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        );
+        let mut meta = SnapshotMetadata {
+            index: 7,
+            term: 3,
+            ..Default::default()
+        };
+        meta.set_conf_state(ConfState::from((vec![1], vec![7])));
+        s.compact_to(meta, 2);
+        assert_eq!(s.snapshot(0, 7).unwrap().get_metadata().index, 7);
     }
 }

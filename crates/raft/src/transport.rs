@@ -525,13 +525,21 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
         .open(&tmp)
         .await?;
     let mut total = 0usize;
+    let mut unsynced = 0usize;
     loop {
         let chunk = read_frame(&mut stream, SNAPSHOT_CHUNK).await?;
         if chunk.is_empty() {
             break;
         }
         total += chunk.len();
+        unsynced += chunk.len();
         file.write_all(&chunk).await?;
+        // Written back as it comes, not in one burst at the end: a burst of hundreds of MiB
+        // queues the other members' WAL fsyncs behind it when they share a disk.
+        if unsynced >= ballast_storage::limits::SNAPSHOT_SYNC_BYTES {
+            file.sync_data().await?;
+            unsynced = 0;
+        }
     }
     file.sync_all().await?;
     drop(file);

@@ -390,9 +390,17 @@ impl Backend {
         let b = Backend::open(path, tables)?;
         let mut reader = SnapshotReader::new(input, tables);
         let mut done = false;
+        let mut unsynced = 0u64;
         while !done {
             let mut tx = b.db().begin_write()?;
-            tx.set_durability(Durability::None)?;
+            // Durable now and then, so the file is written back as it grows rather than all
+            // at the end (see `SNAPSHOT_SYNC_BYTES`).
+            let durable = unsynced >= crate::limits::SNAPSHOT_SYNC_BYTES as u64;
+            if durable {
+                unsynced = 0;
+            } else {
+                tx.set_durability(Durability::None)?;
+            }
             {
                 let mut kv = split::Writer::open(&tx)?;
                 let mut meta = tx.open_table(META)?;
@@ -425,6 +433,7 @@ impl Backend {
                         }
                     }
                 }
+                unsynced += reader.bytes - start;
             }
             tx.commit()?;
         }

@@ -28,5 +28,9 @@ pub const STAGED_MAX_BYTES: usize = 4 * HOLD_BYTES;
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Records per snapshot import transaction are capped by size, so memory stays bounded.
 pub const IMPORT_BATCH_BYTES: usize = 16 << 20;
+/// Bytes a snapshot being received or imported may leave to the OS before they are synced: a
+/// burst of hundreds of MiB written back at once stalls the fsyncs of anything else on the
+/// disk (a leader's WAL beside its new member's data).
+pub const SNAPSHOT_SYNC_BYTES: usize = 16 << 20;
 /// No key or value in a snapshot can be larger than a WAL record.
 pub const MAX_SNAPSHOT_FIELD: usize = MAX_RECORD_BYTES;

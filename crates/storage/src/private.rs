@@ -70,3 +70,35 @@ mod tests {
         );
     }
 }
+
+/// Bytes a large file loses per step when it is removed gradually.
+const REMOVE_STEP_BYTES: u64 = 64 << 20;
+
+/// Removes a file of possibly hundreds of MiB (a received snapshot) a step at a time: freeing
+/// it whole is one burst of filesystem journal work, and the fsyncs of anything else on the
+/// disk (a leader's WAL) wait behind it.
+pub fn remove_gradually(path: &Path) -> io::Result<()> {
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let mut len = f.metadata()?.len();
+        while len > REMOVE_STEP_BYTES {
+            len -= REMOVE_STEP_BYTES;
+            f.set_len(len)?;
+            f.sync_data()?;
+        }
+    }
+    std::fs::remove_file(path)
+}
+
+#[cfg(test)]
+mod remove_tests {
+    #[test]
+    fn a_large_file_is_removed_gradually() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("snap");
+        let f = std::fs::File::create(&p).expect("create");
+        f.set_len(3 * super::REMOVE_STEP_BYTES + 5).expect("len");
+        super::remove_gradually(&p).expect("remove");
+        assert!(!p.exists());
+        assert!(super::remove_gradually(&p).is_err());
+    }
+}

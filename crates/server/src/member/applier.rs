@@ -132,7 +132,7 @@ impl Applier {
                 }
                 Apply::Snapshot { index, path, done } => {
                     let r = self.install(index, &path);
-                    let _ = std::fs::remove_file(&path);
+                    let _ = ballast_storage::private::remove_gradually(&path);
                     let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
                     r
                 }
@@ -364,9 +364,12 @@ impl Applier {
             self.last_trim = last;
             self.trim_bytes = 0;
             (self.compact)(last, true);
-        } else if last.saturating_sub(self.last_trim) >= self.trim_every
+        } else if membership
+            || last.saturating_sub(self.last_trim) >= self.trim_every
             || self.trim_bytes >= crate::limits::TRIM_AFTER_BYTES
         {
+            // After a membership change at once: the snapshot point is what a member just
+            // added is sent, and its configuration must have that member.
             self.last_trim = last;
             self.trim_bytes = 0;
             (self.compact)(last, false);
