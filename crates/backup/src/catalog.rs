@@ -313,6 +313,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_manifest_gone_after_the_listing_reads_as_not_found() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = Store::open(
+            &Location::Dir(d.path().to_path_buf()),
+            &S3Settings::from_env(),
+        )
+        .expect("open");
+        let n = SnapshotName {
+            unix: 1_800_000_000,
+            revision: 5,
+            hash: 7,
+        };
+        let e = read_manifest(&store, &n).await.expect_err("absent");
+        assert!(e.is_not_found(), "{e}");
+        std::fs::write(d.path().join(n.manifest()), b"{").expect("write");
+        let e = read_manifest(&store, &n).await.expect_err("damaged");
+        assert!(!e.is_not_found(), "{e}");
+    }
+
+    #[tokio::test]
     async fn retention_keeps_the_newest_and_clears_failed_uploads() {
         let d = tempfile::tempdir().expect("tmp");
         let store =

@@ -33,6 +33,18 @@ pub enum BackupStoreError {
     Object { name: String, why: String },
 }
 
+impl BackupStoreError {
+    /// The object (or file) is not there: deleted between a listing and the read (the leader's
+    /// retention runs while anyone may list).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Remote(e) => e.kind() == opendal::ErrorKind::NotFound,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = BackupStoreError> = std::result::Result<T, E>;
 
 fn io_at(path: &std::path::Path) -> impl Fn(std::io::Error) -> BackupStoreError + '_ {

@@ -87,7 +87,12 @@ pub async fn run(p: &Printer, cmd: &BackupCmd) -> Result<(), Failure> {
             let c = catalog::catalog(&store).await.map_err(other)?;
             let mut rows = Vec::with_capacity(c.complete.len());
             for (n, _) in &c.complete {
-                rows.push(catalog::read_manifest(&store, n).await.map_err(other)?);
+                match catalog::read_manifest(&store, n).await {
+                    Ok(m) => rows.push(m),
+                    // Retention removed it after the listing: it is no longer a backup.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(other(e)),
+                }
             }
             let segs = archive::segments(&store).await.map_err(other)?;
             print_list(p, &c, &rows, &runs(&segs));
