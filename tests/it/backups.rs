@@ -16,18 +16,7 @@ const BUCKET: &str = "ballast-backups";
 /// installed or found in the cache by the same script.
 fn s3_python() -> &'static Path {
     static PY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PY.get_or_init(|| {
-        if let Some(p) = std::env::var_os("BALLAST_S3_PYTHON") {
-            return PathBuf::from(p);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-test-server");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/s3-test-server");
-        assert!(out.status.success(), "scripts/s3-test-server failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    PY.get_or_init(|| crate::cluster::built_by("BALLAST_S3_PYTHON", "s3-test-server"))
 }
 
 /// One S3 API server process (tests/s3/s3server.py) with one bucket and one backup user.

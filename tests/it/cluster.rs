@@ -52,40 +52,33 @@ pub enum Kind {
     Etcd37,
 }
 
-/// etcd's own benchmark tool: `$BALLAST_ETCD_BENCHMARK` when set (scripts/test sets it),
-/// otherwise built or found in the cache by scripts/etcd-benchmark.
-pub fn etcd_benchmark() -> &'static Path {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(b) = std::env::var_os("BALLAST_ETCD_BENCHMARK") {
-            return PathBuf::from(b);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/etcd-benchmark");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/etcd-benchmark");
-        assert!(out.status.success(), "scripts/etcd-benchmark failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+/// What a tool the tests need is: `$env` when set (scripts/test sets it), otherwise the path
+/// `scripts/<script>` prints after building it or finding it in its per-machine cache.
+pub fn built_by(env: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(script);
+    let out = Command::new(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(out.status.success(), "scripts/{script} failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// The directory holding etcd 3.7's `etcd`, `etcdctl` and `etcdutl`: `$BALLAST_ETCD37` when
-/// set (scripts/test sets it), otherwise built or found in the cache by the same script.
+/// etcd's own benchmark tool (scripts/etcd-benchmark).
+pub fn etcd_benchmark() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| built_by("BALLAST_ETCD_BENCHMARK", "etcd-benchmark"))
+}
+
+/// The directory holding etcd 3.7's `etcd`, `etcdctl` and `etcdutl` (scripts/reference-etcd).
 pub fn etcd37_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(d) = std::env::var_os("BALLAST_ETCD37") {
-            return PathBuf::from(d);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference-etcd");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/reference-etcd");
-        assert!(out.status.success(), "scripts/reference-etcd failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
+    DIR.get_or_init(|| built_by("BALLAST_ETCD37", "reference-etcd"))
 }
 
 /// The client a kind's operators use: Debian's etcdctl, etcd 3.7's, or ballastctl.

@@ -9,19 +9,9 @@ use std::process::{Command, Stdio};
 
 use crate::cluster::{ballast_bin, etcd37_tool};
 
-/// The test binary: `$BALLAST_KUBE_STORAGE` (scripts/test sets it), else built or found in
-/// the cache by the script.
+/// The test binary (scripts/kube-storage-tests).
 fn suite() -> PathBuf {
-    if let Some(p) = std::env::var_os("BALLAST_KUBE_STORAGE") {
-        return PathBuf::from(p);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-storage-tests");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run scripts/kube-storage-tests");
-    assert!(out.status.success(), "scripts/kube-storage-tests failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    crate::cluster::built_by("BALLAST_KUBE_STORAGE", "kube-storage-tests")
 }
 
 /// Every test's and subtest's outcome (`PASS`, `FAIL`, `SKIP`) with `server` under test, and

@@ -99,34 +99,52 @@ fn member_list_matches_a_real_three_member_etcd_cluster() {
     }
 }
 
+/// `member add NAME --learner` through `ctl` at `ep`: its output, and the member it announces
+/// (with `extra` flags and the `ETCD_INITIAL_CLUSTER` printed for it), not started yet.
+fn add_learner(ctl: Ctl, ep: &str, name: &str, extra: &[&str]) -> (String, Server) {
+    let (client, peer) = (free_port(), free_port());
+    let (out, err, code) = ctl(
+        ep,
+        &[
+            "member",
+            "add",
+            name,
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{peer}"),
+        ],
+    );
+    assert_eq!(code, 0, "member add: {out}{err}");
+    let initial = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    let mut joiner = Server::new_member(
+        Kind::Ballast,
+        Member {
+            name: name.into(),
+            peer_port: peer,
+            initial_cluster: initial,
+            state: "existing",
+        },
+        extra,
+    );
+    joiner.port = client;
+    (out, joiner)
+}
+
 /// The operators' flow: add a learner, start it with `--initial-cluster-state existing`, let
 /// it catch up, promote it, then remove another member, which stops itself.
 fn learner_flow(ctl: Ctl) {
     let mut c = Cluster::start(Kind::Ballast, 3, &[]);
     let eps = c.endpoints();
     assert_eq!(ctl(&eps[0], &["put", "before", "join"]).2, 0);
-    let (client, peer) = (free_port(), free_port());
-    let (out, err, code) = ctl(
-        &eps[0],
-        &[
-            "member",
-            "add",
-            "m3",
-            "--learner",
-            &format!("--peer-urls=http://127.0.0.1:{peer}"),
-        ],
-    );
-    assert_eq!(code, 0, "member add: {out}{err}");
+    let (out, mut joiner) = add_learner(ctl, &eps[0], "m3", &[]);
     let id = out
         .strip_prefix("Member ")
         .and_then(|r| r.split_whitespace().next())
         .unwrap()
-        .to_string();
-    let initial = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .unwrap()
-        .trim_matches('"')
         .to_string();
     assert!(
         out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
@@ -139,17 +157,6 @@ fn learner_flow(ctl: Ctl) {
     assert_eq!(early.2, 1);
     assert!(early.1.contains("in sync with leader"), "{}", early.1);
 
-    let mut joiner = Server::new_member(
-        Kind::Ballast,
-        Member {
-            name: "m3".into(),
-            peer_port: peer,
-            initial_cluster: initial,
-            state: "existing",
-        },
-        &[],
-    );
-    joiner.port = client;
     joiner.launch();
     let jep = joiner.endpoint();
     let got = retry_until(
@@ -411,37 +418,14 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v[0]["Status"]["header"]["revision"].as_i64()
     };
-    let (client, peer) = (free_port(), free_port());
-    let (out, err, code) = etcdctl2(
+    let (_, mut joiner) = add_learner(
+        etcdctl2,
         &ep,
-        &[
-            "member",
-            "add",
-            "m1",
-            "--learner",
-            &format!("--peer-urls=http://127.0.0.1:{peer}"),
-        ],
-    );
-    assert_eq!(code, 0, "member add: {out}{err}");
-    let initial = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    // Nothing is written from here on: the cluster stays idle while the learner joins.
-    let want = revision(&ep).unwrap();
-    let mut joiner = Server::new_member(
-        Kind::Ballast,
-        Member {
-            name: "m1".into(),
-            peer_port: peer,
-            initial_cluster: initial,
-            state: "existing",
-        },
+        "m1",
         &["--experimental-snapshot-catchup-entries=1000"],
     );
-    joiner.port = client;
+    // Nothing is written from here on: the cluster stays idle while the learner joins.
+    let want = revision(&ep).unwrap();
     joiner.launch();
     let start = Instant::now();
     while revision(&joiner.endpoint()) != Some(want) {

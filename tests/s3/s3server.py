@@ -204,42 +204,30 @@ def main():
         PolicyDocument=json.dumps(policy(bucket, prefix)),
     )
     key = iam.create_access_key(UserName="ballast")["AccessKey"]
-    # An instance role with the same policy, and a session of it for the metadata service.
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = iam.create_role(
-        RoleName="ballast-backup-role", AssumeRolePolicyDocument=json.dumps(trust)
-    )["Role"]
-    iam.put_role_policy(
-        RoleName="ballast-backup-role",
-        PolicyName="ballast-backups",
-        PolicyDocument=json.dumps(policy(bucket, prefix)),
-    )
+    def role(name, principal, action):
+        """A role `principal` may take by `action`, with the backup user's policy."""
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": principal, "Action": action}],
+        }
+        r = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName="ballast-backups",
+            PolicyDocument=json.dumps(policy(bucket, prefix)),
+        )
+        return r
+
+    # An instance role, and a session of it for the metadata service.
+    instance_role = role("ballast-backup-role", {"Service": "ec2.amazonaws.com"}, "sts:AssumeRole")
     state["role"] = boto3.client("sts", **anon).assume_role(
-        RoleArn=role["Arn"], RoleSessionName="instance", DurationSeconds=3600
+        RoleArn=instance_role["Arn"], RoleSessionName="instance", DurationSeconds=3600
     )["Credentials"]
-    # A role for pods with a web identity (EKS's IRSA), with the same policy.
-    web_trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.test"},
-                "Action": "sts:AssumeRoleWithWebIdentity",
-            }
-        ],
-    }
-    web_role = iam.create_role(
-        RoleName="ballast-backup-web", AssumeRolePolicyDocument=json.dumps(web_trust)
-    )["Role"]
-    iam.put_role_policy(
-        RoleName="ballast-backup-web",
-        PolicyName="ballast-backups",
-        PolicyDocument=json.dumps(policy(bucket, prefix)),
+    # A role for pods with a web identity (EKS's IRSA).
+    web_role = role(
+        "ballast-backup-web",
+        {"Federated": "arn:aws:iam::123456789012:oidc-provider/oidc.test"},
+        "sts:AssumeRoleWithWebIdentity",
     )
     state["web_role_arn"] = web_role["Arn"]
     # The bucket is an administrator's to make; the backup user may not.

@@ -312,19 +312,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_manifest_gone_after_the_listing_reads_as_not_found() {
-        let d = tempfile::tempdir().expect("tmp");
-        let store = Store::open(
+    /// A store over the directory `d`.
+    fn dir_store(d: &tempfile::TempDir) -> Store {
+        Store::open(
             &Location::Dir(d.path().to_path_buf()),
             &S3Settings::from_env(),
         )
-        .expect("open");
-        let n = SnapshotName {
-            unix: 1_800_000_000,
-            revision: 5,
-            hash: 7,
-        };
+        .expect("open")
+    }
+
+    const ONE: SnapshotName = SnapshotName {
+        unix: 1_800_000_000,
+        revision: 5,
+        hash: 7,
+    };
+
+    #[tokio::test]
+    async fn a_manifest_gone_after_the_listing_reads_as_not_found() {
+        let d = tempfile::tempdir().expect("tmp");
+        let store = dir_store(&d);
+        let n = ONE;
         let e = read_manifest(&store, &n).await.expect_err("absent");
         assert!(e.is_not_found(), "{e}");
         std::fs::write(d.path().join(n.manifest()), b"{").expect("write");
@@ -413,16 +420,8 @@ mod tests {
     #[tokio::test]
     async fn a_manifest_for_another_snapshot_is_refused() {
         let d = tempfile::tempdir().expect("tmp");
-        let store = Store::open(
-            &Location::Dir(d.path().to_path_buf()),
-            &S3Settings::from_env(),
-        )
-        .expect("open");
-        let n = SnapshotName {
-            unix: 1_800_000_000,
-            revision: 5,
-            hash: 7,
-        };
+        let store = dir_store(&d);
+        let n = ONE;
         let mut m = manifest(&n, 1);
         m.revision = 6;
         store

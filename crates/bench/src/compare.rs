@@ -88,15 +88,7 @@ impl Cluster {
         for (i, (c, p)) in ports.iter().enumerate() {
             let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))
                 .map_err(|e| e.to_string())?;
-            let mut cmd = match &a.server_cpus {
-                Some(cpus) => {
-                    let mut t = Command::new("taskset");
-                    t.args(["-c", cpus]).arg(&bin);
-                    t
-                }
-                None => Command::new(&bin),
-            };
-            let child = cmd
+            let child = pinned_command(&bin, a.server_cpus.as_deref())
                 .arg(format!("--name=m{i}"))
                 .arg(format!(
                     "--data-dir={}",
@@ -221,7 +213,19 @@ impl Row {
     }
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+/// `bin` to run on `cpus` (`taskset -c`), or anywhere.
+pub(crate) fn pinned_command(bin: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", c]).arg(bin);
+            t
+        }
+        None => Command::new(bin),
+    }
+}
+
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
@@ -415,9 +419,9 @@ pub async fn run(a: &CompareArgs) -> Result<bool, String> {
     let mut table = markdown(&rows, rss, a);
     let mut tool_met = true;
     if let Some(tool) = &a.etcd_benchmark {
-        let tool_rows = crate::etcdtool::run(a, tool, a.rounds, plan.put_total, plan.watch_puts)?;
-        tool_met = crate::etcdtool::all_met(&tool_rows);
-        table.push_str(&crate::etcdtool::markdown(&tool_rows, tool));
+        let tool_run = crate::etcdtool::run(a, tool, a.rounds, plan.put_total, plan.watch_puts)?;
+        tool_met = tool_run.all_met();
+        table.push_str(&tool_run.markdown(tool));
     }
     println!("{table}");
     let rss_met = rss.0 > 0 && (rss.1 as f64) <= 0.5 * rss.0 as f64;

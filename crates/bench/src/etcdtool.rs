@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::compare::{settle, Cluster, CompareArgs, Kind};
+use crate::compare::{pinned_command, ratio, settle, Cluster, CompareArgs, Kind};
 
 /// What one run of the tool reported (seconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -38,15 +38,15 @@ pub fn parse(out: &str, events: bool) -> Result<ToolStats, String> {
     let mut s = ToolStats::default();
     // The tool leaves out a percentile whose latency is zero.
     let (mut rps, mut dist) = (false, false);
+    let secs = |l: &str, prefix: &str| -> Option<f64> {
+        l.strip_prefix(prefix)?
+            .trim()
+            .trim_end_matches("secs.")
+            .trim()
+            .parse()
+            .ok()
+    };
     for line in block.lines().map(str::trim) {
-        let secs = |l: &str, prefix: &str| -> Option<f64> {
-            l.strip_prefix(prefix)?
-                .trim()
-                .trim_end_matches("secs.")
-                .trim()
-                .parse()
-                .ok()
-        };
         if let Some(v) = line
             .strip_prefix("Requests/sec:")
             .and_then(|v| v.trim().parse().ok())
@@ -75,15 +75,7 @@ fn run_tool(
     args: &[String],
     events: bool,
 ) -> Result<ToolStats, String> {
-    let mut cmd = match cpus {
-        Some(c) => {
-            let mut t = Command::new("taskset");
-            t.args(["-c", c]).arg(bin);
-            t
-        }
-        None => Command::new(bin),
-    };
-    let out = cmd
+    let out = pinned_command(bin, cpus)
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .arg("--precise")
         .args(args)
@@ -131,14 +123,6 @@ impl ToolRow {
             PUT => self.rps_ratio() >= 2.0,
             _ => self.p99_ratio() <= 0.5,
         })
-    }
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
     }
 }
 
@@ -197,6 +181,12 @@ fn pinning() -> Option<(String, String)> {
     (n >= 2 && taskset).then(|| (servers, "0".to_string()))
 }
 
+/// What the rounds measured, and the CPUs the pinned ones ran on (servers', tool's).
+pub struct ToolRun {
+    pub rows: Vec<ToolRow>,
+    pub pins: Option<(String, String)>,
+}
+
 /// `rounds` alternating rounds unpinned, then as many pinned (when the machine allows), each on
 /// fresh 3-member clusters: etcd, then Ballast, for each load.
 pub fn run(
@@ -205,7 +195,7 @@ pub fn run(
     rounds: usize,
     put_total: usize,
     watch_puts: usize,
-) -> Result<Vec<ToolRow>, String> {
+) -> Result<ToolRun, String> {
     let mut rows = Vec::new();
     let pins = pinning();
     let modes: Vec<Option<&(String, String)>> = match &pins {
@@ -243,24 +233,29 @@ pub fn run(
             }
         }
     }
-    Ok(rows)
+    Ok(ToolRun { rows, pins })
 }
 
-/// Whether every unpinned round met its target.
-pub fn all_met(rows: &[ToolRow]) -> bool {
-    rows.iter().all(|r| r.met() != Some(false))
+impl ToolRun {
+    /// Whether every unpinned round met its target.
+    pub fn all_met(&self) -> bool {
+        self.rows.iter().all(|r| r.met() != Some(false))
+    }
+
+    /// The section of the compare report.
+    pub fn markdown(&self, tool: &Path) -> String {
+        markdown(&self.rows, self.pins.as_ref(), tool)
+    }
 }
 
-/// The section of the compare report.
-pub fn markdown(rows: &[ToolRow], tool: &Path) -> String {
+fn markdown(rows: &[ToolRow], pins: Option<&(String, String)>, tool: &Path) -> String {
     let mut s = String::new();
-    let pins = pinning();
     let _ = writeln!(
         s,
         "\n## With etcd's own benchmark tool\n\n`{}` as the load generator (`--etcd-benchmark`), 3 members each, fresh clusters every round. Unpinned: the tool and the servers share every CPU, as users run it. Pinned: the servers on CPUs {} and the tool on CPU {} (`taskset`), so the tool's CPU does not compress the ratio. put: 10 conns, 100 clients, 256 B values; watch-latency: 1,000 watchers (10 streams of 100) on one key, 100 puts/s, event latency.\n",
         tool.file_name().map_or_else(|| tool.display().to_string(), |n| n.to_string_lossy().into_owned()),
-        pins.as_ref().map_or("-", |p| p.0.as_str()),
-        pins.as_ref().map_or("-", |p| p.1.as_str()),
+        pins.map_or("-", |p| p.0.as_str()),
+        pins.map_or("-", |p| p.1.as_str()),
     );
     let _ = writeln!(
         s,
