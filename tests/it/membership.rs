@@ -438,6 +438,15 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(joiner.log().matches("installed snapshot").count(), 1);
+    // Imported as it arrived: the stream's bytes were never staged in a file of their own.
+    assert!(
+        joiner
+            .log()
+            .lines()
+            .any(|l| l.contains("received snapshot") && l.contains("\"built\":true")),
+        "{}",
+        joiner.log()
+    );
     assert_eq!(
         leader.log().matches("sent snapshot").count(),
         1,

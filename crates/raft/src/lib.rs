@@ -14,4 +14,7 @@ pub use driver::{
     Apply, Committed, ConfKind, ImportedEntry, ImportedLog, LogTerm, Node, NodeConfig, RaftError,
     RaftStatus,
 };
-pub use transport::{fetch_membership, is_received_snapshot_file, PeerTls, Transport};
+pub use transport::{
+    fetch_membership, is_built_snapshot, is_received_snapshot_file, PeerTls, SnapshotBuilder,
+    Transport,
+};

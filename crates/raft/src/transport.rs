@@ -26,6 +26,12 @@ use raft::eraftpb::Message;
 /// `.ballast-snap.tmp` while it arrives): not etcd's `.snap`, which may sit in the same
 /// directory on a member converted from etcd.
 const SNAPSHOT_EXT: &str = "ballast-snap";
+/// The extension of a received snapshot the state machine's builder made into a store as it
+/// arrived (see [`Transport::set_snapshot_builder`]).
+const STORE_EXT: &str = "ballast-store";
+/// Frames of a snapshot stream waiting for the builder: the stream is read no faster than the
+/// store is built, so the leader's send is paced by the learner's disk.
+const BUILD_QUEUE: usize = 4;
 
 /// Where received snapshots are staged, and how many may wait there at once.
 pub struct SnapshotStage {
@@ -34,9 +40,18 @@ pub struct SnapshotStage {
     pub max_files: usize,
 }
 
-/// Whether `name` is a received snapshot, whole or partial, in the snap directory.
+/// Whether `name` is a received snapshot, whole or partial, as stream bytes or built into a
+/// store, in the snap directory.
 pub fn is_received_snapshot_file(name: &str) -> bool {
-    name.ends_with(&format!(".{SNAPSHOT_EXT}")) || name.ends_with(&format!(".{SNAPSHOT_EXT}.tmp"))
+    [SNAPSHOT_EXT, STORE_EXT]
+        .iter()
+        .any(|ext| name.ends_with(&format!(".{ext}")) || name.ends_with(&format!(".{ext}.tmp")))
+}
+
+/// Whether a staged snapshot (from [`Transport::take_received`]) is a store the builder made,
+/// rather than the stream's bytes.
+pub fn is_built_snapshot(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == STORE_EXT)
 }
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -64,6 +79,11 @@ pub type SnapshotSource = Arc<
 
 /// Why the state machine could not export a snapshot (its own error, kept as the source).
 pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds the state machine's store at a path from a snapshot stream (what a
+/// [`SnapshotSource`] wrote), durably, on a blocking thread.
+pub type SnapshotBuilder =
+    Arc<dyn Fn(&std::path::Path, &mut dyn std::io::Read) -> Result<(), SourceError> + Send + Sync>;
 
 /// Why sending a snapshot to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +173,7 @@ struct Inner {
     membership: Mutex<Option<MembershipFn>>,
     query: Mutex<Option<QueryFn>>,
     snapshot_source: Mutex<Option<SnapshotSource>>,
+    snapshot_builder: Mutex<Option<SnapshotBuilder>>,
     snap_dir: std::path::PathBuf,
     received: Mutex<Staged>,
     /// Peers with a snapshot stream in flight (one at a time each).
@@ -246,6 +267,7 @@ impl Transport {
                 membership: Mutex::new(None),
                 query: Mutex::new(None),
                 snapshot_source: Mutex::new(None),
+                snapshot_builder: Mutex::new(None),
                 snap_dir: snapshots.dir,
                 received: Mutex::new(Staged {
                     max_files: snapshots.max_files,
@@ -271,6 +293,12 @@ impl Transport {
     /// Where snapshot data for lagging peers comes from.
     pub fn set_snapshot_source(&self, f: SnapshotSource) {
         *lock(&self.inner.snapshot_source) = Some(f);
+    }
+
+    /// How received snapshots become stores as they arrive. Without one they are staged as
+    /// the stream's bytes, which the state machine then imports: twice the writes.
+    pub fn set_snapshot_builder(&self, f: SnapshotBuilder) {
+        *lock(&self.inner.snapshot_builder) = Some(f);
     }
 
     /// The staged file of a received snapshot, once raft installs it; the files staged
@@ -496,7 +524,8 @@ async fn stream_snapshot(
     Ok(())
 }
 
-/// Receives a snapshot stream into a staged, fsynced file, then hands the message to raft.
+/// Receives a snapshot stream into a staged, durable file (a store the builder makes as the
+/// stream arrives, or else the stream's bytes), then hands the message to raft.
 async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result<(), StreamError> {
     let mut stream = tokio::io::BufReader::with_capacity(64 * 1024, stream);
     let body = read_frame(&mut stream, inner.max_frame).await?;
@@ -513,21 +542,64 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
     if !lock(&inner.received).has_room() {
         return Err(StreamError::Busy);
     }
+    let builder = lock(&inner.snapshot_builder).clone();
+    let ext = if builder.is_some() {
+        STORE_EXT
+    } else {
+        SNAPSHOT_EXT
+    };
     let path = inner
         .snap_dir
-        .join(format!("{index:016x}-{from:016x}.{SNAPSHOT_EXT}"));
-    let tmp = path.with_extension(format!("{SNAPSHOT_EXT}.tmp"));
+        .join(format!("{index:016x}-{from:016x}.{ext}"));
+    let tmp = path.with_extension(format!("{ext}.tmp"));
+    let built = builder.is_some();
+    let staged = match builder {
+        Some(b) => build_staged(&mut stream, b, &tmp).await,
+        None => write_staged(&mut stream, &tmp).await,
+    };
+    let total = match staged {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    tokio::fs::rename(&tmp, &path).await?;
+    ballast_storage::wal::sync_dir(&inner.snap_dir)?;
+    {
+        let mut staged = lock(&inner.received);
+        if !staged.has_room() {
+            drop(staged);
+            let _ = std::fs::remove_file(&path);
+            return Err(StreamError::Busy);
+        }
+        staged.files.insert(index, path);
+    }
+    tracing::info!(index, bytes = total, built, "received snapshot");
+    stream.get_mut().write_all(&[1]).await?;
+    inner
+        .inbound
+        .send(Inbound::Message(Box::new(m)))
+        .await
+        .map_err(|_| StreamError::Closed)
+}
+
+/// The stream's bytes into `tmp`, fsynced; returns how many.
+async fn write_staged(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    tmp: &std::path::Path,
+) -> Result<usize, StreamError> {
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(ballast_storage::private::FILE_MODE)
-        .open(&tmp)
+        .open(tmp)
         .await?;
     let mut total = 0usize;
     let mut unsynced = 0usize;
     loop {
-        let chunk = read_frame(&mut stream, SNAPSHOT_CHUNK).await?;
+        let chunk = read_frame(stream, SNAPSHOT_CHUNK).await?;
         if chunk.is_empty() {
             break;
         }
@@ -542,25 +614,82 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
         }
     }
     file.sync_all().await?;
-    drop(file);
-    tokio::fs::rename(&tmp, &path).await?;
-    ballast_storage::wal::sync_dir(&inner.snap_dir)?;
-    {
-        let mut staged = lock(&inner.received);
-        if !staged.has_room() {
-            drop(staged);
-            let _ = std::fs::remove_file(&path);
-            return Err(StreamError::Busy);
+    Ok(total)
+}
+
+/// The stream built into a store at `tmp` by `builder` as its frames arrive; returns how many
+/// bytes it carried. The builder sees the end of the stream only after its last frame, and a
+/// broken stream as a cut one (which it refuses).
+async fn build_staged(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    builder: SnapshotBuilder,
+    tmp: &std::path::Path,
+) -> Result<usize, StreamError> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(BUILD_QUEUE);
+    let out = tmp.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut reader = ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        };
+        builder(&out, &mut reader).map_err(|e| e.to_string())
+    });
+    let mut total = 0usize;
+    let mut read = Ok(());
+    loop {
+        match read_frame(stream, SNAPSHOT_CHUNK).await {
+            Ok(chunk) if chunk.is_empty() => break,
+            Ok(chunk) => {
+                total += chunk.len();
+                if tx.send(chunk).await.is_err() {
+                    // The builder ended before the stream did: its error says why, or the
+                    // stream goes on past its end record.
+                    read = Err(StreamError::Build(
+                        "the stream continues past its end".into(),
+                    ));
+                    break;
+                }
+            }
+            Err(e) => {
+                read = Err(e);
+                break;
+            }
         }
-        staged.files.insert(index, path);
     }
-    tracing::info!(index, bytes = total, "received snapshot");
-    stream.get_mut().write_all(&[1]).await?;
-    inner
-        .inbound
-        .send(Inbound::Message(Box::new(m)))
+    drop(tx);
+    let built = task
         .await
-        .map_err(|_| StreamError::Closed)
+        .map_err(|e| StreamError::Build(e.to_string()))?
+        .map_err(StreamError::Build);
+    built?;
+    read?;
+    Ok(total)
+}
+
+/// The frames of a snapshot stream, read by a blocking builder as they arrive.
+struct ChunkReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.blocking_recv() {
+                Some(c) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 async fn read_frame(
@@ -685,6 +814,8 @@ enum StreamError {
     Closed,
     #[error("--max-snapshots received snapshots already wait to be installed")]
     Busy,
+    #[error("building the received snapshot: {0}")]
+    Build(String),
 }
 
 async fn reader(inner: Arc<Inner>, mut stream: Conn) -> Result<(), StreamError> {
@@ -912,6 +1043,85 @@ mod tests {
         c.send(vec![msg(1, 2, 99)]);
         let got = tokio::time::timeout(Duration::from_millis(300), rx_b.recv()).await;
         assert!(got.is_err(), "a message from another cluster was delivered");
+    }
+
+    /// A snapshot built into a store as it arrives: the builder reads the whole stream and
+    /// the staged file is what it made; a builder's failure stages nothing and fails the send.
+    #[tokio::test]
+    async fn a_received_snapshot_is_built_as_it_arrives() {
+        use std::sync::atomic::AtomicBool;
+        let rt = tokio::runtime::Handle::current();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (in_b, mut rx_b) = mpsc::channel(16);
+        let stage_b = SnapshotStage {
+            dir: dir.path().to_path_buf(),
+            max_files: 5,
+        };
+        let b = Transport::new(2, 9, 1 << 20, in_b, rt.clone(), stage_b, None);
+        tokio::spawn(b.clone().serve(listener));
+        let refuse = Arc::new(AtomicBool::new(false));
+        let r = refuse.clone();
+        b.set_snapshot_builder(Arc::new(move |path, input| {
+            let mut got = Vec::new();
+            input.read_to_end(&mut got)?;
+            if r.load(Ordering::Relaxed) {
+                return Err("refused".into());
+            }
+            std::fs::write(path, &got)?;
+            Ok(())
+        }));
+        // Larger than a frame and than the builder's queue.
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (in_a, mut rx_a) = mpsc::channel(16);
+        let a = Transport::new(1, 9, 1 << 20, in_a, rt, stage(), None);
+        a.set_peer(2, vec![format!("http://{addr}")]);
+        let p = payload.clone();
+        a.set_snapshot_source(Arc::new(move |out| {
+            for c in p.chunks(100_000) {
+                out(c)?;
+            }
+            Ok(())
+        }));
+        let snap = |index: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m.from = 1;
+            m.to = 2;
+            m.mut_snapshot().mut_metadata().index = index;
+            m
+        };
+        let within = Duration::from_secs(10);
+        a.send(vec![snap(10)]);
+        match tokio::time::timeout(within, rx_a.recv()).await.unwrap() {
+            Some(Inbound::SnapshotSent(2, true)) => {}
+            _ => panic!("the snapshot was not delivered"),
+        }
+        match tokio::time::timeout(within, rx_b.recv()).await.unwrap() {
+            Some(Inbound::Message(m)) => {
+                assert_eq!(m.get_msg_type(), MessageType::MsgSnapshot);
+                assert_eq!(m.get_snapshot().get_metadata().index, 10);
+            }
+            _ => panic!("raft was not handed the snapshot"),
+        }
+        let path = b.take_received(10).unwrap();
+        assert!(is_built_snapshot(&path));
+        assert!(std::fs::read(&path).unwrap() == payload);
+
+        refuse.store(true, Ordering::Relaxed);
+        a.send(vec![snap(20)]);
+        match tokio::time::timeout(within, rx_a.recv()).await.unwrap() {
+            Some(Inbound::SnapshotSent(2, false)) => {}
+            _ => panic!("a snapshot the builder refused was reported delivered"),
+        }
+        assert!(rx_b.try_recv().is_err());
+        assert!(b.take_received(20).is_none());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![path], "the refused build left a file");
     }
 
     #[tokio::test]

@@ -609,6 +609,8 @@ fn answer_peer_queries(node: &Node, store: &Store) {
     node.transport().set_snapshot_source(Arc::new(move |out| {
         source.current().export(out).map_err(Into::into)
     }));
+    node.transport()
+        .set_snapshot_builder(Arc::new(|path, input| Ok(Mvcc::import(path, input)?)));
 }
 
 /// Counts every new leader this member sees, the first one included (as etcd counts).

@@ -258,10 +258,16 @@ impl Applier {
         let swap = self.file_swap.clone();
         let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
         let db = self.snap_dir.join(layout::STORE_FILE);
-        let fresh = self.snap_dir.join(layout::STORE_FILE_NEW);
-        let file = std::fs::File::open(path)
-            .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
-        Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
+        // Built into a store as it arrived (the transport's builder), or its bytes to import.
+        let fresh = if ballast_raft::is_built_snapshot(path) {
+            path.to_path_buf()
+        } else {
+            let fresh = self.snap_dir.join(layout::STORE_FILE_NEW);
+            let file = std::fs::File::open(path)
+                .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
+            Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
+            fresh
+        };
         let installed = Mvcc::open(&fresh)?;
         if installed.applied_index() < index {
             return Err(KvError::Corrupt(format!(
