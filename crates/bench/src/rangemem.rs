@@ -62,8 +62,9 @@ async fn client(ep: &str) -> Result<KvClient<tonic::transport::Channel>, String>
         .max_encoding_message_size(usize::MAX))
 }
 
-/// The whole keyspace as one RangeStream; returns the bytes of values received.
-pub(crate) async fn stream_all(ep: String) -> Result<u64, String> {
+/// The whole keyspace as one RangeStream, or as much of it as arrives before `until`; returns
+/// the bytes of values received.
+pub(crate) async fn stream_all(ep: String, until: Option<Instant>) -> Result<u64, String> {
     let mut kv = client(&ep).await?;
     let req = RangeRequest {
         key: vec![0],
@@ -80,15 +81,28 @@ pub(crate) async fn stream_all(ep: String) -> Result<u64, String> {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let kvs = chunk.range_response.map(|r| r.kvs).unwrap_or_default();
         bytes += kvs.iter().map(|k| k.value.len() as u64).sum::<u64>();
+        if past(until) {
+            break;
+        }
     }
     Ok(bytes)
 }
 
-/// `clients` whole-keyspace RangeStreams at once; returns the bytes of values received.
-pub(crate) async fn streamed_by(ep: String, clients: usize) -> Result<u64, String> {
+/// Whether a reader's time is up.
+fn past(until: Option<Instant>) -> bool {
+    until.is_some_and(|t| Instant::now() >= t)
+}
+
+/// `clients` whole-keyspace RangeStreams at once, each stopping at `until`; returns the bytes
+/// of values received.
+pub(crate) async fn streamed_by(
+    ep: String,
+    clients: usize,
+    until: Option<Instant>,
+) -> Result<u64, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
-        tasks.spawn(stream_all(ep.clone()));
+        tasks.spawn(stream_all(ep.clone(), until));
     }
     sum_of(tasks).await
 }
@@ -102,8 +116,9 @@ async fn sum_of(mut tasks: tokio::task::JoinSet<Result<u64, String>>) -> Result<
     Ok(total)
 }
 
-/// The whole keyspace in pages of `page` keys, each page a unary Range from the last key on.
-async fn page_all(ep: String, page: i64) -> Result<u64, String> {
+/// The whole keyspace in pages of `page` keys, each page a unary Range from the last key on,
+/// until the last page or `until`.
+async fn page_all(ep: String, page: i64, until: Option<Instant>) -> Result<u64, String> {
     let mut kv = client(&ep).await?;
     let mut key = vec![0];
     let mut bytes = 0u64;
@@ -120,7 +135,7 @@ async fn page_all(ep: String, page: i64) -> Result<u64, String> {
             .into_inner();
         bytes += r.kvs.iter().map(|k| k.value.len() as u64).sum::<u64>();
         let Some(last) = r.kvs.last() else { break };
-        if !r.more {
+        if !r.more || past(until) {
             break;
         }
         key = last.key.clone();
@@ -174,13 +189,18 @@ async fn unary_all(ep: String) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// `clients` readers of the whole keyspace at once: in pages of `page` keys, or with page 0
-/// one unary Range each.
-pub(crate) async fn paged_by(ep: String, clients: usize, page: i64) -> Result<u64, String> {
+/// `clients` readers of the whole keyspace at once: in pages of `page` keys (stopping at
+/// `until`), or with page 0 one unary Range each.
+pub(crate) async fn paged_by(
+    ep: String,
+    clients: usize,
+    page: i64,
+    until: Option<Instant>,
+) -> Result<u64, String> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients.max(1) {
         if page > 0 {
-            tasks.spawn(page_all(ep.clone(), page));
+            tasks.spawn(page_all(ep.clone(), page, until));
         } else {
             tasks.spawn(unary_all(ep.clone()));
         }
@@ -200,12 +220,18 @@ pub async fn run(a: &RangeArgs) -> Result<String, String> {
             let ep = cluster.endpoints()[0].clone();
             compare::settle();
             eprintln!("range: round {round}, {kind:?}, RangeStream ...");
-            streamed.push(measure(cluster.members[0].child.id(), stream_all(ep.clone())).await?);
+            streamed
+                .push(measure(cluster.members[0].child.id(), stream_all(ep.clone(), None)).await?);
             compare::settle();
             let clients = a.readers(*kind);
             eprintln!("range: round {round}, {kind:?}, {clients} unary readers ...");
-            paged
-                .push(measure(cluster.members[0].child.id(), paged_by(ep, clients, a.page)).await?);
+            paged.push(
+                measure(
+                    cluster.members[0].child.id(),
+                    paged_by(ep, clients, a.page, None),
+                )
+                .await?,
+            );
         }
     }
     let mut t = format!(
