@@ -976,6 +976,17 @@ pub(crate) fn row_bytes(key: usize, value: usize) -> i64 {
 }
 
 impl WriteTx<'_> {
+    /// Committed and staged revisions in `[from, to)`, in revision order, until `f` returns
+    /// false. This update's own writes are not among them.
+    pub fn for_each_rev_between(
+        &self,
+        from: Rev,
+        to: Rev,
+        f: impl FnMut(Rev, Stored) -> Result<bool, BackendError>,
+    ) -> Result<(), BackendError> {
+        self.view.for_each_rev_between(from, to, f)
+    }
+
     fn table_index(&self, t: Table) -> Result<usize, BackendError> {
         // A table the backend was not opened with: the caller's mistake, not a panic.
         self.tables
