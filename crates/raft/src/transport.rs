@@ -543,16 +543,12 @@ async fn receive_snapshot(inner: &Arc<Inner>, stream: Conn, from: u64) -> Result
         return Err(StreamError::Busy);
     }
     let builder = lock(&inner.snapshot_builder).clone();
-    let ext = if builder.is_some() {
-        STORE_EXT
-    } else {
-        SNAPSHOT_EXT
-    };
+    let built = builder.is_some();
+    let ext = if built { STORE_EXT } else { SNAPSHOT_EXT };
     let path = inner
         .snap_dir
         .join(format!("{index:016x}-{from:016x}.{ext}"));
     let tmp = path.with_extension(format!("{ext}.tmp"));
-    let built = builder.is_some();
     let staged = match builder {
         Some(b) => build_staged(&mut stream, b, &tmp).await,
         None => write_staged(&mut stream, &tmp).await,

@@ -175,8 +175,9 @@ struct Index {
     /// Revisions removed by compactions since this store was opened (for metrics only).
     compacted_revs: u64,
     /// A compaction applied but not yet done: the revisions at or below `at` that it drops
-    /// are deleted in bounded steps ([`Mvcc::compact_step`]), from stored revision `from`
-    /// on. Reads never see them (they ask for revisions at or above `compact_rev`).
+    /// are deleted in bounded steps ([`Mvcc::compact_step`]; the job says where each of its
+    /// two walks stands). Reads never see them (they ask for revisions at or above
+    /// `compact_rev`).
     compacting: Option<Compacting>,
     /// The enabled downgrade job's target (`major << 32 | minor`), 0 for none.
     downgrade: u64,
@@ -185,13 +186,6 @@ struct Index {
 /// Stored rows a compaction step reads at once, however large its limit: the keys of the
 /// rows it looks at are held while it drops them.
 const COMPACT_SCAN_ROWS: usize = 10_000;
-
-/// The key of a stored `KeyValue` (prost skips the other fields without copying them).
-#[derive(Clone, PartialEq, prost::Message)]
-struct KeyField {
-    #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
-}
 
 /// One step of the compaction in progress, in two walks that each handle up to `limit`
 /// items from where they stopped: the key index in key order, dropping from each key every
@@ -281,20 +275,14 @@ fn delete_rows(
             next = Some(rev);
             return Ok(false);
         }
-        let key = KeyField::decode(stored.kv.as_slice())
+        let key = IndexFields::decode(stored.kv.as_slice())
             .map_err(|_| BackendError::Malformed(rev))?
             .key;
         rows.push((rev, key));
         Ok(true)
     })?;
     for (rev, key) in rows {
-        let kept = idx.keys.get(&Key::new(&key)).and_then(|h| {
-            let pos = h.revs.partition_point(|(r, _)| r.main <= at);
-            pos.checked_sub(1)
-                .map(|i| h.revs[i])
-                .filter(|(_, tombstone)| !tombstone)
-                .map(|(r, _)| r)
-        });
+        let kept = idx.keys.get(&Key::new(&key)).and_then(|h| h.at(at));
         if kept != Some(rev) {
             w.delete_rev(rev)?;
         }
@@ -2368,14 +2356,17 @@ mod hash_tests {
         (index, Some(r))
     }
 
+    /// 40 keys written 50 times each, in turn (entries 1 to 2,000): every key has revisions
+    /// all over the table, and a compaction at 2,001 drops 1,960 of them.
+    fn forty_keys_fifty_times() -> Vec<(u64, Option<RaftRequest>)> {
+        (0..2000u64)
+            .map(|i| put(i + 1, &format!("k{:02}", i % 40), &i.to_string()))
+            .collect()
+    }
+
     #[test]
     fn a_compaction_step_deletes_the_oldest_stored_revisions() {
-        // 40 keys written 50 times each, in turn: every key has revisions all over the table.
-        let mut history = Vec::new();
-        for i in 0..2000u64 {
-            history.push(put(i + 1, &format!("k{:02}", i % 40), &i.to_string()));
-        }
-        let (_d, s) = store(&history);
+        let (_d, s) = store(&forty_keys_fifty_times());
         s.apply_batch(&[compaction(2001, 2001, false)], true)
             .unwrap();
         assert!(s.compact_step(500).unwrap());
@@ -2403,11 +2394,7 @@ mod hash_tests {
     /// and the store ends as a physical compaction leaves it, with the same hash.
     #[test]
     fn compaction_is_applied_at_once_and_deleted_in_bounded_steps() {
-        // 40 keys written 50 times each: 2,000 revisions, 1,960 of them dropped at 2,001.
-        let mut history = Vec::new();
-        for i in 0..2000u64 {
-            history.push(put(i + 1, &format!("k{:02}", i % 40), &i.to_string()));
-        }
+        let history = forty_keys_fifty_times();
         let (_dp, physical) = store(&history);
         physical
             .apply_batch(&[compaction(2001, 2001, true)], false)
