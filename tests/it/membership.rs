@@ -380,6 +380,75 @@ fn max_learners_bounds_learners_as_on_etcd() {
     assert_eq!(run(Kind::Ballast), etcd);
 }
 
+/// The revision an endpoint reports, if it answers.
+fn status_revision(ep: &str) -> Option<i64> {
+    let (out, _, _) = etcdctl2(ep, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v[0]["Status"]["header"]["revision"].as_i64()
+}
+
+/// A learner added while writes go on gets one snapshot, even when the writes fill the
+/// catch-up window before the snapshot is through: the leader keeps the entries after the
+/// snapshot's index for it. Without that it sent another snapshot, and under steady writes
+/// one after another until they stopped.
+#[test]
+fn a_member_added_under_writes_gets_one_snapshot() {
+    let window = ["--experimental-snapshot-catchup-entries=10"];
+    let mut c = Cluster::start(Kind::Ballast, 1, &window);
+    let leader = &mut c.members[0];
+    let ep = leader.endpoint();
+    let bench = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(bin_dir().join("ballast-bench"));
+        cmd.arg(format!("--endpoints={ep}"))
+            .args(["--conns=2", "--clients=10"])
+            .args(args);
+        cmd
+    };
+    // 20 MB: a snapshot that takes a while to send and build.
+    let load = [
+        "put",
+        "--total=20000",
+        "--key-space-size=20000",
+        "--sequential-keys",
+        "--val-size=1000",
+    ];
+    let out = bench(&load).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, mut joiner) = add_learner(etcdctl2, &ep, "m1", &window);
+    // 200 puts a second for up to 30 s: the window fills in 50 ms.
+    let mut writer = bench(&["put", "--rate=200", "--total=6000", "--key-space-size=1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let want = status_revision(&ep).unwrap();
+    joiner.launch();
+    let start = Instant::now();
+    while status_revision(&joiner.endpoint()).is_none_or(|r| r < want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the learner did not catch up:\n{}\n{}",
+            joiner.log(),
+            leader.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert_eq!(
+        leader.log().matches("sent snapshot").count(),
+        1,
+        "{}",
+        leader.log()
+    );
+    assert_eq!(joiner.log().matches("installed snapshot").count(), 1);
+}
+
 /// A learner added to an idle member whose log is compacted gets the data as one snapshot:
 /// the snapshot point moves past the membership change at once, so the snapshot's
 /// configuration has the new member (raft ignores one that does not, after it crossed the
@@ -413,11 +482,7 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let revision = |ep: &str| -> Option<i64> {
-        let (out, _, _) = etcdctl2(ep, &["endpoint", "status", "-w", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        v[0]["Status"]["header"]["revision"].as_i64()
-    };
+    let revision = status_revision;
     let (_, mut joiner) = add_learner(
         etcdctl2,
         &ep,

@@ -29,7 +29,7 @@ use raft::eraftpb::{
     SnapshotMetadata,
 };
 use raft::prelude::{Config, RawNode};
-use raft::{SnapshotStatus, StateRole, Storage};
+use raft::{ProgressState, SnapshotStatus, StateRole, Storage};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -669,6 +669,31 @@ fn held_index(index: u64, hold: u64, max_hold: u64) -> u64 {
     hold.max(index.saturating_sub(max_hold))
 }
 
+/// On a leader, the lowest index a peer it is catching up has: the index of a snapshot in
+/// flight to it, or what an active follower has (matched, or while probing, what the leader
+/// probes from: right after a snapshot, its index). 0: none (or not the leader). A peer
+/// that has stopped answering holds nothing, so a dead member never keeps the snapshot point
+/// behind a membership change a new member's snapshot needs.
+fn catching_up<S: Storage>(raft: &raft::Raft<S>) -> u64 {
+    if raft.state != StateRole::Leader {
+        return 0;
+    }
+    raft.prs()
+        .iter()
+        .filter(|(id, _)| **id != raft.id)
+        .filter_map(|(_, pr)| match pr.state {
+            ProgressState::Snapshot => Some(pr.pending_snapshot),
+            ProgressState::Probe if pr.recent_active => {
+                Some(pr.next_idx.saturating_sub(1).max(pr.matched))
+            }
+            ProgressState::Replicate if pr.recent_active => Some(pr.matched),
+            _ => None,
+        })
+        .filter(|&i| i > 0)
+        .min()
+        .unwrap_or(0)
+}
+
 impl Driver {
     fn run(&mut self) {
         // A runtime of its own: the loop waits on channels and timers, never on other tasks,
@@ -826,18 +851,25 @@ impl Driver {
     }
 
     fn compact(&mut self, index: u64, durable: bool) -> Result<(), RaftError> {
-        let held = held_index(
-            index,
-            self.log_hold.load(Ordering::Relaxed),
-            self.max_log_hold,
-        );
-        // A hold on entries already gone holds nothing.
-        let index = if self.node.store().term_of(held).is_some() {
-            held
-        } else {
-            index
-        };
         let store = self.node.store();
+        // A hold on entries already gone holds nothing.
+        let hold = |index: u64, from: u64, max: u64| {
+            let held = held_index(index, from, max);
+            if store.term_of(held).is_some() {
+                held
+            } else {
+                index
+            }
+        };
+        let backup = self.log_hold.load(Ordering::Relaxed);
+        let index = hold(index, backup, self.max_log_hold);
+        // A peer the leader is catching up keeps the entries after what it has, as a
+        // follower inside the catch-up window does anyway.
+        let behind = match catching_up(&self.node.raft) {
+            0 => 0,
+            has => has.saturating_add(self.catch_up_entries),
+        };
+        let index = hold(index, behind, crate::limits::CATCH_UP_HOLD);
         let trim = index > store.snapshot_metadata().index;
         let rewrite = durable && index > self.wal_compacted;
         if !trim && !rewrite {
@@ -1306,6 +1338,43 @@ mod tests {
         // ...but never more than the bound past the point.
         assert_eq!(held_index(500, 100, 100), 400);
         assert_eq!(held_index(50, 10, 100), 10);
+    }
+
+    /// A leader holds the log for a peer a snapshot is on its way to, then for the same peer
+    /// probed from the snapshot's index, and for a follower behind; never for a peer that has
+    /// stopped answering, and a follower holds nothing.
+    #[test]
+    fn a_peer_being_caught_up_holds_the_log_and_a_silent_one_does_not() {
+        let storage = raft::storage::MemStorage::new_with_conf_state((vec![1, 2, 3], vec![4]));
+        let cfg = Config {
+            id: 1,
+            ..Default::default()
+        };
+        let mut node = RawNode::new(&cfg, storage, &crate::logger::logger()).unwrap();
+        assert_eq!(catching_up(&node.raft), 0, "a follower holds nothing");
+        node.raft.become_candidate();
+        node.raft.become_leader();
+        let mut peer = |id: u64, f: &dyn Fn(&mut raft::Progress)| {
+            f(node.raft.mut_prs().get_mut(id).unwrap());
+            catching_up(&node.raft)
+        };
+        for id in [2, 3] {
+            peer(id, &|p| p.recent_active = false);
+        }
+        assert_eq!(peer(4, &|p| p.recent_active = false), 0, "silent peers");
+        assert_eq!(
+            peer(4, &|p| p.become_snapshot(50)),
+            50,
+            "a snapshot in flight"
+        );
+        assert_eq!(peer(4, &|p| p.become_probe()), 0, "sent, but silent");
+        assert_eq!(peer(4, &|p| p.recent_active = true), 50, "probed from it");
+        let behind = |p: &mut raft::Progress| {
+            p.recent_active = true;
+            p.matched = 30;
+            p.become_replicate();
+        };
+        assert_eq!(peer(3, &behind), 30, "the furthest behind");
     }
 
     #[test]

@@ -18,3 +18,10 @@ pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// needs them. Followers a little behind are served from memory; the catch-up window
 /// (`--experimental-snapshot-catchup-entries`) no longer costs its entries' size in memory.
 pub const HELD_APPLIED_BYTES: u64 = 1 << 20;
+/// Entries the leader keeps past the catch-up window for a peer it is still catching up (a
+/// snapshot in flight, an active follower behind): the log is trimmed to the applied index
+/// only as far as that peer's next entry, by at most this many more. Without it a snapshot
+/// that took longer to send than the window took to fill under writes was followed by
+/// another (a 3 GB one sent twice, at 500 puts/s). The held entries are in the WAL, not in
+/// memory ([`HELD_APPLIED_BYTES`]).
+pub const CATCH_UP_HOLD: u64 = 100_000;
