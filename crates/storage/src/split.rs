@@ -38,6 +38,9 @@ const PAGE: usize = 4096;
 const LEAF_OVERHEAD: usize = 32;
 /// Largest page part: 1 MiB leaves (a 64 MiB row is under 80 parts).
 const MAX_ORDER: u32 = 8;
+/// The shortest first part of a split value: a page part is longer, and pieces share more
+/// than `INLINE_MAX` bytes out in parts of at most `PIECE_MAX`, so each gets over half.
+pub(crate) const FIRST_PART_MIN: usize = PIECE_MAX / 2;
 /// `flags`, whole length, page count, piece count.
 const HEADER: usize = 1 + 4 + 1 + 1;
 
@@ -133,6 +136,28 @@ where
     buf.clear();
     join(rev, row, pages, pieces, buf)?;
     Ok(buf)
+}
+
+/// The first part of a split `kv` row: the start of its value. No value is split into a
+/// first part shorter than [`FIRST_PART_MIN`].
+pub(crate) fn first_part<'t, T>(
+    rev: Rev,
+    row: &[u8],
+    pages: &'t T,
+    pieces: &'t T,
+) -> Result<redb::AccessGuard<'t, &'static [u8]>, BackendError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let (_, n_pages, n_pieces) = header(rev, row)?;
+    let table = match (n_pages, n_pieces) {
+        (0, 0) => return Err(BackendError::Malformed(rev)),
+        (0, _) => pieces,
+        _ => pages,
+    };
+    table
+        .get(part_key(rev, 0).as_slice())?
+        .ok_or(BackendError::Malformed(rev))
 }
 
 /// Appends the whole row a split `kv` row stands for to `out`, reading its parts.
@@ -348,6 +373,8 @@ mod tests {
                 assert!(in_pieces <= p.pieces * p.piece_len);
             }
             assert!(p.pages.len() <= 255 && p.pieces <= 255);
+            let first = p.pages.first().copied().unwrap_or(p.piece_len);
+            assert!(first >= FIRST_PART_MIN, "{len}: first part {first}");
         }
     }
 
@@ -406,6 +433,15 @@ mod tests {
                 stored += w.insert(rev, &row).unwrap();
                 assert_eq!(w.get(rev).unwrap().as_deref(), Some(row.as_slice()));
                 assert_eq!(w.value_len(rev).unwrap(), Some(n));
+                let kept = w.kv.get(rev.to_bytes().as_slice()).unwrap().unwrap();
+                if is_split(kept.value()) {
+                    let first = first_part(rev, kept.value(), &w.pages, &w.pieces).unwrap();
+                    assert!(
+                        row[1..].starts_with(first.value()),
+                        "{n}: the value's start"
+                    );
+                    assert!(first.value().len() >= FIRST_PART_MIN);
+                }
             }
             assert!(stored > 0);
             for i in 0..sizes.len() {

@@ -268,14 +268,13 @@ impl Applier {
             Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
             fresh
         };
-        let installed = Mvcc::open(&fresh)?;
-        if installed.applied_index() < index {
+        // Checked before the store is replaced; its key index is built once, after.
+        let covered = Mvcc::stored_applied_index(&fresh)?;
+        if covered < index {
             return Err(KvError::Corrupt(format!(
-                "snapshot data covers index {} but raft sent it for {index}",
-                installed.applied_index()
+                "snapshot data covers index {covered} but raft sent it for {index}"
             )));
         }
-        drop(installed);
         let synced = Instant::now();
         std::fs::rename(&fresh, &db)
             .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
