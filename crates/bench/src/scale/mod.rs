@@ -212,7 +212,8 @@ pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
         streams: true,
     });
     let mut results = Vec::new();
-    for s in &servers {
+    // Ballast first: a failure of the server under test shows before the references' hour.
+    for s in servers.iter().rev() {
         let mut m = Measured::default();
         for &size in &SIZES {
             m.by_size
@@ -221,8 +222,10 @@ pub async fn run(a: &ScaleArgs) -> Result<bool, String> {
         whole_set(s, &plan, &data, &mut m, a.logs.as_deref()).await?;
         m.leases = on_leases(s, &plan.leases).await?;
         m.fanout = on_fanout(s, &plan.fanout).await?;
+        eprintln!("scale: {}: measured: {}", s.label, m.summary());
         results.push(m);
     }
+    results.reverse();
     let figures = figures(&results, &plan, &data);
     let table = markdown(a, &servers, &figures, &plan, &data);
     println!("{table}");
@@ -290,6 +293,24 @@ async fn by_size(s: &Server, size: usize, mib: u64, data: &Dataset) -> Result<(u
     defragment(&node).await?;
     let defragmented = node.status().await?.db_size as u64;
     Ok((written, defragmented))
+}
+
+impl Measured {
+    /// The headline figures on one line, so a long run that fails later keeps them in its log.
+    fn summary(&self) -> String {
+        format!(
+            "load {:.0} s, dbSize {} loaded / {} compacted, restart {:.2} s clean / {:.2} s killed, \
+             catch-up {:.1} s, put p99 {:.2} ms quiet / {:.2} ms compacting",
+            self.load_secs,
+            self.loaded_db,
+            self.compacted_db,
+            self.restart_clean,
+            self.restart_killed,
+            self.catchup.secs,
+            self.put_quiet.percentile(99.0) * 1e3,
+            self.put_compacting.percentile(99.0) * 1e3,
+        )
+    }
 }
 
 /// The leases measurements, on a fresh store.
