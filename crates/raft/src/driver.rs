@@ -453,6 +453,7 @@ impl Node {
         let mut driver = Driver {
             log_hold: log_hold.clone(),
             max_log_hold: cfg.max_log_hold,
+            snapshots_sent: HashMap::new(),
             node,
             on_drop: on_drop.clone(),
             log,
@@ -658,6 +659,9 @@ struct Driver {
     proposals: Vec<(Vec<u8>, u64)>,
     log_hold: Arc<AtomicU64>,
     max_log_hold: u64,
+    /// When a snapshot to each peer was last delivered: while the peer installs it (too busy
+    /// to answer heartbeats for seconds), the leader keeps the entries after it.
+    snapshots_sent: HashMap<u64, Instant>,
 }
 
 /// Where compaction to `index` may go with entries after `hold` held (0: none), keeping at
@@ -673,17 +677,21 @@ fn held_index(index: u64, hold: u64, max_hold: u64) -> u64 {
 /// flight to it, or what an active follower has (matched, or while probing, what the leader
 /// probes from: right after a snapshot, its index). 0: none (or not the leader). A peer
 /// that has stopped answering holds nothing, so a dead member never keeps the snapshot point
-/// behind a membership change a new member's snapshot needs.
-fn catching_up<S: Storage>(raft: &raft::Raft<S>) -> u64 {
+/// behind a membership change a new member's snapshot needs; one `installing` a snapshot it
+/// was just sent (silent while it does) is the exception.
+fn catching_up<S: Storage>(raft: &raft::Raft<S>, installing: &dyn Fn(u64) -> bool) -> u64 {
     if raft.state != StateRole::Leader {
         return 0;
     }
     raft.prs()
         .iter()
         .filter(|(id, _)| **id != raft.id)
-        .filter_map(|(_, pr)| match pr.state {
+        .filter_map(|(id, pr)| match pr.state {
             ProgressState::Snapshot => Some(pr.pending_snapshot),
-            ProgressState::Probe if pr.recent_active => {
+            // Probing past what it matched: the snapshot's index, once it was delivered.
+            ProgressState::Probe
+                if pr.recent_active || (pr.next_idx > pr.matched + 1 && installing(*id)) =>
+            {
                 Some(pr.next_idx.saturating_sub(1).max(pr.matched))
             }
             ProgressState::Replicate if pr.recent_active => Some(pr.matched),
@@ -805,6 +813,9 @@ impl Driver {
             }
             Inbound::Unreachable(id) => self.node.report_unreachable(id),
             Inbound::SnapshotSent(id, ok) => {
+                if ok {
+                    self.snapshots_sent.insert(id, Instant::now());
+                }
                 let status = if ok {
                     SnapshotStatus::Finish
                 } else {
@@ -865,7 +876,10 @@ impl Driver {
         let index = hold(index, backup, self.max_log_hold);
         // A peer the leader is catching up keeps the entries after what it has, as a
         // follower inside the catch-up window does anyway.
-        let behind = match catching_up(&self.node.raft) {
+        self.snapshots_sent
+            .retain(|_, at| at.elapsed() < crate::limits::SNAPSHOT_INSTALL_GRACE);
+        let sent = &self.snapshots_sent;
+        let behind = match catching_up(&self.node.raft, &|id| sent.contains_key(&id)) {
             0 => 0,
             has => has.saturating_add(self.catch_up_entries),
         };
@@ -1351,12 +1365,18 @@ mod tests {
             ..Default::default()
         };
         let mut node = RawNode::new(&cfg, storage, &crate::logger::logger()).unwrap();
-        assert_eq!(catching_up(&node.raft), 0, "a follower holds nothing");
+        let none = |_| false;
+        assert_eq!(
+            catching_up(&node.raft, &none),
+            0,
+            "a follower holds nothing"
+        );
         node.raft.become_candidate();
         node.raft.become_leader();
+        let installing = std::cell::Cell::new(false);
         let mut peer = |id: u64, f: &dyn Fn(&mut raft::Progress)| {
             f(node.raft.mut_prs().get_mut(id).unwrap());
-            catching_up(&node.raft)
+            catching_up(&node.raft, &|p| installing.get() && p == 4)
         };
         for id in [2, 3] {
             peer(id, &|p| p.recent_active = false);
@@ -1368,6 +1388,13 @@ mod tests {
             "a snapshot in flight"
         );
         assert_eq!(peer(4, &|p| p.become_probe()), 0, "sent, but silent");
+        installing.set(true);
+        assert_eq!(
+            peer(4, &|_| {}),
+            50,
+            "silent while it installs what it was sent"
+        );
+        installing.set(false);
         assert_eq!(peer(4, &|p| p.recent_active = true), 50, "probed from it");
         let behind = |p: &mut raft::Progress| {
             p.recent_active = true;

@@ -25,3 +25,7 @@ pub const HELD_APPLIED_BYTES: u64 = 1 << 20;
 /// another (a 3 GB one sent twice, at 500 puts/s). The held entries are in the WAL, not in
 /// memory ([`HELD_APPLIED_BYTES`]).
 pub const CATCH_UP_HOLD: u64 = 100_000;
+/// How long after a snapshot was delivered the leader keeps the entries after it for a peer
+/// that has not answered since: installing a 3 GB store (its key index built) kept a learner
+/// silent for 6 s, past the election timeout that marks a peer inactive.
+pub const SNAPSHOT_INSTALL_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
