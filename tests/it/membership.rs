@@ -387,6 +387,26 @@ fn status_revision(ep: &str) -> Option<i64> {
     v[0]["Status"]["header"]["revision"].as_i64()
 }
 
+/// Starts `joiner` and waits, up to `limit`, until the revision it reports is `caught_up`.
+fn launch_and_catch_up(
+    joiner: &mut Server,
+    leader: &Server,
+    limit: Duration,
+    caught_up: impl Fn(i64) -> bool,
+) {
+    joiner.launch();
+    let start = Instant::now();
+    while !status_revision(&joiner.endpoint()).is_some_and(&caught_up) {
+        assert!(
+            start.elapsed() < limit,
+            "the learner did not catch up:\n{}\n{}",
+            joiner.log(),
+            leader.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A learner added while writes go on gets one snapshot, even when the writes fill the
 /// catch-up window before the snapshot is through: the leader keeps the entries after the
 /// snapshot's index for it. Without that it sent another snapshot, and under steady writes
@@ -427,17 +447,7 @@ fn a_member_added_under_writes_gets_one_snapshot() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let want = status_revision(&ep).unwrap();
-    joiner.launch();
-    let start = Instant::now();
-    while status_revision(&joiner.endpoint()).is_none_or(|r| r < want) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the learner did not catch up:\n{}\n{}",
-            joiner.log(),
-            leader.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    launch_and_catch_up(&mut joiner, leader, Duration::from_secs(60), |r| r >= want);
     let _ = writer.kill();
     let _ = writer.wait();
     assert_eq!(
@@ -482,7 +492,6 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let revision = status_revision;
     let (_, mut joiner) = add_learner(
         etcdctl2,
         &ep,
@@ -490,18 +499,8 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         &["--experimental-snapshot-catchup-entries=1000"],
     );
     // Nothing is written from here on: the cluster stays idle while the learner joins.
-    let want = revision(&ep).unwrap();
-    joiner.launch();
-    let start = Instant::now();
-    while revision(&joiner.endpoint()) != Some(want) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the learner did not catch up:\n{}\n{}",
-            joiner.log(),
-            leader.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let want = status_revision(&ep).unwrap();
+    launch_and_catch_up(&mut joiner, leader, Duration::from_secs(20), |r| r == want);
     assert_eq!(joiner.log().matches("installed snapshot").count(), 1);
     // Imported as it arrived: the stream's bytes were never staged in a file of their own.
     assert!(

@@ -2389,6 +2389,21 @@ mod hash_tests {
 
     /// 40 keys written 50 times each, in turn (entries 1 to 2,000): every key has revisions
     /// all over the table, and a compaction at 2,001 drops 1,960 of them.
+    /// Every revision the store holds, in order, with its encoded key-value (after a sync).
+    fn stored_rows(s: &Mvcc) -> Vec<(i64, Vec<u8>)> {
+        s.sync().unwrap();
+        let mut rows = Vec::new();
+        s.backend
+            .read_snapshot()
+            .unwrap()
+            .for_each_rev(&mut |rev, _, kv| {
+                rows.push((rev.main, kv.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        rows
+    }
+
     fn forty_keys_fifty_times() -> Vec<(u64, Option<RaftRequest>)> {
         (0..2000u64)
             .map(|i| put(i + 1, &format!("k{:02}", i % 40), &i.to_string()))
@@ -2401,16 +2416,7 @@ mod hash_tests {
         s.apply_batch(&[compaction(2001, 2001, false)], true)
             .unwrap();
         assert!(s.compact_step(500).unwrap());
-        s.sync().unwrap();
-        let mut left = Vec::new();
-        s.backend
-            .read_snapshot()
-            .unwrap()
-            .for_each_rev(&mut |rev, _, _| {
-                left.push(rev.main);
-                Ok(())
-            })
-            .unwrap();
+        let left: Vec<i64> = stored_rows(&s).into_iter().map(|(rev, _)| rev).collect();
         // The step looked at the 500 oldest rows (revisions 2 to 501: the store starts at
         // 1) and dropped them all, neighbours in the table as etcd's compaction deletes,
         // not every revision of a dozen keys.
@@ -2456,18 +2462,12 @@ mod hash_tests {
         s.apply_batch(&[compaction(history.len() as u64 + 1, head, false)], true)
             .unwrap();
         while s.compact_step(4).unwrap() {}
-        s.sync().unwrap();
         let mut left = Vec::new();
-        s.backend
-            .read_snapshot()
-            .unwrap()
-            .for_each_rev(&mut |rev, _, kv| {
-                let kv = KeyValue::decode(kv).unwrap();
-                assert!(kv.value.starts_with(b"3"), "the newest value");
-                left.push(rev.main);
-                Ok(())
-            })
-            .unwrap();
+        for (rev, kv) in stored_rows(&s) {
+            let kv = KeyValue::decode(kv.as_slice()).unwrap();
+            assert!(kv.value.starts_with(b"3"), "the newest value");
+            left.push(rev);
+        }
         assert_eq!(left, (head - 8..=head).collect::<Vec<_>>());
         assert_eq!(s.compacted_revisions(), 27);
 

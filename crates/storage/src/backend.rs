@@ -474,10 +474,7 @@ impl Backend {
 /// disk before its own durable commit. Durable commits every 16 MiB of a snapshot import made
 /// its stream wait on each: 8.6 s for 1.2 GB, 2.3 s of it on the disk. Dropping it waits for
 /// the sync in progress.
-struct Writeback {
-    nudge: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+struct Writeback(Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>);
 
 impl Writeback {
     /// Without the file or a thread, nudges do nothing: the final durable commit writes it all.
@@ -494,14 +491,11 @@ impl Writeback {
                 })
                 .ok()
         });
-        Writeback {
-            nudge: thread.as_ref().map(|_| tx),
-            thread,
-        }
+        Writeback(thread.map(|t| (tx, t)))
     }
 
     fn nudge(&self) {
-        if let Some(tx) = &self.nudge {
+        if let Some((tx, _)) = &self.0 {
             let _ = tx.try_send(());
         }
     }
@@ -509,9 +503,9 @@ impl Writeback {
 
 impl Drop for Writeback {
     fn drop(&mut self) {
-        self.nudge = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some((tx, thread)) = self.0.take() {
+            drop(tx);
+            let _ = thread.join();
         }
     }
 }
@@ -1183,7 +1177,6 @@ type RevVisitor<'f> = dyn FnMut(Rev, Met<'_>) -> Result<bool, BackendError> + 'f
 
 /// The start of a stored revision, as [`ReadTx::for_each_head_between`] reads it.
 pub struct Head<'r> {
-    pub tombstone: bool,
     /// The encoded key-value, or when `whole` is false its first bytes (at least
     /// `split::FIRST_PART_MIN`).
     pub kv: &'r [u8],
@@ -1192,12 +1185,8 @@ pub struct Head<'r> {
 
 impl<'r> Head<'r> {
     fn of_whole(rev: Rev, row: &'r [u8]) -> Result<Self, BackendError> {
-        let (&flags, kv) = row.split_first().ok_or(BackendError::Malformed(rev))?;
-        Ok(Head {
-            tombstone: flags & TOMBSTONE != 0,
-            kv,
-            whole: true,
-        })
+        let kv = row.get(1..).ok_or(BackendError::Malformed(rev))?;
+        Ok(Head { kv, whole: true })
     }
 }
 
@@ -1266,7 +1255,6 @@ impl<'a> ReadTx<'a> {
                 f(
                     rev,
                     Head {
-                        tombstone: row.first().is_some_and(|b| b & TOMBSTONE != 0),
                         kv: first.value(),
                         whole: false,
                     },
