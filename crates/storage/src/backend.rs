@@ -724,9 +724,8 @@ impl Core {
         let mut stored = 0i64;
         {
             let mut rows = split::Writer::open(&tx)?;
-            for rev in gen.rows.gone_revs() {
-                stored += rows.remove_row(rev)?;
-            }
+            let gone: Vec<Rev> = gen.rows.gone_revs().collect();
+            stored += rows.remove_rows(&gone)?;
             for (rev, row) in gen.rows.live() {
                 stored += rows.insert(rev, row)?;
             }
