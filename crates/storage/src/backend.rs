@@ -275,6 +275,20 @@ fn count_pages(tx: &redb::WriteTransaction) -> Option<Counted> {
     })
 }
 
+/// The pages in use of a file just written whole (an import, a defragmentation's copy), which
+/// holds `stored` bytes of rows: counted while it is small, else all of it, for it has no free
+/// pages to speak of. Walking the pages of a large one read the whole file again (1.5 GB).
+fn fresh_file_usage(tx: &redb::WriteTransaction, path: &Path, stored: u64) -> Option<Counted> {
+    let file = std::fs::metadata(path).map_or(0, |m| physical_len(&m));
+    if file <= COUNT_PAGES_BELOW {
+        return count_pages(tx);
+    }
+    Some(Counted {
+        page_bytes: file,
+        stored,
+    })
+}
+
 /// The bytes a file takes on disk (etcd's dbSize is "physically allocated"): redb grows its
 /// file by doubling, and the tail it has not written yet is a hole that takes no space.
 fn physical_len(m: &std::fs::Metadata) -> u64 {
@@ -408,7 +422,8 @@ impl Backend {
             // the import (see `SNAPSHOT_SYNC_BYTES`).
             tx.set_durability(Durability::None)?;
             {
-                let mut kv = split::Writer::open(&tx)?;
+                let mut rows = split::Writer::open(&tx)?;
+                let mut kv = split::Appender::open(&mut rows)?;
                 let mut meta = tx.open_table(META)?;
                 let mut small = Vec::with_capacity(tables.len());
                 for t in tables {
@@ -424,7 +439,7 @@ impl Backend {
                         None => {}
                         Some(SnapRecord::Kv(k, v)) => {
                             let rev = Rev::from_bytes(&k).ok_or_else(|| bad("revision key"))?;
-                            stored += kv.insert(rev, &v)?;
+                            stored += kv.append(rev, &v)?;
                         }
                         Some(SnapRecord::Meta(name, v)) => {
                             meta.insert(name.as_str(), v)?;
@@ -440,6 +455,7 @@ impl Backend {
                         }
                     }
                 }
+                kv.close()?;
                 unsynced += reader.bytes - start;
             }
             tx.commit()?;
@@ -449,18 +465,9 @@ impl Backend {
             }
         }
         drop(writeback);
-        // The rows went in around the accounting: count them once. A fresh file is its pages
-        // in use; walking them (what a small store's count does) read a 1.5 GB store again.
+        // The rows went in around the accounting: count them once.
         let tx = durable_write(&b.db(), path)?;
-        let file = std::fs::metadata(path).map_or(0, |m| physical_len(&m));
-        let counted = match file <= COUNT_PAGES_BELOW {
-            true => count_pages(&tx),
-            false => Some(Counted {
-                page_bytes: file,
-                stored: u64::try_from(stored).unwrap_or(0),
-            }),
-        };
-        if let Some(c) = counted {
+        if let Some(c) = fresh_file_usage(&tx, path, u64::try_from(stored).unwrap_or(0)) {
             b.usage.set_counted(&c);
         }
         b.usage.persist(&tx)?;
@@ -928,10 +935,11 @@ impl Core {
             crate::wal::sync_dir(dir).map_err(io)?;
         }
         // The copy went around the accounting: count the new file once (its rows are what
-        // the old one held, so the stored bytes are unchanged unless writes came meanwhile).
+        // the old one held when the writer lock was taken, so the stored bytes are unchanged).
         let in_use = match durable_write(&dst, &self.path) {
             Ok(tx) => {
-                let c = count_pages(&tx);
+                let stored = self.usage.stored.load(Ordering::Relaxed);
+                let c = fresh_file_usage(&tx, &self.path, stored);
                 if let Some(c) = &c {
                     self.usage.set_counted(c);
                     self.usage.persist(&tx)?;
@@ -1271,10 +1279,11 @@ impl<'a> ReadTx<'a> {
         f: &mut dyn FnMut(Rev, Stored) -> Result<bool, BackendError>,
     ) -> Result<(), BackendError> {
         let mut buf = Vec::new();
+        let mut joiner = split::Joiner::new(&self.pages, &self.pieces, from)?;
         self.visit(from, to, &mut |rev, met| {
             let row = match met {
                 Met::Staged(row) => row,
-                Met::Committed(row) => split::whole(rev, row, &self.pages, &self.pieces, &mut buf)?,
+                Met::Committed(row) => joiner.whole(rev, row, &mut buf)?,
             };
             f(rev, decode_stored(rev, row)?)
         })
@@ -1994,15 +2003,13 @@ fn whole_rows(
     f: &mut WholeRowVisitor<'_>,
 ) -> Result<(), BackendError> {
     let (pages, pieces) = (tx.open_table(split::PAGES)?, tx.open_table(split::PIECES)?);
+    let mut joiner = split::Joiner::new(&pages, &pieces, from)?;
     let mut buf = Vec::new();
     let from = from.to_bytes();
     for row in tx.open_table(KV)?.range(from.as_slice()..)? {
         let (k, v) = row?;
         let rev = Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-        f(
-            rev,
-            split::whole(rev, v.value(), &pages, &pieces, &mut buf)?,
-        )?;
+        f(rev, joiner.whole(rev, v.value(), &mut buf)?)?;
     }
     Ok(())
 }
@@ -2243,8 +2250,9 @@ fn create_db(path: &Path, cache: usize) -> Result<Database, BackendError> {
         })
 }
 
-/// Copies the `kv` rows of `src` after `after` (all if `None`) into `dst`, committing every
-/// [`IMPORT_BATCH_BYTES`] so memory stays bounded. Returns the last key copied.
+/// Copies the `kv` rows of `src` after `after` (all if `None`) into `dst`, which holds none
+/// after it, committing every [`IMPORT_BATCH_BYTES`] so memory stays bounded. Returns the
+/// last key copied.
 fn copy_kv(
     src: &redb::ReadTransaction,
     dst: &Database,
@@ -2255,6 +2263,8 @@ fn copy_kv(
         src.open_table(split::PAGES)?,
         src.open_table(split::PIECES)?,
     );
+    let from = after.and_then(Rev::from_bytes).unwrap_or_default();
+    let mut joiner = split::Joiner::new(&pages, &pieces, from)?;
     let mut buf = Vec::new();
     let mut rows = match after {
         Some(k) => {
@@ -2269,13 +2279,14 @@ fn copy_kv(
         let mut batch = 0usize;
         let mut more = false;
         {
-            let mut out = split::Writer::open(&tx)?;
+            let mut w = split::Writer::open(&tx)?;
+            let mut out = split::Appender::open(&mut w)?;
             for row in rows.by_ref() {
                 let (k, v) = row?;
                 let rev =
                     Rev::from_bytes(k.value()).ok_or(BackendError::Malformed(Rev::default()))?;
-                let whole = split::whole(rev, v.value(), &pages, &pieces, &mut buf)?;
-                out.insert(rev, whole)?;
+                let whole = joiner.whole(rev, v.value(), &mut buf)?;
+                out.append(rev, whole)?;
                 batch += k.value().len() + whole.len();
                 last = Some(k.value().to_vec());
                 if batch >= IMPORT_BATCH_BYTES {
@@ -2283,6 +2294,7 @@ fn copy_kv(
                     break;
                 }
             }
+            out.close()?;
         }
         tx.commit()?;
         if !more {
