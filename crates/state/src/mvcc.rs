@@ -267,32 +267,38 @@ fn delete_rows(
     from: Rev,
     limit: usize,
 ) -> Result<Option<Rev>, KvError> {
-    let mut rows: Vec<(Rev, Vec<u8>)> = Vec::new();
+    let mut gone: Vec<Rev> = Vec::new();
+    let mut seen = 0usize;
     let mut next = None;
     let r: &WriteTx<'_> = w;
     // Read first (the walk borrows the transaction), then delete. Only each row's start is
     // read: the key is all the walk needs, and a split value's other parts are not read.
     r.for_each_head_between(from, Rev::new(at.saturating_add(1), 0), |rev, head| {
-        if rows.len() >= limit {
+        if seen >= limit {
             next = Some(rev);
             return Ok(false);
         }
+        seen += 1;
+        let owned;
         let key = match encoded_key(head.kv) {
-            Some(key) => key.to_vec(),
-            None if head.whole => stored_key(rev, head.kv)?,
+            Some(key) => key,
+            None if head.whole => {
+                owned = stored_key(rev, head.kv)?;
+                owned.as_slice()
+            }
             None => {
                 let whole = r.get_rev(rev)?.ok_or(BackendError::Malformed(rev))?;
-                stored_key(rev, &whole.kv)?
+                owned = stored_key(rev, &whole.kv)?;
+                owned.as_slice()
             }
         };
-        rows.push((rev, key));
+        if idx.keys.get(&Key::new(key)).and_then(|h| h.at(at)) != Some(rev) {
+            gone.push(rev);
+        }
         Ok(true)
     })?;
-    for (rev, key) in rows {
-        let kept = idx.keys.get(&Key::new(&key)).and_then(|h| h.at(at));
-        if kept != Some(rev) {
-            w.delete_rev(rev)?;
-        }
+    for rev in gone {
+        w.delete_rev(rev)?;
     }
     Ok(next)
 }
