@@ -151,7 +151,12 @@ where
         return Ok(row);
     }
     buf.clear();
-    join(rev, row, pages, pieces, buf)?;
+    join(rev, row, buf, |which, i| {
+        let table = if which == 0 { pages } else { pieces };
+        table
+            .get(part_key(rev, i).as_slice())?
+            .ok_or(BackendError::Malformed(rev))
+    })?;
     Ok(buf)
 }
 
@@ -213,59 +218,40 @@ impl Joiner {
         if !is_split(row) {
             return Ok(row);
         }
-        let (len, n_pages, n_pieces) = header(rev, row)?;
         buf.clear();
-        // The length is checked against what is read, not trusted for the allocation.
-        buf.reserve(len.min(crate::limits::MAX_RECORD_BYTES) + 1);
-        buf.push(row[0] & !SPLIT);
-        for (parts, n) in self.parts.iter_mut().zip([n_pages, n_pieces]) {
-            for i in 0..n {
-                let want = part_key(rev, i);
-                let part = loop {
-                    let (k, v) = parts.next().ok_or(BackendError::Malformed(rev))??;
-                    match k.value().cmp(want.as_slice()) {
-                        // A part of a row the walk did not ask for (one before `from`).
-                        std::cmp::Ordering::Less => continue,
-                        std::cmp::Ordering::Equal => break v,
-                        std::cmp::Ordering::Greater => return Err(BackendError::Malformed(rev)),
-                    }
-                };
-                buf.extend_from_slice(part.value());
-                if buf.len() > len + 1 {
-                    return Err(BackendError::Malformed(rev));
+        let parts = &mut self.parts;
+        join(rev, row, buf, |which, i| {
+            let want = part_key(rev, i);
+            loop {
+                let (k, v) = parts[which].next().ok_or(BackendError::Malformed(rev))??;
+                match k.value().cmp(want.as_slice()) {
+                    // A part of a row the walk did not ask for (one before `from`).
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => return Ok(v),
+                    std::cmp::Ordering::Greater => return Err(BackendError::Malformed(rev)),
                 }
             }
-        }
-        buf.extend_from_slice(&row[HEADER..]);
-        if buf.len() != len + 1 {
-            return Err(BackendError::Malformed(rev));
-        }
+        })?;
         Ok(buf)
     }
 }
 
-/// Appends the whole row a split `kv` row stands for to `out`, reading its parts.
-fn join<T>(
+/// Appends the whole row a split `kv` row stands for to `out`, its parts read by
+/// `part(which, i)`: page part (`which` 0) or piece (1) number `i`.
+fn join<'g>(
     rev: Rev,
     row: &[u8],
-    pages: &T,
-    pieces: &T,
     out: &mut Vec<u8>,
-) -> Result<(), BackendError>
-where
-    T: ReadableTable<&'static [u8], &'static [u8]>,
-{
+    mut part: impl FnMut(usize, usize) -> Result<redb::AccessGuard<'g, &'static [u8]>, BackendError>,
+) -> Result<(), BackendError> {
     let (len, n_pages, n_pieces) = header(rev, row)?;
     // The length is checked against what is read, not trusted for the allocation.
     out.reserve(len.min(crate::limits::MAX_RECORD_BYTES) + 1);
     let start = out.len();
     out.push(row[0] & !SPLIT);
-    for (table, n) in [(pages, n_pages), (pieces, n_pieces)] {
+    for (which, n) in [(0, n_pages), (1, n_pieces)] {
         for i in 0..n {
-            let part = table
-                .get(part_key(rev, i).as_slice())?
-                .ok_or(BackendError::Malformed(rev))?;
-            out.extend_from_slice(part.value());
+            out.extend_from_slice(part(which, i)?.value());
             if out.len() - start > len + 1 {
                 return Err(BackendError::Malformed(rev));
             }
