@@ -2393,8 +2393,6 @@ mod hash_tests {
         (index, Some(r))
     }
 
-    /// 40 keys written 50 times each, in turn (entries 1 to 2,000): every key has revisions
-    /// all over the table, and a compaction at 2,001 drops 1,960 of them.
     /// Every revision the store holds, in order, with its encoded key-value (after a sync).
     fn stored_rows(s: &Mvcc) -> Vec<(i64, Vec<u8>)> {
         s.sync().unwrap();
@@ -2410,6 +2408,8 @@ mod hash_tests {
         rows
     }
 
+    /// 40 keys written 50 times each, in turn (entries 1 to 2,000): every key has revisions
+    /// all over the table, and a compaction at 2,001 drops 1,960 of them.
     fn forty_keys_fifty_times() -> Vec<(u64, Option<RaftRequest>)> {
         (0..2000u64)
             .map(|i| put(i + 1, &format!("k{:02}", i % 40), &i.to_string()))
