@@ -511,6 +511,14 @@ fn a_member_added_to_an_idle_compacted_cluster_gets_one_snapshot() {
         "{}",
         joiner.log()
     );
+    // Opened with the key index its import built: no row was read again to build it.
+    assert!(
+        joiner
+            .log()
+            .contains("built while the snapshot was imported (2500 keys"),
+        "{}",
+        joiner.log()
+    );
     assert_eq!(
         leader.log().matches("sent snapshot").count(),
         1,

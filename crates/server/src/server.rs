@@ -26,6 +26,7 @@ use crate::member::applier::Applier;
 use crate::member::counters::{BackupStats, ServerCounters};
 use crate::member::proposer::{first_request_id, ProposalWaiters, ProposeLimits, Proposer};
 use crate::member::read::Reader;
+use crate::member::received::ReceivedIndex;
 use crate::member::store::Store;
 use crate::member::{bootstrap, convert};
 pub use crate::member::{ServerError, StartupError};
@@ -76,13 +77,7 @@ impl EtcdServer {
         let snap_dir = bootstrap::prepare_snap_dir(&cfg.data_dir)?;
         let opened = std::time::Instant::now();
         let mvcc = Arc::new(Mvcc::open(&snap_dir.join(layout::STORE_FILE))?);
-        tracing::info!(
-            keys = mvcc.key_count(),
-            revision = mvcc.current_rev(),
-            key_index = %mvcc.index_source(),
-            took = ?opened.elapsed(),
-            "opened the store"
-        );
+        crate::member::store::log_opened(&mvcc, "opened the store", opened.elapsed());
         let start = bootstrap::identity(&cfg, &mvcc)?;
         let runtime = tokio::runtime::Handle::try_current()?;
         let (node, committed) = Node::start(NodeConfig {
@@ -112,7 +107,8 @@ impl EtcdServer {
         let auth = start_authenticator(&cfg, &runtime)?;
         let store = Store::new(mvcc.clone());
         let hub = start_watch_hub(&cfg, &node, &store, &runtime);
-        answer_peer_queries(&node, &store);
+        let received: Arc<ReceivedIndex> = Arc::default();
+        answer_peer_queries(&node, &store, &received);
         let lessor = Arc::new(Lessor::new(
             node.status_watch(),
             {
@@ -162,6 +158,7 @@ impl EtcdServer {
             auth: auth.clone(),
             failed: failed_tx,
             checkpoint: crate::member::checkpoint::Checkpointer::new(&mvcc),
+            received,
         };
         std::thread::Builder::new()
             .name("applier".into())
@@ -584,7 +581,7 @@ fn start_watch_hub(
 /// What other members ask over the peer port: this member's HashKV (for their corruption
 /// checks; client auth does not apply there, as with etcd's peer endpoints) and the store's
 /// export (for a follower that needs a snapshot).
-fn answer_peer_queries(node: &Node, store: &Store) {
+fn answer_peer_queries(node: &Node, store: &Store, received: &Arc<ReceivedIndex>) {
     let hashes = store.clone();
     node.transport().set_query(move |body| {
         let rev = HashKvRequest::decode(body)
@@ -609,8 +606,12 @@ fn answer_peer_queries(node: &Node, store: &Store) {
     node.transport().set_snapshot_source(Arc::new(move |out| {
         source.current().export(out).map_err(Into::into)
     }));
+    let received = received.clone();
     node.transport()
-        .set_snapshot_builder(Arc::new(|path, input| Ok(Mvcc::import(path, input)?)));
+        .set_snapshot_builder(Arc::new(move |path, input| {
+            received.put(path, Mvcc::import(path, input)?);
+            Ok(())
+        }));
 }
 
 /// Counts every new leader this member sees, the first one included (as etcd counts).

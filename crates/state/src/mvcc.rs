@@ -22,6 +22,7 @@ use ballast_api::etcdserverpb::{
     ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ballast_api::mvccpb::{event::EventType, Event, KeyValue};
+use ballast_storage::backend::SnapRecord;
 use ballast_storage::backend::{RevRead, WriteTx};
 use ballast_storage::{Backend, BackendError, Rev};
 use prost::Message;
@@ -350,6 +351,18 @@ pub(crate) fn rebuilt_digest(path: &Path) -> Vec<IndexDigest> {
     s.index_digest()
 }
 
+/// The store's snapshot stream, as a leader sends it.
+#[cfg(test)]
+pub(crate) fn exported(s: &Mvcc) -> Vec<u8> {
+    let mut stream = Vec::new();
+    s.export(&mut |b| {
+        stream.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    stream
+}
+
 /// How [`Mvcc::open`] built the key index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexSource {
@@ -357,6 +370,8 @@ pub enum IndexSource {
     Rebuilt(String),
     /// From the checkpoint at `rev` and the `replayed` revisions stored after it.
     Checkpoint { rev: i64, keys: u64, replayed: u64 },
+    /// Built while a received snapshot was imported, from its rows as they were stored.
+    Imported { keys: u64, revisions: u64 },
 }
 
 impl std::fmt::Display for IndexSource {
@@ -371,35 +386,62 @@ impl std::fmt::Display for IndexSource {
                 f,
                 "read from the checkpoint at revision {rev} ({keys} keys) and {replayed} revisions after it"
             ),
+            IndexSource::Imported { keys, revisions } => write!(
+                f,
+                "built while the snapshot was imported ({keys} keys, {revisions} revisions)"
+            ),
         }
     }
 }
 
-/// Adds one stored revision (in revision order) to the index being built at open.
-fn index_row(idx: &mut Index, rev: Rev, tombstone: bool, row: &[u8]) -> std::io::Result<()> {
-    let kv = IndexFields::decode(row).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("revision {rev:?}: {e}"),
-        )
-    })?;
-    idx.rev = idx.rev.max(rev.main);
-    // Revisions arrive in order, so the last one seen decides a key's lease.
-    if tombstone || kv.lease == 0 {
-        idx.key_lease.remove(&kv.key);
-    } else {
-        idx.key_lease.insert(kv.key.clone(), kv.lease);
+/// The key index as stored rows build it, one revision at a time in revision order: at open
+/// (the rows after the checkpoint, or all of them) and while a snapshot is imported.
+#[derive(Default)]
+pub struct RowIndex {
+    keys: BTreeMap<Key, KeyHistory>,
+    /// The lease of each leased key.
+    key_lease: std::collections::HashMap<Vec<u8>, i64>,
+    /// The highest main revision added.
+    rev: i64,
+    rows: u64,
+}
+
+impl RowIndex {
+    /// Adds the stored revision `rev`, newer than every one added before it.
+    fn add(&mut self, rev: Rev, tombstone: bool, row: &[u8]) -> std::io::Result<()> {
+        let kv = IndexFields::decode(row).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("revision {rev:?}: {e}"),
+            )
+        })?;
+        self.rows += 1;
+        self.rev = self.rev.max(rev.main);
+        // Revisions arrive in order, so the last one seen decides a key's lease.
+        if tombstone || kv.lease == 0 {
+            self.key_lease.remove(&kv.key);
+        } else {
+            self.key_lease.insert(kv.key.clone(), kv.lease);
+        }
+        let h = self.keys.entry(Key::new(&kv.key)).or_default();
+        h.revs.push((rev, tombstone));
+        if tombstone {
+            h.version = 0;
+            h.create_rev = 0;
+        } else {
+            h.version = kv.version;
+            h.create_rev = kv.create_revision;
+        }
+        Ok(())
     }
-    let h = idx.keys.entry(Key::new(&kv.key)).or_default();
-    h.revs.push((rev, tombstone));
-    if tombstone {
-        h.version = 0;
-        h.create_rev = 0;
-    } else {
-        h.version = kv.version;
-        h.create_rev = kv.create_revision;
-    }
-    Ok(())
+}
+
+/// The key index [`Mvcc::import`] built from a snapshot's rows as it stored them, and what
+/// the snapshot's meta said, so [`Mvcc::open_imported`] can tell the store it belongs to.
+pub struct ImportedIndex {
+    index: RowIndex,
+    applied: Option<u64>,
+    rev: Option<u64>,
 }
 
 /// Fills the index from the checkpoint the store recorded, if it can be used, and returns the
@@ -444,6 +486,43 @@ fn load_checkpoint(
             Err(e.to_string())
         }
     }
+}
+
+/// Fills the key index from the store: the checkpoint beside it, if it can be used, and the
+/// stored revisions after it, or else every stored revision.
+fn index_from_store(
+    backend: &Backend,
+    idx: &mut Index,
+    index_path: &Path,
+    checkpoint: Option<(u64, u64)>,
+) -> Result<IndexSource, KvError> {
+    let loaded = load_checkpoint(idx, index_path, checkpoint);
+    let from = loaded.as_ref().map_or(Rev::default(), |(from, _)| *from);
+    let mut built = RowIndex {
+        keys: std::mem::take(&mut idx.keys),
+        key_lease: std::mem::take(&mut idx.key_lease),
+        rev: idx.rev,
+        rows: 0,
+    };
+    // The rows straight from a read snapshot (nothing is held at open), decoding only what
+    // the index keeps: the values, most of the file, are never copied.
+    backend
+        .read_snapshot()?
+        .for_each_rev_from(from, &mut |rev, tombstone, row| {
+            built.add(rev, tombstone, row)
+        })
+        .map_err(|e| KvError::Corrupt(e.to_string()))?;
+    idx.keys = built.keys;
+    idx.key_lease = built.key_lease;
+    idx.rev = built.rev;
+    Ok(match loaded {
+        Ok((from, keys)) => IndexSource::Checkpoint {
+            rev: from.main - 1,
+            keys,
+            replayed: built.rows,
+        },
+        Err(why) => IndexSource::Rebuilt(why),
+    })
 }
 
 /// The fields of a stored `KeyValue` the index is rebuilt from (its field numbers); prost
@@ -1165,8 +1244,20 @@ impl WriteCtx<'_, '_, '_> {
 }
 
 impl Mvcc {
-    /// Opens (or creates) the store at `path` and rebuilds the key index from it.
+    /// Opens (or creates) the store at `path`; its key index comes from the checkpoint
+    /// beside it and the rows after that, or from every row.
     pub fn open(path: &Path) -> Result<Mvcc, KvError> {
+        Mvcc::open_with(path, None)
+    }
+
+    /// Opens the store [`Mvcc::import`] built at `path` with the key index the import built
+    /// from its rows, so none is read again; when the store's meta is not what the import
+    /// saw, the index is built as [`Mvcc::open`] builds it.
+    pub fn open_imported(path: &Path, imported: ImportedIndex) -> Result<Mvcc, KvError> {
+        Mvcc::open_with(path, Some(imported))
+    }
+
+    fn open_with(path: &Path, imported: Option<ImportedIndex>) -> Result<Mvcc, KvError> {
         let backend = Backend::open(path, schema::TABLES)?;
         let mut idx = Index {
             keys: BTreeMap::new(),
@@ -1215,14 +1306,16 @@ impl Mvcc {
         }
         let auth_rows = backend.rows(schema::AUTH)?;
         let mut checkpoint = None;
+        let mut stored = (None, None);
         backend.view(|r| {
             idx.auth = AuthState::load(
                 auth_rows,
                 r.meta(auth::META_AUTH_ENABLED)?,
                 r.meta(auth::META_AUTH_REVISION)?,
             )?;
-            idx.applied = r.meta(META_APPLIED)?.unwrap_or(0);
-            if let Some(rev) = r.meta(META_REV)? {
+            stored = (r.meta(META_APPLIED)?, r.meta(META_REV)?);
+            idx.applied = stored.0.unwrap_or(0);
+            if let Some(rev) = stored.1 {
                 idx.rev = rev as i64;
             }
             idx.downgrade = r.meta(META_DOWNGRADE)?.unwrap_or(0);
@@ -1238,26 +1331,23 @@ impl Mvcc {
             Ok::<_, KvError>(())
         })?;
         let index_path = crate::indexfile::path_for(path);
-        let loaded = load_checkpoint(&mut idx, &index_path, checkpoint);
-        let from = loaded.as_ref().map_or(Rev::default(), |(from, _)| *from);
-        // The rows straight from a read snapshot (nothing is held at open), decoding only
-        // what the index keeps: the values, most of the file, are never copied.
-        let rows = backend.read_snapshot()?;
-        let mut replayed = 0u64;
-        rows.for_each_rev_from(from, &mut |rev, tombstone, row| {
-            replayed += 1;
-            index_row(&mut idx, rev, tombstone, row)
-        })
-        .map_err(|e| KvError::Corrupt(e.to_string()))?;
-        let index_source = match loaded {
-            Ok((from, keys)) => IndexSource::Checkpoint {
-                rev: from.main - 1,
-                keys,
-                replayed,
+        let index_source = match imported {
+            Some(i) if (i.applied, i.rev) == stored => {
+                idx.keys = i.index.keys;
+                idx.key_lease = i.index.key_lease;
+                idx.rev = idx.rev.max(i.index.rev);
+                IndexSource::Imported {
+                    keys: idx.keys.len() as u64,
+                    revisions: i.index.rows,
+                }
+            }
+            other => match index_from_store(&backend, &mut idx, &index_path, checkpoint)? {
+                IndexSource::Rebuilt(why) if other.is_some() => IndexSource::Rebuilt(format!(
+                    "the index the import built is not this store's; {why}"
+                )),
+                source => source,
             },
-            Err(why) => IndexSource::Rebuilt(why),
         };
-        drop(rows);
         for (key, lease) in &idx.key_lease {
             if let Some(l) = idx.leases.get_mut(lease) {
                 l.keys.insert(key.clone());
@@ -1597,9 +1687,35 @@ impl Mvcc {
         Ok(backend.view(|r| r.meta(META_APPLIED))?.unwrap_or(0))
     }
 
-    /// Builds a store at `path` from an [`Mvcc::export`] stream (durably); open it afterwards.
-    pub fn import(path: &Path, input: impl std::io::Read) -> Result<(), KvError> {
-        Ok(Backend::import(path, schema::TABLES, input)?)
+    /// Builds a store at `path` from an [`Mvcc::export`] stream (durably), and its key index
+    /// from the rows as they go in: open it with [`Mvcc::open_imported`]. The sender's
+    /// key index checkpoint record is dropped: its file is not here.
+    pub fn import(path: &Path, input: impl std::io::Read) -> Result<ImportedIndex, KvError> {
+        let mut out = ImportedIndex {
+            index: RowIndex::default(),
+            applied: None,
+            rev: None,
+        };
+        Backend::import_filtered(path, schema::TABLES, input, &mut |rec| {
+            match &rec {
+                SnapRecord::Kv(..) => {
+                    let (rev, tombstone, row) = rec
+                        .kv_row()
+                        .ok_or_else(|| BackendError::BadSnapshot("stored revision".into()))?;
+                    out.index
+                        .add(rev, tombstone, row)
+                        .map_err(|e| BackendError::BadSnapshot(e.to_string()))?;
+                }
+                SnapRecord::Meta(name, _) if name == META_INDEX_REV || name == META_INDEX_SUM => {
+                    return Ok(None)
+                }
+                SnapRecord::Meta(name, v) if name == META_APPLIED => out.applied = Some(*v),
+                SnapRecord::Meta(name, v) if name == META_REV => out.rev = Some(*v),
+                _ => {}
+            }
+            Ok(Some(rec))
+        })?;
+        Ok(out)
     }
 
     /// Every lease, in id order.
@@ -2143,6 +2259,38 @@ mod hash_tests {
             ..Default::default()
         };
         (index, Some(r))
+    }
+
+    #[test]
+    fn an_imported_index_is_used_only_with_the_store_it_was_built_with() {
+        let (d, a) = store(&[put(1, "a", "1"), put(2, "b", "2")]);
+        let (_e, b) = store(&[put(1, "a", "1"), put(2, "a", "3"), put(3, "c", "4")]);
+        let (pa, pb) = (d.path().join("a"), d.path().join("b"));
+        let built_a = Mvcc::import(&pa, exported(&a).as_slice()).unwrap();
+        Mvcc::import(&pb, exported(&b).as_slice()).unwrap();
+        let wrong = Mvcc::open_imported(&pb, built_a).unwrap();
+        match wrong.index_source() {
+            IndexSource::Rebuilt(why) => assert!(why.contains("not this store's"), "{why}"),
+            other => panic!("{other}"),
+        }
+        assert_eq!(wrong.index_digest(), b.index_digest());
+    }
+
+    #[test]
+    fn an_import_refuses_a_row_the_index_cannot_read() {
+        let (d, s) = store(&[put(1, "a", "1")]);
+        s.backend
+            .update(true, |w| {
+                w.put_rev(Rev::new(2, 0), false, &[0xff, 0xff, 0xff])?;
+                w.set_meta(META_REV, 2)
+            })
+            .unwrap();
+        let out = Mvcc::import(&d.path().join("copy"), exported(&s).as_slice());
+        assert!(
+            matches!(out, Err(KvError::Backend(BackendError::BadSnapshot(_)))),
+            "{:?}",
+            out.err()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::Path;
 use ballast_storage::{Backend, SnapRecord, SnapshotReader};
 use sha2::{Digest, Sha256};
 
-use crate::mvcc::{META_APPLIED, META_REV};
+use crate::mvcc::{META_APPLIED, META_INDEX_REV, META_INDEX_SUM, META_REV};
 
 /// Bytes of the trailing SHA-256.
 pub const HASH_LEN: usize = 32;
@@ -253,9 +253,14 @@ pub fn restore(path: &Path, db: &Path, skip_hash_check: bool) -> Result<SnapStat
     let old_members = [MEMBERS.tag, MEMBERS_REMOVED.tag, ALARMS.tag];
     Backend::import_filtered(db, TABLES, input, &mut |rec| match rec {
         // Alarms belong to the old members.
-        SnapRecord::Row(tag, ..) if old_members.contains(&tag) => None,
-        SnapRecord::Meta(ref name, _) if name == META_APPLIED => None,
-        other => Some(other),
+        SnapRecord::Row(tag, ..) if old_members.contains(&tag) => Ok(None),
+        // The sender's key index checkpoint is not here.
+        SnapRecord::Meta(ref name, _)
+            if [META_APPLIED, META_INDEX_REV, META_INDEX_SUM].contains(&name.as_str()) =>
+        {
+            Ok(None)
+        }
+        other => Ok(Some(other)),
     })
     .map_err(|e| SnapFileError::Corrupt(e.to_string()))?;
     Ok(status)

@@ -398,16 +398,16 @@ impl Backend {
         tables: &'static [Table],
         input: impl std::io::Read,
     ) -> Result<(), BackendError> {
-        Backend::import_filtered(path, tables, input, &mut |r| Some(r))
+        Backend::import_filtered(path, tables, input, &mut |r| Ok(Some(r)))
     }
 
     /// [`Backend::import`], passing each record through `keep`, which may drop or rewrite it
-    /// (a restore drops the old membership).
+    /// (a restore drops the old membership), or refuse it and so end the import.
     pub fn import_filtered(
         path: &Path,
         tables: &'static [Table],
         input: impl std::io::Read,
-        keep: &mut dyn FnMut(SnapRecord) -> Option<SnapRecord>,
+        keep: &mut dyn FnMut(SnapRecord) -> Result<Option<SnapRecord>, BackendError>,
     ) -> Result<(), BackendError> {
         let _ = std::fs::remove_file(path);
         let b = Backend::open_cached(path, tables, crate::limits::IMPORT_CACHE_BYTES)?;
@@ -435,7 +435,7 @@ impl Backend {
                         done = true;
                         break;
                     };
-                    match keep(rec) {
+                    match keep(rec)? {
                         None => {}
                         Some(SnapRecord::Kv(k, v)) => {
                             let rev = Rev::from_bytes(&k).ok_or_else(|| bad("revision key"))?;
@@ -2052,6 +2052,18 @@ impl SnapRecord {
     pub fn kv_rev(&self) -> Option<Rev> {
         match self {
             SnapRecord::Kv(k, _) => Rev::from_bytes(k),
+            _ => None,
+        }
+    }
+
+    /// A stored key-value record's revision, tombstone flag and encoded `KeyValue`; `None`
+    /// for other records, and for a malformed one (which the import refuses).
+    pub fn kv_row(&self) -> Option<(Rev, bool, &[u8])> {
+        match self {
+            SnapRecord::Kv(k, v) => {
+                let (&flags, kv) = v.split_first()?;
+                Some((Rev::from_bytes(k)?, flags & TOMBSTONE != 0, kv))
+            }
             _ => None,
         }
     }

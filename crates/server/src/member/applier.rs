@@ -68,6 +68,8 @@ pub struct Applier {
     /// Why applying stopped (a storage failure); the process exits on it.
     pub(crate) failed: watch::Sender<Option<String>>,
     pub(crate) checkpoint: super::checkpoint::Checkpointer,
+    /// The key index the snapshot builder made with the store it built.
+    pub(crate) received: Arc<super::received::ReceivedIndex>,
 }
 
 /// A compaction step taken between applied batches handles at most this fraction of
@@ -258,15 +260,16 @@ impl Applier {
         let swap = self.file_swap.clone();
         let _swap = swap.lock().unwrap_or_else(|p| p.into_inner());
         let db = self.snap_dir.join(layout::STORE_FILE);
-        // Built into a store as it arrived (the transport's builder), or its bytes to import.
-        let fresh = if ballast_raft::is_built_snapshot(path) {
-            path.to_path_buf()
+        // Built into a store as it arrived (the transport's builder), or its bytes to import;
+        // with the key index built from its rows on the way, when there is one.
+        let (fresh, built) = if ballast_raft::is_built_snapshot(path) {
+            (path.to_path_buf(), self.received.take(path))
         } else {
             let fresh = self.snap_dir.join(layout::STORE_FILE_NEW);
             let file = std::fs::File::open(path)
                 .map_err(|e| KvError::Corrupt(format!("snapshot {}: {e}", path.display())))?;
-            Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
-            fresh
+            let index = Mvcc::import(&fresh, std::io::BufReader::with_capacity(1 << 20, file))?;
+            (fresh, Some(index))
         };
         // Checked before the store is replaced; its key index is built once, after.
         let covered = Mvcc::stored_applied_index(&fresh)?;
@@ -280,7 +283,12 @@ impl Applier {
             .and_then(|_| ballast_storage::wal::sync_dir(&self.snap_dir))
             .map_err(|e| KvError::Corrupt(format!("installing snapshot: {e}")))?;
         crate::stats::SNAP_DB_FSYNC.get().observe(synced.elapsed());
-        let m = Arc::new(Mvcc::open(&db)?);
+        let opened = Instant::now();
+        let m = Arc::new(match built {
+            Some(built) => Mvcc::open_imported(&db, built)?,
+            None => Mvcc::open(&db)?,
+        });
+        super::store::log_opened(&m, "opened the received snapshot's store", opened.elapsed());
         let applied = m.applied_index();
         self.checkpoint.reset(&m);
         self.store.replace(m);

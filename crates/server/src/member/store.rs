@@ -25,3 +25,14 @@ impl Store {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = m;
     }
 }
+
+/// Logs a store just opened (`what`), with how its key index was built and how long it took.
+pub fn log_opened(m: &Mvcc, what: &str, took: std::time::Duration) {
+    tracing::info!(
+        keys = m.key_count(),
+        revision = m.current_rev(),
+        key_index = %m.index_source(),
+        took = ?took,
+        "{what}"
+    );
+}
