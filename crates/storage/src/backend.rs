@@ -134,10 +134,17 @@ pub struct Stored {
     pub kv: Vec<u8>,
 }
 
+/// A stored row read as its deletion flag and its encoded key-value; `None` if it has no
+/// flags byte.
+fn unflag(v: &[u8]) -> Option<(bool, &[u8])> {
+    let (&flags, kv) = v.split_first()?;
+    Some((flags & TOMBSTONE != 0, kv))
+}
+
 fn decode_stored(rev: Rev, v: &[u8]) -> Result<Stored, BackendError> {
-    let (&flags, kv) = v.split_first().ok_or(BackendError::Malformed(rev))?;
+    let (tombstone, kv) = unflag(v).ok_or(BackendError::Malformed(rev))?;
     Ok(Stored {
-        tombstone: flags & TOMBSTONE != 0,
+        tombstone,
         kv: kv.to_vec(),
     })
 }
@@ -1010,8 +1017,8 @@ impl ReadSnapshot {
         f: &mut SnapshotRevVisitor<'_>,
     ) -> Result<(), BackendError> {
         whole_rows(&self.tx, from, &mut |rev, row| {
-            let (&flags, kv) = row.split_first().ok_or(BackendError::Malformed(rev))?;
-            f(rev, flags & TOMBSTONE != 0, kv).map_err(io_error("reading stored revisions"))
+            let (tombstone, kv) = unflag(row).ok_or(BackendError::Malformed(rev))?;
+            f(rev, tombstone, kv).map_err(io_error("reading stored revisions"))
         })
     }
 
@@ -2061,8 +2068,8 @@ impl SnapRecord {
     pub fn kv_row(&self) -> Option<(Rev, bool, &[u8])> {
         match self {
             SnapRecord::Kv(k, v) => {
-                let (&flags, kv) = v.split_first()?;
-                Some((Rev::from_bytes(k)?, flags & TOMBSTONE != 0, kv))
+                let (tombstone, kv) = unflag(v)?;
+                Some((Rev::from_bytes(k)?, tombstone, kv))
             }
             _ => None,
         }
